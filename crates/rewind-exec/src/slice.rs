@@ -1,0 +1,476 @@
+//! `kind = "copy"` and `kind = "compare"`: one tenant's slice of some tables, between a source
+//! (the scratch copy a point-in-time restore made) and a destination (the live store).
+//!
+//! **copy** replaces the tenant's rows of every table in one destination transaction: delete the
+//! slice, insert the source's slice. Re-running it (a retry, a resume after a crash) yields the
+//! same rows and never touches another tenant. SQLite to SQLite attaches the source file to the
+//! destination connection and copies with `INSERT ... SELECT`; PostgreSQL to PostgreSQL stages
+//! the slice in a temporary table on the source (COPY takes no parameters, and values are never
+//! spliced into SQL) and streams it with `COPY ... TO STDOUT` into `COPY ... FROM STDIN`. Before
+//! writing anything, the source's restore point (from `source_restore_point`) must be the run's.
+//!
+//! **compare** checks that the slice has the same rows in both: per table, the row count and an
+//! order-independent digest of the rows (a wrapping sum of each row's SHA-256).
+//!
+//! Table and column names come from the workflow, validated as identifiers, and are quoted;
+//! the tenant is always a bound parameter.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use futures::TryStreamExt;
+use futures::future::BoxFuture;
+use rewind_model::{Action, RestorePoint, SliceAction};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use sqlx::postgres::PgConnection;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use sqlx::{AssertSqlSafe, Connection, Row};
+
+use crate::connect::{Kind, SQLITE_BUSY, kind, quote, redact};
+use crate::sql::bounded;
+use crate::{Attempt, Executor, Outcome, Pools, Report, Stop};
+
+/// Runs `copy` actions.
+#[derive(Clone, Debug, Default)]
+pub struct CopyExecutor {
+    pools: Pools,
+}
+
+impl CopyExecutor {
+    /// An executor sharing `pools`.
+    pub fn new(pools: Pools) -> Self {
+        Self { pools }
+    }
+}
+
+/// Runs `compare` actions.
+#[derive(Clone, Debug, Default)]
+pub struct CompareExecutor {
+    pools: Pools,
+}
+
+impl CompareExecutor {
+    /// An executor sharing `pools`.
+    pub fn new(pools: Pools) -> Self {
+        Self { pools }
+    }
+}
+
+impl Executor for CopyExecutor {
+    fn kind(&self) -> &'static str {
+        "copy"
+    }
+
+    fn execute(&self, attempt: Attempt, stop: Stop) -> BoxFuture<'static, Report> {
+        let pools = self.pools.clone();
+        Box::pin(run(attempt, stop, pools, Mode::Copy))
+    }
+}
+
+impl Executor for CompareExecutor {
+    fn kind(&self) -> &'static str {
+        "compare"
+    }
+
+    fn execute(&self, attempt: Attempt, stop: Stop) -> BoxFuture<'static, Report> {
+        let pools = self.pools.clone();
+        Box::pin(run(attempt, stop, pools, Mode::Compare))
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Copy,
+    Compare,
+}
+
+fn retryable(e: impl std::fmt::Display) -> Report {
+    Report::failed(e.to_string(), true)
+}
+
+fn permanent(e: impl std::fmt::Display) -> Report {
+    Report::failed(e.to_string(), false)
+}
+
+fn succeeded(output: Value) -> Report {
+    Report {
+        outcome: Outcome::Succeeded,
+        output: Some(output),
+        error: None,
+        exit_code: None,
+        stdout_tail: String::new(),
+        stderr_tail: String::new(),
+    }
+}
+
+async fn run(a: Attempt, mut stop: Stop, pools: Pools, mode: Mode) -> Report {
+    let (Action::Copy(s) | Action::Compare(s)) = &*a.action else {
+        return permanent("the copy executor got another kind of action");
+    };
+    let from = match a.connection_url(&s.from) {
+        Ok(u) => u,
+        Err(e) => return permanent(e),
+    };
+    let to = match a.connection_url(&s.to) {
+        Ok(u) => u,
+        Err(e) => return permanent(e),
+    };
+    let tenant = match a.render(&s.tenant) {
+        Ok(t) => t,
+        Err(e) => return permanent(e),
+    };
+    let kinds = match (kind(&from), kind(&to)) {
+        (Ok(f), Ok(t)) if f == t => f,
+        (Ok(_), Ok(_)) => {
+            return permanent(format!(
+                "`{}` and `{}` are different kinds of database; a {} needs two SQLite or two PostgreSQL stores",
+                s.from,
+                s.to,
+                if mode == Mode::Copy { "copy" } else { "compare" }
+            ));
+        }
+        (Err(e), _) | (_, Err(e)) => return permanent(e),
+    };
+    let work = async {
+        let restore_point = match &s.source_restore_point {
+            Some(q) => Some(source_restore_point(&pools, &from, q, a.restore_point).await?),
+            None => None,
+        };
+        let tables = match (mode, kinds) {
+            (Mode::Copy, Kind::Sqlite) => copy_sqlite(&from, &to, s, &tenant).await?,
+            (Mode::Copy, Kind::Postgres) => copy_postgres(&from, &to, s, &tenant).await?,
+            (Mode::Compare, _) => compare(&pools, kinds, &from, &to, s, &tenant).await?,
+        };
+        Ok((restore_point, tables))
+    };
+    match bounded(&a, &mut stop, work).await {
+        Ok((restore_point, tables)) => {
+            let rows: u64 =
+                tables.values().map(|t| t.get("rows").and_then(Value::as_u64).unwrap_or(0)).sum();
+            let mut out = Map::new();
+            out.insert("tenant".into(), Value::from(tenant));
+            out.insert("rows".into(), Value::from(rows));
+            out.insert("tables".into(), Value::Object(tables.into_iter().collect()));
+            if mode == Mode::Compare {
+                out.insert("matching".into(), Value::Bool(true));
+            }
+            if let Some(rp) = restore_point {
+                out.insert("restore_point".into(), Value::from(rp));
+            }
+            succeeded(Value::Object(out))
+        }
+        Err(r) => r,
+    }
+}
+
+/// The restore point the source reached; refuses (permanently) a source at another point, so
+/// nothing of it is ever written to a live store.
+async fn source_restore_point(
+    pools: &Pools,
+    from: &str,
+    query: &str,
+    run: RestorePoint,
+) -> Result<String, Report> {
+    let pool = pools.get(from).await.map_err(retryable)?;
+    let row = sqlx::query(AssertSqlSafe(query.to_owned()))
+        .fetch_optional(&pool)
+        .await
+        .map_err(|e| retryable(format!("source_restore_point: {e}")))?;
+    let Some(row) = row else {
+        return Err(permanent(
+            "source_restore_point: the query returned no row; the source does not say which point it reached",
+        ));
+    };
+    let reached: String =
+        row.try_get(0).map_err(|e| permanent(format!("source_restore_point: {e}")))?;
+    match reached.parse::<RestorePoint>() {
+        Ok(rp) if rp == run => Ok(reached),
+        Ok(_) | Err(_) => Err(permanent(format!(
+            "restore point mismatch: the source reached {reached:?}, but the run is pinned to {run}; nothing was copied"
+        ))),
+    }
+}
+
+fn sqlite_options(url: &str) -> Result<SqliteConnectOptions, Report> {
+    SqliteConnectOptions::from_str(url)
+        .map(|o| o.busy_timeout(SQLITE_BUSY))
+        .map_err(|e| permanent(format!("{}: {e}", redact(url))))
+}
+
+async fn sqlite_columns(
+    conn: &mut SqliteConnection,
+    schema: &str,
+    table: &str,
+) -> Result<Vec<String>, Report> {
+    let rows = sqlx::query("SELECT name FROM pragma_table_info(?1, ?2) ORDER BY cid")
+        .bind(table)
+        .bind(schema)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(retryable)?;
+    rows.iter().map(|r| r.try_get::<String, _>(0).map_err(retryable)).collect()
+}
+
+/// The destination's columns, checked to be the source's too (by name).
+fn same_columns(table: &str, dest: Vec<String>, source: &[String]) -> Result<Vec<String>, Report> {
+    if dest.is_empty() {
+        return Err(permanent(format!("table `{table}` does not exist in the destination")));
+    }
+    if source.is_empty() {
+        return Err(permanent(format!("table `{table}` does not exist in the source")));
+    }
+    let (mut a, mut b) = (dest.clone(), source.to_vec());
+    a.sort();
+    b.sort();
+    if a != b {
+        return Err(permanent(format!(
+            "table `{table}` has columns ({}) in the destination but ({}) in the source",
+            dest.join(", "),
+            source.join(", ")
+        )));
+    }
+    Ok(dest)
+}
+
+async fn copy_sqlite(
+    from: &str,
+    to: &str,
+    s: &SliceAction,
+    tenant: &str,
+) -> Result<BTreeMap<String, Value>, Report> {
+    let source = sqlite_options(from)?;
+    let source_file = source.get_filename().to_path_buf();
+    if !source_file.is_file() {
+        return Err(permanent(format!("the source {} does not exist", source_file.display())));
+    }
+    let mut conn = SqliteConnection::connect_with(&sqlite_options(to)?.create_if_missing(false))
+        .await
+        .map_err(|e| retryable(format!("cannot open {}: {e}", redact(to))))?;
+    sqlx::query("ATTACH DATABASE ?1 AS rw_source")
+        .bind(source_file.display().to_string())
+        .execute(&mut conn)
+        .await
+        .map_err(|e| retryable(format!("cannot attach {}: {e}", source_file.display())))?;
+    let result = copy_attached(&mut conn, s, tenant).await;
+    if result.is_err() {
+        let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
+    }
+    let _ = sqlx::query("DETACH DATABASE rw_source").execute(&mut conn).await;
+    let _ = conn.close().await;
+    result
+}
+
+async fn copy_attached(
+    conn: &mut SqliteConnection,
+    s: &SliceAction,
+    tenant: &str,
+) -> Result<BTreeMap<String, Value>, Report> {
+    let mut plan = Vec::new();
+    for t in &s.tables {
+        let dest = sqlite_columns(conn, "main", t).await?;
+        let src = sqlite_columns(conn, "rw_source", t).await?;
+        plan.push((t, same_columns(t, dest, &src)?));
+    }
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await.map_err(retryable)?;
+    let mut out = BTreeMap::new();
+    let tc = quote(&s.tenant_column);
+    for (t, cols) in plan {
+        let cols: Vec<String> = cols.iter().map(|c| quote(c)).collect();
+        let cols = cols.join(", ");
+        let table = quote(t);
+        // Identifiers validated by the workflow and quoted; the tenant is bound.
+        sqlx::query(AssertSqlSafe(format!("DELETE FROM main.{table} WHERE {tc} = ?1")))
+            .bind(tenant)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| retryable(format!("{t}: {e}")))?;
+        let done = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO main.{table} ({cols}) SELECT {cols} FROM rw_source.{table} WHERE {tc} = ?1"
+        )))
+        .bind(tenant)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| retryable(format!("{t}: {e}")))?;
+        out.insert(t.clone(), json!({ "rows": done.rows_affected() }));
+    }
+    sqlx::query("COMMIT").execute(&mut *conn).await.map_err(retryable)?;
+    Ok(out)
+}
+
+async fn pg_columns(conn: &mut PgConnection, table: &str) -> Result<Vec<String>, Report> {
+    let rows = sqlx::query(
+        "SELECT column_name::text FROM information_schema.columns \
+         WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
+    )
+    .bind(table)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(retryable)?;
+    rows.iter().map(|r| r.try_get::<String, _>(0).map_err(retryable)).collect()
+}
+
+async fn copy_postgres(
+    from: &str,
+    to: &str,
+    s: &SliceAction,
+    tenant: &str,
+) -> Result<BTreeMap<String, Value>, Report> {
+    let connect = |url: &str| {
+        let url = url.to_owned();
+        async move {
+            PgConnection::connect(&url)
+                .await
+                .map_err(|e| retryable(format!("cannot connect to {}: {e}", redact(&url))))
+        }
+    };
+    let mut src = connect(from).await?;
+    let mut dst = connect(to).await?;
+    let mut plan = Vec::new();
+    for t in &s.tables {
+        let dest = pg_columns(&mut dst, t).await?;
+        let source = pg_columns(&mut src, t).await?;
+        plan.push((t, same_columns(t, dest, &source)?));
+    }
+    let db = |t: &str| {
+        let t = t.to_owned();
+        move |e: sqlx::Error| retryable(format!("{t}: {e}"))
+    };
+    sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .execute(&mut src)
+        .await
+        .map_err(retryable)?;
+    sqlx::query("BEGIN").execute(&mut dst).await.map_err(retryable)?;
+    let tc = quote(&s.tenant_column);
+    let mut out = BTreeMap::new();
+    for (t, cols) in plan {
+        let cols: Vec<String> = cols.iter().map(|c| quote(c)).collect();
+        let cols = cols.join(", ");
+        let table = quote(t);
+        sqlx::query(AssertSqlSafe(format!(
+            "CREATE TEMP TABLE rw_stage ON COMMIT DROP AS SELECT {cols} FROM {table} WHERE {tc} = $1"
+        )))
+        .bind(tenant)
+        .execute(&mut src)
+        .await
+        .map_err(db(t))?;
+        sqlx::query(AssertSqlSafe(format!("DELETE FROM {table} WHERE {tc} = $1")))
+            .bind(tenant)
+            .execute(&mut dst)
+            .await
+            .map_err(db(t))?;
+        let mut sink =
+            dst.copy_in_raw(&format!("COPY {table} ({cols}) FROM STDIN")).await.map_err(db(t))?;
+        let mut stream = src.copy_out_raw("COPY rw_stage TO STDOUT").await.map_err(db(t))?;
+        let mut failed = None;
+        while let Some(chunk) = stream.try_next().await.map_err(db(t))? {
+            if let Err(e) = sink.send(chunk).await {
+                failed = Some(e);
+                break;
+            }
+        }
+        drop(stream);
+        let rows = match failed {
+            Some(e) => {
+                let _ = sink.abort(e.to_string()).await;
+                return Err(db(t)(e));
+            }
+            None => sink.finish().await.map_err(db(t))?,
+        };
+        sqlx::query("DROP TABLE rw_stage").execute(&mut src).await.map_err(db(t))?;
+        out.insert(t.clone(), json!({ "rows": rows }));
+    }
+    sqlx::query("COMMIT").execute(&mut dst).await.map_err(retryable)?;
+    let _ = sqlx::query("COMMIT").execute(&mut src).await;
+    let _ = src.close().await;
+    let _ = dst.close().await;
+    Ok(out)
+}
+
+/// Per table: the rows and digest of the slice on the source and on the destination; fails
+/// (permanently) naming every table that differs.
+async fn compare(
+    pools: &Pools,
+    kind: Kind,
+    from: &str,
+    to: &str,
+    s: &SliceAction,
+    tenant: &str,
+) -> Result<BTreeMap<String, Value>, Report> {
+    let src = pools.get(from).await.map_err(retryable)?;
+    let dst = pools.get(to).await.map_err(retryable)?;
+    let mut out = BTreeMap::new();
+    let mut problems = Vec::new();
+    for t in &s.tables {
+        let dest_cols = columns(&dst, kind, t).await?;
+        let source_cols = columns(&src, kind, t).await?;
+        let cols = same_columns(t, dest_cols, &source_cols)?;
+        let (n_live, d_live) = digest(&dst, t, &cols, &s.tenant_column, tenant).await?;
+        let (n_src, d_src) = digest(&src, t, &cols, &s.tenant_column, tenant).await?;
+        if (n_live, d_live) != (n_src, d_src) {
+            problems.push(format!(
+                "{t}: {n_live} rows (digest {d_live:032x}) in `{}`, {n_src} rows (digest {d_src:032x}) in `{}`",
+                s.to, s.from
+            ));
+        }
+        out.insert(t.clone(), json!({ "rows": n_live, "digest": format!("{d_live:032x}") }));
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(permanent(format!("the restored slice differs: {}", problems.join("; "))))
+    }
+}
+
+async fn columns(pool: &sqlx::AnyPool, kind: Kind, table: &str) -> Result<Vec<String>, Report> {
+    let sql = match kind {
+        Kind::Sqlite => "SELECT name FROM pragma_table_info($1) ORDER BY cid",
+        Kind::Postgres => {
+            "SELECT column_name::text FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position"
+        }
+    };
+    let rows = sqlx::query(sql).bind(table.to_owned()).fetch_all(pool).await.map_err(retryable)?;
+    rows.iter().map(|r| r.try_get::<String, _>(0).map_err(retryable)).collect()
+}
+
+/// Row count and order-independent digest of one tenant's rows: the wrapping sum of the first
+/// 16 bytes of each row's SHA-256 over its cells as text (NULL distinct from every text).
+async fn digest(
+    pool: &sqlx::AnyPool,
+    table: &str,
+    cols: &[String],
+    tenant_column: &str,
+    tenant: &str,
+) -> Result<(u64, u128), Report> {
+    let select: Vec<String> = cols.iter().map(|c| format!("CAST({} AS TEXT)", quote(c))).collect();
+    let sql = format!(
+        "SELECT {} FROM {} WHERE {} = $1",
+        select.join(", "),
+        quote(table),
+        quote(tenant_column)
+    );
+    let mut rows = sqlx::query(AssertSqlSafe(sql)).bind(tenant.to_owned()).fetch(pool);
+    let (mut n, mut sum) = (0u64, 0u128);
+    while let Some(row) = rows.try_next().await.map_err(|e| retryable(format!("{table}: {e}")))? {
+        let mut h = Sha256::new();
+        for i in 0..cols.len() {
+            let cell: Option<String> =
+                row.try_get(i).map_err(|e| retryable(format!("{table}: {e}")))?;
+            match cell {
+                None => h.update([0u8]),
+                Some(v) => {
+                    h.update([1u8]);
+                    h.update((v.len() as u64).to_le_bytes());
+                    h.update(v.as_bytes());
+                }
+            }
+        }
+        let d = h.finalize();
+        let mut first = [0u8; 16];
+        first.copy_from_slice(&d[..16]);
+        sum = sum.wrapping_add(u128::from_le_bytes(first));
+        n += 1;
+    }
+    Ok((n, sum))
+}

@@ -1,0 +1,38 @@
+//! rewind's pure core: typed IDs, workflow and targets parsing and validation, and plan expansion.
+//!
+//! This crate owns the meaning of the input files (DESIGN.md "Workflow file", "Targets file") and
+//! turns a workflow and a set of targets into a [`Plan`]: a `petgraph` DAG of step instances with
+//! critical-path ranks, a lower bound on the makespan and a stable fingerprint.
+//!
+//! **Invariant:** no I/O and no clocks. Parsers take the text and a file name for diagnostics;
+//! nothing here reads a file, a database, an environment variable or the time. It must not depend
+//! on tokio, sqlx, clap or any executor.
+
+mod diag;
+pub mod duration_serde;
+mod ids;
+mod plan;
+mod summary;
+mod synthetic;
+mod targets;
+mod template;
+mod time;
+mod workflow;
+
+pub use diag::{Diagnostic, Diagnostics, ErrorKind, Location};
+pub use ids::{
+    AttrName, ConnectionName, IdError, InstanceKey, PoolName, RunId, StepId, SubjectKey, TargetId,
+    TargetKind,
+};
+pub use plan::{Fingerprint, Group, Instance, InstanceId, LowerBound, Plan, Subject};
+pub use summary::{
+    CriticalStep, PlanSummary, PoolSummary, StepSummary, StoreSummary, TargetSummary,
+};
+pub use synthetic::SyntheticSpec;
+pub use targets::{AttrValue, Target, TargetSet, TargetsFormat};
+pub use template::{Placeholder, Ref, Template, TemplateError};
+pub use time::{RestorePoint, RestorePointError};
+pub use workflow::{
+    Action, AttributeUse, AuditAction, Backoff, CommandAction, Condition, Connection, Policy, Pool,
+    Scope, SliceAction, SqlAction, Statement, Step, Workflow,
+};

@@ -1,0 +1,456 @@
+//! The workflow: a TOML template of steps, their dependencies, scopes, resources, estimates, retry
+//! policy and actions (DESIGN.md "Workflow file"). [`Workflow::parse`] reads and validates one;
+//! a `Workflow` value is always valid.
+
+mod parse;
+
+use std::cmp::Reverse;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::ids::{AttrName, ConnectionName, PoolName, StepId, TargetKind};
+use crate::template::{Placeholder, Template};
+
+/// A validated workflow.
+#[derive(Clone, Debug, Serialize)]
+pub struct Workflow {
+    /// `name`
+    pub name: String,
+    /// `target_kind`: targets of any other kind are refused.
+    pub target_kind: TargetKind,
+    /// `description`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// `[defaults]`, with rewind's built-in values for what the file leaves out.
+    pub defaults: Policy,
+    /// `[resources]`, in file order.
+    pub resources: Vec<Pool>,
+    /// `[connections]`, in file order. URLs are templates: `${VAR}` references to the
+    /// environment and `{{...}}` placeholders, rendered per instance at run time.
+    pub connections: Vec<Connection>,
+    /// `[[steps]]`, in file order.
+    pub steps: Vec<Step>,
+    /// Indices into `steps`, dependencies before dependents, file order among equals.
+    #[serde(skip)]
+    topo: Vec<usize>,
+    /// Per step, the indices of the steps it needs.
+    #[serde(skip)]
+    need_idx: Vec<Vec<usize>>,
+}
+
+/// Timeout and retry policy of a step.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Policy {
+    /// Longest one attempt may run before it is killed and counted as failed.
+    #[serde(with = "crate::duration_serde")]
+    pub timeout: Duration,
+    /// Attempts after the first.
+    pub retries: u32,
+    /// Delay between attempts.
+    pub backoff: Backoff,
+}
+
+impl Policy {
+    /// rewind's built-in defaults: 30 minute timeout, 2 retries, backoff 5 s doubling to 5 min
+    /// with jitter.
+    pub const BUILT_IN: Self = Self {
+        timeout: Duration::from_secs(30 * 60),
+        retries: 2,
+        backoff: Backoff {
+            initial: Duration::from_secs(5),
+            max: Duration::from_secs(5 * 60),
+            factor: 2.0,
+            jitter: true,
+        },
+    };
+}
+
+/// Exponential backoff between attempts.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Backoff {
+    /// Delay before the first retry.
+    #[serde(with = "crate::duration_serde")]
+    pub initial: Duration,
+    /// Upper bound of the delay (before jitter).
+    #[serde(with = "crate::duration_serde")]
+    pub max: Duration,
+    /// Growth per retry (≥ 1).
+    pub factor: f32,
+    /// Add up to one delay of seeded random jitter.
+    pub jitter: bool,
+}
+
+/// A named resource pool: at most `capacity` instances using it run at once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Pool {
+    /// Pool name.
+    pub name: PoolName,
+    /// Concurrent slots, at least 1.
+    pub capacity: u32,
+}
+
+/// A database connection used by `sql`, `copy` and `compare` actions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Connection {
+    /// Connection name.
+    pub name: ConnectionName,
+    /// URL template (`sqlite://...`, `postgres://...`, or a URL a resolver maps to one).
+    pub url: Template,
+}
+
+/// What a step is instantiated over.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// Once per run.
+    Run,
+    /// Once per target.
+    Target,
+    /// Once per distinct value of a target attribute.
+    Group(AttrName),
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Run => f.write_str("run"),
+            Self::Target => f.write_str("target"),
+            Self::Group(a) => write!(f, "group:{a}"),
+        }
+    }
+}
+
+impl Serialize for Scope {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// `when` condition: the target attribute equals the value, or (a list attribute) contains it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Condition {
+    /// Attribute tested.
+    pub attr: AttrName,
+    /// Value required.
+    pub value: String,
+}
+
+/// One step of the workflow.
+#[derive(Clone, Debug, Serialize)]
+pub struct Step {
+    /// Unique id.
+    pub id: StepId,
+    /// Free text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// What the step is instantiated over.
+    pub scope: Scope,
+    /// Steps that must be satisfied first.
+    pub needs: Vec<StepId>,
+    /// Pool the step's instances draw a slot from.
+    pub resource: Option<PoolName>,
+    /// Expected duration of one attempt: priority, ETA, simulation.
+    #[serde(with = "crate::duration_serde")]
+    pub estimate: Duration,
+    /// All must hold for a target, or its instance is skipped (target scope only).
+    pub when: Vec<Condition>,
+    /// What the step does.
+    pub action: Action,
+    /// Timeout and retries (the workflow's defaults, overridden by the step).
+    pub policy: Policy,
+    /// Line of the step's `[[steps]]` table in the workflow file.
+    #[serde(skip)]
+    pub line: u32,
+}
+
+/// What a step does.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Action {
+    /// Run a program with an argument array (no shell).
+    Command(CommandAction),
+    /// Run statements against a named connection, template values bound as parameters.
+    Sql(SqlAction),
+    /// Copy one tenant's rows of some tables from one connection to another, idempotently.
+    Copy(SliceAction),
+    /// Check that one tenant's rows of some tables are the same on two connections.
+    Compare(SliceAction),
+    /// Check that every dependency that reported a restore point reported the run's.
+    Audit(AuditAction),
+}
+
+impl Action {
+    /// The action kind as written in the workflow.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Command(_) => "command",
+            Self::Sql(_) => "sql",
+            Self::Copy(_) => "copy",
+            Self::Compare(_) => "compare",
+            Self::Audit(_) => "audit",
+        }
+    }
+
+    /// Every template of the action itself (not of the connections it uses).
+    pub fn templates(&self) -> Vec<&Template> {
+        match self {
+            Self::Command(c) => {
+                std::iter::once(&c.program).chain(&c.args).chain(c.env.values()).collect()
+            }
+            Self::Sql(s) => s.statements.iter().flat_map(|st| &st.params).collect(),
+            Self::Copy(c) | Self::Compare(c) => vec![&c.tenant],
+            Self::Audit(_) => Vec::new(),
+        }
+    }
+
+    /// The connections the action uses.
+    pub fn connections(&self) -> Vec<&ConnectionName> {
+        match self {
+            Self::Sql(s) => vec![&s.connection],
+            Self::Copy(c) | Self::Compare(c) => vec![&c.from, &c.to],
+            Self::Command(_) | Self::Audit(_) => Vec::new(),
+        }
+    }
+
+    /// One line saying what the action touches (`command examples/bin/restore-step`,
+    /// `sql on catalog`, `copy tracker_scratch -> tracker (3 tables)`).
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Command(c) => format!("command {}", c.program),
+            Self::Sql(s) => format!("sql on {}", s.connection),
+            Self::Copy(c) => format!("copy {} -> {} ({} tables)", c.from, c.to, c.tables.len()),
+            Self::Compare(c) => {
+                format!("compare {} with {} ({} tables)", c.to, c.from, c.tables.len())
+            }
+            Self::Audit(_) => "audit of restore points".to_owned(),
+        }
+    }
+}
+
+/// `kind = "command"`
+#[derive(Clone, Debug, Serialize)]
+pub struct CommandAction {
+    /// Program: a path relative to the workflow file's folder when it contains `/`, else looked
+    /// up in `PATH`.
+    pub program: Template,
+    /// Arguments, one template each.
+    pub args: Vec<Template>,
+    /// Extra environment variables.
+    pub env: BTreeMap<String, Template>,
+}
+
+/// `kind = "sql"`: one statement (`sql`, `params`) or several (`statements`), in one
+/// transaction.
+#[derive(Clone, Debug, Serialize)]
+pub struct SqlAction {
+    /// Connection name from `[connections]`.
+    pub connection: ConnectionName,
+    /// The statements, in order.
+    pub statements: Vec<Statement>,
+}
+
+/// One SQL statement and its bound parameters.
+#[derive(Clone, Debug, Serialize)]
+pub struct Statement {
+    /// Statement text with `?` / `$N` parameters; never holds `{{`.
+    pub sql: String,
+    /// Bound parameters, one template each, bound as text.
+    pub params: Vec<Template>,
+}
+
+/// `kind = "copy"` and `kind = "compare"`: one tenant's slice of some tables.
+#[derive(Clone, Debug, Serialize)]
+pub struct SliceAction {
+    /// Source connection (the scratch copy at the restore point).
+    pub from: ConnectionName,
+    /// Destination connection (the live store).
+    pub to: ConnectionName,
+    /// Tables, in dependency order (parents first).
+    pub tables: Vec<String>,
+    /// The column holding the tenant.
+    pub tenant_column: String,
+    /// The tenant whose rows are copied or compared.
+    pub tenant: Template,
+    /// A query on the source whose first column of the first row is the restore point the
+    /// source reached; reported as `restore_point`, so the run's pin applies.
+    pub source_restore_point: Option<String>,
+}
+
+/// `kind = "audit"`
+#[derive(Clone, Debug, Serialize)]
+pub struct AuditAction {
+    /// Dependencies that must have reported a restore point (unless skipped by `when`).
+    pub require: Vec<StepId>,
+}
+
+/// Why the targets of a plan must carry an attribute.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttributeUse {
+    /// The attribute.
+    pub attr: AttrName,
+    /// The step that needs it.
+    pub step: StepId,
+    /// How: `scope group:shard`, `when`, `template {{target.attr.x}}`.
+    pub how: String,
+}
+
+impl Workflow {
+    /// Parses and validates a workflow. `file` names the source in diagnostics; no file is read.
+    pub fn parse(file: &str, text: &str) -> Result<Self, crate::Diagnostics> {
+        parse::parse(file, text)
+    }
+
+    /// The step with this id.
+    pub fn step(&self, id: &StepId) -> Option<&Step> {
+        self.steps.iter().find(|s| &s.id == id)
+    }
+
+    /// Index of the step with this id.
+    pub fn step_index(&self, id: &StepId) -> Option<usize> {
+        self.steps.iter().position(|s| &s.id == id)
+    }
+
+    /// `text` (a workflow file) with the capacities of some `[resources]` pools replaced, for
+    /// what-if planning. The result is re-serialized TOML (comments are not kept). Every pool
+    /// named must exist.
+    pub fn with_capacities(text: &str, capacities: &[(PoolName, u32)]) -> Result<String, String> {
+        let mut doc: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
+        let Some(toml::Value::Table(pools)) = doc.get_mut("resources") else {
+            return Err("the workflow declares no [resources]".to_owned());
+        };
+        for (name, cap) in capacities {
+            if *cap == 0 {
+                return Err(format!("capacity of `{name}` must be at least 1"));
+            }
+            if !pools.contains_key(name.as_str()) {
+                let known: Vec<&str> = pools.keys().map(String::as_str).collect();
+                return Err(format!(
+                    "the workflow has no resource `{name}` (it has: {})",
+                    known.join(", ")
+                ));
+            }
+            pools.insert(name.to_string(), toml::Value::Integer(i64::from(*cap)));
+        }
+        toml::to_string(&doc).map_err(|e| e.to_string())
+    }
+
+    /// Step indices with every step after all the steps it needs.
+    pub fn topological_order(&self) -> &[usize] {
+        &self.topo
+    }
+
+    /// Indices of the steps that the step at index `step` needs.
+    pub fn need_indices(&self, step: usize) -> &[usize] {
+        &self.need_idx[step]
+    }
+
+    /// The connection with this name.
+    pub fn connection(&self, name: &ConnectionName) -> Option<&Connection> {
+        self.connections.iter().find(|c| &c.name == name)
+    }
+
+    /// Every template a step renders: its action's and those of the connections it uses.
+    pub fn step_templates<'a>(&'a self, step: &'a Step) -> Vec<&'a Template> {
+        let mut out = step.action.templates();
+        out.extend(
+            step.action
+                .connections()
+                .into_iter()
+                .filter_map(|c| self.connection(c))
+                .map(|c| &c.url),
+        );
+        out
+    }
+
+    /// Every environment variable the workflow reads (`${VAR}`), sorted.
+    pub fn env_vars(&self) -> Vec<String> {
+        let mut vars: Vec<String> = self
+            .connections
+            .iter()
+            .map(|c| &c.url)
+            .chain(self.steps.iter().flat_map(|s| s.action.templates()))
+            .flat_map(|t| t.env_vars().map(str::to_owned))
+            .collect();
+        vars.sort();
+        vars.dedup();
+        vars
+    }
+
+    /// The pool with this name.
+    pub fn pool(&self, name: &PoolName) -> Option<&Pool> {
+        self.resources.iter().find(|p| &p.name == name)
+    }
+
+    /// Every attribute targets must carry, with the step and reason, in step order.
+    pub fn attribute_uses(&self) -> Vec<AttributeUse> {
+        let mut uses = Vec::new();
+        for step in &self.steps {
+            let mut add = |attr: &AttrName, how: String| {
+                uses.push(AttributeUse { attr: attr.clone(), step: step.id.clone(), how });
+            };
+            if let Scope::Group(attr) = &step.scope {
+                add(attr, format!("scope group:{attr}"));
+            }
+            for c in &step.when {
+                add(&c.attr, format!("when {} = {:?}", c.attr, c.value));
+            }
+            for t in self.step_templates(step) {
+                for p in t.placeholders() {
+                    if let Placeholder::TargetAttr(attr) = p {
+                        add(attr, format!("template {{{{{p}}}}}"));
+                    }
+                }
+            }
+        }
+        uses
+    }
+
+    /// The longest chain of steps by estimates, ignoring scopes and `when` (the critical path of
+    /// a single target that every step applies to), first to last.
+    pub fn step_critical_path(&self) -> (Duration, Vec<&StepId>) {
+        let n = self.steps.len();
+        let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for (i, needs) in self.need_idx.iter().enumerate() {
+            for &j in needs {
+                dependents[j].push(i);
+            }
+        }
+        let mut rank = vec![Duration::ZERO; n];
+        let mut next: Vec<Option<usize>> = vec![None; n];
+        for &i in self.topo.iter().rev() {
+            let best = dependents[i].iter().copied().max_by_key(|&d| (rank[d], Reverse(d)));
+            rank[i] = self.steps[i].estimate + best.map_or(Duration::ZERO, |d| rank[d]);
+            next[i] = best;
+        }
+        let Some(mut cur) = (0..n).max_by_key(|&i| (rank[i], Reverse(i))) else {
+            return (Duration::ZERO, Vec::new());
+        };
+        let total = rank[cur];
+        let mut path = vec![&self.steps[cur].id];
+        while let Some(d) = next[cur] {
+            path.push(&self.steps[d].id);
+            cur = d;
+        }
+        (total, path)
+    }
+
+    /// Group attributes that must hold one value per target, because a target-scope step reads
+    /// `{{needs.X.KEY}}` from the group instance of its target.
+    pub fn scalar_group_attributes(&self) -> Vec<(AttrName, StepId)> {
+        let mut out = Vec::new();
+        for step in self.steps.iter().filter(|s| s.scope == Scope::Target) {
+            for t in self.step_templates(step) {
+                for p in t.placeholders() {
+                    if let Placeholder::Needs { step: dep, .. } = p
+                        && let Some(Scope::Group(attr)) = self.step(dep).map(|d| &d.scope)
+                    {
+                        out.push((attr.clone(), step.id.clone()));
+                    }
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,1382 @@
+//! Reading a workflow from TOML: a walk over the spanned document that collects every mistake with
+//! its location instead of stopping at the first, then cross-reference checks (needs, resources,
+//! connections, templates, cycles) over the steps that did parse.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::ops::Range;
+use std::time::Duration;
+
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use super::{
+    Action, AuditAction, Backoff, CommandAction, Condition, Connection, Policy, Pool, Scope,
+    SliceAction, SqlAction, Statement, Step, Workflow,
+};
+use crate::diag::{Diagnostics, ErrorKind as K, Sink, suggestion};
+use crate::ids::{AttrName, ConnectionName, PoolName, StepId, TargetKind};
+use crate::template::{Placeholder, Template};
+
+type Val<'i> = Spanned<DeValue<'i>>;
+type Span = Range<usize>;
+
+const TOP_KEYS: &[&str] =
+    &["name", "target_kind", "description", "defaults", "resources", "connections", "steps"];
+const POLICY_KEYS: &[&str] = &["timeout", "retries", "backoff"];
+const BACKOFF_KEYS: &[&str] = &["initial", "max", "factor", "jitter"];
+const STEP_KEYS: &[&str] = &[
+    "id",
+    "description",
+    "scope",
+    "needs",
+    "resource",
+    "estimate",
+    "when",
+    "action",
+    "timeout",
+    "retries",
+    "backoff",
+];
+const ACTION_KINDS: &[&str] = &["command", "sql", "copy", "compare", "audit"];
+const COMMAND_KEYS: &[&str] = &["kind", "program", "args", "env"];
+const SQL_KEYS: &[&str] = &["kind", "connection", "sql", "params", "statements"];
+const STATEMENT_KEYS: &[&str] = &["sql", "params"];
+const SLICE_KEYS: &[&str] =
+    &["kind", "from", "to", "tables", "tenant_column", "tenant", "source_restore_point"];
+const AUDIT_KEYS: &[&str] = &["kind", "require"];
+const MAX_RETRIES: i64 = 1000;
+
+pub(super) fn parse(file: &str, text: &str) -> Result<Workflow, Diagnostics> {
+    let mut p = Parser { sink: Sink::new(file, text), ids: Vec::new() };
+    let (doc, errors) = DeTable::parse_recoverable(text);
+    if !errors.is_empty() {
+        for e in errors {
+            p.sink.at(&e.span().unwrap_or(0..0), K::Syntax, None, e.message().trim().to_owned());
+        }
+        return Err(p.sink.finish().err().unwrap_or(Diagnostics(Vec::new())));
+    }
+    let doc_span = doc.span();
+    let doc = doc.into_inner();
+    let wf = p.workflow(&doc, doc_span);
+    p.sink.finish()?;
+    wf.ok_or_else(|| Diagnostics(Vec::new()))
+}
+
+/// What an action refers to outside itself, with spans, for the cross-reference checks.
+#[derive(Default)]
+struct Refs {
+    connections: Vec<(ConnectionName, Span)>,
+    require: Vec<(StepId, Span)>,
+}
+
+struct Parser<'a> {
+    sink: Sink<'a>,
+    /// Every step id read, with its span, including steps with other mistakes.
+    ids: Vec<(StepId, Span)>,
+}
+
+/// A step as read, before cross-references are checked.
+struct Draft {
+    id: StepId,
+    span: Span,
+    scope: Scope,
+    needs: Vec<(StepId, Span)>,
+    needs_span: Span,
+    resource: Option<(PoolName, Span)>,
+    estimate: Duration,
+    when: Vec<Condition>,
+    action: Action,
+    /// Connections the action names, where.
+    conn_refs: Vec<(ConnectionName, Span)>,
+    /// Steps an audit requires, where.
+    require_refs: Vec<(StepId, Span)>,
+    templates: Vec<(Template, Span)>,
+    policy: Policy,
+    description: Option<String>,
+}
+
+fn type_name(v: &DeValue<'_>) -> &'static str {
+    match v {
+        DeValue::String(_) => "a string",
+        DeValue::Integer(_) => "an integer",
+        DeValue::Float(_) => "a float",
+        DeValue::Boolean(_) => "a boolean",
+        DeValue::Datetime(_) => "a datetime",
+        DeValue::Array(_) => "an array",
+        DeValue::Table(_) => "a table",
+    }
+}
+
+impl Parser<'_> {
+    fn err(&mut self, span: &Span, kind: K, step: Option<&StepId>, msg: impl Into<String>) {
+        self.sink.at(span, kind, step, msg);
+    }
+
+    /// Reports keys of `table` that are not in `allowed`.
+    fn known_keys(
+        &mut self,
+        table: &DeTable<'_>,
+        allowed: &[&str],
+        what: &str,
+        step: Option<&StepId>,
+    ) {
+        for (key, _) in table.iter() {
+            let k: &str = key.get_ref();
+            if !allowed.contains(&k) {
+                let hint = suggestion(k, allowed.iter().copied());
+                let list = allowed.join(", ");
+                self.err(
+                    &key.span(),
+                    K::UnknownKey,
+                    step,
+                    format!("unknown key `{k}` in {what}{hint}; expected one of: {list}"),
+                );
+            }
+        }
+    }
+
+    fn wrong_type(&mut self, v: &Val<'_>, key: &str, expected: &str, step: Option<&StepId>) {
+        let got = type_name(v.get_ref());
+        self.err(&v.span(), K::InvalidType, step, format!("`{key}` must be {expected}, not {got}"));
+    }
+
+    fn string(&mut self, v: &Val<'_>, key: &str, step: Option<&StepId>) -> Option<String> {
+        match v.get_ref() {
+            DeValue::String(s) => Some(s.to_string()),
+            _ => {
+                self.wrong_type(v, key, "a string", step);
+                None
+            }
+        }
+    }
+
+    fn table<'t, 'i>(
+        &mut self,
+        v: &'t Val<'i>,
+        key: &str,
+        step: Option<&StepId>,
+    ) -> Option<&'t DeTable<'i>> {
+        match v.get_ref() {
+            DeValue::Table(t) => Some(t),
+            _ => {
+                self.wrong_type(v, key, "a table", step);
+                None
+            }
+        }
+    }
+
+    fn strings(
+        &mut self,
+        v: &Val<'_>,
+        key: &str,
+        step: Option<&StepId>,
+    ) -> Option<Vec<(String, Span)>> {
+        let DeValue::Array(items) = v.get_ref() else {
+            self.wrong_type(v, key, "an array of strings", step);
+            return None;
+        };
+        let mut out = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for item in items.iter() {
+            match item.get_ref() {
+                DeValue::String(s) => out.push((s.to_string(), item.span())),
+                _ => {
+                    self.wrong_type(item, &format!("{key}[]"), "a string", step);
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn integer(&mut self, v: &Val<'_>, key: &str, step: Option<&StepId>) -> Option<i64> {
+        match v.get_ref() {
+            DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    self.err(
+                        &v.span(),
+                        K::InvalidValue,
+                        step,
+                        format!("`{key}` = {i} is out of range"),
+                    );
+                    None
+                }
+            },
+            _ => {
+                self.wrong_type(v, key, "an integer", step);
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, v: &Val<'_>, key: &str, step: Option<&StepId>) -> Option<Duration> {
+        let DeValue::String(s) = v.get_ref() else {
+            self.wrong_type(
+                v,
+                key,
+                "a duration string such as \"90s\", \"5m\" or \"2h 30m\"",
+                step,
+            );
+            return None;
+        };
+        match humantime::parse_duration(s) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.err(
+                    &v.span(),
+                    K::InvalidDuration,
+                    step,
+                    format!("`{key}` = {s:?} is not a duration ({e}); write e.g. \"90s\", \"5m\", \"2h 30m\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn workflow(&mut self, doc: &DeTable<'_>, doc_span: Span) -> Option<Workflow> {
+        self.known_keys(doc, TOP_KEYS, "the workflow", None);
+        let name = self.required_string(doc, "name", &doc_span, "the workflow");
+        if let Some(v) = doc.get("name")
+            && name.as_deref().is_some_and(|n| n.trim().is_empty())
+        {
+            self.err(&v.span(), K::InvalidValue, None, "`name` must not be empty");
+        }
+        let target_kind =
+            self.required_string(doc, "target_kind", &doc_span, "the workflow").and_then(|k| {
+                TargetKind::new(&k)
+                    .map_err(|e| {
+                        let span = doc.get("target_kind").map_or(doc_span.clone(), Spanned::span);
+                        self.err(&span, K::InvalidId, None, e.to_string());
+                    })
+                    .ok()
+            });
+        let description = doc.get("description").and_then(|v| self.string(v, "description", None));
+        let defaults = match doc.get("defaults") {
+            Some(v) => match self.table(v, "defaults", None) {
+                Some(t) => {
+                    self.known_keys(t, POLICY_KEYS, "[defaults]", None);
+                    self.policy(t, Policy::BUILT_IN, None)
+                }
+                None => Policy::BUILT_IN,
+            },
+            None => Policy::BUILT_IN,
+        };
+        let resources = self.resources(doc);
+        let connections = self.connections(doc);
+        let drafts = self.steps(doc, &doc_span, &defaults);
+        let pools: Vec<&PoolName> = resources.iter().map(|p| &p.name).collect();
+        let topo = self.cross_check(&drafts, &pools, &connections);
+        let (name, target_kind) = (name?, target_kind?);
+        let steps = drafts
+            .into_iter()
+            .map(|d| Step {
+                line: self.sink.location(&d.span).line,
+                id: d.id,
+                description: d.description,
+                scope: d.scope,
+                needs: d.needs.into_iter().map(|(n, _)| n).collect(),
+                resource: d.resource.map(|(r, _)| r),
+                estimate: d.estimate,
+                when: d.when,
+                action: d.action,
+                policy: d.policy,
+            })
+            .collect::<Vec<Step>>();
+        let need_idx = steps
+            .iter()
+            .map(|s: &Step| {
+                s.needs.iter().filter_map(|n| steps.iter().position(|x| &x.id == n)).collect()
+            })
+            .collect();
+        Some(Workflow {
+            name,
+            target_kind,
+            description,
+            defaults,
+            resources,
+            connections,
+            steps,
+            topo: topo?,
+            need_idx,
+        })
+    }
+
+    fn required_string(
+        &mut self,
+        t: &DeTable<'_>,
+        key: &str,
+        at: &Span,
+        what: &str,
+    ) -> Option<String> {
+        match t.get(key) {
+            Some(v) => self.string(v, key, None),
+            None => {
+                self.err(at, K::MissingKey, None, format!("{what} has no `{key}`"));
+                None
+            }
+        }
+    }
+
+    /// Reads `timeout`, `retries` and `backoff` from `t` over `base`.
+    fn policy(&mut self, t: &DeTable<'_>, base: Policy, step: Option<&StepId>) -> Policy {
+        let mut p = base;
+        if let Some(v) = t.get("timeout")
+            && let Some(d) = self.duration(v, "timeout", step)
+        {
+            if d.is_zero() {
+                self.err(&v.span(), K::InvalidValue, step, "`timeout` must be longer than zero");
+            } else {
+                p.timeout = d;
+            }
+        }
+        if let Some(v) = t.get("retries")
+            && let Some(n) = self.integer(v, "retries", step)
+        {
+            match u32::try_from(n) {
+                Ok(n) if i64::from(n) <= MAX_RETRIES => p.retries = n,
+                _ => self.err(
+                    &v.span(),
+                    K::InvalidValue,
+                    step,
+                    format!("`retries` = {n} must be between 0 and {MAX_RETRIES}"),
+                ),
+            }
+        }
+        if let Some(v) = t.get("backoff")
+            && let Some(b) = self.table(v, "backoff", step)
+        {
+            self.known_keys(b, BACKOFF_KEYS, "backoff", step);
+            p.backoff = self.backoff(b, &v.span(), p.backoff, step);
+        }
+        p
+    }
+
+    fn backoff(
+        &mut self,
+        t: &DeTable<'_>,
+        span: &Span,
+        base: Backoff,
+        step: Option<&StepId>,
+    ) -> Backoff {
+        let mut b = base;
+        if let Some(d) = t.get("initial").and_then(|v| self.duration(v, "backoff.initial", step)) {
+            b.initial = d;
+        }
+        if let Some(d) = t.get("max").and_then(|v| self.duration(v, "backoff.max", step)) {
+            b.max = d;
+        }
+        if let Some(v) = t.get("factor") {
+            let f = match v.get_ref() {
+                DeValue::Float(f) => f.as_str().parse::<f64>().ok(),
+                DeValue::Integer(i) => i.as_str().parse::<f64>().ok(),
+                _ => {
+                    self.wrong_type(v, "backoff.factor", "a number", step);
+                    None
+                }
+            };
+            match f {
+                Some(f) if f.is_finite() && (1.0..=100.0).contains(&f) => b.factor = f as f32,
+                Some(f) => self.err(
+                    &v.span(),
+                    K::InvalidValue,
+                    step,
+                    format!("`backoff.factor` = {f} must be between 1 and 100"),
+                ),
+                None => {}
+            }
+        }
+        if let Some(v) = t.get("jitter") {
+            match v.get_ref() {
+                DeValue::Boolean(j) => b.jitter = *j,
+                _ => self.wrong_type(v, "backoff.jitter", "true or false", step),
+            }
+        }
+        if b.max < b.initial {
+            self.err(
+                span,
+                K::InvalidValue,
+                step,
+                format!(
+                    "backoff `max` ({}) is shorter than `initial` ({})",
+                    humantime::format_duration(b.max),
+                    humantime::format_duration(b.initial)
+                ),
+            );
+        }
+        b
+    }
+
+    fn resources(&mut self, doc: &DeTable<'_>) -> Vec<Pool> {
+        let Some(t) = doc.get("resources").and_then(|v| self.table(v, "resources", None)) else {
+            return Vec::new();
+        };
+        let mut pools = Vec::new();
+        for (key, v) in t.iter() {
+            let name = match PoolName::new(key.get_ref()) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.err(&key.span(), K::InvalidId, None, e.to_string());
+                    continue;
+                }
+            };
+            let Some(cap) = self.integer(v, &format!("resources.{name}"), None) else { continue };
+            match u32::try_from(cap) {
+                Ok(c) if c >= 1 => pools.push(Pool { name, capacity: c }),
+                _ => self.err(
+                    &v.span(),
+                    K::InvalidCapacity,
+                    None,
+                    format!("resource `{name}` has capacity {cap}; a pool needs at least 1 slot"),
+                ),
+            }
+        }
+        pools
+    }
+
+    fn connections(&mut self, doc: &DeTable<'_>) -> Vec<Connection> {
+        let Some(t) = doc.get("connections").and_then(|v| self.table(v, "connections", None))
+        else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (key, v) in t.iter() {
+            let name = match ConnectionName::new(key.get_ref()) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.err(&key.span(), K::InvalidId, None, e.to_string());
+                    continue;
+                }
+            };
+            if let Some(url) = self.string(v, &format!("connections.{name}"), None) {
+                if url.trim().is_empty() {
+                    self.err(
+                        &v.span(),
+                        K::InvalidValue,
+                        None,
+                        format!("connection `{name}` has an empty URL"),
+                    );
+                } else {
+                    match Template::parse(&url) {
+                        Ok(url) => out.push(Connection { name, url }),
+                        Err(e) => self.err(
+                            &v.span(),
+                            K::UnresolvedTemplate,
+                            None,
+                            format!("connection `{name}`: {}", e.message),
+                        ),
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn steps(&mut self, doc: &DeTable<'_>, doc_span: &Span, defaults: &Policy) -> Vec<Draft> {
+        let Some(v) = doc.get("steps") else {
+            self.err(
+                doc_span,
+                K::MissingKey,
+                None,
+                "the workflow has no steps: add [[steps]] tables",
+            );
+            return Vec::new();
+        };
+        let DeValue::Array(items) = v.get_ref() else {
+            self.wrong_type(v, "steps", "an array of tables ([[steps]])", None);
+            return Vec::new();
+        };
+        if items.is_empty() {
+            self.err(&v.span(), K::MissingKey, None, "the workflow has no steps");
+        }
+        let mut drafts = Vec::new();
+        for item in items.iter() {
+            let DeValue::Table(t) = item.get_ref() else {
+                self.wrong_type(item, "steps[]", "a table", None);
+                continue;
+            };
+            if let Some(d) = self.step(t, item.span(), defaults) {
+                drafts.push(d);
+            }
+        }
+        drafts
+    }
+
+    fn step(&mut self, t: &DeTable<'_>, span: Span, defaults: &Policy) -> Option<Draft> {
+        // The id first: every later diagnostic of this step names it.
+        let (id, id_span) = match t.get("id") {
+            None => {
+                self.known_keys(t, STEP_KEYS, "step", None);
+                self.err(&span, K::MissingKey, None, "step has no `id`");
+                return None;
+            }
+            Some(v) => {
+                let raw = self.string(v, "id", None)?;
+                match StepId::new(&raw) {
+                    Ok(id) => (id, v.span()),
+                    Err(e) => {
+                        self.err(&v.span(), K::InvalidId, None, e.to_string());
+                        return None;
+                    }
+                }
+            }
+        };
+        self.ids.push((id.clone(), id_span.clone()));
+        let s = Some(&id);
+        self.known_keys(t, STEP_KEYS, "step", s);
+        let mut ok = true;
+
+        let scope = match t.get("scope") {
+            None => Scope::Target,
+            Some(v) => match self.string(v, "scope", s).map(|raw| parse_scope(&raw)) {
+                Some(Ok(sc)) => sc,
+                Some(Err(msg)) => {
+                    self.err(&v.span(), K::InvalidScope, s, msg);
+                    ok = false;
+                    Scope::Target
+                }
+                None => {
+                    ok = false;
+                    Scope::Target
+                }
+            },
+        };
+
+        let mut needs = Vec::new();
+        let needs_span = t.get("needs").map_or(span.clone(), Spanned::span);
+        if let Some(v) = t.get("needs") {
+            match self.strings(v, "needs", s) {
+                Some(list) => {
+                    for (n, nspan) in list {
+                        match StepId::new(&n) {
+                            Ok(n) => needs.push((n, nspan)),
+                            Err(e) => {
+                                self.err(&nspan, K::InvalidId, s, format!("in `needs`: {e}"));
+                                ok = false;
+                            }
+                        }
+                    }
+                }
+                None => ok = false,
+            }
+        }
+
+        let resource = match t.get("resource") {
+            None => None,
+            Some(v) => match self.string(v, "resource", s).map(|r| PoolName::new(&r)) {
+                Some(Ok(r)) => Some((r, v.span())),
+                Some(Err(e)) => {
+                    self.err(&v.span(), K::InvalidId, s, e.to_string());
+                    ok = false;
+                    None
+                }
+                None => {
+                    ok = false;
+                    None
+                }
+            },
+        };
+
+        let estimate = match t.get("estimate") {
+            None => {
+                self.err(
+                    &span,
+                    K::MissingKey,
+                    s,
+                    "no `estimate`: every step needs an expected duration such as \"2m\"",
+                );
+                None
+            }
+            Some(v) => self.duration(v, "estimate", s),
+        };
+
+        let mut when = Vec::new();
+        if let Some(v) = t.get("when") {
+            if let Some(w) = self.table(v, "when", s) {
+                if scope != Scope::Target {
+                    self.err(
+                        &v.span(),
+                        K::InvalidWhen,
+                        s,
+                        format!("`when` applies to target-scope steps only; this step's scope is {scope}"),
+                    );
+                    ok = false;
+                }
+                if w.is_empty() {
+                    self.err(
+                        &v.span(),
+                        K::InvalidWhen,
+                        s,
+                        "`when` is empty: give at least one attribute = value",
+                    );
+                    ok = false;
+                }
+                for (key, val) in w.iter() {
+                    let attr = match AttrName::new(key.get_ref()) {
+                        Ok(a) => a,
+                        Err(e) => {
+                            self.err(&key.span(), K::InvalidId, s, format!("in `when`: {e}"));
+                            ok = false;
+                            continue;
+                        }
+                    };
+                    match self.string(val, &format!("when.{attr}"), s) {
+                        Some(value) => when.push(Condition { attr, value }),
+                        None => ok = false,
+                    }
+                }
+            } else {
+                ok = false;
+            }
+        }
+
+        let mut templates = Vec::new();
+        let mut refs = Refs::default();
+        let action = match t.get("action") {
+            None => {
+                self.err(&span, K::MissingKey, s, "no `action`: say what the step does, e.g. action = { kind = \"command\", program = \"...\" }");
+                None
+            }
+            Some(v) => self.action(v, s, &mut templates, &mut refs),
+        };
+
+        let policy = self.policy(t, *defaults, s);
+        let description = t.get("description").and_then(|v| self.string(v, "description", s));
+
+        if !ok {
+            return None;
+        }
+        Some(Draft {
+            id,
+            span,
+            scope,
+            needs,
+            needs_span,
+            resource,
+            estimate: estimate?,
+            when,
+            action: action?,
+            conn_refs: refs.connections,
+            require_refs: refs.require,
+            templates,
+            policy,
+            description,
+        })
+    }
+
+    fn template(
+        &mut self,
+        raw: &str,
+        span: Span,
+        step: Option<&StepId>,
+        out: &mut Vec<(Template, Span)>,
+    ) -> Option<Template> {
+        match Template::parse(raw) {
+            Ok(t) => {
+                out.push((t.clone(), span));
+                Some(t)
+            }
+            Err(e) => {
+                self.err(&span, K::UnresolvedTemplate, step, e.message);
+                None
+            }
+        }
+    }
+
+    fn action(
+        &mut self,
+        v: &Val<'_>,
+        s: Option<&StepId>,
+        templates: &mut Vec<(Template, Span)>,
+        refs: &mut Refs,
+    ) -> Option<Action> {
+        let t = self.table(v, "action", s)?;
+        let Some(kind_v) = t.get("kind") else {
+            self.err(
+                &v.span(),
+                K::MissingKey,
+                s,
+                format!("action has no `kind` (one of: {})", ACTION_KINDS.join(", ")),
+            );
+            return None;
+        };
+        let kind = self.string(kind_v, "action.kind", s)?;
+        match kind.as_str() {
+            "command" => {
+                self.known_keys(t, COMMAND_KEYS, "a command action", s);
+                let mut ok = true;
+                let program = match t.get("program") {
+                    None => {
+                        self.err(&v.span(), K::MissingKey, s, "command action has no `program`");
+                        None
+                    }
+                    Some(p) => match self.string(p, "program", s) {
+                        Some(raw) if raw.trim().is_empty() => {
+                            self.err(&p.span(), K::InvalidValue, s, "`program` is empty");
+                            None
+                        }
+                        Some(raw) => self.template(&raw, p.span(), s, templates),
+                        None => None,
+                    },
+                };
+                let mut args = Vec::new();
+                if let Some(a) = t.get("args") {
+                    match self.strings(a, "args", s) {
+                        Some(list) => {
+                            for (raw, span) in list {
+                                match self.template(&raw, span, s, templates) {
+                                    Some(t) => args.push(t),
+                                    None => ok = false,
+                                }
+                            }
+                        }
+                        None => ok = false,
+                    }
+                }
+                let mut env = BTreeMap::new();
+                if let Some(e) = t.get("env") {
+                    match self.table(e, "env", s) {
+                        Some(et) => {
+                            for (key, val) in et.iter() {
+                                let k: &str = key.get_ref();
+                                if !is_env_name(k) {
+                                    self.err(
+                                        &key.span(),
+                                        K::InvalidId,
+                                        s,
+                                        format!("`{k}` is not an environment variable name"),
+                                    );
+                                    ok = false;
+                                } else if k.starts_with("REWIND_") {
+                                    self.err(
+                                        &key.span(),
+                                        K::InvalidValue,
+                                        s,
+                                        format!(
+                                            "`{k}`: REWIND_* variables are set by rewind itself"
+                                        ),
+                                    );
+                                    ok = false;
+                                }
+                                match self
+                                    .string(val, &format!("env.{k}"), s)
+                                    .and_then(|raw| self.template(&raw, val.span(), s, templates))
+                                {
+                                    Some(t) => {
+                                        env.insert(k.to_owned(), t);
+                                    }
+                                    None => ok = false,
+                                }
+                            }
+                        }
+                        None => ok = false,
+                    }
+                }
+                let program = program?;
+                ok.then_some(Action::Command(CommandAction { program, args, env }))
+            }
+            "sql" => {
+                self.known_keys(t, SQL_KEYS, "a sql action", s);
+                let connection = self.connection_ref(t, "connection", &v.span(), "sql", s, refs);
+                let statements = match (t.get("sql"), t.get("statements")) {
+                    (Some(_), Some(st)) => {
+                        self.err(
+                            &st.span(),
+                            K::InvalidValue,
+                            s,
+                            "give either `sql` (with `params`) or `statements`, not both",
+                        );
+                        None
+                    }
+                    (None, None) => {
+                        self.err(
+                            &v.span(),
+                            K::MissingKey,
+                            s,
+                            "sql action has no `sql` statement (or `statements` list)",
+                        );
+                        None
+                    }
+                    (Some(_), None) => self.statement(t, s, templates).map(|st| vec![st]),
+                    (None, Some(st)) => self.statements(st, s, templates),
+                };
+                if t.get("statements").is_some() && t.get("params").is_some() {
+                    self.err(
+                        &v.span(),
+                        K::InvalidValue,
+                        s,
+                        "`params` goes inside each of `statements`",
+                    );
+                    return None;
+                }
+                Some(Action::Sql(SqlAction { connection: connection?, statements: statements? }))
+            }
+            "copy" | "compare" => {
+                let what = if kind == "copy" { "a copy action" } else { "a compare action" };
+                self.known_keys(t, SLICE_KEYS, what, s);
+                let from = self.connection_ref(t, "from", &v.span(), &kind, s, refs);
+                let to = self.connection_ref(t, "to", &v.span(), &kind, s, refs);
+                if let (Some(f), Some(to_name)) = (&from, &to)
+                    && f == to_name
+                {
+                    self.err(
+                        &v.span(),
+                        K::InvalidValue,
+                        s,
+                        format!("`from` and `to` are both `{f}`: a {kind} needs two connections"),
+                    );
+                    return None;
+                }
+                let tables = match t.get("tables") {
+                    None => {
+                        self.err(
+                            &v.span(),
+                            K::MissingKey,
+                            s,
+                            format!("{kind} action has no `tables`"),
+                        );
+                        None
+                    }
+                    Some(tv) => self.strings(tv, "tables", s).and_then(|list| {
+                        if list.is_empty() {
+                            self.err(&tv.span(), K::InvalidValue, s, "`tables` is empty");
+                            return None;
+                        }
+                        let mut ok = true;
+                        let mut names: Vec<String> = Vec::new();
+                        for (name, span) in list {
+                            if !is_identifier(&name) {
+                                self.err(&span, K::InvalidId, s, identifier_rule("table", &name));
+                                ok = false;
+                            } else if names.contains(&name) {
+                                self.err(
+                                    &span,
+                                    K::InvalidValue,
+                                    s,
+                                    format!("table `{name}` is listed twice"),
+                                );
+                                ok = false;
+                            } else {
+                                names.push(name);
+                            }
+                        }
+                        ok.then_some(names)
+                    }),
+                };
+                let tenant_column = match t.get("tenant_column") {
+                    None => {
+                        self.err(
+                            &v.span(),
+                            K::MissingKey,
+                            s,
+                            format!("{kind} action has no `tenant_column`"),
+                        );
+                        None
+                    }
+                    Some(c) => self.string(c, "tenant_column", s).and_then(|name| {
+                        if is_identifier(&name) {
+                            Some(name)
+                        } else {
+                            self.err(&c.span(), K::InvalidId, s, identifier_rule("column", &name));
+                            None
+                        }
+                    }),
+                };
+                let tenant = match t.get("tenant") {
+                    None => {
+                        self.err(
+                            &v.span(),
+                            K::MissingKey,
+                            s,
+                            format!("{kind} action has no `tenant`"),
+                        );
+                        None
+                    }
+                    Some(tv) => self
+                        .string(tv, "tenant", s)
+                        .and_then(|raw| self.template(&raw, tv.span(), s, templates)),
+                };
+                let source_restore_point = match t.get("source_restore_point") {
+                    None => Some(None),
+                    Some(q) => self.sql_text(q, "source_restore_point", s).map(Some),
+                };
+                let slice = SliceAction {
+                    from: from?,
+                    to: to?,
+                    tables: tables?,
+                    tenant_column: tenant_column?,
+                    tenant: tenant?,
+                    source_restore_point: source_restore_point?,
+                };
+                Some(if kind == "copy" { Action::Copy(slice) } else { Action::Compare(slice) })
+            }
+            "audit" => {
+                self.known_keys(t, AUDIT_KEYS, "an audit action", s);
+                let mut require = Vec::new();
+                if let Some(r) = t.get("require") {
+                    for (name, span) in self.strings(r, "require", s)? {
+                        match StepId::new(&name) {
+                            Ok(id) => {
+                                refs.require.push((id.clone(), span));
+                                require.push(id);
+                            }
+                            Err(e) => {
+                                self.err(&span, K::InvalidId, s, format!("in `require`: {e}"));
+                                return None;
+                            }
+                        }
+                    }
+                }
+                Some(Action::Audit(AuditAction { require }))
+            }
+            other => {
+                let hint = suggestion(other, ACTION_KINDS.iter().copied());
+                self.err(
+                    &kind_v.span(),
+                    K::UnknownAction,
+                    s,
+                    format!(
+                        "unknown action kind `{other}`{hint}; known kinds: {}",
+                        ACTION_KINDS.join(", ")
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// A connection named under `key`, recorded for the cross-checks.
+    fn connection_ref(
+        &mut self,
+        t: &DeTable<'_>,
+        key: &str,
+        at: &Span,
+        kind: &str,
+        s: Option<&StepId>,
+        refs: &mut Refs,
+    ) -> Option<ConnectionName> {
+        let Some(c) = t.get(key) else {
+            self.err(at, K::MissingKey, s, format!("{kind} action has no `{key}` connection"));
+            return None;
+        };
+        match self.string(c, key, s).map(|n| ConnectionName::new(&n)) {
+            Some(Ok(n)) => {
+                refs.connections.push((n.clone(), c.span()));
+                Some(n)
+            }
+            Some(Err(e)) => {
+                self.err(&c.span(), K::InvalidId, s, e.to_string());
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// SQL text: a string, not empty, with no `{{` (values are bound, never spliced).
+    fn sql_text(&mut self, q: &Val<'_>, key: &str, s: Option<&StepId>) -> Option<String> {
+        let text = self.string(q, key, s)?;
+        if let Some(at) = text.find("{{") {
+            let end = text[at..].find("}}").map_or(text.len(), |e| at + e + 2);
+            self.err(
+                &q.span(),
+                K::TemplateInSql,
+                s,
+                format!(
+                    "`{}` inside SQL text: values must be bound, never spliced; write a parameter \
+                     (`?` or `$1`) and add the template to `params`",
+                    &text[at..end]
+                ),
+            );
+            return None;
+        }
+        if text.trim().is_empty() {
+            self.err(&q.span(), K::InvalidValue, s, format!("`{key}` is empty"));
+            return None;
+        }
+        Some(text)
+    }
+
+    /// `sql` and `params` of a table (the action itself, or one of `statements`).
+    fn statement(
+        &mut self,
+        t: &DeTable<'_>,
+        s: Option<&StepId>,
+        templates: &mut Vec<(Template, Span)>,
+    ) -> Option<Statement> {
+        let sql = t.get("sql").and_then(|q| self.sql_text(q, "sql", s));
+        let mut params = Vec::new();
+        let mut ok = true;
+        if let Some(p) = t.get("params") {
+            match self.strings(p, "params", s) {
+                Some(list) => {
+                    for (raw, span) in list {
+                        match self.template(&raw, span, s, templates) {
+                            Some(t) => params.push(t),
+                            None => ok = false,
+                        }
+                    }
+                }
+                None => ok = false,
+            }
+        }
+        let sql = sql?;
+        ok.then_some(Statement { sql, params })
+    }
+
+    fn statements(
+        &mut self,
+        v: &Val<'_>,
+        s: Option<&StepId>,
+        templates: &mut Vec<(Template, Span)>,
+    ) -> Option<Vec<Statement>> {
+        let DeValue::Array(items) = v.get_ref() else {
+            self.wrong_type(
+                v,
+                "statements",
+                "an array of tables { sql = \"...\", params = [...] }",
+                s,
+            );
+            return None;
+        };
+        if items.is_empty() {
+            self.err(&v.span(), K::InvalidValue, s, "`statements` is empty");
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut ok = true;
+        for item in items.iter() {
+            let Some(t) = self.table(item, "statements[]", s) else {
+                ok = false;
+                continue;
+            };
+            self.known_keys(t, STATEMENT_KEYS, "a statement", s);
+            if t.get("sql").is_none() {
+                self.err(&item.span(), K::MissingKey, s, "statement has no `sql`");
+                ok = false;
+                continue;
+            }
+            match self.statement(t, s, templates) {
+                Some(st) => out.push(st),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// Checks what refers across steps; returns a topological order when the steps form a DAG.
+    fn cross_check(
+        &mut self,
+        drafts: &[Draft],
+        pools: &[&PoolName],
+        conns: &[Connection],
+    ) -> Option<Vec<usize>> {
+        let ids = std::mem::take(&mut self.ids);
+        let mut first_seen: HashMap<&StepId, &Span> = HashMap::new();
+        for (id, span) in &ids {
+            if let Some(first) = first_seen.get(id) {
+                let line = self.sink.location(first).line;
+                self.err(
+                    span,
+                    K::DuplicateStep,
+                    Some(id),
+                    format!("duplicate step id; first defined on line {line}"),
+                );
+            } else {
+                first_seen.insert(id, span);
+            }
+        }
+        let mut index: HashMap<&StepId, usize> = HashMap::new();
+        for (i, d) in drafts.iter().enumerate() {
+            index.entry(&d.id).or_insert(i);
+        }
+        let all_ids: Vec<&str> = ids.iter().map(|(id, _)| id.as_str()).collect();
+        let mut edges: Vec<Vec<usize>> = vec![Vec::new(); drafts.len()];
+        for (i, d) in drafts.iter().enumerate() {
+            let s = Some(&d.id);
+            let mut seen: Vec<&StepId> = Vec::new();
+            for (n, span) in &d.needs {
+                if seen.contains(&n) {
+                    self.err(span, K::DuplicateNeed, s, format!("`{n}` appears twice in `needs`"));
+                    continue;
+                }
+                seen.push(n);
+                if n == &d.id {
+                    self.err(span, K::Cycle, s, "the step needs itself");
+                    continue;
+                }
+                match index.get(n) {
+                    Some(&j) => edges[i].push(j),
+                    // Known, but the step itself has mistakes (already reported).
+                    None if first_seen.contains_key(n) => {}
+                    None => {
+                        let hint = suggestion(n.as_str(), all_ids.iter().copied());
+                        self.err(
+                            span,
+                            K::UnknownNeed,
+                            s,
+                            format!("needs unknown step `{n}`{hint}"),
+                        );
+                    }
+                }
+            }
+            if let Some((r, span)) = &d.resource
+                && !pools.contains(&r)
+            {
+                let names: Vec<&str> = pools.iter().map(|p| p.as_str()).collect();
+                let hint = suggestion(r.as_str(), names.iter().copied());
+                let declared = if names.is_empty() { "none".to_owned() } else { names.join(", ") };
+                self.err(
+                    span,
+                    K::UnknownResource,
+                    s,
+                    format!("unknown resource `{r}`{hint}; [resources] declares: {declared}"),
+                );
+            }
+            for (name, span) in &d.conn_refs {
+                let Some(conn) = conns.iter().find(|c| &c.name == name) else {
+                    let names: Vec<&str> = conns.iter().map(|c| c.name.as_str()).collect();
+                    let hint = suggestion(name.as_str(), names.iter().copied());
+                    let declared =
+                        if names.is_empty() { "none".to_owned() } else { names.join(", ") };
+                    self.err(
+                        span,
+                        K::UnknownConnection,
+                        s,
+                        format!(
+                            "unknown connection `{name}`{hint}; [connections] declares: {declared}"
+                        ),
+                    );
+                    continue;
+                };
+                for p in conn.url.placeholders() {
+                    if let Err(msg) =
+                        resolvable(p, d, |id| first_seen.contains_key(id), &index, drafts)
+                    {
+                        self.err(
+                            span,
+                            K::UnresolvedTemplate,
+                            s,
+                            format!("connection `{name}`: {msg}"),
+                        );
+                    }
+                }
+            }
+            for (req, span) in &d.require_refs {
+                if !d.needs.iter().any(|(n, _)| n == req) {
+                    self.err(
+                        span,
+                        K::InvalidValue,
+                        s,
+                        format!("the audit requires `{req}`, which is not in this step's `needs`"),
+                    );
+                    continue;
+                }
+                let p = Placeholder::Needs { step: req.clone(), key: "restore_point".to_owned() };
+                if let Err(msg) =
+                    resolvable(&p, d, |id| first_seen.contains_key(id), &index, drafts)
+                {
+                    self.err(
+                        span,
+                        K::InvalidValue,
+                        s,
+                        format!("the audit cannot read `{req}`: {msg}"),
+                    );
+                }
+            }
+            for (t, span) in &d.templates {
+                for p in t.placeholders() {
+                    if let Err(msg) =
+                        resolvable(p, d, |id| first_seen.contains_key(id), &index, drafts)
+                    {
+                        self.err(span, K::UnresolvedTemplate, s, msg);
+                    }
+                }
+            }
+        }
+        self.cycles(drafts, &edges)?;
+        Some(topological(&edges))
+    }
+
+    /// Reports each dependency cycle once, with its path. `None` when there is one.
+    fn cycles(&mut self, drafts: &[Draft], needs: &[Vec<usize>]) -> Option<()> {
+        let mut graph = petgraph::graph::DiGraph::<usize, ()>::new();
+        let nodes: Vec<_> = (0..drafts.len()).map(|i| graph.add_node(i)).collect();
+        for (i, ns) in needs.iter().enumerate() {
+            for &j in ns {
+                graph.add_edge(nodes[j], nodes[i], ());
+            }
+        }
+        let mut found = false;
+        for scc in petgraph::algo::tarjan_scc(&graph) {
+            if scc.len() < 2 {
+                continue;
+            }
+            found = true;
+            let members: Vec<usize> = scc.iter().map(|n| graph[*n]).collect();
+            let start = members.iter().copied().min().unwrap_or(0);
+            let path = cycle_path(start, &members, needs);
+            let text: Vec<&str> = path.iter().map(|&i| drafts[i].id.as_str()).collect();
+            let d = &drafts[start];
+            self.err(
+                &d.needs_span,
+                K::Cycle,
+                Some(&d.id),
+                format!("dependency cycle: {}", text.join(" → ")),
+            );
+        }
+        (!found).then_some(())
+    }
+}
+
+/// A cycle through `start` inside one strongly connected component, closed (`a → b → a`), in the
+/// direction of `needs` (each step followed by one it needs).
+fn cycle_path(start: usize, members: &[usize], needs: &[Vec<usize>]) -> Vec<usize> {
+    // Breadth-first search from `start` back to `start` along `needs`, inside the component.
+    let mut prev: HashMap<usize, usize> = HashMap::new();
+    let mut queue = std::collections::VecDeque::from([start]);
+    while let Some(n) = queue.pop_front() {
+        for &m in &needs[n] {
+            if !members.contains(&m) {
+                continue;
+            }
+            if m == start {
+                let mut path = vec![start];
+                let mut cur = n;
+                while cur != start {
+                    path.push(cur);
+                    cur = prev[&cur];
+                }
+                path.push(start);
+                let len = path.len();
+                path[1..len - 1].reverse();
+                return path;
+            }
+            if let std::collections::hash_map::Entry::Vacant(e) = prev.entry(m) {
+                e.insert(n);
+                queue.push_back(m);
+            }
+        }
+    }
+    vec![start, start]
+}
+
+/// Kahn's algorithm, preferring file order among ready steps.
+fn topological(needs: &[Vec<usize>]) -> Vec<usize> {
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); needs.len()];
+    let mut missing: Vec<usize> = needs.iter().map(Vec::len).collect();
+    for (i, ns) in needs.iter().enumerate() {
+        for &j in ns {
+            dependents[j].push(i);
+        }
+    }
+    let mut ready: BinaryHeap<Reverse<usize>> =
+        (0..needs.len()).filter(|&i| missing[i] == 0).map(Reverse).collect();
+    let mut order = Vec::with_capacity(needs.len());
+    while let Some(Reverse(i)) = ready.pop() {
+        order.push(i);
+        for &d in &dependents[i] {
+            missing[d] -= 1;
+            if missing[d] == 0 {
+                ready.push(Reverse(d));
+            }
+        }
+    }
+    order
+}
+
+fn parse_scope(raw: &str) -> Result<Scope, String> {
+    match raw {
+        "run" => Ok(Scope::Run),
+        "target" => Ok(Scope::Target),
+        _ => match raw.strip_prefix("group:") {
+            Some(attr) => {
+                AttrName::new(attr).map(Scope::Group).map_err(|e| format!("scope {raw:?}: {e}"))
+            }
+            None => Err(format!(
+                "scope {raw:?} is not one of \"run\", \"target\" or \"group:<attribute>\"{}",
+                suggestion(raw, ["run", "target"])
+            )),
+        },
+    }
+}
+
+/// A table or column name rewind may quote into SQL: `[A-Za-z_][A-Za-z0-9_]*`.
+fn is_identifier(k: &str) -> bool {
+    let b = k.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && (b[0].is_ascii_alphabetic() || b[0] == b'_')
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+}
+
+fn identifier_rule(what: &str, name: &str) -> String {
+    format!(
+        "{what} name {name:?} is not valid: use letters, digits and '_', starting with a letter or '_' (at most 63)"
+    )
+}
+
+fn is_env_name(k: &str) -> bool {
+    let b = k.as_bytes();
+    !b.is_empty()
+        && (b[0].is_ascii_alphabetic() || b[0] == b'_')
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+}
+
+/// Whether placeholder `p` has exactly one value for every instance of step `d`.
+fn resolvable(
+    p: &Placeholder,
+    d: &Draft,
+    known: impl Fn(&StepId) -> bool,
+    index: &HashMap<&StepId, usize>,
+    drafts: &[Draft],
+) -> Result<(), String> {
+    let scope = &d.scope;
+    match p {
+        Placeholder::TargetId | Placeholder::TargetKind | Placeholder::TargetAttr(_) => match scope
+        {
+            Scope::Target => Ok(()),
+            Scope::Run => Err(format!(
+                "`{{{{{p}}}}}` cannot resolve in a run-scope step: it has no single target"
+            )),
+            Scope::Group(_) => Err(format!(
+                "`{{{{{p}}}}}` cannot resolve in a {scope} step: it covers many targets; use `{{{{group.value}}}}`"
+            )),
+        },
+        Placeholder::GroupValue => match scope {
+            Scope::Group(_) => Ok(()),
+            _ => Err(format!(
+                "`{{{{group.value}}}}` cannot resolve in a {scope}-scope step: it belongs to group: scopes"
+            )),
+        },
+        Placeholder::RunId
+        | Placeholder::RestorePoint
+        | Placeholder::StepId
+        | Placeholder::Attempt => Ok(()),
+        Placeholder::Needs { step, .. } => {
+            if !d.needs.iter().any(|(n, _)| n == step) {
+                return Err(if known(step) {
+                    format!(
+                        "`{{{{{p}}}}}` reads step `{step}`, which is not in this step's `needs`"
+                    )
+                } else {
+                    format!("`{{{{{p}}}}}` reads unknown step `{step}`")
+                });
+            }
+            let Some(&j) = index.get(step) else { return Ok(()) };
+            let dep = &drafts[j].scope;
+            let unique = match (scope, dep) {
+                (_, Scope::Run) | (Scope::Target, Scope::Target | Scope::Group(_)) => true,
+                (Scope::Group(a), Scope::Group(b)) => a == b,
+                _ => false,
+            };
+            if unique {
+                Ok(())
+            } else {
+                Err(format!(
+                    "`{{{{{p}}}}}` is ambiguous: a {scope}-scope step depends on many instances of `{step}` (scope {dep})"
+                ))
+            }
+        }
+    }
+}

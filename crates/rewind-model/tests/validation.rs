@@ -1,0 +1,822 @@
+//! Every workflow validation error, pinned with its kind, location, step and message.
+//! One helper, many small cases.
+
+#![allow(clippy::unwrap_used)] // a panic in a test is a failed test
+
+use rewind_model::{Diagnostics, ErrorKind as K, Policy, Workflow};
+
+const HEADER: &str = r#"name = "t"
+target_kind = "site"
+
+[resources]
+api = 2
+
+[connections]
+catalog = "sqlite://catalog.db"
+"#;
+
+fn with_header(steps: &str) -> String {
+    format!("{HEADER}\n{steps}")
+}
+
+/// 1-based line of the first occurrence of `marker` in `text`.
+fn line_of(text: &str, marker: &str) -> u32 {
+    let at = text.find(marker).unwrap_or_else(|| panic!("marker {marker:?} not in the text"));
+    text[..at].matches('\n').count() as u32 + 1
+}
+
+/// Asserts that parsing `text` fails with a diagnostic of `kind`, on the line of `at`, for
+/// `step`, whose message contains `needle`.
+#[track_caller]
+fn check(text: &str, kind: K, at: &str, step: Option<&str>, needle: &str) {
+    let diags = Workflow::parse("w.toml", text).expect_err("the workflow should be refused");
+    let line = line_of(text, at);
+    let hit = diags.iter().any(|d| {
+        d.kind == kind
+            && d.location.line == line
+            && d.location.file == "w.toml"
+            && d.step.as_ref().map(|s| s.as_str()) == step
+            && d.message.contains(needle)
+    });
+    assert!(
+        hit,
+        "expected {kind:?} on line {line} (step {step:?}) containing {needle:?}; got:\n{diags}"
+    );
+}
+
+/// A step with all required keys, plus `extra` lines.
+fn step(id: &str, extra: &str) -> String {
+    format!(
+        "[[steps]]\nid = \"{id}\"\nestimate = \"1m\"\naction = {{ kind = \"command\", program = \"true\" }}\n{extra}\n"
+    )
+}
+
+#[test]
+fn a_valid_workflow_parses_with_defaults_applied() {
+    let text = with_header(&format!(
+        "{}{}",
+        step("a", "scope = \"run\""),
+        step("b", "needs = [\"a\"]\nretries = 5\nbackoff = { max = \"1m\" }")
+    ));
+    let wf = Workflow::parse("w.toml", &text).unwrap();
+    assert_eq!(wf.steps.len(), 2);
+    assert_eq!(wf.steps[0].policy, Policy::BUILT_IN);
+    let b = &wf.steps[1];
+    assert_eq!(b.policy.retries, 5);
+    assert_eq!(b.policy.backoff.max, std::time::Duration::from_secs(60));
+    assert_eq!(
+        b.policy.backoff.initial,
+        Policy::BUILT_IN.backoff.initial,
+        "unset keys keep defaults"
+    );
+    assert_eq!(b.line, line_of(&text, "id = \"b\"") - 1);
+}
+
+#[test]
+fn step_overrides_merge_over_workflow_defaults() {
+    let text = format!(
+        "{HEADER}\n[defaults]\ntimeout = \"10m\"\nretries = 0\nbackoff = {{ initial = \"1s\", factor = 3, jitter = false }}\n\n{}",
+        step("a", "timeout = \"1h\"")
+    );
+    let wf = Workflow::parse("w.toml", &text).unwrap();
+    let p = wf.steps[0].policy;
+    assert_eq!(p.timeout, std::time::Duration::from_secs(3600));
+    assert_eq!(p.retries, 0);
+    assert_eq!(p.backoff.factor, 3.0);
+    assert!(!p.backoff.jitter);
+    assert_eq!(p.backoff.initial, std::time::Duration::from_secs(1));
+}
+
+#[test]
+fn toml_syntax_error_is_located() {
+    let text = with_header("[[steps]]\nid = \"a\nestimate = \"1m\"\n");
+    check(&text, K::Syntax, "id = \"a", None, "");
+}
+
+#[test]
+fn unknown_top_level_key_suggests_the_right_one() {
+    let text = format!("descripton = \"x\"\n{}", with_header(&step("a", "")));
+    check(
+        &text,
+        K::UnknownKey,
+        "descripton",
+        None,
+        "unknown key `descripton` in the workflow (did you mean `description`?)",
+    );
+}
+
+#[test]
+fn unknown_step_key_is_an_error_not_ignored() {
+    let text = with_header(&step("a", "retrys = 3"));
+    check(
+        &text,
+        K::UnknownKey,
+        "retrys",
+        Some("a"),
+        "unknown key `retrys` in step (did you mean `retries`?)",
+    );
+}
+
+#[test]
+fn unknown_key_in_defaults_backoff_and_action() {
+    check(
+        &format!("{HEADER}\n[defaults]\ntimout = \"1m\"\n{}", step("a", "")),
+        K::UnknownKey,
+        "timout",
+        None,
+        "did you mean `timeout`?",
+    );
+    check(
+        &with_header(&step("a", "backoff = { inital = \"1s\" }")),
+        K::UnknownKey,
+        "inital",
+        Some("a"),
+        "did you mean `initial`?",
+    );
+    let text = with_header(
+        "[[steps]]\nid = \"a\"\nestimate = \"1m\"\naction = { kind = \"command\", program = \"x\", argz = [] }\n",
+    );
+    check(
+        &text,
+        K::UnknownKey,
+        "argz",
+        Some("a"),
+        "unknown key `argz` in a command action (did you mean `args`?)",
+    );
+}
+
+#[test]
+fn missing_required_keys() {
+    check(
+        "target_kind = \"site\"\n[[steps]]\nid = \"a\"\n",
+        K::MissingKey,
+        "target_kind",
+        None,
+        "has no `name`",
+    );
+    check("name = \"x\"\n", K::MissingKey, "name", None, "has no `target_kind`");
+    check("name = \"x\"\ntarget_kind = \"site\"\n", K::MissingKey, "name", None, "no steps");
+    check(
+        &with_header("[[steps]]\nestimate = \"1m\"\n"),
+        K::MissingKey,
+        "[[steps]]",
+        None,
+        "step has no `id`",
+    );
+    check(
+        &with_header("[[steps]]\nid = \"a\"\naction = { kind = \"command\", program = \"x\" }\n"),
+        K::MissingKey,
+        "[[steps]]",
+        Some("a"),
+        "no `estimate`",
+    );
+    check(
+        &with_header("[[steps]]\nid = \"a\"\nestimate = \"1m\"\n"),
+        K::MissingKey,
+        "[[steps]]",
+        Some("a"),
+        "no `action`",
+    );
+    check(
+        &with_header("[[steps]]\nid = \"a\"\nestimate = \"1m\"\naction = { program = \"x\" }\n"),
+        K::MissingKey,
+        "action =",
+        Some("a"),
+        "action has no `kind`",
+    );
+}
+
+#[test]
+fn wrong_types_name_the_key_and_both_types() {
+    check(
+        &with_header(&step("a", "retries = \"two\"")),
+        K::InvalidType,
+        "\"two\"",
+        Some("a"),
+        "`retries` must be an integer, not a string",
+    );
+    check(
+        &with_header(&step("a", "needs = \"b\"")),
+        K::InvalidType,
+        "needs =",
+        Some("a"),
+        "`needs` must be an array of strings",
+    );
+    check(
+        &with_header(&step("a", "timeout = 30")),
+        K::InvalidType,
+        "timeout = 30",
+        Some("a"),
+        "duration string",
+    );
+}
+
+#[test]
+fn duplicate_step_ids() {
+    let text = with_header(&format!("{}{}", step("a", ""), step("a", "")));
+    let second = text.rfind("id = \"a\"").unwrap();
+    let diags = Workflow::parse("w.toml", &text).unwrap_err();
+    let d = diags.iter().find(|d| d.kind == K::DuplicateStep).expect("duplicate reported");
+    assert_eq!(d.location.line, text[..second].matches('\n').count() as u32 + 1);
+    assert!(
+        d.message.contains(&format!("first defined on line {}", line_of(&text, "id = \"a\""))),
+        "{d}"
+    );
+}
+
+#[test]
+fn unknown_need_suggests_a_close_step() {
+    let text = with_header(&format!(
+        "{}{}",
+        step("catalog.undelete", ""),
+        step("b", "needs = [\"catalog.undelte\"]")
+    ));
+    check(
+        &text,
+        K::UnknownNeed,
+        "\"catalog.undelte\"",
+        Some("b"),
+        "needs unknown step `catalog.undelte` (did you mean `catalog.undelete`?)",
+    );
+}
+
+#[test]
+fn duplicate_and_self_needs() {
+    let text = with_header(&format!("{}{}", step("a", ""), step("b", "needs = [\"a\", \"a\"]")));
+    check(&text, K::DuplicateNeed, "needs = [\"a\", \"a\"]", Some("b"), "`a` appears twice");
+    check(
+        &with_header(&step("a", "needs = [\"a\"]")),
+        K::Cycle,
+        "needs = [\"a\"]",
+        Some("a"),
+        "needs itself",
+    );
+}
+
+#[test]
+fn cycles_print_their_path() {
+    let text = with_header(&format!(
+        "{}{}{}{}",
+        step("a", "needs = [\"c\"]"),
+        step("b", "needs = [\"a\"]"),
+        step("c", "needs = [\"b\"]"),
+        step("d", "needs = [\"a\"]"),
+    ));
+    check(&text, K::Cycle, "needs = [\"c\"]", Some("a"), "dependency cycle: a → c → b → a");
+}
+
+#[test]
+fn resources_must_exist_and_have_capacity() {
+    check(
+        &with_header(&step("a", "resource = \"apii\"")),
+        K::UnknownResource,
+        "resource = \"apii\"",
+        Some("a"),
+        "unknown resource `apii` (did you mean `api`?); [resources] declares: api",
+    );
+    let text = format!(
+        "name = \"t\"\ntarget_kind = \"site\"\n[resources]\ndb = 0\nneg = -1\n{}",
+        step("a", "")
+    );
+    check(&text, K::InvalidCapacity, "db = 0", None, "resource `db` has capacity 0");
+    check(&text, K::InvalidCapacity, "neg = -1", None, "capacity -1");
+    let text =
+        format!("name = \"t\"\ntarget_kind = \"site\"\n[resources]\nDB = 1\n{}", step("a", ""));
+    check(&text, K::InvalidId, "DB = 1", None, "resource name \"DB\" is not valid");
+}
+
+#[test]
+fn bad_durations() {
+    check(
+        &with_header(
+            "[[steps]]\nid = \"a\"\nestimate = \"5 parsecs\"\naction = { kind = \"command\", program = \"x\" }\n",
+        ),
+        K::InvalidDuration,
+        "5 parsecs",
+        Some("a"),
+        "`estimate` = \"5 parsecs\" is not a duration",
+    );
+    check(
+        &with_header(&step("a", "timeout = \"0s\"")),
+        K::InvalidValue,
+        "timeout = \"0s\"",
+        Some("a"),
+        "longer than zero",
+    );
+    check(
+        &with_header(&step("a", "backoff = { initial = \"1m\", max = \"1s\" }")),
+        K::InvalidValue,
+        "backoff = {",
+        Some("a"),
+        "shorter than `initial`",
+    );
+    check(
+        &with_header(&step("a", "backoff = { factor = 0.5 }")),
+        K::InvalidValue,
+        "factor = 0.5",
+        Some("a"),
+        "between 1 and 100",
+    );
+    check(
+        &with_header(&step("a", "retries = -1")),
+        K::InvalidValue,
+        "retries = -1",
+        Some("a"),
+        "between 0 and 1000",
+    );
+}
+
+#[test]
+fn bad_ids_and_kinds() {
+    check(
+        &with_header(&step("Catalog.Undelete", "")),
+        K::InvalidId,
+        "Catalog.Undelete",
+        None,
+        "step id \"Catalog.Undelete\" is not valid",
+    );
+    check(
+        &with_header(&step("a", "needs = [\"B\"]")),
+        K::InvalidId,
+        "needs = [\"B\"]",
+        Some("a"),
+        "in `needs`",
+    );
+    let text = format!("name = \"t\"\ntarget_kind = \"Site\"\n{}", step("a", ""));
+    check(&text, K::InvalidId, "target_kind", None, "target kind \"Site\" is not valid");
+}
+
+#[test]
+fn bad_scopes() {
+    check(
+        &with_header(&step("a", "scope = \"grup:shard\"")),
+        K::InvalidScope,
+        "grup:shard",
+        Some("a"),
+        "is not one of \"run\", \"target\" or \"group:<attribute>\"",
+    );
+    check(
+        &with_header(&step("a", "scope = \"targt\"")),
+        K::InvalidScope,
+        "targt",
+        Some("a"),
+        "did you mean `target`?",
+    );
+    check(
+        &with_header(&step("a", "scope = \"group:\"")),
+        K::InvalidScope,
+        "group:",
+        Some("a"),
+        "attribute name \"\" is not valid",
+    );
+}
+
+#[test]
+fn unknown_action_kind() {
+    let text = with_header(
+        "[[steps]]\nid = \"a\"\nestimate = \"1m\"\naction = { kind = \"shell\", program = \"x\" }\n",
+    );
+    check(
+        &text,
+        K::UnknownAction,
+        "\"shell\"",
+        Some("a"),
+        "unknown action kind `shell`; known kinds: command, sql",
+    );
+    let text = with_header(
+        "[[steps]]\nid = \"a\"\nestimate = \"1m\"\naction = { kind = \"comand\", program = \"x\" }\n",
+    );
+    check(&text, K::UnknownAction, "\"comand\"", Some("a"), "did you mean `command`?");
+}
+
+fn cmd_step(id: &str, scope: &str, needs: &str, arg: &str) -> String {
+    format!(
+        "[[steps]]\nid = \"{id}\"\nscope = \"{scope}\"\nneeds = [{needs}]\nestimate = \"1m\"\naction = {{ kind = \"command\", program = \"x\", args = [\"{arg}\"] }}\n"
+    )
+}
+
+#[test]
+fn templates_that_cannot_resolve() {
+    check(
+        &with_header(&cmd_step("a", "target", "", "{{target.nonsense}}")),
+        K::UnresolvedTemplate,
+        "{{target.nonsense}}",
+        Some("a"),
+        "unknown placeholder `{{target.nonsense}}`",
+    );
+    check(
+        &with_header(&cmd_step("a", "target", "", "{{target.id")),
+        K::UnresolvedTemplate,
+        "{{target.id",
+        Some("a"),
+        "unclosed",
+    );
+    check(
+        &with_header(&cmd_step("a", "run", "", "{{target.id}}")),
+        K::UnresolvedTemplate,
+        "{{target.id}}",
+        Some("a"),
+        "cannot resolve in a run-scope step",
+    );
+    check(
+        &with_header(&cmd_step("a", "group:shard", "", "{{target.attr.shard}}")),
+        K::UnresolvedTemplate,
+        "{{target.attr.shard}}",
+        Some("a"),
+        "use `{{group.value}}`",
+    );
+    check(
+        &with_header(&cmd_step("a", "target", "", "{{group.value}}")),
+        K::UnresolvedTemplate,
+        "{{group.value}}",
+        Some("a"),
+        "belongs to group: scopes",
+    );
+}
+
+#[test]
+fn needs_templates_must_read_a_unique_dependency() {
+    let text = with_header(&format!(
+        "{}{}",
+        step("x", ""),
+        cmd_step("a", "target", "", "{{needs.x.url}}")
+    ));
+    check(
+        &text,
+        K::UnresolvedTemplate,
+        "{{needs.x.url}}",
+        Some("a"),
+        "reads step `x`, which is not in this step's `needs`",
+    );
+    let text = with_header(&cmd_step("a", "target", "", "{{needs.nope.url}}"));
+    check(
+        &text,
+        K::UnresolvedTemplate,
+        "{{needs.nope.url}}",
+        Some("a"),
+        "reads unknown step `nope`",
+    );
+    let text = with_header(&format!(
+        "{}{}",
+        step("x", ""),
+        cmd_step("a", "run", "\"x\"", "{{needs.x.url}}")
+    ));
+    check(
+        &text,
+        K::UnresolvedTemplate,
+        "{{needs.x.url}}",
+        Some("a"),
+        "is ambiguous: a run-scope step depends on many instances of `x`",
+    );
+    // A dotted step id reads fine: the key is the last segment.
+    let text = with_header(&format!(
+        "{}{}",
+        step("catalog.undelete", ""),
+        cmd_step("a", "target", "\"catalog.undelete\"", "{{needs.catalog.undelete.url}}")
+    ));
+    assert!(Workflow::parse("w.toml", &text).is_ok());
+}
+
+#[test]
+fn templates_in_sql_text_are_refused() {
+    let text = with_header(
+        "[[steps]]\nid = \"a\"\nestimate = \"1m\"\naction = { kind = \"sql\", connection = \"catalog\", sql = \"DELETE FROM sites WHERE id = '{{target.id}}'\" }\n",
+    );
+    check(
+        &text,
+        K::TemplateInSql,
+        "DELETE FROM",
+        Some("a"),
+        "`{{target.id}}` inside SQL text: values must be bound, never spliced",
+    );
+    let ok = with_header(
+        "[[steps]]\nid = \"a\"\nestimate = \"1m\"\naction = { kind = \"sql\", connection = \"catalog\", sql = \"UPDATE sites SET status = 'active' WHERE id = ?\", params = [\"{{target.id}}\"] }\n",
+    );
+    assert!(Workflow::parse("w.toml", &ok).is_ok());
+}
+
+#[test]
+fn sql_connections_must_be_declared() {
+    let text = with_header(
+        "[[steps]]\nid = \"a\"\nestimate = \"1m\"\naction = { kind = \"sql\", connection = \"catalgo\", sql = \"SELECT 1\" }\n",
+    );
+    check(
+        &text,
+        K::UnknownConnection,
+        "\"catalgo\"",
+        Some("a"),
+        "unknown connection `catalgo` (did you mean `catalog`?)",
+    );
+}
+
+#[test]
+fn when_applies_to_target_scope_only() {
+    check(
+        &with_header(&step("a", "scope = \"run\"\nwhen = { products = \"tracker\" }")),
+        K::InvalidWhen,
+        "when =",
+        Some("a"),
+        "target-scope steps only",
+    );
+    check(&with_header(&step("a", "when = {}")), K::InvalidWhen, "when =", Some("a"), "is empty");
+    check(
+        &with_header(&step("a", "when = { products = 3 }")),
+        K::InvalidType,
+        "products = 3",
+        Some("a"),
+        "`when.products` must be a string",
+    );
+}
+
+#[test]
+fn rewind_environment_is_reserved() {
+    let text = with_header(
+        "[[steps]]\nid = \"a\"\nestimate = \"1m\"\naction = { kind = \"command\", program = \"x\", env = { REWIND_STEP = \"y\" } }\n",
+    );
+    check(&text, K::InvalidValue, "REWIND_STEP", Some("a"), "set by rewind itself");
+}
+
+#[test]
+fn several_errors_are_reported_together_in_file_order() {
+    let text = with_header(&format!(
+        "{}{}{}",
+        step("a", "retrys = 1"),
+        step("b", "needs = [\"zz\"]\nresource = \"nope\""),
+        "[[steps]]\nid = \"c\"\nestimate = \"soon\"\naction = { kind = \"shell\" }\n",
+    ));
+    let diags: Diagnostics = Workflow::parse("w.toml", &text).unwrap_err();
+    let kinds: Vec<K> = diags.iter().map(|d| d.kind).collect();
+    assert_eq!(
+        kinds,
+        [K::UnknownKey, K::UnknownNeed, K::UnknownResource, K::InvalidDuration, K::UnknownAction],
+        "{diags}"
+    );
+    let lines: Vec<u32> = diags.iter().map(|d| d.location.line).collect();
+    assert!(lines.windows(2).all(|w| w[0] <= w[1]), "sorted by line: {lines:?}");
+    // Display: file:line:col: error[code]: step `id`: message
+    let first = diags.iter().next().unwrap().to_string();
+    assert!(
+        first.starts_with(&format!(
+            "w.toml:{}:1: error[unknown-key]: step `a`: unknown key `retrys`",
+            line_of(&text, "retrys")
+        )),
+        "{first}"
+    );
+}
+
+#[test]
+fn a_step_with_other_mistakes_is_still_known_to_its_dependents() {
+    // `a` has a bad estimate; `b` needs `a`: only the estimate is reported, not an unknown need.
+    let text = with_header(&format!(
+        "{}{}",
+        "[[steps]]\nid = \"a\"\nestimate = \"soon\"\naction = { kind = \"command\", program = \"x\" }\n",
+        step("b", "needs = [\"a\"]"),
+    ));
+    let diags = Workflow::parse("w.toml", &text).unwrap_err();
+    assert_eq!(diags.len(), 1, "{diags}");
+    assert!(diags.has(K::InvalidDuration));
+}
+
+#[test]
+fn the_shipped_workflows_are_valid() {
+    for (file, min_steps) in [("restore-2.toml", 30), ("restore-1.toml", 60)] {
+        let path = format!("{}/../../workflows/{file}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let wf = Workflow::parse(file, &text).unwrap_or_else(|d| panic!("{d}"));
+        assert!(wf.steps.len() >= min_steps, "{file}: {} steps", wf.steps.len());
+        assert_eq!(wf.target_kind.as_str(), "site");
+    }
+}
+
+#[test]
+fn pool_capacities_can_be_overridden_for_what_if_planning() {
+    let path = format!("{}/../../workflows/restore-2.toml", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(path).unwrap();
+    let db = rewind_model::PoolName::new("db_restore").unwrap();
+    let more = Workflow::with_capacities(&text, &[(db.clone(), 16)]).unwrap();
+    let (a, b) =
+        (Workflow::parse("a.toml", &text).unwrap(), Workflow::parse("b.toml", &more).unwrap());
+    assert_eq!(b.pool(&db).unwrap().capacity, 16);
+    assert_eq!(a.steps.len(), b.steps.len());
+    for (x, y) in a.resources.iter().zip(&b.resources) {
+        assert!(x.name == db || x == y, "only db_restore changes");
+    }
+    let nope = rewind_model::PoolName::new("gpu").unwrap();
+    let e = Workflow::with_capacities(&text, &[(nope, 2)]).unwrap_err();
+    assert_eq!(
+        e,
+        "the workflow has no resource `gpu` (it has: db_restore, platform_restore, identity_restore, media_restore, api, media)"
+    );
+    assert!(Workflow::with_capacities(&text, &[(db, 0)]).is_err());
+}
+
+const SLICE_HEADER: &str = r#"name = "t"
+target_kind = "site"
+
+[connections]
+live = "sqlite://${SANDBOX}/stores/tracker-{{target.attr.shard}}.sqlite"
+scratch = "sandbox://${SANDBOX}?scratch={{run.id}}&store=tracker-{{target.attr.shard}}"
+catalog = "sqlite://catalog.db"
+"#;
+
+fn slice_step(id: &str, scope: &str, action: &str) -> String {
+    format!(
+        "{SLICE_HEADER}\n[[steps]]\nid = \"{id}\"\nscope = \"{scope}\"\nestimate = \"1m\"\naction = {action}\n"
+    )
+}
+
+#[test]
+fn a_valid_copy_compare_audit_and_multi_statement_sql() {
+    let text = format!(
+        "{SLICE_HEADER}
+[[steps]]
+id = \"tracker.copy\"
+estimate = \"1m\"
+action = {{ kind = \"copy\", from = \"scratch\", to = \"live\", tables = [\"projects\", \"issues\"], tenant_column = \"site_id\", tenant = \"{{{{target.id}}}}\", source_restore_point = \"SELECT value FROM rewind_meta WHERE key = 'restore_point'\" }}
+
+[[steps]]
+id = \"tracker.compare\"
+needs = [\"tracker.copy\"]
+estimate = \"1m\"
+action = {{ kind = \"compare\", from = \"scratch\", to = \"live\", tables = [\"projects\", \"issues\"], tenant_column = \"site_id\", tenant = \"{{{{target.id}}}}\" }}
+
+[[steps]]
+id = \"audit\"
+needs = [\"tracker.copy\", \"tracker.compare\"]
+estimate = \"1m\"
+action = {{ kind = \"audit\", require = [\"tracker.copy\"] }}
+
+[[steps]]
+id = \"count\"
+scope = \"run\"
+estimate = \"1m\"
+action = {{ kind = \"sql\", connection = \"catalog\", statements = [{{ sql = \"UPDATE sites SET status = ? WHERE plan = ?\", params = [\"active\", \"{{{{run.id}}}}\"] }}, {{ sql = \"SELECT COUNT(*) AS n FROM sites\" }}] }}
+"
+    );
+    let wf = Workflow::parse("w.toml", &text).unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(wf.env_vars(), ["SANDBOX"]);
+    let kinds: Vec<&str> = wf.steps.iter().map(|s| s.action.kind()).collect();
+    assert_eq!(kinds, ["copy", "compare", "audit", "sql"]);
+    assert_eq!(wf.steps[0].action.describe(), "copy scratch -> live (2 tables)");
+    // The shard the connections read is an attribute targets must carry.
+    assert!(
+        wf.attribute_uses()
+            .iter()
+            .any(|u| u.attr.as_str() == "shard" && u.step.as_str() == "tracker.copy")
+    );
+    let rewind_model::Action::Sql(sql) = &wf.steps[3].action else { panic!() };
+    assert_eq!(sql.statements.len(), 2);
+}
+
+#[test]
+fn copy_and_compare_need_every_part() {
+    let action = r#"{ kind = "copy", from = "scratch", to = "live", tables = ["issues"], tenant_column = "site_id" }"#;
+    check(
+        &slice_step("c", "target", action),
+        K::MissingKey,
+        "action =",
+        Some("c"),
+        "copy action has no `tenant`",
+    );
+    let action = r#"{ kind = "compare", from = "scratch", tables = ["issues"], tenant_column = "site_id", tenant = "x" }"#;
+    check(
+        &slice_step("c", "target", action),
+        K::MissingKey,
+        "action =",
+        Some("c"),
+        "compare action has no `to` connection",
+    );
+    let action = r#"{ kind = "copy", from = "live", to = "live", tables = ["issues"], tenant_column = "site_id", tenant = "x" }"#;
+    check(
+        &slice_step("c", "target", action),
+        K::InvalidValue,
+        "action =",
+        Some("c"),
+        "`from` and `to` are both `live`",
+    );
+    let action = r#"{ kind = "copy", from = "scratch", to = "live", tables = [], tenant_column = "site_id", tenant = "x" }"#;
+    check(
+        &slice_step("c", "target", action),
+        K::InvalidValue,
+        "tables = []",
+        Some("c"),
+        "`tables` is empty",
+    );
+}
+
+#[test]
+fn table_and_column_names_are_identifiers_never_sql() {
+    let action = r#"{ kind = "copy", from = "scratch", to = "live", tables = ["issues; DROP TABLE sites"], tenant_column = "site_id", tenant = "x" }"#;
+    check(
+        &slice_step("c", "target", action),
+        K::InvalidId,
+        "issues; DROP",
+        Some("c"),
+        "table name \"issues; DROP TABLE sites\" is not valid",
+    );
+    let action = r#"{ kind = "copy", from = "scratch", to = "live", tables = ["issues", "issues"], tenant_column = "site_id", tenant = "x" }"#;
+    check(
+        &slice_step("c", "target", action),
+        K::InvalidValue,
+        "tables =",
+        Some("c"),
+        "table `issues` is listed twice",
+    );
+    let action = r#"{ kind = "copy", from = "scratch", to = "live", tables = ["issues"], tenant_column = "site-id", tenant = "x" }"#;
+    check(
+        &slice_step("c", "target", action),
+        K::InvalidId,
+        "\"site-id\"",
+        Some("c"),
+        "column name \"site-id\" is not valid",
+    );
+    let action = r#"{ kind = "copy", from = "scratch", to = "live", tables = ["issues"], tenant_column = "site_id", tenant = "x", source_restore_point = "SELECT '{{run.id}}'" }"#;
+    check(
+        &slice_step("c", "target", action),
+        K::TemplateInSql,
+        "source_restore_point",
+        Some("c"),
+        "`{{run.id}}` inside SQL text",
+    );
+}
+
+#[test]
+fn connections_must_exist_and_resolve_for_the_step() {
+    let action = r#"{ kind = "copy", from = "scrach", to = "live", tables = ["issues"], tenant_column = "site_id", tenant = "x" }"#;
+    check(
+        &slice_step("c", "target", action),
+        K::UnknownConnection,
+        "\"scrach\"",
+        Some("c"),
+        "unknown connection `scrach` (did you mean `scratch`?)",
+    );
+    // A group-scope step cannot use a connection that names one target's shard.
+    let action = r#"{ kind = "copy", from = "scratch", to = "live", tables = ["issues"], tenant_column = "site_id", tenant = "{{group.value}}" }"#;
+    check(
+        &slice_step("c", "group:shard", action),
+        K::UnresolvedTemplate,
+        "\"scratch\"",
+        Some("c"),
+        "connection `scratch`: `{{target.attr.shard}}` cannot resolve in a group:shard step",
+    );
+    let bad =
+        "name = \"t\"\ntarget_kind = \"site\"\n[connections]\nlive = \"sqlite://${SANDBOX/x.db\"\n";
+    check(
+        &format!("{bad}{}", step("a", "")),
+        K::UnresolvedTemplate,
+        "live =",
+        None,
+        "connection `live`: unclosed `${`",
+    );
+}
+
+#[test]
+fn sql_statements_are_one_form_or_the_other() {
+    let both = r#"{ kind = "sql", connection = "catalog", sql = "SELECT 1", statements = [{ sql = "SELECT 2" }] }"#;
+    check(
+        &slice_step("q", "run", both),
+        K::InvalidValue,
+        "action =",
+        Some("q"),
+        "give either `sql` (with `params`) or `statements`, not both",
+    );
+    let spliced = r#"{ kind = "sql", connection = "catalog", statements = [{ sql = "SELECT 1" }, { sql = "DELETE FROM sites WHERE id = '{{run.id}}'" }] }"#;
+    check(
+        &slice_step("q", "run", spliced),
+        K::TemplateInSql,
+        "action =",
+        Some("q"),
+        "`{{run.id}}` inside SQL text",
+    );
+    let misplaced = r#"{ kind = "sql", connection = "catalog", statements = [{ sql = "SELECT ?" }], params = ["x"] }"#;
+    check(
+        &slice_step("q", "run", misplaced),
+        K::InvalidValue,
+        "action =",
+        Some("q"),
+        "`params` goes inside each of `statements`",
+    );
+}
+
+#[test]
+fn audits_read_only_unique_dependencies() {
+    let text = format!(
+        "{HEADER}\n{}{}{}",
+        step("copy", ""),
+        step("other", ""),
+        "[[steps]]\nid = \"audit\"\nneeds = [\"copy\"]\nestimate = \"1m\"\naction = { kind = \"audit\", require = [\"copy\", \"other\"] }\n"
+    );
+    check(
+        &text,
+        K::InvalidValue,
+        "require =",
+        Some("audit"),
+        "the audit requires `other`, which is not in this step's `needs`",
+    );
+    let text = format!(
+        "{HEADER}\n{}{}",
+        step("copy", ""),
+        "[[steps]]\nid = \"audit\"\nscope = \"run\"\nneeds = [\"copy\"]\nestimate = \"1m\"\naction = { kind = \"audit\", require = [\"copy\"] }\n"
+    );
+    check(&text, K::InvalidValue, "require =", Some("audit"), "the audit cannot read `copy`");
+}

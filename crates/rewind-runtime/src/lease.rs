@@ -1,0 +1,145 @@
+//! Who drives a run. A run has one owner at a time, `host:pid:nonce`, taken with the store's
+//! compare-and-set. An owner is stale when it ran on this host and its process is gone (a crash
+//! or `kill -9`: resume at once), or when its heartbeat is older than [`LEASE`] (another host).
+
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nix::errno::Errno;
+use nix::sys::signal::kill;
+use nix::unistd::Pid;
+use rewind_model::RunId;
+use rewind_store::{RunRecord, Store};
+
+use crate::RuntimeError;
+
+/// How long a heartbeat stays valid for an owner on another host.
+pub const LEASE: Duration = Duration::from_secs(60);
+
+/// This machine's name.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// The OS user running this process.
+pub fn username() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// This process as a run owner: `host:pid:nonce`.
+pub fn me() -> &'static str {
+    static ME: OnceLock<String> = OnceLock::new();
+    ME.get_or_init(|| {
+        format!("{}:{}:{}", hostname(), std::process::id(), uuid::Uuid::new_v4().simple())
+    })
+}
+
+/// Whether `owner` can no longer be driving the run.
+pub fn is_stale(owner: &str, heartbeat_unix_ms: Option<i64>, now_unix_ms: i64) -> bool {
+    let mut parts = owner.rsplitn(3, ':');
+    let (_nonce, pid, host) = (parts.next(), parts.next(), parts.next());
+    if let (Some(host), Some(pid)) = (host, pid.and_then(|p| p.parse::<i32>().ok()))
+        && host == hostname()
+    {
+        return !process_alive(pid);
+    }
+    let age = now_unix_ms.saturating_sub(heartbeat_unix_ms.unwrap_or(0));
+    age > i64::try_from(LEASE.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn process_alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    match kill(Pid::from_raw(pid), None) {
+        Ok(()) | Err(Errno::EPERM) => true,
+        Err(_) => false,
+    }
+}
+
+/// The right to drive one run, held until released.
+#[derive(Debug)]
+pub struct Lease {
+    /// The run.
+    pub run: RunId,
+    /// The owner string written to the store.
+    pub owner: String,
+    /// The owner this lease replaced, if it took over a stale one.
+    pub took_over: Option<String>,
+}
+
+impl Lease {
+    /// Takes the run for this process, if no live process holds it.
+    pub async fn acquire<S: Store>(
+        store: &S,
+        run: RunId,
+    ) -> Result<(Self, RunRecord), RuntimeError> {
+        let record = store.run(run).await?.ok_or(RuntimeError::NoSuchRun(run))?;
+        let owner = me().to_owned();
+        let now = now_unix_ms();
+        let (expected, took_over) = match &record.owner {
+            None => (None, None),
+            Some(o) if o == &owner => return Ok((Self { run, owner, took_over: None }, record)),
+            Some(o) if is_stale(o, record.heartbeat_unix_ms, now) => {
+                (Some(o.as_str()), Some(o.clone()))
+            }
+            Some(o) => return Err(busy(run, o, record.heartbeat_unix_ms, now)),
+        };
+        if !store.claim(run, &owner, expected, now).await? {
+            let current =
+                store.run(run).await?.and_then(|r| r.owner.map(|o| (o, r.heartbeat_unix_ms)));
+            let (o, hb) = current.unwrap_or_else(|| ("another process".to_owned(), None));
+            return Err(busy(run, &o, hb, now));
+        }
+        let record = store.run(run).await?.ok_or(RuntimeError::NoSuchRun(run))?;
+        Ok((Self { run, owner, took_over }, record))
+    }
+
+    /// Gives the run up.
+    pub async fn release<S: Store>(self, store: &S) -> Result<(), RuntimeError> {
+        store.release(self.run, &self.owner).await?;
+        Ok(())
+    }
+}
+
+fn busy(run: RunId, owner: &str, heartbeat: Option<i64>, now: i64) -> RuntimeError {
+    let age =
+        heartbeat.map(|h| Duration::from_millis(u64::try_from(now.saturating_sub(h)).unwrap_or(0)));
+    RuntimeError::Busy { run, owner: owner.to_owned(), heartbeat_age: age }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_local_owner_is_stale_at_once() {
+        let host = hostname();
+        let me = format!("{host}:{}:x", std::process::id());
+        assert!(!is_stale(&me, Some(0), i64::MAX), "this process is alive whatever its heartbeat");
+        // PID 0 is never a process here; pids near the maximum are almost surely unused.
+        assert!(is_stale(&format!("{host}:0:x"), Some(now_unix_ms()), now_unix_ms()));
+    }
+
+    #[test]
+    fn a_remote_owner_is_stale_after_the_lease() {
+        let now = now_unix_ms();
+        assert!(!is_stale("elsewhere:1:x", Some(now - 1_000), now));
+        assert!(is_stale("elsewhere:1:x", Some(now - 61_000), now));
+        assert!(is_stale("elsewhere:1:x", None, now));
+    }
+}

@@ -1,0 +1,245 @@
+//! A stored run read back: its plan (rebuilt from the snapshot), instances and attempts, and the
+//! per-target and per-instance views that `status` and `report` print.
+
+use std::collections::HashMap;
+
+use rewind_model::{Plan, RestorePoint, Subject, TargetSet, TargetsFormat, Workflow};
+use rewind_scheduler::{Counts, State};
+use rewind_store::{AttemptRecord, InstanceRecord, RunRecord, Store, StoreError};
+use serde::Serialize;
+
+use crate::RuntimeError;
+use crate::lease::{is_stale, now_unix_ms};
+use rewind_model::RunId;
+
+/// Rebuilds a run's plan from its stored snapshot and checks it is the plan the run was created
+/// with (same fingerprint).
+pub fn load_plan(rec: &RunRecord) -> Result<Plan, RuntimeError> {
+    let run = rec.spec.id;
+    let snapshot = |message: String| RuntimeError::Snapshot { run, message };
+    let wf = Workflow::parse(&rec.spec.workflow_file, &rec.spec.workflow_text)
+        .map_err(|d| snapshot(d.to_string()))?;
+    let format =
+        TargetsFormat::from_file_name(&rec.spec.targets_file).unwrap_or(TargetsFormat::Csv);
+    let targets = TargetSet::parse(&rec.spec.targets_file, &rec.spec.targets_text, format)
+        .map_err(|d| snapshot(d.to_string()))?;
+    let rp: RestorePoint = rec
+        .spec
+        .restore_point
+        .parse()
+        .map_err(|e: rewind_model::RestorePointError| snapshot(e.to_string()))?;
+    let plan = Plan::build(wf, targets, rp).map_err(|d| snapshot(d.to_string()))?;
+    let fp = plan.fingerprint().to_string();
+    if fp != rec.spec.fingerprint {
+        return Err(snapshot(format!(
+            "its fingerprint is now {fp}, not {} (was it created by another version of rewind?)",
+            rec.spec.fingerprint
+        )));
+    }
+    Ok(plan)
+}
+
+/// One instance, as `status --json` and the report show it.
+#[derive(Clone, Debug, Serialize)]
+pub struct InstanceView {
+    /// Instance key.
+    pub key: String,
+    /// Step id.
+    pub step: String,
+    /// Target UUID, for target scope.
+    pub target: Option<String>,
+    /// Group value, for group scope.
+    pub group: Option<String>,
+    /// State.
+    pub state: String,
+    /// Pool.
+    pub resource: Option<String>,
+    /// Attempts started.
+    pub attempts: u32,
+    /// Per attempt: `[start, end]` offsets in seconds (end is the run's clock while running).
+    pub intervals: Vec<[f64; 2]>,
+    /// Step ids it needs.
+    pub needs: Vec<String>,
+}
+
+/// One target's progress.
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetView {
+    /// Target UUID.
+    pub id: String,
+    /// `succeeded`, `running`, `pending`, `failed`, `blocked` or `cancelled`.
+    pub state: &'static str,
+    /// When its last instance finished, once restored.
+    pub finished_offset_s: Option<f64>,
+    /// Target-scope instances done (succeeded or skipped).
+    #[serde(skip)]
+    pub done: usize,
+    /// Target-scope instances in all.
+    #[serde(skip)]
+    pub total: usize,
+    /// The first failed instance, if any.
+    #[serde(skip)]
+    pub failed_key: Option<String>,
+}
+
+/// One attempt of an instance.
+pub type AttemptView = AttemptRecord;
+
+/// A stored run with everything needed to explain it.
+#[derive(Debug)]
+pub struct RunView {
+    /// The run.
+    pub record: RunRecord,
+    /// Its plan.
+    pub plan: Plan,
+    /// Its instances, by index.
+    pub instances: Vec<InstanceRecord>,
+    /// Its attempts, by instance and attempt.
+    pub attempts: Vec<AttemptRecord>,
+}
+
+impl RunView {
+    /// Reads a run back.
+    pub async fn load<S: Store>(store: &S, id: RunId) -> Result<Self, RuntimeError> {
+        let record = store.run(id).await?.ok_or(RuntimeError::NoSuchRun(id))?;
+        let plan = load_plan(&record)?;
+        let instances = store.instances(id).await?;
+        let attempts = store.attempts(id).await?;
+        if instances.len() != plan.len() {
+            return Err(StoreError::Corrupt {
+                what: "instances",
+                value: format!("{} rows for {} instances", instances.len(), plan.len()),
+            }
+            .into());
+        }
+        Ok(Self { record, plan, instances, attempts })
+    }
+
+    /// State of one instance row.
+    pub fn state(&self, i: usize) -> State {
+        self.instances[i].state.parse().unwrap_or(State::Pending)
+    }
+
+    /// Instances per state.
+    pub fn counts(&self) -> Counts {
+        let mut c = Counts::default();
+        for i in 0..self.instances.len() {
+            c.add(self.state(i));
+        }
+        c
+    }
+
+    /// Whether a live process drives the run.
+    pub fn is_driven(&self) -> bool {
+        self.record
+            .owner
+            .as_deref()
+            .is_some_and(|o| !is_stale(o, self.record.heartbeat_unix_ms, now_unix_ms()))
+    }
+
+    /// The makespan so far (the run's clock) or at its end.
+    pub fn makespan_s(&self) -> f64 {
+        self.record.finished_s.unwrap_or(self.record.clock_s)
+    }
+
+    /// Per target, in targets-file order.
+    pub fn targets(&self) -> Vec<TargetView> {
+        let targets = self.plan.targets().targets();
+        let mut views: Vec<TargetView> = targets
+            .iter()
+            .map(|t| TargetView {
+                id: t.id.to_string(),
+                state: "pending",
+                finished_offset_s: None,
+                done: 0,
+                total: 0,
+                failed_key: None,
+            })
+            .collect();
+        let mut flags = vec![[false; 4]; targets.len()]; // failed, blocked, cancelled, running
+        let mut last = vec![0.0f64; targets.len()];
+        for (i, row) in self.instances.iter().enumerate() {
+            let Subject::Target(t) = self.plan.instances()[i].subject else { continue };
+            let t = t as usize;
+            let v = &mut views[t];
+            v.total += 1;
+            let st = self.state(i);
+            match st {
+                State::Succeeded | State::Skipped => v.done += 1,
+                State::Failed => {
+                    flags[t][0] = true;
+                    if v.failed_key.is_none() {
+                        v.failed_key = Some(row.key.clone());
+                    }
+                }
+                State::Blocked => flags[t][1] = true,
+                State::Cancelled => flags[t][2] = true,
+                State::Running => flags[t][3] = true,
+                State::Pending => {}
+            }
+            if let Some(f) = row.finished_s {
+                last[t] = last[t].max(f);
+            }
+        }
+        for (t, v) in views.iter_mut().enumerate() {
+            v.state = if flags[t][0] {
+                "failed"
+            } else if flags[t][1] {
+                "blocked"
+            } else if flags[t][2] {
+                "cancelled"
+            } else if v.done == v.total {
+                v.finished_offset_s = Some(last[t]);
+                "succeeded"
+            } else if flags[t][3] || v.done > 0 {
+                "running"
+            } else {
+                "pending"
+            };
+        }
+        views
+    }
+
+    /// Per instance, with per-attempt intervals.
+    pub fn steps(&self) -> Vec<InstanceView> {
+        let mut intervals: HashMap<u32, Vec<[f64; 2]>> = HashMap::new();
+        for a in &self.attempts {
+            intervals
+                .entry(a.idx)
+                .or_default()
+                .push([a.started_s, a.ended_s.unwrap_or(self.record.clock_s)]);
+        }
+        self.instances
+            .iter()
+            .enumerate()
+            .map(|(i, row)| {
+                let step = &self.plan.workflow().steps[self.plan.instances()[i].step as usize];
+                InstanceView {
+                    key: row.key.clone(),
+                    step: row.step.clone(),
+                    target: row.target.clone(),
+                    group: row.group.clone(),
+                    state: row.state.clone(),
+                    resource: step.resource.as_ref().map(ToString::to_string),
+                    attempts: row.attempts,
+                    intervals: intervals.remove(&row.idx).unwrap_or_default(),
+                    needs: step.needs.iter().map(ToString::to_string).collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// Failed instances with their last attempt.
+    pub fn failures(&self) -> Vec<(&InstanceRecord, Option<&AttemptRecord>)> {
+        let mut last: HashMap<u32, &AttemptRecord> = HashMap::new();
+        for a in &self.attempts {
+            last.insert(a.idx, a);
+        }
+        self.instances
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.state(*i) == State::Failed)
+            .map(|(_, r)| (r, last.get(&r.idx).copied()))
+            .collect()
+    }
+}

@@ -1,0 +1,384 @@
+//! rewind's checkpoint store: runs (with a snapshot of their workflow and targets), instances,
+//! attempts and an append-only event log, on SQLite (embedded, WAL mode; the default) or
+//! PostgreSQL.
+//!
+//! One trait, [`Store`]; one SQL implementation, [`SqlStore`], over sqlx's `Any` driver with a
+//! migration set per backend. Queries are checked at run time (no live database at build time).
+//! A run is driven by one process at a time: its `owner` column is a lease taken with
+//! compare-and-set ([`Store::claim`]) and renewed by every commit; several workers sharing a run
+//! would claim instances the same way.
+//!
+//! **Invariant:** only this crate knows sqlx and SQL. It stores what it is given: it knows
+//! nothing of scheduling, executors or the clock (callers pass times in).
+
+mod sql;
+
+use std::future::Future;
+
+use rewind_model::RunId;
+
+pub use sql::{Backend, SqlStore};
+
+/// A store failure, with what was being done.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The store could not be opened.
+    #[error("cannot open checkpoint store {url}: {message}")]
+    Open {
+        /// URL as given (password removed).
+        url: String,
+        /// Why.
+        message: String,
+    },
+    /// The URL names no supported backend.
+    #[error("checkpoint store URL {0:?} is not sqlite://PATH or postgres://...")]
+    BadUrl(String),
+    /// A query failed.
+    #[error("checkpoint store: {what}: {source}")]
+    Query {
+        /// What was being done.
+        what: &'static str,
+        /// The database error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Another process took the run over: this one must stop writing.
+    #[error("run {run} is no longer held by {owner}: another process took it over")]
+    LeaseLost {
+        /// The run.
+        run: RunId,
+        /// The owner that lost it.
+        owner: String,
+    },
+    /// A stored value cannot be read back.
+    #[error("checkpoint store: corrupt value in {what}: {value:?}")]
+    Corrupt {
+        /// Which column.
+        what: &'static str,
+        /// The value.
+        value: String,
+    },
+}
+
+impl StoreError {
+    /// True when the database was busy or locked by another process.
+    pub fn is_locked(&self) -> bool {
+        let text = self.to_string();
+        text.contains("database is locked") || text.contains("database table is locked")
+    }
+}
+
+/// Shorthand.
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A run to create.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewRun {
+    /// Its id.
+    pub id: RunId,
+    /// Workflow name.
+    pub workflow: String,
+    /// Workflow file as given.
+    pub workflow_file: String,
+    /// Workflow text (snapshot: a resume never re-reads the file).
+    pub workflow_text: String,
+    /// Targets file as given.
+    pub targets_file: String,
+    /// Targets text (snapshot).
+    pub targets_text: String,
+    /// Absolute folder of the workflow file: relative programs resolve against it.
+    pub workdir: String,
+    /// Absolute working directory of the `rewind run` that created the run.
+    pub cwd: String,
+    /// Restore point, RFC 3339.
+    pub restore_point: String,
+    /// Plan fingerprint.
+    pub fingerprint: String,
+    /// Virtual-time simulation.
+    pub simulated: bool,
+    /// Seed of jitter (and of simulated failures).
+    pub seed: u64,
+    /// Simulated failure probability per attempt.
+    pub fail_rate: f64,
+    /// Cap on running instances, if any.
+    pub max_running: Option<u32>,
+    /// Ready-queue policy (`critical-path` or `fifo`).
+    pub priority: String,
+    /// Number of instances.
+    pub instances: u64,
+    /// Number of targets.
+    pub targets: u64,
+    /// Lower bound on the makespan, seconds.
+    pub lower_bound_s: f64,
+    /// Creation time, RFC 3339.
+    pub created_at: String,
+    /// Origin of offsets, Unix milliseconds.
+    pub started_unix_ms: i64,
+}
+
+/// A stored run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunRecord {
+    /// What it was created with.
+    pub spec: NewRun,
+    /// `running`, `succeeded`, `failed` or `cancelled`.
+    pub state: String,
+    /// The latest offset recorded.
+    pub clock_s: f64,
+    /// When it ended.
+    pub finished_s: Option<f64>,
+    /// Why it ended the way it did, when that needs saying.
+    pub reason: Option<String>,
+    /// `rewind cancel` asked it to stop.
+    pub cancel_requested: bool,
+    /// The process driving it (`host:pid:nonce`), if any.
+    pub owner: Option<String>,
+    /// When the owner last committed, Unix milliseconds.
+    pub heartbeat_unix_ms: Option<i64>,
+}
+
+/// An instance row to create.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewInstance {
+    /// Index in the plan.
+    pub idx: u32,
+    /// Instance key.
+    pub key: String,
+    /// Step id.
+    pub step: String,
+    /// Target UUID (target scope).
+    pub target: Option<String>,
+    /// Group value (group scope).
+    pub group: Option<String>,
+    /// Initial state (`pending` or `skipped`).
+    pub state: &'static str,
+}
+
+/// A stored instance.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InstanceRecord {
+    /// Index in the plan.
+    pub idx: u32,
+    /// Instance key.
+    pub key: String,
+    /// Step id.
+    pub step: String,
+    /// Target UUID (target scope).
+    pub target: Option<String>,
+    /// Group value (group scope).
+    pub group: Option<String>,
+    /// State.
+    pub state: String,
+    /// Attempts started.
+    pub attempts: u32,
+    /// Failed attempts.
+    pub failures: u32,
+    /// When a waiting retry may start.
+    pub retry_at_s: Option<f64>,
+    /// When it reached a terminal state.
+    pub finished_s: Option<f64>,
+    /// JSON output of its successful attempt.
+    pub output: Option<String>,
+    /// Last error.
+    pub error: Option<String>,
+}
+
+/// What resuming a run needs of an instance: no keys or names, so millions load quickly.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InstanceState {
+    /// Index in the plan.
+    pub idx: u32,
+    /// State (one of [`STATES`]).
+    pub state: &'static str,
+    /// Attempts started.
+    pub attempts: u32,
+    /// Failed attempts.
+    pub failures: u32,
+    /// When a waiting retry may start.
+    pub retry_at_s: Option<f64>,
+    /// JSON output.
+    pub output: Option<String>,
+}
+
+/// The instance states the store accepts.
+pub const STATES: [&str; 7] =
+    ["pending", "running", "succeeded", "failed", "blocked", "skipped", "cancelled"];
+
+/// A change to an instance row. `output` replaces the stored output only when set.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InstanceUpdate {
+    /// Index in the plan.
+    pub idx: u32,
+    /// New state.
+    pub state: &'static str,
+    /// Attempts started.
+    pub attempts: u32,
+    /// Failed attempts.
+    pub failures: u32,
+    /// When a waiting retry may start.
+    pub retry_at_s: Option<f64>,
+    /// When it reached a terminal state.
+    pub finished_s: Option<f64>,
+    /// JSON output (on success).
+    pub output: Option<String>,
+    /// Last error (cleared when `None`).
+    pub error: Option<String>,
+}
+
+/// One attempt (written when it starts, rewritten when it ends).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttemptRecord {
+    /// Instance index.
+    pub idx: u32,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// Start offset.
+    pub started_s: f64,
+    /// End offset.
+    pub ended_s: Option<f64>,
+    /// `succeeded`, `failed`, `cancelled`, `interrupted`; `None` while running.
+    pub outcome: Option<String>,
+    /// Process exit code, for commands.
+    pub exit_code: Option<i32>,
+    /// Error message.
+    pub error: Option<String>,
+    /// Last 4 KiB of stdout.
+    pub stdout_tail: Option<String>,
+    /// Last 4 KiB of stderr.
+    pub stderr_tail: Option<String>,
+}
+
+/// An event to append.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewEvent {
+    /// Run offset.
+    pub at_s: f64,
+    /// Wall-clock time, RFC 3339.
+    pub wall: String,
+    /// `run.created`, `instance.succeeded`, `operator.cancel`, ...
+    pub kind: String,
+    /// Instance key, for instance events.
+    pub key: Option<String>,
+    /// JSON detail.
+    pub detail: Option<String>,
+}
+
+/// A stored event.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventRecord {
+    /// Global sequence number.
+    pub seq: i64,
+    /// The event.
+    pub event: NewEvent,
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunEnd {
+    /// `succeeded`, `failed` or `cancelled`.
+    pub state: &'static str,
+    /// End offset.
+    pub finished_s: f64,
+    /// Why, when that needs saying.
+    pub reason: Option<String>,
+}
+
+/// Everything one group commit writes, in one transaction.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Batch {
+    /// The run's clock after this batch.
+    pub clock_s: f64,
+    /// Renewed lease, Unix milliseconds.
+    pub heartbeat_unix_ms: i64,
+    /// Instance rows.
+    pub instances: Vec<InstanceUpdate>,
+    /// Attempt rows (inserted or replaced).
+    pub attempts: Vec<AttemptRecord>,
+    /// Events.
+    pub events: Vec<NewEvent>,
+    /// Set when the run ends with this batch.
+    pub end: Option<RunEnd>,
+}
+
+impl Batch {
+    /// True when there is nothing but a clock and heartbeat to write.
+    pub fn is_empty(&self) -> bool {
+        self.instances.is_empty()
+            && self.attempts.is_empty()
+            && self.events.is_empty()
+            && self.end.is_none()
+    }
+}
+
+/// The checkpoint store.
+pub trait Store: Send + Sync {
+    /// Creates a run with all its instances and first events, atomically: on any error nothing
+    /// is written. Instances are consumed in chunks, never all held at once.
+    fn create_run(
+        &self,
+        run: &NewRun,
+        instances: &mut (dyn Iterator<Item = NewInstance> + Send),
+        events: &[NewEvent],
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// One run.
+    fn run(&self, id: RunId) -> impl Future<Output = Result<Option<RunRecord>>> + Send;
+
+    /// Every run, newest first.
+    fn runs(&self) -> impl Future<Output = Result<Vec<RunRecord>>> + Send;
+
+    /// A run's instances, by index.
+    fn instances(&self, id: RunId) -> impl Future<Output = Result<Vec<InstanceRecord>>> + Send;
+
+    /// A run's instance states, by index: what a resume needs, streamed from the database.
+    fn instance_states(&self, id: RunId)
+    -> impl Future<Output = Result<Vec<InstanceState>>> + Send;
+
+    /// A run's attempts, by instance and attempt.
+    fn attempts(&self, id: RunId) -> impl Future<Output = Result<Vec<AttemptRecord>>> + Send;
+
+    /// A run's events, in order.
+    fn events(&self, id: RunId) -> impl Future<Output = Result<Vec<EventRecord>>> + Send;
+
+    /// Writes a batch in one transaction and renews `owner`'s lease. Fails, writing nothing, if
+    /// `owner` no longer holds the run.
+    fn commit(
+        &self,
+        id: RunId,
+        owner: &str,
+        batch: &Batch,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Takes the run's lease for `owner` if its current owner is `expected` (compare-and-set).
+    fn claim(
+        &self,
+        id: RunId,
+        owner: &str,
+        expected: Option<&str>,
+        now_unix_ms: i64,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Gives the lease up.
+    fn release(&self, id: RunId, owner: &str) -> impl Future<Output = Result<()>> + Send;
+
+    /// Asks the run to stop (`rewind cancel`) and logs the operator action.
+    fn request_cancel(
+        &self,
+        id: RunId,
+        event: &NewEvent,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Whether `rewind cancel` asked the run to stop.
+    fn cancel_requested(&self, id: RunId) -> impl Future<Output = Result<bool>> + Send;
+
+    /// `rewind retry`: failed and blocked instances back to pending with no failures counted, the
+    /// run running again; logs the operator action. Returns how many instances were reset.
+    fn reset_failed(&self, id: RunId, event: &NewEvent)
+    -> impl Future<Output = Result<u64>> + Send;
+}
+
+/// The store a URL names: `sqlite://PATH` (created if missing) or `postgres://...`.
+pub async fn open(url: &str) -> Result<SqlStore> {
+    SqlStore::open(url).await
+}

@@ -1,0 +1,619 @@
+//! [`SqlStore`]: the [`Store`] on SQLite or PostgreSQL through sqlx's `Any` driver. The SQL is
+//! common to both (`$N` parameters, `ON CONFLICT`, `UPDATE ... FROM (VALUES ...)`); only the
+//! migrations differ in column types.
+
+use std::collections::BTreeMap;
+use std::sync::Once;
+use std::time::Duration;
+
+use rewind_model::RunId;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, AssertSqlSafe, Row};
+
+use crate::{
+    AttemptRecord, Batch, EventRecord, InstanceRecord, InstanceState, NewEvent, NewInstance,
+    NewRun, Result, RunRecord, Store, StoreError,
+};
+
+/// Most bind parameters in one statement: under SQLite's 32,766 and PostgreSQL's 65,535.
+const MAX_BINDS: usize = 30_000;
+
+static DRIVERS: Once = Once::new();
+
+/// Which database a store is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite file, WAL mode.
+    Sqlite,
+    /// PostgreSQL server.
+    Postgres,
+}
+
+/// A checkpoint store on SQLite or PostgreSQL.
+#[derive(Clone, Debug)]
+pub struct SqlStore {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+fn q(what: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Query { what, source }
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl SqlStore {
+    /// Opens (creating a SQLite file if missing) and migrates the store at `url`, waiting up to
+    /// 5 seconds for a lock held by another process.
+    pub async fn open(url: &str) -> Result<Self> {
+        Self::open_with(url, Duration::from_secs(5)).await
+    }
+
+    /// Like [`SqlStore::open`], with the time to wait for a lock.
+    pub async fn open_with(url: &str, busy_timeout: Duration) -> Result<Self> {
+        DRIVERS.call_once(sqlx::any::install_default_drivers);
+        let (backend, connect_url) = if let Some(rest) = url.strip_prefix("sqlite:") {
+            let sep = if rest.contains('?') { '&' } else { '?' };
+            let url =
+                if rest.contains("mode=") { url.to_owned() } else { format!("{url}{sep}mode=rwc") };
+            (Backend::Sqlite, url)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Backend::Postgres, url.to_owned())
+        } else {
+            return Err(StoreError::BadUrl(url.to_owned()));
+        };
+        let open_err = |e: &dyn std::fmt::Display| StoreError::Open {
+            url: redact(url),
+            message: e.to_string(),
+        };
+        let busy_ms = busy_timeout.as_millis();
+        let mut options = AnyPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(busy_timeout.max(Duration::from_secs(5)));
+        if backend == Backend::Sqlite {
+            options = options.after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    use sqlx::Executor;
+                    // A number formatted here, not user input.
+                    conn.execute(AssertSqlSafe(format!("PRAGMA busy_timeout = {busy_ms}"))).await?;
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    // Large runs (millions of instances) make a large file: keep its hot pages
+                    // in memory (a 64 MiB cache, where the default is 2 MiB) and map up to
+                    // 256 MiB of it, instead of re-reading pages through syscalls.
+                    conn.execute("PRAGMA cache_size = -65536").await?;
+                    conn.execute("PRAGMA mmap_size = 268435456").await?;
+                    conn.execute("PRAGMA foreign_keys = ON").await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = options.connect(&connect_url).await.map_err(|e| open_err(&e))?;
+        let migrator = match backend {
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite"),
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres"),
+        };
+        migrator.run(&pool).await.map_err(|e| open_err(&e))?;
+        Ok(Self { pool, backend })
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Closes the pool, waiting for connections to finish.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn opt_u32(v: Option<i64>) -> Option<u32> {
+    v.and_then(|n| u32::try_from(n).ok())
+}
+
+fn u32_of(row: &AnyRow, col: &'static str) -> Result<u32> {
+    let v: i64 = row.try_get(col).map_err(q(col))?;
+    u32::try_from(v).map_err(|_| StoreError::Corrupt { what: col, value: v.to_string() })
+}
+
+fn run_record(row: &AnyRow) -> Result<RunRecord> {
+    let id: String = row.try_get("id").map_err(q("runs.id"))?;
+    let id: RunId =
+        id.parse().map_err(|_| StoreError::Corrupt { what: "runs.id", value: id.clone() })?;
+    let get_s = |c: &'static str| -> Result<String> { row.try_get(c).map_err(q(c)) };
+    let get_i = |c: &'static str| -> Result<i64> { row.try_get(c).map_err(q(c)) };
+    let get_f = |c: &'static str| -> Result<f64> { row.try_get(c).map_err(q(c)) };
+    let spec = NewRun {
+        id,
+        workflow: get_s("workflow")?,
+        workflow_file: get_s("workflow_file")?,
+        workflow_text: get_s("workflow_text")?,
+        targets_file: get_s("targets_file")?,
+        targets_text: get_s("targets_text")?,
+        workdir: get_s("workdir")?,
+        cwd: get_s("cwd")?,
+        restore_point: get_s("restore_point")?,
+        fingerprint: get_s("fingerprint")?,
+        simulated: get_i("simulated")? != 0,
+        seed: get_i("seed")?.cast_unsigned(),
+        fail_rate: get_f("fail_rate")?,
+        max_running: opt_u32(row.try_get("max_running").map_err(q("max_running"))?),
+        priority: get_s("priority")?,
+        instances: get_i("instances")?.cast_unsigned(),
+        targets: get_i("targets")?.cast_unsigned(),
+        lower_bound_s: get_f("lower_bound_s")?,
+        created_at: get_s("created_at")?,
+        started_unix_ms: get_i("started_unix_ms")?,
+    };
+    Ok(RunRecord {
+        spec,
+        state: get_s("state")?,
+        clock_s: get_f("clock_s")?,
+        finished_s: row.try_get("finished_s").map_err(q("finished_s"))?,
+        reason: row.try_get("reason").map_err(q("reason"))?,
+        cancel_requested: get_i("cancel_requested")? != 0,
+        owner: row.try_get("owner").map_err(q("owner"))?,
+        heartbeat_unix_ms: row.try_get("heartbeat_unix_ms").map_err(q("heartbeat_unix_ms"))?,
+    })
+}
+
+impl Backend {
+    /// `(p, p, ...), (...)`: `rows` tuples of `cols` parameters, numbered from 1 in textual order.
+    /// PostgreSQL wants `$N`; SQLite takes `?` (sqlx resolves SQLite's `$N` names in quadratic
+    /// time, 20× slower on a 5,000-row statement). Only placeholders are formatted into SQL here,
+    /// never values.
+    fn values(self, rows: usize, cols: usize) -> String {
+        let mut out = String::with_capacity(rows * cols * 6);
+        for r in 0..rows {
+            out.push_str(if r == 0 { "(" } else { ", (" });
+            for c in 0..cols {
+                if c > 0 {
+                    out.push_str(", ");
+                }
+                out.push_str(&self.param(r * cols + c + 1));
+            }
+            out.push(')');
+        }
+        out
+    }
+
+    /// Whether statements binding a nullable `f64` may be cached (see [`MAX_BINDS`]): yes on
+    /// SQLite, whose parameters are untyped; no on PostgreSQL (sqlx#4284).
+    fn caches(self) -> bool {
+        self == Self::Sqlite
+    }
+
+    /// The `n`th parameter (1-based) in textual order.
+    fn param(self, n: usize) -> String {
+        match self {
+            Self::Sqlite => "?".to_owned(),
+            Self::Postgres => format!("${n}"),
+        }
+    }
+}
+
+/// On PostgreSQL, statements that bind a nullable `f64` are not cached: sqlx 0.9's `Any`
+/// driver declares a NULL `f64` as `float4` (transact-rs/sqlx#4284), so a cached PostgreSQL
+/// statement first run with NULL then fails on a value ("incorrect binary data format"). Bulk
+/// statements vary in row count anyway, so caching them would only fill the cache.
+///
+/// Rows per statement for `binds` parameters each.
+fn chunk(binds: usize) -> usize {
+    (MAX_BINDS / binds).max(1)
+}
+
+impl Store for SqlStore {
+    async fn create_run(
+        &self,
+        run: &NewRun,
+        instances: &mut (dyn Iterator<Item = NewInstance> + Send),
+        events: &[NewEvent],
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(q("begin run creation"))?;
+        sqlx::query(
+            "INSERT INTO runs (id, workflow, workflow_file, workflow_text, targets_file, targets_text, workdir, cwd, \
+             restore_point, fingerprint, simulated, seed, fail_rate, max_running, priority, instances, targets, \
+             lower_bound_s, state, created_at, started_unix_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, 'running', $19, $20)",
+        )
+        .bind(run.id.to_string())
+        .bind(&run.workflow)
+        .bind(&run.workflow_file)
+        .bind(&run.workflow_text)
+        .bind(&run.targets_file)
+        .bind(&run.targets_text)
+        .bind(&run.workdir)
+        .bind(&run.cwd)
+        .bind(&run.restore_point)
+        .bind(&run.fingerprint)
+        .bind(i64::from(run.simulated))
+        .bind(run.seed.cast_signed())
+        .bind(run.fail_rate)
+        .bind(run.max_running.map(i64::from))
+        .bind(&run.priority)
+        .bind(run.instances.cast_signed())
+        .bind(run.targets.cast_signed())
+        .bind(run.lower_bound_s)
+        .bind(&run.created_at)
+        .bind(run.started_unix_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(q("insert run"))?;
+        let id = run.id.to_string();
+        let per = chunk(7);
+        loop {
+            let rows: Vec<NewInstance> = (&mut *instances).take(per).collect();
+            if rows.is_empty() {
+                break;
+            }
+            let sql = format!(
+                "INSERT INTO instances (run_id, idx, key, step, target, grp, state) VALUES {}",
+                self.backend.values(rows.len(), 7)
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(self.backend.caches());
+            for i in rows {
+                query = query
+                    .bind(id.clone())
+                    .bind(i64::from(i.idx))
+                    .bind(i.key)
+                    .bind(i.step)
+                    .bind(i.target)
+                    .bind(i.group)
+                    .bind(i.state);
+            }
+            query.execute(&mut *tx).await.map_err(q("insert instances"))?;
+        }
+        insert_events(self.backend, &mut tx, &id, events).await?;
+        tx.commit().await.map_err(q("commit run creation"))
+    }
+
+    async fn run(&self, id: RunId) -> Result<Option<RunRecord>> {
+        let row = sqlx::query("SELECT * FROM runs WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("read run"))?;
+        row.as_ref().map(run_record).transpose()
+    }
+
+    async fn runs(&self) -> Result<Vec<RunRecord>> {
+        let rows = sqlx::query("SELECT * FROM runs ORDER BY created_at DESC, id DESC")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("list runs"))?;
+        rows.iter().map(run_record).collect()
+    }
+
+    async fn instances(&self, id: RunId) -> Result<Vec<InstanceRecord>> {
+        let rows = sqlx::query(
+            "SELECT idx, key, step, target, grp, state, attempts, failures, retry_at_s, finished_s, output, error \
+             FROM instances WHERE run_id = $1 ORDER BY idx",
+        )
+        .bind(id.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("read instances"))?;
+        rows.iter()
+            .map(|row| {
+                Ok(InstanceRecord {
+                    idx: u32_of(row, "idx")?,
+                    key: row.try_get("key").map_err(q("key"))?,
+                    step: row.try_get("step").map_err(q("step"))?,
+                    target: row.try_get("target").map_err(q("target"))?,
+                    group: row.try_get("grp").map_err(q("grp"))?,
+                    state: row.try_get("state").map_err(q("state"))?,
+                    attempts: u32_of(row, "attempts")?,
+                    failures: u32_of(row, "failures")?,
+                    retry_at_s: row.try_get("retry_at_s").map_err(q("retry_at_s"))?,
+                    finished_s: row.try_get("finished_s").map_err(q("finished_s"))?,
+                    output: row.try_get("output").map_err(q("output"))?,
+                    error: row.try_get("error").map_err(q("error"))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn instance_states(&self, id: RunId) -> Result<Vec<InstanceState>> {
+        use futures::TryStreamExt;
+        let mut rows = sqlx::query(
+            "SELECT idx, state, attempts, failures, retry_at_s, output FROM instances WHERE run_id = $1 ORDER BY idx",
+        )
+        .bind(id.to_string())
+        .fetch(&self.pool);
+        let mut out = Vec::new();
+        while let Some(row) = rows.try_next().await.map_err(q("read instance states"))? {
+            let state: &str = row.try_get("state").map_err(q("state"))?;
+            let state = crate::STATES.iter().find(|s| **s == state).ok_or_else(|| {
+                StoreError::Corrupt { what: "instances.state", value: state.to_owned() }
+            })?;
+            out.push(InstanceState {
+                idx: u32_of(&row, "idx")?,
+                state,
+                attempts: u32_of(&row, "attempts")?,
+                failures: u32_of(&row, "failures")?,
+                retry_at_s: row.try_get("retry_at_s").map_err(q("retry_at_s"))?,
+                output: row.try_get("output").map_err(q("output"))?,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn attempts(&self, id: RunId) -> Result<Vec<AttemptRecord>> {
+        let rows = sqlx::query(
+            "SELECT idx, attempt, started_s, ended_s, outcome, exit_code, error, stdout_tail, stderr_tail \
+             FROM attempts WHERE run_id = $1 ORDER BY idx, attempt",
+        )
+        .bind(id.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("read attempts"))?;
+        rows.iter()
+            .map(|row| {
+                let exit: Option<i64> = row.try_get("exit_code").map_err(q("exit_code"))?;
+                Ok(AttemptRecord {
+                    idx: u32_of(row, "idx")?,
+                    attempt: u32_of(row, "attempt")?,
+                    started_s: row.try_get("started_s").map_err(q("started_s"))?,
+                    ended_s: row.try_get("ended_s").map_err(q("ended_s"))?,
+                    outcome: row.try_get("outcome").map_err(q("outcome"))?,
+                    exit_code: exit.and_then(|e| i32::try_from(e).ok()),
+                    error: row.try_get("error").map_err(q("error"))?,
+                    stdout_tail: row.try_get("stdout_tail").map_err(q("stdout_tail"))?,
+                    stderr_tail: row.try_get("stderr_tail").map_err(q("stderr_tail"))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn events(&self, id: RunId) -> Result<Vec<EventRecord>> {
+        let rows = sqlx::query(
+            "SELECT seq, at_s, wall, kind, key, detail FROM events WHERE run_id = $1 ORDER BY seq",
+        )
+        .bind(id.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("read events"))?;
+        rows.iter()
+            .map(|row| {
+                Ok(EventRecord {
+                    seq: row.try_get("seq").map_err(q("seq"))?,
+                    event: NewEvent {
+                        at_s: row.try_get("at_s").map_err(q("at_s"))?,
+                        wall: row.try_get("wall").map_err(q("wall"))?,
+                        kind: row.try_get("kind").map_err(q("kind"))?,
+                        key: row.try_get("key").map_err(q("key"))?,
+                        detail: row.try_get("detail").map_err(q("detail"))?,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    async fn commit(&self, id: RunId, owner: &str, batch: &Batch) -> Result<()> {
+        let run_id = id.to_string();
+        let mut tx = self.pool.begin().await.map_err(q("begin commit"))?;
+        // The lease first: a process that lost the run writes nothing.
+        let done = match &batch.end {
+            None => sqlx::query("UPDATE runs SET clock_s = $1, heartbeat_unix_ms = $2 WHERE id = $3 AND owner = $4")
+                .bind(batch.clock_s)
+                .bind(batch.heartbeat_unix_ms)
+                .bind(run_id.clone())
+                .bind(owner.to_owned()),
+            Some(end) => sqlx::query(
+                "UPDATE runs SET clock_s = $1, heartbeat_unix_ms = $2, state = $3, finished_s = $4, reason = $5 \
+                 WHERE id = $6 AND owner = $7",
+            )
+            .persistent(self.backend.caches())
+            .bind(batch.clock_s)
+            .bind(batch.heartbeat_unix_ms)
+            .bind(end.state)
+            .bind(end.finished_s)
+            .bind(end.reason.clone())
+            .bind(run_id.clone())
+            .bind(owner.to_owned()),
+        }
+        .execute(&mut *tx)
+        .await
+        .map_err(q("update run"))?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::LeaseLost { run: id, owner: owner.to_owned() });
+        }
+
+        // Last update per instance and per attempt wins within a batch.
+        let mut instances = BTreeMap::new();
+        for u in &batch.instances {
+            instances.insert(u.idx, u);
+        }
+        let instances: Vec<_> = instances.into_values().collect();
+        for rows in instances.chunks(chunk(8)) {
+            let sql = format!(
+                "UPDATE instances SET state = v.column2, attempts = v.column3, failures = v.column4, \
+                 retry_at_s = v.column5, finished_s = v.column6, output = COALESCE(v.column7, instances.output), \
+                 error = v.column8 FROM (VALUES {}) AS v WHERE instances.run_id = {} AND instances.idx = v.column1",
+                self.backend.values(rows.len(), 8),
+                self.backend.param(rows.len() * 8 + 1)
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(self.backend.caches());
+            for u in rows {
+                query = query
+                    .bind(i64::from(u.idx))
+                    .bind(u.state)
+                    .bind(i64::from(u.attempts))
+                    .bind(i64::from(u.failures))
+                    .bind(u.retry_at_s)
+                    .bind(u.finished_s)
+                    .bind(u.output.clone())
+                    .bind(u.error.clone());
+            }
+            query.bind(run_id.clone()).execute(&mut *tx).await.map_err(q("update instances"))?;
+        }
+
+        let mut attempts = BTreeMap::new();
+        for a in &batch.attempts {
+            attempts.insert((a.idx, a.attempt), a);
+        }
+        let attempts: Vec<_> = attempts.into_values().collect();
+        for rows in attempts.chunks(chunk(10)) {
+            let sql = format!(
+                "INSERT INTO attempts (run_id, idx, attempt, started_s, ended_s, outcome, exit_code, error, \
+                 stdout_tail, stderr_tail) VALUES {} \
+                 ON CONFLICT (run_id, idx, attempt) DO UPDATE SET started_s = excluded.started_s, \
+                 ended_s = excluded.ended_s, outcome = excluded.outcome, exit_code = excluded.exit_code, \
+                 error = excluded.error, stdout_tail = excluded.stdout_tail, stderr_tail = excluded.stderr_tail",
+                self.backend.values(rows.len(), 10)
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(self.backend.caches());
+            for a in rows {
+                query = query
+                    .bind(run_id.clone())
+                    .bind(i64::from(a.idx))
+                    .bind(i64::from(a.attempt))
+                    .bind(a.started_s)
+                    .bind(a.ended_s)
+                    .bind(a.outcome.clone())
+                    .bind(a.exit_code.map(i64::from))
+                    .bind(a.error.clone())
+                    .bind(a.stdout_tail.clone())
+                    .bind(a.stderr_tail.clone());
+            }
+            query.execute(&mut *tx).await.map_err(q("write attempts"))?;
+        }
+        insert_events(self.backend, &mut tx, &run_id, &batch.events).await?;
+        tx.commit().await.map_err(q("commit checkpoint"))
+    }
+
+    async fn claim(
+        &self,
+        id: RunId,
+        owner: &str,
+        expected: Option<&str>,
+        now_unix_ms: i64,
+    ) -> Result<bool> {
+        let sql = match expected {
+            Some(_) => {
+                "UPDATE runs SET owner = $1, heartbeat_unix_ms = $2 WHERE id = $3 AND owner = $4"
+            }
+            None => {
+                "UPDATE runs SET owner = $1, heartbeat_unix_ms = $2 WHERE id = $3 AND owner IS NULL"
+            }
+        };
+        let mut query =
+            sqlx::query(sql).bind(owner.to_owned()).bind(now_unix_ms).bind(id.to_string());
+        if let Some(e) = expected {
+            query = query.bind(e.to_owned());
+        }
+        let done = query.execute(&self.pool).await.map_err(q("claim run"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release(&self, id: RunId, owner: &str) -> Result<()> {
+        sqlx::query("UPDATE runs SET owner = NULL WHERE id = $1 AND owner = $2")
+            .bind(id.to_string())
+            .bind(owner.to_owned())
+            .execute(&self.pool)
+            .await
+            .map_err(q("release run"))?;
+        Ok(())
+    }
+
+    async fn request_cancel(&self, id: RunId, event: &NewEvent) -> Result<()> {
+        let run_id = id.to_string();
+        let mut tx = self.pool.begin().await.map_err(q("begin cancel"))?;
+        sqlx::query("UPDATE runs SET cancel_requested = 1 WHERE id = $1")
+            .bind(run_id.clone())
+            .execute(&mut *tx)
+            .await
+            .map_err(q("request cancel"))?;
+        insert_events(self.backend, &mut tx, &run_id, std::slice::from_ref(event)).await?;
+        tx.commit().await.map_err(q("commit cancel"))
+    }
+
+    async fn cancel_requested(&self, id: RunId) -> Result<bool> {
+        let v: Option<i64> = sqlx::query_scalar("SELECT cancel_requested FROM runs WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("read cancel flag"))?;
+        Ok(v.unwrap_or(0) != 0)
+    }
+
+    async fn reset_failed(&self, id: RunId, event: &NewEvent) -> Result<u64> {
+        let run_id = id.to_string();
+        let mut tx = self.pool.begin().await.map_err(q("begin retry"))?;
+        let done = sqlx::query(
+            "UPDATE instances SET state = 'pending', failures = 0, retry_at_s = NULL, finished_s = NULL, error = NULL \
+             WHERE run_id = $1 AND state IN ('failed', 'blocked')",
+        )
+        .bind(run_id.clone())
+        .execute(&mut *tx)
+        .await
+        .map_err(q("reset failed instances"))?;
+        sqlx::query(
+            "UPDATE runs SET state = 'running', finished_s = NULL, reason = NULL WHERE id = $1",
+        )
+        .bind(run_id.clone())
+        .execute(&mut *tx)
+        .await
+        .map_err(q("reopen run"))?;
+        insert_events(self.backend, &mut tx, &run_id, std::slice::from_ref(event)).await?;
+        tx.commit().await.map_err(q("commit retry"))?;
+        Ok(done.rows_affected())
+    }
+}
+
+async fn insert_events(
+    backend: Backend,
+    tx: &mut sqlx::Transaction<'_, Any>,
+    run_id: &str,
+    events: &[NewEvent],
+) -> Result<()> {
+    for rows in events.chunks(chunk(6)) {
+        let sql = format!(
+            "INSERT INTO events (run_id, at_s, wall, kind, key, detail) VALUES {}",
+            backend.values(rows.len(), 6)
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(backend.caches());
+        for e in rows {
+            query = query
+                .bind(run_id.to_owned())
+                .bind(e.at_s)
+                .bind(e.wall.clone())
+                .bind(e.kind.clone())
+                .bind(e.key.clone())
+                .bind(e.detail.clone());
+        }
+        query.execute(&mut **tx).await.map_err(q("append events"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn value_lists_per_backend() {
+        use super::Backend;
+        assert_eq!(Backend::Postgres.values(2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(Backend::Sqlite.values(2, 2), "(?, ?), (?, ?)");
+        assert_eq!(Backend::Postgres.param(7), "$7");
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(super::redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(super::redact("sqlite://x.db"), "sqlite://x.db");
+    }
+}

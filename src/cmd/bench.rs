@@ -1,0 +1,531 @@
+//! `rewind bench`: time-to-restore of a batch, simulated through the real scheduler and a real
+//! (temporary) checkpoint store, for capacity planning ("what if we had 16 DB restore slots?").
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use rewind_exec::{Registry, Vars};
+use rewind_model::{
+    AttrName, Plan, PoolName, RestorePoint, Scope, SyntheticSpec, TargetSet, Workflow,
+};
+use rewind_runtime::{DriveOptions, Lease, Mode, NoObserver, RunSpec};
+use rewind_scheduler::Priority;
+use rewind_store::SqlStore;
+use serde::Serialize;
+
+use crate::chart::{Series, restored_over_time};
+use crate::exit::{Exit, refused};
+use crate::observer::Display;
+use crate::output::{human_s, thousands};
+use crate::{inputs, store};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum PolicyArg {
+    /// Longest remaining path first (rewind's scheduler).
+    CriticalPath,
+    /// Ready order, no priorities: the baseline.
+    Fifo,
+    /// Both, side by side.
+    Both,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Workflow to simulate; give it more than once to compare workflows.
+    #[arg(long = "workflow", required = true, value_name = "W")]
+    workflows: Vec<PathBuf>,
+    /// Number of synthetic sites.
+    #[arg(long)]
+    sites: usize,
+    /// Distinct values of every grouping attribute (shards).
+    #[arg(long, default_value_t = 24)]
+    shards: usize,
+    /// Distinct values of one grouping attribute (repeatable), e.g. region=3.
+    #[arg(long = "groups", value_name = "ATTR=K")]
+    groups: Vec<String>,
+    /// Override a pool's capacity (repeatable): what if we had 16 DB restore slots?
+    #[arg(long = "capacity", value_name = "POOL=N")]
+    capacities: Vec<String>,
+    /// Seed of the synthetic sites, simulated failures and retry jitter.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Scheduling policy; by default both, to show what the critical-path policy buys.
+    #[arg(long, value_enum, default_value = "both")]
+    policy: PolicyArg,
+    /// Probability that a simulated attempt fails.
+    #[arg(long, default_value_t = 0.0)]
+    fail_rate: f64,
+    /// Restore point of the simulated runs.
+    #[arg(long, default_value = "2022-04-05T07:33:00Z")]
+    restore_point: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    /// Print Markdown tables (for docs/benchmarks.md).
+    #[arg(long, conflicts_with = "json")]
+    markdown: bool,
+    /// Also draw the % of sites restored over time, as SVG.
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
+}
+
+/// One simulated run of one workflow under one policy.
+#[derive(Debug, Serialize)]
+struct RunResult {
+    policy: &'static str,
+    makespan_s: f64,
+    ratio: f64,
+    restored: usize,
+    failed: usize,
+    blocked: usize,
+    ttr_mean_s: Option<f64>,
+    ttr_p50_s: Option<f64>,
+    ttr_p95_s: Option<f64>,
+    /// % of sites restored at hour 0, 1, 2, ... up to the end of the run.
+    restored_by_hour: Vec<f64>,
+    wall_s: f64,
+    instances_per_s: f64,
+    peak_rss_bytes: Option<u64>,
+    checkpoints: u64,
+    #[serde(skip)]
+    finish_s: Vec<f64>,
+}
+
+/// One workflow's bench.
+#[derive(Debug, Serialize)]
+struct BenchResult {
+    workflow: String,
+    file: String,
+    sites: usize,
+    shards: usize,
+    groups: BTreeMap<String, usize>,
+    seed: u64,
+    fail_rate: f64,
+    capacity: BTreeMap<String, u32>,
+    instances: usize,
+    runnable: usize,
+    lower_bound_s: f64,
+    bound_by: String,
+    critical_path_s: f64,
+    runs: Vec<RunResult>,
+}
+
+#[derive(Debug, Serialize)]
+struct Output {
+    benches: Vec<BenchResult>,
+}
+
+fn parse_capacity(raw: &str) -> Result<(PoolName, u32)> {
+    let bad = || {
+        refused(format!(
+            "rewind: --capacity {raw:?}: expected POOL=N with N at least 1, e.g. db_restore=16"
+        ))
+    };
+    let (name, n) = raw.split_once('=').ok_or_else(bad)?;
+    let name = PoolName::new(name.trim())
+        .map_err(|e| refused(format!("rewind: --capacity {raw:?}: {e}")))?;
+    let n: u32 = n.trim().parse().map_err(|_| bad())?;
+    if n == 0 {
+        return Err(bad());
+    }
+    Ok((name, n))
+}
+
+/// Peak resident set size of this process so far (Linux).
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted.get(rank - 1).copied()
+}
+
+pub fn run(args: &Args) -> Result<Exit> {
+    if args.sites == 0 || args.shards == 0 {
+        return Err(refused("rewind: --sites and --shards must be at least 1"));
+    }
+    if !(0.0..=1.0).contains(&args.fail_rate) {
+        return Err(refused(format!(
+            "rewind: --fail-rate {} must be between 0 and 1",
+            args.fail_rate
+        )));
+    }
+    let rp: RestorePoint = inputs::restore_point(&args.restore_point)?;
+    let caps = args.capacities.iter().map(|c| parse_capacity(c)).collect::<Result<Vec<_>>>()?;
+    let policies: Vec<Priority> = match args.policy {
+        PolicyArg::CriticalPath => vec![Priority::CriticalPath],
+        PolicyArg::Fifo => vec![Priority::Fifo],
+        PolicyArg::Both => vec![Priority::CriticalPath, Priority::Fifo],
+    };
+
+    // Read and check every input before simulating anything.
+    let mut prepared = Vec::new();
+    for path in &args.workflows {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            refused(format!("rewind: cannot read workflow `{}`: {e}", path.display()))
+        })?;
+        let original = inputs::workflow(path)?;
+        let own: Vec<(PoolName, u32)> =
+            caps.iter().filter(|(n, _)| original.pool(n).is_some()).cloned().collect();
+        let text = if own.is_empty() {
+            text
+        } else {
+            Workflow::with_capacities(&text, &own)
+                .map_err(|e| refused(format!("rewind: {}: {e}", path.display())))?
+        };
+        let wf = Workflow::parse(&path.display().to_string(), &text)
+            .map_err(|d| refused(inputs::render(&d, path)))?;
+        prepared.push((path.clone(), text, wf));
+    }
+    for (name, _) in &caps {
+        if !prepared.iter().any(|(_, _, wf)| wf.pool(name).is_some()) {
+            return Err(refused(format!(
+                "rewind: --capacity {name}=...: no workflow has a resource `{name}`"
+            )));
+        }
+    }
+
+    let mut spec = SyntheticSpec::new(args.sites, args.shards, args.seed);
+    for raw in &args.groups {
+        let bad = || {
+            refused(format!(
+                "rewind: --groups {raw:?}: expected ATTR=K with K at least 1, e.g. region=3"
+            ))
+        };
+        let (attr, k) = raw.split_once('=').ok_or_else(bad)?;
+        let attr = AttrName::new(attr.trim())
+            .map_err(|e| refused(format!("rewind: --groups {raw:?}: {e}")))?;
+        let k: usize = k.trim().parse().map_err(|_| bad())?;
+        if k == 0 {
+            return Err(bad());
+        }
+        if !prepared
+            .iter()
+            .any(|(_, _, wf)| wf.steps.iter().any(|s| s.scope == Scope::Group(attr.clone())))
+        {
+            return Err(refused(format!(
+                "rewind: --groups {raw:?}: no workflow has a group:{attr} step"
+            )));
+        }
+        spec.groups_of.insert(attr, k);
+    }
+
+    let rt = store::runtime()?;
+    let mut benches = Vec::new();
+    for (path, text, wf) in prepared {
+        let targets = TargetSet::synthetic(&wf, &spec);
+        let targets_text = targets.to_csv();
+        let capacity = wf.resources.iter().map(|p| (p.name.to_string(), p.capacity)).collect();
+        let plan = Plan::build(wf, targets, rp).map_err(|d| refused(inputs::render(&d, &path)))?;
+        let lb = plan.lower_bound();
+        let summary = plan.summary();
+        let mut bench = BenchResult {
+            workflow: plan.workflow().name.clone(),
+            file: path.display().to_string(),
+            sites: args.sites,
+            shards: args.shards,
+            groups: plan.groups().iter().fold(BTreeMap::new(), |mut m, g| {
+                *m.entry(g.attr.to_string()).or_default() += 1;
+                m
+            }),
+            seed: args.seed,
+            fail_rate: args.fail_rate,
+            capacity,
+            instances: plan.len(),
+            runnable: summary.runnable,
+            lower_bound_s: lb.makespan.as_secs_f64(),
+            bound_by: summary.bound_by.clone(),
+            critical_path_s: lb.critical_path.as_secs_f64(),
+            runs: Vec::new(),
+        };
+        for &policy in &policies {
+            let spec = RunSpec {
+                workflow_file: path.display().to_string(),
+                workflow_text: text.clone(),
+                targets_file: "synthetic.csv".into(),
+                targets_text: targets_text.clone(),
+                workdir: std::env::current_dir()?,
+                cwd: std::env::current_dir()?,
+                mode: Mode::Simulated { seed: args.seed, fail_rate: args.fail_rate },
+                max_running: None,
+                priority: policy,
+                vars: Vars::from_process(),
+            };
+            let name = if policy == Priority::Fifo { "fifo" } else { "critical-path" };
+            eprintln!(
+                "bench: {} ({name}): {} instances over {} sites",
+                bench.workflow,
+                thousands(plan.len()),
+                thousands(args.sites)
+            );
+            let run = rt.block_on(simulate(&plan, &spec, name, lb.makespan.as_secs_f64()))?;
+            bench.runs.push(run);
+        }
+        benches.push(bench);
+    }
+
+    if let Some(svg) = &args.svg {
+        let series: Vec<Series> = benches
+            .iter()
+            .flat_map(|b| {
+                b.runs.iter().map(move |r| Series {
+                    label: format!("{} ({})", b.workflow, r.policy),
+                    points: curve(&r.finish_s, b.sites),
+                })
+            })
+            .collect();
+        let title = format!("Sites restored over time ({} sites)", thousands(args.sites));
+        restored_over_time(svg, &title, &series)?;
+    }
+    let out = Output { benches };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else if args.markdown {
+        print!("{}", markdown(&out));
+    } else {
+        print!("{}", human(&out));
+    }
+    Ok(Exit::Ok)
+}
+
+/// The restored-over-time curve: a step at each site's restore time.
+fn curve(finish_s: &[f64], sites: usize) -> Vec<(f64, f64)> {
+    let mut pts = vec![(0.0, 0.0)];
+    for (i, f) in finish_s.iter().enumerate() {
+        let h = f / 3600.0;
+        pts.push((h, 100.0 * i as f64 / sites as f64));
+        pts.push((h, 100.0 * (i + 1) as f64 / sites as f64));
+    }
+    pts
+}
+
+async fn simulate(
+    plan: &Plan,
+    spec: &RunSpec,
+    policy: &'static str,
+    lower_bound_s: f64,
+) -> Result<RunResult> {
+    let dir = tempfile::tempdir()?;
+    let url = format!("sqlite://{}/bench.db", dir.path().display());
+    let store = SqlStore::open(&url).await?;
+    let id = rewind_runtime::create_run(&store, plan, spec, &Registry::builtin()).await?;
+    let (lease, _) = Lease::acquire(&store, id).await?;
+    let mut display = Display::new();
+    let quiet = std::env::var_os("REWIND_BENCH_QUIET").is_some();
+    let mut none = NoObserver;
+    let observer: &mut dyn rewind_runtime::Observer = if quiet { &mut none } else { &mut display };
+    let opts = DriveOptions {
+        registry: Registry::builtin(),
+        observer,
+        signals: true,
+        progress_every: Duration::from_millis(500),
+        tick: Duration::from_secs(1),
+        vars: Vars::from_process(),
+    };
+    let s = rewind_runtime::drive(&store, lease, opts).await?;
+    display.finish_quietly();
+    store.close().await;
+    let mut finish_s: Vec<f64> =
+        s.restored_at.iter().flatten().map(Duration::as_secs_f64).collect();
+    finish_s.sort_by(f64::total_cmp);
+    let makespan_s = s.clock.as_secs_f64();
+    let hours = (makespan_s / 3600.0).ceil() as usize;
+    let sites = s.targets.max(1) as f64;
+    let mut restored_by_hour = Vec::with_capacity(hours + 1);
+    let mut k = 0;
+    for h in 0..=hours {
+        while k < finish_s.len() && finish_s[k] <= (h * 3600) as f64 {
+            k += 1;
+        }
+        restored_by_hour.push(100.0 * k as f64 / sites);
+    }
+    let mean = (!finish_s.is_empty()).then(|| finish_s.iter().sum::<f64>() / finish_s.len() as f64);
+    let wall = s.wall.as_secs_f64();
+    Ok(RunResult {
+        policy,
+        makespan_s,
+        ratio: if lower_bound_s > 0.0 { makespan_s / lower_bound_s } else { 1.0 },
+        restored: finish_s.len(),
+        failed: s.counts.failed,
+        blocked: s.counts.blocked,
+        ttr_mean_s: mean,
+        ttr_p50_s: percentile(&finish_s, 50.0),
+        ttr_p95_s: percentile(&finish_s, 95.0),
+        restored_by_hour,
+        wall_s: wall,
+        instances_per_s: if wall > 0.0 { plan.len() as f64 / wall } else { 0.0 },
+        peak_rss_bytes: peak_rss(),
+        checkpoints: s.commits,
+        finish_s,
+    })
+}
+
+fn opt(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), human_s)
+}
+
+fn mib(v: Option<u64>) -> String {
+    v.map_or_else(|| "-".into(), |b| format!("{} MiB", thousands((b / (1 << 20)) as usize)))
+}
+
+/// Hours to show in the % restored table: at most about 24 rows.
+fn hour_rows(runs: &[RunResult]) -> Vec<usize> {
+    let max = runs.iter().map(|r| r.restored_by_hour.len()).max().unwrap_or(1).saturating_sub(1);
+    let step = max.div_ceil(24).max(1);
+    let mut rows: Vec<usize> = (0..=max).step_by(step).collect();
+    if rows.last() != Some(&max) {
+        rows.push(max);
+    }
+    rows
+}
+
+fn pct_at(r: &RunResult, h: usize) -> f64 {
+    r.restored_by_hour
+        .get(h)
+        .copied()
+        .unwrap_or(100.0 * r.restored as f64 / r.finish_s.len().max(1) as f64)
+}
+
+fn human(out: &Output) -> String {
+    let mut o = String::new();
+    for b in &out.benches {
+        let caps: Vec<String> = b.capacity.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let groups: Vec<String> = b.groups.iter().map(|(k, v)| format!("{v} {k}")).collect();
+        o.push_str(&format!(
+            "{} ({}) × {} synthetic sites ({}), seed {}\n",
+            b.workflow,
+            b.file,
+            thousands(b.sites),
+            groups.join(", "),
+            b.seed
+        ));
+        o.push_str(&format!(
+            "instances             {} ({} to run)\n",
+            thousands(b.instances),
+            thousands(b.runnable)
+        ));
+        o.push_str(&format!("pools                 {}\n", caps.join(", ")));
+        o.push_str(&format!(
+            "lower bound           {} ({}); critical path {}\n\n",
+            human_s(b.lower_bound_s),
+            b.bound_by.replace("pool:", "pool "),
+            human_s(b.critical_path_s)
+        ));
+        let col = |f: &dyn Fn(&RunResult) -> String| -> String {
+            b.runs.iter().map(|r| format!("{:>16}", f(r))).collect::<Vec<_>>().join("  ")
+        };
+        o.push_str(&format!("{:<22}{}\n", "", col(&|r| r.policy.to_owned())));
+        o.push_str(&format!("{:<22}{}\n", "makespan", col(&|r| human_s(r.makespan_s))));
+        o.push_str(&format!("{:<22}{}\n", "× lower bound", col(&|r| format!("{:.3}", r.ratio))));
+        o.push_str(&format!("{:<22}{}\n", "site restore mean", col(&|r| opt(r.ttr_mean_s))));
+        o.push_str(&format!("{:<22}{}\n", "site restore p50", col(&|r| opt(r.ttr_p50_s))));
+        o.push_str(&format!("{:<22}{}\n", "site restore p95", col(&|r| opt(r.ttr_p95_s))));
+        o.push_str(&format!(
+            "{:<22}{}\n",
+            "sites restored",
+            col(&|r| format!("{}/{}", thousands(r.restored), thousands(b.sites)))
+        ));
+        o.push_str(&format!("{:<22}{}\n", "engine wall", col(&|r| format!("{:.2}s", r.wall_s))));
+        o.push_str(&format!(
+            "{:<22}{}\n",
+            "instances/s",
+            col(&|r| thousands(r.instances_per_s as usize))
+        ));
+        o.push_str(&format!("{:<22}{}\n", "peak RSS", col(&|r| mib(r.peak_rss_bytes))));
+        o.push_str("\n% sites restored\n");
+        o.push_str(&format!("{:>8}  {}\n", "hour", col(&|r| r.policy.to_owned())));
+        for h in hour_rows(&b.runs) {
+            o.push_str(&format!("{h:>8}  {}\n", col(&|r| format!("{:.1}%", pct_at(r, h)))));
+        }
+        o.push('\n');
+    }
+    o.push_str(&speedups(out));
+    o
+}
+
+fn markdown(out: &Output) -> String {
+    let mut o = String::new();
+    o.push_str("| workflow | policy | instances | makespan | × lower bound | mean site restore | p50 | p95 | engine wall | instances/s |\n");
+    o.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for b in &out.benches {
+        for r in &b.runs {
+            o.push_str(&format!(
+                "| `{}` | {} | {} | {} | {:.3} | {} | {} | {} | {:.2} s | {} |\n",
+                b.workflow,
+                r.policy,
+                thousands(b.instances),
+                human_s(r.makespan_s),
+                r.ratio,
+                opt(r.ttr_mean_s),
+                opt(r.ttr_p50_s),
+                opt(r.ttr_p95_s),
+                r.wall_s,
+                thousands(r.instances_per_s as usize)
+            ));
+        }
+    }
+    o.push_str(
+        "\n| workflow | lower bound | set by | critical path (one site) |\n|---|---:|---|---:|\n",
+    );
+    for b in &out.benches {
+        o.push_str(&format!(
+            "| `{}` | {} | {} | {} |\n",
+            b.workflow,
+            human_s(b.lower_bound_s),
+            b.bound_by,
+            human_s(b.critical_path_s)
+        ));
+    }
+    let shares = [10.0, 25.0, 50.0, 75.0, 90.0, 100.0];
+    o.push_str("\nTime until a share of the sites is restored:\n\n| workflow | policy |");
+    for p in shares {
+        o.push_str(&format!(" {p:.0}% |"));
+    }
+    o.push_str("\n|---|---|");
+    o.push_str(&"---:|".repeat(shares.len()));
+    o.push('\n');
+    for b in &out.benches {
+        for r in &b.runs {
+            o.push_str(&format!("| `{}` | {} |", b.workflow, r.policy));
+            for p in shares {
+                let need = ((p / 100.0) * b.sites as f64).ceil().max(1.0) as usize;
+                o.push_str(&format!(" {} |", opt(r.finish_s.get(need - 1).copied())));
+            }
+            o.push('\n');
+        }
+    }
+    o.push_str(&speedups(out));
+    o
+}
+
+/// How much faster the last workflow is than the first, per policy.
+fn speedups(out: &Output) -> String {
+    let mut o = String::new();
+    if let [first, .., last] = out.benches.as_slice() {
+        o.push('\n');
+        for (a, b) in first.runs.iter().zip(&last.runs) {
+            let mean = match (a.ttr_mean_s, b.ttr_mean_s) {
+                (Some(x), Some(y)) if y > 0.0 => format!("{:.2}×", x / y),
+                _ => "-".into(),
+            };
+            o.push_str(&format!(
+                "{} vs {} ({}): makespan {:.2}× shorter, mean site restore {mean} shorter\n",
+                last.workflow,
+                first.workflow,
+                a.policy,
+                a.makespan_s / b.makespan_s.max(f64::MIN_POSITIVE),
+            ));
+        }
+    }
+    o
+}

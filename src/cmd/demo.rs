@@ -1,0 +1,204 @@
+//! `rewind demo`: the incident and its restore, end to end, on the embedded default. A sandbox
+//! multi-tenant system is created, the mistaken script deletes sites from every store, and the
+//! real restore-2 workflow brings them back to five minutes before the first deletion; the
+//! sandbox's independent verifier then judges the result.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use rewind_exec::Vars;
+use rewind_model::{Plan, RestorePoint, TargetSet, TargetsFormat};
+use rewind_runtime::{Lease, Mode, RunSpec, Summary};
+use rewind_sandbox::{IncidentOptions, InitOptions, SimTime, VerifyOptions};
+use rewind_scheduler::Priority;
+
+use crate::cmd::run::{drive_with, exit_of, print_summary, refuse};
+use crate::exit::{Exit, refused};
+use crate::output::{human, human_s, thousands};
+use crate::{inputs, store};
+
+/// Marks a directory the demo made, so a later demo may replace it.
+const MARKER: &str = ".rewind-demo";
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Sites in the sandbox.
+    #[arg(long, default_value_t = 200)]
+    sites: u32,
+    /// Sites the mistaken script deletes.
+    #[arg(long, default_value_t = 60)]
+    delete: u32,
+    /// Product database shards.
+    #[arg(long, default_value_t = 8)]
+    shards: u32,
+    /// Where the sandbox, its scratch copies and the run's checkpoint store go (replaced if a
+    /// previous demo made it).
+    #[arg(long, default_value = "demo")]
+    dir: PathBuf,
+    /// Keep the sandbox's relational stores on this PostgreSQL server instead of SQLite files.
+    #[arg(long, value_name = "URL")]
+    postgres: Option<String>,
+    /// Seed of the sandbox.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// The restore workflow.
+    #[arg(long, default_value = "workflows/restore-2.toml")]
+    workflow: PathBuf,
+}
+
+fn step(title: &str) {
+    println!("\n== {title}");
+}
+
+pub fn run(args: &Args) -> Result<Exit> {
+    if args.delete == 0 || args.delete > args.sites {
+        return Err(refused(format!("rewind: --delete {} must be between 1 and --sites ({})", args.delete, args.sites)));
+    }
+    let workflow_text = std::fs::read_to_string(&args.workflow)
+        .map_err(|e| refused(format!("rewind: cannot read workflow `{}`: {e}", args.workflow.display())))?;
+    inputs::workflow(&args.workflow)?;
+    prepare_dir(&args.dir)?;
+    let dir = std::path::absolute(&args.dir)?;
+    let rt = store::runtime()?;
+    rt.block_on(async {
+        let started = Instant::now();
+        step(&format!("sandbox: {} sites, {} shards, {}", args.sites, args.shards, backing(args)));
+        let mut init = InitOptions::new(&dir, args.sites);
+        init.shards = args.shards;
+        init.postgres.clone_from(&args.postgres);
+        init.seed = args.seed;
+        let summary = rewind_sandbox::init(&init).await.map_err(|e| refused(format!("rewind: sandbox: {e}")))?;
+        std::fs::write(dir.join(MARKER), "made by rewind demo\n")?;
+        println!("{} stores, {} live rows, history to {}", summary.stores, thousands(summary.rows as usize), summary.now);
+
+        step(&format!("incident: the mistaken script deletes {} sites", args.delete));
+        let opts = IncidentOptions { delete: args.delete, at: None, over: Duration::from_secs(23 * 60), then: Duration::from_secs(15 * 60) };
+        let incident = rewind_sandbox::incident(&dir, &opts).await.map_err(|e| refused(format!("rewind: sandbox: {e}")))?;
+        let first = incident.deleted.first().map(|d| d.at).context("the incident deleted no site")?;
+        let last = incident.deleted.last().map_or(first, |d| d.at);
+        println!("{} sites deleted from every store, {} to {}; other sites kept writing", incident.deleted.len(), first, last);
+        let restore_point = restore_point(first)?;
+        println!("restore point  {restore_point} (5 minutes before the first deletion)");
+
+        step("plan");
+        let deleted = rewind_sandbox::sites(&dir, true).map_err(|e| refused(format!("rewind: sandbox: {e}")))?;
+        let sites: Vec<_> = deleted.into_iter().map(|(s, _)| s).collect();
+        let targets_file = dir.join("deleted.csv");
+        let targets_text = rewind_sandbox::targets::csv(&sites);
+        std::fs::write(&targets_file, &targets_text)?;
+        let wf = inputs::workflow(&args.workflow)?;
+        let targets = TargetSet::parse(&targets_file.display().to_string(), &targets_text, TargetsFormat::Csv)
+            .map_err(|d| refused(inputs::render(&d, &targets_file)))?;
+        let plan = Plan::build(wf, targets, restore_point).map_err(|d| refused(inputs::render(&d, &targets_file)))?;
+        let preview = plan.summary();
+        println!(
+            "{} sites, {} instances ({} to run) over {} steps; lower bound by estimates {} ({})",
+            preview.targets.count,
+            thousands(preview.instances),
+            thousands(preview.runnable),
+            preview.steps.len(),
+            human_s(preview.lower_bound_s),
+            preview.bound_by
+        );
+
+        step("restore (restore-2, for real against the sandbox)");
+        let db = format!("sqlite://{}", dir.join("rewind.db").display());
+        let store = store::open(&db).await?;
+        let vars = Vars::from_process().with("SANDBOX", &dir.display().to_string());
+        let spec = RunSpec {
+            workflow_file: args.workflow.display().to_string(),
+            workflow_text,
+            targets_file: targets_file.display().to_string(),
+            targets_text,
+            workdir: std::path::absolute(args.workflow.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))?,
+            cwd: std::env::current_dir()?,
+            mode: Mode::Real,
+            max_running: None,
+            priority: Priority::CriticalPath,
+            vars: vars.clone(),
+        };
+        let id = rewind_runtime::create_run(&store, &plan, &spec, &crate::registry::registry()).await.map_err(refuse)?;
+        drop(plan);
+        println!("run {id}");
+        let (lease, _) = Lease::acquire(&store, id).await.map_err(refuse)?;
+        let summary = drive_with(&store, lease, vars).await?;
+        print_summary(&summary);
+
+        step("verify (independent of the restore)");
+        let report = rewind_sandbox::verify(&dir, &VerifyOptions { restore_point, sites: None })
+            .await
+            .map_err(|e| refused(format!("rewind: sandbox: {e}")))?;
+        let verified = report.ok();
+        println!("{}", if verified { "every deleted site is back at the restore point in every store, and nothing else changed" } else { "verify FAILED" });
+        if !verified {
+            for p in report.problems.iter().take(20) {
+                println!("  {p}");
+            }
+        }
+
+        step("summary");
+        print_outcome(&summary, &dir, restore_point, verified, started.elapsed())?;
+        println!("\ninspect:  rewind --db {db} status {id}");
+        println!("          rewind --db {db} report {id}");
+        if summary.ended != rewind_runtime::Ended::Succeeded {
+            println!("continue: SANDBOX={} rewind --db {db} resume {id}", dir.display());
+        }
+        let exit = exit_of(&summary);
+        Ok(if exit == Exit::Ok && !verified { Exit::Failed } else { exit })
+    })
+}
+
+fn backing(args: &Args) -> String {
+    match &args.postgres {
+        Some(url) => format!("PostgreSQL ({})", rewind_sandbox::redact(url)),
+        None => "SQLite".to_owned(),
+    }
+}
+
+/// Five minutes before the first deletion (INCIDENT.md: the one fixed restore point).
+fn restore_point(first_deletion: SimTime) -> Result<RestorePoint> {
+    let rp = first_deletion.to_restore_point();
+    let at = rp.system_time().checked_sub(Duration::from_secs(300)).context("restore point before 1970")?;
+    Ok(RestorePoint::from_system_time(at))
+}
+
+/// Refuses a directory the demo did not make; removes one it did.
+fn prepare_dir(dir: &Path) -> Result<()> {
+    match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(refused(format!("rewind: {}: {e}", dir.display()))),
+        Ok(mut entries) => {
+            if entries.next().is_none() {
+                return Ok(());
+            }
+            if !dir.join(MARKER).exists() {
+                return Err(refused(format!(
+                    "rewind: {} exists and was not made by `rewind demo`; remove it or pass --dir",
+                    dir.display()
+                )));
+            }
+            rewind_sandbox::destroy(dir).map_err(|e| refused(format!("rewind: cannot remove the previous demo in {}: {e}", dir.display())))?;
+            eprintln!("rewind: replaced the previous demo in {}", dir.display());
+            Ok(())
+        }
+    }
+}
+
+fn print_outcome(s: &Summary, dir: &Path, rp: RestorePoint, verified: bool, wall: Duration) -> Result<()> {
+    let pct = if s.targets == 0 { 100.0 } else { 100.0 * s.restored_targets as f64 / s.targets as f64 };
+    println!("time to restore   {} ({} sites; demo total {})", human(s.clock), thousands(s.targets), human(wall));
+    println!("sites restored    {}/{} ({pct:.1}%)", thousands(s.restored_targets), thousands(s.targets));
+    println!("restore point     {rp}");
+    println!("data lost         per store, the deleted sites' writes after the restore point (before their deletion):");
+    let losses = rewind_sandbox::data_loss(dir, rp).map_err(|e| refused(format!("rewind: sandbox: {e}")))?;
+    for l in &losses {
+        let window = match (l.first_lost, l.last_lost) {
+            (Some(a), Some(b)) => format!("{} writes, {a} to {b}", thousands(l.lost_writes as usize)),
+            _ => "nothing".to_owned(),
+        };
+        println!("  {:<22} {window}", l.store);
+    }
+    println!("verify            {}", if verified { "PASS" } else { "FAIL" });
+    Ok(())
+}

@@ -1,0 +1,10 @@
+//! One module per command.
+
+pub mod bench;
+pub mod cancel;
+pub mod check;
+pub mod plan;
+pub mod report;
+pub mod run;
+pub mod sandbox;
+pub mod status;

@@ -1,0 +1,462 @@
+//! `rewind sandbox init | incident | pitr | verify | sites | restore-media | check-media | outbox |
+//! drop-scratch`: the multi-tenant system restores run against (crate `rewind-sandbox`). This
+//! module only parses, prints and maps errors to exit codes.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Result, anyhow};
+use rewind_model::TargetId;
+use rewind_sandbox::{
+    IncidentOptions, InitOptions, OutboxRequest, PitrOptions, PitrOut, ScratchTag, SimTime,
+    VerifyOptions, VerifyReport,
+};
+
+use crate::exit::{Exit, refused};
+use crate::inputs;
+use crate::output::thousands;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Sub,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Sub {
+    /// Create a sandbox: stores, sites, backups and a simulated history ending at --now.
+    Init(InitArgs),
+    /// The mistaken script: delete sites from every store while other sites keep working.
+    Incident(IncidentArgs),
+    /// Restore one store (one shard) to an instant into a scratch copy; prints JSON.
+    Pitr(PitrArgs),
+    /// Check every restored site equals its state at the restore point, and nothing else changed.
+    Verify(VerifyArgs),
+    /// Write the targets file of the sandbox's sites (CSV or JSON Lines by extension).
+    Sites(SitesArgs),
+    /// Replace a site's live media objects with a scratch copy's (pitr --scratch); prints JSON.
+    RestoreMedia(MediaSiteArgs),
+    /// Compare a site's live media with a scratch copy's; exit 0 when they match, else 1.
+    CheckMedia(MediaSiteArgs),
+    /// Queue a request to a system outside the sandbox, once per idempotency key; prints JSON.
+    Outbox(OutboxArgs),
+    /// Remove the scratch copies pitr --scratch TAG made (of one store, or all); prints JSON.
+    DropScratch(DropScratchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct InitArgs {
+    /// The sandbox directory to create (must not exist, or be empty).
+    dir: PathBuf,
+    /// Number of sites (tenants).
+    #[arg(long)]
+    sites: u32,
+    /// Product database shards per product (tracker-s01.., wiki-s01..).
+    #[arg(long, default_value_t = 4)]
+    shards: u32,
+    /// Keep the relational stores as schemas on this PostgreSQL server instead of SQLite files.
+    #[arg(long, value_name = "URL")]
+    postgres: Option<String>,
+    /// Seed of everything generated: the same seed makes the same sandbox.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// The sandbox clock at the end of the history, RFC 3339 UTC.
+    #[arg(long, default_value = "2022-04-05T07:38:00Z")]
+    now: String,
+    /// How far back any instant can be restored.
+    #[arg(long, default_value = "30days")]
+    retention: String,
+    /// Length of the generated history (default: retention + 1 day).
+    #[arg(long)]
+    history: Option<String>,
+    /// Interval between full snapshots.
+    #[arg(long, default_value = "7days")]
+    snapshot_every: String,
+}
+
+#[derive(Debug, clap::Args)]
+struct IncidentArgs {
+    /// The sandbox directory.
+    dir: PathBuf,
+    /// Number of sites to delete.
+    #[arg(long)]
+    delete: u32,
+    /// When the first site is deleted, RFC 3339 UTC (default: the sandbox clock).
+    #[arg(long)]
+    at: Option<String>,
+    /// Time over which the deletions are spread.
+    #[arg(long, default_value = "23m")]
+    over: String,
+    /// Activity simulated after the last deletion.
+    #[arg(long, default_value = "15m")]
+    then: String,
+}
+
+#[derive(Debug, clap::Args)]
+struct PitrArgs {
+    /// The sandbox directory.
+    dir: PathBuf,
+    /// The store to restore: catalog, contacts, identity-<region>, tracker-sNN, wiki-sNN, media,
+    /// flags, apps.
+    #[arg(long)]
+    store: String,
+    /// The instant to restore to, RFC 3339 UTC.
+    #[arg(long)]
+    at: String,
+    /// The scratch copy: a SQLite file path, a PostgreSQL schema name (PostgreSQL-backed
+    /// sandbox), or a directory (media).
+    #[arg(long, required_unless_present = "scratch", conflicts_with = "scratch")]
+    out: Option<String>,
+    /// Put the copy where the convention for TAG says (DIR/scratch/TAG/STORE.sqlite,
+    /// DIR/scratch/TAG/media/, or schema <prefix>_x<hash>_<store>); TAG is [A-Za-z0-9-]{1,40}.
+    #[arg(long, value_name = "TAG")]
+    scratch: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct MediaSiteArgs {
+    /// The sandbox directory.
+    dir: PathBuf,
+    /// The tag of the scratch copies (pitr --scratch TAG).
+    #[arg(long, value_name = "TAG")]
+    scratch: String,
+    /// The site (UUID).
+    #[arg(long, value_name = "ID")]
+    site: String,
+}
+
+#[derive(Debug, clap::Args)]
+struct OutboxArgs {
+    /// The sandbox directory.
+    dir: PathBuf,
+    /// The outside system: [a-z][a-z0-9-]* (billing, search, notifications, ...).
+    #[arg(long, value_name = "NAME")]
+    system: String,
+    /// The site the request is about (UUID).
+    #[arg(long, value_name = "ID")]
+    site: String,
+    /// What the system must do.
+    #[arg(long, value_name = "TEXT")]
+    request: String,
+}
+
+#[derive(Debug, clap::Args)]
+struct DropScratchArgs {
+    /// The sandbox directory.
+    dir: PathBuf,
+    /// The tag of the scratch copies (pitr --scratch TAG).
+    #[arg(long, value_name = "TAG")]
+    scratch: String,
+    /// Only this store's copy (default: every store's).
+    #[arg(long)]
+    store: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct VerifyArgs {
+    /// The sandbox directory.
+    dir: PathBuf,
+    /// The instant restored sites must be at, RFC 3339 UTC.
+    #[arg(long)]
+    restore_point: String,
+    /// Targets file (.csv or .jsonl) of the sites that were restored (default: every deleted
+    /// site).
+    #[arg(long)]
+    sites: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct SitesArgs {
+    /// The sandbox directory.
+    dir: PathBuf,
+    /// Only the sites the incident deleted, in deletion order.
+    #[arg(long)]
+    deleted: bool,
+    /// Write to this file (.csv or .jsonl) instead of printing CSV.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+pub fn run(args: &Args) -> Result<Exit> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow!("cannot start the async runtime: {e}"))?;
+    match &args.command {
+        Sub::Init(a) => rt.block_on(init(a)),
+        Sub::Incident(a) => rt.block_on(incident(a)),
+        Sub::Pitr(a) => rt.block_on(pitr(a)),
+        Sub::Verify(a) => rt.block_on(verify(a)),
+        Sub::Sites(a) => sites(a),
+        Sub::RestoreMedia(a) => restore_media(a),
+        Sub::CheckMedia(a) => check_media(a),
+        Sub::Outbox(a) => outbox(a),
+        Sub::DropScratch(a) => rt.block_on(drop_scratch(a)),
+    }
+}
+
+/// Sandbox errors: refusals (bad input, damaged backups) exit 2, the rest 1.
+fn lib_err(e: rewind_sandbox::Error) -> anyhow::Error {
+    if e.is_refusal() { refused(format!("rewind: sandbox: {e}")) } else { anyhow!("sandbox: {e}") }
+}
+
+fn duration(flag: &str, raw: &str) -> Result<Duration> {
+    humantime::parse_duration(raw)
+        .map_err(|e| refused(format!("rewind: sandbox: {flag} `{raw}`: {e} (e.g. 30days, 15m)")))
+}
+
+fn instant(flag: &str, raw: &str) -> Result<SimTime> {
+    let rp = raw
+        .parse::<rewind_model::RestorePoint>()
+        .map_err(|e| refused(format!("rewind: sandbox: {flag}: {e}")))?;
+    Ok(SimTime::from_restore_point(rp))
+}
+
+async fn init(a: &InitArgs) -> Result<Exit> {
+    let mut o = InitOptions::new(&a.dir, a.sites);
+    o.shards = a.shards;
+    o.postgres = a.postgres.clone();
+    o.seed = a.seed;
+    o.now = instant("--now", &a.now)?;
+    o.retention = duration("--retention", &a.retention)?;
+    o.history = match &a.history {
+        Some(h) => duration("--history", h)?,
+        None => o.retention + Duration::from_secs(86_400),
+    };
+    o.snapshot_every = duration("--snapshot-every", &a.snapshot_every)?;
+    let s = rewind_sandbox::init(&o).await.map_err(lib_err)?;
+    let backing = match &o.postgres {
+        Some(url) => format!("PostgreSQL {}", rewind_sandbox::redact(url)),
+        None => "SQLite".to_owned(),
+    };
+    println!(
+        "sandbox {}: {} sites in {} stores ({backing}), seed {}",
+        a.dir.display(),
+        thousands(s.sites),
+        s.stores,
+        o.seed
+    );
+    println!("history        {} to {}", s.from, s.now);
+    println!(
+        "writes         {} (journaled), {} live rows",
+        thousands(s.writes as usize),
+        thousands(s.rows as usize)
+    );
+    println!("restorable     {} to {}", s.window_start, s.now);
+    Ok(Exit::Ok)
+}
+
+async fn incident(a: &IncidentArgs) -> Result<Exit> {
+    let at = a.at.as_deref().map(|t| instant("--at", t)).transpose()?;
+    let o = IncidentOptions {
+        delete: a.delete,
+        at,
+        over: duration("--over", &a.over)?,
+        then: duration("--then", &a.then)?,
+    };
+    let s = rewind_sandbox::incident(&a.dir, &o).await.map_err(lib_err)?;
+    let (first, last) = match (s.deleted.first(), s.deleted.last()) {
+        (Some(f), Some(l)) => (f.at.to_string(), l.at.to_string()),
+        _ => ("-".into(), "-".into()),
+    };
+    println!(
+        "incident: deleted {} sites from every store, {first} to {last}",
+        thousands(s.deleted.len())
+    );
+    println!(
+        "activity       {} writes from {} to {} (other sites kept working)",
+        thousands(s.run.writes as usize),
+        s.run.from,
+        s.run.now
+    );
+    println!("clock          {}", s.run.now);
+    println!("targets        rewind sandbox sites {} --deleted --out deleted.csv", a.dir.display());
+    Ok(Exit::Ok)
+}
+
+async fn pitr(a: &PitrArgs) -> Result<Exit> {
+    let at =
+        a.at.parse::<rewind_model::RestorePoint>()
+            .map_err(|e| refused(format!("rewind: sandbox: --at: {e}")))?;
+    let out = match (&a.out, &a.scratch) {
+        (_, Some(tag)) => PitrOut::Scratch(scratch_tag(tag)?),
+        (Some(out), None) => PitrOut::Path(out.clone()),
+        (None, None) => return Err(refused("rewind: sandbox: pitr needs --out or --scratch")),
+    };
+    let o = PitrOptions { store: a.store.clone(), at, out };
+    let r = rewind_sandbox::pitr(&a.dir, &o).await.map_err(lib_err)?;
+    println!("{}", serde_json::to_string(&r)?);
+    Ok(Exit::Ok)
+}
+
+fn target_ids(path: &Path) -> Result<Vec<TargetId>> {
+    let set = inputs::targets(path)?;
+    Ok(set.targets().iter().map(|t| t.id).collect())
+}
+
+async fn verify(a: &VerifyArgs) -> Result<Exit> {
+    let restore_point = inputs::restore_point(&a.restore_point)?;
+    let sites = a.sites.as_deref().map(target_ids).transpose()?;
+    let o = VerifyOptions { restore_point, sites };
+    let r = rewind_sandbox::verify(&a.dir, &o).await.map_err(lib_err)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", render(&r));
+    }
+    if r.ok() {
+        Ok(Exit::Ok)
+    } else {
+        Err(anyhow!(
+            "verify failed: {} wrong site slice{} in {} store{}",
+            r.problems.len(),
+            if r.problems.len() == 1 { "" } else { "s" },
+            r.stores.iter().filter(|s| !s.ok()).count(),
+            if r.stores.iter().filter(|s| !s.ok()).count() == 1 { "" } else { "s" }
+        ))
+    }
+}
+
+/// Wrong slices printed; `--json` has them all.
+const SHOWN: usize = 50;
+
+fn render(r: &VerifyReport) -> String {
+    let mut out = format!(
+        "verify: restore point {}, {} restored sites, {} other sites\n",
+        r.restore_point, r.restored_sites, r.other_sites
+    );
+    let mut rows = vec![[
+        "STORE".to_owned(),
+        "RESTORED OK".to_owned(),
+        "OTHERS OK".to_owned(),
+        "ROWS".to_owned(),
+        "RESULT".to_owned(),
+    ]];
+    for s in &r.stores {
+        rows.push([
+            s.store.clone(),
+            format!("{}/{}", s.restored - s.restored_bad.min(s.restored), s.restored),
+            format!("{}/{}", s.others - s.others_bad.min(s.others), s.others),
+            thousands(s.rows as usize),
+            if s.ok() { "ok".to_owned() } else { "FAILED".to_owned() },
+        ]);
+    }
+    let widths: Vec<usize> =
+        (0..5).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    for row in &rows {
+        let mut line = String::from(" ");
+        for (c, cell) in row.iter().enumerate() {
+            let pad = widths[c] - cell.chars().count();
+            if (1..4).contains(&c) {
+                line.push_str(&format!(" {}{cell}", " ".repeat(pad)));
+            } else {
+                line.push_str(&format!(" {cell}{}", " ".repeat(pad)));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    if r.ok() {
+        out.push_str(
+            "verify: ok: every restored site is at the restore point; nothing else changed\n",
+        );
+    } else {
+        out.push_str("\nproblems\n");
+        for p in r.problems.iter().take(SHOWN) {
+            out.push_str(&format!(
+                "  {}  site {} ({}): {}\n",
+                p.store,
+                p.site,
+                p.role.as_str(),
+                p.detail
+            ));
+        }
+        if r.problems.len() > SHOWN {
+            out.push_str(&format!(
+                "  ... and {} more (--json lists them all)\n",
+                r.problems.len() - SHOWN
+            ));
+        }
+    }
+    out
+}
+
+fn sites(a: &SitesArgs) -> Result<Exit> {
+    let list = rewind_sandbox::sites(&a.dir, a.deleted).map_err(lib_err)?;
+    let sites: Vec<rewind_sandbox::Site> = list.into_iter().map(|(s, _)| s).collect();
+    match &a.out {
+        None => print!("{}", rewind_sandbox::targets::csv(&sites)),
+        Some(path) => {
+            rewind_sandbox::refuse_own_path(&a.dir, "--out", path).map_err(lib_err)?;
+            let name = path.display().to_string();
+            let text = match rewind_model::TargetsFormat::from_file_name(&name) {
+                Some(rewind_model::TargetsFormat::Csv) => rewind_sandbox::targets::csv(&sites),
+                Some(rewind_model::TargetsFormat::JsonLines) => {
+                    rewind_sandbox::targets::jsonl(&sites)
+                }
+                None => {
+                    return Err(refused(format!(
+                        "rewind: sandbox: --out `{name}`: unknown format; name it *.csv or *.jsonl"
+                    )));
+                }
+            };
+            std::fs::write(path, text)
+                .map_err(|e| refused(format!("rewind: sandbox: cannot write `{name}`: {e}")))?;
+            eprintln!("wrote {} sites to {name}", sites.len());
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+fn scratch_tag(raw: &str) -> Result<ScratchTag> {
+    raw.parse::<ScratchTag>().map_err(lib_err)
+}
+
+fn site_id(raw: &str) -> Result<TargetId> {
+    raw.parse::<TargetId>().map_err(|e| refused(format!("rewind: sandbox: --site: {e}")))
+}
+
+fn restore_media(a: &MediaSiteArgs) -> Result<Exit> {
+    let (tag, site) = (scratch_tag(&a.scratch)?, site_id(&a.site)?);
+    let r = rewind_sandbox::restore_media(&a.dir, &tag, &site).map_err(lib_err)?;
+    println!("{}", serde_json::to_string(&r)?);
+    Ok(Exit::Ok)
+}
+
+fn check_media(a: &MediaSiteArgs) -> Result<Exit> {
+    let (tag, site) = (scratch_tag(&a.scratch)?, site_id(&a.site)?);
+    let r = rewind_sandbox::check_media(&a.dir, &tag, &site).map_err(lib_err)?;
+    println!("{}", serde_json::to_string(&r)?);
+    if r.matching {
+        Ok(Exit::Ok)
+    } else {
+        Err(anyhow!(
+            "check-media: site {site}'s live media differs from scratch {tag}: {}",
+            r.differences.join("; ")
+        ))
+    }
+}
+
+fn outbox(a: &OutboxArgs) -> Result<Exit> {
+    let req = OutboxRequest {
+        system: a.system.clone(),
+        site: site_id(&a.site)?,
+        request: a.request.clone(),
+        key: std::env::var("REWIND_IDEMPOTENCY_KEY").ok(),
+        at: std::time::SystemTime::now(),
+    };
+    let r = rewind_sandbox::outbox(&a.dir, &req).map_err(lib_err)?;
+    println!("{}", serde_json::to_string(&r)?);
+    Ok(Exit::Ok)
+}
+
+async fn drop_scratch(a: &DropScratchArgs) -> Result<Exit> {
+    let tag = scratch_tag(&a.scratch)?;
+    let r =
+        rewind_sandbox::drop_scratch(&a.dir, &tag, a.store.as_deref()).await.map_err(lib_err)?;
+    println!("{}", serde_json::to_string(&r)?);
+    Ok(Exit::Ok)
+}

@@ -1,0 +1,214 @@
+//! `rewind status [RUN_ID] [--json]`: one run (counts by state, per-target table, failures with
+//! stderr tails), or all runs.
+
+use anyhow::Result;
+use rewind_runtime::{RunView, is_stale, now_unix_ms};
+use rewind_scheduler::State;
+use rewind_store::{RunRecord, Store};
+use serde_json::json;
+
+use crate::exit::Exit;
+use crate::output::{human_s, thousands};
+use crate::store;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A run id; every run when left out.
+    run_id: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(db: &str, args: &Args) -> Result<Exit> {
+    store::runtime()?.block_on(async {
+        let store = store::open(db).await?;
+        match &args.run_id {
+            None => all(&store, args.json).await,
+            Some(id) => {
+                let id = store::run_id(id)?;
+                let view = RunView::load(&store, id)
+                    .await
+                    .map_err(|e| crate::exit::refused(format!("rewind: {e}")))?;
+                if args.json {
+                    one_json(&view)
+                } else {
+                    one(&view)
+                }
+                Ok(Exit::Ok)
+            }
+        }
+    })
+}
+
+/// `running` for a run no live process drives is shown as `interrupted`.
+pub fn shown_state(r: &RunRecord) -> &str {
+    let driven =
+        r.owner.as_deref().is_some_and(|o| !is_stale(o, r.heartbeat_unix_ms, now_unix_ms()));
+    if r.state == "running" && !driven { "interrupted" } else { &r.state }
+}
+
+async fn all(store: &impl Store, json: bool) -> Result<Exit> {
+    let runs = store.runs().await?;
+    if json {
+        let list: Vec<_> = runs
+            .iter()
+            .map(|r| {
+                json!({
+                    "run_id": r.spec.id.to_string(),
+                    "workflow": r.spec.workflow,
+                    "state": r.state,
+                    "driven_by": r.owner,
+                    "simulated": r.spec.simulated,
+                    "created_at": r.spec.created_at,
+                    "restore_point": r.spec.restore_point,
+                    "targets": r.spec.targets,
+                    "instances": r.spec.instances,
+                    "clock_s": r.clock_s,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(Exit::Ok);
+    }
+    if runs.is_empty() {
+        println!("no runs in this checkpoint store");
+        return Ok(Exit::Ok);
+    }
+    println!(
+        "{:<36}  {:<14}  {:<11}  {:<24}  {:>8}  {:>10}  {:>12}",
+        "RUN", "WORKFLOW", "STATE", "CREATED", "TARGETS", "INSTANCES", "CLOCK"
+    );
+    for r in &runs {
+        let clock = human_s(r.finished_s.unwrap_or(r.clock_s));
+        println!(
+            "{:<36}  {:<14}  {:<11}  {:<24}  {:>8}  {:>10}  {:>12}",
+            r.spec.id,
+            r.spec.workflow,
+            shown_state(r),
+            r.spec.created_at,
+            thousands(r.spec.targets as usize),
+            thousands(r.spec.instances as usize),
+            if r.spec.simulated { format!("{clock} sim") } else { clock }
+        );
+    }
+    Ok(Exit::Ok)
+}
+
+fn one(v: &RunView) {
+    let r = &v.record;
+    let c = v.counts();
+    let targets = v.targets();
+    let restored = targets.iter().filter(|t| t.state == "succeeded").count();
+    println!("run            {}", r.spec.id);
+    println!("workflow       {} ({})", r.spec.workflow, r.spec.workflow_file);
+    println!("targets        {} from {}", thousands(targets.len()), r.spec.targets_file);
+    println!("restore point  {}", r.spec.restore_point);
+    println!(
+        "state          {}{}",
+        shown_state(r),
+        r.reason.as_ref().map(|x| format!(" ({x})")).unwrap_or_default()
+    );
+    match (&r.owner, shown_state(r)) {
+        (Some(o), "running") => println!("driven by      {o}"),
+        (_, "interrupted") => {
+            println!("driven by      nobody: resume with `rewind resume {}`", r.spec.id)
+        }
+        _ => {}
+    }
+    if r.cancel_requested && r.state == "running" {
+        println!("cancel         requested");
+    }
+    let mode = if r.spec.simulated {
+        format!("simulated (seed {}, fail rate {})", r.spec.seed, r.spec.fail_rate)
+    } else {
+        "real".into()
+    };
+    println!("mode           {mode}");
+    println!(
+        "clock          {} (lower bound {})",
+        human_s(v.makespan_s()),
+        human_s(r.spec.lower_bound_s)
+    );
+    let pct =
+        if targets.is_empty() { 100.0 } else { 100.0 * restored as f64 / targets.len() as f64 };
+    println!(
+        "restored       {}/{} targets ({pct:.1}%)",
+        thousands(restored),
+        thousands(targets.len())
+    );
+    let counts: Vec<String> =
+        State::ALL.iter().map(|s| format!("{} {}", thousands(c.get(*s)), s)).collect();
+    println!("instances      {}", counts.join(", "));
+
+    println!("\ntargets");
+    println!("  {:<36}  {:<10}  {:>9}  {:>12}  FAILED", "TARGET", "STATE", "DONE", "FINISHED");
+    for t in &targets {
+        println!(
+            "  {:<36}  {:<10}  {:>9}  {:>12}  {}",
+            t.id,
+            t.state,
+            format!("{}/{}", t.done, t.total),
+            t.finished_offset_s.map(human_s).unwrap_or_else(|| "-".into()),
+            t.failed_key.as_deref().unwrap_or("")
+        );
+    }
+    let failures = v.failures();
+    if !failures.is_empty() {
+        println!("\nfailures");
+        for (row, last) in failures {
+            println!(
+                "  {} after {} attempt(s): {}",
+                row.key,
+                row.attempts,
+                row.error.as_deref().unwrap_or("failed")
+            );
+            if let Some(tail) =
+                last.and_then(|a| a.stderr_tail.as_deref()).filter(|t| !t.trim().is_empty())
+            {
+                let lines: Vec<&str> = tail.lines().collect();
+                for l in &lines[lines.len().saturating_sub(10)..] {
+                    println!("    | {l}");
+                }
+            }
+        }
+    }
+}
+
+fn one_json(v: &RunView) {
+    let r = &v.record;
+    let failures: Vec<_> = v
+        .failures()
+        .into_iter()
+        .map(|(row, last)| {
+            json!({
+                "key": row.key,
+                "attempts": row.attempts,
+                "error": row.error,
+                "exit_code": last.and_then(|a| a.exit_code),
+                "stdout_tail": last.and_then(|a| a.stdout_tail.clone()),
+                "stderr_tail": last.and_then(|a| a.stderr_tail.clone()),
+            })
+        })
+        .collect();
+    let targets = v.targets();
+    let restored = targets.iter().filter(|t| t.state == "succeeded").count();
+    let out = json!({
+        "run_id": r.spec.id.to_string(),
+        "workflow": r.spec.workflow,
+        "state": r.state,
+        "shown_state": shown_state(r),
+        "reason": r.reason,
+        "driven_by": r.owner,
+        "cancel_requested": r.cancel_requested,
+        "simulated": r.spec.simulated,
+        "restore_point": r.spec.restore_point,
+        "clock_s": v.makespan_s(),
+        "lower_bound_s": r.spec.lower_bound_s,
+        "counts": v.counts(),
+        "restored_targets": restored,
+        "targets": targets,
+        "failures": failures,
+    });
+    println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+}

@@ -1,0 +1,122 @@
+//! Live progress on stderr: a progress bar on a terminal, plain log lines otherwise.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use rewind_runtime::{Observer, Progress};
+
+use crate::output::{human, thousands};
+
+/// How often plain (non-terminal) output prints a progress line.
+const LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// Shows progress on stderr.
+pub struct Display {
+    bar: Option<ProgressBar>,
+    last_line: Option<Instant>,
+    last: Option<Progress>,
+}
+
+impl Display {
+    /// A bar when stderr is a terminal, log lines otherwise.
+    pub fn new() -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(0);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} instances | {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
+        Self { bar, last_line: None, last: None }
+    }
+
+    fn line(p: &Progress) -> String {
+        let c = &p.counts;
+        let clock =
+            if p.simulated { format!("{} simulated", human(p.clock)) } else { human(p.clock) };
+        let eta = p.eta.map(|e| format!(", ETA {}", human(e))).unwrap_or_default();
+        format!(
+            "[{clock}] {}/{} targets restored ({:.1}%), {}/{} instances done, {} running, {} failed, {} blocked{eta}",
+            thousands(p.restored_targets),
+            thousands(p.targets),
+            p.percent_restored(),
+            thousands(c.finished()),
+            thousands(c.total()),
+            c.running,
+            c.failed,
+            c.blocked,
+        )
+    }
+
+    fn print(&self, text: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None => {
+                let mut err = std::io::stderr().lock();
+                let _ = writeln!(err, "{text}");
+            }
+        }
+    }
+
+    /// Ends the display without a final line.
+    pub fn finish_quietly(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+
+    /// Ends the display, leaving the last progress line.
+    pub fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        if let Some(p) = &self.last {
+            let line = Self::line(p);
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err, "{line}");
+        }
+    }
+}
+
+impl Observer for Display {
+    fn progress(&mut self, p: &Progress) {
+        match &self.bar {
+            Some(bar) => {
+                bar.set_length(p.counts.total() as u64);
+                bar.set_position(p.counts.finished() as u64);
+                let eta = p.eta.map(|e| format!(" | ETA {}", human(e))).unwrap_or_default();
+                bar.set_message(format!(
+                    "{}/{} targets ({:.1}%) | {} failed{eta}",
+                    thousands(p.restored_targets),
+                    thousands(p.targets),
+                    p.percent_restored(),
+                    p.counts.failed
+                ));
+            }
+            None => {
+                if self.last_line.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
+                    self.last_line = Some(Instant::now());
+                    self.print(&Self::line(p));
+                }
+            }
+        }
+        self.last = Some(p.clone());
+    }
+
+    fn failure(&mut self, key: &str, attempt: u32, error: &str, retry_in: Option<Duration>) {
+        let next = match retry_in {
+            Some(d) => format!("; retrying in {}", human(d)),
+            None => "; no retries left".to_owned(),
+        };
+        self.print(&format!("failed: {key} attempt {attempt}: {error}{next}"));
+    }
+
+    fn note(&mut self, message: &str) {
+        self.print(&format!("rewind: {message}"));
+    }
+}
