@@ -50,6 +50,8 @@ enum Command {
     Bench(cmd::bench::Args),
     /// A multi-tenant system to restore: init, incident, pitr, verify, sites.
     Sandbox(cmd::sandbox::Args),
+    /// The incident and its restore, end to end, on a sandbox: init, incident, plan, run, verify.
+    Demo(cmd::demo::Args),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +68,7 @@ fn main() -> ExitCode {
         Command::Report(args) => cmd::report::run(db, args),
         Command::Bench(args) => cmd::bench::run(args),
         Command::Sandbox(args) => cmd::sandbox::run(args),
+        Command::Demo(args) => cmd::demo::run(args),
     };
     exit::finish(result)
 }

@@ -14,6 +14,7 @@ use rewind_sandbox::{IncidentOptions, InitOptions, SimTime, VerifyOptions};
 use rewind_scheduler::Priority;
 
 use crate::cmd::run::{drive_with, exit_of, print_summary, refuse};
+use crate::cmd::sandbox::lib_err;
 use crate::exit::{Exit, refused};
 use crate::output::{human, human_s, thousands};
 use crate::{inputs, store};
@@ -53,44 +54,69 @@ fn step(title: &str) {
 
 pub fn run(args: &Args) -> Result<Exit> {
     if args.delete == 0 || args.delete > args.sites {
-        return Err(refused(format!("rewind: --delete {} must be between 1 and --sites ({})", args.delete, args.sites)));
+        return Err(refused(format!(
+            "rewind: --delete {} must be between 1 and --sites ({})",
+            args.delete, args.sites
+        )));
     }
-    let workflow_text = std::fs::read_to_string(&args.workflow)
-        .map_err(|e| refused(format!("rewind: cannot read workflow `{}`: {e}", args.workflow.display())))?;
+    let workflow_text = std::fs::read_to_string(&args.workflow).map_err(|e| {
+        refused(format!("rewind: cannot read workflow `{}`: {e}", args.workflow.display()))
+    })?;
     inputs::workflow(&args.workflow)?;
-    prepare_dir(&args.dir)?;
     let dir = std::path::absolute(&args.dir)?;
     let rt = store::runtime()?;
     rt.block_on(async {
+        prepare_dir(&dir).await?;
         let started = Instant::now();
         step(&format!("sandbox: {} sites, {} shards, {}", args.sites, args.shards, backing(args)));
         let mut init = InitOptions::new(&dir, args.sites);
         init.shards = args.shards;
         init.postgres.clone_from(&args.postgres);
         init.seed = args.seed;
-        let summary = rewind_sandbox::init(&init).await.map_err(|e| refused(format!("rewind: sandbox: {e}")))?;
+        let summary = rewind_sandbox::init(&init).await.map_err(lib_err)?;
         std::fs::write(dir.join(MARKER), "made by rewind demo\n")?;
-        println!("{} stores, {} live rows, history to {}", summary.stores, thousands(summary.rows as usize), summary.now);
+        println!(
+            "{} stores, {} live rows, history to {}",
+            summary.stores,
+            thousands(summary.rows as usize),
+            summary.now
+        );
 
         step(&format!("incident: the mistaken script deletes {} sites", args.delete));
-        let opts = IncidentOptions { delete: args.delete, at: None, over: Duration::from_secs(23 * 60), then: Duration::from_secs(15 * 60) };
-        let incident = rewind_sandbox::incident(&dir, &opts).await.map_err(|e| refused(format!("rewind: sandbox: {e}")))?;
-        let first = incident.deleted.first().map(|d| d.at).context("the incident deleted no site")?;
+        let opts = IncidentOptions {
+            delete: args.delete,
+            at: None,
+            over: Duration::from_secs(23 * 60),
+            then: Duration::from_secs(15 * 60),
+        };
+        let incident = rewind_sandbox::incident(&dir, &opts).await.map_err(lib_err)?;
+        let first =
+            incident.deleted.first().map(|d| d.at).context("the incident deleted no site")?;
         let last = incident.deleted.last().map_or(first, |d| d.at);
-        println!("{} sites deleted from every store, {} to {}; other sites kept writing", incident.deleted.len(), first, last);
+        println!(
+            "{} sites deleted from every store, {} to {}; other sites kept writing",
+            incident.deleted.len(),
+            first,
+            last
+        );
         let restore_point = restore_point(first)?;
         println!("restore point  {restore_point} (5 minutes before the first deletion)");
 
         step("plan");
-        let deleted = rewind_sandbox::sites(&dir, true).map_err(|e| refused(format!("rewind: sandbox: {e}")))?;
+        let deleted = rewind_sandbox::sites(&dir, true).map_err(lib_err)?;
         let sites: Vec<_> = deleted.into_iter().map(|(s, _)| s).collect();
         let targets_file = dir.join("deleted.csv");
         let targets_text = rewind_sandbox::targets::csv(&sites);
         std::fs::write(&targets_file, &targets_text)?;
         let wf = inputs::workflow(&args.workflow)?;
-        let targets = TargetSet::parse(&targets_file.display().to_string(), &targets_text, TargetsFormat::Csv)
+        let targets = TargetSet::parse(
+            &targets_file.display().to_string(),
+            &targets_text,
+            TargetsFormat::Csv,
+        )
+        .map_err(|d| refused(inputs::render(&d, &targets_file)))?;
+        let plan = Plan::build(wf, targets, restore_point)
             .map_err(|d| refused(inputs::render(&d, &targets_file)))?;
-        let plan = Plan::build(wf, targets, restore_point).map_err(|d| refused(inputs::render(&d, &targets_file)))?;
         let preview = plan.summary();
         println!(
             "{} sites, {} instances ({} to run) over {} steps; lower bound by estimates {} ({})",
@@ -111,14 +137,21 @@ pub fn run(args: &Args) -> Result<Exit> {
             workflow_text,
             targets_file: targets_file.display().to_string(),
             targets_text,
-            workdir: std::path::absolute(args.workflow.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))?,
+            workdir: std::path::absolute(
+                args.workflow
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new(".")),
+            )?,
             cwd: std::env::current_dir()?,
             mode: Mode::Real,
             max_running: None,
             priority: Priority::CriticalPath,
             vars: vars.clone(),
         };
-        let id = rewind_runtime::create_run(&store, &plan, &spec, &crate::registry::registry()).await.map_err(refuse)?;
+        let id = rewind_runtime::create_run(&store, &plan, &spec, &crate::registry::registry())
+            .await
+            .map_err(refuse)?;
         drop(plan);
         println!("run {id}");
         let (lease, _) = Lease::acquire(&store, id).await.map_err(refuse)?;
@@ -128,14 +161,9 @@ pub fn run(args: &Args) -> Result<Exit> {
         step("verify (independent of the restore)");
         let report = rewind_sandbox::verify(&dir, &VerifyOptions { restore_point, sites: None })
             .await
-            .map_err(|e| refused(format!("rewind: sandbox: {e}")))?;
+            .map_err(lib_err)?;
         let verified = report.ok();
-        println!("{}", if verified { "every deleted site is back at the restore point in every store, and nothing else changed" } else { "verify FAILED" });
-        if !verified {
-            for p in report.problems.iter().take(20) {
-                println!("  {p}");
-            }
-        }
+        print!("{}", crate::cmd::sandbox::render(&report));
 
         step("summary");
         print_outcome(&summary, &dir, restore_point, verified, started.elapsed())?;
@@ -159,12 +187,15 @@ fn backing(args: &Args) -> String {
 /// Five minutes before the first deletion (INCIDENT.md: the one fixed restore point).
 fn restore_point(first_deletion: SimTime) -> Result<RestorePoint> {
     let rp = first_deletion.to_restore_point();
-    let at = rp.system_time().checked_sub(Duration::from_secs(300)).context("restore point before 1970")?;
+    let at = rp
+        .system_time()
+        .checked_sub(Duration::from_secs(300))
+        .context("restore point before 1970")?;
     Ok(RestorePoint::from_system_time(at))
 }
 
 /// Refuses a directory the demo did not make; removes one it did.
-fn prepare_dir(dir: &Path) -> Result<()> {
+async fn prepare_dir(dir: &Path) -> Result<()> {
     match std::fs::read_dir(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(refused(format!("rewind: {}: {e}", dir.display()))),
@@ -178,23 +209,53 @@ fn prepare_dir(dir: &Path) -> Result<()> {
                     dir.display()
                 )));
             }
-            rewind_sandbox::destroy(dir).map_err(|e| refused(format!("rewind: cannot remove the previous demo in {}: {e}", dir.display())))?;
+            rewind_sandbox::destroy(dir).await.map_err(|e| {
+                refused(format!(
+                    "rewind: cannot remove the previous demo in {}: {e}",
+                    dir.display()
+                ))
+            })?;
             eprintln!("rewind: replaced the previous demo in {}", dir.display());
             Ok(())
         }
     }
 }
 
-fn print_outcome(s: &Summary, dir: &Path, rp: RestorePoint, verified: bool, wall: Duration) -> Result<()> {
-    let pct = if s.targets == 0 { 100.0 } else { 100.0 * s.restored_targets as f64 / s.targets as f64 };
-    println!("time to restore   {} ({} sites; demo total {})", human(s.clock), thousands(s.targets), human(wall));
-    println!("sites restored    {}/{} ({pct:.1}%)", thousands(s.restored_targets), thousands(s.targets));
+fn print_outcome(
+    s: &Summary,
+    dir: &Path,
+    rp: RestorePoint,
+    verified: bool,
+    wall: Duration,
+) -> Result<()> {
+    let pct =
+        if s.targets == 0 { 100.0 } else { 100.0 * s.restored_targets as f64 / s.targets as f64 };
+    println!(
+        "time to restore   {} ({} sites; demo total {})",
+        human(s.clock),
+        thousands(s.targets),
+        human(wall)
+    );
+    println!(
+        "sites restored    {}/{} ({pct:.1}%)",
+        thousands(s.restored_targets),
+        thousands(s.targets)
+    );
     println!("restore point     {rp}");
-    println!("data lost         per store, the deleted sites' writes after the restore point (before their deletion):");
-    let losses = rewind_sandbox::data_loss(dir, rp).map_err(|e| refused(format!("rewind: sandbox: {e}")))?;
+    println!(
+        "data lost         per store, the deleted sites' writes after the restore point (before their deletion):"
+    );
+    let losses = rewind_sandbox::data_loss(dir, rp).map_err(lib_err)?;
     for l in &losses {
         let window = match (l.first_lost, l.last_lost) {
-            (Some(a), Some(b)) => format!("{} writes, {a} to {b}", thousands(l.lost_writes as usize)),
+            (Some(a), Some(b)) => {
+                let n = l.lost_writes;
+                format!(
+                    "{} write{}, {a} to {b}",
+                    thousands(n as usize),
+                    if n == 1 { "" } else { "s" }
+                )
+            }
             _ => "nothing".to_owned(),
         };
         println!("  {:<22} {window}", l.store);

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod cancel;
 pub mod check;
+pub mod demo;
 pub mod plan;
 pub mod report;
 pub mod run;

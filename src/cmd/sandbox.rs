@@ -132,9 +132,9 @@ struct OutboxArgs {
     /// The outside system: [a-z][a-z0-9-]* (billing, search, notifications, ...).
     #[arg(long, value_name = "NAME")]
     system: String,
-    /// The site the request is about (UUID).
+    /// The site the request is about (UUID); omit it for a request about the whole batch.
     #[arg(long, value_name = "ID")]
-    site: String,
+    site: Option<String>,
     /// What the system must do.
     #[arg(long, value_name = "TEXT")]
     request: String,
@@ -199,7 +199,7 @@ pub fn run(args: &Args) -> Result<Exit> {
 }
 
 /// Sandbox errors: refusals (bad input, damaged backups) exit 2, the rest 1.
-fn lib_err(e: rewind_sandbox::Error) -> anyhow::Error {
+pub(crate) fn lib_err(e: rewind_sandbox::Error) -> anyhow::Error {
     if e.is_refusal() { refused(format!("rewind: sandbox: {e}")) } else { anyhow!("sandbox: {e}") }
 }
 
@@ -323,7 +323,7 @@ async fn verify(a: &VerifyArgs) -> Result<Exit> {
 /// Wrong slices printed; `--json` has them all.
 const SHOWN: usize = 50;
 
-fn render(r: &VerifyReport) -> String {
+pub(crate) fn render(r: &VerifyReport) -> String {
     let mut out = format!(
         "verify: restore point {}, {} restored sites, {} other sites\n",
         r.restore_point, r.restored_sites, r.other_sites
@@ -443,7 +443,7 @@ fn check_media(a: &MediaSiteArgs) -> Result<Exit> {
 fn outbox(a: &OutboxArgs) -> Result<Exit> {
     let req = OutboxRequest {
         system: a.system.clone(),
-        site: site_id(&a.site)?,
+        site: a.site.as_deref().map(site_id).transpose()?,
         request: a.request.clone(),
         key: std::env::var("REWIND_IDEMPOTENCY_KEY").ok(),
         at: std::time::SystemTime::now(),

@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyPool};
 
 /// How long a SQLite writer waits for another writer's lock.
 pub(crate) const SQLITE_BUSY: Duration = Duration::from_secs(30);
@@ -39,10 +40,29 @@ pub(crate) fn kind(url: &str) -> Result<Kind, String> {
     }
 }
 
-/// Pools by URL.
-#[derive(Clone, Default)]
+/// Connections a process's SQL executors hold open to one PostgreSQL server at most (pooled
+/// statements) and, separately, the `copy` streams it runs at once against it (two connections
+/// each). The sandbox puts every store in its own schema of one server, and a run reaches
+/// dozens of stores: one pool per URL would exhaust the server's `max_connections`.
+pub const PG_POOL_CONNECTIONS: u32 = 8;
+/// See [`PG_POOL_CONNECTIONS`].
+pub const PG_COPY_STREAMS: usize = 4;
+
+/// Pools: one per SQLite URL; one per PostgreSQL server, whose connections are pointed at the
+/// URL's schema (`options[search_path]=…`) each time they are handed out.
+#[derive(Clone)]
 pub struct Pools {
     inner: Arc<tokio::sync::Mutex<HashMap<String, AnyPool>>>,
+    copies: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Pools {
+    fn default() -> Self {
+        Self {
+            inner: Arc::default(),
+            copies: Arc::new(tokio::sync::Semaphore::new(PG_COPY_STREAMS)),
+        }
+    }
 }
 
 impl std::fmt::Debug for Pools {
@@ -51,34 +71,109 @@ impl std::fmt::Debug for Pools {
     }
 }
 
+/// A PostgreSQL URL split into the server part (the pool's key) and the `search_path` its
+/// `options[search_path]=` query parameter asks for.
+pub(crate) fn split_search_path(url: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else { return (url.to_owned(), None) };
+    let mut path = None;
+    let mut rest = Vec::new();
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some((k, v)) if k == "options[search_path]" || k == "options%5Bsearch_path%5D" => {
+                path = Some(v.to_owned());
+            }
+            _ => rest.push(pair),
+        }
+    }
+    if path.is_none() {
+        return (url.to_owned(), None);
+    }
+    let key = if rest.is_empty() { base.to_owned() } else { format!("{base}?{}", rest.join("&")) };
+    (key, path)
+}
+
 impl Pools {
-    /// The pool for `url`, connecting on first use.
-    pub async fn get(&self, url: &str) -> Result<AnyPool, String> {
+    /// A connection for `url`, connecting the pool on first use. On PostgreSQL the connection
+    /// comes from the server's pool with `search_path` set for this URL (or reset to the
+    /// session's default when the URL names none).
+    pub async fn acquire(&self, url: &str) -> Result<PoolConnection<Any>, String> {
+        let kind = kind(url)?;
+        let (key, search_path) = match kind {
+            Kind::Sqlite => (url.to_owned(), None),
+            Kind::Postgres => split_search_path(url),
+        };
+        let pool = self.pool(&key, kind).await?;
+        let mut conn =
+            pool.acquire().await.map_err(|e| format!("cannot connect to {}: {e}", redact(url)))?;
+        if kind == Kind::Postgres {
+            let set = match &search_path {
+                Some(p) => sqlx::query("SELECT set_config('search_path', $1, false)")
+                    .bind(p.clone())
+                    .execute(&mut *conn)
+                    .await
+                    .map(drop),
+                None => sqlx::query("RESET search_path").execute(&mut *conn).await.map(drop),
+            };
+            set.map_err(|e| format!("cannot set search_path on {}: {e}", redact(url)))?;
+        }
+        Ok(conn)
+    }
+
+    async fn pool(&self, key: &str, kind: Kind) -> Result<AnyPool, String> {
         sqlx::any::install_default_drivers();
         let mut map = self.inner.lock().await;
-        if let Some(p) = map.get(url) {
+        if let Some(p) = map.get(key) {
             return Ok(p.clone());
         }
-        let mut options = AnyPoolOptions::new().max_connections(4).acquire_timeout(SQLITE_BUSY);
-        if kind(url)? == Kind::Sqlite {
-            options = options.after_connect(|conn, _| {
+        let mut options = AnyPoolOptions::new().acquire_timeout(SQLITE_BUSY);
+        options = match kind {
+            Kind::Sqlite => options.max_connections(4).after_connect(|conn, _| {
                 Box::pin(async move {
                     use sqlx::Executor;
                     conn.execute("PRAGMA busy_timeout = 30000").await?;
                     Ok(())
                 })
-            });
-        }
+            }),
+            Kind::Postgres => options
+                .max_connections(PG_POOL_CONNECTIONS)
+                .idle_timeout(Some(Duration::from_secs(30))),
+        };
         let pool = options
-            .connect(url)
-            .await
-            .map_err(|e| format!("cannot connect to {}: {e}", redact(url)))?;
-        map.insert(url.to_owned(), pool.clone());
+            .connect_lazy(key)
+            .map_err(|e| format!("cannot connect to {}: {e}", redact(key)))?;
+        map.insert(key.to_owned(), pool.clone());
         Ok(pool)
+    }
+
+    /// A turn to run a PostgreSQL `copy` stream (at most [`PG_COPY_STREAMS`] at once).
+    pub(crate) async fn copy_turn(&self) -> tokio::sync::OwnedSemaphorePermit {
+        // The semaphore is never closed.
+        self.copies.clone().acquire_owned().await.expect("copy semaphore closed")
     }
 }
 
 /// `"name"`: an identifier the workflow validated (`[A-Za-z_][A-Za-z0-9_]*`), quoted.
 pub(crate) fn quote(ident: &str) -> String {
     format!("\"{ident}\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_search_path_option_is_split_off_the_pool_key() {
+        let url = "postgres://u@h/db?sslmode=disable&options[search_path]=rw1_catalog";
+        assert_eq!(
+            split_search_path(url),
+            ("postgres://u@h/db?sslmode=disable".to_owned(), Some("rw1_catalog".to_owned()))
+        );
+        assert_eq!(
+            split_search_path("postgres://u@h/db?options[search_path]=s"),
+            ("postgres://u@h/db".to_owned(), Some("s".to_owned()))
+        );
+        let plain = "postgres://u@h/db?sslmode=disable";
+        assert_eq!(split_search_path(plain), (plain.to_owned(), None));
+        assert_eq!(split_search_path("postgres://u@h/db"), ("postgres://u@h/db".to_owned(), None));
+    }
 }

@@ -25,7 +25,7 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use sqlx::postgres::PgConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
-use sqlx::{AssertSqlSafe, Connection, Row};
+use sqlx::{AnyConnection, AssertSqlSafe, Connection, Row};
 
 use crate::connect::{Kind, SQLITE_BUSY, kind, quote, redact};
 use crate::sql::bounded;
@@ -139,7 +139,10 @@ async fn run(a: Attempt, mut stop: Stop, pools: Pools, mode: Mode) -> Report {
         };
         let tables = match (mode, kinds) {
             (Mode::Copy, Kind::Sqlite) => copy_sqlite(&from, &to, s, &tenant).await?,
-            (Mode::Copy, Kind::Postgres) => copy_postgres(&from, &to, s, &tenant).await?,
+            (Mode::Copy, Kind::Postgres) => {
+                let _turn = pools.copy_turn().await;
+                copy_postgres(&from, &to, s, &tenant).await?
+            }
             (Mode::Compare, _) => compare(&pools, kinds, &from, &to, s, &tenant).await?,
         };
         Ok((restore_point, tables))
@@ -172,9 +175,9 @@ async fn source_restore_point(
     query: &str,
     run: RestorePoint,
 ) -> Result<String, Report> {
-    let pool = pools.get(from).await.map_err(retryable)?;
+    let mut conn = pools.acquire(from).await.map_err(retryable)?;
     let row = sqlx::query(AssertSqlSafe(query.to_owned()))
-        .fetch_optional(&pool)
+        .fetch_optional(&mut *conn)
         .await
         .map_err(|e| retryable(format!("source_restore_point: {e}")))?;
     let Some(row) = row else {
@@ -397,16 +400,29 @@ async fn compare(
     s: &SliceAction,
     tenant: &str,
 ) -> Result<BTreeMap<String, Value>, Report> {
-    let src = pools.get(from).await.map_err(retryable)?;
-    let dst = pools.get(to).await.map_err(retryable)?;
+    // One connection at a time: a compare never holds one pooled connection while it waits
+    // for another, so concurrent compares cannot starve each other's pool.
+    let mut dest_cols = Vec::new();
+    {
+        let mut dst = pools.acquire(to).await.map_err(retryable)?;
+        for t in &s.tables {
+            dest_cols.push(columns(&mut dst, kind, t).await?);
+        }
+    }
+    let mut plan = Vec::new();
+    {
+        let mut src = pools.acquire(from).await.map_err(retryable)?;
+        for (t, dest) in s.tables.iter().zip(dest_cols) {
+            let cols = same_columns(t, dest, &columns(&mut src, kind, t).await?)?;
+            let source = digest(&mut src, t, &cols, &s.tenant_column, tenant).await?;
+            plan.push((t, cols, source));
+        }
+    }
+    let mut dst = pools.acquire(to).await.map_err(retryable)?;
     let mut out = BTreeMap::new();
     let mut problems = Vec::new();
-    for t in &s.tables {
-        let dest_cols = columns(&dst, kind, t).await?;
-        let source_cols = columns(&src, kind, t).await?;
-        let cols = same_columns(t, dest_cols, &source_cols)?;
-        let (n_live, d_live) = digest(&dst, t, &cols, &s.tenant_column, tenant).await?;
-        let (n_src, d_src) = digest(&src, t, &cols, &s.tenant_column, tenant).await?;
+    for (t, cols, (n_src, d_src)) in plan {
+        let (n_live, d_live) = digest(&mut dst, t, &cols, &s.tenant_column, tenant).await?;
         if (n_live, d_live) != (n_src, d_src) {
             problems.push(format!(
                 "{t}: {n_live} rows (digest {d_live:032x}) in `{}`, {n_src} rows (digest {d_src:032x}) in `{}`",
@@ -422,7 +438,7 @@ async fn compare(
     }
 }
 
-async fn columns(pool: &sqlx::AnyPool, kind: Kind, table: &str) -> Result<Vec<String>, Report> {
+async fn columns(conn: &mut AnyConnection, kind: Kind, table: &str) -> Result<Vec<String>, Report> {
     let sql = match kind {
         Kind::Sqlite => "SELECT name FROM pragma_table_info($1) ORDER BY cid",
         Kind::Postgres => {
@@ -430,14 +446,15 @@ async fn columns(pool: &sqlx::AnyPool, kind: Kind, table: &str) -> Result<Vec<St
              WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position"
         }
     };
-    let rows = sqlx::query(sql).bind(table.to_owned()).fetch_all(pool).await.map_err(retryable)?;
+    let rows =
+        sqlx::query(sql).bind(table.to_owned()).fetch_all(&mut *conn).await.map_err(retryable)?;
     rows.iter().map(|r| r.try_get::<String, _>(0).map_err(retryable)).collect()
 }
 
 /// Row count and order-independent digest of one tenant's rows: the wrapping sum of the first
 /// 16 bytes of each row's SHA-256 over its cells as text (NULL distinct from every text).
 async fn digest(
-    pool: &sqlx::AnyPool,
+    conn: &mut AnyConnection,
     table: &str,
     cols: &[String],
     tenant_column: &str,
@@ -450,7 +467,7 @@ async fn digest(
         quote(table),
         quote(tenant_column)
     );
-    let mut rows = sqlx::query(AssertSqlSafe(sql)).bind(tenant.to_owned()).fetch(pool);
+    let mut rows = sqlx::query(AssertSqlSafe(sql)).bind(tenant.to_owned()).fetch(&mut *conn);
     let (mut n, mut sum) = (0u64, 0u128);
     while let Some(row) = rows.try_next().await.map_err(|e| retryable(format!("{table}: {e}")))? {
         let mut h = Sha256::new();

@@ -94,9 +94,9 @@ async fn run(a: Attempt, mut stop: Stop, pools: Pools) -> Report {
         }
     }
     let work = async {
-        let pool = pools.get(&url).await.map_err(|e| Report::failed(e, true))?;
+        let mut conn = pools.acquire(&url).await.map_err(|e| Report::failed(e, true))?;
         let db = |e: sqlx::Error| Report::failed(format!("{e}"), true);
-        let mut tx = pool.begin().await.map_err(db)?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(db)?;
         let mut affected = 0u64;
         let mut first = None;
         let last = statements.len().saturating_sub(1);

@@ -49,7 +49,7 @@ pub use media_restore::{
 pub use outbox::{OutboxReport, OutboxRequest, outbox};
 pub use pitr::{PitrOptions, PitrOut, PitrReport, pitr};
 pub use schema::{ColType, PRODUCTS, REGIONS, Store, StoreKind, Table};
-pub use scratch::{DropReport, ScratchTag, drop_scratch, resolve_url};
+pub use scratch::{DropReport, ScratchTag, destroy, drop_scratch, resolve_url};
 pub use system::{
     IncidentOptions, IncidentSummary, InitOptions, RunSummary, incident, init, sites,
 };

@@ -22,8 +22,9 @@ use crate::time::SimTime;
 pub struct OutboxRequest {
     /// The outside system: `[a-z][a-z0-9-]*`, at most 64 characters.
     pub system: String,
-    /// The site the request is about (a site of the sandbox).
-    pub site: TargetId,
+    /// The site the request is about (a site of the sandbox), or `None` for a request about
+    /// the whole batch (a status page, say).
+    pub site: Option<TargetId>,
     /// What is asked of the system (free text, not empty).
     pub request: String,
     /// The idempotency key; `None` keys the request by a hash of system, site and request.
@@ -38,8 +39,8 @@ pub struct OutboxRequest {
 pub struct OutboxReport {
     /// The outside system.
     pub system: String,
-    /// The site.
-    pub site: TargetId,
+    /// The site, if the request is about one.
+    pub site: Option<TargetId>,
     /// True when this call appended the request.
     pub queued: bool,
 }
@@ -48,7 +49,7 @@ pub struct OutboxReport {
 #[derive(Serialize)]
 struct Line<'a> {
     system: &'a str,
-    site: String,
+    site: Option<String>,
     request: &'a str,
     key: &'a str,
     at: String,
@@ -90,25 +91,26 @@ fn content_key(system: &str, site: &str, request: &str) -> String {
 pub fn outbox(dir: &Path, req: &OutboxRequest) -> Result<OutboxReport> {
     check_system(&req.system)?;
     let m = Manifest::load(dir)?;
-    if m.site(&req.site).is_none() {
+    if let Some(site) = &req.site
+        && m.site(site).is_none()
+    {
         return Err(Error::refused(format!(
-            "--site {}: no such site in sandbox `{}` (`rewind sandbox sites` lists them)",
-            req.site,
+            "--site {site}: no such site in sandbox `{}` (`rewind sandbox sites` lists them)",
             dir.display()
         )));
     }
     if req.request.trim().is_empty() {
         return Err(Error::refused("--request is empty: say what the system must do"));
     }
-    let site = req.site.to_string();
+    let site = req.site.map(|s| s.to_string());
     let key = match req.key.as_deref().filter(|k| !k.is_empty()) {
         Some(k) => k.to_owned(),
-        None => content_key(&req.system, &site, &req.request),
+        None => content_key(&req.system, site.as_deref().unwrap_or(""), &req.request),
     };
     let at = SimTime::from_restore_point(RestorePoint::from_system_time(req.at)).to_string();
     let mut text = serde_json::to_string(&Line {
         system: &req.system,
-        site: site.clone(),
+        site,
         request: &req.request,
         key: &key,
         at,

@@ -498,7 +498,7 @@ async fn media_restore_is_checked_idempotent_and_recovers_from_a_crash() {
 fn request(site: TargetId, text: &str, key: Option<&str>) -> OutboxRequest {
     OutboxRequest {
         system: "customer-comms".into(),
-        site,
+        site: Some(site),
         request: text.into(),
         key: key.map(str::to_owned),
         at: std::time::SystemTime::now(),
