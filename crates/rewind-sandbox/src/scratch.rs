@@ -465,6 +465,35 @@ pub async fn drop_scratch(dir: &Path, tag: &ScratchTag, store: Option<&str>) -> 
     Ok(report)
 }
 
+/// Removes a whole sandbox: every PostgreSQL schema it made (`<prefix>_…`, live stores and
+/// scratch copies), then its directory. Refuses a directory that holds no sandbox manifest, so a
+/// mistyped path removes nothing.
+pub async fn destroy(dir: &Path) -> Result<()> {
+    let m = Manifest::load(dir)?;
+    if let Backend::Postgres { url, schema_prefix } = &m.backend {
+        let pool = live::pg_pool(url).await?;
+        let pattern = format!("{}\\_%", schema_prefix.replace('_', "\\_"));
+        let names: Vec<String> =
+            sqlx::query_scalar("SELECT nspname::text FROM pg_namespace WHERE nspname LIKE $1")
+                .bind(&pattern)
+                .fetch_all(&pool)
+                .await
+                .ctx(|| "listing the sandbox's schemas".to_owned())?;
+        for name in names {
+            if !live::is_plain_ident(&name) {
+                continue;
+            }
+            let sql = format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE");
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&pool)
+                .await
+                .ctx(|| format!("dropping schema `{name}`"))?;
+        }
+        pool.close().await;
+    }
+    std::fs::remove_dir_all(dir).at(dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -522,33 +551,4 @@ mod tests {
             assert!(r.is_err(), "{bad}");
         }
     }
-}
-
-/// Removes a whole sandbox: every PostgreSQL schema it made (`<prefix>_…`, live stores and
-/// scratch copies), then its directory. Refuses a directory that holds no sandbox manifest, so a
-/// mistyped path removes nothing.
-pub async fn destroy(dir: &Path) -> Result<()> {
-    let m = Manifest::load(dir)?;
-    if let Backend::Postgres { url, schema_prefix } = &m.backend {
-        let pool = live::pg_pool(url).await?;
-        let pattern = format!("{}\\_%", schema_prefix.replace('_', "\\_"));
-        let names: Vec<String> =
-            sqlx::query_scalar("SELECT nspname::text FROM pg_namespace WHERE nspname LIKE $1")
-                .bind(&pattern)
-                .fetch_all(&pool)
-                .await
-                .ctx(|| "listing the sandbox's schemas".to_owned())?;
-        for name in names {
-            if !live::is_plain_ident(&name) {
-                continue;
-            }
-            let sql = format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE");
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .execute(&pool)
-                .await
-                .ctx(|| format!("dropping schema `{name}`"))?;
-        }
-        pool.close().await;
-    }
-    std::fs::remove_dir_all(dir).at(dir)
 }
