@@ -194,7 +194,7 @@ pub async fn pitr(dir: &Path, opts: &PitrOptions) -> Result<PitrReport> {
                 )));
             }
             for found in [p.clone(), with_suffix(&p, PARTIAL_FILE)] {
-                if !sqlite_replaceable(&found).await {
+                if !sqlite_replaceable(&found) {
                     return Err(not_scratch(&label, &text, &found.display().to_string()));
                 }
             }
@@ -340,7 +340,7 @@ async fn write_sqlite(
     meta: &Meta,
 ) -> Result<()> {
     let tmp = with_suffix(path, PARTIAL_FILE);
-    for p in [tmp.clone(), with_suffix(&tmp, "-journal")] {
+    for p in ["", "-journal", "-wal", "-shm"].map(|s| with_suffix(&tmp, s)) {
         if p.exists() {
             std::fs::remove_file(&p).at(&p)?;
         }

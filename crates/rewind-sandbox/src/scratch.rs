@@ -145,20 +145,24 @@ pub(crate) fn read_media_meta(root: &Path) -> Result<(Meta, RestorePoint)> {
 }
 
 /// True when `path` does not exist, is an empty file, or is a SQLite scratch copy.
-pub(crate) async fn sqlite_replaceable(path: &Path) -> bool {
-    use sqlx::{ConnectOptions as _, Connection as _};
+pub(crate) fn sqlite_replaceable(path: &Path) -> bool {
+    use std::io::Read as _;
     match std::fs::metadata(path) {
         Err(e) => return e.kind() == std::io::ErrorKind::NotFound,
         Ok(meta) if !meta.is_file() => return false,
         Ok(meta) if meta.len() == 0 => return true,
         Ok(_) => {}
     }
-    let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(path).read_only(true);
-    let Ok(mut conn) = opts.connect().await else { return false };
-    let id: Option<i64> =
-        sqlx::query_scalar("PRAGMA application_id").fetch_one(&mut conn).await.ok();
-    let _ = conn.close().await;
-    id == Some(SQLITE_SCRATCH_ID)
+    // The database header itself, not a connection: a copy whose load was killed mid-
+    // transaction has a hot journal, which a read-only connection cannot roll back (and this
+    // check must not change a file that may not be ours). The application id, written by the
+    // copy's first transaction, sits at offset 68 whatever later transactions did.
+    let mut header = [0u8; 72];
+    let read = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut header));
+    read.is_ok()
+        && &header[..16] == b"SQLite format 3\0"
+        && i64::from(u32::from_be_bytes([header[68], header[69], header[70], header[71]]))
+            == SQLITE_SCRATCH_ID
 }
 
 /// True when `path` does not exist, is an empty directory, or is a media scratch copy.
@@ -409,7 +413,7 @@ pub async fn drop_scratch(dir: &Path, tag: &ScratchTag, store: Option<&str>) -> 
             Copy::Sqlite { main, partial } => {
                 for p in [main, partial] {
                     refuse_own_path(dir, "--scratch", p)?;
-                    if !sqlite_replaceable(p).await {
+                    if !sqlite_replaceable(p) {
                         return Err(refuse(&p.display().to_string()));
                     }
                 }
