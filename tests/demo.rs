@@ -446,7 +446,8 @@ action = {{ kind = "command", program = "printf", args = ["%s", "{{{{target.attr
     // The outputs carry the values back verbatim: the final SELECT's first row, and the
     // command's stdout, as recorded in the run's checkpoint store.
     let store = env.path("rewind.db");
-    let (outputs, tails): (Vec<(String, String)>, Vec<(String, String)>) = rt.block_on(async {
+    type Pairs = Vec<(String, String)>;
+    let (outputs, tails): (Pairs, Pairs) = rt.block_on(async {
         use sqlx::Connection;
         let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", store.display()))
             .await
