@@ -34,7 +34,7 @@ struct Cleanup(PathBuf);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        if self.0.join("manifest.json").exists()
+        if self.0.join("sandbox.json").exists()
             && let Ok(rt) = tokio::runtime::Runtime::new()
         {
             let _ = rt.block_on(rewind_sandbox::destroy(&self.0));
