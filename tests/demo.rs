@@ -53,7 +53,8 @@ fn field<'a>(text: &'a str, label: &str) -> &'a str {
 fn demo(postgres: Option<&str>) {
     let env = Env::sqlite();
     let dir = env.path("demo");
-    let _cleanup = Cleanup(dir.clone());
+    let sandbox = dir.join("sandbox");
+    let _cleanup = Cleanup(sandbox.clone());
     let d = dir.to_str().unwrap();
     let mut args = vec!["demo", "--dir", d, "--sites", "50", "--delete", "20", "--shards", "4"];
     let wf = workflow("restore-2.toml");
@@ -70,7 +71,7 @@ fn demo(postgres: Option<&str>) {
     assert_eq!(field(&out, "sites restored"), "20/20 (100.0%)");
     assert_eq!(field(&out, "verify  "), "PASS");
     let rp = field(&out, "restore point").split_whitespace().next().unwrap().to_owned();
-    let m = Manifest::load(&dir).unwrap();
+    let m = Manifest::load(&sandbox).unwrap();
     for store in m.all_stores() {
         assert!(
             out.lines().any(|l| l.trim_start().starts_with(store.name())),
@@ -80,7 +81,7 @@ fn demo(postgres: Option<&str>) {
     }
 
     // The sandbox's verifier, run again on its own, agrees; and the run's record says the same.
-    let v = env.rewind(&["sandbox", "verify", d, "--restore-point", &rp]);
+    let v = env.rewind(&["sandbox", "verify", sandbox.to_str().unwrap(), "--restore-point", &rp]);
     assert_eq!(v.status.code(), Some(0), "{}{}", stdout(&v), stderr(&v));
     let db = format!("sqlite://{}", dir.join("rewind.db").display());
     let run = out.lines().find_map(|l| l.strip_prefix("run ")).unwrap().trim().to_owned();
@@ -92,8 +93,36 @@ fn demo(postgres: Option<&str>) {
     );
     assert_eq!(s["restore_point"].as_str(), Some(&*rp));
 
-    // A second demo replaces the first (its directory and schemas), and refuses a directory it
-    // did not make.
+    // A second demo replaces the first (its directory, and its schemas on PostgreSQL)...
+    let first = Manifest::load(&sandbox).unwrap();
+    let mut again = vec!["demo", "--dir", d, "--sites", "8", "--delete", "2", "--shards", "1"];
+    again.extend(["--workflow", &wf]);
+    if let Some(url) = postgres {
+        again.extend(["--postgres", url]);
+    }
+    let o = env.rewind(&again);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("replaced the previous demo"), "{}", stderr(&o));
+    let second = Manifest::load(&sandbox).unwrap();
+    assert_eq!(second.sites.len(), 8);
+    if let rewind_sandbox::Backend::Postgres { url, schema_prefix } = &first.backend
+        && let rewind_sandbox::Backend::Postgres { schema_prefix: now, .. } = &second.backend
+    {
+        assert_ne!(schema_prefix, now);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let left: i64 = rt.block_on(async {
+            use sqlx::Connection;
+            let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+            sqlx::query_scalar("SELECT COUNT(*) FROM pg_namespace WHERE nspname LIKE $1")
+                .bind(format!("{schema_prefix}\\_%"))
+                .fetch_one(&mut c)
+                .await
+                .unwrap()
+        });
+        assert_eq!(left, 0, "the first demo's schemas are dropped");
+    }
+
+    // ...and refuses a directory it did not make.
     let other = env.path("not-a-demo");
     std::fs::create_dir(&other).unwrap();
     std::fs::write(other.join("keep.txt"), "mine").unwrap();

@@ -21,6 +21,8 @@ use crate::{inputs, store};
 
 /// Marks a directory the demo made, so a later demo may replace it.
 const MARKER: &str = ".rewind-demo";
+/// The sandbox, inside the demo's directory (beside the targets and the checkpoint store).
+const SANDBOX_DIR: &str = "sandbox";
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -67,14 +69,17 @@ pub fn run(args: &Args) -> Result<Exit> {
     let rt = store::runtime()?;
     rt.block_on(async {
         prepare_dir(&dir).await?;
+        // The marker first, so a demo interrupted at any point can be replaced by the next.
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join(MARKER), "made by rewind demo\n")?;
+        let sandbox = dir.join(SANDBOX_DIR);
         let started = Instant::now();
         step(&format!("sandbox: {} sites, {} shards, {}", args.sites, args.shards, backing(args)));
-        let mut init = InitOptions::new(&dir, args.sites);
+        let mut init = InitOptions::new(&sandbox, args.sites);
         init.shards = args.shards;
         init.postgres.clone_from(&args.postgres);
         init.seed = args.seed;
         let summary = rewind_sandbox::init(&init).await.map_err(lib_err)?;
-        std::fs::write(dir.join(MARKER), "made by rewind demo\n")?;
         println!(
             "{} stores, {} live rows, history to {}",
             summary.stores,
@@ -89,7 +94,7 @@ pub fn run(args: &Args) -> Result<Exit> {
             over: Duration::from_secs(23 * 60),
             then: Duration::from_secs(15 * 60),
         };
-        let incident = rewind_sandbox::incident(&dir, &opts).await.map_err(lib_err)?;
+        let incident = rewind_sandbox::incident(&sandbox, &opts).await.map_err(lib_err)?;
         let first =
             incident.deleted.first().map(|d| d.at).context("the incident deleted no site")?;
         let last = incident.deleted.last().map_or(first, |d| d.at);
@@ -103,7 +108,7 @@ pub fn run(args: &Args) -> Result<Exit> {
         println!("restore point  {restore_point} (5 minutes before the first deletion)");
 
         step("plan");
-        let deleted = rewind_sandbox::sites(&dir, true).map_err(lib_err)?;
+        let deleted = rewind_sandbox::sites(&sandbox, true).map_err(lib_err)?;
         let sites: Vec<_> = deleted.into_iter().map(|(s, _)| s).collect();
         let targets_file = dir.join("deleted.csv");
         let targets_text = rewind_sandbox::targets::csv(&sites);
@@ -131,7 +136,7 @@ pub fn run(args: &Args) -> Result<Exit> {
         step("restore (restore-2, for real against the sandbox)");
         let db = format!("sqlite://{}", dir.join("rewind.db").display());
         let store = store::open(&db).await?;
-        let vars = Vars::from_process().with("SANDBOX", &dir.display().to_string());
+        let vars = Vars::from_process().with("SANDBOX", &sandbox.display().to_string());
         let spec = RunSpec {
             workflow_file: args.workflow.display().to_string(),
             workflow_text,
@@ -159,18 +164,19 @@ pub fn run(args: &Args) -> Result<Exit> {
         print_summary(&summary);
 
         step("verify (independent of the restore)");
-        let report = rewind_sandbox::verify(&dir, &VerifyOptions { restore_point, sites: None })
-            .await
-            .map_err(lib_err)?;
+        let report =
+            rewind_sandbox::verify(&sandbox, &VerifyOptions { restore_point, sites: None })
+                .await
+                .map_err(lib_err)?;
         let verified = report.ok();
         print!("{}", crate::cmd::sandbox::render(&report));
 
         step("summary");
-        print_outcome(&summary, &dir, restore_point, verified, started.elapsed())?;
+        print_outcome(&summary, &sandbox, restore_point, verified, started.elapsed())?;
         println!("\ninspect:  rewind --db {db} status {id}");
         println!("          rewind --db {db} report {id}");
         if summary.ended != rewind_runtime::Ended::Succeeded {
-            println!("continue: SANDBOX={} rewind --db {db} resume {id}", dir.display());
+            println!("continue: SANDBOX={} rewind --db {db} resume {id}", sandbox.display());
         }
         let exit = exit_of(&summary);
         Ok(if exit == Exit::Ok && !verified { Exit::Failed } else { exit })
@@ -209,7 +215,13 @@ async fn prepare_dir(dir: &Path) -> Result<()> {
                     dir.display()
                 )));
             }
-            rewind_sandbox::destroy(dir).await.map_err(|e| {
+            // The sandbox first (its PostgreSQL schemas live outside the directory); a demo
+            // interrupted before its sandbox was made has none.
+            let sandbox = dir.join(SANDBOX_DIR);
+            if sandbox.join("sandbox.json").exists() {
+                rewind_sandbox::destroy(&sandbox).await.map_err(lib_err)?;
+            }
+            std::fs::remove_dir_all(dir).map_err(|e| {
                 refused(format!(
                     "rewind: cannot remove the previous demo in {}: {e}",
                     dir.display()
