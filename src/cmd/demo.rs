@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use rewind_exec::Vars;
-use rewind_model::{Plan, RestorePoint, TargetSet, TargetsFormat};
+use rewind_model::{Plan, RestorePoint, TargetSet, TargetsFormat, Workflow};
 use rewind_runtime::{Lease, Mode, RunSpec, Summary};
 use rewind_sandbox::{IncidentOptions, InitOptions, SimTime, VerifyOptions};
 use rewind_scheduler::Priority;
@@ -64,7 +64,9 @@ pub fn run(args: &Args) -> Result<Exit> {
     let workflow_text = std::fs::read_to_string(&args.workflow).map_err(|e| {
         refused(format!("rewind: cannot read workflow `{}`: {e}", args.workflow.display()))
     })?;
-    inputs::workflow(&args.workflow)?;
+    // Read and validated once, before anything is written; the run keeps this very text.
+    let wf = Workflow::parse(&args.workflow.display().to_string(), &workflow_text)
+        .map_err(|d| refused(inputs::render(&d, &args.workflow)))?;
     let dir = std::path::absolute(&args.dir)?;
     let rt = store::runtime()?;
     rt.block_on(async {
@@ -113,7 +115,6 @@ pub fn run(args: &Args) -> Result<Exit> {
         let targets_file = dir.join("deleted.csv");
         let targets_text = rewind_sandbox::targets::csv(&sites);
         std::fs::write(&targets_file, &targets_text)?;
-        let wf = inputs::workflow(&args.workflow)?;
         let targets = TargetSet::parse(
             &targets_file.display().to_string(),
             &targets_text,
