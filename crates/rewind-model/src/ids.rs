@@ -144,6 +144,9 @@ macro_rules! uuid_type {
                 Self(u)
             }
 
+            /// The all-zero id: a stand-in where none exists yet (a preflight, a dry run).
+            pub const NIL: Self = Self(Uuid::nil());
+
             /// The underlying UUID.
             pub const fn as_uuid(&self) -> &Uuid {
                 &self.0

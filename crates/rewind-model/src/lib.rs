@@ -12,6 +12,7 @@ mod diag;
 pub mod duration_serde;
 mod ids;
 mod plan;
+mod safety;
 mod summary;
 mod synthetic;
 mod targets;
@@ -25,6 +26,7 @@ pub use ids::{
     TargetKind,
 };
 pub use plan::{Fingerprint, Group, Instance, InstanceId, LowerBound, Plan, Subject};
+pub use safety::{Found, WaveSize, Waves, judge, restore_point_bounds};
 pub use summary::{
     CriticalStep, PlanSummary, PoolSummary, StepSummary, StoreSummary, TargetSummary,
 };
@@ -33,6 +35,7 @@ pub use targets::{AttrValue, Target, TargetSet, TargetsFormat};
 pub use template::{Placeholder, Ref, Template, TemplateError};
 pub use time::{RestorePoint, RestorePointError};
 pub use workflow::{
-    Action, AttributeUse, AuditAction, Backoff, CommandAction, Condition, Connection, Policy, Pool,
-    Scope, SliceAction, SqlAction, Statement, Step, Workflow,
+    Action, AttributeUse, AuditAction, Backoff, CommandAction, Condition, Connection,
+    DEFAULT_RETENTION, Policy, Pool, Preflight, Scope, SliceAction, SqlAction, Statement, Step,
+    Workflow,
 };

@@ -33,12 +33,43 @@ pub struct Workflow {
     pub connections: Vec<Connection>,
     /// `[[steps]]`, in file order.
     pub steps: Vec<Step>,
+    /// `retention`: how far back the backups reach. A real run refuses a restore point older
+    /// than this (default 30 days).
+    #[serde(with = "crate::duration_serde")]
+    pub retention: Duration,
+    /// `[preflight]`: how to learn what each target really is before anything runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preflight: Option<Preflight>,
     /// Indices into `steps`, dependencies before dependents, file order among equals.
     #[serde(skip)]
     topo: Vec<usize>,
     /// Per step, the indices of the steps it needs.
     #[serde(skip)]
     need_idx: Vec<Vec<usize>>,
+}
+
+/// The default `retention`: 30 days.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// `[preflight]`: a resolver that maps every target ID to its actual kind and state, run before
+/// a real run is created. A `sql` query runs once per target (its templates may read
+/// `{{target.*}}`, bound as parameters) and returns no row for an unknown ID, or one row with
+/// columns `kind` and `state`. A `command` runs once with the target IDs on stdin, one per
+/// line, and prints one JSON object per known ID: `{"id": .., "kind": .., "state": ..}`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Preflight {
+    /// `state`: the state every target must be in (for example `deleted`); any state when
+    /// `None`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// The resolver: a `sql` or `command` action.
+    pub action: Action,
+    /// Longest the whole preflight may take (default 5 minutes).
+    #[serde(with = "crate::duration_serde")]
+    pub timeout: Duration,
+    /// Line of `[preflight]` in the workflow file.
+    #[serde(skip)]
+    pub line: u32,
 }
 
 /// Timeout and retry policy of a step.
@@ -371,6 +402,7 @@ impl Workflow {
             .iter()
             .map(|c| &c.url)
             .chain(self.steps.iter().flat_map(|s| s.action.templates()))
+            .chain(self.preflight.iter().flat_map(|p| p.action.templates()))
             .flat_map(|t| t.env_vars().map(str::to_owned))
             .collect();
         vars.sort();

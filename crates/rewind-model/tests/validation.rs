@@ -820,3 +820,56 @@ fn audits_read_only_unique_dependencies() {
     );
     check(&text, K::InvalidValue, "require =", Some("audit"), "the audit cannot read `copy`");
 }
+
+#[test]
+fn preflight_and_retention_are_checked() {
+    let ok = with_header(&format!(
+        "[preflight]\nstate = \"deleted\"\naction = {{ kind = \"sql\", connection = \"catalog\", sql = \"SELECT kind, state FROM t WHERE id = ?\", params = [\"{{{{target.id}}}}\"] }}\n{}",
+        step("a", "")
+    ));
+    let wf = Workflow::parse("w.toml", &ok).unwrap();
+    let pf = wf.preflight.as_ref().unwrap();
+    assert_eq!((pf.state.as_deref(), pf.action.kind()), (Some("deleted"), "sql"));
+    assert_eq!(wf.retention, rewind_model::DEFAULT_RETENTION);
+
+    let text = format!("retention = \"0s\"\n{}", with_header(&step("a", "")));
+    check(&text, K::InvalidValue, "retention", None, "`retention` must be longer than 0s");
+    let text = format!("retention = \"a month\"\n{}", with_header(&step("a", "")));
+    check(
+        &text,
+        K::InvalidDuration,
+        "retention",
+        None,
+        "`retention` = \"a month\" is not a duration",
+    );
+
+    let cases = [
+        (
+            "action = { kind = \"command\", program = \"r\", args = [\"{{target.id}}\"] }",
+            K::UnresolvedTemplate,
+            "a preflight command runs once for all targets",
+        ),
+        (
+            "action = { kind = \"sql\", connection = \"catalog\", sql = \"SELECT 1\", params = [\"{{run.id}}\"] }",
+            K::UnresolvedTemplate,
+            "the preflight runs before the run exists",
+        ),
+        (
+            "action = { kind = \"sql\", connection = \"catlog\", sql = \"SELECT 1\" }",
+            K::UnknownConnection,
+            "unknown connection `catlog` (did you mean `catalog`?)",
+        ),
+        (
+            "action = { kind = \"audit\", require = [] }",
+            K::InvalidValue,
+            "a preflight is a `sql` query or a `command`, not a `audit` action",
+        ),
+        ("stat = \"deleted\"", K::UnknownKey, "unknown key `stat` in [preflight]"),
+    ];
+    for (line, kind, needle) in cases {
+        let text = with_header(&format!("[preflight]\n{line}\n{}", step("a", "")));
+        check(&text, kind, line.split(" = ").next().unwrap(), None, needle);
+    }
+    let text = with_header(&format!("[preflight]\nstate = \"deleted\"\n{}", step("a", "")));
+    check(&text, K::MissingKey, "[preflight]", None, "[preflight] has no `action`");
+}

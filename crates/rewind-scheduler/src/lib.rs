@@ -227,6 +227,50 @@ pub struct Scheduler<'p> {
     restored_at: Vec<Option<Duration>>,
     /// The time of the call being handled.
     clock: Duration,
+    /// Staged waves, if the run has them.
+    gate: Option<Gate>,
+}
+
+/// Staged waves: which wave each instance belongs to and which waves are open.
+///
+/// A target-scope instance belongs to its target's wave; any instance also belongs to the
+/// latest wave of anything it depends on, so a fan-in after every target runs in the last wave.
+/// Instances that depend on no target (run-scope restores pre-started for everyone) belong to
+/// no wave (0) and are never held. An instance of wave `w` starts only once wave `w` is open.
+#[derive(Clone, Debug)]
+struct Gate {
+    /// Per instance: its wave, 1-based; 0 for none.
+    wave: Vec<u16>,
+    /// Waves up to this one are open.
+    open: u16,
+    /// Number of waves.
+    waves: u16,
+    /// Per wave (index `w`): instances of wave `w` not yet terminal.
+    unfinished: Vec<u32>,
+    /// Per wave: ready instances held until the wave opens.
+    held: Vec<Vec<u32>>,
+    /// Per target: its wave.
+    target_wave: Vec<u16>,
+}
+
+/// A wave whose instances have all ended: what the run decides before opening the next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WaveEnd {
+    /// The wave, 1-based.
+    pub wave: u16,
+    /// How many waves there are.
+    pub waves: u16,
+    /// Its targets.
+    pub targets: u32,
+    /// Its targets with a failed, blocked or cancelled instance.
+    pub failed: u32,
+}
+
+impl WaveEnd {
+    /// Failed targets over targets, 0 to 1.
+    pub fn failure_rate(&self) -> f64 {
+        if self.targets == 0 { 0.0 } else { f64::from(self.failed) / f64::from(self.targets) }
+    }
 }
 
 impl<'p> Scheduler<'p> {
@@ -277,6 +321,7 @@ impl<'p> Scheduler<'p> {
             restored_targets: 0,
             restored_at: vec![None; plan.targets().len()],
             clock: now,
+            gate: None,
         };
         let mut retry_at = Vec::with_capacity(n);
         for r in rows.into_iter().take(n) {
@@ -330,6 +375,111 @@ impl<'p> Scheduler<'p> {
             }
         }
         s
+    }
+
+    /// Like [`Scheduler::restore`], for a run staged in waves: `boundaries` are the cumulative
+    /// target counts at the end of each wave (targets in plan order), `open` the last wave
+    /// already open (at least 1).
+    pub fn restore_staged(
+        plan: &'p Plan,
+        config: Config,
+        rows: impl IntoIterator<Item = Restored>,
+        now: Duration,
+        boundaries: &[u32],
+        open: u16,
+    ) -> Self {
+        let mut s = Self::restore(plan, config, rows, now);
+        if boundaries.len() < 2 {
+            return s;
+        }
+        let waves = u16::try_from(boundaries.len()).unwrap_or(u16::MAX);
+        let n_targets = plan.targets().len();
+        let mut target_wave = vec![waves; n_targets];
+        let mut w = 0usize;
+        for (t, tw) in target_wave.iter_mut().enumerate() {
+            while w + 1 < boundaries.len() && t as u32 >= boundaries[w] {
+                w += 1;
+            }
+            *tw = (w + 1) as u16;
+        }
+        let n = plan.len();
+        let mut wave = vec![0u16; n];
+        // Instances are numbered in topological order: dependencies come first.
+        for i in 0..n {
+            let id = InstanceId::new(i);
+            let own = match plan.instance(id).subject {
+                Subject::Target(t) => target_wave[t as usize],
+                _ => 0,
+            };
+            wave[i] = plan.dependencies(id).map(|d| wave[d.index()]).fold(own, u16::max);
+        }
+        let mut unfinished = vec![0u32; usize::from(waves) + 1];
+        for i in 0..n {
+            if !s.state[i].is_terminal() {
+                unfinished[usize::from(wave[i])] += 1;
+            }
+        }
+        let mut gate = Gate {
+            wave,
+            open: open.clamp(1, waves),
+            waves,
+            unfinished,
+            held: vec![Vec::new(); usize::from(waves) + 1],
+            target_wave,
+        };
+        // Hold what is ready but not yet open.
+        for q in &mut s.ready {
+            let entries: Vec<Entry> = std::mem::take(q).into_vec();
+            for e in entries {
+                let w = gate.wave[e.id as usize];
+                if w > gate.open {
+                    gate.held[usize::from(w)].push(e.id);
+                } else {
+                    q.push(e);
+                }
+            }
+        }
+        s.gate = Some(gate);
+        s
+    }
+
+    /// The last open wave and the number of waves, for a staged run.
+    pub fn waves(&self) -> Option<(u16, u16)> {
+        self.gate.as_ref().map(|g| (g.open, g.waves))
+    }
+
+    /// The open wave, once every instance of it (and of the waves before it) has ended, while a
+    /// later wave is still closed: the moment to judge it and open the next, or halt.
+    pub fn wave_ended(&self) -> Option<WaveEnd> {
+        let g = self.gate.as_ref()?;
+        if g.open >= g.waves || g.unfinished[1..=usize::from(g.open)].iter().any(|&u| u > 0) {
+            return None;
+        }
+        let (mut targets, mut failed) = (0u32, 0u32);
+        for (t, &w) in g.target_wave.iter().enumerate() {
+            if w == g.open {
+                targets += 1;
+                failed += u32::from(self.target_bad[t]);
+            }
+        }
+        Some(WaveEnd { wave: g.open, waves: g.waves, targets, failed })
+    }
+
+    /// Opens the next wave: its held instances become ready. Returns the wave opened.
+    pub fn open_next_wave(&mut self) -> Option<u16> {
+        let g = self.gate.as_mut()?;
+        if g.open >= g.waves {
+            return None;
+        }
+        g.open += 1;
+        let held = std::mem::take(&mut g.held[usize::from(g.open)]);
+        let open = g.open;
+        for i in held {
+            if self.state[i as usize] == State::Pending {
+                self.push_ready(InstanceId::new(i as usize));
+            }
+        }
+        Some(open)
     }
 
     /// The plan being scheduled.
@@ -533,6 +683,13 @@ impl<'p> Scheduler<'p> {
     }
 
     fn push_ready(&mut self, id: InstanceId) {
+        if let Some(g) = &mut self.gate {
+            let w = g.wave[id.index()];
+            if w > g.open {
+                g.held[usize::from(w)].push(id.index() as u32);
+                return;
+            }
+        }
         let entry = match self.config.priority {
             Priority::CriticalPath => Entry {
                 primary: u64::try_from(self.plan.rank(id).as_nanos()).unwrap_or(u64::MAX),
@@ -558,6 +715,12 @@ impl<'p> Scheduler<'p> {
         );
         self.state[i] = to;
         self.counts.shift(from, to);
+        if let Some(g) = &mut self.gate
+            && !from.is_terminal()
+            && to.is_terminal()
+        {
+            g.unfinished[usize::from(g.wave[i])] -= 1;
+        }
         if let Subject::Target(t) = self.plan.instance(id).subject {
             let t = t as usize;
             // The scheduler never reopens a terminal instance (`retry` does, in the store).

@@ -438,3 +438,69 @@ mod properties {
         }
     }
 }
+
+fn fresh(p: &Plan) -> Vec<Restored> {
+    (0..p.len())
+        .map(|_| Restored { state: State::Pending, attempts: 0, failures: 0, retry_at: None })
+        .collect()
+}
+
+#[test]
+fn staged_waves_hold_later_targets_until_the_wave_before_is_judged() {
+    // Waves end after target 1 and after target 3; `pre` depends on no target (no wave), `post`
+    // depends on every target (the last wave).
+    let p = plan(
+        "",
+        &[
+            step("pre", "run", &[], ""),
+            step("a", "target", &["pre"], ""),
+            step("b", "target", &["a"], ""),
+            step("post", "run", &["b"], ""),
+        ]
+        .concat(),
+    );
+    let mut s =
+        Scheduler::restore_staged(&p, Config::default(), fresh(&p), Duration::ZERO, &[1, 3], 1);
+    assert_eq!(s.waves(), Some((1, 2)));
+    assert_eq!(keys(&p, &s.poll(Duration::ZERO)), ["pre"]);
+    assert_eq!(s.wave_ended(), None);
+    s.on_outcome(id(&p, "pre"), Outcome::Succeeded, S);
+    assert_eq!(keys(&p, &s.poll(S)), [format!("a/{T1}")], "only wave 1 starts");
+    s.on_outcome(id(&p, &format!("a/{T1}")), Outcome::Succeeded, S);
+    assert_eq!(keys(&p, &s.poll(S)), [format!("b/{T1}")]);
+    assert_eq!(s.wave_ended(), None, "wave 1 is still running");
+    s.on_outcome(id(&p, &format!("b/{T1}")), Outcome::Failed { retryable: false }, 2 * S);
+    assert!(s.poll(2 * S).is_empty(), "wave 2 is held until the caller opens it");
+    let end = s.wave_ended().unwrap();
+    assert_eq!((end.wave, end.waves, end.targets, end.failed), (1, 2, 1, 1));
+    assert!((end.failure_rate() - 1.0).abs() < f64::EPSILON);
+    assert!(!s.is_finished(), "held instances are pending");
+    assert_eq!(s.open_next_wave(), Some(2));
+    assert_eq!(keys(&p, &s.poll(2 * S)), [format!("a/{T2}"), format!("a/{T3}")]);
+    assert_eq!(s.wave_ended(), None, "the last wave is never judged: the run just ends");
+    for t in [T2, T3] {
+        s.on_outcome(id(&p, &format!("a/{t}")), Outcome::Succeeded, 3 * S);
+    }
+    for d in s.poll(3 * S) {
+        s.on_outcome(d.id, Outcome::Succeeded, 4 * S);
+    }
+    // `post` needs b/T1, which failed: blocked; the run is finished.
+    assert!(s.poll(4 * S).is_empty());
+    assert!(s.is_finished());
+    assert_eq!(s.state(id(&p, "post")), State::Blocked);
+    assert_eq!(s.open_next_wave(), None);
+}
+
+#[test]
+fn a_resumed_staged_run_keeps_its_open_wave() {
+    let p = plan("", &[step("a", "target", &[], "")].concat());
+    // Resumed with wave 2 of 3 open: targets 1 and 2 may start, target 3 waits.
+    let mut s =
+        Scheduler::restore_staged(&p, Config::default(), fresh(&p), Duration::ZERO, &[1, 2, 3], 2);
+    assert_eq!(keys(&p, &s.poll(Duration::ZERO)), [format!("a/{T1}"), format!("a/{T2}")]);
+    // One wave, or none: nothing is held.
+    let mut s =
+        Scheduler::restore_staged(&p, Config::default(), fresh(&p), Duration::ZERO, &[3], 1);
+    assert_eq!(s.poll(Duration::ZERO).len(), 3);
+    assert_eq!(s.waves(), None);
+}

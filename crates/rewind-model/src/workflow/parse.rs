@@ -11,8 +11,8 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::{
-    Action, AuditAction, Backoff, CommandAction, Condition, Connection, Policy, Pool, Scope,
-    SliceAction, SqlAction, Statement, Step, Workflow,
+    Action, AuditAction, Backoff, CommandAction, Condition, Connection, DEFAULT_RETENTION, Policy,
+    Pool, Preflight, Scope, SliceAction, SqlAction, Statement, Step, Workflow,
 };
 use crate::diag::{Diagnostics, ErrorKind as K, Sink, suggestion};
 use crate::ids::{AttrName, ConnectionName, PoolName, StepId, TargetKind};
@@ -21,8 +21,19 @@ use crate::template::{Placeholder, Template};
 type Val<'i> = Spanned<DeValue<'i>>;
 type Span = Range<usize>;
 
-const TOP_KEYS: &[&str] =
-    &["name", "target_kind", "description", "defaults", "resources", "connections", "steps"];
+const TOP_KEYS: &[&str] = &[
+    "name",
+    "target_kind",
+    "description",
+    "retention",
+    "defaults",
+    "resources",
+    "connections",
+    "preflight",
+    "steps",
+];
+const PREFLIGHT_KEYS: &[&str] = &["state", "action", "timeout"];
+const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 const POLICY_KEYS: &[&str] = &["timeout", "retries", "backoff"];
 const BACKOFF_KEYS: &[&str] = &["initial", "max", "factor", "jitter"];
 const STEP_KEYS: &[&str] = &[
@@ -263,8 +274,25 @@ impl Parser<'_> {
             },
             None => Policy::BUILT_IN,
         };
+        let retention = match doc.get("retention") {
+            Some(v) => match self.duration(v, "retention", None) {
+                Some(d) if d.is_zero() => {
+                    self.err(
+                        &v.span(),
+                        K::InvalidValue,
+                        None,
+                        "`retention` must be longer than 0s",
+                    );
+                    DEFAULT_RETENTION
+                }
+                Some(d) => d,
+                None => DEFAULT_RETENTION,
+            },
+            None => DEFAULT_RETENTION,
+        };
         let resources = self.resources(doc);
         let connections = self.connections(doc);
+        let preflight = doc.get("preflight").and_then(|v| self.preflight(v, &connections));
         let drafts = self.steps(doc, &doc_span, &defaults);
         let pools: Vec<&PoolName> = resources.iter().map(|p| &p.name).collect();
         let topo = self.cross_check(&drafts, &pools, &connections);
@@ -298,9 +326,111 @@ impl Parser<'_> {
             resources,
             connections,
             steps,
+            retention,
+            preflight,
             topo: topo?,
             need_idx,
         })
+    }
+
+    /// `[preflight]`: a `sql` query (once per target) or a `command` (once, IDs on stdin). Its
+    /// templates may read the restore point and, for a query, the target; nothing else exists
+    /// before the run.
+    fn preflight(&mut self, v: &Val<'_>, conns: &[Connection]) -> Option<Preflight> {
+        let t = self.table(v, "preflight", None)?;
+        self.known_keys(t, PREFLIGHT_KEYS, "[preflight]", None);
+        let state = t.get("state").and_then(|s| {
+            let raw = self.string(s, "state", None)?;
+            if raw.trim().is_empty() {
+                self.err(&s.span(), K::InvalidValue, None, "`state` must not be empty");
+                return None;
+            }
+            Some(raw)
+        });
+        let timeout = match t.get("timeout") {
+            Some(d) => self.duration(d, "timeout", None).unwrap_or(PREFLIGHT_TIMEOUT),
+            None => PREFLIGHT_TIMEOUT,
+        };
+        let Some(av) = t.get("action") else {
+            self.err(
+                &v.span(),
+                K::MissingKey,
+                None,
+                "[preflight] has no `action` (a `sql` query or a `command`)",
+            );
+            return None;
+        };
+        let mut templates = Vec::new();
+        let mut refs = Refs::default();
+        let action = self.action(av, None, &mut templates, &mut refs)?;
+        let per_target = match &action {
+            Action::Sql(_) => true,
+            Action::Command(_) => false,
+            other => {
+                self.err(
+                    &av.span(),
+                    K::InvalidValue,
+                    None,
+                    format!(
+                        "a preflight is a `sql` query or a `command`, not a `{}` action",
+                        other.kind()
+                    ),
+                );
+                return None;
+            }
+        };
+        // Why a placeholder cannot resolve in a preflight, if it cannot.
+        let why = |p: &Placeholder| match p {
+            Placeholder::RestorePoint => None,
+            Placeholder::TargetId | Placeholder::TargetKind | Placeholder::TargetAttr(_) => {
+                (!per_target).then_some(
+                    "a preflight command runs once for all targets (their IDs are on its stdin)",
+                )
+            }
+            Placeholder::RunId => Some("the preflight runs before the run exists"),
+            Placeholder::Needs { .. } => Some("the preflight runs before any step"),
+            Placeholder::GroupValue | Placeholder::StepId | Placeholder::Attempt => {
+                Some("the preflight is not a step")
+            }
+        };
+        let mut ok = true;
+        for (tpl, span) in &templates {
+            for p in tpl.placeholders() {
+                if let Some(why) = why(p) {
+                    let msg = format!("`{{{{{p}}}}}` cannot resolve in [preflight]: {why}");
+                    self.err(span, K::UnresolvedTemplate, None, msg);
+                    ok = false;
+                }
+            }
+        }
+        for (name, span) in &refs.connections {
+            let Some(conn) = conns.iter().find(|c| &c.name == name) else {
+                let names: Vec<&str> = conns.iter().map(|c| c.name.as_str()).collect();
+                let hint = suggestion(name.as_str(), names.iter().copied());
+                let declared = if names.is_empty() { "none".to_owned() } else { names.join(", ") };
+                self.err(
+                    span,
+                    K::UnknownConnection,
+                    None,
+                    format!(
+                        "unknown connection `{name}`{hint}; [connections] declares: {declared}"
+                    ),
+                );
+                ok = false;
+                continue;
+            };
+            for p in conn.url.placeholders() {
+                if let Some(why) = why(p) {
+                    let msg = format!(
+                        "connection `{name}`: `{{{{{p}}}}}` cannot resolve in [preflight]: {why}"
+                    );
+                    self.err(span, K::UnresolvedTemplate, None, msg);
+                    ok = false;
+                }
+            }
+        }
+        let line = self.sink.location(&v.span()).line;
+        ok.then_some(Preflight { state, action, timeout, line })
     }
 
     fn required_string(

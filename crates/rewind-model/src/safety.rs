@@ -1,0 +1,316 @@
+//! The pure parts of the safety rails (README "Safety rails"): staged waves, restore-point
+//! bounds, and the judgement of what a preflight found. What runs the preflight, reads the clock
+//! or holds locks lives elsewhere; here are only the rules.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use crate::targets::Target;
+use crate::time::RestorePoint;
+
+/// One wave boundary as written: a number of targets, or a percentage of them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum WaveSize {
+    /// This many targets in all waves up to and including this one.
+    Count(u32),
+    /// This percentage (0 < p ≤ 100) of the targets, rounded up.
+    Percent(f64),
+}
+
+/// `--waves 1,10,25%,100%`: cumulative boundaries, each wave runs to completion before the
+/// next starts. The last must be `100%` (or the total count), so no target is left out silently.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Waves(Vec<WaveSize>);
+
+impl FromStr for Waves {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut out = Vec::new();
+        for (i, raw) in s.split(',').enumerate() {
+            let part = raw.trim();
+            let bad = |why: &str| format!("--waves {s:?}: wave {} ({part:?}) {why}", i + 1);
+            if part.is_empty() {
+                return Err(bad("is empty"));
+            }
+            let size = if let Some(p) = part.strip_suffix('%') {
+                let v: f64 = p.trim().parse().map_err(|_| bad("is not a percentage"))?;
+                if !(v > 0.0 && v <= 100.0) {
+                    return Err(bad("must be more than 0% and at most 100%"));
+                }
+                WaveSize::Percent(v)
+            } else {
+                let v: u32 = part
+                    .parse()
+                    .map_err(|_| bad("is not a number of targets or a percentage such as 25%"))?;
+                if v == 0 {
+                    return Err(bad("must be at least 1 target"));
+                }
+                WaveSize::Count(v)
+            };
+            out.push(size);
+        }
+        Ok(Self(out))
+    }
+}
+
+impl fmt::Display for Waves {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, w) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            match w {
+                WaveSize::Count(n) => write!(f, "{n}")?,
+                WaveSize::Percent(p) => write!(f, "{p}%")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Waves {
+    /// The cumulative number of targets at the end of each wave, for `total` targets: strictly
+    /// increasing, the last equal to `total`. Waves that would be empty (`25%` of 3 targets
+    /// after a wave of 1) are dropped. Refused: boundaries that go down, or a last wave short of
+    /// every target.
+    pub fn boundaries(&self, total: u32) -> Result<Vec<u32>, String> {
+        let mut out: Vec<u32> = Vec::new();
+        // Counts must not go down, nor percentages (`10,5` is a typo); a percentage below an
+        // earlier count (`10,25%` of 8 targets) only makes an empty wave.
+        let (mut prev_count, mut prev_pct) = (0u32, 0.0f64);
+        for (i, w) in self.0.iter().enumerate() {
+            let at = match *w {
+                WaveSize::Count(n) if n < prev_count => {
+                    return Err(format!(
+                        "--waves {self}: wave {} ({n}) is smaller than an earlier wave ({prev_count}); waves are cumulative (1,10,25%,100%)",
+                        i + 1
+                    ));
+                }
+                WaveSize::Percent(p) if p < prev_pct => {
+                    return Err(format!(
+                        "--waves {self}: wave {} ({p}%) is smaller than an earlier wave ({prev_pct}%); waves are cumulative (1,10,25%,100%)",
+                        i + 1
+                    ));
+                }
+                WaveSize::Count(n) => {
+                    prev_count = n;
+                    n
+                }
+                WaveSize::Percent(p) => {
+                    prev_pct = p;
+                    // Rounded up, so 1% of 10 targets is one target, not none.
+                    let v = (f64::from(total) * p / 100.0 - 1e-9).ceil();
+                    if v <= 0.0 { 1 } else { v as u32 }
+                }
+            };
+            let at = at.min(total);
+            if out.last().is_none_or(|&l| at > l) {
+                out.push(at);
+            }
+        }
+        if out.last().copied() != Some(total) {
+            return Err(format!(
+                "--waves {self}: the last wave reaches {} of the {total} targets; end with 100% so every target is in a wave",
+                out.last().copied().unwrap_or(0)
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// Why a restore point is refused, if it is: in the future of `now`, or older than `retention`
+/// before `now`.
+pub fn restore_point_bounds(
+    rp: RestorePoint,
+    now: SystemTime,
+    retention: Duration,
+) -> Result<(), String> {
+    let t = rp.system_time();
+    if let Ok(ahead) = t.duration_since(now)
+        && !ahead.is_zero()
+    {
+        return Err(format!(
+            "restore point {rp} is in the future (now is {}): no backup holds it",
+            humantime::format_rfc3339_seconds(now)
+        ));
+    }
+    if let Ok(age) = now.duration_since(t)
+        && age > retention
+    {
+        let round = Duration::from_secs(age.as_secs() / 60 * 60);
+        return Err(format!(
+            "restore point {rp} is {} old, beyond the workflow's retention of {} (now is {}): the backups no longer reach it",
+            humantime::format_duration(round),
+            humantime::format_duration(retention),
+            humantime::format_rfc3339_seconds(now)
+        ));
+    }
+    Ok(())
+}
+
+/// What a preflight resolver says one target ID is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Found {
+    /// Its actual kind (`site`, `app`, ...).
+    pub kind: String,
+    /// Its state (`active`, `deleted`, ...), if the resolver reports one.
+    pub state: Option<String>,
+}
+
+/// How many offending IDs a refusal lists per problem before saying "and N more".
+const LISTED: usize = 10;
+
+/// Judges what a preflight found: every target must exist, be of `kind`, and (when `state` is
+/// given) be in that state. Returns one line per problem, each naming the offending IDs, in the
+/// targets' order; empty when all is well.
+pub fn judge(
+    targets: &[Target],
+    found: &BTreeMap<String, Found>,
+    kind: &str,
+    state: Option<&str>,
+) -> Vec<String> {
+    // (problem, ids), in the order problems are first met.
+    let mut problems: Vec<(String, Vec<String>)> = Vec::new();
+    let mut add =
+        |problem: String, id: String| match problems.iter_mut().find(|(p, _)| *p == problem) {
+            Some((_, ids)) => ids.push(id),
+            None => problems.push((problem, vec![id])),
+        };
+    for t in targets {
+        let id = t.id.to_string();
+        match found.get(&id) {
+            None => add("do not exist (unknown to the preflight resolver)".to_owned(), id),
+            Some(f) if f.kind != kind => {
+                add(format!("are {}, not {}", plural(&f.kind), plural(kind)), id)
+            }
+            Some(f) => {
+                if let Some(want) = state
+                    && f.state.as_deref() != Some(want)
+                {
+                    let is = f.state.as_deref().unwrap_or("of no reported state");
+                    add(format!("are {is}, not {want}"), id);
+                }
+            }
+        }
+    }
+    problems
+        .into_iter()
+        .map(|(problem, ids)| {
+            let n = ids.len();
+            let noun = if n == 1 { "target" } else { "targets" };
+            let problem = if n == 1 { singular_problem(&problem) } else { problem };
+            let mut list = ids.iter().take(LISTED).cloned().collect::<Vec<_>>().join(", ");
+            if n > LISTED {
+                list.push_str(&format!(" and {} more", n - LISTED));
+            }
+            format!("{n} {noun} {problem}: {list}")
+        })
+        .collect()
+}
+
+/// "are apps, not sites" → "is an app, not a site"; "do not exist" → "does not exist".
+fn singular_problem(p: &str) -> String {
+    if let Some(rest) = p.strip_prefix("do not exist") {
+        return format!("does not exist{rest}");
+    }
+    let Some(rest) = p.strip_prefix("are ") else { return p.to_owned() };
+    let Some((is, want)) = rest.split_once(", not ") else { return p.to_owned() };
+    format!("is {}, not {}", a(unplural(is)), a(unplural(want)))
+}
+
+fn plural(kind: &str) -> String {
+    if kind.ends_with('s') { format!("{kind}es") } else { format!("{kind}s") }
+}
+
+fn unplural(s: &str) -> &str {
+    s.strip_suffix("es").filter(|k| k.ends_with('s')).or_else(|| s.strip_suffix('s')).unwrap_or(s)
+}
+
+/// A state word stays bare ("deleted"); a kind gets its article ("an app").
+fn a(word: &str) -> String {
+    if word.ends_with("ed") || word.ends_with("ive") || word.starts_with("of ") {
+        word.to_owned()
+    } else if word.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        format!("an {word}")
+    } else {
+        format!("a {word}")
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::targets::TargetSet;
+
+    #[test]
+    fn waves_are_cumulative_and_end_with_every_target() {
+        let w: Waves = "1,10,25%,100%".parse().unwrap();
+        assert_eq!(w.boundaries(100).unwrap(), vec![1, 10, 25, 100]);
+        // 25% of 8 is 2, not more than the wave of 10 (capped at 8): dropped.
+        assert_eq!(w.boundaries(8).unwrap(), vec![1, 8]);
+        assert_eq!("2,100%".parse::<Waves>().unwrap().boundaries(60).unwrap(), vec![2, 60]);
+        assert_eq!("1%,100%".parse::<Waves>().unwrap().boundaries(10).unwrap(), vec![1, 10]);
+        assert_eq!("5".parse::<Waves>().unwrap().boundaries(5).unwrap(), vec![5]);
+        let short = "1,10".parse::<Waves>().unwrap().boundaries(60).unwrap_err();
+        assert!(short.contains("reaches 10 of the 60"), "{short}");
+        let down = "10,5,100%".parse::<Waves>().unwrap().boundaries(60).unwrap_err();
+        assert!(down.contains("wave 2 (5) is smaller than an earlier wave (10)"), "{down}");
+        assert!("50%,20%,100%".parse::<Waves>().unwrap().boundaries(10).is_err());
+        for bad in ["", "1,,100%", "0,100%", "x", "120%", "-3", "1.5"] {
+            assert!(bad.parse::<Waves>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn restore_points_must_be_past_and_within_retention() {
+        let rp: RestorePoint = "2022-04-05T07:33:00Z".parse().unwrap();
+        let now = humantime::parse_rfc3339("2022-04-06T00:00:00Z").unwrap();
+        let day = Duration::from_secs(86_400);
+        assert!(restore_point_bounds(rp, now, 30 * day).is_ok());
+        let e = restore_point_bounds(rp, now, Duration::from_secs(3600)).unwrap_err();
+        assert!(e.contains("16h 27m old, beyond the workflow's retention of 1h"), "{e}");
+        let before = humantime::parse_rfc3339("2022-04-05T07:00:00Z").unwrap();
+        let e = restore_point_bounds(rp, before, 30 * day).unwrap_err();
+        assert!(e.contains("is in the future (now is 2022-04-05T07:00:00Z)"), "{e}");
+        assert!(restore_point_bounds(rp, rp.system_time(), 30 * day).is_ok());
+    }
+
+    #[test]
+    fn judgement_names_each_problem_and_its_ids() {
+        let text = "id,kind\n\
+            00000000-0000-4000-8000-000000000001,site\n\
+            00000000-0000-4000-8000-000000000002,site\n\
+            00000000-0000-4000-8000-000000000003,site\n\
+            00000000-0000-4000-8000-000000000004,site\n\
+            00000000-0000-4000-8000-000000000005,site\n";
+        let set = TargetSet::parse("t.csv", text, crate::TargetsFormat::Csv).unwrap();
+        let id = |n: u32| format!("00000000-0000-4000-8000-00000000000{n}");
+        let f = |kind: &str, state: &str| Found { kind: kind.into(), state: Some(state.into()) };
+        let mut found = BTreeMap::new();
+        found.insert(id(1), f("site", "deleted"));
+        found.insert(id(2), f("app", "installed"));
+        found.insert(id(3), f("app", "installed"));
+        found.insert(id(4), f("site", "active"));
+        let lines = judge(set.targets(), &found, "site", Some("deleted"));
+        assert_eq!(
+            lines,
+            vec![
+                format!("2 targets are apps, not sites: {}, {}", id(2), id(3)),
+                format!("1 target is active, not deleted: {}", id(4)),
+                format!("1 target does not exist (unknown to the preflight resolver): {}", id(5)),
+            ]
+        );
+        found.insert(id(5), f("site", "deleted"));
+        found.insert(id(2), f("site", "deleted"));
+        found.insert(id(3), f("site", "deleted"));
+        found.insert(id(4), f("site", "deleted"));
+        assert!(judge(set.targets(), &found, "site", Some("deleted")).is_empty());
+        let one =
+            judge(&set.targets()[1..2], &BTreeMap::from([(id(2), f("app", "x"))]), "site", None);
+        assert_eq!(one, vec![format!("1 target is an app, not a site: {}", id(2))]);
+    }
+}
