@@ -13,6 +13,8 @@
 pub mod audit;
 pub mod command;
 mod connect;
+pub mod describe;
+pub mod preflight;
 pub mod slice;
 pub mod sql;
 mod tail;
@@ -313,6 +315,11 @@ impl Registry {
     /// Adds a connection URL resolver (tried in the order added).
     pub fn add_resolver(&mut self, r: Resolver) {
         self.resolvers.0.push(r);
+    }
+
+    /// The connection URL resolvers, in the order added.
+    pub fn resolvers(&self) -> &Resolvers {
+        &self.resolvers
     }
 
     /// Adds (or replaces) the executor of its kind.

@@ -120,17 +120,10 @@ async fn run(a: Attempt, mut stop: Stop, pools: Pools, mode: Mode) -> Report {
         Ok(t) => t,
         Err(e) => return permanent(e),
     };
-    let kinds = match (kind(&from), kind(&to)) {
-        (Ok(f), Ok(t)) if f == t => f,
-        (Ok(_), Ok(_)) => {
-            return permanent(format!(
-                "`{}` and `{}` are different kinds of database; a {} needs two SQLite or two PostgreSQL stores",
-                s.from,
-                s.to,
-                if mode == Mode::Copy { "copy" } else { "compare" }
-            ));
-        }
-        (Err(e), _) | (_, Err(e)) => return permanent(e),
+    let what = if mode == Mode::Copy { "copy" } else { "compare" };
+    let kinds = match slice_kind(s, what, kind(&from), kind(&to)) {
+        Ok(k) => k,
+        Err(e) => return permanent(e),
     };
     let work = async {
         let restore_point = match &s.source_restore_point {
@@ -195,6 +188,101 @@ async fn source_restore_point(
     }
 }
 
+/// The one kind of database both ends of a `copy` or `compare` (`what`) are, or why there is
+/// none.
+pub(crate) fn slice_kind(
+    s: &SliceAction,
+    what: &str,
+    from: Result<Kind, String>,
+    to: Result<Kind, String>,
+) -> Result<Kind, String> {
+    match (from, to) {
+        (Ok(f), Ok(t)) if f == t => Ok(f),
+        (Ok(_), Ok(_)) => Err(format!(
+            "`{}` and `{}` are different kinds of database; a {what} needs two SQLite or two PostgreSQL stores",
+            s.from, s.to
+        )),
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    }
+}
+
+// The statements a copy or compare issues, built in one place so that `rewind run --dry-run`
+// ([`crate::describe`]) prints the very text executed. Table and column names are identifiers
+// the workflow validated, quoted here; the tenant is always bound (`?1` / `$1`).
+
+/// SQLite copy, on the destination: attach the source file (bound as `?1`).
+pub(crate) const SQLITE_ATTACH: &str = "ATTACH DATABASE ?1 AS rw_source";
+/// SQLite copy: the destination transaction.
+pub(crate) const SQLITE_BEGIN: &str = "BEGIN IMMEDIATE";
+/// SQLite copy: after the transaction.
+pub(crate) const SQLITE_DETACH: &str = "DETACH DATABASE rw_source";
+/// PostgreSQL copy: the source's snapshot transaction.
+pub(crate) const PG_SOURCE_BEGIN: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ";
+/// PostgreSQL copy: the destination transaction.
+pub(crate) const PG_DEST_BEGIN: &str = "BEGIN";
+/// PostgreSQL copy, on the source: stream the staged slice out.
+pub(crate) const PG_COPY_OUT: &str = "COPY rw_stage TO STDOUT";
+/// PostgreSQL copy, on the source: drop the staged slice.
+pub(crate) const PG_DROP_STAGE: &str = "DROP TABLE rw_stage";
+/// Ends a transaction.
+pub(crate) const COMMIT: &str = "COMMIT";
+
+/// `"a", "b"`: a column list, quoted.
+pub(crate) fn column_list(cols: &[String]) -> String {
+    cols.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", ")
+}
+
+/// SQLite copy: delete the tenant's slice of `table` in the destination (tenant bound as `?1`).
+pub(crate) fn sqlite_delete(table: &str, tenant_column: &str) -> String {
+    format!("DELETE FROM main.{} WHERE {} = ?1", quote(table), quote(tenant_column))
+}
+
+/// SQLite copy: insert the source's slice of `table` (`cols`: a [`column_list`]; tenant bound
+/// as `?1`).
+pub(crate) fn sqlite_insert(table: &str, cols: &str, tenant_column: &str) -> String {
+    let (table, tc) = (quote(table), quote(tenant_column));
+    format!(
+        "INSERT INTO main.{table} ({cols}) SELECT {cols} FROM rw_source.{table} WHERE {tc} = ?1"
+    )
+}
+
+/// PostgreSQL copy, on the source: stage the tenant's slice of `table` (tenant bound as `$1`).
+pub(crate) fn pg_stage(table: &str, cols: &str, tenant_column: &str) -> String {
+    format!(
+        "CREATE TEMP TABLE rw_stage ON COMMIT DROP AS SELECT {cols} FROM {} WHERE {} = $1",
+        quote(table),
+        quote(tenant_column)
+    )
+}
+
+/// PostgreSQL copy, on the destination: delete the tenant's slice (tenant bound as `$1`).
+pub(crate) fn pg_delete(table: &str, tenant_column: &str) -> String {
+    format!("DELETE FROM {} WHERE {} = $1", quote(table), quote(tenant_column))
+}
+
+/// PostgreSQL copy, on the destination: receive the staged slice.
+pub(crate) fn pg_copy_in(table: &str, cols: &str) -> String {
+    format!("COPY {} ({cols}) FROM STDIN", quote(table))
+}
+
+/// Compare, on either side: the cells of the tenant's rows as text (`select`: a
+/// [`digest_select`]; tenant bound as `$1`).
+pub(crate) fn digest_sql(table: &str, select: &str, tenant_column: &str) -> String {
+    format!("SELECT {select} FROM {} WHERE {} = $1", quote(table), quote(tenant_column))
+}
+
+/// `CAST("a" AS TEXT), CAST("b" AS TEXT)`: the select list of [`digest_sql`].
+pub(crate) fn digest_select(cols: &[String]) -> String {
+    cols.iter().map(|c| format!("CAST({} AS TEXT)", quote(c))).collect::<Vec<_>>().join(", ")
+}
+
+/// The file a SQLite URL names (no I/O).
+pub(crate) fn sqlite_file(url: &str) -> Result<std::path::PathBuf, String> {
+    SqliteConnectOptions::from_str(url)
+        .map(|o| o.get_filename().to_path_buf())
+        .map_err(|e| format!("{}: {e}", redact(url)))
+}
+
 fn sqlite_options(url: &str) -> Result<SqliteConnectOptions, Report> {
     SqliteConnectOptions::from_str(url)
         .map(|o| o.busy_timeout(SQLITE_BUSY))
@@ -242,15 +330,14 @@ async fn copy_sqlite(
     s: &SliceAction,
     tenant: &str,
 ) -> Result<BTreeMap<String, Value>, Report> {
-    let source = sqlite_options(from)?;
-    let source_file = source.get_filename().to_path_buf();
+    let source_file = sqlite_file(from).map_err(permanent)?;
     if !source_file.is_file() {
         return Err(permanent(format!("the source {} does not exist", source_file.display())));
     }
     let mut conn = SqliteConnection::connect_with(&sqlite_options(to)?.create_if_missing(false))
         .await
         .map_err(|e| retryable(format!("cannot open {}: {e}", redact(to))))?;
-    sqlx::query("ATTACH DATABASE ?1 AS rw_source")
+    sqlx::query(SQLITE_ATTACH)
         .bind(source_file.display().to_string())
         .execute(&mut conn)
         .await
@@ -259,7 +346,7 @@ async fn copy_sqlite(
     if result.is_err() {
         let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
     }
-    let _ = sqlx::query("DETACH DATABASE rw_source").execute(&mut conn).await;
+    let _ = sqlx::query(SQLITE_DETACH).execute(&mut conn).await;
     let _ = conn.close().await;
     result
 }
@@ -275,29 +362,25 @@ async fn copy_attached(
         let src = sqlite_columns(conn, "rw_source", t).await?;
         plan.push((t, same_columns(t, dest, &src)?));
     }
-    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await.map_err(retryable)?;
+    sqlx::query(SQLITE_BEGIN).execute(&mut *conn).await.map_err(retryable)?;
     let mut out = BTreeMap::new();
-    let tc = quote(&s.tenant_column);
+    let tc = &s.tenant_column;
     for (t, cols) in plan {
-        let cols: Vec<String> = cols.iter().map(|c| quote(c)).collect();
-        let cols = cols.join(", ");
-        let table = quote(t);
+        let cols = column_list(&cols);
         // Identifiers validated by the workflow and quoted; the tenant is bound.
-        sqlx::query(AssertSqlSafe(format!("DELETE FROM main.{table} WHERE {tc} = ?1")))
+        sqlx::query(AssertSqlSafe(sqlite_delete(t, tc)))
             .bind(tenant)
             .execute(&mut *conn)
             .await
             .map_err(|e| retryable(format!("{t}: {e}")))?;
-        let done = sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO main.{table} ({cols}) SELECT {cols} FROM rw_source.{table} WHERE {tc} = ?1"
-        )))
-        .bind(tenant)
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| retryable(format!("{t}: {e}")))?;
+        let done = sqlx::query(AssertSqlSafe(sqlite_insert(t, &cols, tc)))
+            .bind(tenant)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| retryable(format!("{t}: {e}")))?;
         out.insert(t.clone(), json!({ "rows": done.rows_affected() }));
     }
-    sqlx::query("COMMIT").execute(&mut *conn).await.map_err(retryable)?;
+    sqlx::query(COMMIT).execute(&mut *conn).await.map_err(retryable)?;
     Ok(out)
 }
 
@@ -339,32 +422,24 @@ async fn copy_postgres(
         let t = t.to_owned();
         move |e: sqlx::Error| retryable(format!("{t}: {e}"))
     };
-    sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ")
-        .execute(&mut src)
-        .await
-        .map_err(retryable)?;
-    sqlx::query("BEGIN").execute(&mut dst).await.map_err(retryable)?;
-    let tc = quote(&s.tenant_column);
+    sqlx::query(PG_SOURCE_BEGIN).execute(&mut src).await.map_err(retryable)?;
+    sqlx::query(PG_DEST_BEGIN).execute(&mut dst).await.map_err(retryable)?;
+    let tc = &s.tenant_column;
     let mut out = BTreeMap::new();
     for (t, cols) in plan {
-        let cols: Vec<String> = cols.iter().map(|c| quote(c)).collect();
-        let cols = cols.join(", ");
-        let table = quote(t);
-        sqlx::query(AssertSqlSafe(format!(
-            "CREATE TEMP TABLE rw_stage ON COMMIT DROP AS SELECT {cols} FROM {table} WHERE {tc} = $1"
-        )))
-        .bind(tenant)
-        .execute(&mut src)
-        .await
-        .map_err(db(t))?;
-        sqlx::query(AssertSqlSafe(format!("DELETE FROM {table} WHERE {tc} = $1")))
+        let cols = column_list(&cols);
+        sqlx::query(AssertSqlSafe(pg_stage(t, &cols, tc)))
+            .bind(tenant)
+            .execute(&mut src)
+            .await
+            .map_err(db(t))?;
+        sqlx::query(AssertSqlSafe(pg_delete(t, tc)))
             .bind(tenant)
             .execute(&mut dst)
             .await
             .map_err(db(t))?;
-        let mut sink =
-            dst.copy_in_raw(&format!("COPY {table} ({cols}) FROM STDIN")).await.map_err(db(t))?;
-        let mut stream = src.copy_out_raw("COPY rw_stage TO STDOUT").await.map_err(db(t))?;
+        let mut sink = dst.copy_in_raw(&pg_copy_in(t, &cols)).await.map_err(db(t))?;
+        let mut stream = src.copy_out_raw(PG_COPY_OUT).await.map_err(db(t))?;
         let mut failed = None;
         while let Some(chunk) = stream.try_next().await.map_err(db(t))? {
             if let Err(e) = sink.send(chunk).await {
@@ -380,11 +455,11 @@ async fn copy_postgres(
             }
             None => sink.finish().await.map_err(db(t))?,
         };
-        sqlx::query("DROP TABLE rw_stage").execute(&mut src).await.map_err(db(t))?;
+        sqlx::query(PG_DROP_STAGE).execute(&mut src).await.map_err(db(t))?;
         out.insert(t.clone(), json!({ "rows": rows }));
     }
-    sqlx::query("COMMIT").execute(&mut dst).await.map_err(retryable)?;
-    let _ = sqlx::query("COMMIT").execute(&mut src).await;
+    sqlx::query(COMMIT).execute(&mut dst).await.map_err(retryable)?;
+    let _ = sqlx::query(COMMIT).execute(&mut src).await;
     let _ = src.close().await;
     let _ = dst.close().await;
     Ok(out)
@@ -460,13 +535,7 @@ async fn digest(
     tenant_column: &str,
     tenant: &str,
 ) -> Result<(u64, u128), Report> {
-    let select: Vec<String> = cols.iter().map(|c| format!("CAST({} AS TEXT)", quote(c))).collect();
-    let sql = format!(
-        "SELECT {} FROM {} WHERE {} = $1",
-        select.join(", "),
-        quote(table),
-        quote(tenant_column)
-    );
+    let sql = digest_sql(table, &digest_select(cols), tenant_column);
     let mut rows = sqlx::query(AssertSqlSafe(sql)).bind(tenant.to_owned()).fetch(&mut *conn);
     let (mut n, mut sum) = (0u64, 0u128);
     while let Some(row) = rows.try_next().await.map_err(|e| retryable(format!("{table}: {e}")))? {

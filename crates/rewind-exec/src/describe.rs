@@ -1,0 +1,631 @@
+//! What an attempt would do, rendered without doing it: `rewind run --dry-run`.
+//!
+//! [`describe`] resolves every template of an attempt's action and lists the commands and
+//! statements its executor would issue, in order, with bound parameters kept apart from the SQL
+//! text (they are bound, never spliced). Nothing is connected to, started or written.
+//!
+//! A dry run happens before the run exists and before any dependency has produced output, so
+//! templates are rendered here rather than by [`Attempt::render`]: `{{run.id}}` renders as
+//! `<run id>` and `{{needs.STEP.KEY}}` as `<needs.STEP.KEY>`; every other placeholder and
+//! `${VAR}` renders as in a real attempt, and one that cannot is an error naming its template.
+//! Connection URLs then go through the attempt's resolvers; a resolver that refuses the URL (a
+//! scratch URL holding `<run id>`, say) leaves it shown as rendered, with the reason.
+//!
+//! The SQL of `copy` and `compare` comes from the same builders the executor uses
+//! ([`crate::slice`]); only the column lists, which the executor reads from the databases, are
+//! shown as `<columns of "TABLE">`.
+
+use std::fmt;
+
+use rewind_model::{Action, ConnectionName, Placeholder, Ref, SliceAction, Template};
+
+use crate::Attempt;
+use crate::command::resolve;
+use crate::connect::{Kind, kind, redact};
+use crate::slice;
+
+/// One thing an attempt would do, fully rendered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Call {
+    /// A program run with an argument array (no shell).
+    Command {
+        /// The program, resolved against the workflow's folder when it holds a `/`.
+        program: String,
+        /// The arguments, rendered.
+        args: Vec<String>,
+        /// The action's own `env` entries, rendered (rewind's `REWIND_*` variables not listed).
+        env: Vec<(String, String)>,
+    },
+    /// A statement on a connection; `params` are bound, never spliced.
+    Statement {
+        /// The connection's name in the workflow.
+        connection: String,
+        /// Its URL, rendered and resolved, password redacted.
+        url: String,
+        /// Why `url` could not be resolved before the run (it is then shown as rendered).
+        unresolved: Option<String>,
+        /// The statement text, exactly as executed.
+        sql: String,
+        /// The bound parameters, in order.
+        params: Vec<String>,
+    },
+    /// Something that is not a statement or a command (an audit's check, a condition), in words.
+    Note(String),
+}
+
+/// What `a` would do, in order. Fails when a template cannot render (an unset `${VAR}`, a
+/// missing target attribute), naming the template, or when the action cannot run at all (two
+/// kinds of database in a `copy`).
+pub fn describe(a: &Attempt) -> Result<Vec<Call>, String> {
+    match &*a.action {
+        Action::Command(c) => {
+            let program = render(a, &c.program)?;
+            let args = c.args.iter().map(|t| render(a, t)).collect::<Result<Vec<_>, _>>()?;
+            let env = c
+                .env
+                .iter()
+                .map(|(k, t)| Ok((k.clone(), render(a, t)?)))
+                .collect::<Result<Vec<_>, String>>()?;
+            let program = resolve(&a.workdir, &program).display().to_string();
+            Ok(vec![Call::Command { program, args, env }])
+        }
+        Action::Sql(s) => {
+            let conn = Conn::new(a, &s.connection)?;
+            s.statements
+                .iter()
+                .map(|st| {
+                    let params =
+                        st.params.iter().map(|p| render(a, p)).collect::<Result<Vec<_>, _>>()?;
+                    Ok(conn.statement(st.sql.clone(), params))
+                })
+                .collect()
+        }
+        Action::Copy(s) => slice_calls(a, s, true),
+        Action::Compare(s) => slice_calls(a, s, false),
+        Action::Audit(au) => {
+            let mut text = format!(
+                "check that every dependency that reports a `restore_point` reports {}",
+                a.restore_point
+            );
+            if !au.require.is_empty() {
+                let names: Vec<String> = au.require.iter().map(|r| format!("`{r}`")).collect();
+                text.push_str(&format!(
+                    ", and that {} reported one (unless skipped by `when`)",
+                    names.join(", ")
+                ));
+            }
+            text.push_str("; nothing is read or written");
+            Ok(vec![Call::Note(text)])
+        }
+    }
+}
+
+/// Renders `t` for a dry run (see the module documentation); an error names the template.
+pub fn render(a: &Attempt, t: &Template) -> Result<String, String> {
+    t.render(|r| match r {
+        Ref::Placeholder(Placeholder::RunId) => Ok("<run id>".to_owned()),
+        Ref::Placeholder(p @ Placeholder::Needs { .. }) => Ok(format!("<{p}>")),
+        Ref::Placeholder(p) => a.value(p),
+        Ref::Env(name) => a.vars.get(name),
+    })
+    .map_err(|e| format!("`{}`: {e}", t.as_str()))
+}
+
+/// A connection as a dry run sees it.
+struct Conn {
+    name: String,
+    /// Rendered, and resolved when a resolver could.
+    url: String,
+    unresolved: Option<String>,
+}
+
+impl Conn {
+    fn new(a: &Attempt, name: &ConnectionName) -> Result<Self, String> {
+        let conn = a
+            .connections
+            .iter()
+            .find(|c| &c.name == name)
+            .ok_or_else(|| format!("the workflow declares no connection `{name}`"))?;
+        let url = render(a, &conn.url).map_err(|e| format!("connection `{name}`: {e}"))?;
+        for resolve in &a.resolvers.0 {
+            match resolve(&url) {
+                Some(Ok(u)) => {
+                    return Ok(Self { name: name.to_string(), url: u, unresolved: None });
+                }
+                Some(Err(e)) => {
+                    return Ok(Self { name: name.to_string(), url, unresolved: Some(e) });
+                }
+                None => {}
+            }
+        }
+        Ok(Self { name: name.to_string(), url, unresolved: None })
+    }
+
+    /// The database kind, when the URL is resolved (`None`: not known before the run).
+    fn kind(&self) -> Option<Result<Kind, String>> {
+        self.unresolved.is_none().then(|| kind(&self.url))
+    }
+
+    fn statement(&self, sql: impl Into<String>, params: Vec<String>) -> Call {
+        Call::Statement {
+            connection: self.name.clone(),
+            url: redact(&self.url),
+            unresolved: self.unresolved.clone(),
+            sql: sql.into(),
+            params,
+        }
+    }
+}
+
+/// The statements of a `copy` (`copy: true`) or `compare`, in the executor's order.
+fn slice_calls(a: &Attempt, s: &SliceAction, copy: bool) -> Result<Vec<Call>, String> {
+    let what = if copy { "copy" } else { "compare" };
+    let from = Conn::new(a, &s.from)?;
+    let to = Conn::new(a, &s.to)?;
+    let tenant = render(a, &s.tenant)?;
+    // The executor needs both ends of one kind; a dry run knows the kind of the ends it could
+    // resolve.
+    let kinds = match (from.kind(), to.kind()) {
+        (Some(f), Some(t)) => Some(slice::slice_kind(s, what, f, t)?),
+        (Some(k), None) | (None, Some(k)) => Some(k?),
+        (None, None) => None,
+    };
+    let tables: Vec<String> = s.tables.iter().map(|t| format!("\"{t}\"")).collect();
+    let tables = tables.join(", ");
+    let cols = |t: &str| format!("<columns of \"{t}\">");
+    let mut calls = Vec::new();
+    if let Some(q) = &s.source_restore_point {
+        calls.push(from.statement(q.clone(), Vec::new()));
+        calls.push(Call::Note(format!(
+            "stop (nothing {}) unless that returns the run's restore point, {}",
+            if copy { "copied" } else { "compared" },
+            a.restore_point
+        )));
+    }
+    calls.push(Call::Note(format!(
+        "read the columns of {tables} in `{}` and `{}`; they must be the same",
+        s.from, s.to
+    )));
+    let tc = &s.tenant_column;
+    let t1 = || vec![tenant.clone()];
+    if !copy {
+        for t in &s.tables {
+            let select = format!("<CAST(c AS TEXT) for each column c of \"{t}\">");
+            calls.push(from.statement(slice::digest_sql(t, &select, tc), t1()));
+        }
+        for t in &s.tables {
+            let select = format!("<CAST(c AS TEXT) for each column c of \"{t}\">");
+            calls.push(to.statement(slice::digest_sql(t, &select, tc), t1()));
+        }
+        calls.push(Call::Note(format!(
+            "fail unless every table has the same row count and row digest in `{}` as in `{}`",
+            s.to, s.from
+        )));
+        return Ok(calls);
+    }
+    match kinds {
+        Some(Kind::Sqlite) => {
+            let file = match from.unresolved {
+                None => slice::sqlite_file(&from.url)?.display().to_string(),
+                Some(_) => format!("<file of `{}`>", s.from),
+            };
+            calls.push(to.statement(slice::SQLITE_ATTACH, vec![file]));
+            calls.push(to.statement(slice::SQLITE_BEGIN, Vec::new()));
+            for t in &s.tables {
+                calls.push(to.statement(slice::sqlite_delete(t, tc), t1()));
+                calls.push(to.statement(slice::sqlite_insert(t, &cols(t), tc), t1()));
+            }
+            calls.push(to.statement(slice::COMMIT, Vec::new()));
+            calls.push(to.statement(slice::SQLITE_DETACH, Vec::new()));
+        }
+        Some(Kind::Postgres) => {
+            calls.push(from.statement(slice::PG_SOURCE_BEGIN, Vec::new()));
+            calls.push(to.statement(slice::PG_DEST_BEGIN, Vec::new()));
+            for t in &s.tables {
+                calls.push(from.statement(slice::pg_stage(t, &cols(t), tc), t1()));
+                calls.push(to.statement(slice::pg_delete(t, tc), t1()));
+                calls.push(to.statement(slice::pg_copy_in(t, &cols(t)), Vec::new()));
+                calls.push(from.statement(slice::PG_COPY_OUT, Vec::new()));
+                calls.push(Call::Note(format!(
+                    "stream `{}`'s COPY output into `{}`'s COPY input",
+                    s.from, s.to
+                )));
+                calls.push(from.statement(slice::PG_DROP_STAGE, Vec::new()));
+            }
+            calls.push(to.statement(slice::COMMIT, Vec::new()));
+            calls.push(from.statement(slice::COMMIT, Vec::new()));
+        }
+        None => calls.push(Call::Note(format!(
+            "replace the slice {tc} = '{tenant}' of {tables} in `{}` with `{}`'s: the statements \
+             depend on the kind of database, known once the connections resolve",
+            s.to, s.from
+        ))),
+    }
+    Ok(calls)
+}
+
+/// Margin of the lines under a call's first line.
+const INDENT: &str = "         ";
+
+/// `arg` as a POSIX shell word: as is when that is unambiguous, else single-quoted.
+pub fn shell_quote(arg: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c);
+    if !arg.is_empty() && arg.chars().all(plain) {
+        arg.to_owned()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    }
+}
+
+/// `'text'` as an SQL string literal, for showing a bound value (it is bound, not spliced).
+fn sql_quote(v: &str) -> String {
+    format!("'{}'", v.replace('\'', "''"))
+}
+
+/// How the `i`th (from 1) parameter of `sql` is written in it: `?N` when the statement uses
+/// `?`-style parameters, else `$N`.
+fn param_label(sql: &str, i: usize) -> String {
+    if sql.contains('?') && !sql.contains("$1") { format!("?{i}") } else { format!("${i}") }
+}
+
+impl Call {
+    /// Writes the call; a statement on the connection (and URL) of `prev` omits its header.
+    fn write(&self, prev: Option<&Call>, f: &mut dyn fmt::Write) -> fmt::Result {
+        match self {
+            Self::Command { program, args, env } => {
+                write!(f, "command  {}", shell_quote(program))?;
+                for a in args {
+                    write!(f, " {}", shell_quote(a))?;
+                }
+                writeln!(f)?;
+                for (k, v) in env {
+                    writeln!(f, "{INDENT}env {k}={}", shell_quote(v))?;
+                }
+            }
+            Self::Statement { connection, url, unresolved, sql, params } => {
+                let same = matches!(prev, Some(Self::Statement { connection: c, url: u, .. })
+                    if c == connection && u == url);
+                if !same {
+                    writeln!(f, "sql      {connection}  {url}")?;
+                    if let Some(why) = unresolved {
+                        writeln!(f, "{INDENT}(not resolved before the run: {why})")?;
+                    }
+                }
+                for line in sql.lines() {
+                    writeln!(f, "{INDENT}{line}")?;
+                }
+                for (i, p) in params.iter().enumerate() {
+                    writeln!(f, "{INDENT}  {} = {}", param_label(sql, i + 1), sql_quote(p))?;
+                }
+            }
+            Self::Note(text) => writeln!(f, "note     {text}")?,
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Call {
+    /// The call in lines: `command  PROG ARGS` (shell-quoted) and `env` lines; `sql  CONNECTION
+    /// URL`, the statement, then each bound parameter (`$1 = 'value'`); `note  TEXT`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write(None, f)
+    }
+}
+
+/// Writes `calls` in order, as [`Call`]'s `Display` does, but with consecutive statements on one
+/// connection under a single header.
+pub fn write(calls: &[Call], out: &mut dyn fmt::Write) -> fmt::Result {
+    let mut prev = None;
+    for c in calls {
+        c.write(prev, out)?;
+        prev = Some(c);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a panic in a test is a failed test
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use rewind_model::{AttrValue, InstanceKey, RunId, SubjectKey, Target, Workflow};
+
+    use super::*;
+    use crate::{Resolvers, Vars};
+
+    const SITE: &str = "6f1c2a3e-0b4d-4e5f-8a9b-0c1d2e3f4a5b";
+
+    /// An attempt of the first step of a workflow with `connections` and that step's `action`,
+    /// as a dry run builds it: no outputs of dependencies, a placeholder run id.
+    fn attempt(connections: &str, needs: &str, action: &str, vars: Vars) -> Attempt {
+        let text = format!(
+            "name = \"w\"\ntarget_kind = \"site\"\n[connections]\n{connections}\n\
+             [[steps]]\nid = \"x\"\nestimate = \"1m\"\naction = {{ kind = \"command\", program = \"true\" }}\n\
+             [[steps]]\nid = \"s\"\nneeds = [{needs}]\nestimate = \"1m\"\naction = {action}\n"
+        );
+        let wf = Workflow::parse("w.toml", &text).unwrap_or_else(|d| panic!("{d}"));
+        let mut attrs = BTreeMap::new();
+        attrs.insert("shard".parse().unwrap(), AttrValue::One("s01; it's".into()));
+        Attempt {
+            run_id: RunId::from_uuid(uuid::Uuid::nil()),
+            restore_point: "2022-04-05T07:33:00Z".parse().unwrap(),
+            key: InstanceKey {
+                step: wf.steps[1].id.clone(),
+                subject: SubjectKey::Target(SITE.parse().unwrap()),
+            },
+            attempt: 1,
+            idempotency_key: "k".into(),
+            target: Some(Target { id: SITE.parse().unwrap(), kind: "site".into(), attrs, line: 2 }),
+            group_value: None,
+            needs: BTreeMap::new(),
+            workdir: Path::new("/wf").to_path_buf(),
+            cwd: Path::new("/wf").to_path_buf(),
+            timeout: Duration::from_secs(30),
+            action: Arc::new(wf.steps[1].action.clone()),
+            connections: Arc::new(wf.connections.clone()),
+            vars: Arc::new(vars),
+            resolvers: Resolvers::default(),
+        }
+    }
+
+    fn text(calls: &[Call]) -> String {
+        let mut s = String::new();
+        write(calls, &mut s).unwrap();
+        s
+    }
+
+    #[test]
+    fn a_command_renders_its_program_args_and_env() {
+        let a = attempt(
+            "",
+            "",
+            r#"{ kind = "command", program = "bin/restore", args = ["--site", "{{target.id}}", "--shard", "{{target.attr.shard}}", "--at", "{{run.restore_point}}", "--try", "{{attempt}}", "${HOME_DIR}/x"], env = { TOKEN = "a b", STEP = "{{step.id}}" } }"#,
+            Vars::default().with("HOME_DIR", "/home/op"),
+        );
+        let calls = describe(&a).unwrap();
+        assert_eq!(
+            calls,
+            vec![Call::Command {
+                program: "/wf/bin/restore".into(),
+                args: vec![
+                    "--site".into(),
+                    SITE.into(),
+                    "--shard".into(),
+                    "s01; it's".into(),
+                    "--at".into(),
+                    "2022-04-05T07:33:00Z".into(),
+                    "--try".into(),
+                    "1".into(),
+                    "/home/op/x".into(),
+                ],
+                env: vec![("STEP".into(), "s".into()), ("TOKEN".into(), "a b".into())],
+            }]
+        );
+        assert_eq!(
+            text(&calls),
+            format!(
+                "command  /wf/bin/restore --site {SITE} --shard 's01; it'\\''s' --at 2022-04-05T07:33:00Z --try 1 /home/op/x\n\
+                 {INDENT}env STEP=s\n{INDENT}env TOKEN='a b'\n"
+            )
+        );
+        let bare = attempt("", "", r#"{ kind = "command", program = "psql" }"#, Vars::default());
+        assert_eq!(
+            calls_program(&describe(&bare).unwrap()),
+            "psql",
+            "a bare name is looked up in PATH"
+        );
+    }
+
+    fn calls_program(calls: &[Call]) -> String {
+        match &calls[0] {
+            Call::Command { program, .. } => program.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn sql_keeps_its_text_and_lists_its_params() {
+        let a = attempt(
+            r#"live = "sqlite://${DIR}/live.sqlite""#,
+            "",
+            r#"{ kind = "sql", connection = "live", statements = [ { sql = "UPDATE sites SET state = 'active' WHERE site_id = $1 AND shard = $2", params = ["{{target.id}}", "{{target.attr.shard}}"] }, { sql = "SELECT 1" } ] }"#,
+            Vars::default().with("DIR", "/srv/db"),
+        );
+        let calls = describe(&a).unwrap();
+        assert_eq!(
+            calls[0],
+            Call::Statement {
+                connection: "live".into(),
+                url: "sqlite:///srv/db/live.sqlite".into(),
+                unresolved: None,
+                sql: "UPDATE sites SET state = 'active' WHERE site_id = $1 AND shard = $2".into(),
+                params: vec![SITE.into(), "s01; it's".into()],
+            }
+        );
+        assert_eq!(
+            text(&calls),
+            format!(
+                "sql      live  sqlite:///srv/db/live.sqlite\n\
+                 {INDENT}UPDATE sites SET state = 'active' WHERE site_id = $1 AND shard = $2\n\
+                 {INDENT}  $1 = '{SITE}'\n\
+                 {INDENT}  $2 = 's01; it''s'\n\
+                 {INDENT}SELECT 1\n"
+            )
+        );
+    }
+
+    #[test]
+    fn run_id_and_needs_render_as_markers_and_passwords_are_redacted() {
+        let mut a = attempt(
+            r#"scratch = "sandbox://demo?scratch={{run.id}}&store=catalog"
+pg = "postgres://rewind:s3cret@db/{{run.id}}""#,
+            r#""x""#,
+            r#"{ kind = "sql", connection = "scratch", sql = "SELECT $1, $2", params = ["{{needs.x.rows}}", "{{run.id}}"] }"#,
+            Vars::default(),
+        );
+        a.resolvers.0.push(Arc::new(|url: &str| {
+            url.starts_with("sandbox:").then(|| Err("`<run id>` is not a scratch tag".to_owned()))
+        }));
+        let calls = describe(&a).unwrap();
+        assert_eq!(
+            calls,
+            vec![Call::Statement {
+                connection: "scratch".into(),
+                url: "sandbox://demo?scratch=<run id>&store=catalog".into(),
+                unresolved: Some("`<run id>` is not a scratch tag".into()),
+                sql: "SELECT $1, $2".into(),
+                params: vec!["<needs.x.rows>".into(), "<run id>".into()],
+            }]
+        );
+        assert!(
+            text(&calls).contains("(not resolved before the run: `<run id>` is not a scratch tag)")
+        );
+        let pg = Conn::new(&a, &"pg".parse().unwrap()).unwrap();
+        let Call::Statement { url, .. } = pg.statement("SELECT 1", Vec::new()) else { panic!() };
+        assert_eq!(url, "postgres://rewind:***@db/<run id>");
+    }
+
+    #[test]
+    fn an_unset_variable_is_an_error_naming_it() {
+        let a = attempt(
+            "",
+            "",
+            r#"{ kind = "command", program = "restore", args = ["--dir", "${REWIND_TEST_SURELY_UNSET_VAR}/x"] }"#,
+            Vars::default(),
+        );
+        let e = describe(&a).unwrap_err();
+        assert!(e.contains("REWIND_TEST_SURELY_UNSET_VAR"), "{e}");
+        assert!(e.contains("`${REWIND_TEST_SURELY_UNSET_VAR}/x`"), "{e}");
+        let conn = attempt(
+            r#"live = "sqlite://${REWIND_TEST_SURELY_UNSET_DIR}/live.sqlite""#,
+            "",
+            r#"{ kind = "sql", connection = "live", sql = "SELECT 1" }"#,
+            Vars::default(),
+        );
+        let e = describe(&conn).unwrap_err();
+        assert!(e.starts_with("connection `live`: "), "{e}");
+        assert!(e.contains("REWIND_TEST_SURELY_UNSET_DIR"), "{e}");
+    }
+
+    const SLICE: &str = r#"from = "scratch", to = "live", tables = ["projects", "issues"], tenant_column = "site_id", tenant = "{{target.id}}""#;
+
+    #[test]
+    fn a_sqlite_copy_lists_its_statements_with_the_tenant_bound() {
+        let a = attempt(
+            "live = \"sqlite:///srv/live.sqlite\"\nscratch = \"sqlite:///srv/scratch/{{run.id}}.sqlite\"",
+            "",
+            &format!(
+                "{{ kind = \"copy\", {SLICE}, source_restore_point = \"SELECT value FROM rewind_meta WHERE key = 'restore_point'\" }}"
+            ),
+            Vars::default(),
+        );
+        let calls = describe(&a).unwrap();
+        let stmts: Vec<(&str, &str, &[String])> = calls
+            .iter()
+            .filter_map(|c| match c {
+                Call::Statement { connection, sql, params, .. } => {
+                    Some((connection.as_str(), sql.as_str(), params.as_slice()))
+                }
+                _ => None,
+            })
+            .collect();
+        let tenant = [SITE.to_owned()];
+        let none: &[String] = &[];
+        assert_eq!(
+            stmts,
+            vec![
+                ("scratch", "SELECT value FROM rewind_meta WHERE key = 'restore_point'", none),
+                (
+                    "live",
+                    "ATTACH DATABASE ?1 AS rw_source",
+                    &["/srv/scratch/<run id>.sqlite".to_owned()][..]
+                ),
+                ("live", "BEGIN IMMEDIATE", none),
+                ("live", "DELETE FROM main.\"projects\" WHERE \"site_id\" = ?1", &tenant[..]),
+                (
+                    "live",
+                    "INSERT INTO main.\"projects\" (<columns of \"projects\">) SELECT <columns of \"projects\"> FROM rw_source.\"projects\" WHERE \"site_id\" = ?1",
+                    &tenant[..]
+                ),
+                ("live", "DELETE FROM main.\"issues\" WHERE \"site_id\" = ?1", &tenant[..]),
+                (
+                    "live",
+                    "INSERT INTO main.\"issues\" (<columns of \"issues\">) SELECT <columns of \"issues\"> FROM rw_source.\"issues\" WHERE \"site_id\" = ?1",
+                    &tenant[..]
+                ),
+                ("live", "COMMIT", none),
+                ("live", "DETACH DATABASE rw_source", none),
+            ]
+        );
+        let out = text(&calls);
+        assert!(out.contains(&format!("{INDENT}  ?1 = '{SITE}'\n")), "{out}");
+        assert_eq!(out.matches("sql      live  sqlite:///srv/live.sqlite\n").count(), 1, "{out}");
+        assert!(
+            out.contains("2022-04-05T07:33:00Z"),
+            "the source's restore point is checked: {out}"
+        );
+    }
+
+    #[test]
+    fn a_postgres_copy_and_a_compare_use_the_executors_statements() {
+        let conns = "live = \"postgres://u:pw@h/db?options[search_path]=live\"\nscratch = \"postgres://u:pw@h/db?options[search_path]=scratch\"";
+        let a = attempt(conns, "", &format!("{{ kind = \"copy\", {SLICE} }}"), Vars::default());
+        let sql: Vec<String> = describe(&a)
+            .unwrap()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::Statement { connection, sql, url, .. } => {
+                    assert!(url.contains("u:***@"), "{url}");
+                    Some(format!("{connection}: {sql}"))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sql[0], "scratch: BEGIN ISOLATION LEVEL REPEATABLE READ");
+        assert_eq!(
+            sql[2],
+            "scratch: CREATE TEMP TABLE rw_stage ON COMMIT DROP AS SELECT <columns of \"projects\"> FROM \"projects\" WHERE \"site_id\" = $1"
+        );
+        assert_eq!(sql[3], "live: DELETE FROM \"projects\" WHERE \"site_id\" = $1");
+        assert_eq!(sql[4], "live: COPY \"projects\" (<columns of \"projects\">) FROM STDIN");
+        assert_eq!(sql[5], "scratch: COPY rw_stage TO STDOUT");
+
+        let c = attempt(conns, "", &format!("{{ kind = \"compare\", {SLICE} }}"), Vars::default());
+        let calls = describe(&c).unwrap();
+        assert!(calls.contains(&Call::Statement {
+            connection: "live".into(),
+            url: "postgres://u:***@h/db?options[search_path]=live".into(),
+            unresolved: None,
+            sql: "SELECT <CAST(c AS TEXT) for each column c of \"issues\"> FROM \"issues\" WHERE \"site_id\" = $1".into(),
+            params: vec![SITE.into()],
+        }));
+
+        let mixed = attempt(
+            "live = \"sqlite:///srv/live.sqlite\"\nscratch = \"postgres://h/db\"",
+            "",
+            &format!("{{ kind = \"copy\", {SLICE} }}"),
+            Vars::default(),
+        );
+        assert!(describe(&mixed).unwrap_err().contains("different kinds of database"));
+    }
+
+    #[test]
+    fn an_audit_is_a_note() {
+        let a = attempt("", r#""x""#, r#"{ kind = "audit", require = ["x"] }"#, Vars::default());
+        let out = text(&describe(&a).unwrap());
+        assert!(out.starts_with("note     check that every dependency"), "{out}");
+        assert!(out.contains("2022-04-05T07:33:00Z") && out.contains("`x`"), "{out}");
+    }
+
+    #[test]
+    fn shell_words_are_quoted_when_needed() {
+        assert_eq!(shell_quote("--at=2022-04-05T07:33:00Z"), "--at=2022-04-05T07:33:00Z");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote("$HOME"), "'$HOME'");
+    }
+}
