@@ -52,6 +52,8 @@ impl Input {
             max_running: None,
             priority: Priority::CriticalPath,
             vars: Vars::from_process(),
+            waves: Vec::new(),
+            halt_rate: 1.0,
         }
     }
 }

@@ -98,6 +98,8 @@ fn store(c: &mut Criterion) {
                     fail_rate: 0.0,
                     max_running: None,
                     priority: "critical-path".into(),
+                    waves: Vec::new(),
+                    halt_rate: 0.05,
                     instances: u64::from(n),
                     targets: 1,
                     lower_bound_s: 0.0,
@@ -162,6 +164,7 @@ fn store(c: &mut Criterion) {
                         })
                         .collect(),
                     end: None,
+                    wave: None,
                 };
                 (id, batch)
             },

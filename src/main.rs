@@ -10,6 +10,7 @@ mod inputs;
 mod observer;
 mod output;
 mod registry;
+mod safety;
 mod store;
 
 use std::process::ExitCode;
@@ -39,13 +40,15 @@ enum Command {
     /// One run (counts, per-target table, failures with stderr tails), or all runs.
     Status(cmd::status::Args),
     /// Continue a run after a crash, kill or interrupt; never re-runs a succeeded instance.
-    Resume(cmd::run::RunIdArgs),
+    Resume(cmd::run::ResumeArgs),
     /// Reset a run's failed and blocked instances, and continue it.
     Retry(cmd::run::RunIdArgs),
     /// Stop a run: running actions are asked to stop; the record stays consistent.
     Cancel(cmd::cancel::Args),
     /// The run's record, as Markdown or JSON.
     Report(cmd::report::Args),
+    /// The run's audit log: every state change and operator action, with time, user and host.
+    Log(cmd::log::Args),
     /// Time-to-restore of a batch of synthetic sites, simulated: capacity planning and policies.
     Bench(cmd::bench::Args),
     /// A multi-tenant system to restore: init, incident, pitr, verify, sites.
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
         Command::Retry(args) => cmd::run::retry(db, args),
         Command::Cancel(args) => cmd::cancel::run(db, args),
         Command::Report(args) => cmd::report::run(db, args),
+        Command::Log(args) => cmd::log::run(db, args),
         Command::Bench(args) => cmd::bench::run(args),
         Command::Sandbox(args) => cmd::sandbox::run(args),
         Command::Demo(args) => cmd::demo::run(args),

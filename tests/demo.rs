@@ -507,3 +507,85 @@ action = {{ kind = "command", program = "printf", args = ["%s", "{{{{target.attr
     }
     assert_eq!((outputs.len(), tails.len()), (hostile.len(), hostile.len()));
 }
+
+/// Every file under `dir` and its bytes, but SQLite's WAL and its index: reading a WAL-mode
+/// database (read-only) creates them empty, and changes no row.
+fn contents(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if !p.to_string_lossy().ends_with("-shm")
+                && !p.to_string_lossy().ends_with("-wal")
+            {
+                out.insert(p.clone(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// The incident's mistake, the other way round: an app's ID in a list of sites to restore.
+/// restore-2's preflight asks the sandbox's tenant registry and refuses the run, naming the app,
+/// before anything is written anywhere (no run, no scratch copy, no store changed).
+#[test]
+fn restore_2_refuses_an_app_id_slipped_into_its_sites_before_any_write() {
+    let inc = Incident::new(16, 4);
+    let apps = inc.dir.join("stores/apps.sqlite");
+    let app: String = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        sqlx::any::install_default_drivers();
+        let url = format!("sqlite://{}?mode=ro", apps.display());
+        let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+        let id = sqlx::query_scalar("SELECT id FROM installations ORDER BY id LIMIT 1")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        id
+    });
+    // The app's ID in place of the second deleted site (its other columns kept).
+    let text = std::fs::read_to_string(&inc.targets).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let rest = lines[2].split_once(',').unwrap().1.to_owned();
+    lines[2] = format!("{app},{rest}");
+    let slipped = inc.env.path("slipped.csv");
+    std::fs::write(&slipped, lines.join("\n") + "\n").unwrap();
+    let before = contents(&inc.dir);
+
+    let wf = workflow("restore-2.toml");
+    let t = slipped.to_str().unwrap();
+    let o =
+        inc.cmd(&["run", "--workflow", &wf, "--targets", t, "--restore-point", &inc.rp]).output();
+    let o = o.unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}{}", stdout(&o));
+    assert!(err.contains(&format!("1 target is an app, not a site: {app}")), "{err}");
+    assert!(err.contains("nothing was written"), "{err}");
+    assert!(stdout(&o).is_empty(), "{}", stdout(&o));
+    assert!(!inc.env.path("rewind.db").exists(), "a run was written");
+    let after = contents(&inc.dir);
+    let changed: Vec<_> =
+        after.iter().filter(|(p, b)| before.get(*p) != Some(*b)).map(|(p, _)| p).collect();
+    assert!(
+        before.len() == after.len() && changed.is_empty(),
+        "the refused run changed the sandbox: {changed:?}"
+    );
+
+    // The real list passes the preflight; a dry run shows the restore and writes nothing.
+    let mut args = inc.run_args();
+    args.push("--dry-run".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = inc.cmd(&args).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("all 4 targets are sites in state `deleted`"), "{}", stderr(&o));
+    let out = stdout(&o);
+    let first = &inc.deleted()[0];
+    assert!(out.contains(&format!("catalog.undelete/{first}")), "{}", &out[..2000.min(out.len())]);
+    assert!(out.contains(&format!("= '{first}'")), "{}", &out[..2000.min(out.len())]);
+    assert!(!inc.env.path("rewind.db").exists(), "a dry run wrote a run");
+    let after = contents(&inc.dir);
+    assert!(before == after, "a dry run changed the sandbox");
+}

@@ -34,7 +34,7 @@ impl Out {
 
 fn rewind_env(args: &[&str], env: &[(&str, &str)]) -> Out {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rewind"));
-    cmd.args(args).env_remove("REWIND_IDEMPOTENCY_KEY");
+    cmd.args(args).env_remove("REWIND_IDEMPOTENCY_KEY").env("REWIND_NOW", "2022-04-06T07:33:00Z");
     for (k, v) in env {
         cmd.env(k, v);
     }

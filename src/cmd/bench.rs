@@ -260,6 +260,8 @@ pub fn run(args: &Args) -> Result<Exit> {
                 max_running: None,
                 priority: policy,
                 vars: Vars::from_process(),
+                waves: Vec::new(),
+                halt_rate: 1.0,
             };
             let name = if policy == Priority::Fifo { "fifo" } else { "critical-path" };
             eprintln!(

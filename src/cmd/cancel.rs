@@ -27,7 +27,7 @@ pub fn run(db: &str, args: &Args) -> Result<Exit> {
         let store = store::open(db).await?;
         let id = store::run_id(&args.run_id)?;
         let record = store.run(id).await?.ok_or_else(|| refused(format!("rewind: no run {id} in this checkpoint store")))?;
-        if record.state != "running" {
+        if record.state != "running" && record.state != "halted" {
             println!("run {id} already ended: {}; nothing to cancel", record.state);
             return Ok(Exit::Ok);
         }

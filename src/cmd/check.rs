@@ -49,5 +49,15 @@ pub fn run(args: &Args) -> Result<Exit> {
         if d.backoff.jitter { " with jitter" } else { "" }
     );
     println!("critical path  {} for one target: {}", human(cp), path.join(" -> "));
+    println!("retention      {} (older restore points are refused)", human(wf.retention));
+    match &wf.preflight {
+        Some(p) => println!(
+            "preflight      {}: every target a {}{}",
+            p.action.describe(),
+            wf.target_kind,
+            p.state.as_deref().map(|s| format!(", {s}")).unwrap_or_default()
+        ),
+        None => println!("preflight      none (targets are not checked against the system)"),
+    }
     Ok(Exit::Ok)
 }

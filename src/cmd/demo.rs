@@ -17,6 +17,7 @@ use crate::cmd::run::{drive_with, exit_of, print_summary, refuse};
 use crate::cmd::sandbox::lib_err;
 use crate::exit::{Exit, refused};
 use crate::output::{human, human_s, thousands};
+use crate::safety;
 use crate::{inputs, store};
 
 /// Marks a directory the demo made, so a later demo may replace it.
@@ -138,26 +139,32 @@ pub fn run(args: &Args) -> Result<Exit> {
         let db = format!("sqlite://{}", dir.join("rewind.db").display());
         let store = store::open(&db).await?;
         let vars = Vars::from_process().with("SANDBOX", &sandbox.display().to_string());
+        let registry = crate::registry::registry();
+        let workdir = std::path::absolute(
+            args.workflow.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")),
+        )?;
+        let cwd = std::env::current_dir()?;
+        if let Some(said) =
+            safety::preflight(&plan, &registry, &workdir, cwd.clone(), &vars).await?
+        {
+            println!("preflight      {said}");
+        }
         let spec = RunSpec {
             workflow_file: args.workflow.display().to_string(),
             workflow_text,
             targets_file: targets_file.display().to_string(),
             targets_text,
-            workdir: std::path::absolute(
-                args.workflow
-                    .parent()
-                    .filter(|p| !p.as_os_str().is_empty())
-                    .unwrap_or(Path::new(".")),
-            )?,
-            cwd: std::env::current_dir()?,
+            workdir,
+            cwd,
             mode: Mode::Real,
             max_running: None,
             priority: Priority::CriticalPath,
             vars: vars.clone(),
+            waves: Vec::new(),
+            halt_rate: 1.0,
         };
-        let id = rewind_runtime::create_run(&store, &plan, &spec, &crate::registry::registry())
-            .await
-            .map_err(refuse)?;
+        let id =
+            rewind_runtime::create_run(&store, &plan, &spec, &registry).await.map_err(refuse)?;
         drop(plan);
         println!("run {id}");
         let (lease, _) = Lease::acquire(&store, id).await.map_err(refuse)?;

@@ -4,6 +4,8 @@ pub mod bench;
 pub mod cancel;
 pub mod check;
 pub mod demo;
+pub mod dry_run;
+pub mod log;
 pub mod plan;
 pub mod report;
 pub mod run;

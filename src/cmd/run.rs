@@ -8,12 +8,12 @@ use anyhow::{Context, Result};
 use rewind_exec::Vars;
 use rewind_runtime::{DriveOptions, Ended, Lease, Mode, RunSpec, RuntimeError, Summary};
 use rewind_scheduler::Priority;
-use rewind_store::{NewEvent, SqlStore, Store};
+use rewind_store::{Batch, NewEvent, SqlStore, Store, StoreError};
 
 use crate::exit::{Exit, refused};
 use crate::observer::Display;
 use crate::output::{human, thousands};
-use crate::{inputs, store};
+use crate::{inputs, safety, store};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -38,12 +38,74 @@ pub struct Args {
     /// Most instances running at once across all pools (default: only the pools limit).
     #[arg(long, value_name = "N")]
     max_parallel: Option<u32>,
+    /// A real run over more than N targets is refused unless --confirm gives their exact count.
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    max_targets: u32,
+    /// The exact number of targets: confirms a run over more than --max-targets.
+    #[arg(long, value_name = "N")]
+    confirm: Option<u32>,
+    /// Staged waves, cumulative target counts or percentages (1,10,25%,100%): each wave runs to
+    /// completion before the next starts.
+    #[arg(long, value_name = "LIST")]
+    waves: Option<String>,
+    /// Halt the run when a wave's share of failed targets exceeds this (5%, or 0.05).
+    #[arg(long, value_name = "RATE", requires = "waves")]
+    halt_on_failure_rate: Option<String>,
+    /// Print every command and statement the run would execute, with bound parameters
+    /// listed separately; run nothing and write nothing.
+    #[arg(long, conflicts_with = "simulate")]
+    dry_run: bool,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct RunIdArgs {
     /// The run's id (printed by `rewind run`; see `rewind status`).
     run_id: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ResumeArgs {
+    /// The run's id (printed by `rewind run`; see `rewind status`).
+    run_id: String,
+    /// For a halted run: continue with the next wave, leaving the failed targets as they are
+    /// (without it, a halted run's failed and blocked instances run again first).
+    #[arg(long)]
+    accept_failures: bool,
+}
+
+/// The default `--halt-on-failure-rate`.
+const HALT_RATE: f64 = 0.05;
+
+/// `5%` or `0.05`, 0 to 1.
+fn parse_rate(raw: &str) -> Result<f64> {
+    let bad = || {
+        refused(format!(
+            "rewind: --halt-on-failure-rate {raw:?} is not a rate between 0% and 100% (5% or 0.05)"
+        ))
+    };
+    let t = raw.trim();
+    let v = match t.strip_suffix('%') {
+        Some(p) => p.trim().parse::<f64>().map_err(|_| bad())? / 100.0,
+        None => t.parse::<f64>().map_err(|_| bad())?,
+    };
+    if (0.0..=1.0).contains(&v) { Ok(v) } else { Err(bad()) }
+}
+
+fn operator_event(kind: &str, at_s: f64, extra: serde_json::Value) -> NewEvent {
+    let mut detail = serde_json::json!({
+        "user": rewind_runtime::username(),
+        "host": rewind_runtime::hostname(),
+    });
+    if let (Some(d), serde_json::Value::Object(more)) = (detail.as_object_mut(), extra) {
+        d.extend(more);
+    }
+    NewEvent {
+        at_s,
+        wall: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        kind: kind.to_owned(),
+        key: None,
+        detail: Some(detail.to_string()),
+    }
 }
 
 fn absolute(p: &Path) -> Result<PathBuf> {
@@ -61,12 +123,45 @@ pub fn run(db: &str, args: &Args) -> Result<Exit> {
     if args.max_parallel == Some(0) {
         return Err(refused("rewind: --max-parallel must be at least 1"));
     }
+    let waves = args
+        .waves
+        .as_deref()
+        .map(|w| w.parse::<rewind_model::Waves>().map_err(|e| refused(format!("rewind: {e}"))))
+        .transpose()?;
+    let halt_rate = args.halt_on_failure_rate.as_deref().map_or(Ok(HALT_RATE), parse_rate)?;
     let plan = inputs::plan(&args.workflow, &args.targets, &args.restore_point)?;
     let workflow_text = std::fs::read_to_string(&args.workflow)?;
     let targets_text = std::fs::read_to_string(&args.targets)?;
     let workdir = absolute(
         args.workflow.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")),
     )?;
+    let n_targets = u32::try_from(plan.targets().len()).unwrap_or(u32::MAX);
+    let boundaries = match &waves {
+        Some(w) => w.boundaries(n_targets).map_err(|e| refused(format!("rewind: {e}")))?,
+        None => Vec::new(),
+    };
+    let registry = crate::registry::registry();
+    let vars = Vars::from_process();
+    // A simulation touches no store: the rails that protect stores do not apply to it.
+    if !args.simulate {
+        safety::check_restore_point(&plan)?;
+        if !args.dry_run || args.confirm.is_some() {
+            safety::check_blast_radius(&plan, &args.targets, args.max_targets, args.confirm)?;
+        }
+        let cwd = std::env::current_dir()?;
+        let checked = store::runtime()?
+            .block_on(safety::preflight(&plan, &registry, &workdir, cwd, &vars))?;
+        if let Some(said) = checked {
+            eprintln!("rewind: {said}");
+        }
+    }
+    if args.dry_run {
+        let cwd = std::env::current_dir()?;
+        let mut out = std::io::stdout().lock();
+        crate::cmd::dry_run::print(&mut out, &plan, &registry, &vars, &workdir, &cwd, &boundaries)?;
+        out.flush()?;
+        return Ok(Exit::Ok);
+    }
     let spec = RunSpec {
         workflow_file: args.workflow.display().to_string(),
         workflow_text,
@@ -81,11 +176,12 @@ pub fn run(db: &str, args: &Args) -> Result<Exit> {
         },
         max_running: args.max_parallel,
         priority: Priority::CriticalPath,
-        vars: Vars::from_process(),
+        vars,
+        waves: boundaries,
+        halt_rate,
     };
     store::runtime()?.block_on(async {
         let store = store::open(db).await?;
-        let registry = crate::registry::registry();
         let id =
             rewind_runtime::create_run(&store, &plan, &spec, &registry).await.map_err(refuse)?;
         drop(plan);
@@ -98,15 +194,55 @@ pub fn run(db: &str, args: &Args) -> Result<Exit> {
     })
 }
 
-/// `rewind resume RUN_ID`
-pub fn resume(db: &str, args: &RunIdArgs) -> Result<Exit> {
+/// `rewind resume RUN_ID [--accept-failures]`
+pub fn resume(db: &str, args: &ResumeArgs) -> Result<Exit> {
     store::runtime()?.block_on(async {
         let store = store::open(db).await?;
         let id = store::run_id(&args.run_id)?;
         let (lease, record) = Lease::acquire(&store, id).await.map_err(refuse)?;
-        if record.state != "running" {
+        if args.accept_failures && record.state != "halted" {
             lease.release(&store).await?;
-            return ended_already(&record.state, id, "resume");
+            return Err(refused(format!(
+                "rewind: --accept-failures continues a halted run; run {id} is {}",
+                record.state
+            )));
+        }
+        match record.state.as_str() {
+            "running" => {
+                let batch = Batch {
+                    clock_s: record.clock_s,
+                    heartbeat_unix_ms: rewind_runtime::now_unix_ms(),
+                    events: vec![operator_event("operator.resume", record.clock_s, serde_json::json!({}))],
+                    ..Batch::default()
+                };
+                store.commit(id, &lease.owner, &batch).await?;
+            }
+            "halted" if args.accept_failures => {
+                let next = record.wave + 1;
+                let event = operator_event(
+                    "operator.resume",
+                    record.clock_s,
+                    serde_json::json!({"accept_failures": true, "halted_wave": record.wave, "opens_wave": next}),
+                );
+                store.accept_wave(id, next, &event).await?;
+                eprintln!("rewind: run {id}: the failures of wave {} are accepted; wave {next} starts", record.wave);
+            }
+            "halted" => {
+                let event = operator_event(
+                    "operator.resume",
+                    record.clock_s,
+                    serde_json::json!({"accept_failures": false, "halted_wave": record.wave}),
+                );
+                let reset = store.reset_failed(id, &event).await.map_err(|e| refuse(e.into()))?;
+                eprintln!(
+                    "rewind: run {id}: {reset} failed or blocked instance(s) of wave {} run again; the wave is judged again when they end",
+                    record.wave
+                );
+            }
+            other => {
+                lease.release(&store).await?;
+                return ended_already(other, id, "resume");
+            }
         }
         drive(&store, lease).await
     })
@@ -120,16 +256,18 @@ pub fn retry(db: &str, args: &RunIdArgs) -> Result<Exit> {
         let (lease, record) = Lease::acquire(&store, id).await.map_err(refuse)?;
         if record.state == "cancelled" {
             lease.release(&store).await?;
-            return Err(refused(format!("rewind: run {id} was cancelled; a cancelled run cannot be retried")));
+            return Err(refused(format!(
+                "rewind: run {id} was cancelled; a cancelled run cannot be retried"
+            )));
         }
-        let event = NewEvent {
-            at_s: record.clock_s,
-            wall: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-            kind: "operator.retry".into(),
-            key: None,
-            detail: Some(serde_json::json!({"user": rewind_runtime::username(), "host": rewind_runtime::hostname()}).to_string()),
+        let event = operator_event("operator.retry", record.clock_s, serde_json::json!({}));
+        let reset = match store.reset_failed(id, &event).await {
+            Ok(n) => n,
+            Err(e) => {
+                lease.release(&store).await?;
+                return Err(refuse(e.into()));
+            }
         };
-        let reset = store.reset_failed(id, &event).await?;
         eprintln!("rewind: run {id}: {reset} failed or blocked instance(s) reset to pending");
         drive(&store, lease).await
     })
@@ -138,6 +276,7 @@ pub fn retry(db: &str, args: &RunIdArgs) -> Result<Exit> {
 fn ended_already(state: &str, id: rewind_model::RunId, verb: &str) -> Result<Exit> {
     let hint = match state {
         "failed" => " (rewind retry runs its failed and blocked instances again)",
+        "halted" => " (rewind resume runs the halted wave's failures again)",
         _ => "",
     };
     println!("run {id} already ended: {state}; nothing to {verb}{hint}");
@@ -156,6 +295,9 @@ pub(crate) fn refuse(e: RuntimeError) -> anyhow::Error {
         | RuntimeError::MissingEnv { .. }
         | RuntimeError::NoSuchRun(_) => refused(format!("rewind: {e}")),
         RuntimeError::Store(ref s) if s.is_locked() => refused(format!("rewind: {e}")),
+        RuntimeError::Store(StoreError::Held(_)) => {
+            refused(format!("rewind: refused: {e}\nnothing was written"))
+        }
         other => anyhow::Error::new(other),
     }
 }
@@ -188,6 +330,7 @@ pub(crate) fn exit_of(summary: &Summary) -> Exit {
         Ended::Succeeded => Exit::Ok,
         Ended::Failed => Exit::Failed,
         Ended::Cancelled => Exit::Cancelled,
+        Ended::Halted => Exit::Failed,
         Ended::Interrupted(sig) => Exit::Interrupted(if sig == "SIGTERM" { 143 } else { 130 }),
     }
 }
@@ -200,6 +343,9 @@ pub(crate) fn print_summary(s: &Summary) {
         Ended::Cancelled => "cancelled".to_owned(),
         Ended::Interrupted(sig) => {
             format!("interrupted by {sig}; resume with: rewind resume {}", s.run)
+        }
+        Ended::Halted => {
+            format!("halted: {}", s.halt_reason.as_deref().unwrap_or("a wave failed too often"))
         }
     };
     println!("state       {state}");

@@ -2,6 +2,7 @@
 //! drop-scratch`: the multi-tenant system restores run against (crate `rewind-sandbox`). This
 //! module only parses, prints and maps errors to exit codes.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -42,6 +43,15 @@ enum Sub {
     Outbox(OutboxArgs),
     /// Remove the scratch copies pitr --scratch TAG made (of one store, or all); prints JSON.
     DropScratch(DropScratchArgs),
+    /// What IDs are (site or app, and their state): IDs on stdin, one JSON line per known ID.
+    /// A workflow's [preflight] resolver; it only reads.
+    Resolve(ResolveArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ResolveArgs {
+    /// The sandbox directory.
+    dir: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -195,7 +205,22 @@ pub fn run(args: &Args) -> Result<Exit> {
         Sub::CheckMedia(a) => check_media(a),
         Sub::Outbox(a) => outbox(a),
         Sub::DropScratch(a) => rt.block_on(drop_scratch(a)),
+        Sub::Resolve(a) => rt.block_on(resolve(a)),
     }
+}
+
+async fn resolve(a: &ResolveArgs) -> Result<Exit> {
+    let mut input = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut input)
+        .map_err(|e| anyhow!("rewind: sandbox resolve: reading stdin: {e}"))?;
+    let ids: Vec<String> =
+        input.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect();
+    let found = rewind_sandbox::tenants(&a.dir, &ids).await.map_err(lib_err)?;
+    let mut out = std::io::stdout().lock();
+    for t in found {
+        writeln!(out, "{}", serde_json::to_string(&t)?)?;
+    }
+    Ok(Exit::Ok)
 }
 
 /// Sandbox errors: refusals (bad input, damaged backups) exit 2, the rest 1.

@@ -45,11 +45,14 @@ impl Env {
         p
     }
 
+    /// Commands run with `REWIND_NOW` = [`NOW`], a day after [`RP`]: the restore-point
+    /// bounds judge the tests' 2022 restore points against the sandbox's 2022, not today.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_rewind"));
         c.args(args)
             .current_dir(self.dir.path())
             .env("REWIND_DB", &self.db)
+            .env("REWIND_NOW", NOW)
             .env_remove("REWIND_DB_BUSY_TIMEOUT");
         c
     }
@@ -162,6 +165,9 @@ pub fn site(n: usize) -> String {
 }
 
 pub const RP: &str = "2022-04-05T07:33:00Z";
+
+/// The clock restore-point bounds are judged against in tests (`REWIND_NOW`): a day after [`RP`].
+pub const NOW: &str = "2022-04-06T07:33:00Z";
 
 /// Polls `cond` every 10 ms for up to 20 s; panics naming `what` if it never holds.
 pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {

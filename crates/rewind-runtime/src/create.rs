@@ -49,6 +49,10 @@ pub struct RunSpec {
     pub priority: Priority,
     /// What `${VAR}` reads (checked here for a real run; never stored).
     pub vars: Vars,
+    /// Staged waves: cumulative target counts at the end of each wave (empty: one wave).
+    pub waves: Vec<u32>,
+    /// A wave whose share of failed targets exceeds this halts the run.
+    pub halt_rate: f64,
 }
 
 /// The name of a priority, as stored.
@@ -110,6 +114,8 @@ pub async fn create_run<S: Store>(
         lower_bound_s: lb.makespan.as_secs_f64(),
         created_at: created_at.clone(),
         started_unix_ms: now,
+        waves: spec.waves.clone(),
+        halt_rate: spec.halt_rate,
     };
     let targets = plan.targets().targets();
     let mut instances = plan.ids().map(|i| {
@@ -142,6 +148,8 @@ pub async fn create_run<S: Store>(
                 "simulated": simulated,
                 "seed": seed,
                 "fail_rate": fail_rate,
+                "waves": spec.waves,
+                "halt_on_failure_rate": spec.halt_rate,
                 "user": username(),
                 "host": hostname(),
             })

@@ -58,6 +58,9 @@ pub enum Ended {
     Cancelled,
     /// A signal stopped the process; the run is resumable.
     Interrupted(&'static str),
+    /// A wave failed more often than the run allows: the run keeps its targets and waits for
+    /// an operator (`rewind resume`).
+    Halted,
 }
 
 /// The result of driving a run.
@@ -86,6 +89,8 @@ pub struct Summary {
     /// Per target (file order): when this drive saw it restored (`None`: not restored, or
     /// restored before this drive began).
     pub restored_at: Vec<Option<Duration>>,
+    /// Why the run halted, when it did.
+    pub halt_reason: Option<String>,
 }
 
 /// Drives a run until it ends or is interrupted, then releases the lease.
@@ -405,6 +410,7 @@ impl Driver {
             wall: wall0.elapsed(),
             commits: 0,
             restored_at: Vec::new(),
+            halt_reason: None,
         };
         let rows = store.instance_states(id).await?;
         let mut restored = Vec::with_capacity(rows.len());
@@ -429,15 +435,18 @@ impl Driver {
             let ended = match rec.state.as_str() {
                 "succeeded" => Ended::Succeeded,
                 "cancelled" => Ended::Cancelled,
+                "halted" => Ended::Halted,
                 _ => Ended::Failed,
             };
             let restored_targets = count_restored(&plan, &restored);
-            return Ok(finished(
+            let mut summary = finished(
                 ended,
                 counts,
                 duration(rec.finished_s.unwrap_or(rec.clock_s)),
                 restored_targets,
-            ));
+            );
+            summary.halt_reason = rec.reason.clone().filter(|_| ended == Ended::Halted);
+            return Ok(summary);
         }
         if !simulated {
             crate::env::check(plan.workflow(), &opts.vars)?;
@@ -477,7 +486,11 @@ impl Driver {
         }
         let resumed = rows.iter().any(|r| r.attempts > 0);
         drop(rows);
-        let mut sched = Scheduler::restore(&plan, config, restored, now0);
+        let wave = u16::try_from(rec.wave).unwrap_or(u16::MAX);
+        let mut sched =
+            Scheduler::restore_staged(&plan, config, restored, now0, &rec.spec.waves, wave);
+        let halt_rate = rec.spec.halt_rate;
+        let mut halted: Option<String> = None;
         let mut b = Batcher::default();
 
         // Attempts the orchestrator died in: ended as interrupted; they run again.
@@ -575,6 +588,40 @@ impl Driver {
             let now = exec.now();
             if draining.is_none() && opts.observer.stop_requested() {
                 queue.push_back(Event::Signal("stop request"));
+            }
+            // Staged waves: once the open wave has ended, judge it, then open the next or halt.
+            while draining.is_none()
+                && !sched.is_cancelling()
+                && let Some(w) = sched.wave_ended()
+            {
+                let rate = w.failure_rate();
+                let detail = json!({
+                    "wave": w.wave, "waves": w.waves, "targets": w.targets, "failed": w.failed,
+                    "failure_rate": rate, "halt_on_failure_rate": halt_rate,
+                });
+                if rate > halt_rate {
+                    let reason = format!(
+                        "halted after wave {} of {}: {} of its {} targets failed ({:.1}%, more than the {:.1}% allowed); look at `rewind status {id}`, then `rewind resume {id}` runs the failed ones again and continues (`--accept-failures` continues without them)",
+                        w.wave,
+                        w.waves,
+                        w.failed,
+                        w.targets,
+                        100.0 * rate,
+                        100.0 * halt_rate
+                    );
+                    opts.observer.note(&reason);
+                    b.event(now, "run.halting", None, Some(detail.to_string()));
+                    halted = Some(reason);
+                    draining = Some("halt");
+                } else if let Some(next) = sched.open_next_wave() {
+                    opts.observer.note(&format!(
+                        "wave {} of {} done ({} of {} targets failed); wave {next} starts",
+                        w.wave, w.waves, w.failed, w.targets
+                    ));
+                    b.event(now, "wave.passed", None, Some(detail.to_string()));
+                    b.event(now, "wave.opened", None, Some(json!({"wave": next}).to_string()));
+                    b.batch.wave = Some(u32::from(next));
+                }
             }
             if queue.is_empty() && draining.is_none() && !sched.is_cancelling() {
                 let dispatches = sched.poll(now);
@@ -741,7 +788,9 @@ impl Driver {
 
         let now = exec.now();
         let counts = sched.counts();
-        let ended = if sched.is_finished() {
+        let ended = if halted.is_some() && !sched.is_cancelling() {
+            Ended::Halted
+        } else if sched.is_finished() {
             if sched.is_cancelling() {
                 Ended::Cancelled
             } else if counts.failed + counts.blocked > 0 {
@@ -753,6 +802,16 @@ impl Driver {
             Ended::Interrupted(draining.unwrap_or("stop"))
         };
         match ended {
+            Ended::Halted => {
+                b.batch.end =
+                    Some(RunEnd { state: "halted", finished_s: secs(now), reason: halted.clone() });
+                b.event(
+                    now,
+                    "run.halted",
+                    None,
+                    Some(json!({"reason": halted, "counts": counts}).to_string()),
+                );
+            }
             Ended::Interrupted(sig) => {
                 b.event(
                     now,
@@ -787,6 +846,7 @@ impl Driver {
         opts.observer.progress(&progress(&plan, &sched, now, simulated, 1.0));
         let mut summary = finished(ended, counts, now, sched.restored_targets());
         summary.commits = commits;
+        summary.halt_reason = halted;
         summary.restored_at =
             (0..plan.targets().len()).map(|t| sched.target_restored_at(t)).collect();
         Ok(summary)

@@ -28,9 +28,17 @@ pub fn hostname() -> String {
 
 /// The OS user running this process.
 pub fn username() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".to_owned())
+    // The real user id's account, not `$USER` (unset in many services, and settable by anyone);
+    // under sudo, who ran it too.
+    let uid = nix::unistd::getuid();
+    let name = match nix::unistd::User::from_uid(uid) {
+        Ok(Some(u)) => u.name,
+        _ => format!("uid {uid}"),
+    };
+    match std::env::var("SUDO_USER") {
+        Ok(by) if !by.is_empty() && by != name => format!("{name} (sudo by {by})"),
+        _ => name,
+    }
 }
 
 /// Milliseconds since the Unix epoch.

@@ -23,7 +23,7 @@ pub async fn cancel_offline<S: Store>(store: &S, lease: Lease) -> Result<Counts,
 
 async fn cancel<S: Store>(store: &S, lease: &Lease) -> Result<Counts, RuntimeError> {
     let view = RunView::load(store, lease.run).await?;
-    if view.record.state != "running" {
+    if view.record.state != "running" && view.record.state != "halted" {
         return Ok(view.counts());
     }
     let clock_s = if view.record.spec.simulated {

@@ -35,6 +35,7 @@ mod schema;
 mod scratch;
 mod system;
 pub mod targets;
+mod tenants;
 mod time;
 mod value;
 mod verify;
@@ -53,5 +54,6 @@ pub use scratch::{DropReport, ScratchTag, destroy, drop_scratch, resolve_url};
 pub use system::{
     IncidentOptions, IncidentSummary, InitOptions, RunSummary, incident, init, sites,
 };
+pub use tenants::{Tenant, tenants};
 pub use time::SimTime;
 pub use verify::{Problem, Role, StoreCheck, VerifyOptions, VerifyReport, verify};

@@ -51,6 +51,9 @@ pub enum StoreError {
         /// The owner that lost it.
         owner: String,
     },
+    /// Live runs hold some of the targets (a target is restored by one live run at a time).
+    #[error("{}", held_message(.0))]
+    Held(Vec<Holder>),
     /// A stored value cannot be read back.
     #[error("checkpoint store: corrupt value in {what}: {value:?}")]
     Corrupt {
@@ -59,6 +62,41 @@ pub enum StoreError {
         /// The value.
         value: String,
     },
+}
+
+/// A target held by a live run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    /// The target's id.
+    pub target: String,
+    /// The run that holds it.
+    pub run: String,
+}
+
+fn held_message(holders: &[Holder]) -> String {
+    if holders.is_empty() {
+        return "another run took some of these targets at the same moment; look at `rewind status` and try again".to_owned();
+    }
+    let mut runs: Vec<(&str, Vec<&str>)> = Vec::new();
+    for h in holders {
+        match runs.iter_mut().find(|(r, _)| *r == h.run) {
+            Some((_, ts)) => ts.push(&h.target),
+            None => runs.push((&h.run, vec![&h.target])),
+        }
+    }
+    let n = holders.len();
+    let mut out = format!(
+        "{n} target{} already held by a live run (a target is restored by one live run at a time):",
+        if n == 1 { " is" } else { "s are" }
+    );
+    for (run, ts) in &runs {
+        let listed: Vec<&str> = ts.iter().take(10).copied().collect();
+        let more =
+            if ts.len() > 10 { format!(" and {} more", ts.len() - 10) } else { String::new() };
+        out.push_str(&format!("\n  run {run} holds {}{more}", listed.join(", ")));
+    }
+    out.push_str("\n  a run releases its targets when it finishes, fails or is cancelled (rewind cancel RUN_ID)");
+    out
 }
 
 impl StoreError {
@@ -115,6 +153,10 @@ pub struct NewRun {
     pub created_at: String,
     /// Origin of offsets, Unix milliseconds.
     pub started_unix_ms: i64,
+    /// Staged waves: the cumulative target count at the end of each wave (empty: no waves).
+    pub waves: Vec<u32>,
+    /// A wave whose share of failed targets exceeds this halts the run (0 to 1).
+    pub halt_rate: f64,
 }
 
 /// A stored run.
@@ -122,8 +164,10 @@ pub struct NewRun {
 pub struct RunRecord {
     /// What it was created with.
     pub spec: NewRun,
-    /// `running`, `succeeded`, `failed` or `cancelled`.
+    /// `running`, `halted`, `succeeded`, `failed` or `cancelled`.
     pub state: String,
+    /// The last open wave, 1-based (staged runs).
+    pub wave: u32,
     /// The latest offset recorded.
     pub clock_s: f64,
     /// When it ended.
@@ -276,7 +320,8 @@ pub struct EventRecord {
 /// How a run ended.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunEnd {
-    /// `succeeded`, `failed` or `cancelled`.
+    /// `succeeded`, `failed` or `cancelled`; or `halted` (a wave failed too often; the run
+    /// keeps its targets and resumes).
     pub state: &'static str,
     /// End offset.
     pub finished_s: f64,
@@ -297,8 +342,10 @@ pub struct Batch {
     pub attempts: Vec<AttemptRecord>,
     /// Events.
     pub events: Vec<NewEvent>,
-    /// Set when the run ends with this batch.
+    /// Set when the run ends (or halts) with this batch.
     pub end: Option<RunEnd>,
+    /// Set when a wave opens with this batch.
+    pub wave: Option<u32>,
 }
 
 impl Batch {
@@ -308,13 +355,16 @@ impl Batch {
             && self.attempts.is_empty()
             && self.events.is_empty()
             && self.end.is_none()
+            && self.wave.is_none()
     }
 }
 
 /// The checkpoint store.
 pub trait Store: Send + Sync {
     /// Creates a run with all its instances and first events, atomically: on any error nothing
-    /// is written. Instances are consumed in chunks, never all held at once.
+    /// is written. Instances are consumed in chunks, never all held at once. A real (not
+    /// simulated) run takes a lock on each of its targets; if a live run holds any, nothing is
+    /// written and the error is [`StoreError::Held`].
     fn create_run(
         &self,
         run: &NewRun,
@@ -342,7 +392,8 @@ pub trait Store: Send + Sync {
     fn events(&self, id: RunId) -> impl Future<Output = Result<Vec<EventRecord>>> + Send;
 
     /// Writes a batch in one transaction and renews `owner`'s lease. Fails, writing nothing, if
-    /// `owner` no longer holds the run.
+    /// `owner` no longer holds the run. A batch that ends the run (other than `halted`)
+    /// releases its target locks.
     fn commit(
         &self,
         id: RunId,
@@ -372,10 +423,24 @@ pub trait Store: Send + Sync {
     /// Whether `rewind cancel` asked the run to stop.
     fn cancel_requested(&self, id: RunId) -> impl Future<Output = Result<bool>> + Send;
 
-    /// `rewind retry`: failed and blocked instances back to pending with no failures counted, the
-    /// run running again; logs the operator action. Returns how many instances were reset.
+    /// `rewind retry` (and `resume` of a halted run): failed and blocked instances back to
+    /// pending with no failures counted, the run running again (a real run takes its target
+    /// locks again: [`StoreError::Held`] if another live run took them meanwhile); logs the
+    /// operator action. Returns how many instances were reset.
     fn reset_failed(&self, id: RunId, event: &NewEvent)
     -> impl Future<Output = Result<u64>> + Send;
+
+    /// Sets a halted run running again with wave `wave` open and its failures kept as they are
+    /// (`rewind resume --accept-failures`); logs the operator action.
+    fn accept_wave(
+        &self,
+        id: RunId,
+        wave: u32,
+        event: &NewEvent,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// The live runs holding any of `targets`.
+    fn holders(&self, targets: &[String]) -> impl Future<Output = Result<Vec<Holder>>> + Send;
 }
 
 /// The store a URL names: `sqlite://PATH` (created if missing) or `postgres://...`.

@@ -11,8 +11,8 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, AssertSqlSafe, Row};
 
 use crate::{
-    AttemptRecord, Batch, EventRecord, InstanceRecord, InstanceState, NewEvent, NewInstance,
-    NewRun, Result, RunRecord, Store, StoreError,
+    AttemptRecord, Batch, EventRecord, Holder, InstanceRecord, InstanceState, NewEvent,
+    NewInstance, NewRun, Result, RunRecord, Store, StoreError,
 };
 
 /// Most bind parameters in one statement: under SQLite's 32,766 and PostgreSQL's 65,535.
@@ -157,10 +157,24 @@ fn run_record(row: &AnyRow) -> Result<RunRecord> {
         lower_bound_s: get_f("lower_bound_s")?,
         created_at: get_s("created_at")?,
         started_unix_ms: get_i("started_unix_ms")?,
+        waves: {
+            let text = get_s("waves")?;
+            text.split(',')
+                .filter(|w| !w.is_empty())
+                .map(|w| {
+                    w.parse().map_err(|_| StoreError::Corrupt {
+                        what: "runs.waves",
+                        value: text.clone(),
+                    })
+                })
+                .collect::<Result<Vec<u32>>>()?
+        },
+        halt_rate: get_f("halt_rate")?,
     };
     Ok(RunRecord {
         spec,
         state: get_s("state")?,
+        wave: u32_of(row, "wave")?,
         clock_s: get_f("clock_s")?,
         finished_s: row.try_get("finished_s").map_err(q("finished_s"))?,
         reason: row.try_get("reason").map_err(q("reason"))?,
@@ -226,8 +240,8 @@ impl Store for SqlStore {
         sqlx::query(
             "INSERT INTO runs (id, workflow, workflow_file, workflow_text, targets_file, targets_text, workdir, cwd, \
              restore_point, fingerprint, simulated, seed, fail_rate, max_running, priority, instances, targets, \
-             lower_bound_s, state, created_at, started_unix_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, 'running', $19, $20)",
+             lower_bound_s, state, created_at, started_unix_ms, waves, halt_rate) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, 'running', $19, $20, $21, $22)",
         )
         .bind(run.id.to_string())
         .bind(&run.workflow)
@@ -249,15 +263,27 @@ impl Store for SqlStore {
         .bind(run.lower_bound_s)
         .bind(&run.created_at)
         .bind(run.started_unix_ms)
+        .bind(run.waves.iter().map(u32::to_string).collect::<Vec<_>>().join(","))
+        .bind(run.halt_rate)
         .execute(&mut *tx)
         .await
         .map_err(q("insert run"))?;
         let id = run.id.to_string();
         let per = chunk(7);
+        // A real run's targets, to lock.
+        let mut targets: Vec<String> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         loop {
             let rows: Vec<NewInstance> = (&mut *instances).take(per).collect();
             if rows.is_empty() {
                 break;
+            }
+            if !run.simulated {
+                for t in rows.iter().filter_map(|i| i.target.as_ref()) {
+                    if seen.insert(t.clone()) {
+                        targets.push(t.clone());
+                    }
+                }
             }
             let sql = format!(
                 "INSERT INTO instances (run_id, idx, key, step, target, grp, state) VALUES {}",
@@ -275,6 +301,33 @@ impl Store for SqlStore {
                     .bind(i.state);
             }
             query.execute(&mut *tx).await.map_err(q("insert instances"))?;
+        }
+        if !targets.is_empty() {
+            let held = holders(&mut tx, &targets, None).await?;
+            if !held.is_empty() {
+                return Err(StoreError::Held(held));
+            }
+            for rows in targets.chunks(chunk(2)) {
+                let sql = format!(
+                    "INSERT INTO target_locks (target, run_id) VALUES {}",
+                    self.backend.values(rows.len(), 2)
+                );
+                let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(false);
+                for t in rows {
+                    query = query.bind(t.clone()).bind(id.clone());
+                }
+                if let Err(e) = query.execute(&mut *tx).await {
+                    // Another process locked some of them since the check: say which.
+                    if let sqlx::Error::Database(d) = &e
+                        && d.is_unique_violation()
+                    {
+                        drop(tx);
+                        let mut conn = self.pool.acquire().await.map_err(q("read locks"))?;
+                        return Err(StoreError::Held(holders(&mut conn, &targets, None).await?));
+                    }
+                    return Err(q("lock targets")(e));
+                }
+            }
         }
         insert_events(self.backend, &mut tx, &id, events).await?;
         tx.commit().await.map_err(q("commit run creation"))
@@ -431,6 +484,21 @@ impl Store for SqlStore {
         if done.rows_affected() != 1 {
             return Err(StoreError::LeaseLost { run: id, owner: owner.to_owned() });
         }
+        if let Some(wave) = batch.wave {
+            sqlx::query("UPDATE runs SET wave = $1 WHERE id = $2")
+                .bind(i64::from(wave))
+                .bind(run_id.clone())
+                .execute(&mut *tx)
+                .await
+                .map_err(q("open wave"))?;
+        }
+        if batch.end.as_ref().is_some_and(|e| e.state != "halted") {
+            sqlx::query("DELETE FROM target_locks WHERE run_id = $1")
+                .bind(run_id.clone())
+                .execute(&mut *tx)
+                .await
+                .map_err(q("release target locks"))?;
+        }
 
         // Last update per instance and per attempt wins within a batch.
         let mut instances = BTreeMap::new();
@@ -553,6 +621,34 @@ impl Store for SqlStore {
     async fn reset_failed(&self, id: RunId, event: &NewEvent) -> Result<u64> {
         let run_id = id.to_string();
         let mut tx = self.pool.begin().await.map_err(q("begin retry"))?;
+        let simulated: Option<i64> = sqlx::query_scalar("SELECT simulated FROM runs WHERE id = $1")
+            .bind(run_id.clone())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(q("read run"))?;
+        if simulated == Some(0) {
+            // A failed run released its targets: take them again, unless another run has.
+            let targets: Vec<String> = sqlx::query_scalar(
+                "SELECT DISTINCT target FROM instances WHERE run_id = $1 AND target IS NOT NULL",
+            )
+            .bind(run_id.clone())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(q("read targets"))?;
+            let held = holders(&mut tx, &targets, Some(&run_id)).await?;
+            if !held.is_empty() {
+                return Err(StoreError::Held(held));
+            }
+            sqlx::query(
+                "INSERT INTO target_locks (target, run_id) \
+                 SELECT DISTINCT target, run_id FROM instances WHERE run_id = $1 AND target IS NOT NULL \
+                 ON CONFLICT (target) DO NOTHING",
+            )
+            .bind(run_id.clone())
+            .execute(&mut *tx)
+            .await
+            .map_err(q("lock targets"))?;
+        }
         let done = sqlx::query(
             "UPDATE instances SET state = 'pending', failures = 0, retry_at_s = NULL, finished_s = NULL, error = NULL \
              WHERE run_id = $1 AND state IN ('failed', 'blocked')",
@@ -572,6 +668,59 @@ impl Store for SqlStore {
         tx.commit().await.map_err(q("commit retry"))?;
         Ok(done.rows_affected())
     }
+
+    async fn accept_wave(&self, id: RunId, wave: u32, event: &NewEvent) -> Result<()> {
+        let run_id = id.to_string();
+        let mut tx = self.pool.begin().await.map_err(q("begin resume"))?;
+        sqlx::query(
+            "UPDATE runs SET state = 'running', finished_s = NULL, reason = NULL, wave = $1 WHERE id = $2",
+        )
+        .bind(i64::from(wave))
+        .bind(run_id.clone())
+        .execute(&mut *tx)
+        .await
+        .map_err(q("reopen run"))?;
+        insert_events(self.backend, &mut tx, &run_id, std::slice::from_ref(event)).await?;
+        tx.commit().await.map_err(q("commit resume"))
+    }
+
+    async fn holders(&self, targets: &[String]) -> Result<Vec<Holder>> {
+        let mut conn = self.pool.acquire().await.map_err(q("read locks"))?;
+        holders(&mut conn, targets, None).await
+    }
+}
+
+/// The locks on `targets` held by runs other than `except`, by target.
+async fn holders(
+    conn: &mut sqlx::AnyConnection,
+    targets: &[String],
+    except: Option<&str>,
+) -> Result<Vec<Holder>> {
+    let mut out = Vec::new();
+    for rows in targets.chunks(500) {
+        let list = (1..=rows.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+        let sql = format!(
+            "SELECT target, run_id FROM target_locks WHERE target IN ({list}) AND run_id <> ${}",
+            rows.len() + 1
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(false);
+        for t in rows {
+            query = query.bind(t.clone());
+        }
+        let found = query
+            .bind(except.unwrap_or("").to_owned())
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(q("read locks"))?;
+        for row in found {
+            out.push(Holder {
+                target: row.try_get("target").map_err(q("target_locks.target"))?,
+                run: row.try_get("run_id").map_err(q("target_locks.run_id"))?,
+            });
+        }
+    }
+    out.sort_by(|a, b| (&a.run, &a.target).cmp(&(&b.run, &b.target)));
+    Ok(out)
 }
 
 async fn insert_events(

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use rewind_model::RunId;
 use rewind_store::{
-    AttemptRecord, Batch, InstanceUpdate, NewEvent, NewInstance, NewRun, RunEnd, SqlStore, Store,
-    StoreError,
+    AttemptRecord, Batch, Holder, InstanceUpdate, NewEvent, NewInstance, NewRun, RunEnd, SqlStore,
+    Store, StoreError,
 };
 use rewind_testkit::{PgSchema, SqliteDb, postgres_url};
 
@@ -38,6 +38,8 @@ fn new_run(id: RunId) -> NewRun {
         lower_bound_s: 120.5,
         created_at: "2026-11-24T10:00:00Z".into(),
         started_unix_ms: 1_700_000_000_000,
+        waves: vec![1, 2],
+        halt_rate: 0.25,
     }
 }
 
@@ -83,6 +85,94 @@ async fn suite(store: &SqlStore) {
     lease_is_compare_and_set(store).await;
     cancel_and_retry_are_logged(store).await;
     large_runs_are_chunked(store).await;
+    live_real_runs_hold_their_targets(store).await;
+}
+
+async fn live_real_runs_hold_their_targets(store: &SqlStore) {
+    let real = |id| NewRun { simulated: false, ..new_run(id) };
+    let targets = |from: u32, n: u32| {
+        (0..n).map(move |i| NewInstance {
+            idx: i,
+            key: format!("s/{i}"),
+            step: "s".into(),
+            target: Some(format!("lock-{}", from + i)),
+            group: None,
+            state: "pending",
+        })
+    };
+    let (a, b, c) = (run_id(), run_id(), run_id());
+    store.create_run(&real(a), &mut targets(0, 3), &[]).await.unwrap();
+    // Overlapping targets: refused, nothing written, the holder named.
+    let e = store.create_run(&real(b), &mut targets(2, 3), &[event("run.created", 0.0)]).await;
+    let Err(StoreError::Held(held)) = e else { panic!("expected Held, got {e:?}") };
+    assert_eq!(held, vec![Holder { target: "lock-2".into(), run: a.to_string() }]);
+    assert!(held_message_names(&StoreError::Held(held), a));
+    assert_eq!(store.run(b).await.unwrap(), None, "nothing of the refused run is written");
+    // A simulated run touches nothing and holds nothing.
+    store.create_run(&new_run(c), &mut targets(0, 3), &[]).await.unwrap();
+    // A halted run keeps its targets; a failed one releases them.
+    assert!(store.claim(a, "me", None, 1).await.unwrap());
+    let end = |state| Batch {
+        clock_s: 1.0,
+        heartbeat_unix_ms: 1,
+        end: Some(RunEnd { state, finished_s: 1.0, reason: None }),
+        ..Batch::default()
+    };
+    store.commit(a, "me", &end("halted")).await.unwrap();
+    assert_eq!(store.holders(&["lock-0".into(), "lock-9".into()]).await.unwrap().len(), 1);
+    store.commit(a, "me", &end("failed")).await.unwrap();
+    assert!(store.holders(&["lock-0".into()]).await.unwrap().is_empty());
+    store.create_run(&real(b), &mut targets(2, 3), &[]).await.unwrap();
+    // Retrying the failed run needs its targets back: refused while b holds lock-2.
+    let e = store.reset_failed(a, &event("operator.retry", 2.0)).await;
+    assert!(
+        matches!(e, Err(StoreError::Held(ref h)) if h.len() == 1 && h[0].run == b.to_string()),
+        "{e:?}"
+    );
+    assert_eq!(
+        store.run(a).await.unwrap().unwrap().state,
+        "failed",
+        "the refused retry wrote nothing"
+    );
+    assert!(store.claim(b, "me", None, 1).await.unwrap());
+    store.commit(b, "me", &end("cancelled")).await.unwrap();
+    store.reset_failed(a, &event("operator.retry", 2.0)).await.unwrap();
+    assert_eq!(store.holders(&["lock-1".into()]).await.unwrap()[0].run, a.to_string());
+    // A halted run accepted past its failures opens the next wave.
+    store.commit(a, "me", &end("halted")).await.unwrap();
+    store.accept_wave(a, 2, &event("operator.resume", 3.0)).await.unwrap();
+    let run = store.run(a).await.unwrap().unwrap();
+    assert_eq!((run.state.as_str(), run.wave, run.finished_s), ("running", 2, None));
+    store.commit(a, "me", &end("succeeded")).await.unwrap();
+    assert!(
+        store
+            .holders(&["lock-0".into(), "lock-1".into(), "lock-2".into()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+fn held_message_names(e: &StoreError, run: RunId) -> bool {
+    let text = e.to_string();
+    text.contains("1 target is already held by a live run")
+        && text.contains(&format!("run {run} holds lock-2"))
+}
+
+/// The database itself refuses to change a run's restore point, whatever writes to it.
+async fn restore_points_never_change(store: &SqlStore, url: &str) {
+    let id = run_id();
+    store.create_run(&new_run(id), &mut instances(1).into_iter(), &[]).await.unwrap();
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(url).await.unwrap();
+    let e = sqlx::query("UPDATE runs SET restore_point = '2022-04-05T08:00:00Z' WHERE id = $1")
+        .bind(id.to_string())
+        .execute(&pool)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("restore point never changes"), "{e}");
+    pool.close().await;
+    assert_eq!(store.run(id).await.unwrap().unwrap().spec.restore_point, "2022-04-05T07:33:00Z");
 }
 
 async fn creates_and_reads_back(store: &SqlStore) {
@@ -129,6 +219,7 @@ async fn commits_batches_in_one_transaction(store: &SqlStore) {
         }],
         events: vec![event("instance.started", 1.0)],
         end: None,
+        wave: None,
     };
     store.commit(id, "me", &started).await.unwrap();
     let mut done = update(0, "succeeded", 1);
@@ -154,6 +245,7 @@ async fn commits_batches_in_one_transaction(store: &SqlStore) {
         }],
         events: vec![event("instance.succeeded", 3.0), event("instance.failed", 3.0)],
         end: Some(RunEnd { state: "failed", finished_s: 3.0, reason: Some("1 failed".into()) }),
+        wave: None,
     };
     store.commit(id, "me", &ended).await.unwrap();
     let rows = store.instances(id).await.unwrap();
@@ -282,6 +374,7 @@ async fn large_runs_are_chunked(store: &SqlStore) {
             .collect(),
         events: (0..n).map(|i| event("instance.started", f64::from(i))).collect(),
         end: None,
+        wave: None,
     };
     store.commit(id, "me", &batch).await.unwrap();
     let rows = store.instances(id).await.unwrap();
@@ -296,6 +389,7 @@ async fn sqlite_conforms() {
     let db = SqliteDb::new();
     let store = SqlStore::open(&db.url).await.unwrap();
     suite(&store).await;
+    restore_points_never_change(&store, &db.url).await;
     // The file was created, in WAL mode.
     assert!(db.path().exists());
     assert!(db.dir.path().join("rewind.db-wal").exists());
@@ -307,6 +401,7 @@ async fn postgres_conforms() {
     let schema = PgSchema::create(&base).await;
     let store = SqlStore::open(&schema.url).await.unwrap();
     suite(&store).await;
+    restore_points_never_change(&store, &schema.url).await;
     store.close().await;
     schema.drop_schema().await;
 }
