@@ -42,6 +42,7 @@ pub fn check_restore_point(plan: &Plan) -> Result<()> {
 /// `confirm` that is not the count is refused whatever the size.
 pub fn check_blast_radius(
     plan: &Plan,
+    workflow_file: &Path,
     targets_file: &Path,
     max: u32,
     confirm: Option<u32>,
@@ -59,7 +60,7 @@ pub fn check_blast_radius(
              Look at what each store will receive first:\n  rewind plan --workflow {} --targets {file} --restore-point {}\n\
              then confirm the exact count with --confirm {n}. Nothing was written.",
             thousands(n),
-            plan.workflow().name,
+            workflow_file.display(),
             plan.restore_point(),
         ))),
         None => Ok(()),

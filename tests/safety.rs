@@ -175,7 +175,7 @@ fn a_large_run_needs_the_exact_target_count_confirmed() {
     let err = refused(&rewind(&env, &cat, &run(&w, &t, &[])));
     assert!(err.contains("this run restores 60 targets"), "{err}");
     assert!(err.contains("more than --max-targets 50"), "{err}");
-    assert!(err.contains("rewind plan --workflow rails"), "{err}");
+    assert!(err.contains(&format!("rewind plan --workflow {w} --targets {t}")), "{err}");
     assert!(err.contains("--confirm 60"), "{err}");
     nothing_written(&env);
     let err = refused(&rewind(&env, &cat, &run(&w, &t, &["--confirm", "59"])));
@@ -219,7 +219,7 @@ fn restore_points_in_the_future_or_beyond_retention_are_refused() {
     // A workflow's own retention: one hour, and the restore point is a day old.
     let w = workflow(&env, "retention = \"1h\"", false);
     let err = refused(&rewind(&env, &cat, &run(&w, &t, &[])));
-    assert!(err.contains("is 1day old, beyond the workflow's retention of 1h"), "{err}");
+    assert!(err.contains("is 1 day old, beyond the workflow's retention of 1h"), "{err}");
     nothing_written(&env);
     // Garbage in REWIND_NOW is refused, not ignored.
     let mut c = env.cmd(&run(&w, &t, &[]));

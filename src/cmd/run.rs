@@ -146,7 +146,13 @@ pub fn run(db: &str, args: &Args) -> Result<Exit> {
     if !args.simulate {
         safety::check_restore_point(&plan)?;
         if !args.dry_run || args.confirm.is_some() {
-            safety::check_blast_radius(&plan, &args.targets, args.max_targets, args.confirm)?;
+            safety::check_blast_radius(
+                &plan,
+                &args.workflow,
+                &args.targets,
+                args.max_targets,
+                args.confirm,
+            )?;
         }
         let cwd = std::env::current_dir()?;
         let checked = store::runtime()?

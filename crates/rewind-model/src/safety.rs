@@ -140,10 +140,16 @@ pub fn restore_point_bounds(
     if let Ok(age) = now.duration_since(t)
         && age > retention
     {
-        let round = Duration::from_secs(age.as_secs() / 60 * 60);
+        let days = age.as_secs() / 86_400;
+        let age = match days {
+            0 => {
+                humantime::format_duration(Duration::from_secs(age.as_secs() / 60 * 60)).to_string()
+            }
+            1 => "1 day".to_owned(),
+            n => format!("{n} days"),
+        };
         return Err(format!(
-            "restore point {rp} is {} old, beyond the workflow's retention of {} (now is {}): the backups no longer reach it",
-            humantime::format_duration(round),
+            "restore point {rp} is {age} old, beyond the workflow's retention of {} (now is {}): the backups no longer reach it",
             humantime::format_duration(retention),
             humantime::format_rfc3339_seconds(now)
         ));
