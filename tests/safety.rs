@@ -131,7 +131,7 @@ fn preflight_refuses_ids_of_the_wrong_kind_or_state_naming_them() {
         )),
         "{err}"
     );
-    assert!(err.contains(&format!("1 target is active, not deleted: {}", site(7))), "{err}");
+    assert!(err.contains(&format!("1 target is `active`, not `deleted`: {}", site(7))), "{err}");
     assert!(
         err.contains(&format!(
             "1 target does not exist (unknown to the preflight resolver): {}",
@@ -149,7 +149,7 @@ fn preflight_refuses_ids_of_the_wrong_kind_or_state_naming_them() {
     assert!(stderr(&o).contains("all 3 targets are sites in state `deleted`"), "{}", stderr(&o));
     // ...and a second restore of the same sites is refused: they are active now.
     let err = refused(&rewind(&env, &cat, &run(&w, &t, &[])));
-    assert!(err.contains("3 targets are active, not deleted"), "{err}");
+    assert!(err.contains("3 targets are `active`, not `deleted`"), "{err}");
 }
 
 #[test]
@@ -427,4 +427,27 @@ fn bad_waves_and_rates_are_refused() {
         assert!(err.contains(msg), "{args:?}: {err}");
         nothing_written(&env);
     }
+}
+
+#[test]
+fn cancelling_a_halted_run_ends_it_and_frees_its_targets() {
+    let env = Env::sqlite();
+    let cat = catalog(&env, &deleted_sites(3));
+    let w = workflow(&env, "", false);
+    let t = targets(&env, "t.csv", &["fail", "ok", "ok"]);
+    let o = rewind(&env, &cat, &run(&w, &t, &["--waves", "1,100%"]));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let id = stdout(&o).lines().next().unwrap()[4..].to_owned();
+    assert_eq!(env.status(&id)["state"], "halted");
+    let o = env.rewind(&["cancel", &id]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let s = env.status(&id);
+    assert_eq!(s["state"], "cancelled", "{s}");
+    let log: Value = serde_json::from_slice(&env.rewind(&["log", &id, "--json"]).stdout).unwrap();
+    let cancel = log["events"].as_array().unwrap().iter().find(|e| e["kind"] == "operator.cancel");
+    assert!(cancel.is_some_and(|e| e["user"].is_string() && e["host"].is_string()), "{log}");
+    // Its targets are free: the same sites run again, fixed this time.
+    std::fs::write(env.path("fixed"), "").unwrap();
+    let o = rewind(&env, &cat, &run(&w, &t, &[]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }

@@ -58,7 +58,14 @@ pub fn run(db: &str, args: &Args) -> Result<Exit> {
         let deadline = Instant::now() + args.wait;
         loop {
             let r = store.run(id).await?.ok_or_else(|| refused(format!("rewind: run {id} disappeared")))?;
-            if r.state != "running" {
+            if r.state == "halted" {
+                // It halted before it saw the request: nobody drives it now; cancel it here.
+                if let Ok((lease, _)) = Lease::acquire(&store, id).await {
+                    let counts = cancel_offline(&store, lease).await?;
+                    println!("run {id} cancelled ({} instances cancelled)", thousands(counts.cancelled));
+                    return Ok(Exit::Ok);
+                }
+            } else if r.state != "running" {
                 println!("run {id} {}", r.state);
                 return Ok(Exit::Ok);
             }

@@ -239,9 +239,15 @@ pub fn resume(db: &str, args: &ResumeArgs) -> Result<Exit> {
                     record.clock_s,
                     serde_json::json!({"accept_failures": false, "halted_wave": record.wave}),
                 );
-                let reset = store.reset_failed(id, &event).await.map_err(|e| refuse(e.into()))?;
+                let reset = match store.reset_failed(id, &event).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        lease.release(&store).await?;
+                        return Err(refuse(e.into()));
+                    }
+                };
                 eprintln!(
-                    "rewind: run {id}: {reset} failed or blocked instance(s) of wave {} run again; the wave is judged again when they end",
+                    "rewind: run {id}: {reset} failed or blocked instance(s) run again; wave {} is judged again when they end",
                     record.wave
                 );
             }

@@ -169,6 +169,37 @@ pub struct Found {
 /// How many offending IDs a refusal lists per problem before saying "and N more".
 const LISTED: usize = 10;
 
+/// What is wrong with one target, as a preflight found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Problem {
+    /// The resolver does not know the ID.
+    Unknown,
+    /// It is of another kind.
+    Kind(String),
+    /// It is in another state (`None`: it reported none).
+    State(Option<String>),
+}
+
+impl Problem {
+    /// "are apps, not sites" / "is an app, not a site", and the like.
+    fn say(&self, n: usize, kind: &str, want: Option<&str>) -> String {
+        let one = n == 1;
+        match self {
+            Self::Unknown if one => "does not exist (unknown to the preflight resolver)".to_owned(),
+            Self::Unknown => "do not exist (unknown to the preflight resolver)".to_owned(),
+            Self::Kind(k) if one => format!("is {}, not {}", article(k), article(kind)),
+            Self::Kind(k) => format!("are {}, not {}", plural(k), plural(kind)),
+            Self::State(st) => {
+                let is = st
+                    .as_deref()
+                    .map_or_else(|| "in no reported state".to_owned(), |s| format!("`{s}`"));
+                let want = want.unwrap_or_default();
+                format!("{} {is}, not `{want}`", if one { "is" } else { "are" })
+            }
+        }
+    }
+}
+
 /// Judges what a preflight found: every target must exist, be of `kind`, and (when `state` is
 /// given) be in that state. Returns one line per problem, each naming the offending IDs, in the
 /// targets' order; empty when all is well.
@@ -179,27 +210,20 @@ pub fn judge(
     state: Option<&str>,
 ) -> Vec<String> {
     // (problem, ids), in the order problems are first met.
-    let mut problems: Vec<(String, Vec<String>)> = Vec::new();
-    let mut add =
-        |problem: String, id: String| match problems.iter_mut().find(|(p, _)| *p == problem) {
-            Some((_, ids)) => ids.push(id),
-            None => problems.push((problem, vec![id])),
-        };
+    let mut problems: Vec<(Problem, Vec<String>)> = Vec::new();
     for t in targets {
         let id = t.id.to_string();
-        match found.get(&id) {
-            None => add("do not exist (unknown to the preflight resolver)".to_owned(), id),
-            Some(f) if f.kind != kind => {
-                add(format!("are {}, not {}", plural(&f.kind), plural(kind)), id)
+        let problem = match found.get(&id) {
+            None => Problem::Unknown,
+            Some(f) if f.kind != kind => Problem::Kind(f.kind.clone()),
+            Some(f) if state.is_some() && f.state.as_deref() != state => {
+                Problem::State(f.state.clone())
             }
-            Some(f) => {
-                if let Some(want) = state
-                    && f.state.as_deref() != Some(want)
-                {
-                    let is = f.state.as_deref().unwrap_or("of no reported state");
-                    add(format!("are {is}, not {want}"), id);
-                }
-            }
+            Some(_) => continue,
+        };
+        match problems.iter_mut().find(|(p, _)| *p == problem) {
+            Some((_, ids)) => ids.push(id),
+            None => problems.push((problem, vec![id])),
         }
     }
     problems
@@ -207,42 +231,24 @@ pub fn judge(
         .map(|(problem, ids)| {
             let n = ids.len();
             let noun = if n == 1 { "target" } else { "targets" };
-            let problem = if n == 1 { singular_problem(&problem) } else { problem };
             let mut list = ids.iter().take(LISTED).cloned().collect::<Vec<_>>().join(", ");
             if n > LISTED {
                 list.push_str(&format!(" and {} more", n - LISTED));
             }
-            format!("{n} {noun} {problem}: {list}")
+            format!("{n} {noun} {}: {list}", problem.say(n, kind, state))
         })
         .collect()
-}
-
-/// "are apps, not sites" → "is an app, not a site"; "do not exist" → "does not exist".
-fn singular_problem(p: &str) -> String {
-    if let Some(rest) = p.strip_prefix("do not exist") {
-        return format!("does not exist{rest}");
-    }
-    let Some(rest) = p.strip_prefix("are ") else { return p.to_owned() };
-    let Some((is, want)) = rest.split_once(", not ") else { return p.to_owned() };
-    format!("is {}, not {}", a(unplural(is)), a(unplural(want)))
 }
 
 fn plural(kind: &str) -> String {
     if kind.ends_with('s') { format!("{kind}es") } else { format!("{kind}s") }
 }
 
-fn unplural(s: &str) -> &str {
-    s.strip_suffix("es").filter(|k| k.ends_with('s')).or_else(|| s.strip_suffix('s')).unwrap_or(s)
-}
-
-/// A state word stays bare ("deleted"); a kind gets its article ("an app").
-fn a(word: &str) -> String {
-    if word.ends_with("ed") || word.ends_with("ive") || word.starts_with("of ") {
-        word.to_owned()
-    } else if word.starts_with(['a', 'e', 'i', 'o', 'u']) {
-        format!("an {word}")
+fn article(kind: &str) -> String {
+    if kind.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        format!("an {kind}")
     } else {
-        format!("a {word}")
+        format!("a {kind}")
     }
 }
 
@@ -306,7 +312,7 @@ mod tests {
             lines,
             vec![
                 format!("2 targets are apps, not sites: {}, {}", id(2), id(3)),
-                format!("1 target is active, not deleted: {}", id(4)),
+                format!("1 target is `active`, not `deleted`: {}", id(4)),
                 format!("1 target does not exist (unknown to the preflight resolver): {}", id(5)),
             ]
         );

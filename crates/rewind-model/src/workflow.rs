@@ -34,8 +34,9 @@ pub struct Workflow {
     /// `[[steps]]`, in file order.
     pub steps: Vec<Step>,
     /// `retention`: how far back the backups reach. A real run refuses a restore point older
-    /// than this (default 30 days).
-    #[serde(with = "crate::duration_serde")]
+    /// than this (default 30 days). Left out of the serialized workflow when it is the
+    /// default, so the fingerprints of runs made before it existed do not change.
+    #[serde(with = "crate::duration_serde", skip_serializing_if = "is_default_retention")]
     pub retention: Duration,
     /// `[preflight]`: how to learn what each target really is before anything runs.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -50,6 +51,10 @@ pub struct Workflow {
 
 /// The default `retention`: 30 days.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+fn is_default_retention(d: &Duration) -> bool {
+    *d == DEFAULT_RETENTION
+}
 
 /// `[preflight]`: a resolver that maps every target ID to its actual kind and state, run before
 /// a real run is created. A `sql` query runs once per target (its templates may read

@@ -339,6 +339,34 @@ fn fingerprint_is_stable_and_covers_every_input() {
     assert!(f0.to_string().starts_with("sha256:") && f0.to_string().len() == 71);
 }
 
+/// A stored run's plan is rebuilt from its snapshot and checked against its fingerprint: a
+/// fingerprint that changes for the same files makes every run made before the change
+/// unloadable (no resume, retry, cancel or report). Pinned from a build before workflows had
+/// `retention` and `[preflight]`; a default `retention` must not change it.
+#[test]
+fn fingerprints_of_runs_made_by_earlier_versions_do_not_change() {
+    let fp = |extra: &str| {
+        let text = format!(
+            "name = \"fp\"\ntarget_kind = \"site\"\n{extra}\n[[steps]]\nid = \"a\"\nestimate = \"1m\"\naction = {{ kind = \"command\", program = \"true\", args = [\"{{{{target.id}}}}\"] }}\n"
+        );
+        let wf = Workflow::parse("fp.toml", &text).unwrap();
+        let t = TargetSet::parse(
+            "fp.csv",
+            "id,kind\n00000000-0000-4000-8000-000000000001,site\n",
+            TargetsFormat::Csv,
+        )
+        .unwrap();
+        Plan::build(wf, t, "2022-04-05T07:33:00Z".parse().unwrap())
+            .unwrap()
+            .fingerprint()
+            .to_string()
+    };
+    let pinned = "sha256:29d9ec8a3e16d390979d539582a84245385d420483d9b9d6f510dcbb41874c5b";
+    assert_eq!(fp(""), pinned);
+    assert_eq!(fp("retention = \"30d\""), pinned, "the default retention, written out");
+    assert_ne!(fp("retention = \"7d\""), pinned, "another retention is another plan");
+}
+
 #[test]
 fn restore_2_over_the_883_example_sites() {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");

@@ -865,6 +865,11 @@ fn preflight_and_retention_are_checked() {
             "a preflight is a `sql` query or a `command`, not a `audit` action",
         ),
         ("stat = \"deleted\"", K::UnknownKey, "unknown key `stat` in [preflight]"),
+        (
+            "action = { kind = \"sql\", connection = \"catalog\", sql = \"UPDATE t SET state = 'x'\" }",
+            K::InvalidValue,
+            "a preflight query only reads: its statements must be SELECTs, not `UPDATE`",
+        ),
     ];
     for (line, kind, needle) in cases {
         let text = with_header(&format!("[preflight]\n{line}\n{}", step("a", "")));

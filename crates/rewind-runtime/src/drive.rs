@@ -787,8 +787,17 @@ impl Driver {
         }
 
         let now = exec.now();
+        // A cancel asked for while the run was halting wins: the operator wants it over.
+        if halted.is_some() && !sched.is_cancelling() && store.cancel_requested(id).await? {
+            sched.cancel(now);
+            let changes = sched.take_changes();
+            b.absorb(&plan, &sched, changes, None);
+            halted = None;
+        }
         let counts = sched.counts();
-        let ended = if halted.is_some() && !sched.is_cancelling() {
+        // A halt with nothing left to run (a failure upstream of every target blocked them all)
+        // is simply the end of a failed run.
+        let ended = if halted.is_some() && !sched.is_cancelling() && !sched.is_finished() {
             Ended::Halted
         } else if sched.is_finished() {
             if sched.is_cancelling() {
@@ -846,7 +855,7 @@ impl Driver {
         opts.observer.progress(&progress(&plan, &sched, now, simulated, 1.0));
         let mut summary = finished(ended, counts, now, sched.restored_targets());
         summary.commits = commits;
-        summary.halt_reason = halted;
+        summary.halt_reason = halted.filter(|_| ended == Ended::Halted);
         summary.restored_at =
             (0..plan.targets().len()).map(|t| sched.target_restored_at(t)).collect();
         Ok(summary)

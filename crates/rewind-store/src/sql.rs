@@ -639,15 +639,28 @@ impl Store for SqlStore {
             if !held.is_empty() {
                 return Err(StoreError::Held(held));
             }
-            sqlx::query(
+            // The targets it does not hold yet. No `ON CONFLICT DO NOTHING`: a run that locked
+            // one since the check above must make this fail, not be skipped.
+            let locked = sqlx::query(
                 "INSERT INTO target_locks (target, run_id) \
-                 SELECT DISTINCT target, run_id FROM instances WHERE run_id = $1 AND target IS NOT NULL \
-                 ON CONFLICT (target) DO NOTHING",
+                 SELECT DISTINCT i.target, i.run_id FROM instances i WHERE i.run_id = $1 AND i.target IS NOT NULL \
+                 AND NOT EXISTS (SELECT 1 FROM target_locks l WHERE l.target = i.target AND l.run_id = $1)",
             )
             .bind(run_id.clone())
             .execute(&mut *tx)
-            .await
-            .map_err(q("lock targets"))?;
+            .await;
+            if let Err(e) = locked {
+                if let sqlx::Error::Database(d) = &e
+                    && d.is_unique_violation()
+                {
+                    drop(tx);
+                    let mut conn = self.pool.acquire().await.map_err(q("read locks"))?;
+                    return Err(StoreError::Held(
+                        holders(&mut conn, &targets, Some(&run_id)).await?,
+                    ));
+                }
+                return Err(q("lock targets")(e));
+            }
         }
         let done = sqlx::query(
             "UPDATE instances SET state = 'pending', failures = 0, retry_at_s = NULL, finished_s = NULL, error = NULL \

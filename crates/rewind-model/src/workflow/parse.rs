@@ -364,7 +364,26 @@ impl Parser<'_> {
         let mut refs = Refs::default();
         let action = self.action(av, None, &mut templates, &mut refs)?;
         let per_target = match &action {
-            Action::Sql(_) => true,
+            Action::Sql(sql) => {
+                // A preflight only reads: it runs before the operator confirmed anything, and
+                // under --dry-run.
+                for st in &sql.statements {
+                    let first = st.sql.trim_start().split(|c: char| !c.is_ascii_alphabetic());
+                    let first = first.into_iter().next().unwrap_or("");
+                    if !first.eq_ignore_ascii_case("select") {
+                        self.err(
+                            &av.span(),
+                            K::InvalidValue,
+                            None,
+                            format!(
+                                "a preflight query only reads: its statements must be SELECTs, not `{first}`"
+                            ),
+                        );
+                        return None;
+                    }
+                }
+                true
+            }
             Action::Command(_) => false,
             other => {
                 self.err(
