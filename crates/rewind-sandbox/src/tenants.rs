@@ -11,7 +11,7 @@ use std::str::FromStr;
 use serde::Serialize;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{ConnectOptions as _, Connection as _, Row};
+use sqlx::{ConnectOptions as _, Connection as _};
 
 use crate::error::{DbContext, Error, Result};
 use crate::manifest::{Backend, Layout, Manifest};
@@ -80,14 +80,9 @@ async fn read(
                 .await
                 .ctx(|| format!("resolve: opening `{what}` read-only"))?;
             let sql = format!("SELECT id, {column} FROM {table}");
-            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            let out: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
                 .fetch_all(&mut conn)
                 .await
-                .ctx(|| format!("resolve: reading `{table}` of `{what}`"))?;
-            let out = rows
-                .iter()
-                .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?)))
-                .collect::<std::result::Result<Vec<_>, sqlx::Error>>()
                 .ctx(|| format!("resolve: reading `{table}` of `{what}`"))?;
             conn.close().await.ctx(|| what.clone())?;
             out
@@ -99,14 +94,9 @@ async fn read(
             let mut conn =
                 opts.connect().await.ctx(|| format!("resolve: connecting for `{schema}`"))?;
             let sql = format!("SELECT id, {column} FROM \"{schema}\".{table}");
-            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            let out: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
                 .fetch_all(&mut conn)
                 .await
-                .ctx(|| format!("resolve: reading `{schema}.{table}`"))?;
-            let out = rows
-                .iter()
-                .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?)))
-                .collect::<std::result::Result<Vec<_>, sqlx::Error>>()
                 .ctx(|| format!("resolve: reading `{schema}.{table}`"))?;
             conn.close().await.ctx(|| schema.clone())?;
             out
