@@ -35,6 +35,9 @@ pub fn finish(result: anyhow::Result<Exit>) -> ExitCode {
         Ok(Exit::Cancelled) => ExitCode::from(3),
         Ok(Exit::Interrupted(code)) => ExitCode::from(code),
         Err(e) => {
+            if is_broken_pipe(&e) {
+                return ExitCode::from(BROKEN_PIPE);
+            }
             if let Some(r) = e.downcast_ref::<Refused>() {
                 eprintln!("{r}");
                 ExitCode::from(2)
@@ -44,4 +47,34 @@ pub fn finish(result: anyhow::Result<Exit>) -> ExitCode {
             }
         }
     }
+}
+
+/// The exit code of a process whose output was closed (`rewind plan ... | head`): what a shell
+/// reports for one killed by SIGPIPE, 128 + 13.
+pub const BROKEN_PIPE: u8 = 141;
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Output into a closed pipe ends the process quietly with [`BROKEN_PIPE`], as it would a Unix
+/// tool killed by SIGPIPE, instead of `println!`'s panic. (Rust ignores SIGPIPE, and resetting
+/// it needs `unsafe`, which this crate forbids.) Other panics keep the default report.
+pub fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let p = info.payload();
+        let msg = p
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| p.downcast_ref::<&str>().copied());
+        if msg.is_some_and(|m| m.starts_with("failed printing to std") && m.contains("Broken pipe"))
+        {
+            std::process::exit(i32::from(BROKEN_PIPE));
+        }
+        default(info);
+    }));
 }

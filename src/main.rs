@@ -58,6 +58,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    exit::quiet_broken_pipe();
     let cli = Cli::parse();
     let db = cli.db.as_str();
     let result = match &cli.command {

@@ -275,3 +275,28 @@ fn plan_refuses_bad_arguments() {
     let o = rewind(dir.path(), &["plan", "--workflow", &wf, "--restore-point", RP]);
     assert_eq!(o.status.code(), Some(2), "clap usage errors exit 2 too");
 }
+
+/// `rewind check W | head -1`: output into a closed pipe ends rewind quietly with 141, as a
+/// shell reports a Unix tool killed by SIGPIPE; never a panic.
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let wf = root().join("workflows/restore-2.toml");
+    let targets = root().join("examples/sites-883.csv");
+    let plan = ["plan", "--workflow", wf.to_str().unwrap(), "--targets", targets.to_str().unwrap()];
+    let mut plan = plan.to_vec();
+    plan.extend(["--restore-point", "2022-04-05T07:33:00Z", "--json"]);
+    for args in [vec!["check", wf.to_str().unwrap()], plan, vec!["status"]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let o = Command::new(env!("CARGO_BIN_EXE_rewind"))
+            .args(&args)
+            .current_dir(dir.path())
+            .env("REWIND_DB", format!("sqlite://{}/rewind.db", dir.path().display()))
+            .stdout(writer)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(141), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).is_empty(), "{args:?}: {}", stderr(&o));
+    }
+}
