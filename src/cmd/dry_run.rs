@@ -2,13 +2,13 @@
 //! statements that would run printed (bound parameters listed separately). Nothing runs and
 //! nothing is written: no run, no checkpoint store.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::Result;
-use rewind_exec::{Attempt, Registry, Resolvers, Vars};
+use rewind_exec::{Attempt, Registry, Vars};
 use rewind_model::{Plan, RunId, Scope};
 
 use crate::exit::refused;
@@ -45,7 +45,6 @@ pub fn print(
         writeln!(out, "# waves end after targets {} (in file order)", list.join(", "))?;
     }
     let connections = Arc::new(wf.connections.clone());
-    let resolvers = cached(registry);
     let vars = Arc::new(vars.clone());
     let actions: Vec<_> = wf.steps.iter().map(|s| Arc::new(s.action.clone())).collect();
     let mut text = String::new();
@@ -82,7 +81,7 @@ pub fn print(
             action: actions[inst.step as usize].clone(),
             connections: connections.clone(),
             vars: vars.clone(),
-            resolvers: resolvers.clone(),
+            resolvers: registry.resolvers().clone(),
         };
         let calls = rewind_exec::describe::describe(&attempt).map_err(|e| {
             refused(format!(
@@ -98,17 +97,4 @@ pub fn print(
         }
     }
     Ok(())
-}
-
-/// The registry's URL resolvers behind one cache: thousands of instances name the same few
-/// stores, and resolving a `sandbox://` URL reads the sandbox's manifest each time.
-fn cached(registry: &Registry) -> Resolvers {
-    type Cache = HashMap<String, Option<Result<String, String>>>;
-    let inner = registry.resolvers().clone();
-    let cache: Arc<Mutex<Cache>> = Arc::default();
-    let resolve = move |url: &str| {
-        let mut cache = cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        cache.entry(url.to_owned()).or_insert_with(|| inner.0.iter().find_map(|r| r(url))).clone()
-    };
-    Resolvers(vec![Arc::new(resolve)])
 }

@@ -4,10 +4,12 @@
 //! `rewind_meta`, or `rewind-meta.json` for media); `sandbox://` URLs name live stores and scratch
 //! copies ([`resolve_url`]); and [`drop_scratch`] removes a tag's copies, never anything else.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use rewind_model::RestorePoint;
 use serde::Serialize;
@@ -269,7 +271,7 @@ fn resolve(url: &str, rest: &str) -> Result<String> {
     let store_name = params.get("store").ok_or_else(|| bad("no store= parameter"))?;
     let tag = params.get("scratch").map(|t| t.parse::<ScratchTag>()).transpose()?;
     let dir = std::path::absolute(dir).at(Path::new(dir))?;
-    let m = Manifest::load(&dir)?;
+    let m = manifest_for_urls(&dir)?;
     let store = m.store(store_name)?;
     if store.kind == StoreKind::Media {
         return Err(Error::refused(format!(
@@ -286,6 +288,28 @@ fn resolve(url: &str, rest: &str) -> Result<String> {
             pg_url(server, &schema(schema_prefix, &tag, &store)?)
         }
     }
+}
+
+/// The manifest of `dir`, read again only when its file changed (length or modification time):
+/// a run resolves a `sandbox://` URL for every attempt of every step that names a connection,
+/// thousands of times per run, and parsing the manifest each time cost more than some steps.
+fn manifest_for_urls(dir: &Path) -> Result<Arc<Manifest>> {
+    type Cache = HashMap<PathBuf, (Option<(SystemTime, u64)>, Arc<Manifest>)>;
+    static CACHE: Mutex<Option<Cache>> = Mutex::new(None);
+    let stamp = std::fs::metadata(crate::manifest::Layout::new(dir).manifest())
+        .ok()
+        .and_then(|m| Some((m.modified().ok()?, m.len())));
+    let mut cache = CACHE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let cache = cache.get_or_insert_with(HashMap::new);
+    if let Some((seen, m)) = cache.get(dir)
+        && stamp.is_some()
+        && *seen == stamp
+    {
+        return Ok(m.clone());
+    }
+    let m = Arc::new(Manifest::load(dir)?);
+    cache.insert(dir.to_path_buf(), (stamp, m.clone()));
+    Ok(m)
 }
 
 /// `sqlite://` and the absolute path, with the characters sqlx would decode or split on encoded.
