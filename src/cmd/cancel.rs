@@ -4,11 +4,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use rewind_runtime::{
-    Lease, RuntimeError, cancel_offline, hostname, is_stale, now_unix_ms, username,
-};
-use rewind_store::{NewEvent, Store};
+use rewind_runtime::{Lease, RuntimeError, cancel_offline, is_stale, now_unix_ms};
+use rewind_store::Store;
 
+use crate::cmd::run::operator_event;
 use crate::exit::{Exit, refused};
 use crate::output::thousands;
 use crate::store;
@@ -31,13 +30,7 @@ pub fn run(db: &str, args: &Args) -> Result<Exit> {
             println!("run {id} already ended: {}; nothing to cancel", record.state);
             return Ok(Exit::Ok);
         }
-        let event = NewEvent {
-            at_s: record.clock_s,
-            wall: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-            kind: "operator.cancel".into(),
-            key: None,
-            detail: Some(serde_json::json!({"user": username(), "host": hostname()}).to_string()),
-        };
+        let event = operator_event("operator.cancel", record.clock_s, serde_json::json!({}));
         store.request_cancel(id, &event).await?;
         let driven = record.owner.as_deref().is_some_and(|o| !is_stale(o, record.heartbeat_unix_ms, now_unix_ms()));
         if !driven {

@@ -91,7 +91,7 @@ fn parse_rate(raw: &str) -> Result<f64> {
     if (0.0..=1.0).contains(&v) { Ok(v) } else { Err(bad()) }
 }
 
-fn operator_event(kind: &str, at_s: f64, extra: serde_json::Value) -> NewEvent {
+pub(crate) fn operator_event(kind: &str, at_s: f64, extra: serde_json::Value) -> NewEvent {
     let mut detail = serde_json::json!({
         "user": rewind_runtime::username(),
         "host": rewind_runtime::hostname(),
@@ -142,6 +142,8 @@ pub fn run(db: &str, args: &Args) -> Result<Exit> {
     };
     let registry = crate::registry::registry();
     let vars = Vars::from_process();
+    let cwd = std::env::current_dir()?;
+    let rt = store::runtime()?;
     // A simulation touches no store: the rails that protect stores do not apply to it.
     if !args.simulate {
         safety::check_restore_point(&plan)?;
@@ -154,15 +156,13 @@ pub fn run(db: &str, args: &Args) -> Result<Exit> {
                 args.confirm,
             )?;
         }
-        let cwd = std::env::current_dir()?;
-        let checked = store::runtime()?
-            .block_on(safety::preflight(&plan, &registry, &workdir, cwd, &vars))?;
+        let checked =
+            rt.block_on(safety::preflight(&plan, &registry, &workdir, cwd.clone(), &vars))?;
         if let Some(said) = checked {
             eprintln!("rewind: {said}");
         }
     }
     if args.dry_run {
-        let cwd = std::env::current_dir()?;
         let mut out = std::io::stdout().lock();
         crate::cmd::dry_run::print(&mut out, &plan, &registry, &vars, &workdir, &cwd, &boundaries)?;
         out.flush()?;
@@ -174,7 +174,7 @@ pub fn run(db: &str, args: &Args) -> Result<Exit> {
         targets_file: args.targets.display().to_string(),
         targets_text,
         workdir,
-        cwd: std::env::current_dir()?,
+        cwd,
         mode: if args.simulate {
             Mode::Simulated { seed: args.seed, fail_rate: args.fail_rate }
         } else {
@@ -186,7 +186,7 @@ pub fn run(db: &str, args: &Args) -> Result<Exit> {
         waves: boundaries,
         halt_rate,
     };
-    store::runtime()?.block_on(async {
+    rt.block_on(async {
         let store = store::open(db).await?;
         let id =
             rewind_runtime::create_run(&store, &plan, &spec, &registry).await.map_err(refuse)?;

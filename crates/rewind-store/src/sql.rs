@@ -109,6 +109,28 @@ impl SqlStore {
         Ok(Self { pool, backend })
     }
 
+    /// The error of a failed insert into `target_locks` (its transaction already dropped): a
+    /// unique violation means another process locked some of `targets` since this one checked,
+    /// so say which, as [`StoreError::Held`].
+    async fn lock_failed(
+        &self,
+        e: sqlx::Error,
+        targets: &[String],
+        except: Option<&str>,
+    ) -> StoreError {
+        if !matches!(&e, sqlx::Error::Database(d) if d.is_unique_violation()) {
+            return q("lock targets")(e);
+        }
+        let held = async {
+            let mut conn = self.pool.acquire().await.map_err(q("read locks"))?;
+            holders(&mut conn, targets, except).await
+        };
+        match held.await {
+            Ok(h) => StoreError::Held(h),
+            Err(e) => e,
+        }
+    }
+
     /// Which database this is.
     pub fn backend(&self) -> Backend {
         self.backend
@@ -317,15 +339,8 @@ impl Store for SqlStore {
                     query = query.bind(t.clone()).bind(id.clone());
                 }
                 if let Err(e) = query.execute(&mut *tx).await {
-                    // Another process locked some of them since the check: say which.
-                    if let sqlx::Error::Database(d) = &e
-                        && d.is_unique_violation()
-                    {
-                        drop(tx);
-                        let mut conn = self.pool.acquire().await.map_err(q("read locks"))?;
-                        return Err(StoreError::Held(holders(&mut conn, &targets, None).await?));
-                    }
-                    return Err(q("lock targets")(e));
+                    drop(tx);
+                    return Err(self.lock_failed(e, &targets, None).await);
                 }
             }
         }
@@ -650,16 +665,8 @@ impl Store for SqlStore {
             .execute(&mut *tx)
             .await;
             if let Err(e) = locked {
-                if let sqlx::Error::Database(d) = &e
-                    && d.is_unique_violation()
-                {
-                    drop(tx);
-                    let mut conn = self.pool.acquire().await.map_err(q("read locks"))?;
-                    return Err(StoreError::Held(
-                        holders(&mut conn, &targets, Some(&run_id)).await?,
-                    ));
-                }
-                return Err(q("lock targets")(e));
+                drop(tx);
+                return Err(self.lock_failed(e, &targets, Some(&run_id)).await);
             }
         }
         let done = sqlx::query(
