@@ -126,7 +126,7 @@ fn markdown(v: &RunView, rep: &Report) -> String {
     line("## Instances\n".into());
     line("| state | instances |".into());
     line("|---|---:|".into());
-    for s in State::ALL {
+    for &s in State::ALL {
         line(format!("| {s} | {} |", thousands(rep.counts.get(s))));
     }
 

@@ -10,7 +10,9 @@
 
 mod diag;
 pub mod duration_serde;
+mod fingerprint;
 mod ids;
+mod lifecycle;
 mod plan;
 mod safety;
 mod summary;
@@ -25,7 +27,9 @@ pub use ids::{
     AttrName, ConnectionName, IdError, InstanceKey, PoolName, RunId, StepId, SubjectKey, TargetId,
     TargetKind,
 };
-pub use plan::{Fingerprint, Group, Instance, InstanceId, LowerBound, Plan, Subject};
+pub use lifecycle::{AttemptOutcome, EventKind, InstanceState, RunState, UnknownName};
+pub use fingerprint::{Fingerprint, FingerprintError};
+pub use plan::{Group, Instance, InstanceId, LowerBound, Plan, Subject};
 pub use safety::{Found, WaveSize, Waves, judge, restore_point_bounds};
 pub use summary::{
     CriticalStep, PlanSummary, PoolSummary, StepSummary, StoreSummary, TargetSummary,

@@ -18,10 +18,9 @@ use std::time::Duration;
 
 use petgraph::Direction;
 use petgraph::graph::{DiGraph, NodeIndex};
-use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::diag::Diagnostics;
+use crate::fingerprint::Fingerprint;
 use crate::ids::{AttrName, InstanceKey, PoolName, SubjectKey};
 use crate::targets::{Target, TargetSet};
 use crate::time::RestorePoint;
@@ -87,33 +86,6 @@ pub struct Group {
     pub value: String,
     /// Indices of member targets, in file order.
     pub members: Vec<u32>,
-}
-
-/// Stable SHA-256 of a plan's inputs: workflow (as parsed, so comments and layout do not count),
-/// targets in order, and restore point.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Fingerprint(pub [u8; 32]);
-
-impl fmt::Display for Fingerprint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("sha256:")?;
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for Fingerprint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-impl Serialize for Fingerprint {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
 }
 
 /// The best makespan any schedule could reach: the longer of the critical path and, for each
@@ -278,7 +250,7 @@ impl Plan {
             .collect();
         let target_index =
             targets.targets().iter().enumerate().map(|(i, t)| (t.id, i as u32)).collect();
-        let fingerprint = fingerprint(&workflow, &targets, restore_point);
+        let fingerprint = Fingerprint::current(&workflow, &targets, restore_point);
         Self {
             workflow,
             targets,
@@ -318,6 +290,23 @@ impl Plan {
     /// The plan's fingerprint.
     pub fn fingerprint(&self) -> Fingerprint {
         self.fingerprint
+    }
+
+    /// Whether this plan is the one a run stored `stored` for: its fingerprint computed with the
+    /// stored fingerprint's own encoding version equals it. Says why not.
+    pub fn check_fingerprint(&self, stored: &str) -> Result<(), String> {
+        let stored: Fingerprint = stored.parse().map_err(|e: crate::FingerprintError| e.to_string())?;
+        match Fingerprint::compute(stored.version(), &self.workflow, &self.targets, self.restore_point) {
+            Some(f) if f == stored => Ok(()),
+            Some(f) => Err(format!(
+                "its fingerprint is now {f}, not {stored} (was it created by another version of rewind?)"
+            )),
+            None => Err(format!(
+                "its fingerprint {stored} uses encoding version {}, which this rewind does not know (it knows up to {}); use the rewind that created it",
+                stored.version(),
+                Fingerprint::CURRENT
+            )),
+        }
     }
 
     /// Number of instances, skipped ones included.
@@ -606,25 +595,4 @@ fn dependencies(
         }
         (Subject::Run, Scope::Target | Scope::Group(_)) => out.extend(dep.clone()),
     }
-}
-
-fn fingerprint(
-    workflow: &Workflow,
-    targets: &TargetSet,
-    restore_point: RestorePoint,
-) -> Fingerprint {
-    let mut h = Sha256::new();
-    h.update(b"rewind plan v1\n");
-    // Serializing the parsed workflow cannot fail: every field is a string, number or list.
-    h.update(serde_json::to_vec(workflow).unwrap_or_default());
-    h.update(b"\n");
-    for t in targets.targets() {
-        h.update(t.id.as_uuid().as_bytes());
-        h.update(t.kind.as_bytes());
-        h.update(b"\0");
-        h.update(serde_json::to_vec(&t.attrs).unwrap_or_default());
-        h.update(b"\n");
-    }
-    h.update(restore_point.to_string().as_bytes());
-    Fingerprint(h.finalize().into())
 }

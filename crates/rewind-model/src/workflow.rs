@@ -34,8 +34,7 @@ pub struct Workflow {
     /// `[[steps]]`, in file order.
     pub steps: Vec<Step>,
     /// `retention`: how far back the backups reach. A real run refuses a restore point older
-    /// than this (default 30 days). Left out of the serialized workflow when it is the
-    /// default, so the fingerprints of runs made before it existed do not change.
+    /// than this (default 30 days).
     #[serde(with = "crate::duration_serde", skip_serializing_if = "is_default_retention")]
     pub retention: Duration,
     /// `[preflight]`: how to learn what each target really is before anything runs.
@@ -43,10 +42,10 @@ pub struct Workflow {
     pub preflight: Option<Preflight>,
     /// Indices into `steps`, dependencies before dependents, file order among equals.
     #[serde(skip)]
-    topo: Vec<usize>,
+    pub(crate) topo: Vec<usize>,
     /// Per step, the indices of the steps it needs.
     #[serde(skip)]
-    need_idx: Vec<Vec<usize>>,
+    pub(crate) need_idx: Vec<Vec<usize>>,
 }
 
 /// The default `retention`: 30 days.

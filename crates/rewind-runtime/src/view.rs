@@ -29,13 +29,7 @@ pub fn load_plan(rec: &RunRecord) -> Result<Plan, RuntimeError> {
         .parse()
         .map_err(|e: rewind_model::RestorePointError| snapshot(e.to_string()))?;
     let plan = Plan::build(wf, targets, rp).map_err(|d| snapshot(d.to_string()))?;
-    let fp = plan.fingerprint().to_string();
-    if fp != rec.spec.fingerprint {
-        return Err(snapshot(format!(
-            "its fingerprint is now {fp}, not {} (was it created by another version of rewind?)",
-            rec.spec.fingerprint
-        )));
-    }
+    plan.check_fingerprint(&rec.spec.fingerprint).map_err(snapshot)?;
     Ok(plan)
 }
 

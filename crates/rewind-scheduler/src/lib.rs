@@ -23,7 +23,7 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use rewind_model::{InstanceId, Plan, Subject};
 
-pub use state::{Counts, State, UnknownState};
+pub use state::{Counts, State};
 
 /// Which ready instance goes first.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
