@@ -13,7 +13,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use rewind_model::{Plan, SyntheticSpec, TargetSet, Workflow};
+use rewind_model::{
+    AttemptOutcome, EventKind, InstanceState, Plan, SyntheticSpec, TargetSet, Workflow,
+};
 use rewind_scheduler::{Config, Outcome, Priority, Scheduler};
 use rewind_store::{
     AttemptRecord, Batch, InstanceUpdate, NewEvent, NewInstance, NewRun, SqlStore, Store,
@@ -113,7 +115,7 @@ fn store(c: &mut Criterion) {
                         step: "s".into(),
                         target: None,
                         group: None,
-                        state: "pending",
+                        state: InstanceState::Pending,
                     })
                     .collect();
                 rt.block_on(async {
@@ -123,10 +125,10 @@ fn store(c: &mut Criterion) {
                         .unwrap_or_else(|e| panic!("{e}"));
                     store.claim(id, "bench", None, 0).await.unwrap_or_else(|e| panic!("{e}"));
                 });
-                let event = |i: u32, kind: &str| NewEvent {
+                let event = |i: u32, kind: EventKind| NewEvent {
                     at_s: 1.0,
                     wall: "2026-11-24T00:00:00Z".into(),
-                    kind: kind.into(),
+                    kind,
                     key: Some(format!("s/{i}")),
                     detail: Some("{\"attempt\":1}".into()),
                 };
@@ -136,7 +138,7 @@ fn store(c: &mut Criterion) {
                     instances: (0..n)
                         .map(|i| InstanceUpdate {
                             idx: i,
-                            state: "succeeded",
+                            state: InstanceState::Succeeded,
                             attempts: 1,
                             failures: 0,
                             retry_at_s: None,
@@ -151,7 +153,7 @@ fn store(c: &mut Criterion) {
                             attempt: 1,
                             started_s: 0.0,
                             ended_s: Some(1.0),
-                            outcome: Some("succeeded".into()),
+                            outcome: Some(AttemptOutcome::Succeeded),
                             exit_code: Some(0),
                             error: None,
                             stdout_tail: None,
@@ -160,7 +162,10 @@ fn store(c: &mut Criterion) {
                         .collect(),
                     events: (0..n)
                         .flat_map(|i| {
-                            [event(i, "instance.started"), event(i, "instance.succeeded")]
+                            [
+                                event(i, EventKind::InstanceStarted),
+                                event(i, EventKind::InstanceSucceeded),
+                            ]
                         })
                         .collect(),
                     end: None,

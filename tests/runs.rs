@@ -324,8 +324,12 @@ fn cancel_stops_running_actions_and_leaves_a_consistent_record() {
         "{status}"
     );
     let o = env.rewind(&["resume", &run]);
-    assert_eq!(o.status.code(), Some(3));
-    assert!(stdout(&o).contains("already ended: cancelled"));
+    assert_eq!(o.status.code(), Some(2), "a cancelled run is not resumed");
+    assert!(
+        stderr(&o).contains("was cancelled: a cancelled run cannot be resumed"),
+        "{}",
+        stderr(&o)
+    );
     let o = env.rewind(&["retry", &run]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("a cancelled run cannot be retried"));
@@ -505,4 +509,72 @@ action = { kind = "sql", connection = "catalog", sql = "UPDATE sites SET status 
     let mut args = run_args(&w, &t);
     args.push("--simulate");
     assert_eq!(env.cmd(&args).env_remove("CATALOG_DIR").output().unwrap().status.code(), Some(0));
+}
+
+/// Finished is finished (issue 11): `retry` and `resume` of a succeeded run are refused with exit
+/// 2 and change nothing: no event, no new makespan, no state change. On SQLite and PostgreSQL.
+#[test]
+fn a_succeeded_run_is_never_run_again() {
+    let check = |env: Env| {
+        let (w, t) = chain(&env, &["ok", "ok"], "");
+        let o = env.rewind(&run_args(&w, &t));
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let run = stdout(&o).lines().next().unwrap()[4..].to_owned();
+        let before = (env.report(&run), stdout(&env.rewind(&["log", &run, "--json"])));
+        for verb in ["retry", "resume"] {
+            let o = env.rewind(&[verb, &run]);
+            assert_eq!(o.status.code(), Some(2), "{verb}: {}{}", stdout(&o), stderr(&o));
+            let err = stderr(&o);
+            assert!(
+                err.contains(&format!("run {run} succeeded: a finished run is never run again")),
+                "{err}"
+            );
+            assert!(err.contains("nothing was changed"), "{err}");
+        }
+        let after = (env.report(&run), stdout(&env.rewind(&["log", &run, "--json"])));
+        assert_eq!(before, after, "the record is exactly as it was");
+        assert_eq!(env.status(&run)["driven_by"], serde_json::Value::Null);
+    };
+    check(Env::sqlite());
+    if let Some(env) = Env::postgres("a_succeeded_run_is_never_run_again") {
+        check(env);
+    }
+}
+
+/// A run with no target-scope steps reports its targets by its own outcome: all restored when
+/// it succeeds, none when it fails (issue 11: "5/5 restored (100.0%)" for a failed run).
+#[test]
+fn targets_of_a_run_without_target_steps_follow_the_run() {
+    let env = Env::sqlite();
+    env.write("step.sh", STEP_SH, true);
+    let wf = |mode: &str| {
+        format!(
+            r#"name = "shards"
+target_kind = "site"
+[defaults]
+retries = 0
+[[steps]]
+id = "shard"
+scope = "group:mode"
+estimate = "1m"
+action = {{ kind = "command", program = "./step.sh", args = ["ledger", "{mode}"] }}
+"#
+        )
+    };
+    let t = env.write("sites.csv", &targets_csv(&["x", "x", "y", "y", "y"]), false);
+    let t = t.display().to_string();
+    for (mode, code, restored) in
+        [("fail", 1, "0/5 restored (0.0%)"), ("ok", 0, "5/5 restored (100.0%)")]
+    {
+        let w = env.write(&format!("{mode}.toml"), &wf(mode), false).display().to_string();
+        let o = env.rewind(&run_args(&w, &t));
+        assert_eq!(o.status.code(), Some(code), "{}", stderr(&o));
+        assert!(stdout(&o).contains(&format!("targets     {restored}")), "{}", stdout(&o));
+        let run = stdout(&o).lines().next().unwrap()[4..].to_owned();
+        let report = env.report(&run);
+        let want = if code == 0 { "succeeded" } else { "failed" };
+        for target in report["targets"].as_array().unwrap() {
+            assert_eq!(target["state"], want, "{report}");
+        }
+    }
 }

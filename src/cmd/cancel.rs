@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use rewind_model::{EventKind, RunState};
 use rewind_runtime::{Lease, RuntimeError, cancel_offline, is_stale, now_unix_ms};
 use rewind_store::Store;
 
@@ -26,11 +27,11 @@ pub fn run(db: &str, args: &Args) -> Result<Exit> {
         let store = store::open(db).await?;
         let id = store::run_id(&args.run_id)?;
         let record = store.run(id).await?.ok_or_else(|| refused(format!("rewind: no run {id} in this checkpoint store")))?;
-        if record.state != "running" && record.state != "halted" {
+        if !record.state.holds_targets() {
             println!("run {id} already ended: {}; nothing to cancel", record.state);
             return Ok(Exit::Ok);
         }
-        let event = operator_event("operator.cancel", record.clock_s, serde_json::json!({}));
+        let event = operator_event(EventKind::OperatorCancel, record.clock_s, serde_json::json!({}));
         store.request_cancel(id, &event).await?;
         let driven = record.owner.as_deref().is_some_and(|o| !is_stale(o, record.heartbeat_unix_ms, now_unix_ms()));
         if !driven {
@@ -51,14 +52,14 @@ pub fn run(db: &str, args: &Args) -> Result<Exit> {
         let deadline = Instant::now() + args.wait;
         loop {
             let r = store.run(id).await?.ok_or_else(|| refused(format!("rewind: run {id} disappeared")))?;
-            if r.state == "halted" {
+            if r.state == RunState::Halted {
                 // It halted before it saw the request: nobody drives it now; cancel it here.
                 if let Ok((lease, _)) = Lease::acquire(&store, id).await {
                     let counts = cancel_offline(&store, lease).await?;
                     println!("run {id} cancelled ({} instances cancelled)", thousands(counts.cancelled));
                     return Ok(Exit::Ok);
                 }
-            } else if r.state != "running" {
+            } else if r.state != RunState::Running {
                 println!("run {id} {}", r.state);
                 return Ok(Exit::Ok);
             }

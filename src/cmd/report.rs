@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::Result;
+use rewind_model::RunState;
 use rewind_runtime::{InstanceView, RunView, TargetView};
 use rewind_scheduler::{Counts, State};
 use serde::Serialize;
@@ -33,7 +34,7 @@ struct Report {
     workflow: String,
     restore_point: String,
     simulated: bool,
-    state: String,
+    state: RunState,
     makespan_s: f64,
     lower_bound_s: f64,
     counts: Counts,
@@ -52,7 +53,7 @@ pub fn run(db: &str, args: &Args) -> Result<Exit> {
             workflow: r.spec.workflow.clone(),
             restore_point: r.spec.restore_point.clone(),
             simulated: r.spec.simulated,
-            state: r.state.clone(),
+            state: r.state,
             makespan_s: view.makespan_s(),
             lower_bound_s: r.spec.lower_bound_s,
             counts: view.counts(),
@@ -175,7 +176,7 @@ fn markdown(v: &RunView, rep: &Report) -> String {
     for s in &rep.steps {
         let row = rows.entry(s.step.as_str()).or_default();
         row.n += 1;
-        *row.by.entry(s.state.clone()).or_default() += 1;
+        *row.by.entry(s.state.as_str().to_owned()).or_default() += 1;
         for [a, b] in &s.intervals {
             row.time += b - a;
             row.attempts += 1;

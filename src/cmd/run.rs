@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use rewind_exec::Vars;
-use rewind_runtime::{DriveOptions, Ended, Lease, Mode, RunSpec, RuntimeError, Summary};
+use rewind_model::{EventKind, RunId, RunState};
+use rewind_runtime::{
+    DriveOptions, Ended, Lease, Mode, RunSpec, RuntimeError, Signal, StopReason, Summary,
+};
 use rewind_scheduler::Priority;
 use rewind_store::{Batch, NewEvent, SqlStore, Store, StoreError};
 
@@ -91,7 +94,7 @@ fn parse_rate(raw: &str) -> Result<f64> {
     if (0.0..=1.0).contains(&v) { Ok(v) } else { Err(bad()) }
 }
 
-pub(crate) fn operator_event(kind: &str, at_s: f64, extra: serde_json::Value) -> NewEvent {
+pub(crate) fn operator_event(kind: EventKind, at_s: f64, extra: serde_json::Value) -> NewEvent {
     let mut detail = serde_json::json!({
         "user": rewind_runtime::username(),
         "host": rewind_runtime::hostname(),
@@ -102,7 +105,7 @@ pub(crate) fn operator_event(kind: &str, at_s: f64, extra: serde_json::Value) ->
     NewEvent {
         at_s,
         wall: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-        kind: kind.to_owned(),
+        kind,
         key: None,
         detail: Some(detail.to_string()),
     }
@@ -205,56 +208,49 @@ pub fn resume(db: &str, args: &ResumeArgs) -> Result<Exit> {
     store::runtime()?.block_on(async {
         let store = store::open(db).await?;
         let id = store::run_id(&args.run_id)?;
-        let (lease, record) = Lease::acquire(&store, id).await.map_err(refuse)?;
-        if args.accept_failures && record.state != "halted" {
-            lease.release(&store).await?;
+        // Judged before the lease is taken: a refused resume writes nothing, not even a lease.
+        let record = read_run(&store, id).await?;
+        if args.accept_failures && record.state != RunState::Halted {
             return Err(refused(format!(
-                "rewind: --accept-failures continues a halted run; run {id} is {}",
+                "rewind: --accept-failures continues a halted run; run {id} is {}; nothing was changed",
                 record.state
             )));
         }
-        match record.state.as_str() {
-            "running" => {
+        refuse_unless_resumable(id, record.state, "resume")?;
+        let (lease, record) = Lease::acquire(&store, id).await.map_err(refuse)?;
+        let operator = |extra| operator_event(EventKind::OperatorResume, record.clock_s, extra);
+        let reopened = match record.state {
+            RunState::Running => {
                 let batch = Batch {
                     clock_s: record.clock_s,
                     heartbeat_unix_ms: rewind_runtime::now_unix_ms(),
-                    events: vec![operator_event("operator.resume", record.clock_s, serde_json::json!({}))],
+                    events: vec![operator(serde_json::json!({}))],
                     ..Batch::default()
                 };
-                store.commit(id, &lease.owner, &batch).await?;
+                store.commit(id, &lease.owner, &batch).await
             }
-            "halted" if args.accept_failures => {
+            RunState::Halted if args.accept_failures => {
                 let next = record.wave + 1;
-                let event = operator_event(
-                    "operator.resume",
-                    record.clock_s,
-                    serde_json::json!({"accept_failures": true, "halted_wave": record.wave, "opens_wave": next}),
-                );
-                store.accept_wave(id, next, &event).await?;
-                eprintln!("rewind: run {id}: the failures of wave {} are accepted; wave {next} starts", record.wave);
+                let event = operator(serde_json::json!({"accept_failures": true, "halted_wave": record.wave, "opens_wave": next}));
+                store.accept_wave(id, next, &event).await.map(|()| {
+                    eprintln!("rewind: run {id}: the failures of wave {} are accepted; wave {next} starts", record.wave);
+                })
             }
-            "halted" => {
-                let event = operator_event(
-                    "operator.resume",
-                    record.clock_s,
-                    serde_json::json!({"accept_failures": false, "halted_wave": record.wave}),
-                );
-                let reset = match store.reset_failed(id, &event).await {
-                    Ok(n) => n,
-                    Err(e) => {
-                        lease.release(&store).await?;
-                        return Err(refuse(e.into()));
-                    }
-                };
-                eprintln!(
-                    "rewind: run {id}: {reset} failed or blocked instance(s) run again; wave {} is judged again when they end",
-                    record.wave
-                );
+            RunState::Halted => {
+                let event = operator(serde_json::json!({"accept_failures": false, "halted_wave": record.wave}));
+                store.reset_failed(id, &event).await.map(|reset| {
+                    eprintln!(
+                        "rewind: run {id}: {reset} failed or blocked instance(s) run again; wave {} is judged again when they end",
+                        record.wave
+                    );
+                })
             }
-            other => {
-                lease.release(&store).await?;
-                return ended_already(other, id, "resume");
-            }
+            // It ended between the read and the lease.
+            other => Err(StoreError::Refused { run: id, why: format!("{other}; nothing was changed") }),
+        };
+        if let Err(e) = reopened {
+            lease.release(&store).await?;
+            return Err(refuse(e.into()));
         }
         drive(&store, lease).await
     })
@@ -265,14 +261,12 @@ pub fn retry(db: &str, args: &RunIdArgs) -> Result<Exit> {
     store::runtime()?.block_on(async {
         let store = store::open(db).await?;
         let id = store::run_id(&args.run_id)?;
-        let (lease, record) = Lease::acquire(&store, id).await.map_err(refuse)?;
-        if record.state == "cancelled" {
-            lease.release(&store).await?;
-            return Err(refused(format!(
-                "rewind: run {id} was cancelled; a cancelled run cannot be retried"
-            )));
+        let record = read_run(&store, id).await?;
+        if !record.state.can_retry() {
+            return Err(refused(ended_message(id, record.state, "retry")));
         }
-        let event = operator_event("operator.retry", record.clock_s, serde_json::json!({}));
+        let (lease, record) = Lease::acquire(&store, id).await.map_err(refuse)?;
+        let event = operator_event(EventKind::OperatorRetry, record.clock_s, serde_json::json!({}));
         let reset = match store.reset_failed(id, &event).await {
             Ok(n) => n,
             Err(e) => {
@@ -285,18 +279,40 @@ pub fn retry(db: &str, args: &RunIdArgs) -> Result<Exit> {
     })
 }
 
-fn ended_already(state: &str, id: rewind_model::RunId, verb: &str) -> Result<Exit> {
-    let hint = match state {
-        "failed" => " (rewind retry runs its failed and blocked instances again)",
-        "halted" => " (rewind resume runs the halted wave's failures again)",
-        _ => "",
+async fn read_run(store: &SqlStore, id: RunId) -> Result<rewind_store::RunRecord> {
+    store
+        .run(id)
+        .await?
+        .ok_or_else(|| refused(format!("rewind: no run {id} in this checkpoint store")))
+}
+
+/// `resume` continues a running (interrupted) or halted run; any other is refused.
+fn refuse_unless_resumable(id: RunId, state: RunState, verb: &str) -> Result<()> {
+    match state {
+        RunState::Running | RunState::Halted => Ok(()),
+        ended => Err(refused(ended_message(id, ended, verb))),
+    }
+}
+
+/// Why `verb` (resume, retry) is refused for a run in `state`, and what would do instead.
+fn ended_message(id: RunId, state: RunState, verb: &str) -> String {
+    let why = match state {
+        RunState::Succeeded => {
+            "succeeded: a finished run is never run again (start a new run to restore again)"
+                .to_owned()
+        }
+        RunState::Cancelled => {
+            let done = if verb == "retry" { "retried" } else { "resumed" };
+            format!("was cancelled: a cancelled run cannot be {done}")
+        }
+        RunState::Failed => {
+            format!(
+                "already ended: failed; `rewind retry {id}` runs its failed and blocked instances again"
+            )
+        }
+        RunState::Running | RunState::Halted => format!("is {state}"),
     };
-    println!("run {id} already ended: {state}; nothing to {verb}{hint}");
-    Ok(match state {
-        "succeeded" => Exit::Ok,
-        "cancelled" => Exit::Cancelled,
-        _ => Exit::Failed,
-    })
+    format!("rewind: run {id} {why}; nothing was changed")
 }
 
 /// Busy runs, unsupported actions and unreadable snapshots are refusals (exit 2).
@@ -310,6 +326,7 @@ pub(crate) fn refuse(e: RuntimeError) -> anyhow::Error {
         RuntimeError::Store(StoreError::Held(_)) => {
             refused(format!("rewind: refused: {e}\nnothing was written"))
         }
+        RuntimeError::Store(StoreError::Refused { .. }) => refused(format!("rewind: {e}")),
         other => anyhow::Error::new(other),
     }
 }
@@ -343,7 +360,8 @@ pub(crate) fn exit_of(summary: &Summary) -> Exit {
         Ended::Failed => Exit::Failed,
         Ended::Cancelled => Exit::Cancelled,
         Ended::Halted => Exit::Failed,
-        Ended::Interrupted(sig) => Exit::Interrupted(if sig == "SIGTERM" { 143 } else { 130 }),
+        Ended::Interrupted(StopReason::Signal(sig)) => Exit::Interrupted(sig.exit_code()),
+        Ended::Interrupted(_) => Exit::Interrupted(Signal::Interrupt.exit_code()),
     }
 }
 
@@ -353,8 +371,8 @@ pub(crate) fn print_summary(s: &Summary) {
         Ended::Succeeded => "succeeded".to_owned(),
         Ended::Failed => "failed".to_owned(),
         Ended::Cancelled => "cancelled".to_owned(),
-        Ended::Interrupted(sig) => {
-            format!("interrupted by {sig}; resume with: rewind resume {}", s.run)
+        Ended::Interrupted(reason) => {
+            format!("interrupted by {}; resume with: rewind resume {}", reason.name(), s.run)
         }
         Ended::Halted => {
             format!("halted: {}", s.halt_reason.as_deref().unwrap_or("a wave failed too often"))

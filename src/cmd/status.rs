@@ -2,6 +2,7 @@
 //! stderr tails), or all runs.
 
 use anyhow::Result;
+use rewind_model::RunState;
 use rewind_runtime::{RunView, is_stale, now_unix_ms};
 use rewind_scheduler::State;
 use rewind_store::{RunRecord, Store};
@@ -45,7 +46,7 @@ pub fn run(db: &str, args: &Args) -> Result<Exit> {
 pub fn shown_state(r: &RunRecord) -> &str {
     let driven =
         r.owner.as_deref().is_some_and(|o| !is_stale(o, r.heartbeat_unix_ms, now_unix_ms()));
-    if r.state == "running" && !driven { "interrupted" } else { &r.state }
+    if r.state == RunState::Running && !driven { "interrupted" } else { r.state.as_str() }
 }
 
 async fn all(store: &impl Store, json: bool) -> Result<Exit> {
@@ -116,7 +117,7 @@ fn one(v: &RunView) {
         }
         _ => {}
     }
-    if r.cancel_requested && r.state == "running" {
+    if r.cancel_requested && r.state == RunState::Running {
         println!("cancel         requested");
     }
     let mode = if r.spec.simulated {

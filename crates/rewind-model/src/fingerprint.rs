@@ -302,18 +302,8 @@ fn v1_policy(j: &mut Json, p: &Policy) {
 }
 
 fn v1_step(j: &mut Json, s: &Step) {
-    let Step {
-        id,
-        description,
-        scope,
-        needs,
-        resource,
-        estimate,
-        when,
-        action,
-        policy,
-        line: _,
-    } = s;
+    let Step { id, description, scope, needs, resource, estimate, when, action, policy, line: _ } =
+        s;
     j.raw("{");
     j.field_str(true, "id", id.as_str());
     if let Some(d) = description {

@@ -23,12 +23,12 @@ mod time;
 mod workflow;
 
 pub use diag::{Diagnostic, Diagnostics, ErrorKind, Location};
+pub use fingerprint::{Fingerprint, FingerprintError};
 pub use ids::{
     AttrName, ConnectionName, IdError, InstanceKey, PoolName, RunId, StepId, SubjectKey, TargetId,
     TargetKind,
 };
 pub use lifecycle::{AttemptOutcome, EventKind, InstanceState, RunState, UnknownName};
-pub use fingerprint::{Fingerprint, FingerprintError};
 pub use plan::{Group, Instance, InstanceId, LowerBound, Plan, Subject};
 pub use safety::{Found, WaveSize, Waves, judge, restore_point_bounds};
 pub use summary::{

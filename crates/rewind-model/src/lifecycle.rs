@@ -22,8 +22,9 @@
 //! ```
 //!
 //! A run is `running` until it ends `succeeded`, `failed` or `cancelled`; a staged run may stop
-//! `halted` (a wave failed too often) and run again on `resume`. `retry` reopens a `failed` run,
-//! or a `running` one that nobody drives; nothing reopens a `succeeded` or `cancelled` run.
+//! `halted` (a wave failed too often) and run again on `resume`. `retry` reopens a `failed` or
+//! `halted` run, or a `running` one that nobody drives; nothing reopens a `succeeded` or
+//! `cancelled` run.
 
 use std::fmt;
 use std::str::FromStr;
@@ -168,10 +169,10 @@ impl RunState {
         matches!(self, Self::Running | Self::Halted)
     }
 
-    /// Whether `rewind retry` may reopen it: a failed run, or a running one (after a crash).
-    /// A succeeded or cancelled run is finished; a halted one continues with `resume`.
+    /// Whether `rewind retry` may reopen it: a failed run, a halted one, or a running one
+    /// (after a crash). A succeeded or cancelled run is finished: nothing runs it again.
     pub fn can_retry(self) -> bool {
-        matches!(self, Self::Failed | Self::Running)
+        matches!(self, Self::Failed | Self::Running | Self::Halted)
     }
 }
 
@@ -291,8 +292,8 @@ mod tests {
     fn finished_runs_stay_finished() {
         assert!(!RunState::Succeeded.can_retry());
         assert!(!RunState::Cancelled.can_retry());
-        assert!(!RunState::Halted.can_retry(), "a halted run continues with resume");
         assert!(RunState::Failed.can_retry() && RunState::Running.can_retry());
+        assert!(RunState::Halted.can_retry());
         assert!(RunState::Halted.holds_targets() && !RunState::Failed.holds_targets());
     }
 }

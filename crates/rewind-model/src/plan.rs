@@ -295,8 +295,14 @@ impl Plan {
     /// Whether this plan is the one a run stored `stored` for: its fingerprint computed with the
     /// stored fingerprint's own encoding version equals it. Says why not.
     pub fn check_fingerprint(&self, stored: &str) -> Result<(), String> {
-        let stored: Fingerprint = stored.parse().map_err(|e: crate::FingerprintError| e.to_string())?;
-        match Fingerprint::compute(stored.version(), &self.workflow, &self.targets, self.restore_point) {
+        let stored: Fingerprint =
+            stored.parse().map_err(|e: crate::FingerprintError| e.to_string())?;
+        match Fingerprint::compute(
+            stored.version(),
+            &self.workflow,
+            &self.targets,
+            self.restore_point,
+        ) {
             Some(f) if f == stored => Ok(()),
             Some(f) => Err(format!(
                 "its fingerprint is now {f}, not {stored} (was it created by another version of rewind?)"

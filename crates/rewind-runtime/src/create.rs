@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use rewind_exec::{Registry, Vars};
-use rewind_model::{Plan, RunId, Subject};
+use rewind_model::{EventKind, InstanceState, Plan, RunId, Subject};
 use rewind_scheduler::Priority;
 use rewind_store::{NewEvent, NewInstance, NewRun, Store};
 use serde_json::json;
@@ -129,13 +129,13 @@ pub async fn create_run<S: Store>(
                 _ => None,
             },
             group: plan.group_of(i).map(|g| g.value.clone()),
-            state: if inst.skipped { "skipped" } else { "pending" },
+            state: if inst.skipped { InstanceState::Skipped } else { InstanceState::Pending },
         }
     });
     let event = NewEvent {
         at_s: 0.0,
         wall: created_at,
-        kind: "run.created".into(),
+        kind: EventKind::RunCreated,
         key: None,
         detail: Some(
             json!({

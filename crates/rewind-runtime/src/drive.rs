@@ -6,21 +6,25 @@
 //! so they never start before their dependencies' success is durable. A simulation has no side
 //! effects to protect: its virtual instants are group-committed every few milliseconds of wall
 //! time, so a 3-million-instance simulation is not one commit per virtual instant.
+//!
+//! [`Driver`] holds one drive's state; each step of a turn is a method: [`Driver::judge_waves`],
+//! [`Driver::dispatch`], [`Driver::gather`], [`Driver::absorb`] (an attempt's end, a signal, a
+//! tick), [`Driver::check_cancel`], [`Driver::commit`], and at the end [`Driver::finish`].
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use rewind_exec::{Attempt, Outcome as ExecOutcome, Registry, Report, Resolvers, Vars};
-use rewind_model::{Action, InstanceId, Placeholder, Plan, RunId};
-use rewind_scheduler::{Change, Config, Counts, Outcome, Priority, Restored, Scheduler, State};
-use rewind_store::{
-    AttemptRecord, Batch, InstanceUpdate, NewEvent, RunEnd, RunRecord, Store, StoreError,
+use rewind_model::{
+    Action, AttemptOutcome, EventKind, InstanceId, Placeholder, Plan, RunId, RunState,
 };
+use rewind_scheduler::{Change, Config, Counts, Outcome, Priority, Restored, Scheduler, State};
+use rewind_store::{AttemptRecord, Batch, InstanceRow, InstanceUpdate, NewEvent, RunEnd, Store};
 use serde_json::{Value, json};
 
 use crate::RuntimeError;
-use crate::exec::{Event, Exec, RealExec, Signals, SimExec};
+use crate::exec::{Event, Exec, RealExec, Signal, Signals, SimExec};
 use crate::lease::{Lease, hostname, now_unix_ms, username};
 use crate::progress::{Observer, Progress, eta};
 use crate::view::load_plan;
@@ -47,6 +51,29 @@ pub struct DriveOptions<'o> {
     pub vars: Vars,
 }
 
+/// Why a drive stopped before its run ended. The run stays resumable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// A signal (SIGINT or SIGTERM).
+    Signal(Signal),
+    /// The observer asked to stop ([`Observer::stop_requested`]).
+    StopRequest,
+    /// Nothing could start and nothing was running while instances were pending: a scheduler
+    /// bug, stopped rather than spun on.
+    Stall,
+}
+
+impl StopReason {
+    /// What stopped it, for messages and the log (`SIGINT`, `stop request`, `stall`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Signal(s) => s.name(),
+            Self::StopRequest => "stop request",
+            Self::Stall => "stall",
+        }
+    }
+}
+
 /// How a drive ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ended {
@@ -56,8 +83,8 @@ pub enum Ended {
     Failed,
     /// `rewind cancel` stopped it.
     Cancelled,
-    /// A signal stopped the process; the run is resumable.
-    Interrupted(&'static str),
+    /// The drive stopped before the run ended; the run is resumable.
+    Interrupted(StopReason),
     /// A wave failed more often than the run allows: the run keeps its targets and waits for
     /// an operator (`rewind resume`).
     Halted,
@@ -99,11 +126,87 @@ pub async fn drive<S: Store>(
     lease: Lease,
     opts: DriveOptions<'_>,
 ) -> Result<Summary, RuntimeError> {
-    let result = Driver::run(store, &lease, opts).await;
+    let result = drive_held(store, &lease, opts).await;
     let released = lease.release(store).await;
     let summary = result?;
     released?;
     Ok(summary)
+}
+
+async fn drive_held<S: Store>(
+    store: &S,
+    lease: &Lease,
+    opts: DriveOptions<'_>,
+) -> Result<Summary, RuntimeError> {
+    let wall0 = Instant::now();
+    let id = lease.run;
+    let rec = store.run(id).await?.ok_or(RuntimeError::NoSuchRun(id))?;
+    let plan = load_plan(&rec)?;
+    let rows = store.instance_states(id).await?;
+    if rec.state != RunState::Running {
+        return Ok(ended_already(&plan, &rec, &rows, wall0));
+    }
+    if !rec.spec.simulated {
+        crate::env::check(plan.workflow(), &opts.vars)?;
+        for step in &plan.workflow().steps {
+            let kind = step.action.kind();
+            if !opts.registry.supports(kind) {
+                return Err(RuntimeError::Unsupported {
+                    step: step.id.to_string(),
+                    kind: kind.to_owned(),
+                    available: opts.registry.kinds().join(", "),
+                });
+            }
+        }
+    }
+    let driver = Driver::new(store, lease, &plan, &rec, rows, opts, wall0)?;
+    driver.run().await
+}
+
+/// The summary of a run that is not running (ended, or halted): nothing to drive.
+fn ended_already(
+    plan: &Plan,
+    rec: &rewind_store::RunRecord,
+    rows: &[InstanceRow],
+    wall0: Instant,
+) -> Summary {
+    let restored: Vec<Restored> = rows.iter().map(restored_row).collect();
+    let mut counts = Counts::default();
+    for r in &restored {
+        counts.add(r.state);
+    }
+    let ended = match rec.state {
+        RunState::Succeeded => Ended::Succeeded,
+        RunState::Cancelled => Ended::Cancelled,
+        RunState::Halted => Ended::Halted,
+        RunState::Failed => Ended::Failed,
+        // Not reached: the caller drives a running run.
+        RunState::Running => Ended::Interrupted(StopReason::StopRequest),
+    };
+    let sched = Scheduler::restore(plan, Config::default(), restored, Duration::ZERO);
+    Summary {
+        run: rec.spec.id,
+        ended,
+        counts,
+        clock: duration(rec.finished_s.unwrap_or(rec.clock_s)),
+        restored_targets: sched.restored_targets(),
+        targets: plan.targets().len(),
+        simulated: rec.spec.simulated,
+        lower_bound: duration(rec.spec.lower_bound_s),
+        wall: wall0.elapsed(),
+        commits: 0,
+        restored_at: Vec::new(),
+        halt_reason: rec.reason.clone().filter(|_| ended == Ended::Halted),
+    }
+}
+
+fn restored_row(r: &InstanceRow) -> Restored {
+    Restored {
+        state: r.state,
+        attempts: r.attempts,
+        failures: r.failures,
+        retry_at: r.retry_at_s.map(duration),
+    }
 }
 
 fn secs(d: Duration) -> f64 {
@@ -137,7 +240,7 @@ struct Inputs {
 }
 
 impl Inputs {
-    fn new(plan: &Plan, rec: &RunRecord, vars: Vars) -> Self {
+    fn new(plan: &Plan, rec: &rewind_store::RunRecord, vars: Vars) -> Self {
         let wf = plan.workflow();
         // The outputs each step reads: those its templates name, and for an audit, every
         // dependency's (with one instance per dependent).
@@ -231,18 +334,18 @@ struct Batcher {
 }
 
 impl Batcher {
-    fn event(&mut self, at: Duration, kind: &str, key: Option<String>, detail: Option<String>) {
+    fn event(&mut self, at: Duration, kind: EventKind, key: Option<String>, detail: Option<Value>) {
         self.batch.events.push(NewEvent {
             at_s: secs(at),
             wall: String::new(),
-            kind: kind.to_owned(),
+            kind,
             key,
-            detail,
+            detail: detail.map(|d| d.to_string()),
         });
     }
 
     /// Records scheduler changes; `report` is the attempt report that caused them, if any.
-    fn absorb(
+    fn changes(
         &mut self,
         plan: &Plan,
         sched: &Scheduler<'_>,
@@ -256,7 +359,7 @@ impl Batcher {
             let error = mine.and_then(|r| r.error.clone());
             let mut u = InstanceUpdate {
                 idx,
-                state: c.state().as_str(),
+                state: c.state(),
                 attempts: sched.attempts(id),
                 failures: sched.failures(id),
                 retry_at_s: None,
@@ -282,9 +385,9 @@ impl Batcher {
                     });
                     self.event(
                         at,
-                        "instance.started",
+                        EventKind::InstanceStarted,
                         Some(key),
-                        Some(format!("{{\"attempt\":{attempt}}}")),
+                        Some(json!({"attempt": attempt})),
                     );
                 }
                 Change::Succeeded { at, .. } => {
@@ -292,9 +395,9 @@ impl Batcher {
                     u.output = mine.and_then(|r| r.output.as_ref()).map(Value::to_string);
                     self.event(
                         at,
-                        "instance.succeeded",
+                        EventKind::InstanceSucceeded,
                         Some(key),
-                        Some(format!("{{\"attempt\":{attempt}}}")),
+                        Some(json!({"attempt": attempt})),
                     );
                 }
                 Change::RetryScheduled { attempt, at, retry_at, .. } => {
@@ -302,39 +405,30 @@ impl Batcher {
                     u.error.clone_from(&error);
                     let detail =
                         json!({"attempt": attempt, "error": error, "retry_at_s": secs(retry_at)});
-                    self.event(at, "instance.retry_scheduled", Some(key), Some(detail.to_string()));
+                    self.event(at, EventKind::InstanceRetryScheduled, Some(key), Some(detail));
                 }
                 Change::Failed { at, .. } => {
                     u.finished_s = Some(secs(at));
                     u.error.clone_from(&error);
-                    self.event(
-                        at,
-                        "instance.failed",
-                        Some(key),
-                        Some(json!({"attempt": attempt, "error": error}).to_string()),
-                    );
+                    let detail = json!({"attempt": attempt, "error": error});
+                    self.event(at, EventKind::InstanceFailed, Some(key), Some(detail));
                 }
                 Change::Blocked { by, at, .. } => {
                     let by = plan.key(by).to_string();
                     u.finished_s = Some(secs(at));
                     u.error = Some(format!("blocked: {by} failed"));
-                    self.event(
-                        at,
-                        "instance.blocked",
-                        Some(key),
-                        Some(json!({"by": by}).to_string()),
-                    );
+                    self.event(at, EventKind::InstanceBlocked, Some(key), Some(json!({"by": by})));
                 }
                 Change::Cancelled { at, .. } => {
                     u.finished_s = Some(secs(at));
-                    self.event(at, "instance.cancelled", Some(key), None);
+                    self.event(at, EventKind::InstanceCancelled, Some(key), None);
                 }
                 Change::Interrupted { at, .. } => {
                     self.event(
                         at,
-                        "instance.interrupted",
+                        EventKind::InstanceInterrupted,
                         Some(key),
-                        Some(format!("{{\"attempt\":{attempt}}}")),
+                        Some(json!({"attempt": attempt})),
                     );
                 }
             }
@@ -352,11 +446,11 @@ impl Batcher {
     ) {
         let idx = id.index() as u32;
         let started_s = self.started.remove(&idx).unwrap_or(secs(at));
-        let name = match outcome {
-            Outcome::Succeeded => "succeeded",
-            Outcome::Failed { .. } => "failed",
-            Outcome::Cancelled => "cancelled",
-            Outcome::Interrupted => "interrupted",
+        let outcome = match outcome {
+            Outcome::Succeeded => AttemptOutcome::Succeeded,
+            Outcome::Failed { .. } => AttemptOutcome::Failed,
+            Outcome::Cancelled => AttemptOutcome::Cancelled,
+            Outcome::Interrupted => AttemptOutcome::Interrupted,
         };
         let tail = |s: &str| (!s.is_empty()).then(|| s.to_owned());
         self.batch.attempts.push(AttemptRecord {
@@ -364,7 +458,7 @@ impl Batcher {
             attempt,
             started_s,
             ended_s: Some(secs(at)),
-            outcome: Some(name.to_owned()),
+            outcome: Some(outcome),
             exit_code: report.exit_code,
             error: report.error.clone(),
             stdout_tail: tail(&report.stdout_tail),
@@ -384,84 +478,63 @@ impl Batcher {
     }
 }
 
-struct Driver;
+/// Why no new instance starts: the drive is stopping, or the run is halting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Drain {
+    Stop(StopReason),
+    Halt,
+}
 
-impl Driver {
-    async fn run<S: Store>(
-        store: &S,
-        lease: &Lease,
-        opts: DriveOptions<'_>,
-    ) -> Result<Summary, RuntimeError> {
-        let wall0 = Instant::now();
-        let id = lease.run;
-        let rec = store.run(id).await?.ok_or(RuntimeError::NoSuchRun(id))?;
-        let plan = load_plan(&rec)?;
+/// One drive of one run: the scheduler, the executors and the batch being prepared.
+struct Driver<'p, 'o, S: Store> {
+    store: &'p S,
+    lease: &'p Lease,
+    plan: &'p Plan,
+    id: RunId,
+    simulated: bool,
+    lower_bound: Duration,
+    halt_rate: f64,
+    sched: Scheduler<'p>,
+    inputs: Inputs,
+    /// Outputs of succeeded instances whose step some template reads.
+    outputs: HashMap<u32, Arc<Value>>,
+    exec: Exec,
+    signals: Signals,
+    observer: &'o mut dyn Observer,
+    progress_every: Duration,
+    tick: Duration,
+    batch: Batcher,
+    commits: u64,
+    /// Set when no new instance may start.
+    draining: Option<Drain>,
+    /// Running attempts were told to stop (a second signal, or a cancel).
+    forced: bool,
+    /// Why the run is halting, once a wave failed too often.
+    halted: Option<String>,
+    /// Attempts whose orchestrator died (instance, attempt): ended as interrupted at start.
+    open_attempts: Vec<(u32, u32)>,
+    resumed: bool,
+    queue: VecDeque<Event>,
+    wall0: Instant,
+    last_commit: Instant,
+    last_check: Instant,
+    last_progress: Option<Instant>,
+    /// Real durations of succeeded attempts, and their estimates: the ETA's speed.
+    observed: Duration,
+    estimated: Duration,
+}
+
+impl<'p, 'o, S: Store> Driver<'p, 'o, S> {
+    fn new(
+        store: &'p S,
+        lease: &'p Lease,
+        plan: &'p Plan,
+        rec: &rewind_store::RunRecord,
+        rows: Vec<InstanceRow>,
+        opts: DriveOptions<'o>,
+        wall0: Instant,
+    ) -> Result<Self, RuntimeError> {
         let simulated = rec.spec.simulated;
-        let lower_bound = duration(rec.spec.lower_bound_s);
-        let finished = |ended, counts, clock, restored| Summary {
-            run: id,
-            ended,
-            counts,
-            clock,
-            restored_targets: restored,
-            targets: plan.targets().len(),
-            simulated,
-            lower_bound,
-            wall: wall0.elapsed(),
-            commits: 0,
-            restored_at: Vec::new(),
-            halt_reason: None,
-        };
-        let rows = store.instance_states(id).await?;
-        let mut restored = Vec::with_capacity(rows.len());
-        let mut open_attempts = Vec::new();
-        for r in &rows {
-            let state: State = r.state.parse().map_err(|_| StoreError::Corrupt {
-                what: "instances.state",
-                value: r.state.to_owned(),
-            })?;
-            if state == State::Running {
-                open_attempts.push((r.idx, r.attempts));
-            }
-            restored.push(Restored {
-                state,
-                attempts: r.attempts,
-                failures: r.failures,
-                retry_at: r.retry_at_s.map(duration),
-            });
-        }
-        if rec.state != "running" {
-            let counts = count(&restored);
-            let ended = match rec.state.as_str() {
-                "succeeded" => Ended::Succeeded,
-                "cancelled" => Ended::Cancelled,
-                "halted" => Ended::Halted,
-                _ => Ended::Failed,
-            };
-            let restored_targets = count_restored(&plan, &restored);
-            let mut summary = finished(
-                ended,
-                counts,
-                duration(rec.finished_s.unwrap_or(rec.clock_s)),
-                restored_targets,
-            );
-            summary.halt_reason = rec.reason.clone().filter(|_| ended == Ended::Halted);
-            return Ok(summary);
-        }
-        if !simulated {
-            crate::env::check(plan.workflow(), &opts.vars)?;
-            for step in &plan.workflow().steps {
-                let kind = step.action.kind();
-                if !opts.registry.supports(kind) {
-                    return Err(RuntimeError::Unsupported {
-                        step: step.id.to_string(),
-                        kind: kind.to_owned(),
-                        available: opts.registry.kinds().join(", "),
-                    });
-                }
-            }
-        }
-
         let started_wall = SystemTime::UNIX_EPOCH
             + Duration::from_millis(u64::try_from(rec.spec.started_unix_ms).unwrap_or(0));
         let now0 = if simulated {
@@ -474,9 +547,13 @@ impl Driver {
             priority: parse_priority(&rec.spec.priority),
             max_running: rec.spec.max_running.map(|m| m as usize),
         };
-        let inputs = Inputs::new(&plan, &rec, opts.vars.clone());
-        let mut outputs: HashMap<u32, Arc<Value>> = HashMap::new();
+        let inputs = Inputs::new(plan, rec, opts.vars.clone());
+        let mut outputs = HashMap::new();
+        let mut open_attempts = Vec::new();
         for r in &rows {
+            if r.state == State::Running {
+                open_attempts.push((r.idx, r.attempts));
+            }
             let step = plan.instance(InstanceId::new(r.idx as usize)).step as usize;
             if inputs.read_steps.contains(&step)
                 && let Some(o) = r.output.as_deref().and_then(|o| serde_json::from_str(o).ok())
@@ -485,27 +562,107 @@ impl Driver {
             }
         }
         let resumed = rows.iter().any(|r| r.attempts > 0);
+        let restored: Vec<Restored> = rows.iter().map(restored_row).collect();
         drop(rows);
         let wave = u16::try_from(rec.wave).unwrap_or(u16::MAX);
-        let mut sched =
-            Scheduler::restore_staged(&plan, config, restored, now0, &rec.spec.waves, wave);
-        let halt_rate = rec.spec.halt_rate;
-        let mut halted: Option<String> = None;
-        let mut b = Batcher::default();
+        let sched = Scheduler::restore_staged(plan, config, restored, now0, &rec.spec.waves, wave);
+        let exec = if simulated {
+            Exec::Sim(SimExec::new(now0, rec.spec.seed, rec.spec.fail_rate))
+        } else {
+            Exec::Real(RealExec::new(rec.spec.started_unix_ms, opts.registry.clone(), opts.tick))
+        };
+        Ok(Self {
+            store,
+            lease,
+            plan,
+            id: rec.spec.id,
+            simulated,
+            lower_bound: duration(rec.spec.lower_bound_s),
+            halt_rate: rec.spec.halt_rate,
+            sched,
+            inputs,
+            outputs,
+            exec,
+            signals: Signals::new(opts.signals)?,
+            observer: opts.observer,
+            progress_every: opts.progress_every,
+            tick: opts.tick,
+            batch: Batcher::default(),
+            commits: 0,
+            draining: None,
+            forced: false,
+            halted: None,
+            open_attempts,
+            resumed,
+            queue: VecDeque::new(),
+            wall0,
+            last_commit: Instant::now(),
+            last_check: Instant::now(),
+            last_progress: None,
+            observed: Duration::ZERO,
+            estimated: Duration::ZERO,
+        })
+    }
 
-        // Attempts the orchestrator died in: ended as interrupted; they run again.
-        if !open_attempts.is_empty() {
-            let attempts = store.attempts(id).await?;
+    /// The loop, from the first commit to the summary.
+    async fn run(mut self) -> Result<Summary, RuntimeError> {
+        self.start().await?;
+        loop {
+            let now = self.exec.now();
+            if self.draining.is_none() && self.observer.stop_requested() {
+                self.queue.push_back(Event::Stop);
+            }
+            self.judge_waves(now);
+            if self.queue.is_empty() && self.draining.is_none() && !self.sched.is_cancelling() {
+                self.dispatch(now).await?;
+            }
+            if self.queue.is_empty()
+                && self.exec.running() == 0
+                && (self.sched.is_finished() || self.draining.is_some())
+            {
+                break;
+            }
+            if !self.gather(now).await? {
+                break;
+            }
+            let now = self.exec.now();
+            let mut check_cancel = self.last_check.elapsed() >= self.tick;
+            while let Some(ev) = self.queue.pop_front() {
+                check_cancel |= self.absorb(ev, now);
+            }
+            if check_cancel && self.check_cancel(now).await? {
+                continue;
+            }
+            // A simulation's attempts have no side effects: it commits every few milliseconds of
+            // wall time instead of every virtual instant (its scheduling is the same either way).
+            if self.simulated
+                && self.batch.batch.instances.len() < SIM_COMMIT_CHANGES
+                && self.last_commit.elapsed() < SIM_COMMIT_EVERY
+            {
+                continue;
+            }
+            self.commit(now).await?;
+            self.report_progress(now, false);
+        }
+        self.finish().await
+    }
+
+    /// Ends the attempts the previous orchestrator died in (they run again), logs the start or
+    /// resume, and makes both durable before anything runs.
+    async fn start(&mut self) -> Result<(), RuntimeError> {
+        let now0 = self.exec.now();
+        if !self.open_attempts.is_empty() {
+            let attempts = self.store.attempts(self.id).await?;
             let by_key: HashMap<(u32, u32), &AttemptRecord> =
                 attempts.iter().map(|a| ((a.idx, a.attempt), a)).collect();
-            for &(idx, attempt) in &open_attempts {
+            for &(idx, attempt) in &self.open_attempts {
                 let started_s = by_key.get(&(idx, attempt)).map_or(secs(now0), |a| a.started_s);
-                b.batch.attempts.push(AttemptRecord {
+                self.batch.batch.attempts.push(AttemptRecord {
                     idx,
                     attempt,
                     started_s,
                     ended_s: Some(secs(now0)),
-                    outcome: Some("interrupted".into()),
+                    outcome: Some(AttemptOutcome::Interrupted),
                     exit_code: None,
                     error: Some(
                         "the orchestrator stopped during this attempt; it runs again".into(),
@@ -514,293 +671,342 @@ impl Driver {
                     stderr_tail: None,
                 });
                 let iid = InstanceId::new(idx as usize);
-                b.batch.instances.push(InstanceUpdate {
+                self.batch.batch.instances.push(InstanceUpdate {
                     idx,
-                    state: "pending",
-                    attempts: sched.attempts(iid),
-                    failures: sched.failures(iid),
+                    state: State::Pending,
+                    attempts: self.sched.attempts(iid),
+                    failures: self.sched.failures(iid),
                     retry_at_s: None,
                     finished_s: None,
                     output: None,
                     error: None,
                 });
-                b.event(
+                self.batch.event(
                     now0,
-                    "instance.interrupted",
-                    Some(plan.key(iid).to_string()),
-                    Some(format!("{{\"attempt\":{attempt}}}")),
+                    EventKind::InstanceInterrupted,
+                    Some(self.plan.key(iid).to_string()),
+                    Some(json!({"attempt": attempt})),
                 );
             }
         }
-        let changes = sched.take_changes();
-        b.absorb(&plan, &sched, changes, None);
+        let changes = self.sched.take_changes();
+        self.batch.changes(self.plan, &self.sched, changes, None);
         let detail = json!({
-            "owner": lease.owner,
-            "took_over": lease.took_over,
+            "owner": self.lease.owner,
+            "took_over": self.lease.took_over,
             "user": username(),
             "host": hostname(),
-            "interrupted_attempts": open_attempts.len(),
-            "counts": sched.counts(),
+            "interrupted_attempts": self.open_attempts.len(),
+            "counts": self.sched.counts(),
         });
-        b.event(
-            now0,
-            if resumed { "run.resumed" } else { "run.started" },
-            None,
-            Some(detail.to_string()),
-        );
-        if let Some(prev) = &lease.took_over {
-            opts.observer
+        let kind = if self.resumed { EventKind::RunResumed } else { EventKind::RunStarted };
+        self.batch.event(now0, kind, None, Some(detail));
+        if let Some(prev) = &self.lease.took_over {
+            self.observer
                 .note(&format!("took the run over from {prev}, which is no longer running"));
         }
-        if !open_attempts.is_empty() {
-            opts.observer.note(&format!(
+        if !self.open_attempts.is_empty() {
+            self.observer.note(&format!(
                 "{} attempt(s) were running when the previous orchestrator stopped; they run again with the same idempotency keys",
-                open_attempts.len()
+                self.open_attempts.len()
             ));
         }
+        self.commit(now0).await
+    }
 
-        let mut exec = if simulated {
-            Exec::Sim(SimExec::new(now0, rec.spec.seed, rec.spec.fail_rate))
+    /// Staged waves: once the open wave has ended, judges it, then opens the next or halts.
+    fn judge_waves(&mut self, now: Duration) {
+        while self.draining.is_none()
+            && !self.sched.is_cancelling()
+            && let Some(w) = self.sched.wave_ended()
+        {
+            let rate = w.failure_rate();
+            let detail = json!({
+                "wave": w.wave, "waves": w.waves, "targets": w.targets, "failed": w.failed,
+                "failure_rate": rate, "halt_on_failure_rate": self.halt_rate,
+            });
+            if rate > self.halt_rate {
+                let id = self.id;
+                let reason = format!(
+                    "halted after wave {} of {}: {} of its {} targets failed ({:.1}%, more than the {:.1}% allowed); look at `rewind status {id}`, then `rewind resume {id}` runs the failed ones again and continues (`--accept-failures` continues without them)",
+                    w.wave,
+                    w.waves,
+                    w.failed,
+                    w.targets,
+                    100.0 * rate,
+                    100.0 * self.halt_rate
+                );
+                self.observer.note(&reason);
+                self.batch.event(now, EventKind::RunHalting, None, Some(detail));
+                self.halted = Some(reason);
+                self.draining = Some(Drain::Halt);
+            } else if let Some(next) = self.sched.open_next_wave() {
+                self.observer.note(&format!(
+                    "wave {} of {} done ({} of {} targets failed); wave {next} starts",
+                    w.wave, w.waves, w.failed, w.targets
+                ));
+                self.batch.event(now, EventKind::WavePassed, None, Some(detail));
+                self.batch.event(now, EventKind::WaveOpened, None, Some(json!({"wave": next})));
+                self.batch.batch.wave = Some(u32::from(next));
+            }
+        }
+    }
+
+    /// Starts what the scheduler says. A real action has side effects: its start is durable
+    /// before it begins, so after a crash the record says which attempts may have been under
+    /// way.
+    async fn dispatch(&mut self, now: Duration) -> Result<(), RuntimeError> {
+        let dispatches = self.sched.poll(now);
+        let changes = self.sched.take_changes();
+        self.batch.changes(self.plan, &self.sched, changes, None);
+        match &mut self.exec {
+            Exec::Sim(s) => {
+                for d in dispatches {
+                    s.start(d.id, d.attempt, self.plan.estimate(d.id), || {
+                        self.plan.key(d.id).to_string()
+                    });
+                }
+            }
+            Exec::Real(_) => {
+                if dispatches.is_empty() {
+                    return Ok(());
+                }
+                self.commit(now).await?;
+                for d in dispatches {
+                    let attempt = self.inputs.attempt(self.plan, d.id, d.attempt, &self.outputs);
+                    if let Exec::Real(r) = &mut self.exec {
+                        r.start(d.id, d.attempt, attempt);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Fills the queue with what happened: attempt ends ready now, or else (after making what
+    /// happened so far durable) the next end, retry time, signal or tick. `false` when the drive
+    /// must stop: nothing runs, nothing is due, yet instances are pending.
+    async fn gather(&mut self, now: Duration) -> Result<bool, RuntimeError> {
+        if self.queue.is_empty() {
+            let ready = self.exec.ready()?;
+            self.queue.extend(ready);
+        }
+        if !self.queue.is_empty() {
+            return Ok(true);
+        }
+        // Real waits can be long: make what happened so far durable first. (A simulation does
+        // not wait; its clock jumps.)
+        if !self.simulated && !self.batch.batch.is_empty() {
+            self.commit(now).await?;
+        }
+        if self.exec.running() == 0
+            && self.sched.next_wakeup().is_none()
+            && !self.sched.is_finished()
+        {
+            // A scheduler bug: stop rather than spin; the run stays resumable.
+            self.observer.note("no instance can start and none is running; stopping");
+            self.draining = Some(Drain::Stop(StopReason::Stall));
+            return Ok(false);
+        }
+        let events = self.exec.wait(self.sched.next_wakeup(), &mut self.signals).await?;
+        self.queue.extend(events);
+        Ok(true)
+    }
+
+    /// Handles one event. Returns whether the cancel flag is due a look.
+    fn absorb(&mut self, ev: Event, now: Duration) -> bool {
+        match ev {
+            Event::Done { id, attempt, report } => self.attempt_ended(id, attempt, &report, now),
+            Event::Wake => {}
+            Event::Tick => return true,
+            Event::Signal(sig) => self.stop(StopReason::Signal(sig), now),
+            Event::Stop => self.stop(StopReason::StopRequest, now),
+        }
+        false
+    }
+
+    /// An attempt's end: recorded, fed to the scheduler, its output kept if a template reads it.
+    fn attempt_ended(&mut self, iid: InstanceId, attempt: u32, report: &Report, now: Duration) {
+        let outcome = match report.outcome {
+            ExecOutcome::Succeeded => Outcome::Succeeded,
+            ExecOutcome::Failed { retryable } => Outcome::Failed { retryable },
+            ExecOutcome::Cancelled if self.sched.is_cancelling() => Outcome::Cancelled,
+            ExecOutcome::Cancelled => Outcome::Interrupted,
+        };
+        self.batch.attempt_end(iid, attempt, now, report, outcome);
+        if let (Outcome::Succeeded, Some(out)) = (outcome, &report.output)
+            && self.inputs.read_steps.contains(&(self.plan.instance(iid).step as usize))
+        {
+            self.outputs.insert(iid.index() as u32, Arc::new(out.clone()));
+        }
+        if !self.simulated && outcome == Outcome::Succeeded {
+            let started = self.batch.batch.attempts.last().map_or(secs(now), |a| a.started_s);
+            self.observed += duration(secs(now) - started);
+            self.estimated += self.plan.estimate(iid);
+        }
+        self.sched.on_outcome(iid, outcome, now);
+        let changes = self.sched.take_changes();
+        if let Outcome::Failed { .. } = outcome {
+            let retry_in = changes.iter().find_map(|c| match c {
+                Change::RetryScheduled { id, retry_at, .. } if *id == iid => {
+                    Some(retry_at.saturating_sub(now))
+                }
+                _ => None,
+            });
+            let error = report.error.as_deref().unwrap_or("failed");
+            self.observer.failure(&self.plan.key(iid).to_string(), attempt, error, retry_in);
+        }
+        self.batch.changes(self.plan, &self.sched, changes, Some((iid, report)));
+    }
+
+    /// A signal or a stop request: the first stops dispatching and lets running attempts
+    /// finish; the next (or the first, with nothing running) stops them too.
+    fn stop(&mut self, reason: StopReason, now: Duration) {
+        let name = reason.name();
+        if self.draining.is_none() && !self.simulated && self.exec.running() > 0 {
+            self.draining = Some(Drain::Stop(reason));
+            self.observer.note(&format!(
+                "{name}: no new steps start; waiting for {} running action(s) to finish (send it again to stop them now)",
+                self.exec.running()
+            ));
         } else {
-            Exec::Real(RealExec::new(rec.spec.started_unix_ms, opts.registry.clone(), opts.tick))
-        };
-        let mut signals = Signals::new(opts.signals)?;
-        let mut commits = 0u64;
-        let commit = async |b: &mut Batcher,
-                            clock: Duration,
-                            commits: &mut u64|
-               -> Result<(), RuntimeError> {
-            let batch = b.take(clock);
-            store.commit(id, &lease.owner, &batch).await?;
-            *commits += 1;
-            Ok(())
-        };
-        commit(&mut b, now0, &mut commits).await?;
-
-        let mut last_commit = Instant::now();
-        let mut draining: Option<&'static str> = None;
-        let mut forced = false;
-        let mut last_check = Instant::now();
-        let mut last_progress: Option<Instant> = None;
-        let (mut observed, mut estimated) = (Duration::ZERO, Duration::ZERO);
-        let mut queue: VecDeque<Event> = VecDeque::new();
-        loop {
-            let now = exec.now();
-            if draining.is_none() && opts.observer.stop_requested() {
-                queue.push_back(Event::Signal("stop request"));
-            }
-            // Staged waves: once the open wave has ended, judge it, then open the next or halt.
-            while draining.is_none()
-                && !sched.is_cancelling()
-                && let Some(w) = sched.wave_ended()
-            {
-                let rate = w.failure_rate();
-                let detail = json!({
-                    "wave": w.wave, "waves": w.waves, "targets": w.targets, "failed": w.failed,
-                    "failure_rate": rate, "halt_on_failure_rate": halt_rate,
-                });
-                if rate > halt_rate {
-                    let reason = format!(
-                        "halted after wave {} of {}: {} of its {} targets failed ({:.1}%, more than the {:.1}% allowed); look at `rewind status {id}`, then `rewind resume {id}` runs the failed ones again and continues (`--accept-failures` continues without them)",
-                        w.wave,
-                        w.waves,
-                        w.failed,
-                        w.targets,
-                        100.0 * rate,
-                        100.0 * halt_rate
-                    );
-                    opts.observer.note(&reason);
-                    b.event(now, "run.halting", None, Some(detail.to_string()));
-                    halted = Some(reason);
-                    draining = Some("halt");
-                } else if let Some(next) = sched.open_next_wave() {
-                    opts.observer.note(&format!(
-                        "wave {} of {} done ({} of {} targets failed); wave {next} starts",
-                        w.wave, w.waves, w.failed, w.targets
-                    ));
-                    b.event(now, "wave.passed", None, Some(detail.to_string()));
-                    b.event(now, "wave.opened", None, Some(json!({"wave": next}).to_string()));
-                    b.batch.wave = Some(u32::from(next));
-                }
-            }
-            if queue.is_empty() && draining.is_none() && !sched.is_cancelling() {
-                let dispatches = sched.poll(now);
-                let changes = sched.take_changes();
-                b.absorb(&plan, &sched, changes, None);
-                match &mut exec {
-                    Exec::Sim(s) => {
-                        for d in dispatches {
-                            s.start(d.id, d.attempt, plan.estimate(d.id), || {
-                                plan.key(d.id).to_string()
-                            });
-                        }
-                    }
-                    Exec::Real(r) => {
-                        // A real action has side effects: its start is durable before it begins,
-                        // so after a crash the record says which attempts may have been under way.
-                        if !dispatches.is_empty() {
-                            commit(&mut b, now, &mut commits).await?;
-                        }
-                        for d in dispatches {
-                            r.start(
-                                d.id,
-                                d.attempt,
-                                inputs.attempt(&plan, d.id, d.attempt, &outputs),
-                            );
-                        }
-                    }
-                }
-            }
-            if queue.is_empty()
-                && exec.running() == 0
-                && (sched.is_finished() || draining.is_some())
-            {
-                break;
-            }
-            if queue.is_empty() {
-                queue.extend(exec.ready());
-            }
-            if queue.is_empty() {
-                // Real waits can be long: make what happened so far durable first. (A
-                // simulation does not wait; its clock jumps.)
-                if !simulated && !b.batch.is_empty() {
-                    commit(&mut b, now, &mut commits).await?;
-                    last_commit = Instant::now();
-                }
-                if exec.running() == 0 && sched.next_wakeup().is_none() && !sched.is_finished() {
-                    // Nothing runs, nothing is due, yet instances are pending: a scheduler bug.
-                    // Stop rather than spin; the run stays resumable.
-                    opts.observer.note("no instance can start and none is running; stopping");
-                    draining = Some("stall");
-                    break;
-                }
-                queue.extend(exec.wait(sched.next_wakeup(), &mut signals).await);
-            }
-            let now = exec.now();
-            let mut check_cancel = last_check.elapsed() >= opts.tick;
-            while let Some(ev) = queue.pop_front() {
-                match ev {
-                    Event::Done { id: iid, attempt, report } => {
-                        let outcome = match report.outcome {
-                            ExecOutcome::Succeeded => Outcome::Succeeded,
-                            ExecOutcome::Failed { retryable } => Outcome::Failed { retryable },
-                            ExecOutcome::Cancelled if sched.is_cancelling() => Outcome::Cancelled,
-                            ExecOutcome::Cancelled => Outcome::Interrupted,
-                        };
-                        b.attempt_end(iid, attempt, now, &report, outcome);
-                        if let (Outcome::Succeeded, Some(out)) = (outcome, &report.output)
-                            && inputs.read_steps.contains(&(plan.instance(iid).step as usize))
-                        {
-                            outputs.insert(iid.index() as u32, Arc::new(out.clone()));
-                        }
-                        if !simulated && outcome == Outcome::Succeeded {
-                            let started =
-                                b.batch.attempts.last().map_or(secs(now), |a| a.started_s);
-                            observed += duration(secs(now) - started);
-                            estimated += plan.estimate(iid);
-                        }
-                        sched.on_outcome(iid, outcome, now);
-                        let changes = sched.take_changes();
-                        if let Outcome::Failed { .. } = outcome {
-                            let retry_in = changes.iter().find_map(|c| match c {
-                                Change::RetryScheduled { id, retry_at, .. } if *id == iid => {
-                                    Some(retry_at.saturating_sub(now))
-                                }
-                                _ => None,
-                            });
-                            let error = report.error.as_deref().unwrap_or("failed");
-                            opts.observer.failure(
-                                &plan.key(iid).to_string(),
-                                attempt,
-                                error,
-                                retry_in,
-                            );
-                        }
-                        b.absorb(&plan, &sched, changes, Some((iid, &report)));
-                    }
-                    Event::Wake => {}
-                    Event::Tick => check_cancel = true,
-                    Event::Signal(sig) => {
-                        if draining.is_none() && !simulated && exec.running() > 0 {
-                            draining = Some(sig);
-                            opts.observer.note(&format!(
-                                "{sig}: no new steps start; waiting for {} running action(s) to finish (send it again to stop them now)",
-                                exec.running()
-                            ));
-                        } else {
-                            draining = Some(sig);
-                            forced = true;
-                            let running = exec.running();
-                            opts.observer.note(&if running == 0 {
-                                format!("{sig}: stopping; the run is resumable")
-                            } else {
-                                format!("{sig}: stopping {running} running action(s); they run again on resume")
-                            });
-                            queue.extend(exec.stop_all());
-                        }
-                        b.event(
-                            now,
-                            "run.interrupting",
-                            None,
-                            Some(json!({"signal": sig, "forced": forced}).to_string()),
-                        );
-                    }
-                }
-            }
-            if check_cancel {
-                last_check = Instant::now();
-                if !sched.is_cancelling() && store.cancel_requested(id).await? {
-                    opts.observer.note("cancel requested: stopping");
-                    sched.cancel(now);
-                    let changes = sched.take_changes();
-                    b.absorb(&plan, &sched, changes, None);
-                    b.event(
-                        now,
-                        "run.cancelling",
-                        None,
-                        Some(json!({"running": exec.running()}).to_string()),
-                    );
-                    queue.extend(exec.stop_all());
-                    continue;
-                }
-            }
-            // A simulation's attempts have no side effects: it commits every few milliseconds of
-            // wall time instead of every virtual instant (its scheduling is the same either way).
-            if !simulated
-                || b.batch.instances.len() >= SIM_COMMIT_CHANGES
-                || last_commit.elapsed() >= SIM_COMMIT_EVERY
-            {
-                commit(&mut b, now, &mut commits).await?;
-                last_commit = Instant::now();
+            self.draining = Some(Drain::Stop(reason));
+            self.forced = true;
+            let running = self.exec.running();
+            self.observer.note(&if running == 0 {
+                format!("{name}: stopping; the run is resumable")
             } else {
-                continue;
-            }
-            if last_progress.is_none_or(|t| t.elapsed() >= opts.progress_every) {
-                last_progress = Some(Instant::now());
-                let speed = if estimated.is_zero() {
-                    1.0
-                } else {
-                    observed.as_secs_f64() / estimated.as_secs_f64()
-                };
-                opts.observer.progress(&progress(&plan, &sched, now, simulated, speed));
-            }
+                format!("{name}: stopping {running} running action(s); they run again on resume")
+            });
+            let stopped = self.exec.stop_all();
+            self.queue.extend(stopped);
         }
+        self.batch.event(
+            now,
+            EventKind::RunInterrupting,
+            None,
+            Some(json!({"signal": name, "forced": self.forced})),
+        );
+    }
 
-        let now = exec.now();
-        // A cancel asked for while the run was halting wins: the operator wants it over.
-        if halted.is_some() && !sched.is_cancelling() && store.cancel_requested(id).await? {
-            sched.cancel(now);
-            let changes = sched.take_changes();
-            b.absorb(&plan, &sched, changes, None);
-            halted = None;
+    /// Looks at the cancel flag (`rewind cancel`); when set, cancels everything pending and stops
+    /// what runs. Returns whether it did.
+    async fn check_cancel(&mut self, now: Duration) -> Result<bool, RuntimeError> {
+        self.last_check = Instant::now();
+        if self.sched.is_cancelling() || !self.store.cancel_requested(self.id).await? {
+            return Ok(false);
         }
-        let counts = sched.counts();
+        self.observer.note("cancel requested: stopping");
+        self.sched.cancel(now);
+        let changes = self.sched.take_changes();
+        self.batch.changes(self.plan, &self.sched, changes, None);
+        self.batch.event(
+            now,
+            EventKind::RunCancelling,
+            None,
+            Some(json!({"running": self.exec.running()})),
+        );
+        let stopped = self.exec.stop_all();
+        self.queue.extend(stopped);
+        Ok(true)
+    }
+
+    /// Writes the batch in one transaction (renewing the lease).
+    async fn commit(&mut self, clock: Duration) -> Result<(), RuntimeError> {
+        let batch = self.batch.take(clock);
+        self.store.commit(self.id, &self.lease.owner, &batch).await?;
+        self.commits += 1;
+        self.last_commit = Instant::now();
+        Ok(())
+    }
+
+    fn report_progress(&mut self, now: Duration, last: bool) {
+        if !last && self.last_progress.is_some_and(|t| t.elapsed() < self.progress_every) {
+            return;
+        }
+        self.last_progress = Some(Instant::now());
+        let speed = if last || self.estimated.is_zero() {
+            1.0
+        } else {
+            self.observed.as_secs_f64() / self.estimated.as_secs_f64()
+        };
+        let p = progress(self.plan, &self.sched, now, self.simulated, speed);
+        self.observer.progress(&p);
+    }
+
+    /// How the drive ended, written with the last commit.
+    async fn finish(mut self) -> Result<Summary, RuntimeError> {
+        let now = self.exec.now();
+        // A cancel asked for while the run was halting wins: the operator wants it over.
+        if self.halted.is_some()
+            && !self.sched.is_cancelling()
+            && self.store.cancel_requested(self.id).await?
+        {
+            self.sched.cancel(now);
+            let changes = self.sched.take_changes();
+            self.batch.changes(self.plan, &self.sched, changes, None);
+            self.halted = None;
+        }
+        let counts = self.sched.counts();
+        let ended = self.ended(&counts);
+        let (state, reason) = match ended {
+            Ended::Interrupted(reason) => {
+                self.batch.event(
+                    now,
+                    EventKind::RunInterrupted,
+                    None,
+                    Some(json!({"signal": reason.name(), "counts": counts})),
+                );
+                (None, None)
+            }
+            Ended::Halted => (Some(RunState::Halted), self.halted.clone()),
+            Ended::Succeeded => (Some(RunState::Succeeded), None),
+            Ended::Cancelled => (
+                Some(RunState::Cancelled),
+                Some("cancelled by an operator (rewind cancel)".to_owned()),
+            ),
+            Ended::Failed => (
+                Some(RunState::Failed),
+                Some(format!("{} failed, {} blocked", counts.failed, counts.blocked)),
+            ),
+        };
+        if let Some(state) = state {
+            if state == RunState::Halted {
+                let detail = json!({"reason": reason, "counts": counts});
+                self.batch.event(now, EventKind::RunHalted, None, Some(detail));
+            } else {
+                let detail = json!({"state": state, "counts": counts, "clock_s": secs(now)});
+                self.batch.event(now, EventKind::RunFinished, None, Some(detail));
+            }
+            self.batch.batch.end = Some(RunEnd { state, finished_s: secs(now), reason });
+        }
+        self.commit(now).await?;
+        self.report_progress(now, true);
+        Ok(Summary {
+            run: self.id,
+            ended,
+            counts,
+            clock: now,
+            restored_targets: self.sched.restored_targets(),
+            targets: self.plan.targets().len(),
+            simulated: self.simulated,
+            lower_bound: self.lower_bound,
+            wall: self.wall0.elapsed(),
+            commits: self.commits,
+            restored_at: (0..self.plan.targets().len())
+                .map(|t| self.sched.target_restored_at(t))
+                .collect(),
+            halt_reason: self.halted.clone().filter(|_| ended == Ended::Halted),
+        })
+    }
+
+    fn ended(&self, counts: &Counts) -> Ended {
         // A halt with nothing left to run (a failure upstream of every target blocked them all)
         // is simply the end of a failed run.
-        let ended = if halted.is_some() && !sched.is_cancelling() && !sched.is_finished() {
+        if self.halted.is_some() && !self.sched.is_cancelling() && !self.sched.is_finished() {
             Ended::Halted
-        } else if sched.is_finished() {
-            if sched.is_cancelling() {
+        } else if self.sched.is_finished() {
+            if self.sched.is_cancelling() {
                 Ended::Cancelled
             } else if counts.failed + counts.blocked > 0 {
                 Ended::Failed
@@ -808,57 +1014,13 @@ impl Driver {
                 Ended::Succeeded
             }
         } else {
-            Ended::Interrupted(draining.unwrap_or("stop"))
-        };
-        match ended {
-            Ended::Halted => {
-                b.batch.end =
-                    Some(RunEnd { state: "halted", finished_s: secs(now), reason: halted.clone() });
-                b.event(
-                    now,
-                    "run.halted",
-                    None,
-                    Some(json!({"reason": halted, "counts": counts}).to_string()),
-                );
-            }
-            Ended::Interrupted(sig) => {
-                b.event(
-                    now,
-                    "run.interrupted",
-                    None,
-                    Some(json!({"signal": sig, "counts": counts}).to_string()),
-                );
-            }
-            _ => {
-                let (state, reason) = match ended {
-                    Ended::Succeeded => ("succeeded", None),
-                    Ended::Cancelled => {
-                        ("cancelled", Some("cancelled by an operator (rewind cancel)".to_owned()))
-                    }
-                    _ => (
-                        "failed",
-                        Some(format!("{} failed, {} blocked", counts.failed, counts.blocked)),
-                    ),
-                };
-                b.batch.end = Some(RunEnd { state, finished_s: secs(now), reason });
-                b.event(
-                    now,
-                    "run.finished",
-                    None,
-                    Some(
-                        json!({"state": state, "counts": counts, "clock_s": secs(now)}).to_string(),
-                    ),
-                );
+            match self.draining {
+                Some(Drain::Stop(reason)) => Ended::Interrupted(reason),
+                // A halt that a stop overtook, or a loop that ended with nothing draining:
+                // resumable either way.
+                Some(Drain::Halt) | None => Ended::Interrupted(StopReason::StopRequest),
             }
         }
-        commit(&mut b, now, &mut commits).await?;
-        opts.observer.progress(&progress(&plan, &sched, now, simulated, 1.0));
-        let mut summary = finished(ended, counts, now, sched.restored_targets());
-        summary.commits = commits;
-        summary.halt_reason = halted.filter(|_| ended == Ended::Halted);
-        summary.restored_at =
-            (0..plan.targets().len()).map(|t| sched.target_restored_at(t)).collect();
-        Ok(summary)
     }
 }
 
@@ -877,24 +1039,4 @@ fn progress(
         eta: eta(plan, sched, speed),
         simulated,
     }
-}
-
-fn count(rows: &[Restored]) -> Counts {
-    let mut c = Counts::default();
-    for r in rows {
-        c.add(r.state);
-    }
-    c
-}
-
-fn count_restored(plan: &Plan, rows: &[Restored]) -> usize {
-    let mut open = vec![false; plan.targets().len()];
-    for (i, r) in rows.iter().enumerate() {
-        if let rewind_model::Subject::Target(t) = plan.instances()[i].subject
-            && !r.state.satisfies()
-        {
-            open[t as usize] = true;
-        }
-    }
-    open.iter().filter(|o| !**o).count()
 }

@@ -5,13 +5,42 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::panic::AssertUnwindSafe;
+
 use futures::FutureExt;
 use rewind_exec::{Attempt, Outcome, Registry, Report, Stop, StopHandle};
 use rewind_model::InstanceId;
-use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinSet;
 
 use crate::RuntimeError;
+
+/// A signal that stops a drive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGINT (Ctrl-C).
+    Interrupt,
+    /// SIGTERM.
+    Terminate,
+}
+
+impl Signal {
+    /// `SIGINT` or `SIGTERM`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Interrupt => "SIGINT",
+            Self::Terminate => "SIGTERM",
+        }
+    }
+
+    /// The exit status of a process that stopped on it: 128 + its number (130, 143).
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Self::Interrupt => 130,
+            Self::Terminate => 143,
+        }
+    }
+}
 
 /// Something the loop must react to.
 #[derive(Debug)]
@@ -21,15 +50,17 @@ pub(crate) enum Event {
     /// A retry time was reached.
     Wake,
     /// SIGINT or SIGTERM.
-    Signal(&'static str),
+    Signal(Signal),
+    /// The observer asked the drive to stop.
+    Stop,
     /// Time to look at the cancel flag and renew the lease.
     Tick,
 }
 
 /// SIGINT and SIGTERM, when the caller wants them handled.
 pub(crate) struct Signals {
-    int: Option<Signal>,
-    term: Option<Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+    term: Option<tokio::signal::unix::Signal>,
 }
 
 impl Signals {
@@ -45,7 +76,7 @@ impl Signals {
     }
 
     /// The next signal (never resolves when handling is off).
-    pub(crate) async fn recv(&mut self) -> &'static str {
+    pub(crate) async fn recv(&mut self) -> Signal {
         let Self { int, term } = self;
         let int = async {
             match int {
@@ -60,13 +91,13 @@ impl Signals {
             }
         };
         tokio::select! {
-            _ = int => "SIGINT",
-            _ = term => "SIGTERM",
+            _ = int => Signal::Interrupt,
+            _ = term => Signal::Terminate,
         }
     }
 
     /// A signal already delivered, if any.
-    pub(crate) fn try_recv(&mut self) -> Option<&'static str> {
+    pub(crate) fn try_recv(&mut self) -> Option<Signal> {
         self.recv().now_or_never()
     }
 }
@@ -187,50 +218,77 @@ impl RealExec {
         }
     }
 
+    /// Runs one attempt on its own task. A panic in the executor is caught at the task's
+    /// boundary and becomes that attempt's permanent failure (a bug does not get better by
+    /// running it again), so every task reports its own instance and attempt.
     pub(crate) fn start(&mut self, id: InstanceId, attempt: u32, a: Attempt) {
         let idx = id.index() as u32;
+        let kind = a.action.kind();
         let fut = self.registry.run(a, self.stop_signal.clone());
-        let handle = self.set.spawn(async move { (idx, attempt, fut.await) });
+        let handle = self.set.spawn(async move {
+            let report = match AssertUnwindSafe(fut).catch_unwind().await {
+                Ok(report) => report,
+                Err(panic) => Report::failed(
+                    format!(
+                        "the `{kind}` executor panicked: {}; this is a bug in rewind (not retried)",
+                        panic_message(panic.as_ref())
+                    ),
+                    false,
+                ),
+            };
+            (idx, attempt, report)
+        });
         self.tasks.insert(handle.id(), (idx, attempt));
     }
 
     fn event(
         &mut self,
         joined: Result<(tokio::task::Id, (u32, u32, Report)), tokio::task::JoinError>,
-    ) -> Event {
+    ) -> Result<Event, RuntimeError> {
         match joined {
             Ok((tid, (id, attempt, report))) => {
                 self.tasks.remove(&tid);
-                Event::Done { id: InstanceId::new(id as usize), attempt, report }
+                Ok(Event::Done { id: InstanceId::new(id as usize), attempt, report })
             }
-            Err(e) => {
-                let (id, attempt) = self.tasks.remove(&e.id()).unwrap_or((0, 0));
-                let report = Report::failed(format!("the executor task failed: {e}"), true);
-                Event::Done { id: InstanceId::new(id as usize), attempt, report }
-            }
+            // Panics are caught inside the task and nothing aborts these tasks, so this is a
+            // task lost to the runtime itself (it is shutting down): its attempt is named if
+            // known, and the drive stops; the run stays resumable.
+            Err(e) => match self.tasks.remove(&e.id()) {
+                Some((id, attempt)) => {
+                    let report = Report::failed(format!("the executor task was lost: {e}"), true);
+                    Ok(Event::Done { id: InstanceId::new(id as usize), attempt, report })
+                }
+                None => Err(RuntimeError::Internal(format!(
+                    "an executor task ended without a known attempt: {e}"
+                ))),
+            },
         }
     }
 
-    fn ready(&mut self) -> Vec<Event> {
+    fn ready(&mut self) -> Result<Vec<Event>, RuntimeError> {
         let mut out = Vec::new();
         while let Some(j) = self.set.try_join_next_with_id() {
-            out.push(self.event(j));
+            out.push(self.event(j)?);
         }
-        out
+        Ok(out)
     }
 
-    async fn wait(&mut self, wake: Option<Duration>, signals: &mut Signals) -> Vec<Event> {
+    async fn wait(
+        &mut self,
+        wake: Option<Duration>,
+        signals: &mut Signals,
+    ) -> Result<Vec<Event>, RuntimeError> {
         let sleep = wake.map(|w| w.saturating_sub(self.now()));
-        tokio::select! {
+        Ok(tokio::select! {
             Some(j) = self.set.join_next_with_id(), if !self.set.is_empty() => {
-                let mut out = vec![self.event(j)];
-                out.extend(self.ready());
+                let mut out = vec![self.event(j)?];
+                out.extend(self.ready()?);
                 out
             }
             () = async { match sleep { Some(d) => tokio::time::sleep(d).await, None => std::future::pending().await } } => vec![Event::Wake],
             s = signals.recv() => vec![Event::Signal(s)],
             _ = self.tick.tick() => vec![Event::Tick],
-        }
+        })
     }
 
     fn now(&self) -> Duration {
@@ -260,9 +318,9 @@ impl Exec {
     }
 
     /// Events available without waiting.
-    pub(crate) fn ready(&mut self) -> Vec<Event> {
+    pub(crate) fn ready(&mut self) -> Result<Vec<Event>, RuntimeError> {
         match self {
-            Self::Sim(s) => s.pop_due(),
+            Self::Sim(s) => Ok(s.pop_due()),
             Self::Real(r) => r.ready(),
         }
     }
@@ -273,12 +331,12 @@ impl Exec {
         &mut self,
         wake: Option<Duration>,
         signals: &mut Signals,
-    ) -> Vec<Event> {
+    ) -> Result<Vec<Event>, RuntimeError> {
         match self {
-            Self::Sim(s) => match signals.try_recv() {
+            Self::Sim(s) => Ok(match signals.try_recv() {
                 Some(sig) => vec![Event::Signal(sig)],
                 None => s.advance(wake),
-            },
+            }),
             Self::Real(r) => r.wait(wake, signals).await,
         }
     }
@@ -293,5 +351,16 @@ impl Exec {
                 Vec::new()
             }
         }
+    }
+}
+
+/// The text of a caught panic's payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_owned()
     }
 }

@@ -9,7 +9,7 @@ use nix::errno::Errno;
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
 use rewind_model::RunId;
-use rewind_store::{RunRecord, Store};
+use rewind_store::{Holding, RunRecord, Store};
 
 use crate::RuntimeError;
 
@@ -99,15 +99,18 @@ impl Lease {
         let record = store.run(run).await?.ok_or(RuntimeError::NoSuchRun(run))?;
         let owner = me().to_owned();
         let now = now_unix_ms();
+        // A takeover compares the owner and the heartbeat it judged stale: an owner that
+        // heartbeats in between keeps its run.
         let (expected, took_over) = match &record.owner {
             None => (None, None),
             Some(o) if o == &owner => return Ok((Self { run, owner, took_over: None }, record)),
-            Some(o) if is_stale(o, record.heartbeat_unix_ms, now) => {
-                (Some(o.as_str()), Some(o.clone()))
-            }
+            Some(o) if is_stale(o, record.heartbeat_unix_ms, now) => (
+                Some(Holding { owner: o.clone(), heartbeat_unix_ms: record.heartbeat_unix_ms }),
+                Some(o.clone()),
+            ),
             Some(o) => return Err(busy(run, o, record.heartbeat_unix_ms, now)),
         };
-        if !store.claim(run, &owner, expected, now).await? {
+        if !store.claim(run, &owner, expected.as_ref(), now).await? {
             let current =
                 store.run(run).await?.and_then(|r| r.owner.map(|o| (o, r.heartbeat_unix_ms)));
             let (o, hb) = current.unwrap_or_else(|| ("another process".to_owned(), None));

@@ -28,7 +28,8 @@ use rewind_model::RunId;
 use rewind_store::StoreError;
 
 pub use create::{Mode, RunSpec, create_run};
-pub use drive::{DriveOptions, Ended, Summary, drive};
+pub use drive::{DriveOptions, Ended, StopReason, Summary, drive};
+pub use exec::Signal;
 pub use lease::{LEASE, Lease, hostname, is_stale, me, now_unix_ms, username};
 pub use offline::cancel_offline;
 pub use progress::{NoObserver, Observer, Progress};
@@ -80,6 +81,9 @@ pub enum RuntimeError {
         /// Their names.
         vars: Vec<String>,
     },
+    /// Something that cannot happen did (a bug): the drive stops; the run stays resumable.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// Operating-system trouble (signal handlers, working directory).
     #[error("{what}: {source}")]
     Io {

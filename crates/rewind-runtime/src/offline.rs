@@ -3,6 +3,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use rewind_model::{AttemptOutcome, EventKind, RunState};
 use rewind_scheduler::{Counts, State};
 use rewind_store::{AttemptRecord, Batch, InstanceUpdate, NewEvent, RunEnd, Store};
 use serde_json::json;
@@ -23,7 +24,7 @@ pub async fn cancel_offline<S: Store>(store: &S, lease: Lease) -> Result<Counts,
 
 async fn cancel<S: Store>(store: &S, lease: &Lease) -> Result<Counts, RuntimeError> {
     let view = RunView::load(store, lease.run).await?;
-    if view.record.state != "running" && view.record.state != "halted" {
+    if !view.record.state.holds_targets() {
         return Ok(view.counts());
     }
     let clock_s = if view.record.spec.simulated {
@@ -49,14 +50,14 @@ async fn cancel<S: Store>(store: &S, lease: &Lease) -> Result<Counts, RuntimeErr
         {
             batch.attempts.push(AttemptRecord {
                 ended_s: Some(clock_s),
-                outcome: Some("cancelled".into()),
+                outcome: Some(AttemptOutcome::Cancelled),
                 error: Some("cancelled while no orchestrator was running".into()),
                 ..a.clone()
             });
         }
         batch.instances.push(InstanceUpdate {
             idx: row.idx,
-            state: "cancelled",
+            state: State::Cancelled,
             attempts: row.attempts,
             failures: row.failures,
             retry_at_s: None,
@@ -67,7 +68,7 @@ async fn cancel<S: Store>(store: &S, lease: &Lease) -> Result<Counts, RuntimeErr
         batch.events.push(NewEvent {
             at_s: clock_s,
             wall: wall.clone(),
-            kind: "instance.cancelled".into(),
+            kind: EventKind::InstanceCancelled,
             key: Some(row.key.clone()),
             detail: None,
         });
@@ -75,14 +76,14 @@ async fn cancel<S: Store>(store: &S, lease: &Lease) -> Result<Counts, RuntimeErr
     batch.events.push(NewEvent {
         at_s: clock_s,
         wall,
-        kind: "run.finished".into(),
+        kind: EventKind::RunFinished,
         key: None,
         detail: Some(
-            json!({"state": "cancelled", "counts": counts, "clock_s": clock_s}).to_string(),
+            json!({"state": RunState::Cancelled, "counts": counts, "clock_s": clock_s}).to_string(),
         ),
     });
     batch.end = Some(RunEnd {
-        state: "cancelled",
+        state: RunState::Cancelled,
         finished_s: clock_s,
         reason: Some(
             "cancelled by an operator (rewind cancel) while no process was driving it".into(),

@@ -45,7 +45,7 @@ pub struct InstanceView {
     /// Group value, for group scope.
     pub group: Option<String>,
     /// State.
-    pub state: String,
+    pub state: State,
     /// Pool.
     pub resource: Option<String>,
     /// Attempts started.
@@ -74,6 +74,35 @@ pub struct TargetView {
     /// The first failed instance, if any.
     #[serde(skip)]
     pub failed_key: Option<String>,
+}
+
+/// What a set of instances has been through.
+#[derive(Clone, Default)]
+struct Tally {
+    failed: bool,
+    blocked: bool,
+    cancelled: bool,
+    running: bool,
+    done: usize,
+    /// The latest end among them.
+    last: f64,
+    failed_key: Option<String>,
+}
+
+impl Tally {
+    fn add(&mut self, st: State, finished_s: Option<f64>) {
+        match st {
+            State::Failed => self.failed = true,
+            State::Blocked => self.blocked = true,
+            State::Cancelled => self.cancelled = true,
+            State::Running => self.running = true,
+            State::Succeeded | State::Skipped => self.done += 1,
+            State::Pending => {}
+        }
+        if let Some(f) = finished_s {
+            self.last = self.last.max(f);
+        }
+    }
 }
 
 /// One attempt of an instance.
@@ -111,7 +140,7 @@ impl RunView {
 
     /// State of one instance row.
     pub fn state(&self, i: usize) -> State {
-        self.instances[i].state.parse().unwrap_or(State::Pending)
+        self.instances[i].state
     }
 
     /// Instances per state.
@@ -136,7 +165,9 @@ impl RunView {
         self.record.finished_s.unwrap_or(self.record.clock_s)
     }
 
-    /// Per target, in targets-file order.
+    /// Per target, in targets-file order. A target is restored when its own instances (target
+    /// scope, not skipped by `when`) all succeeded; a target with none follows the whole run
+    /// (restored only when every instance succeeded or was skipped).
     pub fn targets(&self) -> Vec<TargetView> {
         let targets = self.plan.targets().targets();
         let mut views: Vec<TargetView> = targets
@@ -150,42 +181,47 @@ impl RunView {
                 failed_key: None,
             })
             .collect();
-        let mut flags = vec![[false; 4]; targets.len()]; // failed, blocked, cancelled, running
-        let mut last = vec![0.0f64; targets.len()];
+        let mut own = vec![0usize; targets.len()];
+        let mut tally = vec![Tally::default(); targets.len()];
+        let mut run = Tally::default();
         for (i, row) in self.instances.iter().enumerate() {
+            let st = self.state(i);
+            run.add(st, row.finished_s);
+            if run.failed_key.is_none() && st == State::Failed {
+                run.failed_key = Some(row.key.clone());
+            }
             let Subject::Target(t) = self.plan.instances()[i].subject else { continue };
             let t = t as usize;
             let v = &mut views[t];
             v.total += 1;
-            let st = self.state(i);
-            match st {
-                State::Succeeded | State::Skipped => v.done += 1,
-                State::Failed => {
-                    flags[t][0] = true;
-                    if v.failed_key.is_none() {
-                        v.failed_key = Some(row.key.clone());
-                    }
-                }
-                State::Blocked => flags[t][1] = true,
-                State::Cancelled => flags[t][2] = true,
-                State::Running => flags[t][3] = true,
-                State::Pending => {}
+            own[t] += usize::from(!self.plan.instances()[i].skipped);
+            if st.satisfies() {
+                v.done += 1;
             }
-            if let Some(f) = row.finished_s {
-                last[t] = last[t].max(f);
+            if st == State::Failed && v.failed_key.is_none() {
+                v.failed_key = Some(row.key.clone());
             }
+            tally[t].add(st, row.finished_s);
         }
         for (t, v) in views.iter_mut().enumerate() {
-            v.state = if flags[t][0] {
+            let (tl, total, done) = if own[t] == 0 {
+                if v.failed_key.is_none() {
+                    v.failed_key.clone_from(&run.failed_key);
+                }
+                (&run, self.instances.len(), run.done)
+            } else {
+                (&tally[t], v.total, v.done)
+            };
+            v.state = if tl.failed {
                 "failed"
-            } else if flags[t][1] {
+            } else if tl.blocked {
                 "blocked"
-            } else if flags[t][2] {
+            } else if tl.cancelled {
                 "cancelled"
-            } else if v.done == v.total {
-                v.finished_offset_s = Some(last[t]);
+            } else if done == total {
+                v.finished_offset_s = Some(tl.last);
                 "succeeded"
-            } else if flags[t][3] || v.done > 0 {
+            } else if tl.running || done > 0 {
                 "running"
             } else {
                 "pending"
@@ -213,7 +249,7 @@ impl RunView {
                     step: row.step.clone(),
                     target: row.target.clone(),
                     group: row.group.clone(),
-                    state: row.state.clone(),
+                    state: row.state,
                     resource: step.resource.as_ref().map(ToString::to_string),
                     attempts: row.attempts,
                     intervals: intervals.remove(&row.idx).unwrap_or_default(),

@@ -221,7 +221,16 @@ pub struct Scheduler<'p> {
     /// Per target: target-scope instances not yet terminal, and whether one ended badly.
     target_open: Vec<u32>,
     target_bad: Vec<bool>,
+    /// Per target: its own instances (target scope, not skipped by `when`). A target with none
+    /// has nothing of its own to restore: it is restored when the whole run is (every instance
+    /// succeeded or skipped), never at its start.
+    target_own: Vec<u32>,
+    /// Targets with own instances that are restored.
     restored_targets: usize,
+    /// Targets without own instances.
+    runlevel_targets: usize,
+    /// Every instance succeeded or was skipped (the run-level targets are restored).
+    run_restored: bool,
     /// When each target was restored (by this scheduler; `None` for targets restored before a
     /// resume, or not restored).
     restored_at: Vec<Option<Duration>>,
@@ -318,7 +327,10 @@ impl<'p> Scheduler<'p> {
             changes: Vec::new(),
             target_open: vec![0; plan.targets().len()],
             target_bad: vec![false; plan.targets().len()],
+            target_own: vec![0; plan.targets().len()],
             restored_targets: 0,
+            runlevel_targets: 0,
+            run_restored: false,
             restored_at: vec![None; plan.targets().len()],
             clock: now,
             gate: None,
@@ -342,6 +354,7 @@ impl<'p> Scheduler<'p> {
             s.counts.add(s.state[i]);
             if let Subject::Target(t) = plan.instances()[i].subject {
                 let t = t as usize;
+                s.target_own[t] += u32::from(!plan.instances()[i].skipped);
                 if s.state[i].is_terminal() {
                     s.target_bad[t] |= !s.state[i].satisfies();
                 } else {
@@ -349,8 +362,11 @@ impl<'p> Scheduler<'p> {
                 }
             }
         }
-        s.restored_targets =
-            (0..s.target_open.len()).filter(|&t| s.target_open[t] == 0 && !s.target_bad[t]).count();
+        s.restored_targets = (0..s.target_open.len())
+            .filter(|&t| s.target_own[t] > 0 && s.target_open[t] == 0 && !s.target_bad[t])
+            .count();
+        s.runlevel_targets = s.target_own.iter().filter(|&&o| o == 0).count();
+        s.run_restored = s.all_satisfied();
         for i in 0..n {
             let id = InstanceId::new(i);
             s.missing[i] =
@@ -507,9 +523,16 @@ impl<'p> Scheduler<'p> {
         self.counts
     }
 
-    /// Targets whose target-scope instances all succeeded (or were skipped).
+    /// Targets restored: those whose own instances (target scope, not skipped) all succeeded,
+    /// and, once every instance of the run succeeded or was skipped, those with none.
     pub fn restored_targets(&self) -> usize {
-        self.restored_targets
+        self.restored_targets + if self.run_restored { self.runlevel_targets } else { 0 }
+    }
+
+    /// Every instance succeeded or was skipped.
+    fn all_satisfied(&self) -> bool {
+        let c = &self.counts;
+        c.succeeded + c.skipped == c.total()
     }
 
     /// When target `t` (by index) was restored during this scheduler's life.
@@ -517,9 +540,13 @@ impl<'p> Scheduler<'p> {
         self.restored_at[t]
     }
 
-    /// Whether every target-scope instance of target `t` (by index) is done and none failed.
+    /// Whether target `t` (by index) is restored (see [`Scheduler::restored_targets`]).
     pub fn target_restored(&self, t: usize) -> bool {
-        self.target_open[t] == 0 && !self.target_bad[t]
+        if self.target_own[t] == 0 {
+            self.run_restored
+        } else {
+            self.target_open[t] == 0 && !self.target_bad[t]
+        }
     }
 
     /// True when no instance is pending or running.
@@ -730,6 +757,14 @@ impl<'p> Scheduler<'p> {
                     self.target_bad[t] = true;
                 } else if self.target_open[t] == 0 && !self.target_bad[t] {
                     self.restored_targets += 1;
+                    self.restored_at[t] = Some(self.clock);
+                }
+            }
+        }
+        if !self.run_restored && to.satisfies() && self.all_satisfied() {
+            self.run_restored = true;
+            for t in 0..self.target_own.len() {
+                if self.target_own[t] == 0 {
                     self.restored_at[t] = Some(self.clock);
                 }
             }

@@ -67,6 +67,50 @@ fn nothing_starts_before_its_dependencies_succeed() {
     assert_eq!((0..3).map(|t| s.target_restored_at(t)).collect::<Vec<_>>(), [Some(2 * S); 3]);
 }
 
+/// A target counts as restored only when its own instances succeeded; a target with none (a
+/// run with no target-scope steps, or all of its steps skipped by `when`) is restored when the
+/// whole run is, never at its start (issue 11: "5/5 restored (100.0%)" for a run that failed).
+#[test]
+fn a_target_without_instances_of_its_own_is_restored_with_the_run() {
+    let p = plan(
+        "",
+        &[step("shard", "group:shard", &[], ""), step("done", "run", &["shard"], "")].concat(),
+    );
+    let mut s = Scheduler::new(&p, Config::default());
+    assert_eq!(s.restored_targets(), 0, "nothing is restored before anything ran");
+    let started = s.poll(Duration::ZERO);
+    assert_eq!(started.len(), 2);
+    s.on_outcome(started[0].id, Outcome::Failed { retryable: false }, S);
+    s.on_outcome(started[1].id, Outcome::Succeeded, S);
+    assert!(s.is_finished());
+    assert_eq!(s.restored_targets(), 0, "the run failed: no target is restored");
+    assert!(!s.target_restored(0));
+
+    let mut s = Scheduler::new(&p, Config::default());
+    for d in s.poll(Duration::ZERO) {
+        s.on_outcome(d.id, Outcome::Succeeded, S);
+    }
+    assert_eq!(s.restored_targets(), 0, "`done` has not run yet");
+    let last = s.poll(S);
+    s.on_outcome(last[0].id, Outcome::Succeeded, 2 * S);
+    assert_eq!(s.restored_targets(), 3);
+    assert_eq!(s.target_restored_at(2), Some(2 * S));
+
+    // All of a target's own steps skipped by `when`: it follows the run too.
+    let p = plan(
+        "",
+        &[step("pre", "run", &[], ""), step("a", "target", &["pre"], "when = { shard = \"s2\" }")]
+            .concat(),
+    );
+    let mut s = Scheduler::new(&p, Config::default());
+    let pre = s.poll(Duration::ZERO);
+    s.on_outcome(pre[0].id, Outcome::Succeeded, S);
+    assert_eq!(s.restored_targets(), 0, "T3's own step has not run; T1 and T2 wait for the run");
+    let a = s.poll(S);
+    s.on_outcome(a[0].id, Outcome::Succeeded, 2 * S);
+    assert_eq!(s.restored_targets(), 3);
+}
+
 #[test]
 fn longest_remaining_path_first_ties_to_earlier_targets() {
     let steps = [

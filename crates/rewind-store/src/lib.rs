@@ -15,7 +15,7 @@ mod sql;
 
 use std::future::Future;
 
-use rewind_model::RunId;
+use rewind_model::{AttemptOutcome, EventKind, InstanceState, RunId, RunState};
 
 pub use sql::{Backend, SqlStore};
 
@@ -30,6 +30,9 @@ pub enum StoreError {
         url: String,
         /// Why.
         message: String,
+        /// The database error, when there is one.
+        #[source]
+        source: Option<sqlx::Error>,
     },
     /// The URL names no supported backend.
     #[error("checkpoint store URL {0:?} is not sqlite://PATH or postgres://...")]
@@ -54,6 +57,15 @@ pub enum StoreError {
     /// Live runs hold some of the targets (a target is restored by one live run at a time).
     #[error("{}", held_message(.0))]
     Held(Vec<Holder>),
+    /// The operation is not allowed in the run's state (for example a retry of a run that
+    /// succeeded): nothing was written.
+    #[error("run {run} {why}")]
+    Refused {
+        /// The run.
+        run: RunId,
+        /// Why (`succeeded; a finished run is never run again`).
+        why: String,
+    },
     /// A stored value cannot be read back.
     #[error("checkpoint store: corrupt value in {what}: {value:?}")]
     Corrupt {
@@ -62,6 +74,15 @@ pub enum StoreError {
         /// The value.
         value: String,
     },
+}
+
+/// Who held a run's lease when it was read: what a takeover compares against.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holding {
+    /// The owner, `host:pid:nonce`.
+    pub owner: String,
+    /// Its last heartbeat, Unix milliseconds.
+    pub heartbeat_unix_ms: Option<i64>,
 }
 
 /// A target held by a live run.
@@ -100,10 +121,28 @@ fn held_message(holders: &[Holder]) -> String {
 }
 
 impl StoreError {
-    /// True when the database was busy or locked by another process.
+    /// True when the database was busy or locked by another process (SQLite `SQLITE_BUSY` or
+    /// `SQLITE_LOCKED`, any extended code; PostgreSQL `55P03` lock_not_available), judged by
+    /// the database's error code, not its message.
     pub fn is_locked(&self) -> bool {
-        let text = self.to_string();
-        text.contains("database is locked") || text.contains("database table is locked")
+        match self {
+            Self::Query { source, .. } | Self::Open { source: Some(source), .. } => {
+                is_lock_error(source)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Whether a database error says another connection holds a lock.
+pub(crate) fn is_lock_error(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(d) = e else { return false };
+    let Some(code) = d.code() else { return false };
+    if let Ok(n) = code.parse::<i32>() {
+        // SQLite: the primary result code is the low byte of the extended one.
+        matches!(n & 0xff, 5 | 6)
+    } else {
+        code == "55P03"
     }
 }
 
@@ -164,8 +203,8 @@ pub struct NewRun {
 pub struct RunRecord {
     /// What it was created with.
     pub spec: NewRun,
-    /// `running`, `halted`, `succeeded`, `failed` or `cancelled`.
-    pub state: String,
+    /// Its state.
+    pub state: RunState,
     /// The last open wave, 1-based (staged runs).
     pub wave: u32,
     /// The latest offset recorded.
@@ -196,7 +235,7 @@ pub struct NewInstance {
     /// Group value (group scope).
     pub group: Option<String>,
     /// Initial state (`pending` or `skipped`).
-    pub state: &'static str,
+    pub state: InstanceState,
 }
 
 /// A stored instance.
@@ -213,7 +252,7 @@ pub struct InstanceRecord {
     /// Group value (group scope).
     pub group: Option<String>,
     /// State.
-    pub state: String,
+    pub state: InstanceState,
     /// Attempts started.
     pub attempts: u32,
     /// Failed attempts.
@@ -230,11 +269,11 @@ pub struct InstanceRecord {
 
 /// What resuming a run needs of an instance: no keys or names, so millions load quickly.
 #[derive(Clone, Debug, PartialEq)]
-pub struct InstanceState {
+pub struct InstanceRow {
     /// Index in the plan.
     pub idx: u32,
-    /// State (one of [`STATES`]).
-    pub state: &'static str,
+    /// State.
+    pub state: InstanceState,
     /// Attempts started.
     pub attempts: u32,
     /// Failed attempts.
@@ -245,17 +284,13 @@ pub struct InstanceState {
     pub output: Option<String>,
 }
 
-/// The instance states the store accepts.
-pub const STATES: [&str; 7] =
-    ["pending", "running", "succeeded", "failed", "blocked", "skipped", "cancelled"];
-
 /// A change to an instance row. `output` replaces the stored output only when set.
 #[derive(Clone, Debug, PartialEq)]
 pub struct InstanceUpdate {
     /// Index in the plan.
     pub idx: u32,
     /// New state.
-    pub state: &'static str,
+    pub state: InstanceState,
     /// Attempts started.
     pub attempts: u32,
     /// Failed attempts.
@@ -281,8 +316,8 @@ pub struct AttemptRecord {
     pub started_s: f64,
     /// End offset.
     pub ended_s: Option<f64>,
-    /// `succeeded`, `failed`, `cancelled`, `interrupted`; `None` while running.
-    pub outcome: Option<String>,
+    /// How it ended; `None` while running (or when its orchestrator died).
+    pub outcome: Option<AttemptOutcome>,
     /// Process exit code, for commands.
     pub exit_code: Option<i32>,
     /// Error message.
@@ -300,8 +335,8 @@ pub struct NewEvent {
     pub at_s: f64,
     /// Wall-clock time, RFC 3339.
     pub wall: String,
-    /// `run.created`, `instance.succeeded`, `operator.cancel`, ...
-    pub kind: String,
+    /// What happened.
+    pub kind: EventKind,
     /// Instance key, for instance events.
     pub key: Option<String>,
     /// JSON detail.
@@ -322,7 +357,7 @@ pub struct EventRecord {
 pub struct RunEnd {
     /// `succeeded`, `failed` or `cancelled`; or `halted` (a wave failed too often; the run
     /// keeps its targets and resumes).
-    pub state: &'static str,
+    pub state: RunState,
     /// End offset.
     pub finished_s: f64,
     /// Why, when that needs saying.
@@ -382,8 +417,7 @@ pub trait Store: Send + Sync {
     fn instances(&self, id: RunId) -> impl Future<Output = Result<Vec<InstanceRecord>>> + Send;
 
     /// A run's instance states, by index: what a resume needs, streamed from the database.
-    fn instance_states(&self, id: RunId)
-    -> impl Future<Output = Result<Vec<InstanceState>>> + Send;
+    fn instance_states(&self, id: RunId) -> impl Future<Output = Result<Vec<InstanceRow>>> + Send;
 
     /// A run's attempts, by instance and attempt.
     fn attempts(&self, id: RunId) -> impl Future<Output = Result<Vec<AttemptRecord>>> + Send;
@@ -401,12 +435,14 @@ pub trait Store: Send + Sync {
         batch: &Batch,
     ) -> impl Future<Output = Result<()>> + Send;
 
-    /// Takes the run's lease for `owner` if its current owner is `expected` (compare-and-set).
+    /// Takes the run's lease for `owner` if it is exactly as `expected` was read: no owner, or
+    /// the same owner with the same heartbeat (compare-and-set on both, so an owner that
+    /// heartbeats after it was judged stale keeps its run).
     fn claim(
         &self,
         id: RunId,
         owner: &str,
-        expected: Option<&str>,
+        expected: Option<&Holding>,
         now_unix_ms: i64,
     ) -> impl Future<Output = Result<bool>> + Send;
 
@@ -426,12 +462,14 @@ pub trait Store: Send + Sync {
     /// `rewind retry` (and `resume` of a halted run): failed and blocked instances back to
     /// pending with no failures counted, the run running again (a real run takes its target
     /// locks again: [`StoreError::Held`] if another live run took them meanwhile); logs the
-    /// operator action. Returns how many instances were reset.
+    /// operator action. Returns how many instances were reset. A run that succeeded or was
+    /// cancelled is finished: [`StoreError::Refused`], and nothing is written.
     fn reset_failed(&self, id: RunId, event: &NewEvent)
     -> impl Future<Output = Result<u64>> + Send;
 
     /// Sets a halted run running again with wave `wave` open and its failures kept as they are
-    /// (`rewind resume --accept-failures`); logs the operator action.
+    /// (`rewind resume --accept-failures`); logs the operator action. Any other run:
+    /// [`StoreError::Refused`], and nothing is written.
     fn accept_wave(
         &self,
         id: RunId,

@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 use std::sync::Once;
 use std::time::Duration;
 
-use rewind_model::RunId;
+use rewind_model::{AttemptOutcome, EventKind, InstanceState, RunId, RunState};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, AssertSqlSafe, Row};
 
 use crate::{
-    AttemptRecord, Batch, EventRecord, Holder, InstanceRecord, InstanceState, NewEvent,
+    AttemptRecord, Batch, EventRecord, Holder, Holding, InstanceRecord, InstanceRow, NewEvent,
     NewInstance, NewRun, Result, RunRecord, Store, StoreError,
 };
 
@@ -74,9 +74,10 @@ impl SqlStore {
         } else {
             return Err(StoreError::BadUrl(url.to_owned()));
         };
-        let open_err = |e: &dyn std::fmt::Display| StoreError::Open {
+        let open_err = |e: sqlx::Error| StoreError::Open {
             url: redact(url),
             message: e.to_string(),
+            source: Some(e),
         };
         let busy_ms = busy_timeout.as_millis();
         let mut options = AnyPoolOptions::new()
@@ -100,12 +101,8 @@ impl SqlStore {
                 })
             });
         }
-        let pool = options.connect(&connect_url).await.map_err(|e| open_err(&e))?;
-        let migrator = match backend {
-            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite"),
-            Backend::Postgres => sqlx::migrate!("./migrations/postgres"),
-        };
-        migrator.run(&pool).await.map_err(|e| open_err(&e))?;
+        let pool = options.connect(&connect_url).await.map_err(open_err)?;
+        migrate(&pool, backend).await.map_err(open_err)?;
         Ok(Self { pool, backend })
     }
 
@@ -131,6 +128,17 @@ impl SqlStore {
         }
     }
 
+    /// A transaction that will write: on SQLite it takes the write lock at `BEGIN IMMEDIATE`
+    /// (waiting for the busy timeout), so a transaction that reads before it writes never finds
+    /// its snapshot stale at its first write (`SQLITE_BUSY_SNAPSHOT`, which no wait can cure).
+    async fn begin_write(&self, what: &'static str) -> Result<sqlx::Transaction<'static, Any>> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+        .map_err(q(what))
+    }
+
     /// Which database this is.
     pub fn backend(&self) -> Backend {
         self.backend
@@ -140,6 +148,27 @@ impl SqlStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Brings the schema up to date. Two processes opening a new store at once must not both create
+/// it: PostgreSQL's migrator holds an advisory lock; on SQLite (whose migrator takes no lock) the
+/// migrations run inside one `BEGIN IMMEDIATE` transaction, so the second process waits for the
+/// first and then finds the schema current.
+async fn migrate(pool: &AnyPool, backend: Backend) -> std::result::Result<(), sqlx::Error> {
+    match backend {
+        Backend::Sqlite => {
+            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+            sqlx::migrate!("./migrations/sqlite").run_direct(None, &mut *tx, false).await?;
+            tx.commit().await
+        }
+        Backend::Postgres => Ok(sqlx::migrate!("./migrations/postgres").run(pool).await?),
+    }
+}
+
+/// A stored name read back as the model's enum; anything else is corrupt, never a default.
+fn parse_name<T: std::str::FromStr>(row: &AnyRow, col: &'static str) -> Result<T> {
+    let text: String = row.try_get(col).map_err(q(col))?;
+    text.parse().map_err(|_| StoreError::Corrupt { what: col, value: text })
 }
 
 fn opt_u32(v: Option<i64>) -> Option<u32> {
@@ -195,7 +224,7 @@ fn run_record(row: &AnyRow) -> Result<RunRecord> {
     };
     Ok(RunRecord {
         spec,
-        state: get_s("state")?,
+        state: parse_name::<RunState>(row, "state")?,
         wave: u32_of(row, "wave")?,
         clock_s: get_f("clock_s")?,
         finished_s: row.try_get("finished_s").map_err(q("finished_s"))?,
@@ -258,7 +287,7 @@ impl Store for SqlStore {
         instances: &mut (dyn Iterator<Item = NewInstance> + Send),
         events: &[NewEvent],
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(q("begin run creation"))?;
+        let mut tx = self.begin_write("begin run creation").await?;
         sqlx::query(
             "INSERT INTO runs (id, workflow, workflow_file, workflow_text, targets_file, targets_text, workdir, cwd, \
              restore_point, fingerprint, simulated, seed, fail_rate, max_running, priority, instances, targets, \
@@ -320,7 +349,7 @@ impl Store for SqlStore {
                     .bind(i.step)
                     .bind(i.target)
                     .bind(i.group)
-                    .bind(i.state);
+                    .bind(i.state.as_str());
             }
             query.execute(&mut *tx).await.map_err(q("insert instances"))?;
         }
@@ -382,7 +411,7 @@ impl Store for SqlStore {
                     step: row.try_get("step").map_err(q("step"))?,
                     target: row.try_get("target").map_err(q("target"))?,
                     group: row.try_get("grp").map_err(q("grp"))?,
-                    state: row.try_get("state").map_err(q("state"))?,
+                    state: parse_name::<InstanceState>(row, "state")?,
                     attempts: u32_of(row, "attempts")?,
                     failures: u32_of(row, "failures")?,
                     retry_at_s: row.try_get("retry_at_s").map_err(q("retry_at_s"))?,
@@ -394,7 +423,7 @@ impl Store for SqlStore {
             .collect()
     }
 
-    async fn instance_states(&self, id: RunId) -> Result<Vec<InstanceState>> {
+    async fn instance_states(&self, id: RunId) -> Result<Vec<InstanceRow>> {
         use futures::TryStreamExt;
         let mut rows = sqlx::query(
             "SELECT idx, state, attempts, failures, retry_at_s, output FROM instances WHERE run_id = $1 ORDER BY idx",
@@ -403,13 +432,9 @@ impl Store for SqlStore {
         .fetch(&self.pool);
         let mut out = Vec::new();
         while let Some(row) = rows.try_next().await.map_err(q("read instance states"))? {
-            let state: &str = row.try_get("state").map_err(q("state"))?;
-            let state = crate::STATES.iter().find(|s| **s == state).ok_or_else(|| {
-                StoreError::Corrupt { what: "instances.state", value: state.to_owned() }
-            })?;
-            out.push(InstanceState {
+            out.push(InstanceRow {
                 idx: u32_of(&row, "idx")?,
-                state,
+                state: parse_name::<InstanceState>(&row, "state")?,
                 attempts: u32_of(&row, "attempts")?,
                 failures: u32_of(&row, "failures")?,
                 retry_at_s: row.try_get("retry_at_s").map_err(q("retry_at_s"))?,
@@ -436,7 +461,16 @@ impl Store for SqlStore {
                     attempt: u32_of(row, "attempt")?,
                     started_s: row.try_get("started_s").map_err(q("started_s"))?,
                     ended_s: row.try_get("ended_s").map_err(q("ended_s"))?,
-                    outcome: row.try_get("outcome").map_err(q("outcome"))?,
+                    outcome: row
+                        .try_get::<Option<String>, _>("outcome")
+                        .map_err(q("outcome"))?
+                        .map(|o| {
+                            o.parse::<AttemptOutcome>().map_err(|_| StoreError::Corrupt {
+                                what: "attempts.outcome",
+                                value: o,
+                            })
+                        })
+                        .transpose()?,
                     exit_code: exit.and_then(|e| i32::try_from(e).ok()),
                     error: row.try_get("error").map_err(q("error"))?,
                     stdout_tail: row.try_get("stdout_tail").map_err(q("stdout_tail"))?,
@@ -461,7 +495,7 @@ impl Store for SqlStore {
                     event: NewEvent {
                         at_s: row.try_get("at_s").map_err(q("at_s"))?,
                         wall: row.try_get("wall").map_err(q("wall"))?,
-                        kind: row.try_get("kind").map_err(q("kind"))?,
+                        kind: parse_name::<EventKind>(row, "kind")?,
                         key: row.try_get("key").map_err(q("key"))?,
                         detail: row.try_get("detail").map_err(q("detail"))?,
                     },
@@ -472,7 +506,7 @@ impl Store for SqlStore {
 
     async fn commit(&self, id: RunId, owner: &str, batch: &Batch) -> Result<()> {
         let run_id = id.to_string();
-        let mut tx = self.pool.begin().await.map_err(q("begin commit"))?;
+        let mut tx = self.begin_write("begin commit").await?;
         // The lease first: a process that lost the run writes nothing.
         let done = match &batch.end {
             None => sqlx::query("UPDATE runs SET clock_s = $1, heartbeat_unix_ms = $2 WHERE id = $3 AND owner = $4")
@@ -487,7 +521,7 @@ impl Store for SqlStore {
             .persistent(self.backend.caches())
             .bind(batch.clock_s)
             .bind(batch.heartbeat_unix_ms)
-            .bind(end.state)
+            .bind(end.state.as_str())
             .bind(end.finished_s)
             .bind(end.reason.clone())
             .bind(run_id.clone())
@@ -507,7 +541,7 @@ impl Store for SqlStore {
                 .await
                 .map_err(q("open wave"))?;
         }
-        if batch.end.as_ref().is_some_and(|e| e.state != "halted") {
+        if batch.end.as_ref().is_some_and(|e| !e.state.holds_targets()) {
             sqlx::query("DELETE FROM target_locks WHERE run_id = $1")
                 .bind(run_id.clone())
                 .execute(&mut *tx)
@@ -533,7 +567,7 @@ impl Store for SqlStore {
             for u in rows {
                 query = query
                     .bind(i64::from(u.idx))
-                    .bind(u.state)
+                    .bind(u.state.as_str())
                     .bind(i64::from(u.attempts))
                     .bind(i64::from(u.failures))
                     .bind(u.retry_at_s)
@@ -566,7 +600,7 @@ impl Store for SqlStore {
                     .bind(i64::from(a.attempt))
                     .bind(a.started_s)
                     .bind(a.ended_s)
-                    .bind(a.outcome.clone())
+                    .bind(a.outcome.map(AttemptOutcome::as_str))
                     .bind(a.exit_code.map(i64::from))
                     .bind(a.error.clone())
                     .bind(a.stdout_tail.clone())
@@ -582,23 +616,30 @@ impl Store for SqlStore {
         &self,
         id: RunId,
         owner: &str,
-        expected: Option<&str>,
+        expected: Option<&Holding>,
         now_unix_ms: i64,
     ) -> Result<bool> {
-        let sql = match expected {
-            Some(_) => {
-                "UPDATE runs SET owner = $1, heartbeat_unix_ms = $2 WHERE id = $3 AND owner = $4"
-            }
-            None => {
-                "UPDATE runs SET owner = $1, heartbeat_unix_ms = $2 WHERE id = $3 AND owner IS NULL"
-            }
-        };
-        let mut query =
-            sqlx::query(sql).bind(owner.to_owned()).bind(now_unix_ms).bind(id.to_string());
-        if let Some(e) = expected {
-            query = query.bind(e.to_owned());
+        let done = match expected {
+            Some(h) => sqlx::query(
+                "UPDATE runs SET owner = $1, heartbeat_unix_ms = $2 \
+                 WHERE id = $3 AND owner = $4 AND heartbeat_unix_ms IS NOT DISTINCT FROM $5",
+            )
+            .bind(owner.to_owned())
+            .bind(now_unix_ms)
+            .bind(id.to_string())
+            .bind(h.owner.clone())
+            .bind(h.heartbeat_unix_ms),
+            None => sqlx::query(
+                "UPDATE runs SET owner = $1, heartbeat_unix_ms = $2 WHERE id = $3 AND owner IS NULL",
+            )
+            .bind(owner.to_owned())
+            .bind(now_unix_ms)
+            .bind(id.to_string()),
         }
-        let done = query.execute(&self.pool).await.map_err(q("claim run"))?;
+        .persistent(self.backend.caches())
+        .execute(&self.pool)
+        .await
+        .map_err(q("claim run"))?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -614,7 +655,7 @@ impl Store for SqlStore {
 
     async fn request_cancel(&self, id: RunId, event: &NewEvent) -> Result<()> {
         let run_id = id.to_string();
-        let mut tx = self.pool.begin().await.map_err(q("begin cancel"))?;
+        let mut tx = self.begin_write("begin cancel").await?;
         sqlx::query("UPDATE runs SET cancel_requested = 1 WHERE id = $1")
             .bind(run_id.clone())
             .execute(&mut *tx)
@@ -635,13 +676,25 @@ impl Store for SqlStore {
 
     async fn reset_failed(&self, id: RunId, event: &NewEvent) -> Result<u64> {
         let run_id = id.to_string();
-        let mut tx = self.pool.begin().await.map_err(q("begin retry"))?;
-        let simulated: Option<i64> = sqlx::query_scalar("SELECT simulated FROM runs WHERE id = $1")
+        // It reads, then writes: the write lock first (see `begin_write`).
+        let mut tx = self.begin_write("begin retry").await?;
+        let row = sqlx::query("SELECT simulated, state FROM runs WHERE id = $1")
             .bind(run_id.clone())
             .fetch_optional(&mut *tx)
             .await
             .map_err(q("read run"))?;
-        if simulated == Some(0) {
+        let Some(row) = row else {
+            return Err(StoreError::Refused { run: id, why: "does not exist".into() });
+        };
+        let state = parse_name::<RunState>(&row, "state")?;
+        if !state.can_retry() {
+            return Err(StoreError::Refused {
+                run: id,
+                why: format!("{state}: a finished run is never run again; nothing was changed"),
+            });
+        }
+        let simulated: i64 = row.try_get("simulated").map_err(q("runs.simulated"))?;
+        if simulated == 0 {
             // A failed run released its targets: take them again, unless another run has.
             let targets: Vec<String> = sqlx::query_scalar(
                 "SELECT DISTINCT target FROM instances WHERE run_id = $1 AND target IS NOT NULL",
@@ -691,15 +744,22 @@ impl Store for SqlStore {
 
     async fn accept_wave(&self, id: RunId, wave: u32, event: &NewEvent) -> Result<()> {
         let run_id = id.to_string();
-        let mut tx = self.pool.begin().await.map_err(q("begin resume"))?;
-        sqlx::query(
-            "UPDATE runs SET state = 'running', finished_s = NULL, reason = NULL, wave = $1 WHERE id = $2",
+        let mut tx = self.begin_write("begin resume").await?;
+        let done = sqlx::query(
+            "UPDATE runs SET state = 'running', finished_s = NULL, reason = NULL, wave = $1 \
+             WHERE id = $2 AND state = 'halted'",
         )
         .bind(i64::from(wave))
         .bind(run_id.clone())
         .execute(&mut *tx)
         .await
         .map_err(q("reopen run"))?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::Refused {
+                run: id,
+                why: "is not halted: only a halted run continues with its failures accepted".into(),
+            });
+        }
         insert_events(self.backend, &mut tx, &run_id, std::slice::from_ref(event)).await?;
         tx.commit().await.map_err(q("commit resume"))
     }
@@ -760,7 +820,7 @@ async fn insert_events(
                 .bind(run_id.to_owned())
                 .bind(e.at_s)
                 .bind(e.wall.clone())
-                .bind(e.kind.clone())
+                .bind(e.kind.as_str())
                 .bind(e.key.clone())
                 .bind(e.detail.clone());
         }

@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-use rewind_model::RunId;
+use rewind_model::{AttemptOutcome, EventKind, InstanceState as I, RunId, RunState};
 use rewind_store::{
-    AttemptRecord, Batch, Holder, InstanceUpdate, NewEvent, NewInstance, NewRun, RunEnd, SqlStore,
-    Store, StoreError,
+    AttemptRecord, Batch, Holder, Holding, InstanceUpdate, NewEvent, NewInstance, NewRun, RunEnd,
+    SqlStore, Store, StoreError,
 };
 use rewind_testkit::{PgSchema, SqliteDb, postgres_url};
 
@@ -51,22 +51,22 @@ fn instances(n: u32) -> Vec<NewInstance> {
             step: "s".into(),
             target: Some(format!("t{i}")),
             group: None,
-            state: if i == 2 { "skipped" } else { "pending" },
+            state: if i == 2 { I::Skipped } else { I::Pending },
         })
         .collect()
 }
 
-fn event(kind: &str, at_s: f64) -> NewEvent {
+fn event(kind: EventKind, at_s: f64) -> NewEvent {
     NewEvent {
         at_s,
         wall: "2026-11-24T10:00:00Z".into(),
-        kind: kind.into(),
+        kind,
         key: None,
         detail: Some("{\"by\":\"test\"}".into()),
     }
 }
 
-fn update(idx: u32, state: &'static str, attempts: u32) -> InstanceUpdate {
+fn update(idx: u32, state: I, attempts: u32) -> InstanceUpdate {
     InstanceUpdate {
         idx,
         state,
@@ -80,6 +80,9 @@ fn update(idx: u32, state: &'static str, attempts: u32) -> InstanceUpdate {
 }
 
 async fn suite(store: &SqlStore) {
+    every_name_the_model_declares_is_stored(store).await;
+    a_takeover_is_fenced_by_the_heartbeat_it_read(store).await;
+    finished_runs_are_never_reopened(store).await;
     creates_and_reads_back(store).await;
     commits_batches_in_one_transaction(store).await;
     lease_is_compare_and_set(store).await;
@@ -97,13 +100,14 @@ async fn live_real_runs_hold_their_targets(store: &SqlStore) {
             step: "s".into(),
             target: Some(format!("lock-{}", from + i)),
             group: None,
-            state: "pending",
+            state: I::Pending,
         })
     };
     let (a, b, c) = (run_id(), run_id(), run_id());
     store.create_run(&real(a), &mut targets(0, 3), &[]).await.unwrap();
     // Overlapping targets: refused, nothing written, the holder named.
-    let e = store.create_run(&real(b), &mut targets(2, 3), &[event("run.created", 0.0)]).await;
+    let e =
+        store.create_run(&real(b), &mut targets(2, 3), &[event(EventKind::RunCreated, 0.0)]).await;
     let Err(StoreError::Held(held)) = e else { panic!("expected Held, got {e:?}") };
     assert_eq!(held, vec![Holder { target: "lock-2".into(), run: a.to_string() }]);
     assert!(held_message_names(&StoreError::Held(held), a));
@@ -118,32 +122,32 @@ async fn live_real_runs_hold_their_targets(store: &SqlStore) {
         end: Some(RunEnd { state, finished_s: 1.0, reason: None }),
         ..Batch::default()
     };
-    store.commit(a, "me", &end("halted")).await.unwrap();
+    store.commit(a, "me", &end(RunState::Halted)).await.unwrap();
     assert_eq!(store.holders(&["lock-0".into(), "lock-9".into()]).await.unwrap().len(), 1);
-    store.commit(a, "me", &end("failed")).await.unwrap();
+    store.commit(a, "me", &end(RunState::Failed)).await.unwrap();
     assert!(store.holders(&["lock-0".into()]).await.unwrap().is_empty());
     store.create_run(&real(b), &mut targets(2, 3), &[]).await.unwrap();
     // Retrying the failed run needs its targets back: refused while b holds lock-2.
-    let e = store.reset_failed(a, &event("operator.retry", 2.0)).await;
+    let e = store.reset_failed(a, &event(EventKind::OperatorRetry, 2.0)).await;
     assert!(
         matches!(e, Err(StoreError::Held(ref h)) if h.len() == 1 && h[0].run == b.to_string()),
         "{e:?}"
     );
     assert_eq!(
         store.run(a).await.unwrap().unwrap().state,
-        "failed",
+        RunState::Failed,
         "the refused retry wrote nothing"
     );
     assert!(store.claim(b, "me", None, 1).await.unwrap());
-    store.commit(b, "me", &end("cancelled")).await.unwrap();
-    store.reset_failed(a, &event("operator.retry", 2.0)).await.unwrap();
+    store.commit(b, "me", &end(RunState::Cancelled)).await.unwrap();
+    store.reset_failed(a, &event(EventKind::OperatorRetry, 2.0)).await.unwrap();
     assert_eq!(store.holders(&["lock-1".into()]).await.unwrap()[0].run, a.to_string());
     // A halted run accepted past its failures opens the next wave.
-    store.commit(a, "me", &end("halted")).await.unwrap();
-    store.accept_wave(a, 2, &event("operator.resume", 3.0)).await.unwrap();
+    store.commit(a, "me", &end(RunState::Halted)).await.unwrap();
+    store.accept_wave(a, 2, &event(EventKind::OperatorResume, 3.0)).await.unwrap();
     let run = store.run(a).await.unwrap().unwrap();
-    assert_eq!((run.state.as_str(), run.wave, run.finished_s), ("running", 2, None));
-    store.commit(a, "me", &end("succeeded")).await.unwrap();
+    assert_eq!((run.state, run.wave, run.finished_s), (RunState::Running, 2, None));
+    store.commit(a, "me", &end(RunState::Succeeded)).await.unwrap();
     assert!(
         store
             .holders(&["lock-0".into(), "lock-1".into(), "lock-2".into()])
@@ -151,6 +155,132 @@ async fn live_real_runs_hold_their_targets(store: &SqlStore) {
             .unwrap()
             .is_empty()
     );
+}
+
+/// Every state, outcome and event kind of the model is accepted by the schema and reads back as
+/// itself (the CHECK constraints and triggers of migration 0003 list the model's names).
+async fn every_name_the_model_declares_is_stored(store: &SqlStore) {
+    let id = run_id();
+    let n = I::ALL.len() as u32;
+    store.create_run(&new_run(id), &mut instances(n).into_iter(), &[]).await.unwrap();
+    assert!(store.claim(id, "me", None, 1).await.unwrap());
+    let batch = Batch {
+        clock_s: 1.0,
+        heartbeat_unix_ms: 1,
+        instances: I::ALL.iter().enumerate().map(|(i, s)| update(i as u32, *s, 1)).collect(),
+        attempts: AttemptOutcome::ALL
+            .iter()
+            .map(Some)
+            .chain([None])
+            .enumerate()
+            .map(|(i, o)| AttemptRecord {
+                idx: 0,
+                attempt: i as u32 + 1,
+                started_s: 0.0,
+                ended_s: None,
+                outcome: o.copied(),
+                exit_code: None,
+                error: None,
+                stdout_tail: None,
+                stderr_tail: None,
+            })
+            .collect(),
+        events: EventKind::ALL.iter().map(|k| event(*k, 1.0)).collect(),
+        ..Batch::default()
+    };
+    store.commit(id, "me", &batch).await.unwrap();
+    let states: Vec<I> = store.instances(id).await.unwrap().iter().map(|r| r.state).collect();
+    assert_eq!(states, I::ALL);
+    let outcomes: Vec<_> = store.attempts(id).await.unwrap().iter().map(|a| a.outcome).collect();
+    let expected: Vec<_> = AttemptOutcome::ALL.iter().map(|o| Some(*o)).chain([None]).collect();
+    assert_eq!(outcomes, expected);
+    let kinds: Vec<_> = store.events(id).await.unwrap().iter().map(|e| e.event.kind).collect();
+    assert_eq!(kinds, EventKind::ALL);
+    for state in [RunState::Halted, RunState::Running, RunState::Failed] {
+        let end = Batch {
+            clock_s: 2.0,
+            heartbeat_unix_ms: 2,
+            end: Some(RunEnd { state, finished_s: 2.0, reason: None }),
+            ..Batch::default()
+        };
+        store.commit(id, "me", &end).await.unwrap();
+        assert_eq!(store.run(id).await.unwrap().unwrap().state, state);
+    }
+}
+
+/// Anything else written behind the store's back is refused by the database itself.
+async fn unknown_names_are_refused_by_the_schema(store: &SqlStore, url: &str) {
+    let id = run_id();
+    store.create_run(&new_run(id), &mut instances(1).into_iter(), &[]).await.unwrap();
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(url).await.unwrap();
+    for sql in [
+        "UPDATE runs SET state = 'done' WHERE id = $1",
+        "UPDATE instances SET state = 'Done' WHERE run_id = $1",
+        "INSERT INTO attempts (run_id, idx, attempt, started_s, outcome) VALUES ($1, 0, 1, 0, 'ok')",
+        "INSERT INTO events (run_id, at_s, wall, kind) VALUES ($1, 0, 'now', 'run.exploded')",
+    ] {
+        let e = sqlx::query(sql).bind(id.to_string()).execute(&pool).await;
+        assert!(e.is_err(), "{sql} must be refused");
+    }
+    pool.close().await;
+    let run = store.run(id).await.unwrap().unwrap();
+    assert_eq!(run.state, RunState::Running);
+    assert_eq!(store.instances(id).await.unwrap()[0].state, I::Pending);
+    assert!(
+        store.attempts(id).await.unwrap().is_empty() && store.events(id).await.unwrap().is_empty()
+    );
+}
+
+/// A takeover compares the heartbeat it judged stale: the owner heartbeating in between keeps
+/// its run, even though its name still matches (issue 11: the claim compared only the owner).
+async fn a_takeover_is_fenced_by_the_heartbeat_it_read(store: &SqlStore) {
+    let id = run_id();
+    store.create_run(&new_run(id), &mut instances(1).into_iter(), &[]).await.unwrap();
+    assert!(store.claim(id, "a", None, 1_000).await.unwrap());
+    // b reads the run and judges a's heartbeat (1,000) stale...
+    let read = store.run(id).await.unwrap().unwrap();
+    let seen =
+        Holding { owner: read.owner.clone().unwrap(), heartbeat_unix_ms: read.heartbeat_unix_ms };
+    // ...a commits (heartbeats) meanwhile...
+    let beat = Batch { clock_s: 1.0, heartbeat_unix_ms: 9_000, ..Batch::default() };
+    store.commit(id, "a", &beat).await.unwrap();
+    // ...so b's takeover fails, and a still holds the run.
+    assert!(!store.claim(id, "b", Some(&seen), 10_000).await.unwrap());
+    let run = store.run(id).await.unwrap().unwrap();
+    assert_eq!((run.owner.as_deref(), run.heartbeat_unix_ms), (Some("a"), Some(9_000)));
+    store.commit(id, "a", &beat).await.unwrap();
+    // Judged on what it is now, the takeover goes through, and a can no longer write.
+    let now = Holding { owner: "a".into(), heartbeat_unix_ms: Some(9_000) };
+    assert!(store.claim(id, "b", Some(&now), 100_000).await.unwrap());
+    let e = store.commit(id, "a", &beat).await.unwrap_err();
+    assert!(matches!(e, StoreError::LeaseLost { .. }), "{e}");
+}
+
+/// Finished is finished: a succeeded or cancelled run is never reopened, and a refused retry
+/// writes nothing (no state change, no event).
+async fn finished_runs_are_never_reopened(store: &SqlStore) {
+    for state in [RunState::Succeeded, RunState::Cancelled] {
+        let id = run_id();
+        store.create_run(&new_run(id), &mut instances(2).into_iter(), &[]).await.unwrap();
+        assert!(store.claim(id, "me", None, 1).await.unwrap());
+        let end = Batch {
+            clock_s: 8.0,
+            heartbeat_unix_ms: 1,
+            instances: vec![update(0, I::Succeeded, 1), update(1, I::Failed, 1)],
+            end: Some(RunEnd { state, finished_s: 8.0, reason: None }),
+            ..Batch::default()
+        };
+        store.commit(id, "me", &end).await.unwrap();
+        let before = (store.run(id).await.unwrap(), store.instances(id).await.unwrap());
+        let e = store.reset_failed(id, &event(EventKind::OperatorRetry, 9.0)).await.unwrap_err();
+        assert!(matches!(e, StoreError::Refused { .. }), "{e}");
+        assert!(e.to_string().contains(state.as_str()), "{e}");
+        let e = store.accept_wave(id, 2, &event(EventKind::OperatorResume, 9.0)).await.unwrap_err();
+        assert!(matches!(e, StoreError::Refused { .. }), "{e}");
+        assert_eq!((store.run(id).await.unwrap(), store.instances(id).await.unwrap()), before);
+        assert!(store.events(id).await.unwrap().is_empty(), "no operator event was logged");
+    }
 }
 
 fn held_message_names(e: &StoreError, run: RunId) -> bool {
@@ -179,21 +309,21 @@ async fn creates_and_reads_back(store: &SqlStore) {
     let id = run_id();
     let spec = new_run(id);
     store
-        .create_run(&spec, &mut instances(3).into_iter(), &[event("run.created", 0.0)])
+        .create_run(&spec, &mut instances(3).into_iter(), &[event(EventKind::RunCreated, 0.0)])
         .await
         .unwrap();
     let run = store.run(id).await.unwrap().unwrap();
     assert_eq!(run.spec, spec, "every field round-trips, the u64 seed included");
-    assert_eq!(run.state, "running");
+    assert_eq!(run.state, RunState::Running);
     assert!(!run.cancel_requested);
     assert_eq!(run.owner, None);
     let rows = store.instances(id).await.unwrap();
     assert_eq!(rows.len(), 3);
     assert_eq!(
-        (rows[2].key.as_str(), rows[2].state.as_str(), rows[2].target.as_deref()),
-        ("s/2", "skipped", Some("t2"))
+        (rows[2].key.as_str(), rows[2].state, rows[2].target.as_deref()),
+        ("s/2", I::Skipped, Some("t2"))
     );
-    assert_eq!(store.events(id).await.unwrap()[0].event.kind, "run.created");
+    assert_eq!(store.events(id).await.unwrap()[0].event.kind, EventKind::RunCreated);
     assert!(store.runs().await.unwrap().iter().any(|r| r.spec.id == id));
     assert_eq!(store.run(run_id()).await.unwrap(), None);
 }
@@ -205,7 +335,7 @@ async fn commits_batches_in_one_transaction(store: &SqlStore) {
     let started = Batch {
         clock_s: 1.0,
         heartbeat_unix_ms: 2,
-        instances: vec![update(0, "running", 1), update(1, "running", 1)],
+        instances: vec![update(0, I::Running, 1), update(1, I::Running, 1)],
         attempts: vec![AttemptRecord {
             idx: 0,
             attempt: 1,
@@ -217,45 +347,49 @@ async fn commits_batches_in_one_transaction(store: &SqlStore) {
             stdout_tail: None,
             stderr_tail: None,
         }],
-        events: vec![event("instance.started", 1.0)],
+        events: vec![event(EventKind::InstanceStarted, 1.0)],
         end: None,
         wave: None,
     };
     store.commit(id, "me", &started).await.unwrap();
-    let mut done = update(0, "succeeded", 1);
+    let mut done = update(0, I::Succeeded, 1);
     done.output = Some("{\"restore_point\":\"2022-04-05T07:33:00Z\"}".into());
     done.finished_s = Some(3.0);
-    let mut failed = update(1, "failed", 1);
+    let mut failed = update(1, I::Failed, 1);
     failed.error = Some("exit status 3".into());
     // The same instance twice in one batch: the last update wins.
     let ended = Batch {
         clock_s: 3.0,
         heartbeat_unix_ms: 4,
-        instances: vec![update(0, "running", 1), done, failed],
+        instances: vec![update(0, I::Running, 1), done, failed],
         attempts: vec![AttemptRecord {
             idx: 0,
             attempt: 1,
             started_s: 1.0,
             ended_s: Some(3.0),
-            outcome: Some("succeeded".into()),
+            outcome: Some(AttemptOutcome::Succeeded),
             exit_code: Some(0),
             error: None,
             stdout_tail: Some("ok\n".into()),
             stderr_tail: Some(String::new()),
         }],
-        events: vec![event("instance.succeeded", 3.0), event("instance.failed", 3.0)],
-        end: Some(RunEnd { state: "failed", finished_s: 3.0, reason: Some("1 failed".into()) }),
+        events: vec![
+            event(EventKind::InstanceSucceeded, 3.0),
+            event(EventKind::InstanceFailed, 3.0),
+        ],
+        end: Some(RunEnd {
+            state: RunState::Failed,
+            finished_s: 3.0,
+            reason: Some("1 failed".into()),
+        }),
         wave: None,
     };
     store.commit(id, "me", &ended).await.unwrap();
     let rows = store.instances(id).await.unwrap();
-    assert_eq!(rows[0].state, "succeeded");
+    assert_eq!(rows[0].state, I::Succeeded);
     assert_eq!(rows[0].output.as_deref(), Some("{\"restore_point\":\"2022-04-05T07:33:00Z\"}"));
     assert_eq!(rows[0].finished_s, Some(3.0));
-    assert_eq!(
-        (rows[1].state.as_str(), rows[1].error.as_deref()),
-        ("failed", Some("exit status 3"))
-    );
+    assert_eq!((rows[1].state, rows[1].error.as_deref()), (I::Failed, Some("exit status 3")));
     // A later update without output keeps the stored output.
     store
         .commit(
@@ -264,7 +398,7 @@ async fn commits_batches_in_one_transaction(store: &SqlStore) {
             &Batch {
                 clock_s: 4.0,
                 heartbeat_unix_ms: 5,
-                instances: vec![update(0, "succeeded", 1)],
+                instances: vec![update(0, I::Succeeded, 1)],
                 ..Batch::default()
             },
         )
@@ -274,15 +408,18 @@ async fn commits_batches_in_one_transaction(store: &SqlStore) {
     let attempts = store.attempts(id).await.unwrap();
     assert_eq!(attempts.len(), 1);
     assert_eq!(
-        (attempts[0].ended_s, attempts[0].outcome.as_deref(), attempts[0].exit_code),
-        (Some(3.0), Some("succeeded"), Some(0))
+        (attempts[0].ended_s, attempts[0].outcome, attempts[0].exit_code),
+        (Some(3.0), Some(AttemptOutcome::Succeeded), Some(0))
     );
     let run = store.run(id).await.unwrap().unwrap();
-    assert_eq!((run.state.as_str(), run.finished_s, run.clock_s), ("failed", Some(3.0), 4.0));
+    assert_eq!((run.state, run.finished_s, run.clock_s), (RunState::Failed, Some(3.0), 4.0));
     assert_eq!(run.heartbeat_unix_ms, Some(5));
-    let kinds: Vec<String> =
+    let kinds: Vec<EventKind> =
         store.events(id).await.unwrap().into_iter().map(|e| e.event.kind).collect();
-    assert_eq!(kinds, ["instance.started", "instance.succeeded", "instance.failed"]);
+    assert_eq!(
+        kinds,
+        [EventKind::InstanceStarted, EventKind::InstanceSucceeded, EventKind::InstanceFailed]
+    );
 }
 
 async fn lease_is_compare_and_set(store: &SqlStore) {
@@ -290,18 +427,22 @@ async fn lease_is_compare_and_set(store: &SqlStore) {
     store.create_run(&new_run(id), &mut instances(1).into_iter(), &[]).await.unwrap();
     assert!(store.claim(id, "a", None, 1).await.unwrap());
     assert!(!store.claim(id, "b", None, 2).await.unwrap(), "held by a");
-    assert!(!store.claim(id, "b", Some("c"), 2).await.unwrap(), "not held by c");
+    let held = |owner: &str, hb| Holding { owner: owner.into(), heartbeat_unix_ms: hb };
+    assert!(!store.claim(id, "b", Some(&held("c", Some(1))), 2).await.unwrap(), "not held by c");
     // A process that lost the lease writes nothing.
-    assert!(store.claim(id, "b", Some("a"), 3).await.unwrap(), "b takes over a's stale lease");
+    assert!(
+        store.claim(id, "b", Some(&held("a", Some(1))), 3).await.unwrap(),
+        "b takes over a's stale lease"
+    );
     let batch = Batch {
         clock_s: 9.0,
         heartbeat_unix_ms: 9,
-        instances: vec![update(0, "running", 1)],
+        instances: vec![update(0, I::Running, 1)],
         ..Batch::default()
     };
     let err = store.commit(id, "a", &batch).await.unwrap_err();
     assert!(matches!(err, StoreError::LeaseLost { .. }), "{err}");
-    assert_eq!(store.instances(id).await.unwrap()[0].state, "pending");
+    assert_eq!(store.instances(id).await.unwrap()[0].state, I::Pending);
     assert_eq!(store.run(id).await.unwrap().unwrap().clock_s, 0.0);
     store.release(id, "a").await.unwrap();
     assert_eq!(
@@ -317,37 +458,37 @@ async fn cancel_and_retry_are_logged(store: &SqlStore) {
     let id = run_id();
     store.create_run(&new_run(id), &mut instances(3).into_iter(), &[]).await.unwrap();
     assert!(!store.cancel_requested(id).await.unwrap());
-    store.request_cancel(id, &event("operator.cancel", 1.0)).await.unwrap();
+    store.request_cancel(id, &event(EventKind::OperatorCancel, 1.0)).await.unwrap();
     assert!(store.cancel_requested(id).await.unwrap());
     assert!(store.claim(id, "me", None, 1).await.unwrap());
-    let mut f = update(0, "failed", 3);
+    let mut f = update(0, I::Failed, 3);
     f.failures = 3;
     f.error = Some("boom".into());
     f.finished_s = Some(2.0);
     let batch = Batch {
         clock_s: 2.0,
         heartbeat_unix_ms: 2,
-        instances: vec![f, update(1, "blocked", 0)],
-        end: Some(RunEnd { state: "failed", finished_s: 2.0, reason: None }),
+        instances: vec![f, update(1, I::Blocked, 0)],
+        end: Some(RunEnd { state: RunState::Failed, finished_s: 2.0, reason: None }),
         ..Batch::default()
     };
     store.commit(id, "me", &batch).await.unwrap();
-    let reset = store.reset_failed(id, &event("operator.retry", 5.0)).await.unwrap();
+    let reset = store.reset_failed(id, &event(EventKind::OperatorRetry, 5.0)).await.unwrap();
     assert_eq!(reset, 2);
     let rows = store.instances(id).await.unwrap();
     for r in &rows[..2] {
         assert_eq!(
-            (r.state.as_str(), r.failures, r.error.as_deref(), r.finished_s),
-            ("pending", 0, None, None)
+            (r.state, r.failures, r.error.as_deref(), r.finished_s),
+            (I::Pending, 0, None, None)
         );
     }
     assert_eq!(rows[0].attempts, 3, "attempt numbers continue after a retry");
-    assert_eq!(rows[2].state, "skipped");
+    assert_eq!(rows[2].state, I::Skipped);
     let run = store.run(id).await.unwrap().unwrap();
-    assert_eq!((run.state.as_str(), run.finished_s), ("running", None));
-    let kinds: Vec<String> =
+    assert_eq!((run.state, run.finished_s), (RunState::Running, None));
+    let kinds: Vec<EventKind> =
         store.events(id).await.unwrap().into_iter().map(|e| e.event.kind).collect();
-    assert_eq!(kinds, ["operator.cancel", "operator.retry"]);
+    assert_eq!(kinds, [EventKind::OperatorCancel, EventKind::OperatorRetry]);
 }
 
 async fn large_runs_are_chunked(store: &SqlStore) {
@@ -358,7 +499,7 @@ async fn large_runs_are_chunked(store: &SqlStore) {
     let batch = Batch {
         clock_s: 1.0,
         heartbeat_unix_ms: 1,
-        instances: (0..n).map(|i| update(i, "running", 1)).collect(),
+        instances: (0..n).map(|i| update(i, I::Running, 1)).collect(),
         attempts: (0..n)
             .map(|i| AttemptRecord {
                 idx: i,
@@ -372,14 +513,14 @@ async fn large_runs_are_chunked(store: &SqlStore) {
                 stderr_tail: None,
             })
             .collect(),
-        events: (0..n).map(|i| event("instance.started", f64::from(i))).collect(),
+        events: (0..n).map(|i| event(EventKind::InstanceStarted, f64::from(i))).collect(),
         end: None,
         wave: None,
     };
     store.commit(id, "me", &batch).await.unwrap();
     let rows = store.instances(id).await.unwrap();
     assert_eq!(rows.len(), n as usize);
-    assert!(rows.iter().all(|r| r.state == "running"));
+    assert!(rows.iter().all(|r| r.state == I::Running));
     assert_eq!(store.attempts(id).await.unwrap().len(), n as usize);
     assert_eq!(store.events(id).await.unwrap().len(), n as usize);
 }
@@ -390,6 +531,7 @@ async fn sqlite_conforms() {
     let store = SqlStore::open(&db.url).await.unwrap();
     suite(&store).await;
     restore_points_never_change(&store, &db.url).await;
+    unknown_names_are_refused_by_the_schema(&store, &db.url).await;
     // The file was created, in WAL mode.
     assert!(db.path().exists());
     assert!(db.dir.path().join("rewind.db-wal").exists());
@@ -402,6 +544,7 @@ async fn postgres_conforms() {
     let store = SqlStore::open(&schema.url).await.unwrap();
     suite(&store).await;
     restore_points_never_change(&store, &schema.url).await;
+    unknown_names_are_refused_by_the_schema(&store, &schema.url).await;
     store.close().await;
     schema.drop_schema().await;
 }
@@ -427,11 +570,90 @@ async fn a_locked_database_fails_cleanly_and_writes_nothing() {
     sqlx::raw_sql("BEGIN EXCLUSIVE").execute(&mut other).await.unwrap();
     let id = run_id();
     let err = store
-        .create_run(&new_run(id), &mut instances(5).into_iter(), &[event("run.created", 0.0)])
+        .create_run(
+            &new_run(id),
+            &mut instances(5).into_iter(),
+            &[event(EventKind::RunCreated, 0.0)],
+        )
         .await
         .unwrap_err();
     assert!(err.is_locked(), "{err}");
+    assert!(!StoreError::BadUrl("x".into()).is_locked());
     sqlx::raw_sql("ROLLBACK").execute(&mut other).await.unwrap();
     assert_eq!(store.run(id).await.unwrap(), None, "no half-written run");
     assert!(store.instances(id).await.unwrap().is_empty());
+}
+
+/// Two commands opening a new store at once: both get a migrated store (issue 11: "duplicate
+/// column name: waves" / "table runs already exists").
+async fn a_new_store_opened_by_many_at_once(url: &str) {
+    let opens: Vec<_> = (0..6)
+        .map(|_| {
+            let url = url.to_owned();
+            tokio::spawn(async move { SqlStore::open_with(&url, Duration::from_secs(30)).await })
+        })
+        .collect();
+    for o in opens {
+        let store = o.await.unwrap().unwrap_or_else(|e| panic!("a concurrent open failed: {e}"));
+        assert!(store.runs().await.unwrap().is_empty());
+        store.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_new_store_opened_concurrently() {
+    for _ in 0..5 {
+        let db = SqliteDb::new();
+        a_new_store_opened_by_many_at_once(&db.url).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_new_store_opened_concurrently() {
+    let Some(base) = postgres_url("postgres_new_store_opened_concurrently") else { return };
+    for _ in 0..3 {
+        let schema = PgSchema::create(&base).await;
+        a_new_store_opened_by_many_at_once(&schema.url).await;
+        schema.drop_schema().await;
+    }
+}
+
+/// A transaction that reads before it writes takes the write lock first (`BEGIN IMMEDIATE`):
+/// with a deferred one, another writer committing between its read and its write fails it at
+/// once with SQLITE_BUSY_SNAPSHOT, which no busy timeout cures (issue 11: `reset_failed`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_retry_waits_for_another_writer_instead_of_failing() {
+    let db = SqliteDb::new();
+    let store = SqlStore::open_with(&db.url, Duration::from_secs(20)).await.unwrap();
+    let id = run_id();
+    store.create_run(&new_run(id), &mut instances(2).into_iter(), &[]).await.unwrap();
+    assert!(store.claim(id, "me", None, 1).await.unwrap());
+    let end = Batch {
+        clock_s: 1.0,
+        heartbeat_unix_ms: 1,
+        instances: vec![update(0, I::Failed, 1)],
+        end: Some(RunEnd { state: RunState::Failed, finished_s: 1.0, reason: None }),
+        ..Batch::default()
+    };
+    store.commit(id, "me", &end).await.unwrap();
+    // Another process is writing.
+    let mut other = <sqlx::SqliteConnection as sqlx::Connection>::connect(&db.url).await.unwrap();
+    sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut other).await.unwrap();
+    sqlx::query("UPDATE runs SET clock_s = 2.0 WHERE id = ?1")
+        .bind(id.to_string())
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let retry = {
+        let store = store.clone();
+        tokio::spawn(
+            async move { store.reset_failed(id, &event(EventKind::OperatorRetry, 3.0)).await },
+        )
+    };
+    // Give the retry time to reach its first statement; the outcome must not depend on it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::raw_sql("COMMIT").execute(&mut other).await.unwrap();
+    let reset = retry.await.unwrap().unwrap_or_else(|e| panic!("the retry failed: {e}"));
+    assert_eq!(reset, 1);
+    assert_eq!(store.run(id).await.unwrap().unwrap().state, RunState::Running);
 }
