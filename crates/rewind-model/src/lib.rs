@@ -13,6 +13,7 @@ pub mod duration_serde;
 mod ids;
 mod plan;
 mod safety;
+pub mod sql;
 mod summary;
 mod synthetic;
 mod targets;
