@@ -152,14 +152,24 @@ impl Pools {
     }
 }
 
-/// `"name"`: an identifier the workflow validated (`[A-Za-z_][A-Za-z0-9_]*`), quoted.
+/// `"name"`: an identifier quoted for SQL, an embedded `"` doubled. Every table and column name
+/// spliced into SQL goes through it: names the workflow validated, and names read from the
+/// catalogs (`pragma_table_info`, `information_schema.columns`), which may hold anything.
 pub(crate) fn quote(ident: &str) -> String {
-    format!("\"{ident}\"")
+    format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identifiers_are_quoted_with_embedded_quotes_doubled() {
+        assert_eq!(quote("sites"), r#""sites""#);
+        assert_eq!(quote(r#"we"ird"#), r#""we""ird""#);
+        assert_eq!(quote("has space"), r#""has space""#);
+        assert_eq!(quote(r#"""#), r#""""""#);
+    }
 
     #[test]
     fn a_search_path_option_is_split_off_the_pool_key() {

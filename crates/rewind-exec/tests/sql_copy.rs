@@ -336,3 +336,69 @@ fn the_audit_requires_one_restore_point_for_every_store() {
     ]);
     assert!(silent.error.unwrap().ends_with("`catalog.copy` reported no restore point"));
 }
+
+/// Issue 11, why 6: column names read from the catalogs were spliced into SQL inside `"` without
+/// doubling an embedded `"`. A column named `we"ird` and one with a space copy and compare.
+const ODD: &str = r#"
+[[steps]]
+id = "odd.copy"
+estimate = "1m"
+action = { kind = "copy", from = "scratch", to = "live", tables = ["odd"], tenant_column = "site_id", tenant = "{{target.id}}" }
+
+[[steps]]
+id = "odd.compare"
+estimate = "1m"
+action = { kind = "compare", from = "scratch", to = "live", tables = ["odd"], tenant_column = "site_id", tenant = "{{target.id}}" }
+"#;
+
+async fn odd_column_names_copy_and_compare(live: &str, scratch: &str) {
+    let create = r#"CREATE TABLE odd (id TEXT PRIMARY KEY, site_id TEXT NOT NULL, "we""ird" TEXT, "has space" TEXT)"#;
+    exec(live, create).await;
+    exec(scratch, create).await;
+    exec(live, &format!("INSERT INTO odd VALUES ('o1', '{SITE_A}', 'old', 'old')")).await;
+    exec(live, &format!("INSERT INTO odd VALUES ('o2', '{SITE_B}', 'b', 'b')")).await;
+    for (id, site, weird, space) in
+        [("o1", SITE_A, "a\"1", "a 1"), ("o3", SITE_A, "a\"3", "a 3"), ("o2", SITE_B, "B", "B")]
+    {
+        exec(scratch, &format!("INSERT INTO odd VALUES ('{id}', '{site}', '{weird}', '{space}')"))
+            .await;
+    }
+    let wf = workflow(ODD);
+    let reg = Registry::builtin();
+    let r = run(&reg, attempt(&wf, 0, SITE_A, live, scratch)).await;
+    assert_eq!(r.outcome, Outcome::Succeeded, "{r:?}");
+    assert_eq!(r.output.unwrap()["tables"], json!({"odd": {"rows": 2}}));
+    let got =
+        rows(live, r#"SELECT id, site_id, "we""ird", "has space" FROM odd ORDER BY id"#).await;
+    assert_eq!(
+        got,
+        [["o1", SITE_A, "a\"1", "a 1"], ["o2", SITE_B, "b", "b"], ["o3", SITE_A, "a\"3", "a 3"],],
+        "site A's rows are the scratch's; site B's untouched"
+    );
+    let r = run(&reg, attempt(&wf, 1, SITE_A, live, scratch)).await;
+    assert_eq!(r.outcome, Outcome::Succeeded, "{r:?}");
+    assert_eq!(r.output.as_ref().unwrap()["tables"]["odd"]["rows"], 2);
+    // A change in the odd column is seen.
+    exec(live, r#"UPDATE odd SET "we""ird" = 'changed' WHERE id = 'o3'"#).await;
+    let r = run(&reg, attempt(&wf, 1, SITE_A, live, scratch)).await;
+    assert_eq!(r.outcome, Outcome::Failed { retryable: false }, "{r:?}");
+    assert!(r.error.unwrap().starts_with("the restored slice differs: odd: 2 rows"));
+}
+
+#[tokio::test]
+async fn sqlite_copy_and_compare_quote_odd_column_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let (live, scratch) = sqlite_pair(dir.path());
+    odd_column_names_copy_and_compare(&live, &scratch).await;
+}
+
+#[tokio::test]
+async fn postgres_copy_and_compare_quote_odd_column_names() {
+    let Some(base) = postgres_url("postgres_copy_and_compare_quote_odd_column_names") else {
+        return;
+    };
+    let (live, scratch) = (PgSchema::create(&base).await, PgSchema::create(&base).await);
+    odd_column_names_copy_and_compare(&live.url, &scratch.url).await;
+    live.drop_schema().await;
+    scratch.drop_schema().await;
+}
