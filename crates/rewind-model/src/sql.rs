@@ -385,9 +385,8 @@ impl Lexer<'_> {
         let start = self.i;
         self.i += 1;
         while let Some(c) = self.at(0) {
-            if backslash && c == b'\\' {
-                self.i += 2;
-            } else if c == q && self.at(1) == Some(q) {
+            // An escaped character, or a doubled quote standing for one.
+            if (backslash && c == b'\\') || (c == q && self.at(1) == Some(q)) {
                 self.i += 2;
             } else if c == q {
                 self.i += 1;
