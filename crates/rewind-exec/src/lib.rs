@@ -11,6 +11,7 @@
 //! do not depend on rewind-scheduler or rewind-store.
 
 pub mod audit;
+mod cancel;
 pub mod command;
 mod connect;
 pub mod describe;
