@@ -581,3 +581,37 @@ fn a_preflight_that_writes_on_postgres_is_refused_and_writes_nothing() {
     }
     rt.block_on(schema.drop_schema());
 }
+
+/// A `[preflight]` query that outlives the preflight's `timeout` is stopped on the server before
+/// rewind refuses the run: once rewind has exited, no query of it is running (issue 11, why 5,
+/// for the read-only path).
+#[test]
+fn a_preflight_that_times_out_leaves_no_query_running_on_postgres() {
+    let Some(base) = rewind_testkit::postgres_url("a_preflight_that_times_out_leaves_no_query")
+    else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let schema = rt.block_on(rewind_testkit::PgSchema::create(&base));
+    let url = pg_catalog(&schema, &deleted_sites(2));
+    let env = Env::sqlite();
+    let t = targets(&env, "t.csv", &["ok"; 2]);
+    let tag = format!("rewind-test-{}", uuid::Uuid::new_v4());
+    let sql = format!(
+        "\"SELECT kind, state, pg_sleep(30) AS slept FROM entities WHERE id = $1 /* {tag} */\""
+    );
+    let w = workflow_with_preflight(&env, "${CATALOG_URL}", &sql, "\"{{target.id}}\"");
+    let text = std::fs::read_to_string(&w).unwrap();
+    std::fs::write(&w, text.replace("[preflight]\n", "[preflight]\ntimeout = \"1s\"\n")).unwrap();
+    let o = env.cmd(&run(&w, &t, &["--dry-run"])).env("CATALOG_URL", &url).output().unwrap();
+    let err = refused(&o);
+    assert!(err.contains("the preflight took longer than 1s"), "{err}");
+    nothing_written(&env);
+    let active = format!(
+        "SELECT COUNT(*) FROM pg_stat_activity WHERE state = 'active' \
+         AND pid <> pg_backend_pid() AND position('{tag}' in query) > 0"
+    );
+    // The question holds the tag too; `position` of a literal in its own text is excluded by pid.
+    assert_eq!(count(&base, &active), 0, "the preflight's query still runs after rewind exited");
+    rt.block_on(schema.drop_schema());
+}

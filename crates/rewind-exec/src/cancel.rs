@@ -1,12 +1,13 @@
 //! Stopping an attempt's statements on the server, not only in rewind: when a `sql`, `copy` or
 //! `compare` attempt times out or is stopped, what it sent must not go on running after the
-//! attempt is recorded as timed out (or cancelled).
+//! attempt is recorded as timed out (or cancelled). The same holds for the `[preflight]`'s
+//! read-only queries when the preflight times out.
 //!
 //! An attempt registers every connection it uses in its [`Sessions`] ([`Sessions::pooled`],
 //! [`Sessions::direct`]), which asks a PostgreSQL connection for its backend pid
 //! (`SELECT pg_backend_pid()`) right after it is acquired; a connection leaves the list when the
-//! attempt lets it go. On a timeout or a stop, [`crate::sql::bounded`] calls
-//! [`Sessions::cancel`], which:
+//! attempt lets it go. On a timeout or a stop ([`first`], which [`crate::sql::bounded`] and the
+//! preflight use), [`Sessions::cancel`]:
 //!
 //! 1. marks the attempt cancelled: a pooled connection it still holds is closed when dropped,
 //!    never returned to the pool mid-statement or mid-transaction ([`Tracked`]);
@@ -197,6 +198,24 @@ impl Sessions {
         inner.cancelled = true;
         inner.live.drain(..).map(|(_, b)| b).collect()
     }
+}
+
+/// Runs `work` until it ends, or until `until` does first: then the attempt is cancelled
+/// ([`Sessions::cancel`]), `work` dropped, and its statements stopped on the server and waited
+/// for ([`stop`]) before this returns what `until` said and what could not be stopped.
+pub(crate) async fn first<T, R>(
+    sessions: &Sessions,
+    work: impl std::future::Future<Output = T>,
+    until: impl std::future::Future<Output = R>,
+) -> Result<T, (R, Vec<String>)> {
+    let mut work = Box::pin(work);
+    let why = tokio::select! {
+        r = &mut work => return Ok(r),
+        why = until => why,
+    };
+    let running = sessions.cancel();
+    drop(work);
+    Err((why, stop(running).await))
 }
 
 /// Stops what each backend runs and waits until it ran nothing (see the module documentation).

@@ -22,6 +22,7 @@ use rewind_model::{
 use serde_json::{Map, Value};
 use tokio::io::AsyncWriteExt;
 
+use crate::cancel::{self, Sessions};
 use crate::readonly::{ReadOnly, ReadOnlyError};
 use crate::{Attempt, Pools, Registry, Vars};
 
@@ -52,16 +53,28 @@ pub async fn resolve(
     targets: &[Target],
     ctx: &Context,
 ) -> Result<BTreeMap<String, Found>, String> {
+    let sessions = Sessions::default();
     let work = async {
         match &pf.action {
-            Action::Sql(_) => by_query(registry, pf, targets, ctx).await,
+            Action::Sql(_) => by_query(registry, pf, targets, ctx, &sessions).await,
             Action::Command(_) => by_command(pf, targets, ctx).await,
             other => Err(format!("a preflight cannot be a `{}` action", other.kind())),
         }
     };
-    tokio::time::timeout(pf.timeout, work).await.unwrap_or_else(|_| {
-        Err(format!("the preflight took longer than {}", humantime::format_duration(pf.timeout)))
-    })
+    // On a timeout, the queries still running are stopped on the server before this returns.
+    cancel::first(&sessions, work, tokio::time::sleep(pf.timeout)).await.unwrap_or_else(
+        |((), problems)| {
+            let mut e = format!(
+                "the preflight took longer than {}",
+                humantime::format_duration(pf.timeout)
+            );
+            for p in problems {
+                e.push_str("; ");
+                e.push_str(&p);
+            }
+            Err(e)
+        },
+    )
 }
 
 fn attempt(pf: &Preflight, target: Option<&Target>, ctx: &Context) -> Result<Attempt, String> {
@@ -93,13 +106,14 @@ async fn by_query(
     pf: &Preflight,
     targets: &[Target],
     ctx: &Context,
+    sessions: &Sessions,
 ) -> Result<BTreeMap<String, Found>, String> {
     let asks = targets.iter().map(|t| {
         let a = attempt(pf, Some(t), ctx);
         async move {
             let mut a = a?;
             a.resolvers.clone_from(registry.resolvers());
-            let out = ask(registry.pools(), &a).await.map_err(|e| match e {
+            let out = ask(registry.pools(), sessions, &a).await.map_err(|e| match e {
                 Ask::Refused(e) => format!("refused for target {}: {e}", t.id),
                 Ask::Failed(e) => format!("the preflight query failed for target {}: {e}", t.id),
             })?;
@@ -132,7 +146,7 @@ impl From<ReadOnlyError> for Ask {
 
 /// Runs a `sql` preflight's statements for one target in one read-only session
 /// ([`crate::readonly`]): the first row of the last statement, or an empty object (no row).
-async fn ask(pools: &Pools, a: &Attempt) -> Result<Map<String, Value>, Ask> {
+async fn ask(pools: &Pools, sessions: &Sessions, a: &Attempt) -> Result<Map<String, Value>, Ask> {
     let Action::Sql(action) = &*a.action else {
         return Err(Ask::Failed("the preflight is not a sql action".to_owned()));
     };
@@ -142,7 +156,7 @@ async fn ask(pools: &Pools, a: &Attempt) -> Result<Map<String, Value>, Ask> {
         let params = st.params.iter().map(|p| a.render(p)).collect::<Result<Vec<_>, _>>();
         statements.push((st.sql.as_str(), params.map_err(Ask::Failed)?));
     }
-    let mut session = ReadOnly::begin(pools, &url).await?;
+    let mut session = ReadOnly::begin_in(pools, &url, sessions).await?;
     let mut last = Map::new();
     for (sql, params) in statements {
         last = session.fetch_all(sql, &params).await?.into_iter().next().unwrap_or_default();

@@ -26,6 +26,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Any, AssertSqlSafe, Executor as _};
 
 use crate::Pools;
+use crate::cancel::{Sessions, Tracked};
 use crate::connect::{Kind, kind, redact};
 use crate::sql::row_json;
 
@@ -99,7 +100,7 @@ fn is_write_refusal(kind: Kind, e: &sqlx::Error) -> bool {
 /// `--dry-run` goes through one. Several statements in one session share a snapshot.
 pub struct ReadOnly {
     /// `None` once ended.
-    conn: Option<PoolConnection<Any>>,
+    conn: Option<Tracked<PoolConnection<Any>>>,
     kind: Kind,
 }
 
@@ -113,8 +114,19 @@ impl ReadOnly {
     /// Starts a read-only transaction on the database `url` names (a sqlx URL: resolved,
     /// `sqlite:` or `postgres:`).
     pub async fn begin(pools: &Pools, url: &str) -> Result<Self, ReadOnlyError> {
+        Self::begin_in(pools, url, &Sessions::default()).await
+    }
+
+    /// [`ReadOnly::begin`], its connection registered in `sessions` so that a timeout can stop
+    /// its statement on the server ([`crate::cancel`]).
+    pub(crate) async fn begin_in(
+        pools: &Pools,
+        url: &str,
+        sessions: &Sessions,
+    ) -> Result<Self, ReadOnlyError> {
         let kind = kind(url).map_err(ReadOnlyError::Failed)?;
         let conn = pools.acquire_read_only(url).await.map_err(ReadOnlyError::Failed)?;
+        let conn = sessions.pooled(conn, url).await.map_err(ReadOnlyError::Failed)?;
         let mut session = Self { conn: Some(conn), kind };
         let begin = begin_statement(kind);
         if let Some(c) = session.conn.as_mut() {
@@ -144,7 +156,7 @@ impl ReadOnly {
         for p in params {
             q = q.bind(p.clone());
         }
-        match q.fetch_all(&mut **conn).await {
+        match q.fetch_all(&mut ***conn).await {
             Ok(rows) => Ok(rows.iter().map(row_json).collect()),
             Err(e) if is_write_refusal(self.kind, &e) => Err(ReadOnlyError::Write {
                 sql: shorten(sql),
@@ -160,10 +172,12 @@ impl ReadOnly {
     /// back to its pool. A connection whose `ROLLBACK` fails is closed instead.
     pub async fn end(mut self) -> Result<(), ReadOnlyError> {
         let Some(mut conn) = self.conn.take() else { return Ok(()) };
-        match (&mut *conn).execute("ROLLBACK").await {
+        match (&mut **conn).execute("ROLLBACK").await {
             Ok(_) => Ok(()),
             Err(e) => {
-                let _ = conn.close().await;
+                if let Some(c) = conn.into_inner() {
+                    let _ = c.close().await;
+                }
                 Err(ReadOnlyError::Failed(format!("ROLLBACK of a read-only transaction: {e}")))
             }
         }

@@ -77,20 +77,22 @@ pub(crate) async fn bounded<T>(
     sessions: &Sessions,
     work: impl std::future::Future<Output = Result<T, Report>>,
 ) -> Result<T, Report> {
-    let mut work = Box::pin(work);
-    let mut report = tokio::select! {
-        r = &mut work => return r,
-        () = tokio::time::sleep(a.timeout) => Report::failed(format!("timed out after {}", humantime::format_duration(a.timeout)), true),
-        () = stop.requested() => Report { outcome: Outcome::Cancelled, ..Report::failed("stopped: the run is being cancelled", false) },
+    let until = async {
+        tokio::select! {
+            () = tokio::time::sleep(a.timeout) => Report::failed(format!("timed out after {}", humantime::format_duration(a.timeout)), true),
+            () = stop.requested() => Report { outcome: Outcome::Cancelled, ..Report::failed("stopped: the run is being cancelled", false) },
+        }
     };
-    let running = sessions.cancel();
-    drop(work);
-    let problems = cancel::stop(running).await;
-    if !problems.is_empty() {
-        let said = report.error.take().unwrap_or_default();
-        report.error = Some(format!("{said}; {}", problems.join("; ")));
+    match cancel::first(sessions, work, until).await {
+        Ok(r) => r,
+        Err((mut report, problems)) => {
+            if !problems.is_empty() {
+                let said = report.error.take().unwrap_or_default();
+                report.error = Some(format!("{said}; {}", problems.join("; ")));
+            }
+            Err(report)
+        }
     }
-    Err(report)
 }
 
 async fn run(a: Attempt, mut stop: Stop, pools: Pools) -> Report {
