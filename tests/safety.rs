@@ -451,3 +451,167 @@ fn cancelling_a_halted_run_ends_it_and_frees_its_targets() {
     let o = rewind(&env, &cat, &run(&w, &t, &[]));
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }
+
+/// The rails workflow with its `[preflight]` `sql` action replaced: connection `catalog` at
+/// `url`, the preflight's `sql = <sql_toml>` (a TOML string) and `params`.
+fn workflow_with_preflight(env: &Env, url: &str, sql_toml: &str, params: &str) -> String {
+    let w = workflow(env, "", true);
+    let text = std::fs::read_to_string(&w).unwrap();
+    let (head, tail) = text.split_once("[preflight]").unwrap();
+    let steps = &tail[tail.find("[[steps]]").unwrap()..];
+    let head = head.replace("catalog = \"sqlite://${CATALOG}\"", &format!("catalog = \"{url}\""));
+    let pf = format!(
+        "[preflight]\nstate = \"deleted\"\naction = {{ kind = \"sql\", connection = \"catalog\", sql = {sql_toml}, params = [{params}] }}\n"
+    );
+    env.write("rails.toml", &format!("{head}{pf}{steps}"), false).display().to_string()
+}
+
+fn count(url: &str, sql: &str) -> i64 {
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use sqlx::Connection;
+        sqlx::any::install_default_drivers();
+        let mut c = sqlx::AnyConnection::connect(url).await.unwrap();
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+        c.close().await.unwrap();
+        n
+    })
+}
+
+/// Issue 11, why 1: `SELECT …; DELETE FROM …` passed `check` (its first word is SELECT), and
+/// `run --dry-run` deleted every row while saying nothing was written. A preflight query is one
+/// statement: `check`, `run --dry-run` and `run` refuse it, located, and the table is intact.
+#[test]
+fn a_preflight_of_two_statements_is_refused_and_deletes_nothing() {
+    let env = Env::sqlite();
+    let cat = catalog(&env, &deleted_sites(2));
+    let sql = "SELECT 'site' AS kind, 'deleted' AS state; DELETE FROM entities";
+    let w = workflow_with_preflight(&env, "sqlite://${CATALOG}", &format!("\"{sql}\""), "");
+    let text = std::fs::read_to_string(&w).unwrap();
+    let (line, col) = text
+        .lines()
+        .enumerate()
+        .find_map(|(i, l)| l.find("DELETE FROM entities").map(|c| (i + 1, c + 1)))
+        .unwrap();
+    let t = targets(&env, "t.csv", &["ok"; 2]);
+    for args in [vec!["check", w.as_str()], run(&w, &t, &["--dry-run"]), run(&w, &t, &[])] {
+        let err = refused(&rewind(&env, &cat, &args));
+        assert!(
+            err.contains(&format!(
+                "{w}:{line}:{col}: error[invalid-value]: [preflight] query `{}…`: it holds more than one statement: `DELETE FROM entities` follows",
+                &sql[..60]
+            )),
+            "{args:?}: {err}"
+        );
+        nothing_written(&env);
+        let url = format!("sqlite://{cat}");
+        assert_eq!(count(&url, "SELECT COUNT(*) FROM entities"), 2, "{args:?} deleted rows");
+    }
+}
+
+/// A PostgreSQL catalog (`entities`, a sequence `s`) in a fresh schema; its URL.
+fn pg_catalog(schema: &rewind_testkit::PgSchema, rows: &[(String, &str, &str)]) -> String {
+    let mut sql = String::from(
+        "CREATE TABLE entities (id TEXT PRIMARY KEY, kind TEXT NOT NULL, state TEXT NOT NULL); CREATE SEQUENCE s;",
+    );
+    for (id, kind, state) in rows {
+        sql.push_str(&format!("INSERT INTO entities VALUES ('{id}', '{kind}', '{state}');"));
+    }
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(&schema.url).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut c).await.unwrap();
+        c.close().await.unwrap();
+    });
+    schema.url.clone()
+}
+
+/// Issue 11, why 1 on PostgreSQL: `SELECT … INTO newtable` created a table and `SELECT setval(…)`
+/// moved a sequence during `--dry-run`. The preflight runs in a read-only transaction: both are
+/// refused (exit 2, naming the `[preflight]`, the query and the database's reason) under
+/// `--dry-run` and a real `run`, before any run is created, and nothing is written.
+#[test]
+fn a_preflight_that_writes_on_postgres_is_refused_and_writes_nothing() {
+    let Some(base) = rewind_testkit::postgres_url("a_preflight_that_writes_on_postgres") else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let schema = rt.block_on(rewind_testkit::PgSchema::create(&base));
+    let url = pg_catalog(&schema, &deleted_sites(2));
+    let env = Env::sqlite();
+    let t = targets(&env, "t.csv", &["ok"; 2]);
+    let newtable = format!(
+        "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = '{}' AND table_name = 'newtable'",
+        schema.name
+    );
+    let moved = "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM s";
+    let cases = [
+        (
+            "SELECT kind, state INTO newtable FROM entities",
+            "",
+            "cannot execute SELECT INTO in a read-only transaction",
+        ),
+        (
+            "SELECT kind, state, setval('s', 100) AS moved FROM entities WHERE id = $1",
+            "\"{{target.id}}\"",
+            "cannot execute setval() in a read-only transaction",
+        ),
+    ];
+    for (sql, params, reason) in cases {
+        let w = workflow_with_preflight(&env, "${CATALOG_URL}", &format!("\"{sql}\""), params);
+        let o = env.cmd(&["check", &w]).output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "one statement passes check: {}", stderr(&o));
+        for more in [&["--dry-run"][..], &[]] {
+            let o = env.cmd(&run(&w, &t, more)).env("CATALOG_URL", &url).output().unwrap();
+            let err = refused(&o);
+            assert!(err.contains("rewind: preflight ([preflight], line"), "{more:?}: {err}");
+            let shown = if sql.len() > 60 { format!("{}…", &sql[..60]) } else { sql.to_owned() };
+            assert!(
+                err.contains(&format!("the query `{shown}` tried to write")),
+                "{more:?}: {err}"
+            );
+            assert!(err.contains(reason), "{more:?}: {err}");
+            assert!(err.contains("nothing was written"), "{more:?}: {err}");
+            nothing_written(&env);
+            assert_eq!(count(&url, &newtable), 0, "{more:?}: SELECT INTO created a table");
+            assert_eq!(count(&url, moved), 0, "{more:?}: the sequence moved");
+        }
+    }
+    rt.block_on(schema.drop_schema());
+}
+
+/// A `[preflight]` query that outlives the preflight's `timeout` is stopped on the server before
+/// rewind refuses the run: once rewind has exited, no query of it is running (issue 11, why 5,
+/// for the read-only path).
+#[test]
+fn a_preflight_that_times_out_leaves_no_query_running_on_postgres() {
+    let Some(base) = rewind_testkit::postgres_url("a_preflight_that_times_out_leaves_no_query")
+    else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let schema = rt.block_on(rewind_testkit::PgSchema::create(&base));
+    let url = pg_catalog(&schema, &deleted_sites(2));
+    let env = Env::sqlite();
+    let t = targets(&env, "t.csv", &["ok"; 2]);
+    let tag = format!("rewind-test-{}", uuid::Uuid::new_v4());
+    let sql = format!(
+        "\"SELECT kind, state, pg_sleep(30) AS slept FROM entities WHERE id = $1 /* {tag} */\""
+    );
+    let w = workflow_with_preflight(&env, "${CATALOG_URL}", &sql, "\"{{target.id}}\"");
+    let text = std::fs::read_to_string(&w).unwrap();
+    std::fs::write(&w, text.replace("[preflight]\n", "[preflight]\ntimeout = \"1s\"\n")).unwrap();
+    let o = env.cmd(&run(&w, &t, &["--dry-run"])).env("CATALOG_URL", &url).output().unwrap();
+    let err = refused(&o);
+    assert!(err.contains("the preflight took longer than 1s"), "{err}");
+    nothing_written(&env);
+    let active = format!(
+        "SELECT COUNT(*) FROM pg_stat_activity WHERE state = 'active' \
+         AND pid <> pg_backend_pid() AND position('{tag}' in query) > 0"
+    );
+    // The question holds the tag too; `position` of a literal in its own text is excluded by pid.
+    assert_eq!(count(&base, &active), 0, "the preflight's query still runs after rewind exited");
+    rt.block_on(schema.drop_schema());
+}

@@ -53,6 +53,8 @@ pub const PG_COPY_STREAMS: usize = 4;
 #[derive(Clone)]
 pub struct Pools {
     inner: Arc<tokio::sync::Mutex<HashMap<String, AnyPool>>>,
+    /// SQLite pools of read-only connections, by URL: never handed to a writer.
+    read_only: Arc<tokio::sync::Mutex<HashMap<String, AnyPool>>>,
     copies: Arc<tokio::sync::Semaphore>,
 }
 
@@ -60,6 +62,7 @@ impl Default for Pools {
     fn default() -> Self {
         Self {
             inner: Arc::default(),
+            read_only: Arc::default(),
             copies: Arc::new(tokio::sync::Semaphore::new(PG_COPY_STREAMS)),
         }
     }
@@ -145,6 +148,41 @@ impl Pools {
         Ok(pool)
     }
 
+    /// A connection for a read-only session on `url` ([`crate::readonly`]). On PostgreSQL, a
+    /// connection of the server's pool, as [`Pools::acquire`] gives (the session makes its
+    /// transaction read-only). On SQLite, a connection of a pool of its own, opened read-only
+    /// (`mode=ro`) with `PRAGMA query_only = ON`: a writer never gets it.
+    pub(crate) async fn acquire_read_only(&self, url: &str) -> Result<PoolConnection<Any>, String> {
+        if kind(url)? != Kind::Sqlite {
+            return self.acquire(url).await;
+        }
+        let pool = {
+            let mut map = self.read_only.lock().await;
+            match map.get(url) {
+                Some(p) => p.clone(),
+                None => {
+                    sqlx::any::install_default_drivers();
+                    let pool = AnyPoolOptions::new()
+                        .acquire_timeout(SQLITE_BUSY)
+                        .max_connections(4)
+                        .after_connect(|conn, _| {
+                            Box::pin(async move {
+                                use sqlx::Executor;
+                                conn.execute("PRAGMA busy_timeout = 30000").await?;
+                                conn.execute("PRAGMA query_only = ON").await?;
+                                Ok(())
+                            })
+                        })
+                        .connect_lazy(&sqlite_read_only_url(url))
+                        .map_err(|e| format!("cannot open {} read-only: {e}", redact(url)))?;
+                    map.insert(url.to_owned(), pool.clone());
+                    pool
+                }
+            }
+        };
+        pool.acquire().await.map_err(|e| format!("cannot open {} read-only: {e}", redact(url)))
+    }
+
     /// A turn to run a PostgreSQL `copy` stream (at most [`PG_COPY_STREAMS`] at once).
     pub(crate) async fn copy_turn(&self) -> tokio::sync::OwnedSemaphorePermit {
         // The semaphore is never closed.
@@ -152,14 +190,42 @@ impl Pools {
     }
 }
 
-/// `"name"`: an identifier the workflow validated (`[A-Za-z_][A-Za-z0-9_]*`), quoted.
+/// A SQLite URL that opens its file read-only: any `mode` it names replaced by `mode=ro`.
+pub(crate) fn sqlite_read_only_url(url: &str) -> String {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut pairs: Vec<&str> =
+        query.split('&').filter(|p| !p.is_empty() && !p.starts_with("mode=")).collect();
+    pairs.push("mode=ro");
+    format!("{base}?{}", pairs.join("&"))
+}
+
+/// `"name"`: an identifier quoted for SQL, an embedded `"` doubled. Every table and column name
+/// spliced into SQL goes through it: names the workflow validated, and names read from the
+/// catalogs (`pragma_table_info`, `information_schema.columns`), which may hold anything.
 pub(crate) fn quote(ident: &str) -> String {
-    format!("\"{ident}\"")
+    format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_read_only_sqlite_url_opens_read_only() {
+        assert_eq!(sqlite_read_only_url("sqlite:///d/x.db"), "sqlite:///d/x.db?mode=ro");
+        assert_eq!(
+            sqlite_read_only_url("sqlite:///d/x.db?mode=rwc&cache=shared"),
+            "sqlite:///d/x.db?cache=shared&mode=ro"
+        );
+    }
+
+    #[test]
+    fn identifiers_are_quoted_with_embedded_quotes_doubled() {
+        assert_eq!(quote("sites"), r#""sites""#);
+        assert_eq!(quote(r#"we"ird"#), r#""we""ird""#);
+        assert_eq!(quote("has space"), r#""has space""#);
+        assert_eq!(quote(r#"""#), r#""""""#);
+    }
 
     #[test]
     fn a_search_path_option_is_split_off_the_pool_key() {

@@ -21,7 +21,7 @@ use rewind_model::{Action, ConnectionName, Placeholder, Ref, SliceAction, Templa
 
 use crate::Attempt;
 use crate::command::resolve;
-use crate::connect::{Kind, kind, redact};
+use crate::connect::{Kind, kind, quote, redact};
 use crate::slice;
 
 /// One thing an attempt would do, fully rendered.
@@ -170,9 +170,9 @@ fn slice_calls(a: &Attempt, s: &SliceAction, copy: bool) -> Result<Vec<Call>, St
         (Some(k), None) | (None, Some(k)) => Some(k?),
         (None, None) => None,
     };
-    let tables: Vec<String> = s.tables.iter().map(|t| format!("\"{t}\"")).collect();
+    let tables: Vec<String> = s.tables.iter().map(|t| quote(t)).collect();
     let tables = tables.join(", ");
-    let cols = |t: &str| format!("<columns of \"{t}\">");
+    let cols = |t: &str| format!("<columns of {}>", quote(t));
     let mut calls = Vec::new();
     if let Some(q) = &s.source_restore_point {
         calls.push(from.statement(q.clone(), Vec::new()));
@@ -190,11 +190,11 @@ fn slice_calls(a: &Attempt, s: &SliceAction, copy: bool) -> Result<Vec<Call>, St
     let t1 = || vec![tenant.clone()];
     if !copy {
         for t in &s.tables {
-            let select = format!("<CAST(c AS TEXT) for each column c of \"{t}\">");
+            let select = format!("<CAST(c AS TEXT) for each column c of {}>", quote(t));
             calls.push(from.statement(slice::digest_sql(t, &select, tc), t1()));
         }
         for t in &s.tables {
-            let select = format!("<CAST(c AS TEXT) for each column c of \"{t}\">");
+            let select = format!("<CAST(c AS TEXT) for each column c of {}>", quote(t));
             calls.push(to.statement(slice::digest_sql(t, &select, tc), t1()));
         }
         calls.push(Call::Note(format!(

@@ -11,10 +11,12 @@
 //! do not depend on rewind-scheduler or rewind-store.
 
 pub mod audit;
+mod cancel;
 pub mod command;
 mod connect;
 pub mod describe;
 pub mod preflight;
+pub mod readonly;
 pub mod slice;
 pub mod sql;
 mod tail;
@@ -291,6 +293,7 @@ pub trait Executor: Send + Sync {
 pub struct Registry {
     executors: BTreeMap<&'static str, Arc<dyn Executor>>,
     resolvers: Resolvers,
+    pools: Pools,
 }
 
 impl std::fmt::Debug for Registry {
@@ -307,9 +310,16 @@ impl Registry {
         r.add(Arc::new(command::CommandExecutor));
         r.add(Arc::new(sql::SqlExecutor::new(pools.clone())));
         r.add(Arc::new(slice::CopyExecutor::new(pools.clone())));
-        r.add(Arc::new(slice::CompareExecutor::new(pools)));
+        r.add(Arc::new(slice::CompareExecutor::new(pools.clone())));
         r.add(Arc::new(audit::AuditExecutor));
+        r.pools = pools;
         r
+    }
+
+    /// The connection pools the built-in SQL executors share; read-only paths
+    /// ([`readonly`]: the preflight, schema discovery) use them too.
+    pub fn pools(&self) -> &Pools {
+        &self.pools
     }
 
     /// Adds a connection URL resolver (tried in the order added).

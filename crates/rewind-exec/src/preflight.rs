@@ -3,7 +3,9 @@
 //!
 //! A `sql` preflight runs its query once per target (at most [`CONCURRENT`] at once), with the
 //! target's templates bound as parameters: no row means the ID is unknown; otherwise the row's
-//! `kind` and `state` columns. A `command` preflight runs once, gets the target IDs on stdin,
+//! `kind` and `state` columns. It runs read-only ([`crate::readonly`]): one statement, in a
+//! read-only transaction; a query that tries to write is refused ("refused for target …: the
+//! query `…` tried to write, …") and writes nothing. A `command` preflight runs once, gets the target IDs on stdin,
 //! one per line, and prints one JSON object per ID it knows:
 //! `{"id": "...", "kind": "site", "state": "deleted"}`.
 
@@ -17,10 +19,12 @@ use rewind_model::{
     Action, Connection, Found, InstanceKey, Preflight, RestorePoint, RunId, StepId, SubjectKey,
     Target,
 };
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tokio::io::AsyncWriteExt;
 
-use crate::{Attempt, Outcome, Registry, StopHandle, Vars};
+use crate::cancel::{self, Sessions};
+use crate::readonly::{ReadOnly, ReadOnlyError};
+use crate::{Attempt, Pools, Registry, Vars};
 
 /// Most preflight queries in flight at once.
 pub const CONCURRENT: usize = 8;
@@ -49,16 +53,28 @@ pub async fn resolve(
     targets: &[Target],
     ctx: &Context,
 ) -> Result<BTreeMap<String, Found>, String> {
+    let sessions = Sessions::default();
     let work = async {
         match &pf.action {
-            Action::Sql(_) => by_query(registry, pf, targets, ctx).await,
+            Action::Sql(_) => by_query(registry, pf, targets, ctx, &sessions).await,
             Action::Command(_) => by_command(pf, targets, ctx).await,
             other => Err(format!("a preflight cannot be a `{}` action", other.kind())),
         }
     };
-    tokio::time::timeout(pf.timeout, work).await.unwrap_or_else(|_| {
-        Err(format!("the preflight took longer than {}", humantime::format_duration(pf.timeout)))
-    })
+    // On a timeout, the queries still running are stopped on the server before this returns.
+    cancel::first(&sessions, work, tokio::time::sleep(pf.timeout)).await.unwrap_or_else(
+        |((), problems)| {
+            let mut e = format!(
+                "the preflight took longer than {}",
+                humantime::format_duration(pf.timeout)
+            );
+            for p in problems {
+                e.push_str("; ");
+                e.push_str(&p);
+            }
+            Err(e)
+        },
+    )
 }
 
 fn attempt(pf: &Preflight, target: Option<&Target>, ctx: &Context) -> Result<Attempt, String> {
@@ -90,20 +106,18 @@ async fn by_query(
     pf: &Preflight,
     targets: &[Target],
     ctx: &Context,
+    sessions: &Sessions,
 ) -> Result<BTreeMap<String, Found>, String> {
     let asks = targets.iter().map(|t| {
         let a = attempt(pf, Some(t), ctx);
         async move {
-            let (_handle, stop) = StopHandle::new();
-            let report = registry.run(a?, stop).await;
-            if report.outcome != Outcome::Succeeded {
-                return Err(format!(
-                    "the preflight query failed for target {}: {}",
-                    t.id,
-                    report.error.unwrap_or_else(|| "no reason given".to_owned())
-                ));
-            }
-            let out = report.output.unwrap_or(Value::Null);
+            let mut a = a?;
+            a.resolvers.clone_from(registry.resolvers());
+            let out = ask(registry.pools(), sessions, &a).await.map_err(|e| match e {
+                Ask::Refused(e) => format!("refused for target {}: {e}", t.id),
+                Ask::Failed(e) => format!("the preflight query failed for target {}: {e}", t.id),
+            })?;
+            let out = Value::Object(out);
             found(&out, false)
                 .map(|f| f.map(|f| (t.id.to_string(), f)))
                 .map_err(|e| format!("the preflight query for target {} returned {out}: {e}", t.id))
@@ -114,6 +128,41 @@ async fn by_query(
         .try_filter_map(|x| async move { Ok(x) })
         .try_collect()
         .await
+}
+
+/// Why a preflight query gave no answer.
+enum Ask {
+    /// The query is not a read ([`ReadOnlyError::is_refusal`]).
+    Refused(ReadOnlyError),
+    /// It could not run (unreachable database, wrong SQL, a template without a value).
+    Failed(String),
+}
+
+impl From<ReadOnlyError> for Ask {
+    fn from(e: ReadOnlyError) -> Self {
+        if e.is_refusal() { Self::Refused(e) } else { Self::Failed(e.to_string()) }
+    }
+}
+
+/// Runs a `sql` preflight's statements for one target in one read-only session
+/// ([`crate::readonly`]): the first row of the last statement, or an empty object (no row).
+async fn ask(pools: &Pools, sessions: &Sessions, a: &Attempt) -> Result<Map<String, Value>, Ask> {
+    let Action::Sql(action) = &*a.action else {
+        return Err(Ask::Failed("the preflight is not a sql action".to_owned()));
+    };
+    let url = a.connection_url(&action.connection).map_err(Ask::Failed)?;
+    let mut statements = Vec::with_capacity(action.statements.len());
+    for st in &action.statements {
+        let params = st.params.iter().map(|p| a.render(p)).collect::<Result<Vec<_>, _>>();
+        statements.push((st.sql.as_str(), params.map_err(Ask::Failed)?));
+    }
+    let mut session = ReadOnly::begin_in(pools, &url, sessions).await?;
+    let mut last = Map::new();
+    for (sql, params) in statements {
+        last = session.fetch_all(sql, &params).await?.into_iter().next().unwrap_or_default();
+    }
+    session.end().await?;
+    Ok(last)
 }
 
 /// The kind and state in a row or a JSON line; `None` when there is no `kind` (no row). With

@@ -12,8 +12,12 @@
 //! **compare** checks that the slice has the same rows in both: per table, the row count and an
 //! order-independent digest of the rows (a wrapping sum of each row's SHA-256).
 //!
-//! Table and column names come from the workflow, validated as identifiers, and are quoted;
-//! the tenant is always a bound parameter.
+//! Table names come from the workflow, validated as identifiers; column names come from the
+//! catalogs. Both are quoted ([`crate::connect::quote`], an embedded `"` doubled); the tenant is
+//! always a bound parameter.
+//!
+//! A timeout or a stop cancels the attempt's statements on PostgreSQL before the attempt ends
+//! ([`crate::cancel`]); SQLite runs in rewind's process (see there).
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -27,6 +31,7 @@ use sqlx::postgres::PgConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{AnyConnection, AssertSqlSafe, Connection, Row};
 
+use crate::cancel::Sessions;
 use crate::connect::{Kind, SQLITE_BUSY, kind, quote, redact};
 use crate::sql::bounded;
 use crate::{Attempt, Executor, Outcome, Pools, Report, Stop};
@@ -125,22 +130,25 @@ async fn run(a: Attempt, mut stop: Stop, pools: Pools, mode: Mode) -> Report {
         Ok(k) => k,
         Err(e) => return permanent(e),
     };
+    let sessions = Sessions::default();
     let work = async {
         let restore_point = match &s.source_restore_point {
-            Some(q) => Some(source_restore_point(&pools, &from, q, a.restore_point).await?),
+            Some(q) => {
+                Some(source_restore_point(&pools, &sessions, &from, q, a.restore_point).await?)
+            }
             None => None,
         };
         let tables = match (mode, kinds) {
             (Mode::Copy, Kind::Sqlite) => copy_sqlite(&from, &to, s, &tenant).await?,
             (Mode::Copy, Kind::Postgres) => {
                 let _turn = pools.copy_turn().await;
-                copy_postgres(&from, &to, s, &tenant).await?
+                copy_postgres(&sessions, &from, &to, s, &tenant).await?
             }
-            (Mode::Compare, _) => compare(&pools, kinds, &from, &to, s, &tenant).await?,
+            (Mode::Compare, _) => compare(&pools, &sessions, kinds, &from, &to, s, &tenant).await?,
         };
         Ok((restore_point, tables))
     };
-    match bounded(&a, &mut stop, work).await {
+    match bounded(&a, &mut stop, &sessions, work).await {
         Ok((restore_point, tables)) => {
             let rows: u64 =
                 tables.values().map(|t| t.get("rows").and_then(Value::as_u64).unwrap_or(0)).sum();
@@ -164,13 +172,15 @@ async fn run(a: Attempt, mut stop: Stop, pools: Pools, mode: Mode) -> Report {
 /// nothing of it is ever written to a live store.
 async fn source_restore_point(
     pools: &Pools,
+    sessions: &Sessions,
     from: &str,
     query: &str,
     run: RestorePoint,
 ) -> Result<String, Report> {
-    let mut conn = pools.acquire(from).await.map_err(retryable)?;
+    let conn = pools.acquire(from).await.map_err(retryable)?;
+    let mut conn = sessions.pooled(conn, from).await.map_err(retryable)?;
     let row = sqlx::query(AssertSqlSafe(query.to_owned()))
-        .fetch_optional(&mut *conn)
+        .fetch_optional(&mut **conn)
         .await
         .map_err(|e| retryable(format!("source_restore_point: {e}")))?;
     let Some(row) = row else {
@@ -397,6 +407,7 @@ async fn pg_columns(conn: &mut PgConnection, table: &str) -> Result<Vec<String>,
 }
 
 async fn copy_postgres(
+    sessions: &Sessions,
     from: &str,
     to: &str,
     s: &SliceAction,
@@ -410,8 +421,8 @@ async fn copy_postgres(
                 .map_err(|e| retryable(format!("cannot connect to {}: {e}", redact(&url))))
         }
     };
-    let mut src = connect(from).await?;
-    let mut dst = connect(to).await?;
+    let mut src = sessions.direct(connect(from).await?, from).await.map_err(retryable)?;
+    let mut dst = sessions.direct(connect(to).await?, to).await.map_err(retryable)?;
     let mut plan = Vec::new();
     for t in &s.tables {
         let dest = pg_columns(&mut dst, t).await?;
@@ -422,20 +433,20 @@ async fn copy_postgres(
         let t = t.to_owned();
         move |e: sqlx::Error| retryable(format!("{t}: {e}"))
     };
-    sqlx::query(PG_SOURCE_BEGIN).execute(&mut src).await.map_err(retryable)?;
-    sqlx::query(PG_DEST_BEGIN).execute(&mut dst).await.map_err(retryable)?;
+    sqlx::query(PG_SOURCE_BEGIN).execute(&mut *src).await.map_err(retryable)?;
+    sqlx::query(PG_DEST_BEGIN).execute(&mut *dst).await.map_err(retryable)?;
     let tc = &s.tenant_column;
     let mut out = BTreeMap::new();
     for (t, cols) in plan {
         let cols = column_list(&cols);
         sqlx::query(AssertSqlSafe(pg_stage(t, &cols, tc)))
             .bind(tenant)
-            .execute(&mut src)
+            .execute(&mut *src)
             .await
             .map_err(db(t))?;
         sqlx::query(AssertSqlSafe(pg_delete(t, tc)))
             .bind(tenant)
-            .execute(&mut dst)
+            .execute(&mut *dst)
             .await
             .map_err(db(t))?;
         let mut sink = dst.copy_in_raw(&pg_copy_in(t, &cols)).await.map_err(db(t))?;
@@ -455,13 +466,14 @@ async fn copy_postgres(
             }
             None => sink.finish().await.map_err(db(t))?,
         };
-        sqlx::query(PG_DROP_STAGE).execute(&mut src).await.map_err(db(t))?;
+        sqlx::query(PG_DROP_STAGE).execute(&mut *src).await.map_err(db(t))?;
         out.insert(t.clone(), json!({ "rows": rows }));
     }
-    sqlx::query(COMMIT).execute(&mut dst).await.map_err(retryable)?;
-    let _ = sqlx::query(COMMIT).execute(&mut src).await;
-    let _ = src.close().await;
-    let _ = dst.close().await;
+    sqlx::query(COMMIT).execute(&mut *dst).await.map_err(retryable)?;
+    let _ = sqlx::query(COMMIT).execute(&mut *src).await;
+    for c in [src.into_inner(), dst.into_inner()].into_iter().flatten() {
+        let _ = c.close().await;
+    }
     Ok(out)
 }
 
@@ -469,6 +481,7 @@ async fn copy_postgres(
 /// (permanently) naming every table that differs.
 async fn compare(
     pools: &Pools,
+    sessions: &Sessions,
     kind: Kind,
     from: &str,
     to: &str,
@@ -479,21 +492,24 @@ async fn compare(
     // for another, so concurrent compares cannot starve each other's pool.
     let mut dest_cols = Vec::new();
     {
-        let mut dst = pools.acquire(to).await.map_err(retryable)?;
+        let dst = pools.acquire(to).await.map_err(retryable)?;
+        let mut dst = sessions.pooled(dst, to).await.map_err(retryable)?;
         for t in &s.tables {
             dest_cols.push(columns(&mut dst, kind, t).await?);
         }
     }
     let mut plan = Vec::new();
     {
-        let mut src = pools.acquire(from).await.map_err(retryable)?;
+        let src = pools.acquire(from).await.map_err(retryable)?;
+        let mut src = sessions.pooled(src, from).await.map_err(retryable)?;
         for (t, dest) in s.tables.iter().zip(dest_cols) {
             let cols = same_columns(t, dest, &columns(&mut src, kind, t).await?)?;
             let source = digest(&mut src, t, &cols, &s.tenant_column, tenant).await?;
             plan.push((t, cols, source));
         }
     }
-    let mut dst = pools.acquire(to).await.map_err(retryable)?;
+    let dst = pools.acquire(to).await.map_err(retryable)?;
+    let mut dst = sessions.pooled(dst, to).await.map_err(retryable)?;
     let mut out = BTreeMap::new();
     let mut problems = Vec::new();
     for (t, cols, (n_src, d_src)) in plan {

@@ -1,7 +1,8 @@
 //! `kind = "sql"`: statements against a named connection, in one transaction. Template values
 //! are bound as text parameters, never spliced into the SQL (the workflow refuses `{{` in SQL
 //! text). The output is `rows_affected` (rows changed by all statements; queries change none)
-//! plus the columns of the first row the last statement returned, if any.
+//! plus the columns of the first row the last statement returned, if any. A timeout or a stop
+//! cancels the statement on the server before the attempt ends ([`crate::cancel`]).
 
 use futures::TryStreamExt;
 use futures::future::BoxFuture;
@@ -10,6 +11,7 @@ use serde_json::{Map, Value};
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Column, Either, Executor as _, Row};
 
+use crate::cancel::{self, Sessions};
 use crate::{Attempt, Executor, Outcome, Pools, Report, Stop};
 
 /// Runs `sql` actions.
@@ -65,16 +67,31 @@ fn changes_rows(sql: &str) -> bool {
         .any(|k| first.eq_ignore_ascii_case(k))
 }
 
-/// Runs `work` within the attempt's timeout, unless a stop comes first.
+/// Runs `work` within the attempt's timeout, unless a stop comes first. On a timeout or a stop,
+/// the statements `work` runs on the connections it registered in `sessions` are stopped on the
+/// server, and waited for, before the timed-out (or cancelled) report is returned
+/// ([`crate::cancel`]); its pooled connections are closed, not returned to their pools.
 pub(crate) async fn bounded<T>(
     a: &Attempt,
     stop: &mut Stop,
+    sessions: &Sessions,
     work: impl std::future::Future<Output = Result<T, Report>>,
 ) -> Result<T, Report> {
-    tokio::select! {
-        r = work => r,
-        () = tokio::time::sleep(a.timeout) => Err(Report::failed(format!("timed out after {}", humantime::format_duration(a.timeout)), true)),
-        () = stop.requested() => Err(Report { outcome: Outcome::Cancelled, ..Report::failed("stopped: the run is being cancelled", false) }),
+    let until = async {
+        tokio::select! {
+            () = tokio::time::sleep(a.timeout) => Report::failed(format!("timed out after {}", humantime::format_duration(a.timeout)), true),
+            () = stop.requested() => Report { outcome: Outcome::Cancelled, ..Report::failed("stopped: the run is being cancelled", false) },
+        }
+    };
+    match cancel::first(sessions, work, until).await {
+        Ok(r) => r,
+        Err((mut report, problems)) => {
+            if !problems.is_empty() {
+                let said = report.error.take().unwrap_or_default();
+                report.error = Some(format!("{said}; {}", problems.join("; ")));
+            }
+            Err(report)
+        }
     }
 }
 
@@ -93,10 +110,12 @@ async fn run(a: Attempt, mut stop: Stop, pools: Pools) -> Report {
             Err(e) => return Report::failed(e, false),
         }
     }
+    let sessions = Sessions::default();
     let work = async {
-        let mut conn = pools.acquire(&url).await.map_err(|e| Report::failed(e, true))?;
+        let conn = pools.acquire(&url).await.map_err(|e| Report::failed(e, true))?;
+        let mut conn = sessions.pooled(conn, &url).await.map_err(|e| Report::failed(e, true))?;
         let db = |e: sqlx::Error| Report::failed(format!("{e}"), true);
-        let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(db)?;
+        let mut tx = sqlx::Connection::begin(&mut **conn).await.map_err(db)?;
         let mut affected = 0u64;
         let mut first = None;
         let last = statements.len().saturating_sub(1);
@@ -122,7 +141,7 @@ async fn run(a: Attempt, mut stop: Stop, pools: Pools) -> Report {
         tx.commit().await.map_err(db)?;
         Ok((affected, first))
     };
-    match bounded(&a, &mut stop, work).await {
+    match bounded(&a, &mut stop, &sessions, work).await {
         Ok((affected, first)) => {
             let mut out = first.unwrap_or_default();
             out.insert("rows_affected".into(), Value::from(affected));

@@ -336,3 +336,162 @@ fn the_audit_requires_one_restore_point_for_every_store() {
     ]);
     assert!(silent.error.unwrap().ends_with("`catalog.copy` reported no restore point"));
 }
+
+/// Issue 11, why 6: column names read from the catalogs were spliced into SQL inside `"` without
+/// doubling an embedded `"`. A column named `we"ird` and one with a space copy and compare.
+const ODD: &str = r#"
+[[steps]]
+id = "odd.copy"
+estimate = "1m"
+action = { kind = "copy", from = "scratch", to = "live", tables = ["odd"], tenant_column = "site_id", tenant = "{{target.id}}" }
+
+[[steps]]
+id = "odd.compare"
+estimate = "1m"
+action = { kind = "compare", from = "scratch", to = "live", tables = ["odd"], tenant_column = "site_id", tenant = "{{target.id}}" }
+"#;
+
+async fn odd_column_names_copy_and_compare(live: &str, scratch: &str) {
+    let create = r#"CREATE TABLE odd (id TEXT PRIMARY KEY, site_id TEXT NOT NULL, "we""ird" TEXT, "has space" TEXT)"#;
+    exec(live, create).await;
+    exec(scratch, create).await;
+    exec(live, &format!("INSERT INTO odd VALUES ('o1', '{SITE_A}', 'old', 'old')")).await;
+    exec(live, &format!("INSERT INTO odd VALUES ('o2', '{SITE_B}', 'b', 'b')")).await;
+    for (id, site, weird, space) in
+        [("o1", SITE_A, "a\"1", "a 1"), ("o3", SITE_A, "a\"3", "a 3"), ("o2", SITE_B, "B", "B")]
+    {
+        exec(scratch, &format!("INSERT INTO odd VALUES ('{id}', '{site}', '{weird}', '{space}')"))
+            .await;
+    }
+    let wf = workflow(ODD);
+    let reg = Registry::builtin();
+    let r = run(&reg, attempt(&wf, 0, SITE_A, live, scratch)).await;
+    assert_eq!(r.outcome, Outcome::Succeeded, "{r:?}");
+    assert_eq!(r.output.unwrap()["tables"], json!({"odd": {"rows": 2}}));
+    let got =
+        rows(live, r#"SELECT id, site_id, "we""ird", "has space" FROM odd ORDER BY id"#).await;
+    assert_eq!(
+        got,
+        [["o1", SITE_A, "a\"1", "a 1"], ["o2", SITE_B, "b", "b"], ["o3", SITE_A, "a\"3", "a 3"],],
+        "site A's rows are the scratch's; site B's untouched"
+    );
+    let r = run(&reg, attempt(&wf, 1, SITE_A, live, scratch)).await;
+    assert_eq!(r.outcome, Outcome::Succeeded, "{r:?}");
+    assert_eq!(r.output.as_ref().unwrap()["tables"]["odd"]["rows"], 2);
+    // A change in the odd column is seen.
+    exec(live, r#"UPDATE odd SET "we""ird" = 'changed' WHERE id = 'o3'"#).await;
+    let r = run(&reg, attempt(&wf, 1, SITE_A, live, scratch)).await;
+    assert_eq!(r.outcome, Outcome::Failed { retryable: false }, "{r:?}");
+    assert!(r.error.unwrap().starts_with("the restored slice differs: odd: 2 rows"));
+}
+
+#[tokio::test]
+async fn sqlite_copy_and_compare_quote_odd_column_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let (live, scratch) = sqlite_pair(dir.path());
+    odd_column_names_copy_and_compare(&live, &scratch).await;
+}
+
+#[tokio::test]
+async fn postgres_copy_and_compare_quote_odd_column_names() {
+    let Some(base) = postgres_url("postgres_copy_and_compare_quote_odd_column_names") else {
+        return;
+    };
+    let (live, scratch) = (PgSchema::create(&base).await, PgSchema::create(&base).await);
+    odd_column_names_copy_and_compare(&live.url, &scratch.url).await;
+    live.drop_schema().await;
+    scratch.drop_schema().await;
+}
+
+/// Active statements on the server whose text holds `tag` (other than this question's own).
+async fn active_with(base: &str, tag: &str) -> i64 {
+    let mut c = sqlx::PgConnection::connect(base).await.unwrap();
+    let n = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM pg_stat_activity \
+         WHERE state = 'active' AND pid <> pg_backend_pid() AND position($1 in query) > 0",
+    )
+    .bind(tag)
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    c.close().await.unwrap();
+    n
+}
+
+/// Issue 11, why 5: a `sql` step that timed out left its query running on the server after
+/// rewind had recorded the timeout (and exited). The statement is cancelled on the server, and
+/// has ended, by the time the attempt ends as timed out.
+#[tokio::test]
+async fn postgres_sql_timeout_cancels_the_statement_on_the_server() {
+    let Some(base) = postgres_url("postgres_sql_timeout_cancels_the_statement_on_the_server")
+    else {
+        return;
+    };
+    let live = PgSchema::create(&base).await;
+    let tag = format!("rewind-test-{}", uuid::Uuid::new_v4());
+    let wf = workflow(&format!(
+        "[[steps]]\nid = \"slow\"\nestimate = \"1m\"\n\
+         action = {{ kind = \"sql\", connection = \"live\", sql = \"SELECT pg_sleep(30) AS slept /* {tag} */\" }}\n"
+    ));
+    let mut a = attempt(&wf, 0, SITE_A, &live.url, &live.url);
+    a.timeout = Duration::from_secs(1);
+    let r = run(&Registry::builtin(), a).await;
+    assert_eq!(r.outcome, Outcome::Failed { retryable: true }, "{r:?}");
+    assert_eq!(r.error.as_deref(), Some("timed out after 1s"));
+    assert_eq!(active_with(&base, &tag).await, 0, "the timed-out statement still runs");
+    live.drop_schema().await;
+}
+
+/// A `copy` on PostgreSQL stopped mid-stream (the destination's `COPY … FROM STDIN` running, each
+/// row slowed by a trigger): once the attempt has ended as cancelled, no statement of it runs on
+/// the server, and nothing of the slice was committed.
+#[tokio::test]
+async fn postgres_copy_stopped_mid_stream_leaves_no_statement_running() {
+    let Some(base) = postgres_url("postgres_copy_stopped_mid_stream_leaves_no_statement_running")
+    else {
+        return;
+    };
+    let (live, scratch) = (PgSchema::create(&base).await, PgSchema::create(&base).await);
+    let table = format!("stream_{}", uuid::Uuid::new_v4().simple());
+    let create = format!("CREATE TABLE {table} (id INT PRIMARY KEY, site_id TEXT, pad TEXT)");
+    exec(&scratch.url, &create).await;
+    exec(
+        &scratch.url,
+        &format!(
+            "INSERT INTO {table} SELECT g, '{SITE_A}', repeat('x', 100) FROM generate_series(1, 2000) g"
+        ),
+    )
+    .await;
+    exec(&live.url, &create).await;
+    exec(
+        &live.url,
+        &format!(
+            "CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS \
+               $$ BEGIN PERFORM pg_sleep(0.01); RETURN NEW; END $$; \
+             CREATE TRIGGER slow BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION slow_row()"
+        ),
+    )
+    .await;
+    let wf = workflow(&format!(
+        "[[steps]]\nid = \"stream.copy\"\nestimate = \"1m\"\n\
+         action = {{ kind = \"copy\", from = \"scratch\", to = \"live\", tables = [\"{table}\"], tenant_column = \"site_id\", tenant = \"{{{{target.id}}}}\" }}\n"
+    ));
+    let a = attempt(&wf, 0, SITE_A, &live.url, &scratch.url);
+    let (handle, stop) = StopHandle::new();
+    let task = tokio::spawn(Registry::builtin().run(a, stop));
+    let copy_in = format!("COPY \"{table}\"");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while active_with(&base, &copy_in).await == 0 {
+        assert!(!task.is_finished(), "the copy ended before it could be stopped");
+        assert!(std::time::Instant::now() < deadline, "the copy never started streaming");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    handle.stop();
+    let r = task.await.unwrap();
+    assert_eq!(r.outcome, Outcome::Cancelled, "{r:?}");
+    assert_eq!(active_with(&base, &table).await, 0, "a statement of the stopped copy still runs");
+    let copied = rows(&live.url, &format!("SELECT CAST(COUNT(*) AS TEXT) FROM {table}")).await;
+    assert_eq!(copied, [["0"]], "a stopped copy commits nothing");
+    live.drop_schema().await;
+    scratch.drop_schema().await;
+}

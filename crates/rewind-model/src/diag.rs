@@ -216,6 +216,11 @@ impl<'a> Sink<'a> {
         Self { file, text, lines: LineIndex::new(text), diags: Vec::new() }
     }
 
+    /// The source text.
+    pub(crate) fn text(&self) -> &'a str {
+        self.text
+    }
+
     /// 1-based line of a byte offset.
     pub(crate) fn line_at(&self, offset: usize) -> u32 {
         self.lines.locate(self.text, offset).0

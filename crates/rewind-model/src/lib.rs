@@ -15,6 +15,7 @@ mod ids;
 mod lifecycle;
 mod plan;
 mod safety;
+pub mod sql;
 mod summary;
 mod synthetic;
 mod targets;

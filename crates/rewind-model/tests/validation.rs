@@ -878,3 +878,76 @@ fn preflight_and_retention_are_checked() {
     let text = with_header(&format!("[preflight]\nstate = \"deleted\"\n{}", step("a", "")));
     check(&text, K::MissingKey, "[preflight]", None, "[preflight] has no `action`");
 }
+
+/// Issue 11, why 1: `SELECT …; DELETE FROM sites` passed the first-word check and deleted every
+/// row under `--dry-run`. A preflight query is one statement, refused at `check` otherwise,
+/// pointing at the second statement.
+#[test]
+fn a_preflight_query_is_one_statement() {
+    let pf = |sql: &str| {
+        with_header(&format!(
+            "[preflight]\naction = {{ kind = \"sql\", connection = \"catalog\", sql = {sql} }}\n{}",
+            step("a", "")
+        ))
+    };
+    let text = pf(r#""SELECT 'site' AS kind, 'deleted' AS state; DELETE FROM sites""#);
+    let diags = Workflow::parse("w.toml", &text).unwrap_err();
+    assert_eq!(diags.len(), 1, "{diags}");
+    let d = &diags.0[0];
+    assert_eq!(d.kind, K::InvalidValue);
+    let line = line_of(&text, "DELETE FROM sites");
+    let col = text.lines().nth(line as usize - 1).unwrap().find("DELETE").unwrap() as u32 + 1;
+    assert_eq!((d.location.line, d.location.column), (line, col), "at the second statement");
+    assert!(
+        d.message.starts_with(
+            "[preflight] query `SELECT 'site' AS kind, 'deleted' AS state; DELETE FROM sites`: \
+             it holds more than one statement: `DELETE FROM sites` follows"
+        ),
+        "{d}"
+    );
+    let shown = d.to_string();
+    assert!(shown.starts_with(&format!("w.toml:{line}:{col}: error[invalid-value]: ")), "{d}");
+
+    // One trailing `;`, comments, and `;` inside literals are one statement.
+    for sql in [
+        r#""SELECT kind, state FROM t WHERE id = ?;""#,
+        r#""SELECT kind, 'a;b' AS state FROM t WHERE id = ? -- trailing; comment""#,
+        "'''\n/* tag; */ SELECT kind, \"st;ate\" AS state FROM t WHERE id = ?;\n'''",
+        r#""WITH x AS (SELECT 1) SELECT kind, state FROM t""#,
+    ] {
+        let r = Workflow::parse("w.toml", &pf(sql));
+        assert!(r.is_ok(), "{sql}: {}", r.err().map(|d| d.to_string()).unwrap_or_default());
+    }
+    // Each of `statements`, at its own line.
+    let text = with_header(&format!(
+        "[preflight]\naction = {{ kind = \"sql\", connection = \"catalog\", statements = [\n  {{ sql = \"SELECT 1\" }},\n  {{ sql = \"SELECT 2; UPDATE t SET x = 1\" }},\n] }}\n{}",
+        step("a", "")
+    ));
+    check(&text, K::InvalidValue, "SELECT 2;", None, "`UPDATE t SET x = 1` follows the first");
+
+    // A PostgreSQL connection reads dollar quotes; a URL that names no database: every reading.
+    let with_url = |url: &str, preflight: &str| {
+        format!("{}\n{preflight}{}", HEADER.replace("sqlite://catalog.db", url), step("a", ""))
+    };
+    let dollar = "[preflight]\naction = { kind = \"sql\", connection = \"catalog\", sql = \"SELECT $$;$$ AS kind\" }\n";
+    assert!(Workflow::parse("w.toml", &with_url("postgres://h/db", dollar)).is_ok());
+    let lite = with_url("sqlite://c.db", dollar);
+    check(&lite, K::InvalidValue, "SELECT $$", None, "`$$ AS kind` follows");
+    let unknown = with_url("${CATALOG_URL}", dollar);
+    check(&unknown, K::InvalidValue, "SELECT $$", None, "read as PostgreSQL, SQLite and MySQL SQL");
+    // A backslash before a quote ends a PostgreSQL string: the rest is a second statement.
+    let sneaky = r#"[preflight]
+action = { kind = "sql", connection = "catalog", sql = "SELECT kind FROM t WHERE x = 'a\\'; DELETE FROM t; --'" }
+"#;
+    let text = with_url("postgres://h/db", sneaky);
+    // The TOML string holds an escape: the error points at the string.
+    check(&text, K::InvalidValue, "SELECT kind", None, "`DELETE FROM t; --'` follows");
+    // A comment before the query is fine; a write is not a query whatever precedes it.
+    check(
+        &pf(r#""/* note */ DELETE FROM t""#),
+        K::InvalidValue,
+        "DELETE FROM t",
+        None,
+        "its statements must be SELECTs, not `DELETE`",
+    );
+}

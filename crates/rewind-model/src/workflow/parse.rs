@@ -16,6 +16,7 @@ use super::{
 };
 use crate::diag::{Diagnostics, ErrorKind as K, Sink, suggestion};
 use crate::ids::{AttrName, ConnectionName, PoolName, StepId, TargetKind};
+use crate::sql::{Dialect, first_keyword, shorten, single_statement};
 use crate::template::{Placeholder, Template};
 
 type Val<'i> = Spanned<DeValue<'i>>;
@@ -105,6 +106,25 @@ struct Draft {
     templates: Vec<(Template, Span)>,
     policy: Policy,
     description: Option<String>,
+}
+
+/// The spans of the `sql` strings of a `sql` action (its `sql`, or each of its `statements`),
+/// in order.
+fn sql_spans(action: &Val<'_>) -> Vec<Span> {
+    let DeValue::Table(t) = action.get_ref() else { return Vec::new() };
+    if let Some(q) = t.get("sql") {
+        return vec![q.span()];
+    }
+    let Some(DeValue::Array(items)) = t.get("statements").map(Spanned::get_ref) else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|item| match item.get_ref() {
+            DeValue::Table(st) => st.get("sql").map(Spanned::span),
+            _ => None,
+        })
+        .collect()
 }
 
 fn type_name(v: &DeValue<'_>) -> &'static str {
@@ -366,21 +386,10 @@ impl Parser<'_> {
         let per_target = match &action {
             Action::Sql(sql) => {
                 // A preflight only reads: it runs before the operator confirmed anything, and
-                // under --dry-run.
-                for st in &sql.statements {
-                    let first = st.sql.trim_start().split(|c: char| !c.is_ascii_alphabetic());
-                    let first = first.into_iter().next().unwrap_or("");
-                    if !first.eq_ignore_ascii_case("select") {
-                        self.err(
-                            &av.span(),
-                            K::InvalidValue,
-                            None,
-                            format!(
-                                "a preflight query only reads: its statements must be SELECTs, not `{first}`"
-                            ),
-                        );
-                        return None;
-                    }
+                // under --dry-run. Its text is one query here; the database enforces the rest
+                // (rewind-exec runs it in a read-only transaction).
+                if !self.preflight_queries(sql, av, conns) {
+                    return None;
                 }
                 true
             }
@@ -450,6 +459,68 @@ impl Parser<'_> {
         }
         let line = self.sink.location(&v.span()).line;
         ok.then_some(Preflight { state, action, timeout, line })
+    }
+
+    /// Checks the statements of a `[preflight]` `sql` action: each one statement (under the
+    /// connection's dialect, or every dialect when its URL does not say), and a query (`SELECT`
+    /// or `WITH`). Reports each problem at the statement's text; `false` if there was one.
+    fn preflight_queries(&mut self, sql: &SqlAction, av: &Val<'_>, conns: &[Connection]) -> bool {
+        let dialect = conns
+            .iter()
+            .find(|c| c.name == sql.connection)
+            .and_then(|c| Dialect::of_url(c.url.as_str()));
+        let spans = sql_spans(av);
+        let mut ok = true;
+        for (i, st) in sql.statements.iter().enumerate() {
+            let span = spans.get(i).cloned().unwrap_or_else(|| av.span());
+            if let Err(e) = single_statement(&st.sql, dialect) {
+                let at = self.offset_in_string(&span, &st.sql, e.offset());
+                let how = match dialect {
+                    Some(_) => String::new(),
+                    None => " (the connection's URL does not name its database before the run, so the text is read as PostgreSQL, SQLite and MySQL SQL)".to_owned(),
+                };
+                self.err(
+                    &at,
+                    K::InvalidValue,
+                    None,
+                    format!("[preflight] query `{}`: {e}{how}", shorten(&st.sql)),
+                );
+                ok = false;
+                continue;
+            }
+            let first = first_keyword(&st.sql, dialect.unwrap_or(Dialect::Postgres)).unwrap_or("");
+            if !first.eq_ignore_ascii_case("select") && !first.eq_ignore_ascii_case("with") {
+                self.err(
+                    &span,
+                    K::InvalidValue,
+                    None,
+                    format!(
+                        "a preflight query only reads: its statements must be SELECTs, not `{first}` (a `WITH … SELECT` is a query too)"
+                    ),
+                );
+                ok = false;
+            }
+        }
+        ok
+    }
+
+    /// The span of byte `offset` of `text`, the value of the TOML string at `span`, when the
+    /// string holds no escapes (so the source shows the text as is); else the string's span.
+    fn offset_in_string(&self, span: &Span, text: &str, offset: usize) -> Span {
+        let raw = self.sink.text().get(span.clone()).unwrap_or("");
+        for quote in ["\"\"\"", "'''", "\"", "'"] {
+            let Some(inner) = raw.strip_prefix(quote).and_then(|r| r.strip_suffix(quote)) else {
+                continue;
+            };
+            // A multi-line string drops a newline right after its opening quotes.
+            let skip = if quote.len() == 3 && inner.starts_with('\n') { 1 } else { 0 };
+            if &inner[skip..] == text {
+                let at = span.start + quote.len() + skip + offset;
+                return at..at;
+            }
+            break;
+        }
+        span.clone()
     }
 
     fn required_string(
