@@ -5,7 +5,9 @@
 //! may read, owned) and a [`Stop`] signal, and returns a [`Report`]. [`Registry::run`] dispatches
 //! by action kind and applies what holds for every executor: a template that cannot render fails
 //! the attempt permanently, and an output whose `restore_point` differs from the run's fails it
-//! permanently ("restore point mismatch").
+//! permanently ("restore point mismatch"). Every process started for a run or its preflight
+//! goes through `group.rs`: a process group of its own, stopped before its leader is reaped, and
+//! a watchdog in it that stops it when rewind dies.
 //!
 //! **Invariant:** executors know nothing of the scheduler, the store or other instances; they
 //! do not depend on rewind-scheduler or rewind-store.
@@ -14,6 +16,7 @@ pub mod audit;
 pub mod command;
 mod connect;
 pub mod describe;
+mod group;
 pub mod preflight;
 pub mod slice;
 pub mod sql;
