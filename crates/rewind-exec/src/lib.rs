@@ -124,6 +124,21 @@ pub struct Attempt {
 #[derive(Clone, Default)]
 pub struct Resolvers(pub Vec<Resolver>);
 
+impl Resolvers {
+    /// What the first resolver that knows `url`'s kind maps it to (`None`: none does), asked on
+    /// a blocking thread.
+    pub async fn resolve_blocking(&self, url: String) -> Option<Result<String, String>> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let resolvers = self.0.clone();
+        let ask = move || resolvers.iter().find_map(|resolve| resolve(&url));
+        tokio::task::spawn_blocking(ask)
+            .await
+            .unwrap_or_else(|e| Some(Err(format!("the connection URL resolver failed: {e}"))))
+    }
+}
+
 impl std::fmt::Debug for Resolvers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} resolver(s)", self.0.len())
@@ -181,20 +196,19 @@ impl Attempt {
     }
 
     /// The sqlx URL of connection `name` for this attempt: its template rendered, then mapped by
-    /// the first resolver that knows its kind.
-    pub fn connection_url(&self, name: &ConnectionName) -> Result<String, String> {
+    /// the first resolver that knows its kind. Resolvers may read files (the binary's
+    /// `sandbox://` one does): they run on tokio's blocking threads.
+    pub async fn connection_url(&self, name: &ConnectionName) -> Result<String, String> {
         let conn = self
             .connections
             .iter()
             .find(|c| &c.name == name)
             .ok_or_else(|| format!("the workflow declares no connection `{name}`"))?;
         let url = self.render(&conn.url).map_err(|e| format!("connection `{name}`: {e}"))?;
-        for resolve in &self.resolvers.0 {
-            if let Some(r) = resolve(&url) {
-                return r.map_err(|e| format!("connection `{name}` ({url}): {e}"));
-            }
+        match self.resolvers.resolve_blocking(url.clone()).await {
+            Some(r) => r.map_err(|e| format!("connection `{name}` ({url}): {e}")),
+            None => Ok(url),
         }
-        Ok(url)
     }
 }
 
