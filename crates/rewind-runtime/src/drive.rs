@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 
 use crate::RuntimeError;
 use crate::exec::{Event, Exec, RealExec, Signals, SimExec};
-use crate::lease::{Lease, hostname, now_unix_ms, username};
+use crate::lease::{Lease, identity, now_unix_ms};
 use crate::progress::{Observer, Progress, eta};
 use crate::view::load_plan;
 
@@ -531,14 +531,23 @@ impl Driver {
                     Some(format!("{{\"attempt\":{attempt}}}")),
                 );
             }
+            // Issue 11: none of them starts again while a process of its interrupted attempt
+            // still runs on this host (orphans.rs).
+            if !simulated {
+                let keys =
+                    open_attempts.iter().map(|&(i, _)| plan.key(InstanceId::new(i as usize)));
+                let keys = keys.map(|k| k.to_string()).collect();
+                let stopped = crate::orphans::settle(id, keys, secs(now0), opts.observer).await?;
+                b.batch.events.extend(stopped);
+            }
         }
         let changes = sched.take_changes();
         b.absorb(&plan, &sched, changes, None);
         let detail = json!({
             "owner": lease.owner,
             "took_over": lease.took_over,
-            "user": username(),
-            "host": hostname(),
+            "user": identity().await.user,
+            "host": identity().await.host,
             "interrupted_attempts": open_attempts.len(),
             "counts": sched.counts(),
         });
