@@ -102,15 +102,11 @@ impl Drop for Cleanup<'_> {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let mut targets: Vec<String> =
-            log(self.env).iter().map(|l| format!("-{}", l.pid)).collect();
-        targets.extend(self.env.read("escaped.pid").trim().parse::<i32>().map(|p| p.to_string()));
-        if !targets.is_empty() {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", "--"])
-                .args(&targets)
-                .stderr(Stdio::null())
-                .status();
+        for l in log(self.env) {
+            kill_group(l.pid);
+        }
+        if let Ok(pid) = self.env.read("escaped.pid").trim().parse::<i32>() {
+            kill_group(pid); // it leads its own group
         }
     }
 }
