@@ -16,8 +16,9 @@
 //! Whom it signals: each process found, and the process group of each, unless that group is
 //! rewind's own, or is led by a live process that is not one of those found (a group that a
 //! step's process joined but does not own). A group led by a found process, or whose leader is
-//! gone, holds what the step started (a group id is its founder's pid; only its descendants can
-//! join it): children that cleared their environment go with it. Pids are read again right
+//! gone while a found process is in it, holds what the step started (a group id is its founder's
+//! pid; its members are born into it, or move into it themselves, within the session): children
+//! that cleared their environment go with it. Pids are read again right
 //! before each signal, so a process that exited in between is not signalled; a pid or group id
 //! is reused only after the process and every member of its group are gone, so the window in
 //! which a signal could reach a recycled id is the few microseconds between a read and a
