@@ -91,8 +91,8 @@ fn kill_9_then_resume_never_reruns_a_succeeded_instance() {
     });
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    // The steps run in their own process groups and outlive rewind: stop them, as a crash of the
-    // machine would.
+    // Their watchdogs stop the steps' process groups (tests/orphans.rs); stop whatever is left
+    // at once, as a crash of the machine would.
     for e in env.ledger().iter().filter(|e| e.what == "start") {
         kill_group(e.pid.unwrap());
     }

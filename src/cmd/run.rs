@@ -321,6 +321,7 @@ pub(crate) fn refuse(e: RuntimeError) -> anyhow::Error {
         RuntimeError::Busy { .. }
         | RuntimeError::Unsupported { .. }
         | RuntimeError::MissingEnv { .. }
+        | RuntimeError::Orphans { .. }
         | RuntimeError::NoSuchRun(_) => refused(format!("rewind: {e}")),
         RuntimeError::Store(ref s) if s.is_locked() => refused(format!("rewind: {e}")),
         RuntimeError::Store(StoreError::Held(_)) => {

@@ -200,7 +200,10 @@ pub fn stderr(o: &Output) -> String {
 
 /// Kills a process group (orphaned step processes after a `kill -9` of rewind).
 pub fn kill_group(pid: i32) {
-    let _ = Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status();
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pid}")])
+        .stderr(Stdio::null())
+        .status();
 }
 
 pub fn is_alive(pid: i32) -> bool {

@@ -4,22 +4,22 @@
 //! The process gets the run's environment (`REWIND_RUN_ID`, `REWIND_STEP`, `REWIND_INSTANCE`,
 //! `REWIND_TARGET_ID`, `REWIND_RESTORE_POINT`, `REWIND_ATTEMPT`, `REWIND_IDEMPOTENCY_KEY`,
 //! `REWIND_GROUP_VALUE` for group scopes, and `REWIND_EXE`, the running rewind binary) in its own process group, so a timeout or a cancel stops
-//! everything it started: SIGTERM to the group, then SIGKILL after a grace period. Exit 0 is
+//! everything it started: SIGTERM to the group, then SIGKILL after a grace period, before the
+//! leader is reaped. A watchdog in the group stops it if rewind dies ([`crate::group`]). Exit 0 is
 //! success; if the last stdout line is a JSON object, it is the output.
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Stdio;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
 use rewind_model::Action;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::process::Child;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
+use crate::group::{Group, SpawnError};
 use crate::{Attempt, Executor, Outcome, Report, Stop, Tail};
 
 /// Time between SIGTERM and SIGKILL when a command must stop.
@@ -89,9 +89,7 @@ async fn run(a: Attempt, mut stop: Stop) -> Report {
         .current_dir(&a.cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
+        .stderr(Stdio::piped());
     for (k, v) in a.vars.fixed() {
         c.env(k, v);
     }
@@ -101,37 +99,35 @@ async fn run(a: Attempt, mut stop: Stop) -> Report {
     if let Some(g) = &a.group_value {
         c.env("REWIND_GROUP_VALUE", g);
     }
-    let mut child = match c.spawn() {
-        Ok(child) => child,
-        Err(e) => return Report::failed(format!("cannot start `{}`: {e}", path.display()), false),
+    let mut group = match Group::spawn(&mut c) {
+        Ok(g) => g,
+        Err(e @ SpawnError::Program(_)) => {
+            return Report::failed(format!("cannot start `{}`: {e}", path.display()), false);
+        }
+        Err(e @ SpawnError::Watchdog(_)) => {
+            return Report::failed(format!("cannot start `{}`: {e}", path.display()), true);
+        }
     };
-    let pid = child.id().and_then(|p| i32::try_from(p).ok()).map(Pid::from_raw);
-    let stdout = Arc::new(Mutex::new(Tail::default()));
-    let stderr = Arc::new(Mutex::new(Tail::default()));
+    // Each reader owns its tail and hands it back when its stream ends, or when told to stop.
+    let (drained, drain) = watch::channel(false);
     let readers = [
-        child.stdout.take().map(|s| tokio::spawn(read_into(s, stdout.clone()))),
-        child.stderr.take().map(|s| tokio::spawn(read_into(s, stderr.clone()))),
+        group.leader().stdout.take().map(|s| tokio::spawn(read_tail(s, drain.clone()))),
+        group.leader().stderr.take().map(|s| tokio::spawn(read_tail(s, drain))),
     ];
 
     let (kind, status) = tokio::select! {
-        status = child.wait() => (Kind::Exited, Some(status)),
+        status = group.wait() => (Kind::Exited, Some(status)),
         () = tokio::time::sleep(a.timeout) => (Kind::TimedOut, None),
         () = stop.requested() => (Kind::Stopped, None),
     };
     let status = match status {
         Some(s) => s,
-        None => terminate(pid, &mut child).await,
+        None => group.terminate(GRACE).await,
     };
-    for r in readers.into_iter().flatten() {
-        // A background child may still hold the pipe: after DRAIN, keep what was read.
-        let _ = tokio::time::timeout(DRAIN, r).await;
-    }
-    let take = |t: &Arc<Mutex<Tail>>| {
-        let mut t = t.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        t.finish();
-        t.clone()
-    };
-    let (out, err) = (take(&stdout), take(&stderr));
+    let deadline = tokio::time::Instant::now() + DRAIN;
+    let [out, err] = readers;
+    let out = collect(out, deadline, &drained).await;
+    let err = collect(err, deadline, &drained).await;
     let mut report = Report {
         outcome: Outcome::Failed { retryable: true },
         output: None,
@@ -172,33 +168,37 @@ async fn run(a: Attempt, mut stop: Stop) -> Report {
     report
 }
 
-/// SIGTERM to the process group, SIGKILL after [`GRACE`].
-async fn terminate(pid: Option<Pid>, child: &mut Child) -> std::io::Result<ExitStatus> {
-    if let Some(pid) = pid {
-        let _ = killpg(pid, Signal::SIGTERM);
-    }
-    match tokio::time::timeout(GRACE, child.wait()).await {
-        Ok(status) => {
-            if let Some(pid) = pid {
-                let _ = killpg(pid, Signal::SIGKILL);
-            }
-            status
-        }
+/// The tail a reader hands back: at the end of its stream, or at `deadline` (a background child
+/// may still hold the pipe), with what it read so far.
+async fn collect(
+    reader: Option<JoinHandle<Tail>>,
+    deadline: tokio::time::Instant,
+    drained: &watch::Sender<bool>,
+) -> Tail {
+    let Some(mut r) = reader else { return Tail::default() };
+    let joined = match tokio::time::timeout_at(deadline, &mut r).await {
+        Ok(j) => j,
         Err(_) => {
-            if let Some(pid) = pid {
-                let _ = killpg(pid, Signal::SIGKILL);
-            }
-            child.wait().await
+            let _ = drained.send(true);
+            r.await
         }
-    }
+    };
+    joined.unwrap_or_default()
 }
 
-async fn read_into(mut stream: impl AsyncRead + Unpin, tail: Arc<Mutex<Tail>>) {
+/// Reads `stream` to its end, or until `drain` says to stop, keeping its tail.
+async fn read_tail(mut stream: impl AsyncRead + Unpin, mut drain: watch::Receiver<bool>) -> Tail {
+    let mut tail = Tail::default();
     let mut buf = vec![0u8; 8192];
     loop {
-        match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => tail.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(&buf[..n]),
+        tokio::select! {
+            r = stream.read(&mut buf) => match r {
+                Ok(0) | Err(_) => break,
+                Ok(n) => tail.push(&buf[..n]),
+            },
+            _ = drain.wait_for(|d| *d) => break,
         }
     }
+    tail.finish();
+    tail
 }

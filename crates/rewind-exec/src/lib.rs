@@ -5,7 +5,9 @@
 //! may read, owned) and a [`Stop`] signal, and returns a [`Report`]. [`Registry::run`] dispatches
 //! by action kind and applies what holds for every executor: a template that cannot render fails
 //! the attempt permanently, and an output whose `restore_point` differs from the run's fails it
-//! permanently ("restore point mismatch").
+//! permanently ("restore point mismatch"). Every process started for a run or its preflight
+//! goes through `group.rs`: a process group of its own, stopped before its leader is reaped, and
+//! a watchdog in it that stops it when rewind dies.
 //!
 //! **Invariant:** executors know nothing of the scheduler, the store or other instances; they
 //! do not depend on rewind-scheduler or rewind-store.
@@ -15,6 +17,7 @@ mod cancel;
 pub mod command;
 mod connect;
 pub mod describe;
+mod group;
 pub mod preflight;
 pub mod readonly;
 pub mod slice;
@@ -123,6 +126,21 @@ pub struct Attempt {
 #[derive(Clone, Default)]
 pub struct Resolvers(pub Vec<Resolver>);
 
+impl Resolvers {
+    /// What the first resolver that knows `url`'s kind maps it to (`None`: none does), asked on
+    /// a blocking thread.
+    pub async fn resolve_blocking(&self, url: String) -> Option<Result<String, String>> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let resolvers = self.0.clone();
+        let ask = move || resolvers.iter().find_map(|resolve| resolve(&url));
+        tokio::task::spawn_blocking(ask)
+            .await
+            .unwrap_or_else(|e| Some(Err(format!("the connection URL resolver failed: {e}"))))
+    }
+}
+
 impl std::fmt::Debug for Resolvers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} resolver(s)", self.0.len())
@@ -180,20 +198,19 @@ impl Attempt {
     }
 
     /// The sqlx URL of connection `name` for this attempt: its template rendered, then mapped by
-    /// the first resolver that knows its kind.
-    pub fn connection_url(&self, name: &ConnectionName) -> Result<String, String> {
+    /// the first resolver that knows its kind. Resolvers may read files (the binary's
+    /// `sandbox://` one does): they run on tokio's blocking threads.
+    pub async fn connection_url(&self, name: &ConnectionName) -> Result<String, String> {
         let conn = self
             .connections
             .iter()
             .find(|c| &c.name == name)
             .ok_or_else(|| format!("the workflow declares no connection `{name}`"))?;
         let url = self.render(&conn.url).map_err(|e| format!("connection `{name}`: {e}"))?;
-        for resolve in &self.resolvers.0 {
-            if let Some(r) = resolve(&url) {
-                return r.map_err(|e| format!("connection `{name}` ({url}): {e}"));
-            }
+        match self.resolvers.resolve_blocking(url.clone()).await {
+            Some(r) => r.map_err(|e| format!("connection `{name}` ({url}): {e}")),
+            None => Ok(url),
         }
-        Ok(url)
     }
 }
 

@@ -20,9 +20,10 @@ use rewind_model::{
     Target,
 };
 use serde_json::{Map, Value};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cancel::{self, Sessions};
+use crate::group::Group;
 use crate::readonly::{ReadOnly, ReadOnlyError};
 use crate::{Attempt, Pools, Registry, Vars};
 
@@ -150,7 +151,7 @@ async fn ask(pools: &Pools, sessions: &Sessions, a: &Attempt) -> Result<Map<Stri
     let Action::Sql(action) = &*a.action else {
         return Err(Ask::Failed("the preflight is not a sql action".to_owned()));
     };
-    let url = a.connection_url(&action.connection).map_err(Ask::Failed)?;
+    let url = a.connection_url(&action.connection).await.map_err(Ask::Failed)?;
     let mut statements = Vec::with_capacity(action.statements.len());
     for st in &action.statements {
         let params = st.params.iter().map(|p| a.render(p)).collect::<Result<Vec<_>, _>>();
@@ -199,38 +200,45 @@ async fn by_command(
         .current_dir(&ctx.cwd)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        .stderr(Stdio::piped());
     for (k, t) in &cmd.env {
         c.env(k, a.render(t)?);
     }
     for (k, v) in ctx.vars.fixed() {
         c.env(k, v);
     }
-    let mut child =
-        c.spawn().map_err(|e| format!("cannot start the preflight `{}`: {e}", path.display()))?;
+    // Its own process group, with a watchdog, like every step: stopped if rewind dies.
+    let mut group = Group::spawn(&mut c)
+        .map_err(|e| format!("cannot start the preflight `{}`: {e}", path.display()))?;
     let mut input = String::with_capacity(targets.len() * 37);
     for t in targets {
         input.push_str(&t.id.to_string());
         input.push('\n');
     }
-    let mut stdin = child.stdin.take().ok_or("the preflight's stdin is not a pipe")?;
+    let leader = group.leader();
+    let pipes = (leader.stdin.take(), leader.stdout.take(), leader.stderr.take());
+    let (Some(mut stdin), Some(mut stdout), Some(mut stderr)) = pipes else {
+        return Err("the preflight's stdio are not pipes".to_owned());
+    };
     // Write while the child's output is read, so neither side can fill a pipe and wait.
-    let writer = tokio::spawn(async move {
+    let write = async move {
         let _ = stdin.write_all(input.as_bytes()).await;
         drop(stdin);
-    });
-    let out = child
-        .wait_with_output()
-        .await
-        .map_err(|e| format!("the preflight `{}`: {e}", path.display()))?;
-    let _ = writer.await;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let tail: String = stderr.trim_end().lines().rev().take(5).collect::<Vec<_>>().join(" | ");
-        return Err(format!("the preflight `{}` failed ({}): {tail}", path.display(), out.status));
+    };
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let ((), read_out, read_err) =
+        tokio::join!(write, stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
+    let status = match (read_out, read_err) {
+        (Ok(_), Ok(_)) => group.wait().await,
+        (Err(e), _) | (_, Err(e)) => Err(e),
     }
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    .map_err(|e| format!("the preflight `{}`: {e}", path.display()))?;
+    if !status.success() {
+        let stderr = String::from_utf8_lossy(&err);
+        let tail: String = stderr.trim_end().lines().rev().take(5).collect::<Vec<_>>().join(" | ");
+        return Err(format!("the preflight `{}` failed ({status}): {tail}", path.display()));
+    }
+    let stdout = String::from_utf8_lossy(&out);
     let mut found_ids = BTreeMap::new();
     for (n, line) in stdout.lines().enumerate() {
         let line = line.trim();

@@ -113,11 +113,11 @@ async fn run(a: Attempt, mut stop: Stop, pools: Pools, mode: Mode) -> Report {
     let (Action::Copy(s) | Action::Compare(s)) = &*a.action else {
         return permanent("the copy executor got another kind of action");
     };
-    let from = match a.connection_url(&s.from) {
+    let from = match a.connection_url(&s.from).await {
         Ok(u) => u,
         Err(e) => return permanent(e),
     };
-    let to = match a.connection_url(&s.to) {
+    let to = match a.connection_url(&s.to).await {
         Ok(u) => u,
         Err(e) => return permanent(e),
     };
@@ -341,7 +341,7 @@ async fn copy_sqlite(
     tenant: &str,
 ) -> Result<BTreeMap<String, Value>, Report> {
     let source_file = sqlite_file(from).map_err(permanent)?;
-    if !source_file.is_file() {
+    if !tokio::fs::metadata(&source_file).await.is_ok_and(|m| m.is_file()) {
         return Err(permanent(format!("the source {} does not exist", source_file.display())));
     }
     let mut conn = SqliteConnection::connect_with(&sqlite_options(to)?.create_if_missing(false))

@@ -99,7 +99,7 @@ async fn run(a: Attempt, mut stop: Stop, pools: Pools) -> Report {
     let Action::Sql(action) = &*a.action else {
         return Report::failed("the sql executor got another kind of action", false);
     };
-    let url = match a.connection_url(&action.connection) {
+    let url = match a.connection_url(&action.connection).await {
         Ok(u) => u,
         Err(e) => return Report::failed(e, false),
     };

@@ -236,3 +236,165 @@ async fn tails_keep_the_last_4_kib() {
     assert!(r.stderr_tail.len() <= TAIL_BYTES && r.stderr_tail.ends_with("err 2999\n"));
     assert_eq!(r.output, None, "the last line is not JSON");
 }
+
+/// Processes whose process group is `pgid` (zombies excluded), with their command lines.
+fn group_members(pgid: i32) -> Vec<(i32, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.len() > 2 && f[0] != "Z" && f[2].parse() == Ok(pgid) {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            out.push((pid, String::from_utf8_lossy(&cmd).replace('\0', " ")));
+        }
+    }
+    out
+}
+
+/// Polls `cond` every 10 ms for up to 20 s; panics naming `what` if it never holds.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < Duration::from_secs(20), "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Reads a pid a script wrote, once it is there.
+async fn pid_in(path: &Path) -> i32 {
+    let mut pid = None;
+    eventually(&format!("{}", path.display()), || {
+        pid = std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok());
+        pid.is_some()
+    })
+    .await;
+    pid.unwrap()
+}
+
+/// SIGKILLs the process groups of the pid files a test's scripts wrote, when the test ends,
+/// passed or not.
+struct Reap(Vec<std::path::PathBuf>);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        for f in &self.0 {
+            if let Some(pid) = std::fs::read_to_string(f).ok().and_then(|s| s.trim().parse().ok()) {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+/// Issue 11, "no kill of a reaped group": the leader exits on SIGTERM, a member of its group
+/// ignores SIGTERM. The group gets its SIGKILL while the leader is an unreaped zombie (so the
+/// group id is still the step's), and the member is dead once the attempt has ended.
+#[tokio::test]
+async fn a_member_ignoring_sigterm_dies_with_its_group_when_the_leader_exits_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let _reap = Reap(vec![dir.path().join("leader.pid"), dir.path().join("member.pid")]);
+    script(
+        dir.path(),
+        "step",
+        r#"sh -c 'trap "" TERM; echo $$ > member.pid.tmp; mv member.pid.tmp member.pid; while :; do sleep 0.05; done' &
+trap 'exit 0' TERM
+echo $$ > leader.pid
+wait"#,
+    );
+    let a = attempt(dir.path(), action(r#"{ kind = "command", program = "./step" }"#));
+    let (handle, stop) = StopHandle::new();
+    let task = tokio::spawn(Registry::builtin().run(a, stop));
+    let leader = pid_in(&dir.path().join("leader.pid")).await;
+    let member = pid_in(&dir.path().join("member.pid")).await;
+    handle.stop();
+    let r = task.await.unwrap();
+    assert_eq!(r.outcome, Outcome::Cancelled);
+    assert!(!alive(&leader.to_string()), "the leader exited on SIGTERM");
+    assert!(!alive(&member.to_string()), "the member that ignored SIGTERM got the group's SIGKILL");
+}
+
+/// Issue 11, "no orphaned attempts": an attempt dropped before its end (as when rewind's runtime
+/// goes away) leaves nothing of its process group running: its watchdog stops the group.
+#[tokio::test]
+async fn a_dropped_attempt_leaves_nothing_of_its_group_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let _reap = Reap(vec![dir.path().join("child.pid"), dir.path().join("grandchild.pid")]);
+    script(dir.path(), "hang", "sleep 300 &\necho $! > grandchild.pid\necho $$ > child.pid\nwait");
+    let a = attempt(dir.path(), action(r#"{ kind = "command", program = "./hang" }"#));
+    let (_handle, stop) = StopHandle::new();
+    let task = tokio::spawn(Registry::builtin().run(a, stop));
+    let child = pid_in(&dir.path().join("child.pid")).await;
+    let grandchild = pid_in(&dir.path().join("grandchild.pid")).await;
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    eventually("the group to be gone", || group_members(child).is_empty()).await;
+    assert!(!alive(&grandchild.to_string()));
+}
+
+/// The watchdog of an attempt that ended is told so and exits without touching the group: a
+/// background process the step left behind keeps running (its business, as before).
+#[tokio::test]
+async fn an_ended_attempt_dismisses_its_watchdog() {
+    let dir = tempfile::tempdir().unwrap();
+    let _reap = Reap(vec![dir.path().join("child.pid"), dir.path().join("background.pid")]);
+    script(
+        dir.path(),
+        "step",
+        "sleep 300 >/dev/null 2>&1 &\necho $! > background.pid\necho $$ > child.pid",
+    );
+    let a = attempt(dir.path(), action(r#"{ kind = "command", program = "./step" }"#));
+    let r = run(a).await;
+    assert_eq!(r.outcome, Outcome::Succeeded, "{r:?}");
+    let child = pid_in(&dir.path().join("child.pid")).await;
+    let background = pid_in(&dir.path().join("background.pid")).await;
+    eventually("the watchdog to exit", || {
+        group_members(child).iter().all(|(_, cmd)| !cmd.contains("rewind-watchdog"))
+    })
+    .await;
+    assert_eq!(group_members(child), vec![(background, "sleep 300 ".to_owned())]);
+}
+
+/// A step cannot hold another attempt's watchdog pipe open (it would keep that watchdog from
+/// seeing rewind die): the write end rewind keeps is close-on-exec.
+#[tokio::test]
+async fn no_step_inherits_another_attempts_watchdog_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let first_dir = dir.path().join("first");
+    std::fs::create_dir(&first_dir).unwrap();
+    let _reap = Reap(vec![first_dir.join("child.pid")]);
+    script(&first_dir, "hang", "echo $$ > child.pid\nwhile :; do sleep 0.05; done");
+    let a = attempt(&first_dir, action(r#"{ kind = "command", program = "./hang" }"#));
+    let (handle, stop) = StopHandle::new();
+    let first = tokio::spawn(Registry::builtin().run(a, stop));
+    let leader = pid_in(&first_dir.join("child.pid")).await;
+    let mut watchdog = None;
+    eventually("the first attempt's watchdog", || {
+        watchdog = group_members(leader)
+            .into_iter()
+            .find(|(_, cmd)| cmd.contains(&format!("rewind-watchdog {leader}")));
+        watchdog.is_some()
+    })
+    .await;
+    let pipe = std::fs::read_link(format!("/proc/{}/fd/0", watchdog.unwrap().0)).unwrap();
+    assert!(pipe.to_string_lossy().starts_with("pipe:"), "{pipe:?}");
+
+    script(dir.path(), "fds", r#"for f in /proc/$$/fd/*; do echo "$f $(readlink "$f")"; done"#);
+    let r = run(attempt(dir.path(), action(r#"{ kind = "command", program = "./fds" }"#))).await;
+    assert_eq!(r.outcome, Outcome::Succeeded, "{r:?}");
+    assert!(r.stdout_tail.contains("pipe:"), "the step's own stdout: {}", r.stdout_tail);
+    assert!(
+        !r.stdout_tail.lines().any(|l| l.split_whitespace().nth(1) == pipe.to_str()),
+        "{pipe:?} leaked into {}",
+        r.stdout_tail
+    );
+    handle.stop();
+    assert_eq!(first.await.unwrap().outcome, Outcome::Cancelled);
+}

@@ -9,7 +9,7 @@ use rewind_store::{NewEvent, NewInstance, NewRun, Store};
 use serde_json::json;
 
 use crate::RuntimeError;
-use crate::lease::{hostname, now_unix_ms, username};
+use crate::lease::{identity, now_unix_ms};
 
 /// How attempts are executed.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -150,8 +150,8 @@ pub async fn create_run<S: Store>(
                 "fail_rate": fail_rate,
                 "waves": spec.waves,
                 "halt_on_failure_rate": spec.halt_rate,
-                "user": username(),
-                "host": hostname(),
+                "user": identity().await.user,
+                "host": identity().await.host,
             })
             .to_string(),
         ),

@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 
 use crate::RuntimeError;
 use crate::exec::{Event, Exec, RealExec, Signal, Signals, SimExec};
-use crate::lease::{Lease, hostname, now_unix_ms, username};
+use crate::lease::{Lease, identity, now_unix_ms};
 use crate::progress::{Observer, Progress, eta};
 use crate::view::load_plan;
 
@@ -688,14 +688,27 @@ impl<'p, 'o, S: Store> Driver<'p, 'o, S> {
                     Some(json!({"attempt": attempt})),
                 );
             }
+            // None of them starts again while a process of its interrupted attempt still runs
+            // on this host (orphans.rs).
+            if !self.simulated {
+                let keys = self
+                    .open_attempts
+                    .iter()
+                    .map(|&(i, _)| self.plan.key(InstanceId::new(i as usize)).to_string())
+                    .collect();
+                let stopped =
+                    crate::orphans::settle(self.id, keys, secs(now0), &mut *self.observer).await?;
+                self.batch.batch.events.extend(stopped);
+            }
         }
         let changes = self.sched.take_changes();
         self.batch.changes(self.plan, &self.sched, changes, None);
+        let who = identity().await;
         let detail = json!({
             "owner": self.lease.owner,
             "took_over": self.lease.took_over,
-            "user": username(),
-            "host": hostname(),
+            "user": who.user,
+            "host": who.host,
             "interrupted_attempts": self.open_attempts.len(),
             "counts": self.sched.counts(),
         });

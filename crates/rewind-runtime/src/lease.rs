@@ -16,8 +16,44 @@ use crate::RuntimeError;
 /// How long a heartbeat stays valid for an owner on another host.
 pub const LEASE: Duration = Duration::from_secs(60);
 
-/// This machine's name.
+/// Who runs this process, and where: looked up once.
+#[derive(Debug)]
+pub struct Identity {
+    /// The OS user (see [`username`]).
+    pub user: String,
+    /// This machine's name.
+    pub host: String,
+}
+
+static IDENTITY: OnceLock<Identity> = OnceLock::new();
+
+/// This process's user and host, looked up once, on a blocking thread: the user's name comes
+/// from `getpwuid`, which may ask NSS (LDAP, a network service), and the host's from a file.
+pub async fn identity() -> &'static Identity {
+    if let Some(i) = IDENTITY.get() {
+        return i;
+    }
+    tokio::task::spawn_blocking(identity_now).await.unwrap_or_else(|_| identity_now())
+}
+
+/// [`identity`], looked up on this thread if nothing did before.
+fn identity_now() -> &'static Identity {
+    IDENTITY.get_or_init(|| Identity { user: lookup_user(), host: lookup_host() })
+}
+
+/// This machine's name (see [`identity`]; this looks it up on the calling thread the first
+/// time).
 pub fn hostname() -> String {
+    identity_now().host.clone()
+}
+
+/// The OS user running this process (see [`identity`]; this looks it up on the calling thread
+/// the first time).
+pub fn username() -> String {
+    identity_now().user.clone()
+}
+
+fn lookup_host() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_owned())
         .ok()
@@ -26,8 +62,7 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
-/// The OS user running this process.
-pub fn username() -> String {
+fn lookup_user() -> String {
     // The real user id's account, not `$USER` (unset in many services, and settable by anyone);
     // under sudo, who ran it too.
     let uid = nix::unistd::getuid();
@@ -96,6 +131,8 @@ impl Lease {
         store: &S,
         run: RunId,
     ) -> Result<(Self, RunRecord), RuntimeError> {
+        // `me()` and `is_stale` read the host name: looked up off the async threads.
+        identity().await;
         let record = store.run(run).await?.ok_or(RuntimeError::NoSuchRun(run))?;
         let owner = me().to_owned();
         let now = now_unix_ms();

@@ -19,6 +19,7 @@ pub(crate) mod env;
 mod exec;
 mod lease;
 mod offline;
+mod orphans;
 mod progress;
 mod view;
 
@@ -30,7 +31,7 @@ use rewind_store::StoreError;
 pub use create::{Mode, RunSpec, create_run};
 pub use drive::{DriveOptions, Ended, StopReason, Summary, drive};
 pub use exec::Signal;
-pub use lease::{LEASE, Lease, hostname, is_stale, me, now_unix_ms, username};
+pub use lease::{Identity, LEASE, Lease, hostname, identity, is_stale, me, now_unix_ms, username};
 pub use offline::cancel_offline;
 pub use progress::{NoObserver, Observer, Progress};
 pub use view::{AttemptView, InstanceView, RunView, TargetView, load_plan};
@@ -84,6 +85,15 @@ pub enum RuntimeError {
     /// Something that cannot happen did (a bug): the drive stops; the run stays resumable.
     #[error("internal error: {0}")]
     Internal(String),
+    /// Processes of interrupted attempts survived SIGKILL: their instances may not start again
+    /// while they run.
+    #[error(
+        "processes of interrupted attempts still run on this host after SIGKILL: {processes}; their instances do not start again while they run (stop them, then resume)"
+    )]
+    Orphans {
+        /// `pid N (instance)`, comma-separated.
+        processes: String,
+    },
     /// Operating-system trouble (signal handlers, working directory).
     #[error("{what}: {source}")]
     Io {
