@@ -13,6 +13,7 @@ pub mod duration_serde;
 mod ids;
 mod plan;
 mod safety;
+mod secret;
 mod summary;
 mod synthetic;
 mod targets;
@@ -32,7 +33,11 @@ pub use summary::{
 };
 pub use synthetic::SyntheticSpec;
 pub use targets::{AttrValue, Target, TargetSet, TargetsFormat};
-pub use template::{Placeholder, Ref, Template, TemplateError};
+pub use secret::{REDACTED, is_secret_name, redact_text, redact_url};
+pub use template::{
+    Fill, Placeholder, Ref, Template, TemplateError, UrlPart, UrlRefusal, UrlRenderError,
+    UrlTemplate, UrlTemplateError, form_decode, percent_decode, percent_encode,
+};
 pub use time::{RestorePoint, RestorePointError};
 pub use workflow::{
     Action, AttributeUse, AuditAction, Backoff, CommandAction, Condition, Connection,
