@@ -28,12 +28,12 @@ pub use ids::{
 };
 pub use plan::{Fingerprint, Group, Instance, InstanceId, LowerBound, Plan, Subject};
 pub use safety::{Found, WaveSize, Waves, judge, restore_point_bounds};
+pub use secret::{REDACTED, is_secret_name, redact_text, redact_url};
 pub use summary::{
     CriticalStep, PlanSummary, PoolSummary, StepSummary, StoreSummary, TargetSummary,
 };
 pub use synthetic::SyntheticSpec;
 pub use targets::{AttrValue, Target, TargetSet, TargetsFormat};
-pub use secret::{REDACTED, is_secret_name, redact_text, redact_url};
 pub use template::{
     Fill, Placeholder, Ref, Template, TemplateError, UrlPart, UrlRefusal, UrlRenderError,
     UrlTemplate, UrlTemplateError, form_decode, percent_decode, percent_encode,

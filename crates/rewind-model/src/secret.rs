@@ -147,7 +147,8 @@ fn redact_pairs(s: &str, text: bool) -> String {
 
 /// The length of a query key at the start of `s`, when `=` follows it.
 fn key_end(s: &str) -> Option<usize> {
-    let end = s.find(|c: char| matches!(c, '=' | '&' | '?' | ';' | '/' | '#') || c.is_whitespace())?;
+    let end =
+        s.find(|c: char| matches!(c, '=' | '&' | '?' | ';' | '/' | '#') || c.is_whitespace())?;
     (s.as_bytes()[end] == b'=' && end > 0 && end <= 64).then_some(end)
 }
 
@@ -183,11 +184,23 @@ mod tests {
     #[test]
     fn password_query_values_are_hidden() {
         for (url, want) in [
-            ("postgres://h/db?password=x&sslmode=disable", "postgres://h/db?password=***&sslmode=disable"),
-            ("postgres://h/db?sslmode=disable&PassWord=x@y", "postgres://h/db?sslmode=disable&PassWord=***"),
-            ("mysql://h/db?pwd=a&pass=b&sslpassword=c", "mysql://h/db?pwd=***&pass=***&sslpassword=***"),
+            (
+                "postgres://h/db?password=x&sslmode=disable",
+                "postgres://h/db?password=***&sslmode=disable",
+            ),
+            (
+                "postgres://h/db?sslmode=disable&PassWord=x@y",
+                "postgres://h/db?sslmode=disable&PassWord=***",
+            ),
+            (
+                "mysql://h/db?pwd=a&pass=b&sslpassword=c",
+                "mysql://h/db?pwd=***&pass=***&sslpassword=***",
+            ),
             ("postgres://h/db?pass%77ord=x", "postgres://h/db?pass%77ord=***"),
-            ("postgres://h/db?passwords=x&user=password", "postgres://h/db?passwords=x&user=password"),
+            (
+                "postgres://h/db?passwords=x&user=password",
+                "postgres://h/db?passwords=x&user=password",
+            ),
             ("postgres://h/db?password=", "postgres://h/db?password="),
         ] {
             assert_eq!(redact_url(url), want, "{url}");
@@ -197,7 +210,9 @@ mod tests {
     #[test]
     fn every_url_in_a_message_is_redacted() {
         assert_eq!(
-            redact_text("cannot connect to postgres://u:s3cr@tPW@h/db: refused; see `sqlite://x` and mysql://r:pw@m/d."),
+            redact_text(
+                "cannot connect to postgres://u:s3cr@tPW@h/db: refused; see `sqlite://x` and mysql://r:pw@m/d."
+            ),
             "cannot connect to postgres://u:***@h/db: refused; see `sqlite://x` and mysql://r:***@m/d."
         );
         assert_eq!(
@@ -211,7 +226,9 @@ mod tests {
 
     #[test]
     fn secret_names() {
-        for n in ["PGPASSWORD", "db_password", "GITHUB_TOKEN", "AWS_SECRET_ACCESS_KEY", "MY_API_KEY"] {
+        for n in
+            ["PGPASSWORD", "db_password", "GITHUB_TOKEN", "AWS_SECRET_ACCESS_KEY", "MY_API_KEY"]
+        {
             assert!(is_secret_name(n), "{n}");
         }
         for n in ["PGUSER", "HOME", "PWD", "REWIND_STEP", "KEYBOARD"] {

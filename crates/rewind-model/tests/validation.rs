@@ -516,7 +516,13 @@ fn program_never_comes_from_targets_or_outputs() {
         "{HEADER}\n[preflight]\naction = {{ kind = \"command\", program = \"{{{{run.restore_point}}}}\" }}\n\n{}",
         step("a", "")
     );
-    check(&preflight, K::TemplateInProgram, "program = \"{{run", None, "`program` must not be built");
+    check(
+        &preflight,
+        K::TemplateInProgram,
+        "program = \"{{run",
+        None,
+        "`program` must not be built",
+    );
     // The operator's own environment may name the program (`${REWIND_EXE}`).
     let ok = with_header(
         "[[steps]]\nid = \"a\"\nestimate = \"1m\"\naction = { kind = \"command\", program = \"${REWIND_EXE}\", args = [\"{{target.attr.tool}}\"] }\n",

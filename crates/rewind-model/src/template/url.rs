@@ -136,7 +136,9 @@ impl<E: fmt::Display> fmt::Display for UrlRenderError<E> {
 enum Tok {
     Char(char),
     /// A placeholder (`env: false`) or a `${VAR}`.
-    Ref { env: bool },
+    Ref {
+        env: bool,
+    },
 }
 
 /// Query keys whose values are secrets.
@@ -470,8 +472,11 @@ fn secret(
 }
 
 fn refusal(p: &Placeholder, part: UrlPart, value: &str, why: &str) -> UrlRefusal {
-    let shown =
-        if part == UrlPart::Password { REDACTED.to_owned() } else { format!("{:?}", redact_text(value)) };
+    let shown = if part == UrlPart::Password {
+        REDACTED.to_owned()
+    } else {
+        format!("{:?}", redact_text(value))
+    };
     UrlRefusal { placeholder: p.clone(), part, shown, why: why.to_owned() }
 }
 
@@ -713,11 +718,27 @@ mod tests {
                 "live?options=-csearch_path%3Devil",
                 "postgres://h/live%3Foptions%3D-csearch_path%253Devil",
             ),
-            ("postgres://{{target.attr.u}}@h/db", "evil@127.0.0.1:5432", "postgres://evil%40127.0.0.1%3A5432@h/db"),
-            ("sqlite://{{needs.b.emit.url}}", "/tmp/x/pwn?mode=rwc", "sqlite:///tmp/x/pwn%3Fmode%3Drwc"),
+            (
+                "postgres://{{target.attr.u}}@h/db",
+                "evil@127.0.0.1:5432",
+                "postgres://evil%40127.0.0.1%3A5432@h/db",
+            ),
+            (
+                "sqlite://{{needs.b.emit.url}}",
+                "/tmp/x/pwn?mode=rwc",
+                "sqlite:///tmp/x/pwn%3Fmode%3Drwc",
+            ),
             ("sqlite://${DIR}/{{target.attr.f}}", "a b/é", "sqlite:///srv/a b/a%20b/%C3%A9"),
-            ("postgres://h/db?x={{target.attr.v}}", "a+b&c=d#e", "postgres://h/db?x=a%2Bb%26c%3Dd%23e"),
-            ("postgres://{{target.attr.h}}:5432/db", "db-1.internal", "postgres://db-1.internal:5432/db"),
+            (
+                "postgres://h/db?x={{target.attr.v}}",
+                "a+b&c=d#e",
+                "postgres://h/db?x=a%2Bb%26c%3Dd%23e",
+            ),
+            (
+                "postgres://{{target.attr.h}}:5432/db",
+                "db-1.internal",
+                "postgres://db-1.internal:5432/db",
+            ),
             ("postgres://{{target.attr.h}}/db", "[::1]", "postgres://[::1]/db"),
             ("postgres://h:{{target.attr.p}}/db", "6543", "postgres://h:6543/db"),
         ] {
@@ -728,7 +749,11 @@ mod tests {
     #[test]
     fn hosts_ports_and_path_tricks_are_refused() {
         for (raw, v, part) in [
-            ("postgres://postgres@{{target.attr.h}}/test", "127.0.0.1:5432/other?x=", UrlPart::Host),
+            (
+                "postgres://postgres@{{target.attr.h}}/test",
+                "127.0.0.1:5432/other?x=",
+                UrlPart::Host,
+            ),
             ("postgres://postgres@{{target.attr.h}}/test", "evil@127.0.0.1:5432", UrlPart::Host),
             ("postgres://{{target.attr.h}}/test", "", UrlPart::Host),
             ("postgres://{{target.attr.h}}/test", "[not-v6]", UrlPart::Host),
@@ -748,7 +773,10 @@ mod tests {
                 other => panic!("{raw} with {v:?}: {other:?}"),
             }
         }
-        assert_eq!(render("sqlite:///srv/{{target.attr.f}}.db", "..").unwrap(), "sqlite:///srv/...db");
+        assert_eq!(
+            render("sqlite:///srv/{{target.attr.f}}.db", "..").unwrap(),
+            "sqlite:///srv/...db"
+        );
         assert_eq!(render("sqlite://{{target.attr.f}}", "//x").unwrap(), "sqlite:////x");
     }
 
