@@ -9,8 +9,9 @@
 //!
 //! [`UrlTemplate::render`] then encodes each placeholder's value for its component: user,
 //! password, query key, query value and fragment keep only RFC 3986's unreserved characters
-//! (`A-Z a-z 0-9 - . _ ~`) and percent-encode every other byte; a path keeps `/` too (and a
-//! value may not make a `.` or `..` segment, nor start an authority-less path with `//`); a host
+//! (`A-Z a-z 0-9 - . _ ~`) and percent-encode every other byte; a path does too, but keeps `/`
+//! in a `sqlite:` file path (and a value may not make a `.` or `..` segment, nor start an
+//! authority-less path with `//`); a host
 //! must be a name or IPv4 address (letters, digits, `.`, `-`) or a bracketed IPv6 address, and a
 //! port digits in 1..=65535, or the value is refused. A placeholder in the scheme is refused when
 //! the workflow is read. `${VAR}` values are the operator's own and are spliced as they are.
@@ -81,6 +82,8 @@ pub struct UrlTemplate {
     parts: Vec<Option<UrlPart>>,
     /// Whether `//` follows the scheme.
     authority: bool,
+    /// Whether the scheme is `sqlite` (its path is a file path, `/` kept).
+    sqlite: bool,
     /// Why the template holds a secret it should not, if it does.
     secret: Option<String>,
 }
@@ -153,6 +156,7 @@ impl UrlTemplate {
         let template = Template::parse(raw).map_err(UrlTemplateError::Syntax)?;
         let tokens = tokens(&template);
         let (parts, authority, pairs) = analyse(&tokens);
+        let sqlite = template.raw.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("sqlite:"));
         // The placeholders, in order, with their token index.
         let mut placeholders = template.placeholders();
         for (i, t) in tokens.iter().enumerate() {
@@ -167,7 +171,7 @@ impl UrlTemplate {
         }
         drop(placeholders);
         let secret = secret(&template, &tokens, &parts, &pairs);
-        Ok(Self { template, parts, authority, secret })
+        Ok(Self { template, parts, authority, sqlite, secret })
     }
 
     /// The template as written.
@@ -238,7 +242,7 @@ impl UrlTemplate {
                     match value(Ref::Placeholder(p)).map_err(UrlRenderError::Value)? {
                         Fill::Shown(v) => out.push_str(&v),
                         Fill::Value(v) => {
-                            encode_into(&mut out, comp, &v).map_err(|why| {
+                            encode_into(&mut out, comp, &v, self.sqlite).map_err(|why| {
                                 UrlRenderError::Refused(refusal(p, comp, &v, why))
                             })?;
                             if comp == UrlPart::Path {
@@ -509,8 +513,10 @@ fn encode_bytes(out: &mut String, s: &str, keep_slash: bool) {
     }
 }
 
-/// Appends `v` encoded for `part`, or says why it cannot be there.
-fn encode_into(out: &mut String, part: UrlPart, v: &str) -> Result<(), &'static str> {
+/// Appends `v` encoded for `part`, or says why it cannot be there. A path keeps `/` in a
+/// `sqlite:` URL (a file path) and encodes it elsewhere (a database name is one segment, and
+/// sqlx drops the leading `/`s of a PostgreSQL path).
+fn encode_into(out: &mut String, part: UrlPart, v: &str, sqlite: bool) -> Result<(), &'static str> {
     match part {
         UrlPart::Scheme => return Err("the scheme is written in the workflow"),
         UrlPart::User
@@ -518,7 +524,7 @@ fn encode_into(out: &mut String, part: UrlPart, v: &str) -> Result<(), &'static 
         | UrlPart::QueryKey
         | UrlPart::QueryValue
         | UrlPart::Fragment => encode_bytes(out, v, false),
-        UrlPart::Path => encode_bytes(out, v, true),
+        UrlPart::Path => encode_bytes(out, v, sqlite),
         UrlPart::Host => {
             if !is_host(v) {
                 return Err(HOST_RULE);
@@ -762,7 +768,6 @@ mod tests {
             ("postgres://h:{{target.attr.p}}/test", "54 32", UrlPart::Port),
             ("postgres://h/{{target.attr.db}}", "..", UrlPart::Path),
             ("sqlite:///srv/{{target.attr.f}}/x.db", "a/../../etc", UrlPart::Path),
-            ("postgres:{{target.attr.p}}", "//evil@host/db", UrlPart::Path),
             ("sqlite:{{target.attr.p}}", "//x.db", UrlPart::Path),
         ] {
             match render(raw, v) {
@@ -778,6 +783,15 @@ mod tests {
             "sqlite:///srv/...db"
         );
         assert_eq!(render("sqlite://{{target.attr.f}}", "//x").unwrap(), "sqlite:////x");
+        assert_eq!(
+            render("postgres:{{target.attr.p}}", "//evil@host/db").unwrap(),
+            "postgres:%2F%2Fevil%40host%2Fdb",
+            "outside sqlite: a path value is one segment"
+        );
+        assert_eq!(
+            render("postgres://h/{{target.attr.db}}", "a/..").unwrap(),
+            "postgres://h/a%2F.."
+        );
     }
 
     #[test]
