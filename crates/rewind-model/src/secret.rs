@@ -48,11 +48,12 @@ pub fn redact_text(text: &str) -> String {
         let line_end = url[after..].find('\n').map_or(url.len(), |i| after + i);
         // A password that holds a space: the URL runs on to the line's last `@`.
         let mut end = token_end;
-        if password_start(&url[..token_end]).is_some() && !url[after..token_end].contains('@') {
-            if let Some(at) = url[token_end..line_end].rfind('@') {
-                let at = token_end + at;
-                end = url[at..].find(char::is_whitespace).map_or(url.len(), |i| at + i);
-            }
+        if password_start(&url[..token_end]).is_some()
+            && !url[after..token_end].contains('@')
+            && let Some(at) = url[token_end..line_end].rfind('@')
+        {
+            let at = token_end + at;
+            end = url[at..].find(char::is_whitespace).map_or(url.len(), |i| at + i);
         }
         out.push_str(&redact_userinfo(&url[..end], end));
         rest = &url[end..];
