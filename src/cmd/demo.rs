@@ -193,7 +193,7 @@ pub fn run(args: &Args) -> Result<Exit> {
 
 fn backing(args: &Args) -> String {
     match &args.postgres {
-        Some(url) => format!("PostgreSQL ({})", rewind_sandbox::redact(url)),
+        Some(url) => format!("PostgreSQL ({})", rewind_model::redact_url(url)),
         None => "SQLite".to_owned(),
     }
 }

@@ -254,7 +254,7 @@ async fn init(a: &InitArgs) -> Result<Exit> {
     o.snapshot_every = duration("--snapshot-every", &a.snapshot_every)?;
     let s = rewind_sandbox::init(&o).await.map_err(lib_err)?;
     let backing = match &o.postgres {
-        Some(url) => format!("PostgreSQL {}", rewind_sandbox::redact(url)),
+        Some(url) => format!("PostgreSQL {}", rewind_model::redact_url(url)),
         None => "SQLite".to_owned(),
     };
     println!(

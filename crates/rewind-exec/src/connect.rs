@@ -5,23 +5,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub(crate) use rewind_model::redact_url as redact;
+use rewind_model::{form_decode, redact_text};
 use sqlx::any::AnyPoolOptions;
 use sqlx::pool::PoolConnection;
-use sqlx::{Any, AnyPool};
+use sqlx::{Any, AnyConnection, AnyPool, Connection as _};
 
 /// How long a SQLite writer waits for another writer's lock.
 pub(crate) const SQLITE_BUSY: Duration = Duration::from_secs(30);
 
-/// The URL without its password, for messages.
-pub(crate) fn redact(url: &str) -> String {
-    match (url.find("://"), url.find('@')) {
-        (Some(s), Some(at)) if at > s => match url[s + 3..at].split_once(':') {
-            Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-            None => url.to_owned(),
-        },
-        _ => url.to_owned(),
-    }
-}
+/// How long the first connection to a PostgreSQL server may take before it is given up.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Which database a URL names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,16 +69,18 @@ impl std::fmt::Debug for Pools {
 }
 
 /// A PostgreSQL URL split into the server part (the pool's key) and the `search_path` its
-/// `options[search_path]=` query parameter asks for.
+/// `options[search_path]=` query parameter asks for, decoded as sqlx decodes query values (a
+/// rendered template percent-encodes them). A value that does not decode stays in the key, for
+/// sqlx to refuse.
 pub(crate) fn split_search_path(url: &str) -> (String, Option<String>) {
     let Some((base, query)) = url.split_once('?') else { return (url.to_owned(), None) };
     let mut path = None;
     let mut rest = Vec::new();
     for pair in query.split('&') {
-        match pair.split_once('=') {
-            Some((k, v)) if k == "options[search_path]" || k == "options%5Bsearch_path%5D" => {
-                path = Some(v.to_owned());
-            }
+        let decoded =
+            pair.split_once('=').and_then(|(k, v)| Some((form_decode(k)?, form_decode(v)?)));
+        match decoded {
+            Some((k, v)) if k == "options[search_path]" => path = Some(v),
             _ => rest.push(pair),
         }
     }
@@ -106,8 +102,16 @@ impl Pools {
             Kind::Postgres => split_search_path(url),
         };
         let pool = self.pool(&key, kind).await?;
-        let mut conn =
-            pool.acquire().await.map_err(|e| format!("cannot connect to {}: {e}", redact(url)))?;
+        let mut conn = match pool.acquire().await {
+            Ok(c) => c,
+            // A pool that cannot connect says only that it timed out: ask the server directly
+            // why (refused, unknown host, authentication, no such database).
+            Err(sqlx::Error::PoolTimedOut) if kind == Kind::Postgres => {
+                probe(&key).await?;
+                pool.acquire().await.map_err(|e| cannot_connect(url, &e))?
+            }
+            Err(e) => return Err(cannot_connect(url, &e)),
+        };
         if kind == Kind::Postgres {
             let set = match &search_path {
                 Some(p) => sqlx::query("SELECT set_config('search_path', $1, false)")
@@ -141,9 +145,13 @@ impl Pools {
                 .max_connections(PG_POOL_CONNECTIONS)
                 .idle_timeout(Some(Duration::from_secs(30))),
         };
-        let pool = options
-            .connect_lazy(key)
-            .map_err(|e| format!("cannot connect to {}: {e}", redact(key)))?;
+        let pool = options.connect_lazy(key).map_err(|e| cannot_connect(key, &e))?;
+        if kind == Kind::Postgres {
+            // The first connection to a server is a direct one, so that a server that refuses
+            // it or does not know the user or the database says so now, in its own words,
+            // instead of the pool retrying until its acquire timeout.
+            probe(key).await?;
+        }
         map.insert(key.to_owned(), pool.clone());
         Ok(pool)
     }
@@ -199,6 +207,26 @@ pub(crate) fn sqlite_read_only_url(url: &str) -> String {
     format!("{base}?{}", pairs.join("&"))
 }
 
+/// "cannot connect to URL: why", the URL's password and any in the error redacted.
+fn cannot_connect(url: &str, e: &dyn std::fmt::Display) -> String {
+    format!("cannot connect to {}: {}", redact(url), redact_text(&e.to_string()))
+}
+
+/// Connects to `url` once, directly, within [`CONNECT_TIMEOUT`]; the driver's error, redacted,
+/// if it cannot.
+pub(crate) async fn probe(url: &str) -> Result<(), String> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, AnyConnection::connect(url)).await {
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+            Ok(())
+        }
+        Ok(Err(e)) => Err(cannot_connect(url, &e)),
+        Err(_) => {
+            Err(cannot_connect(url, &format!("no answer within {}s", CONNECT_TIMEOUT.as_secs())))
+        }
+    }
+}
+
 /// `"name"`: an identifier quoted for SQL, an embedded `"` doubled. Every table and column name
 /// spliced into SQL goes through it: names the workflow validated, and names read from the
 /// catalogs (`pragma_table_info`, `information_schema.columns`), which may hold anything.
@@ -241,5 +269,15 @@ mod tests {
         let plain = "postgres://u@h/db?sslmode=disable";
         assert_eq!(split_search_path(plain), (plain.to_owned(), None));
         assert_eq!(split_search_path("postgres://u@h/db"), ("postgres://u@h/db".to_owned(), None));
+    }
+
+    #[test]
+    fn a_search_path_is_decoded_as_sqlx_decodes_query_values() {
+        assert_eq!(
+            split_search_path("postgres://h/db?options%5Bsearch_path%5D=a%2Cb+c&x=%41"),
+            ("postgres://h/db?x=%41".to_owned(), Some("a,b c".to_owned()))
+        );
+        let bad = "postgres://h/db?options[search_path]=%zz";
+        assert_eq!(split_search_path(bad), (bad.to_owned(), None), "sqlx refuses it");
     }
 }

@@ -17,7 +17,10 @@
 
 use std::fmt;
 
-use rewind_model::{Action, ConnectionName, Placeholder, Ref, SliceAction, Template};
+use rewind_model::{
+    Action, ConnectionName, Fill, Placeholder, REDACTED, Ref, SliceAction, Template, UrlTemplate,
+    is_secret_name, redact_text, redact_url,
+};
 
 use crate::Attempt;
 use crate::command::resolve;
@@ -31,9 +34,11 @@ pub enum Call {
     Command {
         /// The program, resolved against the workflow's folder when it holds a `/`.
         program: String,
-        /// The arguments, rendered.
+        /// The arguments, rendered, passwords of URLs in them redacted.
         args: Vec<String>,
-        /// The action's own `env` entries, rendered (rewind's `REWIND_*` variables not listed).
+        /// The action's own `env` entries, rendered (rewind's `REWIND_*` variables not listed),
+        /// the values of secret-looking names (`*PASSWORD*`, `*TOKEN*`, `*SECRET*`, ...)
+        /// shown as `***`.
         env: Vec<(String, String)>,
     },
     /// A statement on a connection; `params` are bound, never spliced.
@@ -61,10 +66,18 @@ pub fn describe(a: &Attempt) -> Result<Vec<Call>, String> {
         Action::Command(c) => {
             let program = render(a, &c.program)?;
             let args = c.args.iter().map(|t| render(a, t)).collect::<Result<Vec<_>, _>>()?;
+            // A dry run is printed and pasted around: secrets are not shown.
+            let args = args.iter().map(|s| redact_text(s)).collect();
             let env = c
                 .env
                 .iter()
-                .map(|(k, t)| Ok((k.clone(), render(a, t)?)))
+                .map(|(k, t)| {
+                    let v = render(a, t)?;
+                    Ok((
+                        k.clone(),
+                        if is_secret_name(k) { REDACTED.to_owned() } else { redact_text(&v) },
+                    ))
+                })
                 .collect::<Result<Vec<_>, String>>()?;
             let program = resolve(&a.workdir, &program).display().to_string();
             Ok(vec![Call::Command { program, args, env }])
@@ -108,7 +121,19 @@ pub fn render(a: &Attempt, t: &Template) -> Result<String, String> {
         Ref::Placeholder(p) => a.value(p),
         Ref::Env(name) => a.vars.get(name),
     })
-    .map_err(|e| format!("`{}`: {e}", t.as_str()))
+    .map_err(|e| redact_text(&format!("`{}`: {e}", t.as_str())))
+}
+
+/// Renders a connection URL for a dry run as [`Attempt::render_url`] does (values encoded for
+/// their component, or refused), with `<run id>` and `<needs.STEP.KEY>` shown as they are.
+fn render_url(a: &Attempt, t: &UrlTemplate) -> Result<String, String> {
+    t.render(|r| match r {
+        Ref::Placeholder(Placeholder::RunId) => Ok(Fill::Shown("<run id>".to_owned())),
+        Ref::Placeholder(p @ Placeholder::Needs { .. }) => Ok(Fill::Shown(format!("<{p}>"))),
+        Ref::Placeholder(p) => a.value(p).map(Fill::Value),
+        Ref::Env(name) => a.vars.get(name).map(Fill::Value),
+    })
+    .map_err(|e| format!("`{}`: {e}", redact_url(t.as_str())))
 }
 
 /// A connection as a dry run sees it.
@@ -126,13 +151,14 @@ impl Conn {
             .iter()
             .find(|c| &c.name == name)
             .ok_or_else(|| format!("the workflow declares no connection `{name}`"))?;
-        let url = render(a, &conn.url).map_err(|e| format!("connection `{name}`: {e}"))?;
+        let url = render_url(a, &conn.url).map_err(|e| format!("connection `{name}`: {e}"))?;
         for resolve in &a.resolvers.0 {
             match resolve(&url) {
                 Some(Ok(u)) => {
                     return Ok(Self { name: name.to_string(), url: u, unresolved: None });
                 }
                 Some(Err(e)) => {
+                    let e = redact_text(&e);
                     return Ok(Self { name: name.to_string(), url, unresolved: Some(e) });
                 }
                 None => {}
@@ -279,7 +305,8 @@ impl Call {
                 }
                 writeln!(f)?;
                 for (k, v) in env {
-                    writeln!(f, "{INDENT}env {k}={}", shell_quote(v))?;
+                    let v = if v == REDACTED { v.clone() } else { shell_quote(v) };
+                    writeln!(f, "{INDENT}env {k}={v}")?;
                 }
             }
             Self::Statement { connection, url, unresolved, sql, params } => {
@@ -401,14 +428,14 @@ mod tests {
                     "1".into(),
                     "/home/op/x".into(),
                 ],
-                env: vec![("STEP".into(), "s".into()), ("TOKEN".into(), "a b".into())],
+                env: vec![("STEP".into(), "s".into()), ("TOKEN".into(), "***".into())],
             }]
         );
         assert_eq!(
             text(&calls),
             format!(
                 "command  /wf/bin/restore --site {SITE} --shard 's01; it'\\''s' --at 2022-04-05T07:33:00Z --try 1 /home/op/x\n\
-                 {INDENT}env STEP=s\n{INDENT}env TOKEN='a b'\n"
+                 {INDENT}env STEP=s\n{INDENT}env TOKEN=***\n"
             )
         );
         let bare = attempt("", "", r#"{ kind = "command", program = "psql" }"#, Vars::default());
@@ -461,10 +488,10 @@ mod tests {
     fn run_id_and_needs_render_as_markers_and_passwords_are_redacted() {
         let mut a = attempt(
             r#"scratch = "sandbox://demo?scratch={{run.id}}&store=catalog"
-pg = "postgres://rewind:s3cret@db/{{run.id}}""#,
+pg = "postgres://rewind:${PG_PW}@db/{{run.id}}""#,
             r#""x""#,
             r#"{ kind = "sql", connection = "scratch", sql = "SELECT $1, $2", params = ["{{needs.x.rows}}", "{{run.id}}"] }"#,
-            Vars::default(),
+            Vars::default().with("PG_PW", "s3cr@tPW"),
         );
         a.resolvers.0.push(Arc::new(|url: &str| {
             url.starts_with("sandbox:").then(|| Err("`<run id>` is not a scratch tag".to_owned()))
@@ -486,6 +513,35 @@ pg = "postgres://rewind:s3cret@db/{{run.id}}""#,
         let pg = Conn::new(&a, &"pg".parse().unwrap()).unwrap();
         let Call::Statement { url, .. } = pg.statement("SELECT 1", Vec::new()) else { panic!() };
         assert_eq!(url, "postgres://rewind:***@db/<run id>");
+    }
+
+    #[test]
+    fn dry_run_urls_are_encoded_like_real_ones_and_secrets_are_hidden() {
+        let a = attempt(
+            r#"live = "postgres://u:${PW}@h/{{target.attr.shard}}?application_name={{target.attr.shard}}"
+bad = "postgres://u@{{target.attr.shard}}/db""#,
+            "",
+            r#"{ kind = "sql", connection = "live", sql = "SELECT 1" }"#,
+            Vars::default().with("PW", "s3cr@tPW"),
+        );
+        let calls = describe(&a).unwrap();
+        let Call::Statement { url, .. } = &calls[0] else { panic!("{calls:?}") };
+        assert_eq!(url, "postgres://u:***@h/s01%3B%20it%27s?application_name=s01%3B%20it%27s");
+        let bad = Conn::new(&a, &"bad".parse().unwrap()).map(|_| ()).unwrap_err();
+        assert!(
+            bad.starts_with("connection `bad`: `postgres://u@{{target.attr.shard}}/db`: `{{target.attr.shard}}` = \"s01; it's\" cannot be the host of this URL"),
+            "{bad}"
+        );
+        let cmd = attempt(
+            "",
+            "",
+            r#"{ kind = "command", program = "psql", args = ["postgres://u:${PW}@h/db"], env = { PGPASSWORD = "${PW}", DB_URL = "postgres://u:${PW}@h/db" } }"#,
+            Vars::default().with("PW", "s3cr@tPW"),
+        );
+        let shown = text(&describe(&cmd).unwrap());
+        assert!(!shown.contains("s3cr") && !shown.contains("tPW"), "{shown}");
+        assert!(shown.contains("env PGPASSWORD=***\n"), "{shown}");
+        assert!(shown.contains("command  psql 'postgres://u:***@h/db'"), "{shown}");
     }
 
     #[test]
@@ -571,8 +627,9 @@ pg = "postgres://rewind:s3cret@db/{{run.id}}""#,
 
     #[test]
     fn a_postgres_copy_and_a_compare_use_the_executors_statements() {
-        let conns = "live = \"postgres://u:pw@h/db?options[search_path]=live\"\nscratch = \"postgres://u:pw@h/db?options[search_path]=scratch\"";
-        let a = attempt(conns, "", &format!("{{ kind = \"copy\", {SLICE} }}"), Vars::default());
+        let conns = "live = \"postgres://u:${PW}@h/db?options[search_path]=live\"\nscratch = \"postgres://u:${PW}@h/db?options[search_path]=scratch\"";
+        let pw = || Vars::default().with("PW", "p@ss");
+        let a = attempt(conns, "", &format!("{{ kind = \"copy\", {SLICE} }}"), pw());
         let sql: Vec<String> = describe(&a)
             .unwrap()
             .into_iter()
@@ -593,7 +650,7 @@ pg = "postgres://rewind:s3cret@db/{{run.id}}""#,
         assert_eq!(sql[4], "live: COPY \"projects\" (<columns of \"projects\">) FROM STDIN");
         assert_eq!(sql[5], "scratch: COPY rw_stage TO STDOUT");
 
-        let c = attempt(conns, "", &format!("{{ kind = \"compare\", {SLICE} }}"), Vars::default());
+        let c = attempt(conns, "", &format!("{{ kind = \"compare\", {SLICE} }}"), pw());
         let calls = describe(&c).unwrap();
         assert!(calls.contains(&Call::Statement {
             connection: "live".into(),

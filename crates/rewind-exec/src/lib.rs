@@ -4,10 +4,11 @@
 //! (`copy` and `compare`), [`audit`]. An executor gets an [`Attempt`] (everything its templates
 //! may read, owned) and a [`Stop`] signal, and returns a [`Report`]. [`Registry::run`] dispatches
 //! by action kind and applies what holds for every executor: a template that cannot render fails
-//! the attempt permanently, and an output whose `restore_point` differs from the run's fails it
-//! permanently ("restore point mismatch"). Every process started for a run or its preflight
-//! goes through `group.rs`: a process group of its own, stopped before its leader is reaped, and
-//! a watchdog in it that stops it when rewind dies.
+//! the attempt permanently, an output whose `restore_point` differs from the run's fails it
+//! permanently ("restore point mismatch"), and the passwords of URLs quoted in its error and
+//! output tails are redacted before anyone stores or prints them. Every process started for a
+//! run or its preflight goes through `group.rs`: a process group of its own, stopped before its
+//! leader is reaped, and a watchdog in it that stops it when rewind dies.
 //!
 //! **Invariant:** executors know nothing of the scheduler, the store or other instances; they
 //! do not depend on rewind-scheduler or rewind-store.
@@ -31,8 +32,8 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use rewind_model::{
-    Action, Connection, ConnectionName, InstanceKey, Placeholder, Ref, RestorePoint, RunId, StepId,
-    Target, Template,
+    Action, Connection, ConnectionName, Fill, InstanceKey, Placeholder, Ref, RestorePoint, RunId,
+    StepId, Target, Template, UrlTemplate, redact_text, redact_url,
 };
 use serde_json::Value;
 
@@ -197,6 +198,17 @@ impl Attempt {
         })
     }
 
+    /// Renders a connection URL template for this attempt: each placeholder's value encoded
+    /// for its URL component, or refused (a host that is not a host name, say); `${VAR}`s
+    /// spliced as they are.
+    pub fn render_url(&self, t: &UrlTemplate) -> Result<String, String> {
+        t.render(|r| match r {
+            Ref::Placeholder(p) => self.value(p).map(Fill::Value),
+            Ref::Env(name) => self.vars.get(name).map(Fill::Value),
+        })
+        .map_err(|e| e.to_string())
+    }
+
     /// The sqlx URL of connection `name` for this attempt: its template rendered, then mapped by
     /// the first resolver that knows its kind. Resolvers may read files (the binary's
     /// `sandbox://` one does): they run on tokio's blocking threads.
@@ -206,9 +218,11 @@ impl Attempt {
             .iter()
             .find(|c| &c.name == name)
             .ok_or_else(|| format!("the workflow declares no connection `{name}`"))?;
-        let url = self.render(&conn.url).map_err(|e| format!("connection `{name}`: {e}"))?;
+        let url = self.render_url(&conn.url).map_err(|e| format!("connection `{name}`: {e}"))?;
         match self.resolvers.resolve_blocking(url.clone()).await {
-            Some(r) => r.map_err(|e| format!("connection `{name}` ({url}): {e}")),
+            Some(r) => r.map_err(|e| {
+                format!("connection `{name}` ({}): {}", redact_url(&url), redact_text(&e))
+            }),
             None => Ok(url),
         }
     }
@@ -377,6 +391,11 @@ impl Registry {
         let restore_point = attempt.restore_point;
         Box::pin(async move {
             let mut report = executor.execute(attempt, stop).await;
+            // What an attempt reports is stored and shown by `status`, `report` and `log` for
+            // as long as the run is kept: no password of a URL it quotes goes with it.
+            report.error = report.error.map(|e| redact_text(&e));
+            report.stdout_tail = redact_text(&report.stdout_tail);
+            report.stderr_tail = redact_text(&report.stderr_tail);
             if report.outcome == Outcome::Succeeded
                 && let Err(e) = check_pin(report.output.as_ref(), restore_point)
             {

@@ -52,6 +52,12 @@ pub enum ErrorKind {
     InvalidWhen,
     /// `connection` names a connection that `[connections]` does not declare.
     UnknownConnection,
+    /// A `{{...}}` placeholder in a command's `program`: the program comes from the workflow.
+    TemplateInProgram,
+    /// A `{{...}}` placeholder where it would decide a connection URL's scheme.
+    TemplateInScheme,
+    /// A password written in a connection URL (it would be stored with every run).
+    LiteralSecret,
     /// A target id that is not a UUID.
     InvalidTargetId,
     /// The same target id twice.
@@ -87,6 +93,9 @@ impl ErrorKind {
             Self::TemplateInSql => "template-in-sql",
             Self::InvalidWhen => "invalid-when",
             Self::UnknownConnection => "unknown-connection",
+            Self::TemplateInProgram => "template-in-program",
+            Self::TemplateInScheme => "template-in-scheme",
+            Self::LiteralSecret => "literal-secret",
             Self::InvalidTargetId => "invalid-target-id",
             Self::DuplicateTarget => "duplicate-target",
             Self::WrongKind => "wrong-kind",

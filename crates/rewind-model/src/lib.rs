@@ -15,6 +15,7 @@ mod ids;
 mod lifecycle;
 mod plan;
 mod safety;
+mod secret;
 pub mod sql;
 mod summary;
 mod synthetic;
@@ -32,12 +33,16 @@ pub use ids::{
 pub use lifecycle::{AttemptOutcome, EventKind, InstanceState, RunState, UnknownName};
 pub use plan::{Group, Instance, InstanceId, LowerBound, Plan, Subject};
 pub use safety::{Found, WaveSize, Waves, judge, restore_point_bounds};
+pub use secret::{REDACTED, is_secret_name, redact_text, redact_url};
 pub use summary::{
     CriticalStep, PlanSummary, PoolSummary, StepSummary, StoreSummary, TargetSummary,
 };
 pub use synthetic::SyntheticSpec;
 pub use targets::{AttrValue, Target, TargetSet, TargetsFormat};
-pub use template::{Placeholder, Ref, Template, TemplateError};
+pub use template::{
+    Fill, Placeholder, Ref, Template, TemplateError, UrlPart, UrlRefusal, UrlRenderError,
+    UrlTemplate, UrlTemplateError, form_decode, percent_decode, percent_encode,
+};
 pub use time::{RestorePoint, RestorePointError};
 pub use workflow::{
     Action, AttributeUse, AuditAction, Backoff, CommandAction, Condition, Connection,

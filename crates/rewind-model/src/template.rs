@@ -4,8 +4,18 @@
 //! A template is parsed once, when the workflow is read, into literal text, typed
 //! [`Placeholder`]s and environment references; whether each placeholder can resolve for its
 //! step is checked then too. Rendering is pure: the caller supplies the values.
+//!
+//! Connection URLs are [`UrlTemplate`]s (`template/url.rs`): each placeholder is placed in its
+//! URL component when the workflow is read, and its value encoded for it when rendered.
+
+mod url;
 
 use std::fmt;
+
+pub use url::{
+    Fill, UrlPart, UrlRefusal, UrlRenderError, UrlTemplate, UrlTemplateError, form_decode,
+    percent_decode, percent_encode,
+};
 
 use crate::ids::{AttrName, StepId};
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::ids::{AttrName, ConnectionName, PoolName, StepId, TargetKind};
-use crate::template::{Placeholder, Template};
+use crate::template::{Placeholder, Template, UrlTemplate};
 
 /// A validated workflow.
 #[derive(Clone, Debug, Serialize)]
@@ -132,8 +132,9 @@ pub struct Pool {
 pub struct Connection {
     /// Connection name.
     pub name: ConnectionName,
-    /// URL template (`sqlite://...`, `postgres://...`, or a URL a resolver maps to one).
-    pub url: Template,
+    /// URL template (`sqlite://...`, `postgres://...`, or a URL a resolver maps to one), with
+    /// each placeholder placed in its URL component.
+    pub url: UrlTemplate,
 }
 
 /// What a step is instantiated over.
@@ -394,7 +395,7 @@ impl Workflow {
                 .connections()
                 .into_iter()
                 .filter_map(|c| self.connection(c))
-                .map(|c| &c.url),
+                .map(|c| c.url.template()),
         );
         out
     }
@@ -404,7 +405,7 @@ impl Workflow {
         let mut vars: Vec<String> = self
             .connections
             .iter()
-            .map(|c| &c.url)
+            .map(|c| c.url.template())
             .chain(self.steps.iter().flat_map(|s| s.action.templates()))
             .chain(self.preflight.iter().flat_map(|p| p.action.templates()))
             .flat_map(|t| t.env_vars().map(str::to_owned))

@@ -496,6 +496,102 @@ fn templates_in_sql_text_are_refused() {
 }
 
 #[test]
+fn program_never_comes_from_targets_or_outputs() {
+    let text = with_header(
+        "[[steps]]\nid = \"a\"\nestimate = \"1m\"\naction = { kind = \"command\", program = \"{{target.attr.tool}}\", args = [\"{{target.id}}\"] }\n",
+    );
+    check(
+        &text,
+        K::TemplateInProgram,
+        "program = \"{{target.attr.tool}}\"",
+        Some("a"),
+        "`program` must not be built from `{{target.attr.tool}}`: the program comes from the workflow, never from targets or outputs; pass values as `args`",
+    );
+    let text = with_header(&format!(
+        "{}[[steps]]\nid = \"b\"\nneeds = [\"x\"]\nestimate = \"1m\"\naction = {{ kind = \"command\", program = \"bin/{{{{needs.x.tool}}}}\" }}\n",
+        step("x", "")
+    ));
+    check(&text, K::TemplateInProgram, "bin/{{needs", Some("b"), "`{{needs.x.tool}}`");
+    let preflight = format!(
+        "{HEADER}\n[preflight]\naction = {{ kind = \"command\", program = \"{{{{run.restore_point}}}}\" }}\n\n{}",
+        step("a", "")
+    );
+    check(
+        &preflight,
+        K::TemplateInProgram,
+        "program = \"{{run",
+        None,
+        "`program` must not be built",
+    );
+    // The operator's own environment may name the program (`${REWIND_EXE}`).
+    let ok = with_header(
+        "[[steps]]\nid = \"a\"\nestimate = \"1m\"\naction = { kind = \"command\", program = \"${REWIND_EXE}\", args = [\"{{target.attr.tool}}\"] }\n",
+    );
+    assert!(Workflow::parse("w.toml", &ok).is_ok());
+}
+
+#[test]
+fn connection_urls_hold_no_literal_password() {
+    let conn = |url: &str| {
+        format!(
+            "name = \"t\"\ntarget_kind = \"site\"\n\n[connections]\ntracker = \"{url}\"\n\n{}",
+            step("a", "")
+        )
+    };
+    for url in [
+        "postgres://rewind:s3cr@tPW@db/live",
+        "postgres://rewind:x${PW}@db/live",
+        "postgres://db/live?sslmode=disable&password=hunter2",
+        "mysql://db/live?PWD=hunter2",
+    ] {
+        check(
+            &conn(url),
+            K::LiteralSecret,
+            "tracker =",
+            None,
+            "connection `tracker`: the URL holds a literal",
+        );
+    }
+    let text = conn("postgres://rewind:s3cret@db/live");
+    let diags = Workflow::parse("w.toml", &text).unwrap_err();
+    let shown = diags.to_string();
+    assert!(
+        shown.contains("w.toml:5:11: error[literal-secret]: connection `tracker`: the URL holds a literal password; write it as ${VAR} (read from the environment at run time) so it is never stored or printed"),
+        "{shown}"
+    );
+    check(
+        &conn("postgres://rewind:{{target.attr.pw}}@db/live"),
+        K::LiteralSecret,
+        "tracker =",
+        None,
+        "password comes from `{{target.attr.pw}}`",
+    );
+    for url in [
+        "postgres://rewind:${PW}@db/live",
+        "postgres://rewind@db/live?password=${PW}",
+        "postgres://rewind@db/live",
+        "sqlite:///srv/a:b@c.sqlite",
+    ] {
+        assert!(Workflow::parse("w.toml", &conn(url)).is_ok(), "{url}");
+    }
+}
+
+#[test]
+fn a_placeholder_may_not_decide_a_urls_scheme() {
+    let text = format!(
+        "name = \"t\"\ntarget_kind = \"site\"\n\n[connections]\nscratch = \"{{{{target.attr.url}}}}\"\n\n{}",
+        step("a", "")
+    );
+    check(
+        &text,
+        K::TemplateInScheme,
+        "scratch =",
+        None,
+        "connection `scratch`: `{{target.attr.url}}` would decide the URL's scheme",
+    );
+}
+
+#[test]
 fn sql_connections_must_be_declared() {
     let text = with_header(
         "[[steps]]\nid = \"a\"\nestimate = \"1m\"\naction = { kind = \"sql\", connection = \"catalgo\", sql = \"SELECT 1\" }\n",

@@ -41,7 +41,6 @@ mod value;
 mod verify;
 
 pub use error::{Error, Error as SandboxError, Result};
-pub use live::redact;
 pub use loss::{StoreLoss, data_loss};
 pub use manifest::{Backend, Deletion, Incident, Manifest, Site, StoreState, refuse_own_path};
 pub use media_restore::{

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use rewind_model::redact_url;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{AssertSqlSafe, PgPool, SqlitePool};
@@ -68,7 +69,7 @@ pub(crate) async fn open_sqlite(path: &Path, mode: SqliteMode) -> Result<Db> {
 /// crash for not waiting on a WAL flush at each of hundreds of commits; nothing can be corrupted.
 pub(crate) async fn pg_pool(url: &str) -> Result<PgPool> {
     let opts = PgConnectOptions::from_str(url)
-        .map_err(|e| Error::refused(format!("--postgres `{}`: {e}", redact(url))))?
+        .map_err(|e| Error::refused(format!("--postgres `{}`: {e}", redact_url(url))))?
         .options([("synchronous_commit", "off")]);
     PgPoolOptions::new()
         .max_connections(4)
@@ -76,21 +77,7 @@ pub(crate) async fn pg_pool(url: &str) -> Result<PgPool> {
         .acquire_timeout(Duration::from_secs(20))
         .connect_with(opts)
         .await
-        .ctx(|| format!("connecting to PostgreSQL at `{}`", redact(url)))
-}
-
-/// The URL without its password.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
+        .ctx(|| format!("connecting to PostgreSQL at `{}`", redact_url(url)))
 }
 
 /// True for names usable as PostgreSQL schema names without quoting surprises.
@@ -441,9 +428,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn redacts_passwords_and_checks_identifiers() {
-        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
-        assert_eq!(redact("postgres://postgres@h/db"), "postgres://postgres@h/db");
+    fn checks_identifiers() {
         assert!(is_plain_ident("scratch_tracker_s01"));
         assert!(!is_plain_ident("Scratch"));
         assert!(!is_plain_ident("a;drop"));

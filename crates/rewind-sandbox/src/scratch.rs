@@ -11,7 +11,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use rewind_model::RestorePoint;
+use rewind_model::{RestorePoint, percent_decode, redact_url};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
@@ -226,9 +226,11 @@ pub(crate) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 ///   with create-if-missing).
 ///
 /// DIR is relative to the process's working directory, or absolute (`sandbox:///srv/demo?...`).
-/// No percent-decoding: a `%`, `#`, `+` or second `?` is refused as ambiguous, as are unknown or
-/// repeated parameters, an unknown store (the error lists the known ones) and `media`, which is
-/// a directory of files with no SQL URL. The manifest `DIR/sandbox.json` is read.
+/// DIR and the parameters' values are percent-decoded (a connection URL template encodes the
+/// values it renders into them); a malformed `%` escape, a `#`, a `+` or a second `?` is refused
+/// as ambiguous, as are unknown or repeated parameters, an unknown store (the error lists the
+/// known ones) and `media`, which is a directory of files with no SQL URL. The manifest
+/// `DIR/sandbox.json` is read.
 pub fn resolve_url(url: &str) -> Option<Result<String>> {
     let scheme = url.get(..8)?;
     if !scheme.eq_ignore_ascii_case("sandbox:") {
@@ -240,44 +242,54 @@ pub fn resolve_url(url: &str) -> Option<Result<String>> {
 fn resolve(url: &str, rest: &str) -> Result<String> {
     let bad = |why: &str| {
         Error::refused(format!(
-            "connection URL `{url}`: {why} (write sandbox://DIR?store=STORE for a live store, or \
+            "connection URL `{}`: {why} (write sandbox://DIR?store=STORE for a live store, or \
              sandbox://DIR?scratch=TAG&store=STORE for a scratch copy; DIR relative to the \
-             working directory, or sandbox:///absolute/dir)"
+             working directory, or sandbox:///absolute/dir)",
+            redact_url(url)
         ))
     };
+    let decode = |what: &str, raw: &str| {
+        percent_decode(raw).ok_or_else(|| {
+            bad(&format!("{what} `{raw}` holds a malformed `%` escape or is not UTF-8"))
+        })
+    };
     let rest = rest.strip_prefix("//").ok_or_else(|| bad("`sandbox:` must be followed by //"))?;
-    if let Some(c) = rest.chars().find(|c| matches!(c, '%' | '#' | '+')) {
+    if let Some(c) = rest.chars().find(|c| matches!(c, '#' | '+')) {
         return Err(bad(&format!(
-            "`{c}` is ambiguous here (percent-encoding, fragments and `+` are not supported)"
+            "`{c}` is ambiguous here (fragments and `+` are not supported; encode a `+` as %2B)"
         )));
     }
     let (dir, query) = rest.split_once('?').ok_or_else(|| bad("no ?store= parameter"))?;
     if dir.is_empty() {
         return Err(bad("no sandbox directory"));
     }
-    let mut params: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut params: BTreeMap<String, String> = BTreeMap::new();
     for pair in query.split('&') {
         let (k, v) = pair.split_once('=').ok_or_else(|| bad(&format!("parameter `{pair}`")))?;
-        if !matches!(k, "store" | "scratch") {
+        let k = decode("parameter", k)?;
+        if !matches!(k.as_str(), "store" | "scratch") {
             return Err(bad(&format!("unknown parameter `{k}`")));
         }
         if v.is_empty() || v.contains(['?', '=']) {
             return Err(bad(&format!("parameter `{k}` has no value or an ambiguous one")));
         }
-        if params.insert(k, v).is_some() {
+        let v = decode(&format!("the value of `{k}`"), v)?;
+        if params.insert(k.clone(), v).is_some() {
             return Err(bad(&format!("parameter `{k}` is given twice")));
         }
     }
     let store_name = params.get("store").ok_or_else(|| bad("no store= parameter"))?;
     let tag = params.get("scratch").map(|t| t.parse::<ScratchTag>()).transpose()?;
-    let dir = std::path::absolute(dir).at(Path::new(dir))?;
+    let dir = decode("the directory", dir)?;
+    let dir = std::path::absolute(&dir).at(Path::new(&dir))?;
     let m = manifest_for_urls(&dir)?;
     let store = m.store(store_name)?;
     if store.kind == StoreKind::Media {
         return Err(Error::refused(format!(
-            "connection URL `{url}`: the `media` store is a directory of files, not a database: \
+            "connection URL `{}`: the `media` store is a directory of files, not a database: \
              it has no SQL URL (restore it with `rewind sandbox restore-media`, check it with \
-             `rewind sandbox check-media`)"
+             `rewind sandbox check-media`)",
+            redact_url(url)
         )));
     }
     match (&m.backend, tag) {
@@ -336,7 +348,7 @@ fn pg_url(server: &str, schema: &str) -> Result<String> {
         return Err(Error::refused(format!(
             "the sandbox's PostgreSQL URL `{}` (with a `#`) or schema `{schema}` cannot be \
              combined into a connection URL",
-            live::redact(server)
+            redact_url(server)
         )));
     }
     let sep = if server.contains('?') { '&' } else { '?' };
@@ -574,6 +586,8 @@ mod tests {
             "sandbox://demo?scratch=a&scratch=b&store=catalog",
             "sandbox://demo?scratch=a_b&store=catalog",
             "sandbox://demo?store=catalog?x=1",
+            "sandbox://demo?store=cat%zzalog",
+            "sandbox://demo?store=cat+alog",
         ] {
             let r = resolve_url(bad).expect("a sandbox URL");
             assert!(r.is_err(), "{bad}");

@@ -623,7 +623,7 @@ pub async fn init(opts: &InitOptions) -> Result<RunSummary> {
             if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
                 return Err(Error::refused(format!(
                     "--postgres `{}`: expected a postgres:// URL",
-                    live::redact(url)
+                    rewind_model::redact_url(url)
                 )));
             }
             // Reachability is checked before anything is written.

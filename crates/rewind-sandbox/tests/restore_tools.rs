@@ -297,6 +297,9 @@ async fn urls_reach_the_right_tables(postgres: bool) {
     let region = &untouched.region;
     let identity = sb.url(&format!("store=identity-{region}"));
     assert!(count(&identity, "users", &site).await.0 > 0);
+    // Values are percent-decoded (a connection URL template encodes what it renders).
+    let encoded: String = region.bytes().map(|b| format!("%{b:02X}")).collect();
+    assert_eq!(sb.url(&format!("st%6Fre=identity-{encoded}")), identity);
 
     // A relative DIR is relative to the working directory.
     let cwd = std::env::current_dir().unwrap();

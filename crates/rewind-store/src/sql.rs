@@ -6,9 +6,11 @@ use std::collections::BTreeMap;
 use std::sync::Once;
 use std::time::Duration;
 
-use rewind_model::{AttemptOutcome, EventKind, InstanceState, RunId, RunState};
+use rewind_model::{
+    AttemptOutcome, EventKind, InstanceState, RunId, RunState, redact_text, redact_url,
+};
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{Any, AnyPool, AssertSqlSafe, Row};
+use sqlx::{Any, AnyConnection, AnyPool, AssertSqlSafe, Connection as _, Row};
 
 use crate::{
     AttemptRecord, Batch, EventRecord, Holder, Holding, InstanceRecord, InstanceRow, NewEvent,
@@ -40,19 +42,8 @@ fn q(what: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| StoreError::Query { what, source }
 }
 
-/// The URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.find('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
+/// How long the first connection to a PostgreSQL server may take before it is given up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl SqlStore {
     /// Opens (creating a SQLite file if missing) and migrates the store at `url`, waiting up to
@@ -72,13 +63,32 @@ impl SqlStore {
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             (Backend::Postgres, url.to_owned())
         } else {
-            return Err(StoreError::BadUrl(url.to_owned()));
+            return Err(StoreError::BadUrl(redact_url(url)));
         };
         let open_err = |e: sqlx::Error| StoreError::Open {
-            url: redact(url),
-            message: e.to_string(),
+            url: redact_url(url),
+            message: redact_text(&e.to_string()),
             source: Some(e),
         };
+        if backend == Backend::Postgres {
+            // A direct first connection: a refused connection, an unknown host or database, a
+            // failed authentication is reported now and in the server's words, where the pool
+            // would retry until its acquire timeout and say only that it timed out.
+            match tokio::time::timeout(CONNECT_TIMEOUT, AnyConnection::connect(&connect_url)).await
+            {
+                Ok(Ok(conn)) => {
+                    let _ = conn.close().await;
+                }
+                Ok(Err(e)) => return Err(open_err(e)),
+                Err(_) => {
+                    return Err(StoreError::Open {
+                        url: redact_url(url),
+                        message: format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()),
+                        source: None,
+                    });
+                }
+            }
+        }
         let busy_ms = busy_timeout.as_millis();
         let mut options = AnyPoolOptions::new()
             .max_connections(4)
@@ -840,9 +850,13 @@ mod tests {
     }
 
     #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(super::redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
-        assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(super::redact("sqlite://x.db"), "sqlite://x.db");
+    fn bad_urls_are_named_without_their_password() {
+        let e = tokio::runtime::Runtime::new()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .block_on(super::SqlStore::open("mysql://u:s3cr@tPW@h/db"))
+            .err()
+            .unwrap_or_else(|| panic!("a mysql:// store is refused"));
+        let shown = e.to_string();
+        assert!(shown.contains("mysql://u:***@h/db") && !shown.contains("tPW"), "{shown}");
     }
 }

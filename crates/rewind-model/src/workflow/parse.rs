@@ -17,7 +17,7 @@ use super::{
 use crate::diag::{Diagnostics, ErrorKind as K, Sink, suggestion};
 use crate::ids::{AttrName, ConnectionName, PoolName, StepId, TargetKind};
 use crate::sql::{Dialect, first_keyword, shorten, single_statement};
-use crate::template::{Placeholder, Template};
+use crate::template::{Placeholder, Template, UrlTemplate, UrlTemplateError};
 
 type Val<'i> = Spanned<DeValue<'i>>;
 type Span = Range<usize>;
@@ -678,13 +678,31 @@ impl Parser<'_> {
                         format!("connection `{name}` has an empty URL"),
                     );
                 } else {
-                    match Template::parse(&url) {
-                        Ok(url) => out.push(Connection { name, url }),
-                        Err(e) => self.err(
+                    match UrlTemplate::parse(&url) {
+                        Ok(url) => {
+                            // The workflow's text is stored with every run and shown by
+                            // `check`: a password in it would be kept forever.
+                            if let Some(why) = url.literal_secret() {
+                                self.err(
+                                    &v.span(),
+                                    K::LiteralSecret,
+                                    None,
+                                    format!("connection `{name}`: {why}"),
+                                );
+                            }
+                            out.push(Connection { name, url });
+                        }
+                        Err(UrlTemplateError::Syntax(e)) => self.err(
                             &v.span(),
                             K::UnresolvedTemplate,
                             None,
                             format!("connection `{name}`: {}", e.message),
+                        ),
+                        Err(e @ UrlTemplateError::Scheme(_)) => self.err(
+                            &v.span(),
+                            K::TemplateInScheme,
+                            None,
+                            format!("connection `{name}`: {e}"),
                         ),
                     }
                 }
@@ -936,7 +954,24 @@ impl Parser<'_> {
                             self.err(&p.span(), K::InvalidValue, s, "`program` is empty");
                             None
                         }
-                        Some(raw) => self.template(&raw, p.span(), s, templates),
+                        Some(raw) => {
+                            let program = self.template(&raw, p.span(), s, templates);
+                            // The program comes from the workflow: a target attribute or an
+                            // output naming it would run whatever the targets file says.
+                            if let Some(ph) = program.as_ref().and_then(|t| t.placeholders().next())
+                            {
+                                self.err(
+                                    &p.span(),
+                                    K::TemplateInProgram,
+                                    s,
+                                    format!(
+                                        "`program` must not be built from `{{{{{ph}}}}}`: the program comes from the workflow, never from targets or outputs; pass values as `args`"
+                                    ),
+                                );
+                                ok = false;
+                            }
+                            program
+                        }
                         None => None,
                     },
                 };
