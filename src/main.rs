@@ -21,9 +21,10 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "rewind", version, about, long_about = None)]
 struct Cli {
-    /// Checkpoint store URL (sqlite://PATH or postgres://...).
-    #[arg(long, global = true, env = "REWIND_DB", default_value = "sqlite://rewind.db")]
-    db: String,
+    /// The checkpoint store, given before the command (DESIGN.md's global `--db`); each command
+    /// that uses a store takes `--db` itself and shows it in its help.
+    #[arg(long, value_name = "URL", hide = true)]
+    db: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -60,20 +61,38 @@ enum Command {
 fn main() -> ExitCode {
     exit::quiet_broken_pipe();
     let cli = Cli::parse();
-    let db = cli.db.as_str();
-    let result = match &cli.command {
+    exit::finish(dispatch(&cli))
+}
+
+fn dispatch(cli: &Cli) -> anyhow::Result<exit::Exit> {
+    let before = cli.db.as_deref();
+    let db = |arg: &store::Db| arg.url(before);
+    if before.is_some()
+        && let Some(name) = match &cli.command {
+            Command::Check(_) => Some("check"),
+            Command::Plan(_) => Some("plan"),
+            Command::Bench(_) => Some("bench (it simulates in a temporary store)"),
+            Command::Sandbox(_) => Some("sandbox"),
+            Command::Demo(_) => Some("demo (its store is DIR/rewind.db)"),
+            _ => None,
+        }
+    {
+        return Err(exit::refused(format!(
+            "rewind: --db does not apply to `{name}`: it uses no checkpoint store of yours"
+        )));
+    }
+    match &cli.command {
         Command::Check(args) => cmd::check::run(args),
         Command::Plan(args) => cmd::plan::run(args),
-        Command::Run(args) => cmd::run::run(db, args),
-        Command::Status(args) => cmd::status::run(db, args),
-        Command::Resume(args) => cmd::run::resume(db, args),
-        Command::Retry(args) => cmd::run::retry(db, args),
-        Command::Cancel(args) => cmd::cancel::run(db, args),
-        Command::Report(args) => cmd::report::run(db, args),
-        Command::Log(args) => cmd::log::run(db, args),
+        Command::Run(args) => cmd::run::run(&db(&args.db)?, args),
+        Command::Status(args) => cmd::status::run(&db(&args.db)?, args),
+        Command::Resume(args) => cmd::run::resume(&db(&args.db)?, args),
+        Command::Retry(args) => cmd::run::retry(&db(&args.db)?, args),
+        Command::Cancel(args) => cmd::cancel::run(&db(&args.db)?, args),
+        Command::Report(args) => cmd::report::run(&db(&args.db)?, args),
+        Command::Log(args) => cmd::log::run(&db(&args.db)?, args),
         Command::Bench(args) => cmd::bench::run(args),
         Command::Sandbox(args) => cmd::sandbox::run(args),
         Command::Demo(args) => cmd::demo::run(args),
-    };
-    exit::finish(result)
+    }
 }

@@ -39,6 +39,20 @@ pub fn thousands(n: usize) -> String {
     out
 }
 
+/// `1 target`, `2 targets`, `1,234 targets`.
+pub fn count(n: usize, noun: &str) -> String {
+    format!("{} {noun}{}", thousands(n), if n == 1 { "" } else { "s" })
+}
+
+/// `the target`, `both targets`, `all 3 targets`: every one of `n`.
+pub fn every(n: usize, noun: &str) -> String {
+    match n {
+        1 => format!("the {noun}"),
+        2 => format!("both {noun}s"),
+        n => format!("all {} {noun}s", thousands(n)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,5 +69,12 @@ mod tests {
         assert_eq!(thousands(26_490), "26,490");
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(1_000_000), "1,000,000");
+        assert_eq!(count(1, "target"), "1 target");
+        assert_eq!(count(1200, "target"), "1,200 targets");
+        assert_eq!(
+            (every(1, "target"), every(2, "target")),
+            ("the target".into(), "both targets".into())
+        );
+        assert_eq!(every(883, "target"), "all 883 targets");
     }
 }

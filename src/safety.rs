@@ -12,7 +12,7 @@ use rewind_exec::{Registry, Vars};
 use rewind_model::{Found, Plan, judge, restore_point_bounds};
 
 use crate::exit::refused;
-use crate::output::thousands;
+use crate::output::{count, every};
 
 /// The environment variable that sets the clock restore-point bounds are judged against, for
 /// drills and replays against a system whose clock is not the wall clock (the sandbox's history
@@ -51,15 +51,15 @@ pub fn check_blast_radius(
     let file = targets_file.display();
     match confirm {
         Some(c) if c as usize != n => Err(refused(format!(
-            "rewind: --confirm {c} does not match the {} targets in `{file}`; nothing was written",
-            thousands(n)
+            "rewind: --confirm {c} does not match the {} in `{file}`; nothing was written",
+            count(n, "target")
         ))),
         Some(_) => Ok(()),
         None if n > max as usize => Err(refused(format!(
-            "rewind: this run restores {} targets (`{file}`), more than --max-targets {max}.\n\
+            "rewind: this run restores {} (`{file}`), more than --max-targets {max}.\n\
              Look at what each store will receive first:\n  rewind plan --workflow {} --targets {file} --restore-point {}\n\
              then confirm the exact count with --confirm {n}. Nothing was written.",
-            thousands(n),
+            count(n, "target"),
             workflow_file.display(),
             plan.restore_point(),
         ))),
@@ -95,13 +95,15 @@ pub async fn preflight(
         })?;
     let problems = judge(targets, &found, wf.target_kind.as_str(), pf.state.as_deref());
     if problems.is_empty() {
+        let n = targets.len();
+        let (is, s) = if n == 1 { ("is a", "") } else { ("are", "s") };
         let what = match &pf.state {
-            Some(s) => format!("{}s in state `{s}`", wf.target_kind),
-            None => format!("{}s", wf.target_kind),
+            Some(st) => format!("{}{s} in state `{st}`", wf.target_kind),
+            None => format!("{}{s}", wf.target_kind),
         };
         return Ok(Some(format!(
-            "all {} targets are {what} (preflight, line {})",
-            thousands(targets.len()),
+            "{} {is} {what} (preflight, line {})",
+            every(n, "target"),
             pf.line
         )));
     }

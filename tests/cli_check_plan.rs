@@ -286,7 +286,29 @@ fn output_into_a_closed_pipe_ends_quietly() {
     let plan = ["plan", "--workflow", wf.to_str().unwrap(), "--targets", targets.to_str().unwrap()];
     let mut plan = plan.to_vec();
     plan.extend(["--restore-point", "2022-04-05T07:33:00Z", "--json"]);
-    for args in [vec!["check", wf.to_str().unwrap()], plan, vec!["status"]] {
+    // A run to read back, for `status`, `report` and `log`.
+    let mut sim = plan.clone();
+    sim[0] = "run";
+    sim.pop();
+    sim.push("--simulate");
+    let o = Command::new(env!("CARGO_BIN_EXE_rewind"))
+        .args(&sim)
+        .current_dir(dir.path())
+        .env("REWIND_DB", format!("sqlite://{}/rewind.db", dir.path().display()))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let run = String::from_utf8_lossy(&o.stdout).lines().next().unwrap()[4..].to_owned();
+    let run = run.as_str();
+    for args in [
+        vec!["check", wf.to_str().unwrap()],
+        plan,
+        vec!["status"],
+        vec!["status", run, "--json"],
+        vec!["log", run],
+        vec!["log", run, "--json"],
+        vec!["report", run, "--format", "json"],
+    ] {
         let (reader, writer) = std::io::pipe().unwrap();
         drop(reader);
         let o = Command::new(env!("CARGO_BIN_EXE_rewind"))

@@ -56,15 +56,21 @@ fn demo(postgres: Option<&str>) {
     let sandbox = dir.join("sandbox");
     let _cleanup = Cleanup(sandbox.clone());
     let d = dir.to_str().unwrap();
+    // From a folder that has no `workflows/`: the shipped restore-2 is built into rewind.
     let mut args = vec!["demo", "--dir", d, "--sites", "50", "--delete", "20", "--shards", "4"];
     let wf = workflow("restore-2.toml");
-    args.extend(["--workflow", &wf]);
+    assert!(!env.path("workflows").exists());
     if let Some(url) = postgres {
         args.extend(["--postgres", url]);
     }
     let o = env.rewind(&args);
     let (out, err) = (stdout(&o), stderr(&o));
     assert_eq!(o.status.code(), Some(0), "{out}{err}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("restore-2.toml")).unwrap(),
+        std::fs::read_to_string(&wf).unwrap(),
+        "the built-in workflow, written beside the run"
+    );
 
     // The summary ends the output: time to restore, % restored, data loss per store, verdict.
     assert!(field(&out, "time to restore").contains("20 sites"), "{out}");

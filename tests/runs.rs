@@ -404,7 +404,7 @@ fn a_missing_or_locked_database_is_refused_and_nothing_is_written() {
     assert!(stderr(&o).contains("database is locked"), "{}", stderr(&o));
     assert!(stdout(&o).is_empty(), "no run id was printed");
     rt.block_on(sqlx::raw_sql("ROLLBACK").execute(&mut lock)).unwrap();
-    assert_eq!(stdout(&env.rewind(&["status"])).trim(), "no runs in this checkpoint store");
+    assert!(stdout(&env.rewind(&["status"])).starts_with("no runs in the checkpoint store at "));
     assert!(env.ledger().is_empty(), "no step ran");
 }
 
@@ -504,7 +504,7 @@ action = { kind = "sql", connection = "catalog", sql = "UPDATE sites SET status 
         "{}",
         stderr(&o)
     );
-    assert_eq!(stdout(&env.rewind(&["status"])).trim(), "no runs in this checkpoint store");
+    assert!(stdout(&env.rewind(&["status"])).starts_with("no runs in the checkpoint store at "));
     // A simulation executes nothing, so it needs no environment.
     let mut args = run_args(&w, &t);
     args.push("--simulate");

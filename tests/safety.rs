@@ -150,6 +150,27 @@ fn preflight_refuses_ids_of_the_wrong_kind_or_state_naming_them() {
     // ...and a second restore of the same sites is refused: they are active now.
     let err = refused(&rewind(&env, &cat, &run(&w, &t, &[])));
     assert!(err.contains("3 targets are `active`, not `deleted`"), "{err}");
+
+    // Counts read as words: one target, both targets.
+    let env = Env::sqlite();
+    let cat = catalog(&env, &deleted_sites(2));
+    let w = workflow(&env, "", true);
+    for (n, said) in [
+        (1, "the target is a site in state `deleted`"),
+        (2, "both targets are sites in state `deleted`"),
+    ] {
+        let t = targets(&env, &format!("t{n}.csv"), &vec!["ok"; n]);
+        let o = rewind(&env, &cat, &run(&w, &t, &["--dry-run"]));
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert!(stderr(&o).contains(said), "{}", stderr(&o));
+        let err = refused(&rewind(&env, &cat, &run(&w, &t, &["--dry-run", "--confirm", "9"])));
+        let want = if n == 1 {
+            "does not match the 1 target in"
+        } else {
+            "does not match the 2 targets in"
+        };
+        assert!(err.contains(want), "{err}");
+    }
 }
 
 #[test]
@@ -214,12 +235,12 @@ fn restore_points_in_the_future_or_beyond_retention_are_refused() {
     // Against the wall clock, 2022 is far beyond the default retention of 30 days.
     let o = env.cmd(&run(&w, &t, &[])).env("CATALOG", &cat).env_remove("REWIND_NOW").output();
     let err = refused(&o.unwrap());
-    assert!(err.contains("beyond the workflow's retention of 30days"), "{err}");
+    assert!(err.contains("beyond the workflow's retention of 30 days"), "{err}");
     nothing_written(&env);
     // A workflow's own retention: one hour, and the restore point is a day old.
     let w = workflow(&env, "retention = \"1h\"", false);
     let err = refused(&rewind(&env, &cat, &run(&w, &t, &[])));
-    assert!(err.contains("is 1 day old, beyond the workflow's retention of 1h"), "{err}");
+    assert!(err.contains("is 1 day old, beyond the workflow's retention of 1 hour"), "{err}");
     nothing_written(&env);
     // Garbage in REWIND_NOW is refused, not ignored.
     let mut c = env.cmd(&run(&w, &t, &[]));

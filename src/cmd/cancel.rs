@@ -15,6 +15,8 @@ use crate::store;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    #[command(flatten)]
+    pub db: crate::store::Db,
     /// The run to cancel.
     run_id: String,
     /// How long to wait for the process driving the run to stop its running actions.

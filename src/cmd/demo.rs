@@ -22,6 +22,9 @@ use crate::{inputs, store};
 
 /// Marks a directory the demo made, so a later demo may replace it.
 const MARKER: &str = ".rewind-demo";
+/// The shipped restore-2, built in: `rewind demo` runs from any directory.
+const RESTORE_2: &str = include_str!("../../workflows/restore-2.toml");
+
 /// The sandbox, inside the demo's directory (beside the targets and the checkpoint store).
 const SANDBOX_DIR: &str = "sandbox";
 
@@ -46,9 +49,10 @@ pub struct Args {
     /// Seed of the sandbox.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// The restore workflow.
-    #[arg(long, default_value = "workflows/restore-2.toml")]
-    workflow: PathBuf,
+    /// The restore workflow (default: the shipped restore-2, built into rewind, so the demo runs
+    /// from any directory; it is written to DIR/restore-2.toml).
+    #[arg(long)]
+    workflow: Option<PathBuf>,
 }
 
 fn step(title: &str) {
@@ -62,19 +66,28 @@ pub fn run(args: &Args) -> Result<Exit> {
             args.delete, args.sites
         )));
     }
-    let workflow_text = std::fs::read_to_string(&args.workflow).map_err(|e| {
-        refused(format!("rewind: cannot read workflow `{}`: {e}", args.workflow.display()))
-    })?;
-    // Read and validated once, before anything is written; the run keeps this very text.
-    let wf = Workflow::parse(&args.workflow.display().to_string(), &workflow_text)
-        .map_err(|d| refused(inputs::render(&d, &args.workflow)))?;
     let dir = std::path::absolute(&args.dir)?;
+    let (workflow, workflow_text) = match &args.workflow {
+        Some(w) => {
+            let text = std::fs::read_to_string(w).map_err(|e| {
+                refused(format!("rewind: cannot read workflow `{}`: {e}", w.display()))
+            })?;
+            (w.clone(), text)
+        }
+        None => (dir.join("restore-2.toml"), RESTORE_2.to_owned()),
+    };
+    // Read and validated once, before anything is written; the run keeps this very text.
+    let wf = Workflow::parse(&workflow.display().to_string(), &workflow_text)
+        .map_err(|d| refused(inputs::render(&d, &workflow)))?;
     let rt = store::runtime()?;
     rt.block_on(async {
         prepare_dir(&dir).await?;
         // The marker first, so a demo interrupted at any point can be replaced by the next.
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join(MARKER), "made by rewind demo\n")?;
+        if args.workflow.is_none() {
+            std::fs::write(&workflow, &workflow_text)?;
+        }
         let sandbox = dir.join(SANDBOX_DIR);
         let started = Instant::now();
         step(&format!("sandbox: {} sites, {} shards, {}", args.sites, args.shards, backing(args)));
@@ -141,7 +154,7 @@ pub fn run(args: &Args) -> Result<Exit> {
         let vars = Vars::from_process().with("SANDBOX", &sandbox.display().to_string());
         let registry = crate::registry::registry();
         let workdir = std::path::absolute(
-            args.workflow.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")),
+            workflow.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")),
         )?;
         let cwd = std::env::current_dir()?;
         if let Some(said) =
@@ -150,7 +163,7 @@ pub fn run(args: &Args) -> Result<Exit> {
             println!("preflight      {said}");
         }
         let spec = RunSpec {
-            workflow_file: args.workflow.display().to_string(),
+            workflow_file: workflow.display().to_string(),
             workflow_text,
             targets_file: targets_file.display().to_string(),
             targets_text,

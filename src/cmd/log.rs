@@ -13,6 +13,8 @@ use crate::store;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    #[command(flatten)]
+    pub db: crate::store::Db,
     /// The run.
     run_id: String,
     /// One JSON document: `{"run_id", "events": [{seq, wall, at_s, kind, key, user, host, detail}]}`.

@@ -20,6 +20,8 @@ enum Format {
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    #[command(flatten)]
+    pub db: crate::store::Db,
     /// The run.
     run_id: String,
     /// Markdown for people, JSON for scripts.

@@ -20,6 +20,8 @@ use crate::{inputs, safety, store};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    #[command(flatten)]
+    pub db: crate::store::Db,
     /// The workflow file (TOML).
     #[arg(long)]
     workflow: PathBuf,
@@ -62,12 +64,16 @@ pub struct Args {
 
 #[derive(Debug, clap::Args)]
 pub struct RunIdArgs {
+    #[command(flatten)]
+    pub db: crate::store::Db,
     /// The run's id (printed by `rewind run`; see `rewind status`).
     run_id: String,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct ResumeArgs {
+    #[command(flatten)]
+    pub db: crate::store::Db,
     /// The run's id (printed by `rewind run`; see `rewind status`).
     run_id: String,
     /// For a halted run: continue with the next wave, leaving the failed targets as they are

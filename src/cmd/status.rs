@@ -14,6 +14,8 @@ use crate::store;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    #[command(flatten)]
+    pub db: crate::store::Db,
     /// A run id; every run when left out.
     run_id: Option<String>,
     /// Print JSON.
@@ -25,7 +27,7 @@ pub fn run(db: &str, args: &Args) -> Result<Exit> {
     store::runtime()?.block_on(async {
         let store = store::open(db).await?;
         match &args.run_id {
-            None => all(&store, args.json).await,
+            None => all(&store, db, args.json).await,
             Some(id) => {
                 let id = store::run_id(id)?;
                 let view = RunView::load(&store, id)
@@ -49,7 +51,7 @@ pub fn shown_state(r: &RunRecord) -> &str {
     if r.state == RunState::Running && !driven { "interrupted" } else { r.state.as_str() }
 }
 
-async fn all(store: &impl Store, json: bool) -> Result<Exit> {
+async fn all(store: &impl Store, db: &str, json: bool) -> Result<Exit> {
     let runs = store.runs().await?;
     if json {
         let list: Vec<_> = runs
@@ -73,7 +75,10 @@ async fn all(store: &impl Store, json: bool) -> Result<Exit> {
         return Ok(Exit::Ok);
     }
     if runs.is_empty() {
-        println!("no runs in this checkpoint store");
+        println!(
+            "no runs in the checkpoint store at {} (another one: --db URL or REWIND_DB)",
+            store::describe(db)
+        );
         return Ok(Exit::Ok);
     }
     println!(

@@ -32,7 +32,7 @@ pub use ids::{
 };
 pub use lifecycle::{AttemptOutcome, EventKind, InstanceState, RunState, UnknownName};
 pub use plan::{Group, Instance, InstanceId, LowerBound, Plan, Subject};
-pub use safety::{Found, WaveSize, Waves, judge, restore_point_bounds};
+pub use safety::{Found, WaveSize, Waves, judge, restore_point_bounds, spelled_out};
 pub use secret::{REDACTED, is_secret_name, redact_text, redact_url};
 pub use summary::{
     CriticalStep, PlanSummary, PoolSummary, StepSummary, StoreSummary, TargetSummary,

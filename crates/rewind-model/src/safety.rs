@@ -150,11 +150,24 @@ pub fn restore_point_bounds(
         };
         return Err(format!(
             "restore point {rp} is {age} old, beyond the workflow's retention of {} (now is {}): the backups no longer reach it",
-            humantime::format_duration(retention),
+            spelled_out(retention),
             humantime::format_rfc3339_seconds(now)
         ));
     }
     Ok(())
+}
+
+/// A duration in words: `30 days`, `7 days 12 hours`, `1 hour 30 minutes`, `45 seconds`.
+pub fn spelled_out(d: Duration) -> String {
+    let s = d.as_secs();
+    let units =
+        [(s / 86_400, "day"), (s / 3600 % 24, "hour"), (s / 60 % 60, "minute"), (s % 60, "second")];
+    let parts: Vec<String> = units
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, u)| format!("{n} {u}{}", if *n == 1 { "" } else { "s" }))
+        .collect();
+    if parts.is_empty() { "0 seconds".to_owned() } else { parts.join(" ") }
 }
 
 /// What a preflight resolver says one target ID is.
@@ -255,6 +268,17 @@ fn article(kind: &str) -> String {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    #[test]
+    fn durations_are_spelled_out() {
+        use std::time::Duration;
+        let d = |s| super::spelled_out(Duration::from_secs(s));
+        assert_eq!(d(30 * 86_400), "30 days");
+        assert_eq!(d(7 * 86_400 + 12 * 3600), "7 days 12 hours");
+        assert_eq!(d(86_400 + 60), "1 day 1 minute");
+        assert_eq!(d(45), "45 seconds");
+        assert_eq!(d(0), "0 seconds");
+    }
+
     use super::*;
     use crate::targets::TargetSet;
 
@@ -284,7 +308,7 @@ mod tests {
         let day = Duration::from_secs(86_400);
         assert!(restore_point_bounds(rp, now, 30 * day).is_ok());
         let e = restore_point_bounds(rp, now, Duration::from_secs(3600)).unwrap_err();
-        assert!(e.contains("16h 27m old, beyond the workflow's retention of 1h"), "{e}");
+        assert!(e.contains("16h 27m old, beyond the workflow's retention of 1 hour"), "{e}");
         let before = humantime::parse_rfc3339("2022-04-05T07:00:00Z").unwrap();
         let e = restore_point_bounds(rp, before, 30 * day).unwrap_err();
         assert!(e.contains("is in the future (now is 2022-04-05T07:00:00Z)"), "{e}");
