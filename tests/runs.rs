@@ -578,3 +578,87 @@ action = {{ kind = "command", program = "./step.sh", args = ["ledger", "{mode}"]
         }
     }
 }
+
+/// A run stored by an earlier release (whose rules accepted a literal password in a connection
+/// URL and a `program` built from a target attribute) still loads after an upgrade: `status`,
+/// `report`, `log` and `cancel` work. A real resume of the run whose program comes from its
+/// targets is refused, writing nothing; the one with only the password resumes.
+#[test]
+fn a_run_stored_by_an_earlier_release_still_loads() {
+    let env = Env::sqlite();
+    env.write("step.sh", STEP_SH, true);
+    let old = |program: &str| {
+        format!(
+            r#"name = "old"
+target_kind = "site"
+[connections]
+legacy = "postgres://rewind:hunter2@db.example/tracker"
+[defaults]
+retries = 0
+[[steps]]
+id = "a"
+estimate = "1m"
+action = {{ kind = "command", program = "{program}", args = ["ledger", "ok"] }}
+"#
+        )
+    };
+    let targets = targets_csv(&["ok", "ok"]);
+    // Today's `check` refuses both texts...
+    for program in ["./step.sh", "{{target.attr.mode}}"] {
+        let w = env.write("old.toml", &old(program), false);
+        let o = env.rewind(&["check", w.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    }
+    // ...but runs an earlier release created from them are in the store: made here the way it
+    // made them.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let create = |program: &str| {
+        let text = old(program);
+        let (wf, relaxed) = rewind_model::Workflow::parse_snapshot("old.toml", &text).unwrap();
+        assert!(!relaxed.is_empty());
+        let t = rewind_model::TargetSet::parse("t.csv", &targets, rewind_model::TargetsFormat::Csv)
+            .unwrap();
+        let plan = rewind_model::Plan::build(wf, t, RP.parse().unwrap()).unwrap();
+        let spec = rewind_runtime::RunSpec {
+            workflow_file: "old.toml".into(),
+            workflow_text: text,
+            targets_file: "t.csv".into(),
+            targets_text: targets.clone(),
+            workdir: env.dir.path().to_path_buf(),
+            cwd: env.dir.path().to_path_buf(),
+            mode: rewind_runtime::Mode::Real,
+            max_running: None,
+            priority: rewind_scheduler::Priority::CriticalPath,
+            vars: rewind_exec::Vars::from_process(),
+            waves: Vec::new(),
+            halt_rate: 1.0,
+        };
+        rt.block_on(async {
+            let store = rewind_store::SqlStore::open(&env.db).await.unwrap();
+            let registry = rewind_exec::Registry::builtin();
+            let id = rewind_runtime::create_run(&store, &plan, &spec, &registry).await.unwrap();
+            store.close().await;
+            id.to_string()
+        })
+    };
+    let unsafe_run = create("{{target.attr.mode}}");
+    let before = env.report(&unsafe_run);
+    assert_eq!(env.status(&unsafe_run)["state"], "running");
+    let o = env.rewind(&["log", &unsafe_run]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    for verb in ["resume", "retry"] {
+        let o = env.rewind(&[verb, &unsafe_run]);
+        assert_eq!(o.status.code(), Some(2), "{verb}: {}", stderr(&o));
+        assert!(stderr(&o).contains("was created by an earlier rewind and cannot be run by this one: step `a` builds its `program` from a placeholder"), "{}", stderr(&o));
+    }
+    assert_eq!(env.report(&unsafe_run), before, "the refused resume wrote nothing");
+    assert!(env.ledger().is_empty(), "nothing ran");
+    let o = env.rewind(&["cancel", &unsafe_run]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(env.status(&unsafe_run)["state"], "cancelled");
+
+    let password_only = create("./step.sh");
+    let o = env.rewind(&["resume", &password_only]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(env.status(&password_only)["state"], "succeeded");
+}

@@ -223,6 +223,7 @@ pub fn resume(db: &str, args: &ResumeArgs) -> Result<Exit> {
             )));
         }
         refuse_unless_resumable(id, record.state, "resume")?;
+        rewind_runtime::check_runnable(&record).map_err(refuse)?;
         let (lease, record) = Lease::acquire(&store, id).await.map_err(refuse)?;
         let operator = |extra| operator_event(EventKind::OperatorResume, record.clock_s, extra);
         let reopened = match record.state {
@@ -271,6 +272,7 @@ pub fn retry(db: &str, args: &RunIdArgs) -> Result<Exit> {
         if !record.state.can_retry() {
             return Err(refused(ended_message(id, record.state, "retry")));
         }
+        rewind_runtime::check_runnable(&record).map_err(refuse)?;
         let (lease, record) = Lease::acquire(&store, id).await.map_err(refuse)?;
         let event = operator_event(EventKind::OperatorRetry, record.clock_s, serde_json::json!({}));
         let reset = match store.reset_failed(id, &event).await {
@@ -328,6 +330,7 @@ pub(crate) fn refuse(e: RuntimeError) -> anyhow::Error {
         | RuntimeError::Unsupported { .. }
         | RuntimeError::MissingEnv { .. }
         | RuntimeError::Orphans { .. }
+        | RuntimeError::UnsafeSnapshot { .. }
         | RuntimeError::NoSuchRun(_) => refused(format!("rewind: {e}")),
         RuntimeError::Store(ref s) if s.is_locked() => refused(format!("rewind: {e}")),
         RuntimeError::Store(StoreError::Held(_)) => {

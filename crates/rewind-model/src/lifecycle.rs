@@ -72,7 +72,8 @@ macro_rules! named_enum {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
+                // `pad`, so `{:<11}` in a table pads it like the text it is.
+                f.pad(self.as_str())
             }
         }
 
@@ -272,6 +273,7 @@ mod tests {
             "unknown instance state \"done\" (expected one of: pending, running, succeeded, failed, blocked, skipped, cancelled)"
         );
         assert!("Running".parse::<RunState>().is_err(), "names are exact");
+        assert_eq!(format!("[{:<12}]", EventKind::RunCreated), "[run.created ]");
     }
 
     #[test]

@@ -338,6 +338,28 @@ impl Workflow {
         parse::parse(file, text)
     }
 
+    /// Parses the workflow snapshot of a stored run. The rules added after rewind 0.1 (literal
+    /// passwords in connection URLs, `{{…}}` in a `program`, a preflight of several statements)
+    /// do not refuse it: an earlier release accepted it, and its run must still load. What they
+    /// would have refused is returned beside the workflow. (Whoever runs it must refuse what is
+    /// unsafe to run: see [`Workflow::templated_programs`].)
+    pub fn parse_snapshot(
+        file: &str,
+        text: &str,
+    ) -> Result<(Self, Vec<String>), crate::Diagnostics> {
+        parse::parse_as(file, text, parse::Rules::Snapshot)
+    }
+
+    /// Steps whose `program` is built from a placeholder (only a stored run of an earlier
+    /// release can have one): running them would start a program the targets or an output name.
+    pub fn templated_programs(&self) -> Vec<&StepId> {
+        let templated = |a: &Action| match a {
+            Action::Command(c) => c.program.placeholders().next().is_some(),
+            _ => false,
+        };
+        self.steps.iter().filter(|s| templated(&s.action)).map(|s| &s.id).collect()
+    }
+
     /// The step with this id.
     pub fn step(&self, id: &StepId) -> Option<&Step> {
         self.steps.iter().find(|s| &s.id == id)

@@ -1047,3 +1047,20 @@ action = { kind = "sql", connection = "catalog", sql = "SELECT kind FROM t WHERE
         "its statements must be SELECTs, not `DELETE`",
     );
 }
+
+/// A stored run's snapshot is held to the rules of the release that accepted it: the rules
+/// added since are noted, not fatal, so the run still loads; everything else still refuses it.
+#[test]
+fn a_snapshot_notes_the_rules_added_since_it_was_stored() {
+    let text = "name = \"w\"\ntarget_kind = \"site\"\n[connections]\nc = \"postgres://u:pw@h/db\"\n\
+                [[steps]]\nid = \"a\"\nestimate = \"1m\"\naction = { kind = \"command\", program = \"{{target.attr.tool}}\" }\n";
+    assert!(Workflow::parse("w.toml", text).is_err());
+    let (wf, relaxed) = Workflow::parse_snapshot("w.toml", text).unwrap();
+    assert_eq!(relaxed.len(), 2, "{relaxed:?}");
+    assert!(relaxed[0].contains("literal password"), "{relaxed:?}");
+    assert!(relaxed[1].starts_with("step `a`: `program` must not be built from"), "{relaxed:?}");
+    assert_eq!(wf.templated_programs().len(), 1);
+    // Anything else is still an error.
+    let broken = text.replace("estimate = \"1m\"", "estimate = \"soon\"");
+    assert!(Workflow::parse_snapshot("w.toml", &broken).is_err());
+}

@@ -147,6 +147,7 @@ async fn drive_held<S: Store>(
         return Ok(ended_already(&plan, &rec, &rows, wall0));
     }
     if !rec.spec.simulated {
+        safe_to_run(id, &plan)?;
         crate::env::check(plan.workflow(), &opts.vars)?;
         for step in &plan.workflow().steps {
             let kind = step.action.kind();
@@ -161,6 +162,28 @@ async fn drive_held<S: Store>(
     }
     let driver = Driver::new(store, lease, &plan, &rec, rows, opts, wall0)?;
     driver.run().await
+}
+
+/// Refuses a real run this release will not execute. Only a run stored by an earlier release can
+/// be one (its snapshot loads under that release's rules, see [`load_plan`]): a `program` built
+/// from a placeholder would start whatever the targets or an output name.
+pub fn check_runnable(rec: &rewind_store::RunRecord) -> Result<(), RuntimeError> {
+    if rec.spec.simulated {
+        return Ok(());
+    }
+    safe_to_run(rec.spec.id, &load_plan(rec)?)
+}
+
+fn safe_to_run(run: RunId, plan: &Plan) -> Result<(), RuntimeError> {
+    match plan.workflow().templated_programs().first() {
+        Some(step) => Err(RuntimeError::UnsafeSnapshot {
+            run,
+            why: format!(
+                "step `{step}` builds its `program` from a placeholder, so the targets or an output would name the program it runs"
+            ),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// The summary of a run that is not running (ended, or halted): nothing to drive.

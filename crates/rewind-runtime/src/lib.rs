@@ -29,7 +29,7 @@ use rewind_model::RunId;
 use rewind_store::StoreError;
 
 pub use create::{Mode, RunSpec, create_run};
-pub use drive::{DriveOptions, Ended, StopReason, Summary, drive};
+pub use drive::{DriveOptions, Ended, StopReason, Summary, check_runnable, drive};
 pub use exec::Signal;
 pub use lease::{Identity, LEASE, Lease, hostname, identity, is_stale, me, now_unix_ms, username};
 pub use offline::cancel_offline;
@@ -81,6 +81,16 @@ pub enum RuntimeError {
     MissingEnv {
         /// Their names.
         vars: Vec<String>,
+    },
+    /// A run stored by an earlier release holds what this one refuses to execute.
+    #[error(
+        "run {run} was created by an earlier rewind and cannot be run by this one: {why}; `rewind cancel {run}` ends it (its record stays), then start a new run from a corrected workflow"
+    )]
+    UnsafeSnapshot {
+        /// The run.
+        run: RunId,
+        /// What is unsafe.
+        why: String,
     },
     /// Something that cannot happen did (a bug): the drive stops; the run stays resumable.
     #[error("internal error: {0}")]

@@ -17,7 +17,8 @@ use rewind_model::RunId;
 pub fn load_plan(rec: &RunRecord) -> Result<Plan, RuntimeError> {
     let run = rec.spec.id;
     let snapshot = |message: String| RuntimeError::Snapshot { run, message };
-    let wf = Workflow::parse(&rec.spec.workflow_file, &rec.spec.workflow_text)
+    // Held to the rules of the release that stored it: a run must still load after an upgrade.
+    let (wf, _) = Workflow::parse_snapshot(&rec.spec.workflow_file, &rec.spec.workflow_text)
         .map_err(|d| snapshot(d.to_string()))?;
     let format =
         TargetsFormat::from_file_name(&rec.spec.targets_file).unwrap_or(TargetsFormat::Csv);

@@ -60,7 +60,28 @@ const AUDIT_KEYS: &[&str] = &["kind", "require"];
 const MAX_RETRIES: i64 = 1000;
 
 pub(super) fn parse(file: &str, text: &str) -> Result<Workflow, Diagnostics> {
-    let mut p = Parser { sink: Sink::new(file, text), ids: Vec::new() };
+    parse_as(file, text, Rules::Current).map(|(wf, _)| wf)
+}
+
+/// Which rules a text is held to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Rules {
+    /// Every rule: a workflow file being checked, planned or run anew.
+    Current,
+    /// A stored run's snapshot, written when an earlier release accepted it: the rules added
+    /// since (see [`Parser::later_rule`]) are reported apart instead of refusing the text, so
+    /// the run can still be shown, cancelled and (where it is safe) resumed.
+    Snapshot,
+}
+
+/// Parses `text` under `rules`; with [`Rules::Snapshot`], also returns what the rules added since
+/// would have refused.
+pub(super) fn parse_as(
+    file: &str,
+    text: &str,
+    rules: Rules,
+) -> Result<(Workflow, Vec<String>), Diagnostics> {
+    let mut p = Parser { sink: Sink::new(file, text), ids: Vec::new(), rules, relaxed: Vec::new() };
     let (doc, errors) = DeTable::parse_recoverable(text);
     if !errors.is_empty() {
         for e in errors {
@@ -72,7 +93,7 @@ pub(super) fn parse(file: &str, text: &str) -> Result<Workflow, Diagnostics> {
     let doc = doc.into_inner();
     let wf = p.workflow(&doc, doc_span);
     p.sink.finish()?;
-    wf.ok_or_else(|| Diagnostics(Vec::new()))
+    wf.map(|wf| (wf, p.relaxed)).ok_or_else(|| Diagnostics(Vec::new()))
 }
 
 /// What an action refers to outside itself, with spans, for the cross-reference checks.
@@ -86,6 +107,9 @@ struct Parser<'a> {
     sink: Sink<'a>,
     /// Every step id read, with its span, including steps with other mistakes.
     ids: Vec<(StepId, Span)>,
+    rules: Rules,
+    /// What [`Parser::later_rule`] let through for a snapshot.
+    relaxed: Vec<String>,
 }
 
 /// A step as read, before cross-references are checked.
@@ -142,6 +166,23 @@ fn type_name(v: &DeValue<'_>) -> &'static str {
 impl Parser<'_> {
     fn err(&mut self, span: &Span, kind: K, step: Option<&StepId>, msg: impl Into<String>) {
         self.sink.at(span, kind, step, msg);
+    }
+
+    /// A rule added after rewind 0.1 (literal passwords in URLs, templates in a `program`, a
+    /// preflight of several statements): an error for a file, but for a stored run's snapshot,
+    /// which an earlier release accepted, only noted. Returns whether it was an error.
+    fn later_rule(&mut self, span: &Span, kind: K, step: Option<&StepId>, msg: String) -> bool {
+        match self.rules {
+            Rules::Current => {
+                self.err(span, kind, step, msg);
+                true
+            }
+            Rules::Snapshot => {
+                let at = step.map(|s| format!("step `{s}`: ")).unwrap_or_default();
+                self.relaxed.push(format!("{at}{msg}"));
+                false
+            }
+        }
     }
 
     /// Reports keys of `table` that are not in `allowed`.
@@ -479,13 +520,14 @@ impl Parser<'_> {
                     Some(_) => String::new(),
                     None => " (the connection's URL does not name its database before the run, so the text is read as PostgreSQL, SQLite and MySQL SQL)".to_owned(),
                 };
-                self.err(
+                if self.later_rule(
                     &at,
                     K::InvalidValue,
                     None,
                     format!("[preflight] query `{}`: {e}{how}", shorten(&st.sql)),
-                );
-                ok = false;
+                ) {
+                    ok = false;
+                }
                 continue;
             }
             let first = first_keyword(&st.sql, dialect.unwrap_or(Dialect::Postgres)).unwrap_or("");
@@ -683,7 +725,7 @@ impl Parser<'_> {
                             // The workflow's text is stored with every run and shown by
                             // `check`: a password in it would be kept forever.
                             if let Some(why) = url.literal_secret() {
-                                self.err(
+                                self.later_rule(
                                     &v.span(),
                                     K::LiteralSecret,
                                     None,
@@ -959,15 +1001,15 @@ impl Parser<'_> {
                             // The program comes from the workflow: a target attribute or an
                             // output naming it would run whatever the targets file says.
                             if let Some(ph) = program.as_ref().and_then(|t| t.placeholders().next())
-                            {
-                                self.err(
+                                && self.later_rule(
                                     &p.span(),
                                     K::TemplateInProgram,
                                     s,
                                     format!(
                                         "`program` must not be built from `{{{{{ph}}}}}`: the program comes from the workflow, never from targets or outputs; pass values as `args`"
                                     ),
-                                );
+                                )
+                            {
                                 ok = false;
                             }
                             program
