@@ -212,6 +212,12 @@ impl Keeper {
     }
 }
 
+/// Starts the watchdog now if it is not running yet (it blocks while `/bin/sh` starts: call it
+/// off the async threads), rather than at the first step; or says why it cannot start.
+pub fn ready_watchdog() -> Result<(), String> {
+    keeper().map(drop).map_err(Clone::clone)
+}
+
 /// The process's keeper, started (with its first watchdog) on first use; or why the watchdog
 /// cannot start.
 fn keeper() -> Result<&'static Keeper, &'static String> {

@@ -38,6 +38,7 @@ use rewind_model::{
 use serde_json::Value;
 
 pub use connect::Pools;
+pub use group::ready_watchdog;
 pub use tail::{TAIL_BYTES, Tail};
 
 /// Maps a connection URL a workflow names to one sqlx understands, or says it is not its kind

@@ -735,6 +735,16 @@ impl<'p, 'o, S: Store> Driver<'p, 'o, S> {
             "interrupted_attempts": self.open_attempts.len(),
             "counts": self.sched.counts(),
         });
+        if !self.simulated {
+            // The watchdog that stops step processes if rewind dies: started here, off the async
+            // threads, rather than by the first step.
+            let ready = tokio::task::spawn_blocking(rewind_exec::ready_watchdog).await;
+            if let Ok(Err(e)) = ready {
+                self.observer.note(&format!(
+                    "the watchdog cannot start ({e}): steps fail until it can (they are retried)"
+                ));
+            }
+        }
         let kind = if self.resumed { EventKind::RunResumed } else { EventKind::RunStarted };
         self.batch.event(now0, kind, None, Some(detail));
         if let Some(prev) = &self.lease.took_over {
