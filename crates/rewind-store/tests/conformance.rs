@@ -657,3 +657,43 @@ async fn sqlite_retry_waits_for_another_writer_instead_of_failing() {
     assert_eq!(reset, 1);
     assert_eq!(store.run(id).await.unwrap().unwrap().state, RunState::Running);
 }
+
+/// A lock error is judged by the database's code, not its text (issue 11): a PostgreSQL
+/// `lock_not_available` (55P03) is one, whatever its words; an error that merely says
+/// "database is locked" is not.
+#[tokio::test]
+async fn lock_errors_are_recognised_by_their_code() {
+    let db = SqliteDb::new();
+    let mut conn =
+        <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!("{}?mode=rwc", db.url))
+            .await
+            .unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE t (x INTEGER); CREATE TRIGGER liar BEFORE INSERT ON t \
+         BEGIN SELECT RAISE(ABORT, 'database is locked'); END;",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let e = sqlx::query("INSERT INTO t VALUES (1)").execute(&mut conn).await.unwrap_err();
+    assert!(e.to_string().contains("database is locked"), "{e}");
+    let e = StoreError::Query { what: "test", source: e };
+    assert!(!e.is_locked(), "a trigger's message is not a lock");
+
+    let Some(base) = postgres_url("lock_errors_are_recognised_by_their_code") else { return };
+    let schema = PgSchema::create(&base).await;
+    let mut a = <sqlx::PgConnection as sqlx::Connection>::connect(&schema.url).await.unwrap();
+    let mut b = <sqlx::PgConnection as sqlx::Connection>::connect(&schema.url).await.unwrap();
+    sqlx::raw_sql("CREATE TABLE t (x INT)").execute(&mut a).await.unwrap();
+    sqlx::raw_sql("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE").execute(&mut a).await.unwrap();
+    let e = sqlx::raw_sql("SET lock_timeout = '100ms'; SELECT * FROM t")
+        .execute(&mut b)
+        .await
+        .unwrap_err();
+    assert!(!e.to_string().contains("locked"), "its words say nothing of `locked`: {e}");
+    let e = StoreError::Query { what: "test", source: e };
+    assert!(e.is_locked(), "55P03 is a lock: {e}");
+    sqlx::raw_sql("ROLLBACK").execute(&mut a).await.unwrap();
+    drop((a, b));
+    schema.drop_schema().await;
+}
