@@ -323,6 +323,10 @@ impl Lexer<'_> {
                     self.dollar_quoted(start)?;
                     self.push(TokenKind::Quoted, start);
                 }
+                b'$' | b'@' | b':' | b'#' if d == Sqlite => {
+                    self.sqlite_variable(start)?;
+                    self.push(TokenKind::Word, start);
+                }
                 b';' => {
                     self.i += 1;
                     self.push(TokenKind::Semicolon, start);
@@ -340,6 +344,37 @@ impl Lexer<'_> {
             }
         }
         Ok(self.out)
+    }
+
+    /// A SQLite parameter, `$name`, `@name`, `:name` or `#name`, read as SQLite's tokenizer
+    /// reads it (tokenize.c, `CC_DOLLAR`/`CC_VARALPHA`): name characters and `::` pairs, then
+    /// optionally a `(` group that runs to the first `)` or white space, *whatever* it holds:
+    /// `$1(') ; DELETE …` is one token to SQLite, so it must be one here too. A group that white
+    /// space ends before its `)` is an illegal token to SQLite; it is refused here.
+    fn sqlite_variable(&mut self, start: usize) -> Result<(), SqlTextError> {
+        self.i += 1;
+        let mut n = 0;
+        while let Some(c) = self.at(0) {
+            if is_word(c) {
+                n += 1;
+                self.i += 1;
+            } else if c == b'(' && n > 0 {
+                self.i += 1;
+                while self.at(0).is_some_and(|c| !c.is_ascii_whitespace() && c != b')') {
+                    self.i += 1;
+                }
+                if self.at(0) != Some(b')') {
+                    return Err(self.unterminated("parameter group `$name(…)`", start));
+                }
+                self.i += 1;
+                break;
+            } else if c == b':' && self.at(1) == Some(b':') {
+                self.i += 2;
+            } else {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn starts_with(&self, s: &[u8]) -> bool {
@@ -538,6 +573,25 @@ mod tests {
             single_statement("SELECT $x$ never ends", Some(Postgres)),
             Err(SqlTextError::Unterminated { what: "dollar-quoted string", at: 7, .. })
         ));
+    }
+
+    /// A SQLite parameter's `(…)` group swallows quotes and semicolons, as SQLite's own tokenizer
+    /// does: a quote inside it opens no string (issue 11 review: this text passed as one
+    /// statement, and SQLite ran five, one of them `VACUUM INTO`).
+    #[test]
+    fn sqlite_parameters_are_lexed_as_sqlite_lexes_them() {
+        let smuggled = "SELECT kind, state FROM t WHERE id = $1(') ; COMMIT ; PRAGMA query_only = OFF ; VACUUM INTO '/tmp/x.db' ; SELECT 1 --'";
+        assert!(!one(smuggled, Dialect::Sqlite));
+        assert!(single_statement(smuggled, None).is_err(), "refused when the dialect is unknown");
+        for p in ["$1", "@name", ":name", "#x", "$a::b", "$x(y)"] {
+            assert!(one(&format!("SELECT {p}; "), Dialect::Sqlite), "{p}");
+        }
+        // A group that white space ends is an illegal token to SQLite, and refused here.
+        assert!(matches!(
+            single_statement("SELECT $x(a b'; DELETE FROM t; SELECT 'c)", Some(Dialect::Sqlite)),
+            Err(SqlTextError::Unterminated { .. })
+        ));
+        assert!(one("SELECT ':not;a;param' , :p", Dialect::Sqlite));
     }
 
     #[test]
