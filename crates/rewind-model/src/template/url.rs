@@ -259,6 +259,9 @@ impl UrlTemplate {
             check_path(&out, start, end, self.authority, &values)
                 .map_err(UrlRenderError::Refused)?;
         }
+        if self.sqlite {
+            check_sqlite_file(&out, &values).map_err(UrlRenderError::Refused)?;
+        }
         Ok(out)
     }
 }
@@ -594,6 +597,29 @@ fn check_path(
     Ok(())
 }
 
+/// Refuses a `sqlite:` URL whose file name, as sqlx reads it (the scheme trimmed, up to the
+/// first `?`, percent-decoded), a placeholder value made empty, `:memory:` or a `file:` URI: each
+/// names a database other than a file at that path (a fresh in-memory one, or a URI whose own
+/// `?mode=` and `vfs=` would apply).
+fn check_sqlite_file(out: &str, values: &[PathValue<'_>]) -> Result<(), UrlRefusal> {
+    let Some(v) = values.first() else { return Ok(()) };
+    let rest = out.get(7..).unwrap_or_default();
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let file = rest.split('?').next().unwrap_or_default();
+    let decoded = percent_decode(file).unwrap_or_else(|| file.to_owned());
+    let uri = decoded.get(..5).is_some_and(|s| s.eq_ignore_ascii_case("file:"));
+    let why = if decoded.is_empty() {
+        "a value may not leave the file name empty"
+    } else if decoded == ":memory:" {
+        "a value may not make the file name `:memory:` (a fresh, empty database)"
+    } else if uri {
+        "a value may not make the file name a `file:` URI (its own parameters would apply)"
+    } else {
+        return Ok(());
+    };
+    Err(refusal(v.p, UrlPart::Path, &v.value, why))
+}
+
 /// `s` with its `%XX` escapes decoded, or `None` when an escape is malformed or the result is
 /// not UTF-8.
 pub fn percent_decode(s: &str) -> Option<String> {
@@ -769,6 +795,12 @@ mod tests {
             ("postgres://h/{{target.attr.db}}", "..", UrlPart::Path),
             ("sqlite:///srv/{{target.attr.f}}/x.db", "a/../../etc", UrlPart::Path),
             ("sqlite:{{target.attr.p}}", "//x.db", UrlPart::Path),
+            ("sqlite://{{target.attr.p}}", "file:/x.db?mode=rwc", UrlPart::Path),
+            ("sqlite:{{target.attr.p}}", "FILE:x.db", UrlPart::Path),
+            ("sqlite:{{target.attr.p}}.db", "file:x", UrlPart::Path),
+            ("sqlite://{{target.attr.p}}", ":memory:", UrlPart::Path),
+            ("sqlite:{{target.attr.p}}", "", UrlPart::Path),
+            ("sqlite://{{target.attr.p}}?mode=ro", "", UrlPart::Path),
         ] {
             match render(raw, v) {
                 Err(UrlRenderError::Refused(r)) => {
@@ -783,6 +815,12 @@ mod tests {
             "sqlite:///srv/...db"
         );
         assert_eq!(render("sqlite://{{target.attr.f}}", "//x").unwrap(), "sqlite:////x");
+        assert_eq!(
+            render("sqlite:///srv/{{target.attr.f}}", "file:x").unwrap(),
+            "sqlite:///srv/file%3Ax",
+            "`file:` inside a path names a file"
+        );
+        assert_eq!(render("sqlite:///srv/{{target.attr.f}}x.db", "").unwrap(), "sqlite:///srv/x.db");
         assert_eq!(
             render("postgres:{{target.attr.p}}", "//evil@host/db").unwrap(),
             "postgres:%2F%2Fevil%40host%2Fdb",
