@@ -587,12 +587,12 @@ action = {{ kind = "command", program = "./step.sh", args = ["ledger", "{mode}"]
 fn a_run_stored_by_an_earlier_release_still_loads() {
     let env = Env::sqlite();
     env.write("step.sh", STEP_SH, true);
-    let old = |program: &str| {
+    let old_with = |program: &str, url: &str| {
         format!(
             r#"name = "old"
 target_kind = "site"
 [connections]
-legacy = "postgres://rewind:hunter2@db.example/tracker"
+legacy = "{url}"
 [defaults]
 retries = 0
 [[steps]]
@@ -602,6 +602,7 @@ action = {{ kind = "command", program = "{program}", args = ["ledger", "ok"] }}
 "#
         )
     };
+    let old = |program: &str| old_with(program, "postgres://rewind:hunter2@db.example/tracker");
     let targets = targets_csv(&["ok", "ok"]);
     // Today's `check` refuses both texts...
     for program in ["./step.sh", "{{target.attr.mode}}"] {
@@ -612,8 +613,7 @@ action = {{ kind = "command", program = "{program}", args = ["ledger", "ok"] }}
     // ...but runs an earlier release created from them are in the store: made here the way it
     // made them.
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let create = |program: &str| {
-        let text = old(program);
+    let create = |text: String| {
         let (wf, relaxed) = rewind_model::Workflow::parse_snapshot("old.toml", &text).unwrap();
         assert!(!relaxed.is_empty());
         let t = rewind_model::TargetSet::parse("t.csv", &targets, rewind_model::TargetsFormat::Csv)
@@ -641,7 +641,7 @@ action = {{ kind = "command", program = "{program}", args = ["ledger", "ok"] }}
             id.to_string()
         })
     };
-    let unsafe_run = create("{{target.attr.mode}}");
+    let unsafe_run = create(old("{{target.attr.mode}}"));
     let before = env.report(&unsafe_run);
     assert_eq!(env.status(&unsafe_run)["state"], "running");
     let o = env.rewind(&["log", &unsafe_run]);
@@ -657,7 +657,21 @@ action = {{ kind = "command", program = "{program}", args = ["ledger", "ok"] }}
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(env.status(&unsafe_run)["state"], "cancelled");
 
-    let password_only = create("./step.sh");
+    // rewind 0.1 also let an output make a whole URL: the run loads, and is not run.
+    let whole_url = create(old_with("./step.sh", "{{target.attr.db}}"));
+    assert_eq!(env.status(&whole_url)["state"], "running");
+    let o = env.rewind(&["resume", &whole_url]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("connection `legacy` takes its whole URL from a placeholder"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(env.ledger().is_empty(), "nothing ran");
+    let o = env.rewind(&["cancel", &whole_url]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+
+    let password_only = create(old("./step.sh"));
     let o = env.rewind(&["resume", &password_only]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(env.status(&password_only)["state"], "succeeded");

@@ -360,6 +360,17 @@ impl Workflow {
         self.steps.iter().filter(|s| templated(&s.action)).map(|s| &s.id).collect()
     }
 
+    /// Connections whose URL a placeholder makes from its scheme on (only a stored run of an
+    /// earlier release can have one: `url = "{{needs.pitr.url}}"`): an output would choose the
+    /// database, and its kind, that a step writes to.
+    pub fn templated_schemes(&self) -> Vec<&ConnectionName> {
+        self.connections
+            .iter()
+            .filter(|c| c.url.templated_scheme().is_some())
+            .map(|c| &c.name)
+            .collect()
+    }
+
     /// The step with this id.
     pub fn step(&self, id: &StepId) -> Option<&Step> {
         self.steps.iter().find(|s| &s.id == id)

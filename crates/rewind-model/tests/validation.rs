@@ -1060,6 +1060,17 @@ fn a_snapshot_notes_the_rules_added_since_it_was_stored() {
     assert!(relaxed[0].contains("literal password"), "{relaxed:?}");
     assert!(relaxed[1].starts_with("step `a`: `program` must not be built from"), "{relaxed:?}");
     assert_eq!(wf.templated_programs().len(), 1);
+    // A placeholder making the whole URL (rewind 0.1's `{{needs.pitr.url}}`) loads too, and is
+    // named so the run can be refused; it never renders.
+    let whole = text.replace("postgres://u:pw@h/db", "{{needs.a.url}}");
+    assert!(Workflow::parse("w.toml", &whole).is_err());
+    let (wf, relaxed) = Workflow::parse_snapshot("w.toml", &whole).unwrap();
+    assert!(relaxed[0].contains("connection `c`"), "{relaxed:?}");
+    assert_eq!(wf.templated_schemes().len(), 1);
+    let rendered = wf.connections[0].url.render(|_| {
+        Ok::<_, ()>(rewind_model::Fill::Value("sqlite:///tmp/x.db".to_owned()))
+    });
+    assert!(rendered.is_err(), "{rendered:?}");
     // Anything else is still an error.
     let broken = text.replace("estimate = \"1m\"", "estimate = \"soon\"");
     assert!(Workflow::parse_snapshot("w.toml", &broken).is_err());

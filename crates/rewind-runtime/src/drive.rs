@@ -175,15 +175,19 @@ pub fn check_runnable(rec: &rewind_store::RunRecord) -> Result<(), RuntimeError>
 }
 
 fn safe_to_run(run: RunId, plan: &Plan) -> Result<(), RuntimeError> {
-    match plan.workflow().templated_programs().first() {
-        Some(step) => Err(RuntimeError::UnsafeSnapshot {
-            run,
-            why: format!(
-                "step `{step}` builds its `program` from a placeholder, so the targets or an output would name the program it runs"
-            ),
-        }),
-        None => Ok(()),
-    }
+    let wf = plan.workflow();
+    let why = if let Some(step) = wf.templated_programs().first() {
+        format!(
+            "step `{step}` builds its `program` from a placeholder, so the targets or an output would name the program it runs"
+        )
+    } else if let Some(conn) = wf.templated_schemes().first() {
+        format!(
+            "connection `{conn}` takes its whole URL from a placeholder, so an output would choose the database a step writes to"
+        )
+    } else {
+        return Ok(());
+    };
+    Err(RuntimeError::UnsafeSnapshot { run, why })
 }
 
 /// The summary of a run that is not running (ended, or halted): nothing to drive.

@@ -86,6 +86,9 @@ pub struct UrlTemplate {
     sqlite: bool,
     /// Why the template holds a secret it should not, if it does.
     secret: Option<String>,
+    /// The placeholder that would make the scheme, in a template read by
+    /// [`UrlTemplate::parse_with_templated_scheme`] (it never renders).
+    templated_scheme: Option<Placeholder>,
 }
 
 /// A URL template that cannot be used.
@@ -153,25 +156,46 @@ const NOT_STORED: &str = "write it as ${VAR} (read from the environment at run t
 impl UrlTemplate {
     /// Parses and analyses `raw`.
     pub fn parse(raw: &str) -> Result<Self, UrlTemplateError> {
+        Self::read(raw, false)
+    }
+
+    /// Parses `raw` even when a placeholder makes its scheme (which rewind 0.1 accepted): such a
+    /// template can be shown and fingerprinted but never renders, and
+    /// [`UrlTemplate::templated_scheme`] names the placeholder. `None` for any other error.
+    pub fn parse_with_templated_scheme(raw: &str) -> Option<Self> {
+        Self::read(raw, true).ok()
+    }
+
+    /// The placeholder that makes the scheme, in a template read by
+    /// [`UrlTemplate::parse_with_templated_scheme`].
+    pub fn templated_scheme(&self) -> Option<&Placeholder> {
+        self.templated_scheme.as_ref()
+    }
+
+    fn read(raw: &str, scheme_ok: bool) -> Result<Self, UrlTemplateError> {
         let template = Template::parse(raw).map_err(UrlTemplateError::Syntax)?;
         let tokens = tokens(&template);
         let (parts, authority, pairs) = analyse(&tokens);
         let sqlite = template.raw.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("sqlite:"));
         // The placeholders, in order, with their token index.
         let mut placeholders = template.placeholders();
+        let mut templated_scheme = None;
         for (i, t) in tokens.iter().enumerate() {
             if let Tok::Ref { env } = t {
                 let p = if *env { None } else { placeholders.next() };
                 if let Some(p) = p
                     && matches!(parts[i], Some(UrlPart::Scheme) | None)
                 {
-                    return Err(UrlTemplateError::Scheme(p.clone()));
+                    if !scheme_ok {
+                        return Err(UrlTemplateError::Scheme(p.clone()));
+                    }
+                    templated_scheme.get_or_insert_with(|| p.clone());
                 }
             }
         }
         drop(placeholders);
         let secret = secret(&template, &tokens, &parts, &pairs);
-        Ok(Self { template, parts, authority, sqlite, secret })
+        Ok(Self { template, parts, authority, sqlite, secret, templated_scheme })
     }
 
     /// The template as written.

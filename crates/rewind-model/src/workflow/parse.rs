@@ -740,12 +740,19 @@ impl Parser<'_> {
                             None,
                             format!("connection `{name}`: {}", e.message),
                         ),
-                        Err(e @ UrlTemplateError::Scheme(_)) => self.err(
-                            &v.span(),
-                            K::TemplateInScheme,
-                            None,
-                            format!("connection `{name}`: {e}"),
-                        ),
+                        Err(e @ UrlTemplateError::Scheme(_)) => {
+                            // rewind 0.1 accepted a whole-URL placeholder (`{{needs.pitr.url}}`):
+                            // a stored run with one still loads, and is refused at resume.
+                            if !self.later_rule(
+                                &v.span(),
+                                K::TemplateInScheme,
+                                None,
+                                format!("connection `{name}`: {e}"),
+                            ) && let Some(url) = UrlTemplate::parse_with_templated_scheme(&url)
+                            {
+                                out.push(Connection { name, url });
+                            }
+                        }
                     }
                 }
             }
