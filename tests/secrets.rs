@@ -150,7 +150,7 @@ action = { kind = "sql", connection = "tracker", sql = "SELECT $1", params = ["{
 [[steps]]
 id = "notify"
 estimate = "1m"
-action = { kind = "command", program = "notify", args = ["postgres://rewind:${TRACKER_PASSWORD}@db.internal/tracker"], env = { PGPASSWORD = "${TRACKER_PASSWORD}", API_TOKEN = "${TRACKER_PASSWORD}" } }
+action = { kind = "command", program = "notify", args = ["postgres://rewind:${TRACKER_PASSWORD}@db.internal/tracker", "${TRACKER_PASSWORD}", "--password=${TRACKER_PASSWORD}", "{\"token\": \"${TRACKER_PASSWORD}\"}"], env = { PGPASSWORD = "${TRACKER_PASSWORD}", API_TOKEN = "${TRACKER_PASSWORD}" } }
 "#,
         false,
     );
@@ -173,6 +173,7 @@ action = { kind = "command", program = "notify", args = ["postgres://rewind:${TR
     assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
     assert!(out.contains("sql      tracker  postgres://rewind:***@db.internal/tracker"), "{out}");
     assert!(out.contains("env PGPASSWORD=***\n") && out.contains("env API_TOKEN=***\n"), "{out}");
+    assert!(out.contains("--password=***"), "{out}");
     no_password("the dry run", &out);
 }
 

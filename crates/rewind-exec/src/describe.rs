@@ -113,13 +113,16 @@ pub fn describe(a: &Attempt) -> Result<Vec<Call>, String> {
     }
 }
 
-/// Renders `t` for a dry run (see the module documentation); an error names the template.
+/// Renders `t` for a dry run (see the module documentation); an error names the template. A
+/// `${VAR}` named like a secret ([`is_secret_name`]) is shown as `***`.
 pub fn render(a: &Attempt, t: &Template) -> Result<String, String> {
     t.render(|r| match r {
         Ref::Placeholder(Placeholder::RunId) => Ok("<run id>".to_owned()),
         Ref::Placeholder(p @ Placeholder::Needs { .. }) => Ok(format!("<{p}>")),
         Ref::Placeholder(p) => a.value(p),
-        Ref::Env(name) => a.vars.get(name),
+        Ref::Env(name) => {
+            a.vars.get(name).map(|v| if is_secret_name(name) { REDACTED.to_owned() } else { v })
+        }
     })
     .map_err(|e| redact_text(&format!("`{}`: {e}", t.as_str())))
 }

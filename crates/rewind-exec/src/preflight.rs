@@ -235,7 +235,10 @@ async fn by_command(
     .map_err(|e| format!("the preflight `{}`: {e}", path.display()))?;
     if !status.success() {
         let stderr = String::from_utf8_lossy(&err);
-        let tail: String = stderr.trim_end().lines().rev().take(5).collect::<Vec<_>>().join(" | ");
+        let stderr = rewind_model::redact_text(&stderr);
+        let mut last: Vec<&str> = stderr.trim_end().lines().rev().take(5).collect();
+        last.reverse();
+        let tail = last.join(" | ");
         return Err(format!("the preflight `{}` failed ({status}): {tail}", path.display()));
     }
     let stdout = String::from_utf8_lossy(&out);

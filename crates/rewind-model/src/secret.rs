@@ -29,7 +29,7 @@ pub fn redact_url(url: &str) -> String {
 /// userinfo has a password but no `@` before that whitespace (a password holding a space), to
 /// the last `@` of the line.
 pub fn redact_text(text: &str) -> String {
-    if !text.contains("://") && !text.contains('=') {
+    if !text.contains("://") && !text.contains('=') && !text.contains('"') {
         return text.to_owned();
     }
     let mut out = String::with_capacity(text.len());
@@ -59,7 +59,65 @@ pub fn redact_text(text: &str) -> String {
         rest = &url[end..];
     }
     out.push_str(rest);
-    redact_pairs(&out, true)
+    redact_json(&redact_pairs(&out, true))
+}
+
+/// The string values of JSON members named like secrets (`"password": "…"`, `"api_token":"…"`)
+/// replaced. Strings are read pairwise from the first quote, escapes skipped over.
+fn redact_json(s: &str) -> String {
+    if !s.contains('"') {
+        return s.to_owned();
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(q) = rest.find('"') {
+        let body = &rest[q + 1..];
+        let Some(close) = string_end(body) else { break };
+        let key = &body[..close];
+        let after = &body[close + 1..];
+        out.push_str(&rest[..q + 1 + close + 1]);
+        rest = after;
+        let secret = !key.is_empty()
+            && key.len() <= 64
+            && !key.contains(char::is_whitespace)
+            && (is_secret_key(key) || is_secret_name(key));
+        if !secret {
+            continue;
+        }
+        let Some(colon) = after.trim_start().strip_prefix(':') else { continue };
+        let Some(value) = colon.trim_start().strip_prefix('"') else { continue };
+        // Up to and including the value's opening quote, then the value hidden.
+        out.push_str(&after[..after.len() - value.len()]);
+        let end = match string_end(value) {
+            Some(e) => {
+                out.push_str(if e > 0 { REDACTED } else { "" });
+                out.push('"');
+                e + 1
+            }
+            // Cut short (a tail's end): what there is of it is hidden.
+            None => {
+                out.push_str(if value.is_empty() { "" } else { REDACTED });
+                value.len()
+            }
+        };
+        rest = &value[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Where the JSON string whose body starts `s` ends: its first quote not escaped by `\`.
+fn string_end(s: &str) -> Option<usize> {
+    let mut escaped = false;
+    for (j, c) in s.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '"' => return Some(j),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Whether an environment variable named `name` holds a secret: its name contains `PASSWORD`,
@@ -114,7 +172,9 @@ fn redact_userinfo(url: &str, end: usize) -> String {
 
 /// The values of `password=`-style pairs replaced: a key starts the text or follows `?`, `&`,
 /// `;` (or whitespace, in `text` mode) and ends at `=`; its value runs to the next `&` (or
-/// whitespace, in `text` mode).
+/// whitespace, in `text` mode). In `text` mode a key may also be an option (`--password=`) or a
+/// variable named like a secret (`PGPASSWORD=`, `API_TOKEN=`, see [`is_secret_name`]), and a
+/// quoted value runs to its closing quote.
 fn redact_pairs(s: &str, text: bool) -> String {
     let is_boundary = |c: char| matches!(c, '?' | '&' | ';') || (text && c.is_whitespace());
     let mut out = String::with_capacity(s.len());
@@ -124,11 +184,16 @@ fn redact_pairs(s: &str, text: bool) -> String {
         let at_key = prev.is_none_or(is_boundary);
         if at_key && let Some(eq) = key_end(&s[i..]) {
             let key = &s[i..i + eq];
-            if is_secret_key(key) {
+            let option = key.trim_start_matches('-');
+            if is_secret_key(key) || (text && (is_secret_key(option) || is_secret_name(option))) {
                 let v = i + eq + 1;
-                let value_end = s[v..]
-                    .find(|c: char| c == '&' || (text && c.is_whitespace()))
-                    .map_or(s.len(), |j| v + j);
+                let quote = s[v..].chars().next().filter(|c| text && matches!(c, '"' | '\''));
+                let value_end = match quote {
+                    Some(q) => s[v + 1..].find(q).map_or(s.len(), |j| v + 1 + j + 1),
+                    None => s[v..]
+                        .find(|c: char| c == '&' || (text && c.is_whitespace()))
+                        .map_or(s.len(), |j| v + j),
+                };
                 out.push_str(&s[i..v]);
                 if value_end > v {
                     out.push_str(REDACTED);
@@ -222,6 +287,23 @@ mod tests {
         );
         assert_eq!(redact_text("host=h password=hunter2 user=u"), "host=h password=*** user=u");
         assert_eq!(redact_text("no secrets here: a://b, c=d"), "no secrets here: a://b, c=d");
+        for (text, want) in [
+            ("export PGPASSWORD=hunter2; psql", "export PGPASSWORD=*** psql"),
+            ("tool --password=hunter2 --user u", "tool --password=*** --user u"),
+            ("API_TOKEN=abc GITHUB_TOKEN='a b' x", "API_TOKEN=*** GITHUB_TOKEN=*** x"),
+            ("db_password=\"a b\" next", "db_password=*** next"),
+            (
+                r#"{"user":"u","password": "hu\"nt","api_token":"t","n":1}"#,
+                r#"{"user":"u","password": "***","api_token":"***","n":1}"#,
+            ),
+            (r#"{"password":""}"#, r#"{"password":""}"#),
+            (r#"say "password" then "x""#, r#"say "password" then "x""#),
+            (r#"{"a":"b"} "secret":"#, r#"{"a":"b"} "secret":"#),
+            (r#"{"password":"cut sh"#, r#"{"password":"***"#),
+            ("tokens are fine: none=1", "tokens are fine: none=1"),
+        ] {
+            assert_eq!(redact_text(text), want, "{text}");
+        }
         assert_eq!(redact_text("://x 9://y"), "://x 9://y");
     }
 

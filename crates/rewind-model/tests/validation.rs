@@ -1067,9 +1067,9 @@ fn a_snapshot_notes_the_rules_added_since_it_was_stored() {
     let (wf, relaxed) = Workflow::parse_snapshot("w.toml", &whole).unwrap();
     assert!(relaxed[0].contains("connection `c`"), "{relaxed:?}");
     assert_eq!(wf.templated_schemes().len(), 1);
-    let rendered = wf.connections[0].url.render(|_| {
-        Ok::<_, ()>(rewind_model::Fill::Value("sqlite:///tmp/x.db".to_owned()))
-    });
+    let rendered = wf.connections[0]
+        .url
+        .render(|_| Ok::<_, ()>(rewind_model::Fill::Value("sqlite:///tmp/x.db".to_owned())));
     assert!(rendered.is_err(), "{rendered:?}");
     // Anything else is still an error.
     let broken = text.replace("estimate = \"1m\"", "estimate = \"soon\"");

@@ -844,7 +844,10 @@ mod tests {
             "sqlite:///srv/file%3Ax",
             "`file:` inside a path names a file"
         );
-        assert_eq!(render("sqlite:///srv/{{target.attr.f}}x.db", "").unwrap(), "sqlite:///srv/x.db");
+        assert_eq!(
+            render("sqlite:///srv/{{target.attr.f}}x.db", "").unwrap(),
+            "sqlite:///srv/x.db"
+        );
         assert_eq!(
             render("postgres:{{target.attr.p}}", "//evil@host/db").unwrap(),
             "postgres:%2F%2Fevil%40host%2Fdb",
