@@ -120,3 +120,17 @@ impl Observer for Display {
         self.print(&format!("rewind: {message}"));
     }
 }
+
+/// An observer for commands that drive nothing (`cancel`): notes go to stderr as they come.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Notes;
+
+impl Observer for Notes {
+    fn progress(&mut self, _: &Progress) {}
+
+    fn failure(&mut self, _: &str, _: u32, _: &str, _: Option<Duration>) {}
+
+    fn note(&mut self, message: &str) {
+        eprintln!("rewind: {message}");
+    }
+}

@@ -219,3 +219,31 @@ fn resume_stops_a_process_that_escaped_its_group_before_running_the_instance_aga
     assert_eq!(env.report(&run)["state"], "succeeded");
     drop(c);
 }
+
+/// `cancel` of a run nobody drives frees its targets: first it stops what its interrupted
+/// attempts left running on this host, as `resume` would, so the next restore of the same sites
+/// does not race them.
+#[test]
+fn cancel_of_a_killed_run_stops_what_its_attempts_left_running() {
+    let env = Env::sqlite();
+    let (child, run) = start(&env, 1, &[("HOLD", "1"), ("ESCAPE", "1")]);
+    let mut c = Cleanup { env: &env, rewind: Some(child) };
+    wait_for("the escaped process", || env.read("escaped.pid").trim().parse::<i32>().is_ok());
+    let escaped: i32 = env.read("escaped.pid").trim().parse().unwrap();
+    kill_rewind(&mut c);
+    assert!(is_alive(escaped));
+
+    let o = env.rewind(&["cancel", &run]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("cancelled"), "{}", stdout(&o));
+    let instance = format!("s/{}", site(1));
+    let note = format!(
+        "process {escaped} of interrupted attempt {instance} was still running: stopped it with SIGTERM"
+    );
+    assert!(stderr(&o).contains(&note), "{}", stderr(&o));
+    assert!(!is_alive(escaped), "stopped before the run ended and its targets were freed");
+    assert_eq!(env.report(&run)["state"], "cancelled");
+    let o = env.rewind(&["log", &run]);
+    assert!(stdout(&o).contains("instance.orphan_stopped"), "{}", stdout(&o));
+    drop(c);
+}

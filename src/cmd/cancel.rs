@@ -40,7 +40,7 @@ pub fn run(db: &str, args: &Args) -> Result<Exit> {
             // Nobody drives it: cancel it here.
             match Lease::acquire(&store, id).await {
                 Ok((lease, _)) => {
-                    let counts = cancel_offline(&store, lease).await?;
+                    let counts = cancel_offline(&store, lease, &mut crate::observer::Notes).await?;
                     println!("run {id} cancelled ({} instances cancelled)", thousands(counts.cancelled));
                     return Ok(Exit::Ok);
                 }
@@ -57,7 +57,7 @@ pub fn run(db: &str, args: &Args) -> Result<Exit> {
             if r.state == RunState::Halted {
                 // It halted before it saw the request: nobody drives it now; cancel it here.
                 if let Ok((lease, _)) = Lease::acquire(&store, id).await {
-                    let counts = cancel_offline(&store, lease).await?;
+                    let counts = cancel_offline(&store, lease, &mut crate::observer::Notes).await?;
                     println!("run {id} cancelled ({} instances cancelled)", thousands(counts.cancelled));
                     return Ok(Exit::Ok);
                 }

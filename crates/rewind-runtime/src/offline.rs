@@ -1,5 +1,7 @@
 //! Cancelling a run that no process drives (it crashed, or was interrupted): the canceller takes
-//! the lease and writes the cancellation itself.
+//! the lease and writes the cancellation itself. Its targets are free again once it ends, so
+//! first no process of an interrupted attempt may still run on this host (orphans.rs): a
+//! restore of the same sites started next must not race the last one's leftovers.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -10,19 +12,30 @@ use serde_json::json;
 
 use crate::RuntimeError;
 use crate::lease::{Lease, now_unix_ms};
+use crate::progress::Observer;
 use crate::view::RunView;
 
 /// Cancels every pending or running instance of the run held by `lease` and ends the run as
-/// cancelled, in one commit. Returns the final counts.
-pub async fn cancel_offline<S: Store>(store: &S, lease: Lease) -> Result<Counts, RuntimeError> {
-    let result = cancel(store, &lease).await;
+/// cancelled, in one commit, once no process of its interrupted attempts runs on this host
+/// (they are waited for, then stopped; `observer` is told). Returns the final counts; an error,
+/// and nothing written, if a process survived SIGKILL.
+pub async fn cancel_offline<S: Store>(
+    store: &S,
+    lease: Lease,
+    observer: &mut dyn Observer,
+) -> Result<Counts, RuntimeError> {
+    let result = cancel(store, &lease, observer).await;
     let released = lease.release(store).await;
     let counts = result?;
     released?;
     Ok(counts)
 }
 
-async fn cancel<S: Store>(store: &S, lease: &Lease) -> Result<Counts, RuntimeError> {
+async fn cancel<S: Store>(
+    store: &S,
+    lease: &Lease,
+    observer: &mut dyn Observer,
+) -> Result<Counts, RuntimeError> {
     let view = RunView::load(store, lease.run).await?;
     if !view.record.state.holds_targets() {
         return Ok(view.counts());
@@ -75,7 +88,7 @@ async fn cancel<S: Store>(store: &S, lease: &Lease) -> Result<Counts, RuntimeErr
     }
     batch.events.push(NewEvent {
         at_s: clock_s,
-        wall,
+        wall: wall.clone(),
         kind: EventKind::RunFinished,
         key: None,
         detail: Some(
@@ -89,6 +102,17 @@ async fn cancel<S: Store>(store: &S, lease: &Lease) -> Result<Counts, RuntimeErr
             "cancelled by an operator (rewind cancel) while no process was driving it".into(),
         ),
     });
+    if !view.record.spec.simulated {
+        let running = view
+            .instances
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| view.state(i) == State::Running)
+            .map(|(_, row)| row.key.clone())
+            .collect();
+        let stopped = crate::orphans::settle(lease.run, running, clock_s, observer).await?;
+        batch.events.extend(stopped.into_iter().map(|e| NewEvent { wall: wall.clone(), ..e }));
+    }
     store.commit(lease.run, &lease.owner, &batch).await?;
     Ok(counts)
 }
