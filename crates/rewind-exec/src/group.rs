@@ -24,8 +24,9 @@
 //! - on end of file the watchdog sends SIGTERM to every group still registered, waits a second,
 //!   and sends SIGKILL to those; with none registered it just exits;
 //! - it ignores SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGPIPE, SIGALRM, SIGUSR1 and SIGUSR2;
-//! - if it dies (someone killed it), the keeper's next write fails: the keeper starts another and
-//!   registers every live group with it again.
+//! - if it dies (someone killed it), the keeper sees it within a second (it checks between
+//!   lines), or at its next write, starts another and registers every live group with it again;
+//!   if the very first cannot start, the step is refused and the next step tries again.
 //!
 //! A group is registered before its leader can have been reaped, and unregistered only after:
 //! so a registered id is always the step's group, but for the moment between the reap and the
@@ -43,9 +44,9 @@
 use std::collections::BTreeSet;
 use std::io::{self, Write};
 use std::process::{ChildStdin, ExitStatus, Stdio};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -111,7 +112,7 @@ impl Group {
     /// Starts `cmd` as the leader of a new process group and registers the group with the
     /// watchdog.
     pub(crate) fn spawn(cmd: &mut Command) -> Result<Self, SpawnError> {
-        let keeper = keeper().map_err(|e| SpawnError::Watchdog(e.clone()))?;
+        let keeper = keeper().map_err(SpawnError::Watchdog)?;
         cmd.process_group(0).kill_on_drop(true);
         let child = cmd.spawn().map_err(SpawnError::Program)?;
         let Some(pgid) = child.id().and_then(|p| i32::try_from(p).ok()).map(Pid::from_raw) else {
@@ -199,76 +200,112 @@ enum Line {
     Remove(i32),
 }
 
-/// The sending side of the keeper thread, which owns the watchdog.
+/// How often the keeper checks, between lines, that its watchdog is alive.
+const CHECK: Duration = Duration::from_secs(1);
+
+/// The sending side of a keeper thread, which owns a watchdog, and that watchdog's pid.
+#[derive(Clone)]
 struct Keeper {
     tx: Sender<Line>,
+    pid: Arc<AtomicU32>,
 }
 
 impl Keeper {
+    /// Starts a watchdog (with `start`) and the thread that keeps it; an error if the first
+    /// watchdog cannot start. The thread ends when every `Keeper` for it is dropped: the
+    /// watchdog's pipe then closes, as when rewind dies.
+    fn start(start: fn() -> io::Result<Watchdog>) -> Result<Self, String> {
+        let watchdog = start().map_err(|e| e.to_string())?;
+        let pid = Arc::new(AtomicU32::new(watchdog.0.id()));
+        let (tx, rx) = channel();
+        let shown = Arc::clone(&pid);
+        std::thread::Builder::new()
+            .name("rewind-watchdog".into())
+            .spawn(move || keep(watchdog, start, &rx, &shown))
+            .map_err(|e| format!("cannot start its keeper thread: {e}"))?;
+        Ok(Self { tx, pid })
+    }
+
     /// Queues a line (never blocks: the channel is unbounded).
     fn send(&self, line: Line) {
-        // The keeper thread never ends, so its receiver never goes away.
+        // The keeper thread ends only once every sender is gone.
         let _ = self.tx.send(line);
     }
 }
 
+/// A watchdog process and the write end of its pipe.
+type Watchdog = (std::process::Child, ChildStdin);
+
 /// Starts the watchdog now if it is not running yet (it blocks while `/bin/sh` starts: call it
 /// off the async threads), rather than at the first step; or says why it cannot start.
 pub fn ready_watchdog() -> Result<(), String> {
-    keeper().map(drop).map_err(Clone::clone)
+    keeper().map(drop)
 }
 
 /// The process's keeper, started (with its first watchdog) on first use; or why the watchdog
-/// cannot start.
-fn keeper() -> Result<&'static Keeper, &'static String> {
-    static KEEPER: OnceLock<Result<Keeper, String>> = OnceLock::new();
-    KEEPER
-        .get_or_init(|| {
-            let watchdog = keeper_watchdog().map_err(|e| e.to_string())?;
-            let (tx, rx) = channel();
-            std::thread::Builder::new()
-                .name("rewind-watchdog".into())
-                .spawn(move || keep(watchdog, &rx))
-                .map_err(|e| format!("cannot start its keeper thread: {e}"))?;
-            Ok(Keeper { tx })
-        })
-        .as_ref()
+/// cannot start now (the next call tries again).
+fn keeper() -> Result<Keeper, String> {
+    static KEEPER: Mutex<Option<Keeper>> = Mutex::new(None);
+    let mut k = KEEPER.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(k) = &*k {
+        return Ok(k.clone());
+    }
+    let started = Keeper::start(start_watchdog)?;
+    *k = Some(started.clone());
+    Ok(started)
 }
 
-/// The keeper thread: writes each line to the watchdog; if the watchdog died, starts another and
-/// registers every live group with it again.
-fn keep(mut watchdog: (std::process::Child, ChildStdin), rx: &Receiver<Line>) {
+/// The keeper thread: writes each line to the watchdog, and checks every [`CHECK`] that it is
+/// alive; if it died, starts another and registers every live group with it again. Returns
+/// when every sender is gone (dropping the pipe's write end).
+fn keep(
+    first: Watchdog,
+    start: fn() -> io::Result<Watchdog>,
+    rx: &Receiver<Line>,
+    pid: &AtomicU32,
+) {
+    let mut watchdog = Some(first);
     let mut live = BTreeSet::new();
-    while let Ok(line) = rx.recv() {
-        let text = match line {
-            Line::Add(pg) => {
+    loop {
+        let text = match rx.recv_timeout(CHECK) {
+            Ok(Line::Add(pg)) => {
                 live.insert(pg);
-                format!("+ {pg}\n")
+                Some(format!("+ {pg}\n"))
             }
-            Line::Remove(pg) => {
+            Ok(Line::Remove(pg)) => {
                 live.remove(&pg);
-                format!("- {pg}\n")
+                Some(format!("- {pg}\n"))
             }
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => return,
         };
-        if watchdog.1.write_all(text.as_bytes()).is_err() {
-            let _ = watchdog.0.wait();
-            // A new one, told about every group still running. (If none can start, the next
-            // line tries again; steps keep running either way, and `resume` checks for them.)
-            if let Ok(w) = keeper_watchdog() {
-                watchdog = w;
-                let all: String = live.iter().map(|pg| format!("+ {pg}\n")).collect();
-                let _ = watchdog.1.write_all(all.as_bytes());
+        // Alive, and told the line: nothing else to do. (`try_wait` reaps a watchdog that died,
+        // so none lingers as a zombie.)
+        let alive = watchdog.as_mut().is_some_and(|w| {
+            matches!(w.0.try_wait(), Ok(None))
+                && text.as_ref().is_none_or(|t| w.1.write_all(t.as_bytes()).is_ok())
+        });
+        if alive {
+            continue;
+        }
+        if let Some(mut dead) = watchdog.take() {
+            drop(dead.1);
+            let _ = dead.0.kill();
+            let _ = dead.0.wait();
+        }
+        // A new one, told about every group still running. (If none can start, the next line or
+        // check tries again; steps keep running either way, and `resume` checks for them.)
+        if let Ok(mut w) = start() {
+            let all: String = live.iter().map(|pg| format!("+ {pg}\n")).collect();
+            if w.1.write_all(all.as_bytes()).is_ok() {
+                pid.store(w.0.id(), Ordering::Relaxed);
+                watchdog = Some(w);
             }
         }
-        // Reap a watchdog that exited, so none lingers as a zombie.
-        let _ = watchdog.0.try_wait();
     }
 }
 
-/// The pid of the keeper's watchdog (0 before the first).
-static WATCHDOG_PID: AtomicU32 = AtomicU32::new(0);
-
-fn start_watchdog() -> io::Result<(std::process::Child, ChildStdin)> {
+fn start_watchdog() -> io::Result<Watchdog> {
     use std::os::unix::process::CommandExt;
     let mut w = std::process::Command::new("/bin/sh");
     w.arg("-c")
@@ -285,13 +322,6 @@ fn start_watchdog() -> io::Result<(std::process::Child, ChildStdin)> {
     let mut process = w.spawn()?;
     let stdin = process.stdin.take().ok_or_else(|| io::Error::other("no stdin pipe"))?;
     Ok((process, stdin))
-}
-
-/// Starts the keeper's watchdog and returns its pid.
-fn keeper_watchdog() -> io::Result<(std::process::Child, ChildStdin)> {
-    let w = start_watchdog()?;
-    WATCHDOG_PID.store(w.0.id(), Ordering::Relaxed);
-    Ok(w)
 }
 
 #[cfg(test)]
@@ -349,34 +379,44 @@ mod tests {
         assert!(watchdog.wait().unwrap().success());
     }
 
-    /// The keeper replaces a watchdog that was killed, and tells the new one every live group.
-    #[tokio::test]
-    async fn a_killed_watchdog_is_replaced() {
-        let mut first = Command::new("sleep");
-        first.arg("30");
-        let mut g1 = Group::spawn(&mut first).unwrap();
-        let watchdog = || WATCHDOG_PID.load(Ordering::Relaxed);
-        let old = watchdog();
-        assert!(old > 0);
-        let old_pid = Pid::from_raw(i32::try_from(old).unwrap());
-        nix::sys::signal::kill(old_pid, Signal::SIGKILL).unwrap();
-        // The next line fails to reach it; a new one takes over.
-        let mut second = Command::new("sleep");
-        second.arg("30");
-        let mut g2 = Group::spawn(&mut second).unwrap();
-        let mut now = old;
-        for _ in 0..2000 {
-            now = watchdog();
-            if now != old {
-                break;
+    /// The keeper replaces a watchdog that was killed, whether or not a line is due, and tells
+    /// the new one every live group: when the keeper goes (as rewind would), the new watchdog
+    /// stops them all. (A keeper of the test's own, so no other test's steps are touched.)
+    #[test]
+    fn a_killed_watchdog_is_replaced_and_told_every_live_group() {
+        let keeper = Keeper::start(start_watchdog).unwrap();
+        let (mut a, mut b) = (leader(), leader());
+        let pg = |c: &std::process::Child| i32::try_from(c.id()).unwrap();
+        keeper.send(Line::Add(pg(&a)));
+        keeper.send(Line::Add(pg(&b)));
+        let watchdog = || keeper.pid.load(Ordering::Relaxed);
+        let replaced = |old: u32| {
+            for _ in 0..1000 {
+                if watchdog() != old {
+                    return watchdog();
+                }
+                std::thread::sleep(Duration::from_millis(10));
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_ne!(now, old, "a new watchdog took over");
-        // (The replay of both groups to it is what `keep` writes first; it is alive to read it.)
-        let alive = std::fs::read_to_string(format!("/proc/{now}/stat")).unwrap();
-        assert!(!alive.rsplit_once(')').unwrap().1.trim_start().starts_with('Z'));
-        g1.terminate(Duration::from_secs(1)).await.unwrap();
-        g2.terminate(Duration::from_secs(1)).await.unwrap();
+            panic!("watchdog {old} was not replaced");
+        };
+        // Killed with no line due: the periodic check replaces it.
+        let first = watchdog();
+        nix::sys::signal::kill(Pid::from_raw(i32::try_from(first).unwrap()), Signal::SIGKILL)
+            .unwrap();
+        let second = replaced(first);
+        // Killed again, then a line: the failed write replaces it too.
+        nix::sys::signal::kill(Pid::from_raw(i32::try_from(second).unwrap()), Signal::SIGKILL)
+            .unwrap();
+        let mut c = leader();
+        keeper.send(Line::Add(pg(&c)));
+        keeper.send(Line::Remove(pg(&c)));
+        let third = replaced(second);
+        assert_ne!(third, first);
+        drop(keeper);
+        assert_eq!(ended(&mut a), Some(Signal::SIGTERM as i32), "a was replayed");
+        assert_eq!(ended(&mut b), Some(Signal::SIGTERM as i32), "b was replayed");
+        assert_eq!(c.try_wait().unwrap(), None, "c was unregistered: left alone");
+        c.kill().unwrap();
+        c.wait().unwrap();
     }
 }
