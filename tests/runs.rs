@@ -663,7 +663,9 @@ action = {{ kind = "command", program = "{program}", args = ["ledger", "ok"] }}
     let o = env.rewind(&["resume", &whole_url]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(
-        stderr(&o).contains("connection `legacy` takes its whole URL from a placeholder"),
+        stderr(&o).contains(
+            "connection `legacy` takes its scheme or a query parameter's name from a placeholder"
+        ),
         "{}",
         stderr(&o)
     );

@@ -56,6 +56,8 @@ pub enum ErrorKind {
     TemplateInProgram,
     /// A `{{...}}` placeholder where it would decide a connection URL's scheme.
     TemplateInScheme,
+    /// A `{{...}}` placeholder in a connection URL's query key (it would choose the option).
+    TemplateInQueryKey,
     /// A password written in a connection URL (it would be stored with every run).
     LiteralSecret,
     /// A target id that is not a UUID.
@@ -95,6 +97,7 @@ impl ErrorKind {
             Self::UnknownConnection => "unknown-connection",
             Self::TemplateInProgram => "template-in-program",
             Self::TemplateInScheme => "template-in-scheme",
+            Self::TemplateInQueryKey => "template-in-query-key",
             Self::LiteralSecret => "literal-secret",
             Self::InvalidTargetId => "invalid-target-id",
             Self::DuplicateTarget => "duplicate-target",

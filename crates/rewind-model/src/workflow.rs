@@ -360,13 +360,13 @@ impl Workflow {
         self.steps.iter().filter(|s| templated(&s.action)).map(|s| &s.id).collect()
     }
 
-    /// Connections whose URL a placeholder makes from its scheme on (only a stored run of an
-    /// earlier release can have one: `url = "{{needs.pitr.url}}"`): an output would choose the
-    /// database, and its kind, that a step writes to.
-    pub fn templated_schemes(&self) -> Vec<&ConnectionName> {
+    /// Connections whose URL's shape a placeholder decides, its scheme or a query key (only a
+    /// stored run of an earlier release can have one: `url = "{{needs.pitr.url}}"`): the
+    /// targets or an output would choose the database a step writes to.
+    pub fn templated_urls(&self) -> Vec<&ConnectionName> {
         self.connections
             .iter()
-            .filter(|c| c.url.templated_scheme().is_some())
+            .filter(|c| c.url.templated_shape().is_some())
             .map(|c| &c.name)
             .collect()
     }

@@ -592,6 +592,21 @@ fn a_placeholder_may_not_decide_a_urls_scheme() {
 }
 
 #[test]
+fn a_placeholder_may_not_name_a_query_parameter() {
+    let text = format!(
+        "name = \"t\"\ntarget_kind = \"site\"\n\n[connections]\nscratch = \"postgres://h/db?{{{{target.attr.k}}}}=x\"\n\n{}",
+        step("a", "")
+    );
+    check(
+        &text,
+        K::TemplateInQueryKey,
+        "scratch =",
+        None,
+        "connection `scratch`: `{{target.attr.k}}` would decide a query parameter's name",
+    );
+}
+
+#[test]
 fn sql_connections_must_be_declared() {
     let text = with_header(
         "[[steps]]\nid = \"a\"\nestimate = \"1m\"\naction = { kind = \"sql\", connection = \"catalgo\", sql = \"SELECT 1\" }\n",
@@ -1066,7 +1081,7 @@ fn a_snapshot_notes_the_rules_added_since_it_was_stored() {
     assert!(Workflow::parse("w.toml", &whole).is_err());
     let (wf, relaxed) = Workflow::parse_snapshot("w.toml", &whole).unwrap();
     assert!(relaxed[0].contains("connection `c`"), "{relaxed:?}");
-    assert_eq!(wf.templated_schemes().len(), 1);
+    assert_eq!(wf.templated_urls().len(), 1);
     let rendered = wf.connections[0]
         .url
         .render(|_| Ok::<_, ()>(rewind_model::Fill::Value("sqlite:///tmp/x.db".to_owned())));

@@ -180,9 +180,9 @@ fn safe_to_run(run: RunId, plan: &Plan) -> Result<(), RuntimeError> {
         format!(
             "step `{step}` builds its `program` from a placeholder, so the targets or an output would name the program it runs"
         )
-    } else if let Some(conn) = wf.templated_schemes().first() {
+    } else if let Some(conn) = wf.templated_urls().first() {
         format!(
-            "connection `{conn}` takes its whole URL from a placeholder, so an output would choose the database a step writes to"
+            "connection `{conn}` takes its scheme or a query parameter's name from a placeholder, so the targets or an output would choose the database a step writes to"
         )
     } else {
         return Ok(());

@@ -86,9 +86,9 @@ pub struct UrlTemplate {
     sqlite: bool,
     /// Why the template holds a secret it should not, if it does.
     secret: Option<String>,
-    /// The placeholder that would make the scheme, in a template read by
-    /// [`UrlTemplate::parse_with_templated_scheme`] (it never renders).
-    templated_scheme: Option<Placeholder>,
+    /// The placeholder that would make the scheme or a query key, in a template read by
+    /// [`UrlTemplate::parse_with_templated_shape`] (it never renders).
+    templated_shape: Option<Placeholder>,
 }
 
 /// A URL template that cannot be used.
@@ -103,6 +103,12 @@ pub enum UrlTemplateError {
          `sqlite://`, ...) literally, before any placeholder"
     )]
     Scheme(Placeholder),
+    /// A placeholder would decide a query parameter's name.
+    #[error(
+        "`{{{{{0}}}}}` would decide a query parameter's name (`?host=`, `?options=` change \
+         where and how it connects): write the names literally; a placeholder may be a value"
+    )]
+    QueryKey(Placeholder),
 }
 
 /// A value a URL cannot hold in its place.
@@ -159,43 +165,45 @@ impl UrlTemplate {
         Self::read(raw, false)
     }
 
-    /// Parses `raw` even when a placeholder makes its scheme (which rewind 0.1 accepted): such a
-    /// template can be shown and fingerprinted but never renders, and
-    /// [`UrlTemplate::templated_scheme`] names the placeholder. `None` for any other error.
-    pub fn parse_with_templated_scheme(raw: &str) -> Option<Self> {
+    /// Parses `raw` even when a placeholder makes its scheme or a query key (which rewind 0.1
+    /// accepted): such a template can be shown and fingerprinted but never renders, and
+    /// [`UrlTemplate::templated_shape`] names the placeholder. `None` for any other error.
+    pub fn parse_with_templated_shape(raw: &str) -> Option<Self> {
         Self::read(raw, true).ok()
     }
 
-    /// The placeholder that makes the scheme, in a template read by
-    /// [`UrlTemplate::parse_with_templated_scheme`].
-    pub fn templated_scheme(&self) -> Option<&Placeholder> {
-        self.templated_scheme.as_ref()
+    /// The placeholder that makes the scheme or a query key, in a template read by
+    /// [`UrlTemplate::parse_with_templated_shape`].
+    pub fn templated_shape(&self) -> Option<&Placeholder> {
+        self.templated_shape.as_ref()
     }
 
-    fn read(raw: &str, scheme_ok: bool) -> Result<Self, UrlTemplateError> {
+    fn read(raw: &str, lenient: bool) -> Result<Self, UrlTemplateError> {
         let template = Template::parse(raw).map_err(UrlTemplateError::Syntax)?;
         let tokens = tokens(&template);
         let (parts, authority, pairs) = analyse(&tokens);
         let sqlite = template.raw.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("sqlite:"));
         // The placeholders, in order, with their token index.
         let mut placeholders = template.placeholders();
-        let mut templated_scheme = None;
+        let mut templated_shape = None;
         for (i, t) in tokens.iter().enumerate() {
             if let Tok::Ref { env } = t {
                 let p = if *env { None } else { placeholders.next() };
-                if let Some(p) = p
-                    && matches!(parts[i], Some(UrlPart::Scheme) | None)
-                {
-                    if !scheme_ok {
-                        return Err(UrlTemplateError::Scheme(p.clone()));
-                    }
-                    templated_scheme.get_or_insert_with(|| p.clone());
+                let Some(p) = p else { continue };
+                let e = match parts[i] {
+                    Some(UrlPart::Scheme) | None => UrlTemplateError::Scheme(p.clone()),
+                    Some(UrlPart::QueryKey) => UrlTemplateError::QueryKey(p.clone()),
+                    Some(_) => continue,
+                };
+                if !lenient {
+                    return Err(e);
                 }
+                templated_shape.get_or_insert_with(|| p.clone());
             }
         }
         drop(placeholders);
         let secret = secret(&template, &tokens, &parts, &pairs);
-        Ok(Self { template, parts, authority, sqlite, secret, templated_scheme })
+        Ok(Self { template, parts, authority, sqlite, secret, templated_shape })
     }
 
     /// The template as written.
@@ -700,7 +708,6 @@ mod tests {
             ("postgres://{{target.attr.h}}:5432/db", U::Host),
             ("postgres://[::1]:{{target.attr.port}}/db", U::Port),
             ("postgres://h/{{target.attr.db}}", U::Path),
-            ("postgres://h/db?{{target.attr.k}}=1", U::QueryKey),
             ("postgres://h/db?a=1&options[search_path]={{target.attr.s}}", U::QueryValue),
             ("postgres://h/db?a=1#{{target.attr.f}}", U::Fragment),
             ("postgres:{{target.attr.p}}", U::Path),
@@ -728,6 +735,18 @@ mod tests {
             assert!(e.to_string().contains("would decide the URL's scheme"), "{e}");
         }
         assert!(UrlTemplate::parse("${DATABASE_URL}").is_ok(), "the operator's own URL");
+        // Nor a query parameter's name (`?host=` would move the connection).
+        for raw in [
+            "postgres://h/db?{{target.attr.k}}=1",
+            "postgres://h/db?a=1&opt_{{target.attr.k}}=1",
+            "postgres://h/db?{{target.attr.k}}",
+            "sqlite:///x.db?{{target.attr.k}}=rwc",
+        ] {
+            let e = UrlTemplate::parse(raw).unwrap_err();
+            assert!(matches!(e, UrlTemplateError::QueryKey(_)), "{raw}: {e}");
+            let t = UrlTemplate::parse_with_templated_shape(raw).unwrap();
+            assert_eq!(t.templated_shape().unwrap().to_string(), "target.attr.k");
+        }
         assert!(matches!(UrlTemplate::parse("{{nope}}"), Err(UrlTemplateError::Syntax(_))));
     }
 

@@ -740,15 +740,20 @@ impl Parser<'_> {
                             None,
                             format!("connection `{name}`: {}", e.message),
                         ),
-                        Err(e @ UrlTemplateError::Scheme(_)) => {
-                            // rewind 0.1 accepted a whole-URL placeholder (`{{needs.pitr.url}}`):
-                            // a stored run with one still loads, and is refused at resume.
+                        Err(e @ (UrlTemplateError::Scheme(_) | UrlTemplateError::QueryKey(_))) => {
+                            // rewind 0.1 accepted a whole-URL placeholder (`{{needs.pitr.url}}`)
+                            // and one in a query key: a stored run with one still loads, and is
+                            // refused at resume.
+                            let kind = match e {
+                                UrlTemplateError::Scheme(_) => K::TemplateInScheme,
+                                _ => K::TemplateInQueryKey,
+                            };
                             if !self.later_rule(
                                 &v.span(),
-                                K::TemplateInScheme,
+                                kind,
                                 None,
                                 format!("connection `{name}`: {e}"),
-                            ) && let Some(url) = UrlTemplate::parse_with_templated_scheme(&url)
+                            ) && let Some(url) = UrlTemplate::parse_with_templated_shape(&url)
                             {
                                 out.push(Connection { name, url });
                             }
