@@ -87,8 +87,15 @@ pub(crate) async fn bounded<T>(
         Ok(r) => r,
         Err((mut report, problems)) => {
             if !problems.is_empty() {
+                // A statement that may still run on the server must not meet its own retry.
                 let said = report.error.take().unwrap_or_default();
-                report.error = Some(format!("{said}; {}", problems.join("; ")));
+                report.error = Some(format!(
+                    "{said}; {}; not retried: the statement may still be running on the server",
+                    problems.join("; ")
+                ));
+                if let Outcome::Failed { retryable } = &mut report.outcome {
+                    *retryable = false;
+                }
             }
             Err(report)
         }
