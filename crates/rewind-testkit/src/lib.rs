@@ -91,3 +91,136 @@ impl PgSchema {
             .expect("drop the test schema");
     }
 }
+
+/// The MariaDB/MySQL URL tests run against, or `None` (and a note on stderr) when
+/// `REWIND_TEST_MARIADB` is unset. `.ci/run` always sets it.
+pub fn mariadb_url(test: &str) -> Option<String> {
+    match std::env::var("REWIND_TEST_MARIADB") {
+        Ok(url) if !url.trim().is_empty() => Some(url),
+        _ => {
+            eprintln!("note: {test}: REWIND_TEST_MARIADB is unset; skipping the MariaDB case");
+            None
+        }
+    }
+}
+
+/// A fresh MariaDB/MySQL database on the server at `REWIND_TEST_MARIADB`; its URL names it.
+pub struct MyDb {
+    base: String,
+    /// Database name.
+    pub name: String,
+    /// URL of the database.
+    pub url: String,
+}
+
+impl MyDb {
+    /// Creates a database with a unique name on the server at `base` (a `mysql://` URL; its
+    /// own database part is replaced).
+    ///
+    /// # Panics
+    /// If the server cannot be reached: `REWIND_TEST_MARIADB` promised one.
+    pub async fn create(base: &str) -> Self {
+        let name = format!("rewind_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn =
+            sqlx::MySqlConnection::connect(base).await.expect("MariaDB at REWIND_TEST_MARIADB");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .expect("create a test database");
+        let _ = conn.close().await;
+        Self { base: base.to_owned(), url: with_database(base, &name), name }
+    }
+
+    /// Drops the database and everything in it.
+    ///
+    /// # Panics
+    /// If the server cannot be reached.
+    pub async fn drop_database(self) {
+        let mut conn = sqlx::MySqlConnection::connect(&self.base)
+            .await
+            .expect("MariaDB at REWIND_TEST_MARIADB");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE {}", self.name)))
+            .execute(&mut conn)
+            .await
+            .expect("drop the test database");
+        let _ = conn.close().await;
+    }
+}
+
+/// `mysql://user@host:port/NAME?query`: `base` with its database replaced by `name`.
+fn with_database(base: &str, name: &str) -> String {
+    let (head, query) = match base.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (base, None),
+    };
+    let scheme_end = head.find("://").map_or(0, |i| i + 3);
+    let host_end = head[scheme_end..].find('/').map_or(head.len(), |i| scheme_end + i);
+    let mut url = format!("{}/{name}", &head[..host_end]);
+    if let Some(q) = query {
+        url.push('?');
+        url.push_str(q);
+    }
+    url
+}
+
+/// A fresh PostgreSQL database (not a schema) on the server at `base`, for tests that need a
+/// whole database (a second "server" for a copy, catalogs of `current_schema()` = `public`).
+pub struct PgDatabase {
+    base: String,
+    /// Database name.
+    pub name: String,
+    /// URL of the database.
+    pub url: String,
+}
+
+impl PgDatabase {
+    /// Creates a database with a unique name.
+    ///
+    /// # Panics
+    /// If the server cannot be reached.
+    pub async fn create(base: &str) -> Self {
+        let name = format!("rewind_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn =
+            sqlx::PgConnection::connect(base).await.expect("PostgreSQL at REWIND_TEST_POSTGRES");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .expect("create a test database");
+        let _ = conn.close().await;
+        Self { base: base.to_owned(), url: with_database(base, &name), name }
+    }
+
+    /// Drops the database (`WITH (FORCE)`: connections a failed test left are closed).
+    ///
+    /// # Panics
+    /// If the server cannot be reached.
+    pub async fn drop_database(self) {
+        let mut conn = sqlx::PgConnection::connect(&self.base)
+            .await
+            .expect("PostgreSQL at REWIND_TEST_POSTGRES");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )))
+        .execute(&mut conn)
+        .await
+        .expect("drop the test database");
+        let _ = conn.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_database_replaces_the_urls_own() {
+        assert_eq!(
+            super::with_database("mysql://root@127.0.0.1:3306/test", "x"),
+            "mysql://root@127.0.0.1:3306/x"
+        );
+        assert_eq!(
+            super::with_database("mysql://root@h/test?ssl-mode=disabled", "x"),
+            "mysql://root@h/x?ssl-mode=disabled"
+        );
+        assert_eq!(super::with_database("mysql://root@h", "x"), "mysql://root@h/x");
+    }
+}

@@ -1,0 +1,1 @@
+//! mysql: catalog, copy and digest.

@@ -1,0 +1,1 @@
+//! pg: catalog, copy and digest.

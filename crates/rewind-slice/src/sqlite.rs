@@ -1,0 +1,1 @@
+//! sqlite: catalog, copy and digest.
