@@ -24,6 +24,7 @@ pub fn print(
     workdir: &Path,
     cwd: &Path,
     waves: &[u32],
+    slices: &[String],
 ) -> Result<()> {
     let wf = plan.workflow();
     let targets = plan.targets().targets();
@@ -44,9 +45,13 @@ pub fn print(
         let list: Vec<String> = waves.iter().map(|w| w.to_string()).collect();
         writeln!(out, "# waves end after targets {} (in file order)", list.join(", "))?;
     }
-    let connections = Arc::new(wf.connections.clone());
-    let vars = Arc::new(vars.clone());
-    let actions: Vec<_> = wf.steps.iter().map(|s| Arc::new(s.action.clone())).collect();
+    if !slices.is_empty() {
+        writeln!(out, "#\n# tenant slices, planned read-only from the catalogs this machine reaches now:")?;
+        for l in slices {
+            writeln!(out, "#   {l}")?;
+        }
+    }
+    let make = Attempts::new(plan, registry, vars, workdir, cwd);
     let mut text = String::new();
     for id in plan.ids() {
         let inst = plan.instance(id);
@@ -66,23 +71,7 @@ pub fn print(
             writeln!(out, "         skipped by its `when`")?;
             continue;
         }
-        let attempt = Attempt {
-            run_id: RunId::NIL,
-            restore_point: plan.restore_point(),
-            key: key.clone(),
-            attempt: 1,
-            idempotency_key: "<idempotency key>".to_owned(),
-            target: plan.target_of(id).cloned(),
-            group_value: plan.group_of(id).map(|g| g.value.clone()),
-            needs: BTreeMap::new(),
-            workdir: workdir.to_path_buf(),
-            cwd: cwd.to_path_buf(),
-            timeout: step.policy.timeout,
-            action: actions[inst.step as usize].clone(),
-            connections: connections.clone(),
-            vars: vars.clone(),
-            resolvers: registry.resolvers().clone(),
-        };
+        let attempt = make.attempt(id);
         let calls = rewind_exec::describe::describe(&attempt).map_err(|e| {
             refused(format!(
                 "rewind: --dry-run: {key} (step `{}`, line {}): {e}; nothing was run",
@@ -97,4 +86,116 @@ pub fn print(
         }
     }
     Ok(())
+}
+
+/// Builds the attempt a dry run shows for an instance (attempt 1, run-time values as
+/// placeholders).
+pub struct Attempts<'a> {
+    plan: &'a Plan,
+    registry: &'a Registry,
+    workdir: &'a Path,
+    cwd: &'a Path,
+    connections: Arc<Vec<rewind_model::Connection>>,
+    vars: Arc<Vars>,
+    actions: Vec<Arc<rewind_model::Action>>,
+}
+
+impl<'a> Attempts<'a> {
+    pub fn new(
+        plan: &'a Plan,
+        registry: &'a Registry,
+        vars: &Vars,
+        workdir: &'a Path,
+        cwd: &'a Path,
+    ) -> Self {
+        let wf = plan.workflow();
+        Self {
+            plan,
+            registry,
+            workdir,
+            cwd,
+            connections: Arc::new(wf.connections.clone()),
+            vars: Arc::new(vars.clone()),
+            actions: wf.steps.iter().map(|s| Arc::new(s.action.clone())).collect(),
+        }
+    }
+
+    pub fn attempt(&self, id: rewind_model::InstanceId) -> Attempt {
+        let plan = self.plan;
+        let step = plan.step_of(id);
+        Attempt {
+            run_id: RunId::NIL,
+            restore_point: plan.restore_point(),
+            key: plan.key(id).clone(),
+            attempt: 1,
+            idempotency_key: "<idempotency key>".to_owned(),
+            target: plan.target_of(id).cloned(),
+            group_value: plan.group_of(id).map(|g| g.value.clone()),
+            needs: BTreeMap::new(),
+            workdir: self.workdir.to_path_buf(),
+            cwd: self.cwd.to_path_buf(),
+            timeout: step.policy.timeout,
+            action: self.actions[plan.instance(id).step as usize].clone(),
+            connections: self.connections.clone(),
+            vars: self.vars.clone(),
+            resolvers: self.registry.resolvers().clone(),
+        }
+    }
+}
+
+/// At most this many distinct pairs of connections are planned per step; the rest are counted.
+const SLICES_SHOWN: usize = 8;
+
+/// The tenant slices of the plan's `copy` and `compare` steps, planned read-only from the
+/// catalogs they can reach: one block per step and pair of connections. Empty when the
+/// workflow has no such step.
+pub fn slices(
+    plan: &Plan,
+    registry: &Registry,
+    vars: &Vars,
+    workdir: &Path,
+    cwd: &Path,
+    rt: &tokio::runtime::Runtime,
+) -> Result<Vec<String>> {
+    let make = Attempts::new(plan, registry, vars, workdir, cwd);
+    let mut seen = std::collections::BTreeSet::new();
+    let mut more: BTreeMap<String, usize> = BTreeMap::new();
+    let mut unrendered = std::collections::BTreeSet::new();
+    let mut lines = Vec::new();
+    for id in plan.ids() {
+        if plan.instance(id).skipped {
+            continue;
+        }
+        let attempt = make.attempt(id);
+        let Some(ends) = rewind_exec::discover::slice_ends(&attempt) else { continue };
+        let ends = match ends {
+            Ok(ends) => ends,
+            Err(e) => {
+                let step = plan.step_of(id).id.to_string();
+                if unrendered.insert(step.clone()) {
+                    lines.push(format!("{step}: not planned: {e}"));
+                }
+                continue;
+            }
+        };
+        if seen.contains(&ends) {
+            continue;
+        }
+        let shown = seen.iter().filter(|e: &&rewind_exec::discover::SliceEnds| e.step == ends.step).count();
+        if shown >= SLICES_SHOWN {
+            *more.entry(ends.step.clone()).or_default() += 1;
+            seen.insert(ends);
+            continue;
+        }
+        let (rewind_model::Action::Copy(s) | rewind_model::Action::Compare(s)) = &*attempt.action
+        else {
+            continue;
+        };
+        lines.extend(rt.block_on(rewind_exec::discover::discover(&ends, s)));
+        seen.insert(ends);
+    }
+    for (step, n) in more {
+        lines.push(format!("{step}: {n} more pairs of connections, not planned here"));
+    }
+    Ok(lines)
 }

@@ -29,12 +29,47 @@ pub struct Args {
 pub fn run(args: &Args) -> Result<Exit> {
     let plan = inputs::plan(&args.workflow, &args.targets, &args.restore_point)?;
     let summary = plan.summary();
+    let slices = slices(&plan, &args.workflow)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        let mut value = serde_json::to_value(&summary)?;
+        if let (Some(map), false) = (value.as_object_mut(), slices.is_empty()) {
+            map.insert("slices".into(), serde_json::Value::from(slices));
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         print!("{}", render(&summary));
+        if !slices.is_empty() {
+            println!("\ntenant slices (planned read-only from the catalogs this machine reaches now)");
+            for l in &slices {
+                println!("  {l}");
+            }
+        }
     }
     Ok(Exit::Ok)
+}
+
+/// The tenant slices of the workflow's `copy` and `compare` steps ([`crate::cmd::dry_run::slices`]).
+fn slices(plan: &rewind_model::Plan, workflow: &std::path::Path) -> Result<Vec<String>> {
+    let has_slices = plan
+        .workflow()
+        .steps
+        .iter()
+        .any(|s| matches!(s.action, rewind_model::Action::Copy(_) | rewind_model::Action::Compare(_)));
+    if !has_slices {
+        return Ok(Vec::new());
+    }
+    let workdir = workflow.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let workdir = std::path::absolute(workdir)?;
+    let cwd = std::env::current_dir()?;
+    let rt = crate::store::runtime()?;
+    crate::cmd::dry_run::slices(
+        plan,
+        &crate::registry::registry(),
+        &rewind_exec::Vars::from_process(),
+        &workdir,
+        &cwd,
+        &rt,
+    )
 }
 
 /// Left-aligned columns, two spaces apart; columns listed in `right` are right-aligned.

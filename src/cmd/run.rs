@@ -173,7 +173,18 @@ pub fn run(db: &str, args: &Args) -> Result<Exit> {
     }
     if args.dry_run {
         let mut out = std::io::stdout().lock();
-        crate::cmd::dry_run::print(&mut out, &plan, &registry, &vars, &workdir, &cwd, &boundaries)?;
+        let slices =
+            crate::cmd::dry_run::slices(&plan, &registry, &vars, &workdir, &cwd, &rt)?;
+        crate::cmd::dry_run::print(
+            &mut out,
+            &plan,
+            &registry,
+            &vars,
+            &workdir,
+            &cwd,
+            &boundaries,
+            &slices,
+        )?;
         out.flush()?;
         return Ok(Exit::Ok);
     }

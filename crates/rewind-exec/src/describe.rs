@@ -11,9 +11,9 @@
 //! Connection URLs then go through the attempt's resolvers; a resolver that refuses the URL (a
 //! scratch URL holding `<run id>`, say) leaves it shown as rendered, with the reason.
 //!
-//! The SQL of `copy` and `compare` comes from the same builders the executor uses
-//! ([`crate::slice`]); only the column lists, which the executor reads from the databases, are
-//! shown as `<columns of "TABLE">`.
+//! A `copy` or `compare` is planned from a catalog at run time: its calls here say what it
+//! does, and the slice's plan (tables, paths, order, selectors) is shown by `rewind plan` and
+//! the dry run's header from the connections they can reach ([`crate::discover`]).
 
 use std::fmt;
 
@@ -24,7 +24,7 @@ use rewind_model::{
 
 use crate::Attempt;
 use crate::command::resolve;
-use crate::connect::{Kind, kind, quote, redact};
+use crate::connect::{Kind, kind, redact};
 use crate::slice;
 
 /// One thing an attempt would do, fully rendered.
@@ -139,6 +139,28 @@ fn render_url(a: &Attempt, t: &UrlTemplate) -> Result<String, String> {
     .map_err(|e| format!("`{}`: {e}", redact_url(t.as_str())))
 }
 
+/// One end of a slice action as a dry run resolves it (see [`crate::discover`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct SliceEnd {
+    pub(crate) name: String,
+    url: String,
+    resolved: bool,
+}
+
+impl SliceEnd {
+    /// The URL, when it is known before the run.
+    pub(crate) fn url(&self) -> Option<&str> {
+        (self.resolved && !self.url.contains("<run id>") && !self.url.contains("<needs."))
+            .then_some(self.url.as_str())
+    }
+}
+
+/// The connection `name` of `a`, rendered and resolved.
+pub(crate) fn slice_end(a: &Attempt, name: &ConnectionName) -> Result<SliceEnd, String> {
+    let c = Conn::new(a, name)?;
+    Ok(SliceEnd { name: c.name, resolved: c.unresolved.is_none(), url: c.url })
+}
+
 /// A connection as a dry run sees it.
 struct Conn {
     name: String,
@@ -186,7 +208,10 @@ impl Conn {
     }
 }
 
-/// The statements of a `copy` (`copy: true`) or `compare`, in the executor's order.
+/// What a `copy` (`copy: true`) or `compare` does, in the executor's order. The statements of
+/// the slice itself depend on the catalog, read at run time: `rewind plan` and the dry run's
+/// header show the plan and the selectors, read from the connections they can reach
+/// ([`crate::discover`]).
 fn slice_calls(a: &Attempt, s: &SliceAction, copy: bool) -> Result<Vec<Call>, String> {
     let what = if copy { "copy" } else { "compare" };
     let from = Conn::new(a, &s.from)?;
@@ -199,9 +224,6 @@ fn slice_calls(a: &Attempt, s: &SliceAction, copy: bool) -> Result<Vec<Call>, St
         (Some(k), None) | (None, Some(k)) => Some(k?),
         (None, None) => None,
     };
-    let tables: Vec<String> = s.tables.iter().map(|t| quote(t)).collect();
-    let tables = tables.join(", ");
-    let cols = |t: &str| format!("<columns of {}>", quote(t));
     let mut calls = Vec::new();
     if let Some(q) = &s.source_restore_point {
         calls.push(from.statement(q.clone(), Vec::new()));
@@ -212,64 +234,39 @@ fn slice_calls(a: &Attempt, s: &SliceAction, copy: bool) -> Result<Vec<Call>, St
         )));
     }
     calls.push(Call::Note(format!(
-        "read the columns of {tables} in `{}` and `{}`; they must be the same",
-        s.from, s.to
+        "plan the slice ({}) of tenant {} from `{}`'s catalog: its tables, how each reaches the tenant, their order",
+        s.extent(),
+        sql_quote(&tenant),
+        s.from
     )));
-    let tc = &s.tenant_column;
-    let t1 = || vec![tenant.clone()];
     if !copy {
-        for t in &s.tables {
-            let select = format!("<CAST(c AS TEXT) for each column c of {}>", quote(t));
-            calls.push(from.statement(slice::digest_sql(t, &select, tc), t1()));
-        }
-        for t in &s.tables {
-            let select = format!("<CAST(c AS TEXT) for each column c of {}>", quote(t));
-            calls.push(to.statement(slice::digest_sql(t, &select, tc), t1()));
-        }
         calls.push(Call::Note(format!(
-            "fail unless every table has the same row count and row digest in `{}` as in `{}`",
-            s.to, s.from
+            "read the slice in `{}`, then in `{}`: per table, the row count and an order-independent digest of the rows; fail unless every table matches",
+            s.from, s.to
         )));
         return Ok(calls);
     }
-    match kinds {
+    let how = match kinds {
+        Some(Kind::Postgres) => format!(
+            "SET LOCAL session_replication_role = replica (user triggers do not fire); delete the tenant's rows, children first; stream each table's rows, parents first, from `{}` (COPY (SELECT …) TO STDOUT (FORMAT binary)) into COPY … FROM STDIN (FORMAT binary); check every foreign key of the restored rows; advance sequences past the restored keys; COMMIT",
+            s.from
+        ),
+        Some(Kind::Mysql) => format!(
+            "SET foreign_key_checks = 0, @rewind_restore = 1 (triggers that test it skip the restore); delete the tenant's rows, children first, by primary key; insert `{}`'s rows, parents first, in batched multi-row INSERTs; check every foreign key of the restored rows; COMMIT; restore the session",
+            s.from
+        ),
         Some(Kind::Sqlite) => {
             let file = match from.unresolved {
                 None => slice::sqlite_file(&from.url)?.display().to_string(),
                 Some(_) => format!("<file of `{}`>", s.from),
             };
-            calls.push(to.statement(slice::SQLITE_ATTACH, vec![file]));
-            calls.push(to.statement(slice::SQLITE_BEGIN, Vec::new()));
-            for t in &s.tables {
-                calls.push(to.statement(slice::sqlite_delete(t, tc), t1()));
-                calls.push(to.statement(slice::sqlite_insert(t, &cols(t), tc), t1()));
-            }
-            calls.push(to.statement(slice::COMMIT, Vec::new()));
-            calls.push(to.statement(slice::SQLITE_DETACH, Vec::new()));
+            format!(
+                "ATTACH {file} read-only; BEGIN IMMEDIATE; defer foreign keys; drop the tables' user triggers (recreated before COMMIT); delete the tenant's rows, children first; INSERT … SELECT the source's rows, parents first; COMMIT; DETACH"
+            )
         }
-        Some(Kind::Postgres) => {
-            calls.push(from.statement(slice::PG_SOURCE_BEGIN, Vec::new()));
-            calls.push(to.statement(slice::PG_DEST_BEGIN, Vec::new()));
-            for t in &s.tables {
-                calls.push(from.statement(slice::pg_stage(t, &cols(t), tc), t1()));
-                calls.push(to.statement(slice::pg_delete(t, tc), t1()));
-                calls.push(to.statement(slice::pg_copy_in(t, &cols(t)), Vec::new()));
-                calls.push(from.statement(slice::PG_COPY_OUT, Vec::new()));
-                calls.push(Call::Note(format!(
-                    "stream `{}`'s COPY output into `{}`'s COPY input",
-                    s.from, s.to
-                )));
-                calls.push(from.statement(slice::PG_DROP_STAGE, Vec::new()));
-            }
-            calls.push(to.statement(slice::COMMIT, Vec::new()));
-            calls.push(from.statement(slice::COMMIT, Vec::new()));
-        }
-        None => calls.push(Call::Note(format!(
-            "replace the slice {tc} = '{tenant}' of {tables} in `{}` with `{}`'s: the statements \
-             depend on the kind of database, known once the connections resolve",
-            s.to, s.from
-        ))),
-    }
+        None => "the statements depend on the kind of database, known once the connections resolve".to_owned(),
+    };
+    calls.push(Call::Note(format!("in one transaction on `{}`: {how}", s.to)));
     Ok(calls)
 }
 
@@ -569,10 +566,10 @@ bad = "postgres://u@{{target.attr.shard}}/db""#,
         assert!(e.contains("REWIND_TEST_SURELY_UNSET_DIR"), "{e}");
     }
 
-    const SLICE: &str = r#"from = "scratch", to = "live", tables = ["projects", "issues"], tenant_column = "site_id", tenant = "{{target.id}}""#;
+    const SLICE: &str = r#"from = "scratch", to = "live", root = "sites", tenant = "{{target.id}}""#;
 
     #[test]
-    fn a_sqlite_copy_lists_its_statements_with_the_tenant_bound() {
+    fn a_copy_checks_the_restore_point_then_says_what_it_does() {
         let a = attempt(
             "live = \"sqlite:///srv/live.sqlite\"\nscratch = \"sqlite:///srv/scratch/{{run.id}}.sqlite\"",
             "",
@@ -582,86 +579,32 @@ bad = "postgres://u@{{target.attr.shard}}/db""#,
             Vars::default(),
         );
         let calls = describe(&a).unwrap();
-        let stmts: Vec<(&str, &str, &[String])> = calls
-            .iter()
-            .filter_map(|c| match c {
-                Call::Statement { connection, sql, params, .. } => {
-                    Some((connection.as_str(), sql.as_str(), params.as_slice()))
-                }
-                _ => None,
-            })
-            .collect();
-        let tenant = [SITE.to_owned()];
-        let none: &[String] = &[];
+        let Call::Statement { connection, sql, .. } = &calls[0] else { panic!("{calls:?}") };
         assert_eq!(
-            stmts,
-            vec![
-                ("scratch", "SELECT value FROM rewind_meta WHERE key = 'restore_point'", none),
-                (
-                    "live",
-                    "ATTACH DATABASE ?1 AS rw_source",
-                    &["/srv/scratch/<run id>.sqlite".to_owned()][..]
-                ),
-                ("live", "BEGIN IMMEDIATE", none),
-                ("live", "DELETE FROM main.\"projects\" WHERE \"site_id\" = ?1", &tenant[..]),
-                (
-                    "live",
-                    "INSERT INTO main.\"projects\" (<columns of \"projects\">) SELECT <columns of \"projects\"> FROM rw_source.\"projects\" WHERE \"site_id\" = ?1",
-                    &tenant[..]
-                ),
-                ("live", "DELETE FROM main.\"issues\" WHERE \"site_id\" = ?1", &tenant[..]),
-                (
-                    "live",
-                    "INSERT INTO main.\"issues\" (<columns of \"issues\">) SELECT <columns of \"issues\"> FROM rw_source.\"issues\" WHERE \"site_id\" = ?1",
-                    &tenant[..]
-                ),
-                ("live", "COMMIT", none),
-                ("live", "DETACH DATABASE rw_source", none),
-            ]
+            (connection.as_str(), sql.as_str()),
+            ("scratch", "SELECT value FROM rewind_meta WHERE key = 'restore_point'")
         );
         let out = text(&calls);
-        assert!(out.contains(&format!("{INDENT}  ?1 = '{SITE}'\n")), "{out}");
-        assert_eq!(out.matches("sql      live  sqlite:///srv/live.sqlite\n").count(), 1, "{out}");
-        assert!(
-            out.contains("2022-04-05T07:33:00Z"),
-            "the source's restore point is checked: {out}"
-        );
+        assert!(out.contains("2022-04-05T07:33:00Z"), "the source's restore point is checked: {out}");
+        assert!(out.contains(&format!("plan the slice (root sites) of tenant '{SITE}'")), "{out}");
+        assert!(out.contains("ATTACH /srv/scratch/<run id>.sqlite read-only"), "{out}");
+        assert!(out.contains("drop the tables' user triggers"), "{out}");
     }
 
     #[test]
-    fn a_postgres_copy_and_a_compare_use_the_executors_statements() {
+    fn each_engine_says_how_it_keeps_triggers_quiet_and_kinds_must_match() {
         let conns = "live = \"postgres://u:${PW}@h/db?options[search_path]=live\"\nscratch = \"postgres://u:${PW}@h/db?options[search_path]=scratch\"";
         let pw = || Vars::default().with("PW", "p@ss");
         let a = attempt(conns, "", &format!("{{ kind = \"copy\", {SLICE} }}"), pw());
-        let sql: Vec<String> = describe(&a)
-            .unwrap()
-            .into_iter()
-            .filter_map(|c| match c {
-                Call::Statement { connection, sql, url, .. } => {
-                    assert!(url.contains("u:***@"), "{url}");
-                    Some(format!("{connection}: {sql}"))
-                }
-                _ => None,
-            })
-            .collect();
-        assert_eq!(sql[0], "scratch: BEGIN ISOLATION LEVEL REPEATABLE READ");
-        assert_eq!(
-            sql[2],
-            "scratch: CREATE TEMP TABLE rw_stage ON COMMIT DROP AS SELECT <columns of \"projects\"> FROM \"projects\" WHERE \"site_id\" = $1"
-        );
-        assert_eq!(sql[3], "live: DELETE FROM \"projects\" WHERE \"site_id\" = $1");
-        assert_eq!(sql[4], "live: COPY \"projects\" (<columns of \"projects\">) FROM STDIN");
-        assert_eq!(sql[5], "scratch: COPY rw_stage TO STDOUT");
-
+        let out = text(&describe(&a).unwrap());
+        assert!(out.contains("session_replication_role = replica"), "{out}");
+        assert!(!out.contains("p@ss"), "{out}");
+        let my = "live = \"mysql://root@h/live\"\nscratch = \"mysql://root@h/backup\"";
+        let a = attempt(my, "", &format!("{{ kind = \"copy\", {SLICE} }}"), Vars::default());
+        assert!(text(&describe(&a).unwrap()).contains("@rewind_restore = 1"));
         let c = attempt(conns, "", &format!("{{ kind = \"compare\", {SLICE} }}"), pw());
-        let calls = describe(&c).unwrap();
-        assert!(calls.contains(&Call::Statement {
-            connection: "live".into(),
-            url: "postgres://u:***@h/db?options[search_path]=live".into(),
-            unresolved: None,
-            sql: "SELECT <CAST(c AS TEXT) for each column c of \"issues\"> FROM \"issues\" WHERE \"site_id\" = $1".into(),
-            params: vec![SITE.into()],
-        }));
+        let out = text(&describe(&c).unwrap());
+        assert!(out.contains("fail unless every table matches"), "{out}");
 
         let mixed = attempt(
             "live = \"sqlite:///srv/live.sqlite\"\nscratch = \"postgres://h/db\"",

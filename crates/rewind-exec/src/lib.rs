@@ -18,6 +18,7 @@ mod cancel;
 pub mod command;
 mod connect;
 pub mod describe;
+pub mod discover;
 mod group;
 pub mod preflight;
 pub mod readonly;

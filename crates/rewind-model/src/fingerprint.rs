@@ -364,12 +364,33 @@ fn v1_action(j: &mut Json, a: &Action) {
             });
         }
         Action::Copy(s) | Action::Compare(s) => {
-            let SliceAction { from, to, tables, tenant_column, tenant, source_restore_point } = s;
+            let SliceAction {
+                from,
+                to,
+                root,
+                tables,
+                tenant_column,
+                exclude,
+                tenant,
+                source_restore_point,
+            } = s;
             j.field_str(false, "from", from.as_str());
             j.field_str(false, "to", to.as_str());
+            // `root` and `exclude` are written only when set, and `tenant_column` only when
+            // given: a workflow of the tables-and-tenant-column kind keeps the fingerprint it
+            // had before they existed, so its stored runs still load.
+            if let Some(root) = root {
+                j.field_str(false, "root", root);
+            }
             j.key(false, "tables");
             j.strs(tables);
-            j.field_str(false, "tenant_column", tenant_column);
+            if let Some(tenant_column) = tenant_column {
+                j.field_str(false, "tenant_column", tenant_column);
+            }
+            if !exclude.is_empty() {
+                j.key(false, "exclude");
+                j.strs(exclude);
+            }
             j.field_str(false, "tenant", tenant.as_str());
             j.field_opt_str("source_restore_point", source_restore_point.as_deref());
         }

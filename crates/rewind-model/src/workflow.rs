@@ -256,9 +256,9 @@ impl Action {
         match self {
             Self::Command(c) => format!("command {}", c.program),
             Self::Sql(s) => format!("sql on {}", s.connection),
-            Self::Copy(c) => format!("copy {} -> {} ({} tables)", c.from, c.to, c.tables.len()),
+            Self::Copy(c) => format!("copy {} -> {} ({})", c.from, c.to, c.extent()),
             Self::Compare(c) => {
-                format!("compare {} with {} ({} tables)", c.to, c.from, c.tables.len())
+                format!("compare {} with {} ({})", c.to, c.from, c.extent())
             }
             Self::Audit(_) => "audit of restore points".to_owned(),
         }
@@ -296,22 +296,54 @@ pub struct Statement {
     pub params: Vec<Template>,
 }
 
-/// `kind = "copy"` and `kind = "compare"`: one tenant's slice of some tables.
+/// `kind = "copy"` and `kind = "compare"`: one tenant's slice of a store.
+///
+/// With `root`, the slice is the root table's row whose primary key is the tenant, and every
+/// row that reaches it through foreign keys, discovered from the catalog at run time
+/// (`rewind-slice`); `tables` then restricts the discovered tables or adds tables that carry
+/// `tenant_column` without a foreign key, and `exclude` leaves tables out. Without `root`, the
+/// slice is the rows of `tables` whose `tenant_column` is the tenant. Either way the order of
+/// deletes and inserts comes from the foreign keys, not from the order of `tables`.
 #[derive(Clone, Debug, Serialize)]
 pub struct SliceAction {
     /// Source connection (the scratch copy at the restore point).
     pub from: ConnectionName,
     /// Destination connection (the live store).
     pub to: ConnectionName,
-    /// Tables, in dependency order (parents first).
+    /// The tenant root table: its primary key holds the tenant id.
+    pub root: Option<String>,
+    /// Tables (empty: every table the root reaches).
     pub tables: Vec<String>,
-    /// The column holding the tenant.
-    pub tenant_column: String,
+    /// The column holding the tenant in `tables` reached without a foreign key; required
+    /// without `root`.
+    pub tenant_column: Option<String>,
+    /// Tables left out of the slice (with `root`).
+    pub exclude: Vec<String>,
     /// The tenant whose rows are copied or compared.
     pub tenant: Template,
     /// A query on the source whose first column of the first row is the restore point the
     /// source reached; reported as `restore_point`, so the run's pin applies.
     pub source_restore_point: Option<String>,
+}
+
+impl SliceAction {
+    /// `3 tables`, or `root sites` (with `, 2 tables`/`, 1 excluded` when restricted).
+    pub fn extent(&self) -> String {
+        let n = |k: usize, what: &str| format!("{k} {what}{}", if k == 1 { "" } else { "s" });
+        match &self.root {
+            None => n(self.tables.len(), "table"),
+            Some(root) => {
+                let mut out = format!("root {root}");
+                if !self.tables.is_empty() {
+                    out.push_str(&format!(", {}", n(self.tables.len(), "table")));
+                }
+                if !self.exclude.is_empty() {
+                    out.push_str(&format!(", {} excluded", self.exclude.len()));
+                }
+                out
+            }
+        }
+    }
 }
 
 /// `kind = "audit"`

@@ -816,6 +816,79 @@ fn copy_and_compare_need_every_part() {
 }
 
 #[test]
+fn a_root_alone_is_a_slice_and_exclude_needs_it() {
+    let action = r#"{ kind = "copy", from = "scratch", to = "live", root = "sites", exclude = ["audit_log"], tenant = "{{target.id}}" }"#;
+    let wf = Workflow::parse("w.toml", &slice_step("c", "target", action))
+        .unwrap_or_else(|d| panic!("{d}"));
+    let rewind_model::Action::Copy(c) = &wf.steps[0].action else { panic!() };
+    assert_eq!(c.root.as_deref(), Some("sites"));
+    assert!(c.tables.is_empty() && c.tenant_column.is_none());
+    assert_eq!(c.exclude, ["audit_log"]);
+    assert_eq!(wf.steps[0].action.describe(), "copy scratch -> live (root sites, 1 excluded)");
+
+    let action = r#"{ kind = "copy", from = "scratch", to = "live", tenant = "x" }"#;
+    check(
+        &slice_step("c", "target", action),
+        K::MissingKey,
+        "action =",
+        Some("c"),
+        "copy action has no `root` and no `tables`",
+    );
+    let action =
+        r#"{ kind = "copy", from = "scratch", to = "live", tables = ["issues"], tenant = "x" }"#;
+    check(
+        &slice_step("c", "target", action),
+        K::MissingKey,
+        "action =",
+        Some("c"),
+        "copy action has no `root` and no `tenant_column`",
+    );
+    let action = r#"{ kind = "copy", from = "scratch", to = "live", tables = ["issues"], tenant_column = "site_id", exclude = ["x"], tenant = "x" }"#;
+    check(
+        &slice_step("c", "target", action),
+        K::InvalidValue,
+        "exclude",
+        Some("c"),
+        "`exclude` needs `root`",
+    );
+    let action = r#"{ kind = "copy", from = "scratch", to = "live", root = "sites", exclude = ["sites"], tenant = "x" }"#;
+    check(
+        &slice_step("c", "target", action),
+        K::InvalidValue,
+        "exclude",
+        Some("c"),
+        "`exclude` names `sites`, which is the root",
+    );
+    let action = r#"{ kind = "copy", from = "scratch", to = "live", root = "sites", tables = ["issues"], exclude = ["issues"], tenant = "x" }"#;
+    check(
+        &slice_step("c", "target", action),
+        K::InvalidValue,
+        "exclude",
+        Some("c"),
+        "`exclude` names `issues`, which is also listed in `tables`",
+    );
+    let action =
+        r#"{ kind = "copy", from = "scratch", to = "live", root = "sites; --", tenant = "x" }"#;
+    check(
+        &slice_step("c", "target", action),
+        K::InvalidId,
+        "root",
+        Some("c"),
+        "table name \"sites; --\" is not valid",
+    );
+    let action = r#"{ kind = "copy", from = "scratch", to = "live", root = "sites", exclude = [], tenant = "x" }"#;
+    check(
+        &slice_step("c", "target", action),
+        K::InvalidValue,
+        "exclude",
+        Some("c"),
+        "`exclude` is empty",
+    );
+    let action = r#"{ kind = "copy", from = "scratch", to = "live", root = "sites", excludes = ["a"], tenant = "x" }"#;
+    check(&slice_step("c", "target", action), K::UnknownKey, "excludes", Some("c"), "excludes");
+}
+
+#[test]
 fn table_and_column_names_are_identifiers_never_sql() {
     let action = r#"{ kind = "copy", from = "scratch", to = "live", tables = ["issues; DROP TABLE sites"], tenant_column = "site_id", tenant = "x" }"#;
     check(

@@ -54,8 +54,17 @@ const ACTION_KINDS: &[&str] = &["command", "sql", "copy", "compare", "audit"];
 const COMMAND_KEYS: &[&str] = &["kind", "program", "args", "env"];
 const SQL_KEYS: &[&str] = &["kind", "connection", "sql", "params", "statements"];
 const STATEMENT_KEYS: &[&str] = &["sql", "params"];
-const SLICE_KEYS: &[&str] =
-    &["kind", "from", "to", "tables", "tenant_column", "tenant", "source_restore_point"];
+const SLICE_KEYS: &[&str] = &[
+    "kind",
+    "from",
+    "to",
+    "root",
+    "tables",
+    "tenant_column",
+    "exclude",
+    "tenant",
+    "source_restore_point",
+];
 const AUDIT_KEYS: &[&str] = &["kind", "require"];
 const MAX_RETRIES: i64 = 1000;
 
@@ -260,6 +269,29 @@ impl Parser<'_> {
             }
         }
         ok.then_some(out)
+    }
+
+    /// A non-empty list of table names (`tables`, `exclude`): each an identifier, none twice.
+    fn table_list(&mut self, v: &Val<'_>, key: &str, step: Option<&StepId>) -> Option<Vec<String>> {
+        let list = self.strings(v, key, step)?;
+        if list.is_empty() {
+            self.err(&v.span(), K::InvalidValue, step, format!("`{key}` is empty"));
+            return None;
+        }
+        let mut ok = true;
+        let mut names: Vec<String> = Vec::new();
+        for (name, span) in list {
+            if !is_identifier(&name) {
+                self.err(&span, K::InvalidId, step, identifier_rule("table", &name));
+                ok = false;
+            } else if names.contains(&name) {
+                self.err(&span, K::InvalidValue, step, format!("table `{name}` is listed twice"));
+                ok = false;
+            } else {
+                names.push(name);
+            }
+        }
+        ok.then_some(names)
     }
 
     fn integer(&mut self, v: &Val<'_>, key: &str, step: Option<&StepId>) -> Option<i64> {
@@ -1137,55 +1169,79 @@ impl Parser<'_> {
                     );
                     return None;
                 }
+                let root = match t.get("root") {
+                    None => Some(None),
+                    Some(r) => self.string(r, "root", s).and_then(|name| {
+                        if is_identifier(&name) {
+                            Some(Some(name))
+                        } else {
+                            self.err(&r.span(), K::InvalidId, s, identifier_rule("table", &name));
+                            None
+                        }
+                    }),
+                };
+                let has_root = matches!(root, Some(Some(_)));
                 let tables = match t.get("tables") {
+                    None if has_root => Some(Vec::new()),
                     None => {
                         self.err(
                             &v.span(),
                             K::MissingKey,
                             s,
-                            format!("{kind} action has no `tables`"),
+                            format!("{kind} action has no `root` and no `tables`"),
                         );
                         None
                     }
-                    Some(tv) => self.strings(tv, "tables", s).and_then(|list| {
-                        if list.is_empty() {
-                            self.err(&tv.span(), K::InvalidValue, s, "`tables` is empty");
-                            return None;
-                        }
+                    Some(tv) => self.table_list(tv, "tables", s),
+                };
+                let exclude = match t.get("exclude") {
+                    None => Some(Vec::new()),
+                    Some(ev) if !has_root => {
+                        self.err(
+                            &ev.span(),
+                            K::InvalidValue,
+                            s,
+                            "`exclude` needs `root`: without it, the slice is exactly `tables`",
+                        );
+                        None
+                    }
+                    Some(ev) => self.table_list(ev, "exclude", s).and_then(|list| {
                         let mut ok = true;
-                        let mut names: Vec<String> = Vec::new();
-                        for (name, span) in list {
-                            if !is_identifier(&name) {
-                                self.err(&span, K::InvalidId, s, identifier_rule("table", &name));
-                                ok = false;
-                            } else if names.contains(&name) {
+                        for name in &list {
+                            let clash = if root.as_ref().and_then(Option::as_ref) == Some(name) {
+                                Some("is the root")
+                            } else if tables.as_ref().is_some_and(|ts| ts.contains(name)) {
+                                Some("is also listed in `tables`")
+                            } else {
+                                None
+                            };
+                            if let Some(why) = clash {
                                 self.err(
-                                    &span,
+                                    &ev.span(),
                                     K::InvalidValue,
                                     s,
-                                    format!("table `{name}` is listed twice"),
+                                    format!("`exclude` names `{name}`, which {why}"),
                                 );
                                 ok = false;
-                            } else {
-                                names.push(name);
                             }
                         }
-                        ok.then_some(names)
+                        ok.then_some(list)
                     }),
                 };
                 let tenant_column = match t.get("tenant_column") {
+                    None if has_root => Some(None),
                     None => {
                         self.err(
                             &v.span(),
                             K::MissingKey,
                             s,
-                            format!("{kind} action has no `tenant_column`"),
+                            format!("{kind} action has no `root` and no `tenant_column`"),
                         );
                         None
                     }
                     Some(c) => self.string(c, "tenant_column", s).and_then(|name| {
                         if is_identifier(&name) {
-                            Some(name)
+                            Some(Some(name))
                         } else {
                             self.err(&c.span(), K::InvalidId, s, identifier_rule("column", &name));
                             None
@@ -1213,8 +1269,10 @@ impl Parser<'_> {
                 let slice = SliceAction {
                     from: from?,
                     to: to?,
+                    root: root?,
                     tables: tables?,
                     tenant_column: tenant_column?,
+                    exclude: exclude?,
                     tenant: tenant?,
                     source_restore_point: source_restore_point?,
                 };

@@ -1,0 +1,137 @@
+//! A slice's plan read from a live catalog before a run: `rewind plan` and `rewind run
+//! --dry-run` show, for each `copy` and `compare` and each pair of connections it reaches, the
+//! tables of the tenant's slice, the path by which each reaches the root, the order, and the
+//! `WHERE` that selects each table's rows.
+//!
+//! The run plans from the source (`from`); before the run the source often does not exist yet
+//! (a point-in-time restore makes it), so the plan is read from the destination (`to`) instead,
+//! and says so. Catalogs are read over read-only sessions: PostgreSQL
+//! `default_transaction_read_only`, MySQL `SET SESSION TRANSACTION READ ONLY`, SQLite opened
+//! read-only. Nothing is written.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use rewind_model::{Action, SliceAction};
+use rewind_slice::sql::{Dialect, Scope, selector};
+use rewind_slice::{Schema, SliceError};
+use sqlx::Connection as _;
+
+use crate::Attempt;
+use crate::connect::{Kind, kind, redact};
+use crate::describe::{SliceEnd, slice_end};
+use crate::slice::request;
+
+/// How long reading one catalog may take.
+const TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The two ends of an attempt's `copy` or `compare`, rendered and resolved as a dry run does:
+/// the key under which a plan is shown once.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SliceEnds {
+    /// The step.
+    pub step: String,
+    from: SliceEnd,
+    to: SliceEnd,
+}
+
+/// The ends of `a`'s slice action; `None` for other actions, an error when a URL cannot render.
+pub fn slice_ends(a: &Attempt) -> Option<Result<SliceEnds, String>> {
+    let (Action::Copy(s) | Action::Compare(s)) = &*a.action else { return None };
+    let ends = || -> Result<SliceEnds, String> {
+        Ok(SliceEnds {
+            step: a.key.step.to_string(),
+            from: slice_end(a, &s.from)?,
+            to: slice_end(a, &s.to)?,
+        })
+    };
+    Some(ends())
+}
+
+/// The lines that show the slice `s` of `ends`, planned from the first catalog that can be read.
+pub async fn discover(ends: &SliceEnds, s: &SliceAction) -> Vec<String> {
+    let mut lines = vec![format!("{} ({}):", ends.step, s.extent())];
+    let mut why_not = Vec::new();
+    for (end, role) in [(&ends.from, "the source"), (&ends.to, "the destination")] {
+        let Some(url) = end.url() else {
+            why_not.push(format!("`{}` is not known before the run", end.name));
+            continue;
+        };
+        match tokio::time::timeout(TIMEOUT, read_only_catalog(url)).await {
+            Ok(Ok(schema)) => {
+                let said = if role == "the source" {
+                    format!("  planned read-only from `{}` ({})", end.name, redact(url))
+                } else {
+                    format!(
+                        "  planned read-only from `{}` ({}); the run plans it from `{}` ({})",
+                        end.name,
+                        redact(url),
+                        ends.from.name,
+                        why_not.join("; ")
+                    )
+                };
+                lines.push(said);
+                lines.extend(render(&schema, s));
+                return lines;
+            }
+            Ok(Err(e)) => why_not.push(format!("`{}`: {e}", end.name)),
+            Err(_) => why_not.push(format!("`{}`: no answer within {TIMEOUT:?}", end.name)),
+        }
+    }
+    lines.push(format!("  not planned: no catalog could be read ({})", why_not.join("; ")));
+    lines
+}
+
+/// The plan of `s` in `schema`, or why there is none, as indented lines.
+fn render(schema: &Schema, s: &SliceAction) -> Vec<String> {
+    let plan = match rewind_slice::plan::plan(schema, &request(s)) {
+        Ok(p) => p,
+        Err(e) => return vec![format!("  the run would fail: {e}")],
+    };
+    let dialect = Dialect::from(schema.engine);
+    let tenant = "<tenant>";
+    let scope = Scope { dialect, qualifier: "", tenant };
+    let mut lines: Vec<String> = plan.describe().into_iter().map(|l| format!("  {l}")).collect();
+    lines.push("  rows selected:".to_owned());
+    for t in &plan.tables {
+        lines.push(format!("    {}: WHERE {}", dialect.quote(&t.name), selector(&plan, t, scope)));
+    }
+    lines
+}
+
+/// The catalog at `url`, read over a read-only session.
+async fn read_only_catalog(url: &str) -> Result<Schema, String> {
+    let said = |e: SliceError| e.to_string();
+    let connect = |e: sqlx::Error| format!("cannot connect: {}", rewind_slice::error::describe(&e));
+    match kind(url)? {
+        Kind::Postgres => {
+            let options = sqlx::postgres::PgConnectOptions::from_str(url)
+                .map_err(|e| e.to_string())?
+                .options([("default_transaction_read_only", "on")]);
+            let mut c = sqlx::PgConnection::connect_with(&options).await.map_err(connect)?;
+            let r = rewind_slice::pg::schema(&mut c).await.map_err(said);
+            let _ = c.close().await;
+            r
+        }
+        Kind::Mysql => {
+            let mut c = sqlx::MySqlConnection::connect(url).await.map_err(connect)?;
+            sqlx::query("SET SESSION TRANSACTION READ ONLY")
+                .execute(&mut c)
+                .await
+                .map_err(|e| rewind_slice::error::describe(&e))?;
+            let r = rewind_slice::mysql::schema(&mut c).await.map_err(said);
+            let _ = c.close().await;
+            r
+        }
+        Kind::Sqlite => {
+            let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)
+                .map_err(|e| e.to_string())?
+                .read_only(true)
+                .create_if_missing(false);
+            let mut c = sqlx::SqliteConnection::connect_with(&options).await.map_err(connect)?;
+            let r = rewind_slice::sqlite::schema(&mut c, "main").await.map_err(said);
+            let _ = c.close().await;
+            r
+        }
+    }
+}
