@@ -308,10 +308,9 @@ fn discover<'s>(
 fn tenant_via(table: &Table, column: &str) -> Result<Via, PlanError> {
     match table.column(column) {
         Some(_) => Ok(Via::TenantColumn { column: column.to_owned() }),
-        None => Err(PlanError::NoTenantColumn {
-            table: table.name.clone(),
-            column: column.to_owned(),
-        }),
+        None => {
+            Err(PlanError::NoTenantColumn { table: table.name.clone(), column: column.to_owned() })
+        }
     }
 }
 
@@ -361,9 +360,8 @@ fn parent_vias(members: &Members<'_>, cycle_of: &BTreeMap<&str, usize>, name: &s
             let parent = members.get(fk.parent.as_str())?;
             let nearer = parent.distance < member.distance;
             let outside_cycle = cycle_of.get(fk.parent.as_str()) != cycle_of.get(name);
-            (nearer || outside_cycle).then(|| {
-                (parent.distance, is_nullable(table, fk), position(fk), fk)
-            })
+            (nearer || outside_cycle)
+                .then(|| (parent.distance, is_nullable(table, fk), position(fk), fk))
         })
         .collect();
     ranked.sort_by(|a, b| (a.0, a.1, a.2, &a.3.name).cmp(&(b.0, b.1, b.2, &b.3.name)));
@@ -524,9 +522,7 @@ fn break_cycles(
         let best = refs
             .iter()
             .enumerate()
-            .filter(|(i, r)| {
-                live[*i] && cycle.contains(&r.child) && cycle.contains(&r.parent)
-            })
+            .filter(|(i, r)| live[*i] && cycle.contains(&r.child) && cycle.contains(&r.parent))
             .filter(|(_, r)| r.fk.deferrable || is_nullable(r.table, r.fk))
             .min_by_key(|(_, r)| (!r.fk.deferrable, deciding(r), r.fk.name.as_str(), r.child));
         let Some((i, r)) = best else {
@@ -592,7 +588,11 @@ impl SlicePlan {
             if !t.set_after.is_empty() {
                 lines.push(format!(
                     "   {} inserted as NULL and set after every insert (breaks a reference cycle)",
-                    t.set_after.iter().map(|c| format!("{}.{c}", t.name)).collect::<Vec<_>>().join(", ")
+                    t.set_after
+                        .iter()
+                        .map(|c| format!("{}.{c}", t.name))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ));
             }
             for (_, constraint) in self.deferred.iter().filter(|(table, _)| *table == t.name) {
@@ -618,7 +618,10 @@ impl SlicePlan {
             match via {
                 Via::Root { column } => {
                     let data_type = self.root.as_ref().map_or("", |r| r.data_type.as_str());
-                    return format!("{} — root, tenant = {}.{column} ({data_type})", t.name, t.name);
+                    return format!(
+                        "{} — root, tenant = {}.{column} ({data_type})",
+                        t.name, t.name
+                    );
                 }
                 Via::TenantColumn { column } => {
                     return format!("{} — tenant = {}.{column} (no foreign key)", t.name, t.name);
