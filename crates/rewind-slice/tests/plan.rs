@@ -580,6 +580,35 @@ fn a_cycle_breaks_a_key_that_does_not_decide_before_one_that_does() {
 }
 
 #[test]
+fn a_cycle_through_the_root_is_broken_at_the_root() {
+    // sites.owner_id → users, users.site_id → sites: the root's key decides it, never a
+    // foreign key, so its nullable owner is set after.
+    let schema = build(
+        Engine::Postgres,
+        vec![
+            t("sites").col("id", "uuid").null("owner_id", "bigint").pk(&["id"]).fk(
+                "sites_owner_fk",
+                "owner_id",
+                "users",
+            ),
+            t("users").col("id", "bigint").col("site_id", "uuid").pk(&["id"]).fk(
+                "users_site_fk",
+                "site_id",
+                "sites",
+            ),
+        ],
+    );
+    let plan = slice_plan(&schema, &root("sites")).unwrap();
+    assert_eq!(order(&plan), ["sites", "users"]);
+    assert_eq!(plan.table("sites").unwrap().set_after, ["owner_id"]);
+    assert_eq!(plan.table("sites").unwrap().via, [Via::Root { column: "id".into() }]);
+    assert_eq!(
+        plan.table("users").unwrap().via,
+        [parent("users_site_fk", &["site_id"], "sites", &["id"], false)]
+    );
+}
+
+#[test]
 fn a_longer_cycle_is_broken_until_none_is_left() {
     // a → b → c → a, every key nullable; on Postgres one break suffices.
     let schema = build(
@@ -710,6 +739,72 @@ fn rows() -> Vec<String> {
     sql
 }
 
+/// Runs every table's selector of `$plan` for each tenant on `$conn` (`$tenant`: the
+/// placeholder) and compares the rows with those whose `owner` is the tenant.
+macro_rules! check_selectors {
+    ($conn:ident, $plan:ident, $tenant:expr) => {{
+        let plan = &$plan;
+        let scope = Scope { dialect: Dialect::Ansi, qualifier: "", tenant: $tenant };
+        let mut selected_somewhere = 0i64;
+        for table in &plan.tables {
+            let key = Dialect::Ansi.list(table.primary_key.iter().map(String::as_str));
+            let q = Dialect::Ansi.quote(&table.name);
+            let condition = selector(&plan, table, scope);
+            for tenant in TENANTS {
+                let select = |filter: &str| {
+                    format!(
+                        "SELECT CAST(({}) AS TEXT) AS k FROM {q} WHERE {filter} ORDER BY 1",
+                        key.replace(", ", " || '/' || ")
+                    )
+                };
+                let found: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(select(&condition)))
+                    .bind(tenant)
+                    .fetch_all(&mut $conn)
+                    .await
+                    .unwrap_or_else(|e| panic!("{}: {condition}: {e}", table.name))
+                    .iter()
+                    .map(|r| r.get("k"))
+                    .collect();
+                let expected: Vec<String> =
+                    sqlx::query(sqlx::AssertSqlSafe(select(&format!("owner = {}", $tenant))))
+                        .bind(tenant)
+                        .fetch_all(&mut $conn)
+                        .await
+                        .unwrap()
+                        .iter()
+                        .map(|r| r.get("k"))
+                        .collect();
+                assert!(!expected.is_empty(), "{} has no rows of {tenant}", table.name);
+                assert_eq!(found, expected, "{} of {tenant}, selected by {condition}", table.name);
+                selected_somewhere += found.len() as i64;
+            }
+        }
+        // Every row but the ownerless reaction is in exactly one planned slice.
+        let mut total = 0i64;
+        for table in &plan.tables {
+            let q = format!("SELECT count(*) FROM {}", Dialect::Ansi.quote(&table.name));
+            total += sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(q))
+                .fetch_one(&mut $conn)
+                .await
+                .unwrap();
+        }
+        assert_eq!(selected_somewhere, total - 1);
+    }};
+}
+
+/// Loads `DDL` and `rows()` into `$conn`.
+macro_rules! load_fixture {
+    ($conn:ident) => {{
+        sqlx::raw_sql(DDL).execute(&mut $conn).await.unwrap();
+        for statement in rows() {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone()))
+                .execute(&mut $conn)
+                .await
+                .unwrap_or_else(|e| panic!("{statement}: {e}"));
+        }
+    }};
+}
+
 #[tokio::test]
 async fn selectors_find_exactly_each_tenants_rows_on_sqlite() {
     use sqlx::{Connection, Row};
@@ -718,59 +813,34 @@ async fn selectors_find_exactly_each_tenants_rows_on_sqlite() {
     let db = rewind_testkit::SqliteDb::new();
     let mut conn = sqlx::SqliteConnection::connect(&format!("{}?mode=rwc", db.url)).await.unwrap();
     sqlx::raw_sql("PRAGMA foreign_keys = ON").execute(&mut conn).await.unwrap();
-    sqlx::raw_sql(DDL).execute(&mut conn).await.unwrap();
-    for statement in rows() {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone()))
-            .execute(&mut conn)
-            .await
-            .unwrap_or_else(|e| panic!("{statement}: {e}"));
-    }
+    load_fixture!(conn);
     let violations = sqlx::query("PRAGMA foreign_key_check").fetch_all(&mut conn).await.unwrap();
     assert!(violations.is_empty(), "the fixture's rows violate a foreign key");
-
-    let scope = Scope { dialect: Dialect::Ansi, qualifier: "", tenant: "?1" };
-    let mut selected_somewhere = 0i64;
-    for table in &plan.tables {
-        let key = Dialect::Ansi.list(table.primary_key.iter().map(String::as_str));
-        let q = Dialect::Ansi.quote(&table.name);
-        let condition = selector(&plan, table, scope);
-        for tenant in TENANTS {
-            let select = |filter: &str| {
-                format!(
-                    "SELECT CAST(({}) AS TEXT) AS k FROM {q} WHERE {filter} ORDER BY 1",
-                    key.replace(", ", " || '/' || ")
-                )
-            };
-            let found: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(select(&condition)))
-                .bind(tenant)
-                .fetch_all(&mut conn)
-                .await
-                .unwrap_or_else(|e| panic!("{}: {condition}: {e}", table.name))
-                .iter()
-                .map(|r| r.get("k"))
-                .collect();
-            let expected: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(select("owner = ?1")))
-                .bind(tenant)
-                .fetch_all(&mut conn)
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.get("k"))
-                .collect();
-            assert!(!expected.is_empty(), "{} has no rows of {tenant}", table.name);
-            assert_eq!(found, expected, "{} of {tenant}, selected by {condition}", table.name);
-            selected_somewhere += found.len() as i64;
-        }
-    }
-    // Every row but the ownerless reaction is in exactly one planned slice.
-    let mut total = 0i64;
-    for table in &plan.tables {
-        let q = format!("SELECT count(*) FROM {}", Dialect::Ansi.quote(&table.name));
-        total += sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(q))
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
-    }
-    assert_eq!(selected_somewhere, total - 1);
+    check_selectors!(conn, plan, "?1");
     conn.close().await.unwrap();
+}
+
+/// The same SQL (composite row values, nested `IN`) on PostgreSQL, where the fixture's
+/// foreign keys are enforced row by row.
+#[tokio::test]
+async fn selectors_find_exactly_each_tenants_rows_on_postgres() {
+    use sqlx::{Connection, Row};
+
+    let Some(base) = rewind_testkit::postgres_url("selectors_on_postgres") else { return };
+    let plan = slice_plan(&example(Engine::Postgres), &root("sites")).unwrap();
+    let schema = rewind_testkit::PgSchema::create(&base).await;
+    let outcome = tokio::spawn({
+        let url = schema.url.clone();
+        async move {
+            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+            load_fixture!(conn);
+            check_selectors!(conn, plan, "$1");
+            conn.close().await.unwrap();
+        }
+    })
+    .await;
+    schema.drop_schema().await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
 }
