@@ -227,7 +227,7 @@ fn root_key(root: &Table, request: &Request) -> Result<RootKey, PlanError> {
         table: root.name.clone(),
         column: column.clone(),
         // A catalog always lists the key's column; a schema built by hand may not, and then
-        // the type is unknown (empty), which the engines bind as text.
+        // the type is unknown: empty.
         data_type: root.column(column).map(|c| c.data_type.clone()).unwrap_or_default(),
     })
 }
