@@ -8,11 +8,19 @@
 //! `Request::exclude` leaves tables out (and what is reached only through them).
 //!
 //! **Which rows.** A row belongs to the tenant of its *nearest set parent*: a table's foreign
-//! keys into the slice that point at strictly nearer tables are ranked (parent's distance,
-//! then NOT NULL keys first, then the key's first column's position); the first key whose
-//! columns are all set decides; ranking stops after the first NOT NULL key, which is always
-//! set. Self-references never decide (a sub-task is its project's because of its project, not
-//! its parent task).
+//! keys into the slice are ranked (parent's distance, then NOT NULL keys first, then the key's
+//! first column's position, then the constraint's name); the first key whose columns are all
+//! set decides; ranking stops after the first NOT NULL key, which is always set. A key counts
+//! when its parent is strictly nearer the root, or when the parent is not in a reference cycle
+//! with the table (so `comments.issue_id`, NOT NULL, still decides a comment whose nullable
+//! `author_id` into the nearer `users` is unset, although `issues` is as far from the root as
+//! `comments`). Inside a cycle only strictly nearer parents count, so no row's tenant depends
+//! on itself. Self-references never decide (a sub-task is its project's because of its
+//! project, not its parent task). A row whose keys are all unset (no NOT NULL key, all
+//! nullable ones NULL) is in no tenant's slice.
+//!
+//! A table reached by `tenant_column` is one step from the tenant id, like a child of the
+//! root (distance 1); tables reached through foreign keys may rank it as a parent.
 //!
 //! **Order.** Inserts run parents first, deletes children first, over the foreign keys
 //! between slice tables. A reference cycle between tables is broken, on engines that cannot
@@ -22,9 +30,13 @@
 //! refused, naming its tables. Self-references need nothing: a table's rows go in by one
 //! statement, and its references are checked when the statement ends.
 
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+
+use petgraph::graphmap::DiGraphMap;
 use serde::Serialize;
 
-use crate::schema::{Column, Engine, Schema};
+use crate::schema::{Column, Engine, ForeignKey, Schema, Table};
 
 /// What a workflow's `copy` or `compare` asks for.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -149,8 +161,493 @@ pub enum PlanError {
     UnbreakableCycle { tables: Vec<String> },
 }
 
-/// Plans the slice `request` asks for in `schema`.
+/// Plans the slice `request` asks for in `schema` (see the module for the rules).
+///
+/// # Errors
+/// A [`PlanError`] naming the table, column or cycle at fault.
 pub fn plan(schema: &Schema, request: &Request) -> Result<SlicePlan, PlanError> {
-    let _ = (schema, request);
-    Err(PlanError::NothingToSlice)
+    let root = match &request.root {
+        Some(name) => {
+            Some(schema.tables.get(name).ok_or_else(|| PlanError::UnknownRoot(name.clone()))?)
+        }
+        None => None,
+    };
+    check_names(schema, "exclude", &request.exclude)?;
+    check_names(schema, "tables", &request.tables)?;
+    let (root_key, members) = match root {
+        Some(root) => (Some(root_key(root, request)?), discover(schema, request, root)?),
+        None => (None, by_tenant_column(schema, request)?),
+    };
+    let order = order(schema.engine, &members)?;
+    let tables = order
+        .tables
+        .iter()
+        .filter_map(|name| members.get(name.as_str()))
+        .map(|member| slice_table(&members, member, &order))
+        .collect();
+    Ok(SlicePlan { engine: schema.engine, root: root_key, tables, deferred: order.deferred })
+}
+
+/// A planned table before ordering.
+struct Member<'s> {
+    table: &'s Table,
+    /// Steps from the tenant id: 0 for the root, 1 for its children and for tables reached by
+    /// `tenant_column`.
+    distance: usize,
+    via: Vec<Via>,
+}
+
+/// The planned tables by name.
+type Members<'s> = BTreeMap<&'s str, Member<'s>>;
+
+/// Every name in `names` (the request's `field`) is a table of `schema`.
+fn check_names(schema: &Schema, field: &'static str, names: &[String]) -> Result<(), PlanError> {
+    match names.iter().find(|n| !schema.tables.contains_key(*n)) {
+        Some(table) => Err(PlanError::UnknownTable { field, table: table.clone() }),
+        None => Ok(()),
+    }
+}
+
+/// The root's key: one column, not excluded.
+fn root_key(root: &Table, request: &Request) -> Result<RootKey, PlanError> {
+    if request.exclude.contains(&root.name) {
+        return Err(PlanError::RootExcluded(root.name.clone()));
+    }
+    let column = match root.primary_key.as_slice() {
+        [] => return Err(PlanError::RootWithoutKey(root.name.clone())),
+        [column] => column,
+        columns => {
+            return Err(PlanError::RootCompositeKey {
+                table: root.name.clone(),
+                columns: columns.to_vec(),
+            });
+        }
+    };
+    Ok(RootKey {
+        table: root.name.clone(),
+        column: column.clone(),
+        // A catalog always lists the key's column; a schema built by hand may not, and then
+        // the type is unknown: empty.
+        data_type: root.column(column).map(|c| c.data_type.clone()).unwrap_or_default(),
+    })
+}
+
+/// The slice of a root: the tables that reach it through foreign keys (breadth first), plus the
+/// listed tables that do not but carry `tenant_column`.
+fn discover<'s>(
+    schema: &'s Schema,
+    request: &Request,
+    root: &'s Table,
+) -> Result<Members<'s>, PlanError> {
+    let in_graph = |name: &str| {
+        !request.exclude.iter().any(|e| e == name)
+            && (request.tables.is_empty()
+                || name == root.name
+                || request.tables.iter().any(|t| t == name))
+    };
+    let mut distance: BTreeMap<&'s str, usize> = BTreeMap::from([(root.name.as_str(), 0)]);
+    for d in 1.. {
+        let joining: Vec<&'s str> = schema
+            .tables
+            .values()
+            .filter(|t| in_graph(&t.name) && !distance.contains_key(t.name.as_str()))
+            .filter(|t| {
+                t.foreign_keys
+                    .iter()
+                    .any(|fk| fk.parent != t.name && distance.contains_key(fk.parent.as_str()))
+            })
+            .map(|t| t.name.as_str())
+            .collect();
+        if joining.is_empty() {
+            break;
+        }
+        distance.extend(joining.into_iter().map(|name| (name, d)));
+    }
+    let discovered: Vec<&'s str> = distance.keys().copied().filter(|n| *n != root.name).collect();
+
+    let mut members = Members::new();
+    members.insert(
+        root.name.as_str(),
+        Member {
+            table: root,
+            distance: 0,
+            via: root.primary_key.iter().map(|c| Via::Root { column: c.clone() }).collect(),
+        },
+    );
+    for name in request.tables.iter().filter(|n| in_graph(n) && !distance.contains_key(n.as_str()))
+    {
+        let Some(table) = schema.tables.get(name) else {
+            return Err(PlanError::UnknownTable { field: "tables", table: name.clone() });
+        };
+        let Some(column) = request.tenant_column.as_deref() else {
+            return Err(PlanError::Unreachable {
+                table: name.clone(),
+                root: root.name.clone(),
+                tenant_column: None,
+            });
+        };
+        let via = vec![tenant_via(table, column)?];
+        members.insert(table.name.as_str(), Member { table, distance: 1, via });
+    }
+    for name in &discovered {
+        if let Some(table) = schema.tables.get(*name) {
+            members.insert(name, Member { table, distance: distance[name], via: Vec::new() });
+        }
+    }
+    let cycle_of = component_of(&members);
+    for name in discovered {
+        let via = parent_vias(&members, &cycle_of, name);
+        if let Some(member) = members.get_mut(name) {
+            member.via = via;
+        }
+    }
+    Ok(members)
+}
+
+/// `column` of `table` as its [`Via::TenantColumn`].
+fn tenant_via(table: &Table, column: &str) -> Result<Via, PlanError> {
+    match table.column(column) {
+        Some(_) => Ok(Via::TenantColumn { column: column.to_owned() }),
+        None => {
+            Err(PlanError::NoTenantColumn { table: table.name.clone(), column: column.to_owned() })
+        }
+    }
+}
+
+/// The slice of `tables` by `tenant_column`, without a root.
+fn by_tenant_column<'s>(schema: &'s Schema, request: &Request) -> Result<Members<'s>, PlanError> {
+    let Some(column) = request.tenant_column.as_deref() else {
+        return Err(PlanError::NothingToSlice);
+    };
+    let mut members = Members::new();
+    for name in request.tables.iter().filter(|n| !request.exclude.contains(n)) {
+        let Some(table) = schema.tables.get(name) else {
+            return Err(PlanError::UnknownTable { field: "tables", table: name.clone() });
+        };
+        let via = vec![tenant_via(table, column)?];
+        members.insert(table.name.as_str(), Member { table, distance: 1, via });
+    }
+    if members.is_empty() {
+        return Err(PlanError::NothingToSlice);
+    }
+    Ok(members)
+}
+
+/// Whether some column of `fk` may be NULL (a column the table does not list counts as
+/// nullable).
+fn is_nullable(table: &Table, fk: &ForeignKey) -> bool {
+    fk.columns.iter().any(|c| table.column(c).is_none_or(|c| c.nullable))
+}
+
+/// The vias of the discovered table `name`: its ranked foreign keys into the slice, up to and
+/// including the first NOT NULL one (see the module).
+fn parent_vias(members: &Members<'_>, cycle_of: &BTreeMap<&str, usize>, name: &str) -> Vec<Via> {
+    let Some(member) = members.get(name) else {
+        return Vec::new();
+    };
+    let table = member.table;
+    let position = |fk: &ForeignKey| {
+        fk.columns
+            .first()
+            .and_then(|c| table.columns.iter().position(|col| &col.name == c))
+            .unwrap_or(usize::MAX)
+    };
+    let mut ranked: Vec<(usize, bool, usize, &ForeignKey)> = table
+        .foreign_keys
+        .iter()
+        .filter(|fk| fk.parent != table.name)
+        .filter_map(|fk| {
+            let parent = members.get(fk.parent.as_str())?;
+            let nearer = parent.distance < member.distance;
+            let outside_cycle = cycle_of.get(fk.parent.as_str()) != cycle_of.get(name);
+            (nearer || outside_cycle)
+                .then(|| (parent.distance, is_nullable(table, fk), position(fk), fk))
+        })
+        .collect();
+    ranked.sort_by(|a, b| (a.0, a.1, a.2, &a.3.name).cmp(&(b.0, b.1, b.2, &b.3.name)));
+    let mut via = Vec::new();
+    for (_, nullable, _, fk) in ranked {
+        via.push(Via::Parent {
+            constraint: fk.name.clone(),
+            columns: fk.columns.clone(),
+            parent: fk.parent.clone(),
+            parent_columns: fk.parent_columns.clone(),
+            nullable,
+        });
+        if !nullable {
+            break;
+        }
+    }
+    via
+}
+
+/// A foreign key between two planned tables (not a self-reference), by their indexes in the
+/// name order of [`Members`].
+struct Reference<'s> {
+    child: usize,
+    parent: usize,
+    table: &'s Table,
+    fk: &'s ForeignKey,
+}
+
+/// Every foreign key between two distinct planned tables.
+fn references<'s>(members: &Members<'s>) -> Vec<Reference<'s>> {
+    let index: BTreeMap<&str, usize> =
+        members.keys().enumerate().map(|(i, name)| (*name, i)).collect();
+    let mut out = Vec::new();
+    for (child, member) in members.values().enumerate() {
+        for fk in &member.table.foreign_keys {
+            match index.get(fk.parent.as_str()) {
+                Some(&parent) if parent != child => {
+                    out.push(Reference { child, parent, table: member.table, fk })
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// The strongly connected components of `n` nodes over the `live` references.
+fn components(n: usize, refs: &[Reference<'_>], live: &[bool]) -> Vec<Vec<usize>> {
+    let mut graph = DiGraphMap::<usize, ()>::new();
+    for i in 0..n {
+        graph.add_node(i);
+    }
+    for (r, _) in refs.iter().zip(live).filter(|(_, live)| **live) {
+        graph.add_edge(r.parent, r.child, ());
+    }
+    let mut comps = petgraph::algo::tarjan_scc(&graph);
+    for c in &mut comps {
+        c.sort_unstable();
+    }
+    comps
+}
+
+/// Each planned table's strongly connected component over every foreign key between planned
+/// tables: two tables share one exactly when they are in a reference cycle.
+fn component_of<'s>(members: &Members<'s>) -> BTreeMap<&'s str, usize> {
+    let refs = references(members);
+    let names: Vec<&'s str> = members.keys().copied().collect();
+    let mut out = BTreeMap::new();
+    for (ci, comp) in components(names.len(), &refs, &vec![true; refs.len()]).iter().enumerate() {
+        out.extend(comp.iter().map(|&i| (names[i], ci)));
+    }
+    out
+}
+
+/// The insert order and how its cycles are broken.
+struct Order {
+    tables: Vec<String>,
+    deferred: Vec<(String, String)>,
+    set_after: BTreeMap<String, Vec<String>>,
+}
+
+/// Parents first over the foreign keys between planned tables, ties by (distance, name); on an
+/// engine that cannot defer every reference, cycles broken first ([`break_cycles`]).
+fn order(engine: Engine, members: &Members<'_>) -> Result<Order, PlanError> {
+    let names: Vec<&str> = members.keys().copied().collect();
+    let refs = references(members);
+    let mut live = vec![true; refs.len()];
+    let mut order = Order { tables: Vec::new(), deferred: Vec::new(), set_after: BTreeMap::new() };
+    if !engine.defers_every_reference() {
+        break_cycles(members, &names, &refs, &mut live, &mut order)?;
+    }
+    let key = |i: usize| (members.get(names[i]).map_or(0, |m| m.distance), names[i]);
+    let mut comps = components(names.len(), &refs, &live);
+    for c in &mut comps {
+        c.sort_by_key(|&i| key(i));
+    }
+    let mut comp_of = vec![0; names.len()];
+    for (ci, c) in comps.iter().enumerate() {
+        for &i in c {
+            comp_of[i] = ci;
+        }
+    }
+    let deps: BTreeSet<(usize, usize)> = refs
+        .iter()
+        .zip(&live)
+        .filter(|(r, live)| **live && comp_of[r.parent] != comp_of[r.child])
+        .map(|(r, _)| (comp_of[r.parent], comp_of[r.child]))
+        .collect();
+    let mut waiting = vec![0usize; comps.len()];
+    let mut after: Vec<Vec<usize>> = vec![Vec::new(); comps.len()];
+    for (p, c) in deps {
+        waiting[c] += 1;
+        after[p].push(c);
+    }
+    let mut ready: BinaryHeap<Reverse<((usize, &str), usize)>> = (0..comps.len())
+        .filter(|&ci| waiting[ci] == 0)
+        .map(|ci| Reverse((key(comps[ci][0]), ci)))
+        .collect();
+    while let Some(Reverse((_, ci))) = ready.pop() {
+        order.tables.extend(comps[ci].iter().map(|&i| names[i].to_owned()));
+        for &c in &after[ci] {
+            waiting[c] -= 1;
+            if waiting[c] == 0 {
+                ready.push(Reverse((key(comps[c][0]), c)));
+            }
+        }
+    }
+    order.deferred.sort();
+    for (table, columns) in &mut order.set_after {
+        if let Some(m) = members.get(table.as_str()) {
+            columns.sort_by_key(|c| m.table.columns.iter().position(|col| &col.name == c));
+        }
+    }
+    Ok(order)
+}
+
+/// Takes references out of the order until no cycle is left: in the cycle of the smallest
+/// table name, a `DEFERRABLE` key (deferred to commit) else a key with a nullable column (its
+/// nullable columns set after every insert); among those, one that does not decide its
+/// table's rows (`via[0]`) first, then by constraint name.
+fn break_cycles(
+    members: &Members<'_>,
+    names: &[&str],
+    refs: &[Reference<'_>],
+    live: &mut [bool],
+    order: &mut Order,
+) -> Result<(), PlanError> {
+    loop {
+        let comps = components(names.len(), refs, live);
+        let Some(cycle) = comps.into_iter().filter(|c| c.len() > 1).min() else {
+            return Ok(());
+        };
+        let deciding = |r: &Reference<'_>| {
+            members.get(names[r.child]).and_then(|m| m.via.first()).is_some_and(
+                |v| matches!(v, Via::Parent { constraint, .. } if *constraint == r.fk.name),
+            )
+        };
+        let best = refs
+            .iter()
+            .enumerate()
+            .filter(|(i, r)| live[*i] && cycle.contains(&r.child) && cycle.contains(&r.parent))
+            .filter(|(_, r)| r.fk.deferrable || is_nullable(r.table, r.fk))
+            .min_by_key(|(_, r)| (!r.fk.deferrable, deciding(r), r.fk.name.as_str(), r.child));
+        let Some((i, r)) = best else {
+            return Err(PlanError::UnbreakableCycle {
+                tables: cycle.iter().map(|&i| names[i].to_owned()).collect(),
+            });
+        };
+        live[i] = false;
+        if r.fk.deferrable {
+            order.deferred.push((r.table.name.clone(), r.fk.name.clone()));
+        } else {
+            let columns = order.set_after.entry(r.table.name.clone()).or_default();
+            for c in &r.fk.columns {
+                let nullable = r.table.column(c).is_none_or(|col| col.nullable);
+                if nullable && !columns.contains(c) {
+                    columns.push(c.clone());
+                }
+            }
+        }
+    }
+}
+
+/// The [`SliceTable`] of a planned table.
+fn slice_table(members: &Members<'_>, member: &Member<'_>, order: &Order) -> SliceTable {
+    let table = member.table;
+    SliceTable {
+        name: table.name.clone(),
+        columns: table.columns.clone(),
+        primary_key: table.primary_key.clone(),
+        via: member.via.clone(),
+        path: path(members, &table.name),
+        set_after: order.set_after.get(&table.name).cloned().unwrap_or_default(),
+        triggers: table.triggers.clone(),
+    }
+}
+
+/// From `name` to the root by each table's first via, `name` first.
+fn path(members: &Members<'_>, name: &str) -> Vec<String> {
+    let mut path = vec![name.to_owned()];
+    let mut at = name;
+    // The vias form no cycle (see the module); the bound only guards that claim.
+    while path.len() <= members.len() {
+        match members.get(at).and_then(|m| m.via.first()) {
+            Some(Via::Parent { parent, .. }) => {
+                path.push(parent.clone());
+                at = parent;
+            }
+            _ => break,
+        }
+    }
+    path
+}
+
+impl SlicePlan {
+    /// The plan as `rewind plan` and `--dry-run` print it: one line per table in insert
+    /// order (how its rows are found to be the tenant's), then, indented, what the copy does
+    /// differently for it (cycle keys set after the inserts, deferred constraints, triggers
+    /// not fired); last, that deletes run in the reverse order.
+    pub fn describe(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for (i, t) in self.tables.iter().enumerate() {
+            lines.push(format!("{}. {}", i + 1, self.describe_rows(t)));
+            if !t.set_after.is_empty() {
+                lines.push(format!(
+                    "   {} inserted as NULL and set after every insert (breaks a reference cycle)",
+                    t.set_after
+                        .iter()
+                        .map(|c| format!("{}.{c}", t.name))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            for (_, constraint) in self.deferred.iter().filter(|(table, _)| *table == t.name) {
+                lines.push(format!(
+                    "   constraint {constraint} checked at commit (breaks a reference cycle)"
+                ));
+            }
+            if !t.triggers.is_empty() {
+                lines.push(format!(
+                    "   triggers not fired during the copy: {}",
+                    t.triggers.join(", ")
+                ));
+            }
+        }
+        lines.push("deletes run in the reverse order".to_owned());
+        lines
+    }
+
+    /// `issues ← projects ← sites, by issues.project_id → projects.id`.
+    fn describe_rows(&self, t: &SliceTable) -> String {
+        let mut by = Vec::new();
+        for via in &t.via {
+            match via {
+                Via::Root { column } => {
+                    let data_type = self.root.as_ref().map_or("", |r| r.data_type.as_str());
+                    return format!(
+                        "{} — root, tenant = {}.{column} ({data_type})",
+                        t.name, t.name
+                    );
+                }
+                Via::TenantColumn { column } => {
+                    return format!("{} — tenant = {}.{column} (no foreign key)", t.name, t.name);
+                }
+                Via::Parent { columns, parent, parent_columns, nullable, .. } => {
+                    by.push(format!(
+                        "{} → {}{}",
+                        key_ref(&t.name, columns),
+                        key_ref(parent, parent_columns),
+                        if *nullable { " when set" } else { "" }
+                    ));
+                }
+            }
+        }
+        let mut line = format!("{}, by {}", t.path.join(" ← "), by.join(", else "));
+        if t.via.last().is_some_and(|v| matches!(v, Via::Parent { nullable: true, .. })) {
+            line.push_str("; rows with none set are in no slice");
+        }
+        line
+    }
+}
+
+/// `table.column`, or `table(a, b)` for a composite key.
+fn key_ref(table: &str, columns: &[String]) -> String {
+    match columns {
+        [one] => format!("{table}.{one}"),
+        _ => format!("{table}({})", columns.join(", ")),
+    }
 }

@@ -60,8 +60,9 @@ impl Scope<'_> {
 /// slice, its columns unqualified: parents are reached by nested `IN (SELECT …)`.
 ///
 /// # Panics
-/// Never on a plan made by [`crate::plan::plan`]: every [`Via::Parent`] names a planned table
-/// nearer the root, so the recursion ends.
+/// Never on a plan made by [`crate::plan::plan`]: every [`Via::Parent`] names a planned table,
+/// and the vias form no cycle (a parent is nearer the root or outside the table's reference
+/// cycle), so the recursion ends.
 pub fn selector(plan: &SlicePlan, table: &SliceTable, scope: Scope<'_>) -> String {
     let q = |c: &str| scope.dialect.quote(c);
     let mut alternatives = Vec::new();
