@@ -81,10 +81,10 @@ pub async fn schema(conn: &mut SqliteConnection, schema_name: &str) -> Result<Sc
     .await
     .map_err(db(format_args!("read the triggers of SQLite schema `{schema_name}`")))?;
     for (trigger, on) in triggers {
-        if let Some(name) = find_nocase(tables.keys(), &on) {
-            if let Some(t) = tables.get_mut(&name) {
-                t.triggers.push(trigger);
-            }
+        if let Some(name) = find_nocase(tables.keys(), &on)
+            && let Some(t) = tables.get_mut(&name)
+        {
+            t.triggers.push(trigger);
         }
     }
     Ok(Schema { engine: Engine::Sqlite, tables })
@@ -124,12 +124,11 @@ async fn columns(
     key.sort();
     let primary_key: Vec<String> = key.into_iter().map(|(_, n)| n).collect();
     // A rowid alias (`INTEGER PRIMARY KEY`) is never NULL, whatever `notnull` says.
-    if let [only] = primary_key.as_slice() {
-        if let Some(c) = columns.iter_mut().find(|c| &c.name == only) {
-            if c.data_type.eq_ignore_ascii_case("INTEGER") {
-                c.nullable = false;
-            }
-        }
+    if let [only] = primary_key.as_slice()
+        && let Some(c) = columns.iter_mut().find(|c| &c.name == only)
+        && c.data_type.eq_ignore_ascii_case("INTEGER")
+    {
+        c.nullable = false;
     }
     Ok((columns, primary_key))
 }
@@ -348,12 +347,13 @@ async fn attach(dst: &mut SqliteConnection, source: &Path) -> Result<(), SliceEr
     let wanted = std::fs::canonicalize(source).map_err(|e| {
         SliceError::Refused(format!("the source database `{shown}` cannot be read: {e}"))
     })?;
-    if let Some(main) = attached_file(dst, "main").await? {
-        if !main.is_empty() && std::fs::canonicalize(&main).is_ok_and(|m| m == wanted) {
-            return Err(SliceError::Refused(format!(
-                "the source `{shown}` is the destination database itself"
-            )));
-        }
+    if let Some(main) = attached_file(dst, "main").await?
+        && !main.is_empty()
+        && std::fs::canonicalize(&main).is_ok_and(|m| m == wanted)
+    {
+        return Err(SliceError::Refused(format!(
+            "the source `{shown}` is the destination database itself"
+        )));
     }
     sqlx::query(AssertSqlSafe(format!("ATTACH DATABASE ?1 AS {SOURCE}")))
         .bind(read_only_uri(&wanted))
@@ -745,5 +745,41 @@ mod tests {
             read_only_uri(Path::new("/tmp/a b?#%.db")),
             "file:/tmp/a%20b%3F%23%25.db?mode=ro"
         );
+    }
+
+    /// The source is attached read-only, also under a name a URI would misread: a write to it
+    /// fails, and the file is the one asked for.
+    #[tokio::test]
+    async fn the_source_cannot_be_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("odd name?#%");
+        std::fs::create_dir(&folder).unwrap();
+        let source = folder.join("backup.db");
+        let opts =
+            sqlx::sqlite::SqliteConnectOptions::new().filename(&source).create_if_missing(true);
+        let mut conn = SqliteConnection::connect_with(&opts).await.unwrap();
+        sqlx::raw_sql("CREATE TABLE t (a INTEGER); INSERT INTO t VALUES (1)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+        let bytes = std::fs::read(&source).unwrap();
+        let dest = dir.path().join("live.db");
+        let opts =
+            sqlx::sqlite::SqliteConnectOptions::new().filename(&dest).create_if_missing(true);
+        let mut dst = SqliteConnection::connect_with(&opts).await.unwrap();
+        attach(&mut dst, &source).await.unwrap();
+        let n: i64 =
+            sqlx::query_scalar("SELECT a FROM rw_source.t").fetch_one(&mut dst).await.unwrap();
+        assert_eq!(n, 1);
+        for write in ["INSERT INTO rw_source.t VALUES (2)", "CREATE TABLE rw_source.u (b)"] {
+            let e = sqlx::query(write).execute(&mut dst).await.unwrap_err();
+            assert!(crate::error::describe(&e).contains("readonly database"), "{write}: {e}");
+        }
+        // A second attach (a cancelled copy left one) replaces it.
+        attach(&mut dst, &source).await.unwrap();
+        detach(&mut dst).await.unwrap();
+        assert_eq!(std::fs::read(&source).unwrap(), bytes);
+        assert!(attached_file(&mut dst, SOURCE).await.unwrap().is_none());
     }
 }
