@@ -740,6 +740,26 @@ mod tests {
     }
 
     #[test]
+    fn tenants_take_the_root_key_type() {
+        let plan = |data_type: &str| SlicePlan {
+            engine: Engine::Sqlite,
+            root: Some(crate::plan::RootKey {
+                table: "sites".into(),
+                column: "id".into(),
+                data_type: data_type.into(),
+            }),
+            tables: Vec::new(),
+            deferred: Vec::new(),
+        };
+        assert!(matches!(Tenant::parse(&plan("BIGINT"), "-42"), Ok(Tenant::Integer(-42))));
+        assert!(matches!(Tenant::parse(&plan("BIGINT"), "4x"), Err(SliceError::BadTenant { .. })));
+        assert!(matches!(Tenant::parse(&plan("REAL"), "1.5"), Ok(Tenant::Real(v)) if v == 1.5));
+        assert!(matches!(Tenant::parse(&plan("REAL"), "NaN"), Err(SliceError::BadTenant { .. })));
+        assert!(matches!(Tenant::parse(&plan("UUID"), "4x"), Ok(Tenant::Text(t)) if t == "4x"));
+        assert!(matches!(Tenant::parse(&plan(""), "4x"), Ok(Tenant::Text(_))));
+    }
+
+    #[test]
     fn uri_escapes_what_sqlite_would_read() {
         assert_eq!(
             read_only_uri(Path::new("/tmp/a b?#%.db")),

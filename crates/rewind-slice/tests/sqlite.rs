@@ -601,3 +601,28 @@ async fn a_plan_for_another_engine_is_refused() {
     let e = sqlite::copy(&mut live, &f.backup, &plan, TENANTS[0]).await.unwrap_err();
     assert!(matches!(e, SliceError::Refused(_)), "{e}");
 }
+
+#[tokio::test]
+async fn the_digest_sees_types_bits_and_nulls() {
+    let f = fixture().await;
+    let plan = sites_plan(&f.schema);
+    let mut live = open(&f.live).await;
+    // Each pair of values differs only in a float's last bits, in type, or in being NULL.
+    for (column, a, b) in [
+        ("ratio", "0.3", "0.1 + 0.2"),
+        ("attachment", "X'31'", "'1'"),
+        ("body", "NULL", "'NULL'"),
+        ("attachment", "1", "1.0"),
+    ] {
+        let mut seen = Vec::new();
+        for value in [a, b] {
+            let set = format!("UPDATE issues SET {column} = {value} WHERE id = 1325");
+            exec(&mut live, &set).await;
+            seen.push(
+                sqlite::digest(&mut live, &plan, TENANTS[3]).await.unwrap().tables[2].clone(),
+            );
+        }
+        assert_eq!(seen[0].rows, seen[1].rows);
+        assert_ne!(seen[0].digest, seen[1].digest, "{column}: {a} against {b}");
+    }
+}
