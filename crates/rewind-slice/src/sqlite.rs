@@ -21,9 +21,10 @@
 //! `defer_foreign_keys` on: the planned tables' user triggers are dropped (their SQL kept),
 //! the slice is deleted children first and inserted parents first by `INSERT … SELECT` from the
 //! attached source (generated columns are recomputed, not copied), the triggers are created
-//! again, and the planned tables' references are checked: a foreign-key violation the copy
-//! introduced (present after, absent before) refuses the copy, naming the table, the key and
-//! the count. Since the trigger DDL is part of the transaction, a failed copy gives the
+//! again, and the references of the planned tables and of every table with a foreign key into
+//! one of them are checked (`pragma_foreign_key_check`, whether or not the connection enforces
+//! foreign keys): a violation the copy introduced (present after, absent before) refuses the
+//! copy, naming the table, the key and the count. This check reads those tables whole. Since the trigger DDL is part of the transaction, a failed copy gives the
 //! triggers back with the rows. A plan's [`crate::plan::SliceTable::set_after`] columns are
 //! inserted directly: with every reference deferred, no cycle needs breaking.
 
@@ -471,7 +472,8 @@ async fn copy_attached(
         .await
         .map_err(db("defer the foreign keys"))?;
     let tables: Vec<&str> = plan.tables.iter().map(|t| t.name.as_str()).collect();
-    let before = violations(&mut tx, &tables).await?;
+    let checked = checked_tables(&mut tx, &tables).await?;
+    let before = violations(&mut tx, &checked).await?;
     let triggers = drop_triggers(&mut tx, &tables).await?;
     let mut report = CopyReport {
         tables: plan
@@ -493,7 +495,7 @@ async fn copy_attached(
             .await
             .map_err(db(format_args!("create the trigger `{}` again", t.name)))?;
     }
-    let after = violations(&mut tx, &tables).await?;
+    let after = violations(&mut tx, &checked).await?;
     let dangling = introduced(&before, &after);
     if !dangling.is_empty() {
         return Err(SliceError::Refused(describe_dangling(&mut tx, tenant, &dangling).await?));
@@ -502,8 +504,32 @@ async fn copy_attached(
     Ok(report)
 }
 
-/// A failed COMMIT: a deferred foreign key that a table outside the slice violates is a
-/// refusal (the check before it covered the slice's tables), anything else a database error.
+/// The tables whose references a copy of `planned` can break: those, and every table with a
+/// foreign key into one of them (a child the plan leaves out still points at deleted rows).
+async fn checked_tables(
+    tx: &mut SqliteConnection,
+    planned: &[&str],
+) -> Result<Vec<String>, SliceError> {
+    let edges: Vec<(String, String)> = sqlx::query_as(
+        "SELECT m.name, f.\"table\" FROM main.sqlite_schema AS m, \
+         pragma_foreign_key_list(m.name, 'main') AS f WHERE m.type = 'table'",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db("read the foreign keys into the planned tables"))?;
+    let planned_has = |name: &str| planned.iter().any(|p| p.eq_ignore_ascii_case(name));
+    let mut out: Vec<String> = planned.iter().map(|t| (*t).to_owned()).collect();
+    for (child, parent) in edges {
+        if planned_has(&parent) && !out.iter().any(|t| t.eq_ignore_ascii_case(&child)) {
+            out.push(child);
+        }
+    }
+    Ok(out)
+}
+
+/// A failed COMMIT: a deferred foreign key violated where the check before it could not see
+/// (it covers the planned tables and their children) is a refusal, anything else a database
+/// error.
 fn commit_error(tenant: &str, e: &sqlx::Error) -> SliceError {
     let foreign_key = matches!(e, sqlx::Error::Database(d)
         if d.kind() == sqlx::error::ErrorKind::ForeignKeyViolation);
@@ -599,14 +625,14 @@ struct Violation {
 /// The foreign-key violations of `tables` in `main`.
 async fn violations(
     tx: &mut SqliteConnection,
-    tables: &[&str],
+    tables: &[String],
 ) -> Result<Vec<Violation>, SliceError> {
     let mut found = Vec::new();
     for table in tables {
         let rows: Vec<(String, Option<i64>, String, i64)> = sqlx::query_as(
             "SELECT \"table\", rowid, parent, fkid FROM pragma_foreign_key_check(?1, 'main')",
         )
-        .bind(*table)
+        .bind(table.as_str())
         .fetch_all(&mut *tx)
         .await
         .map_err(db(format_args!("check the foreign keys of `{table}`")))?;

@@ -626,3 +626,38 @@ async fn the_digest_sees_types_bits_and_nulls() {
         assert_ne!(seen[0].digest, seen[1].digest, "{column}: {a} against {b}");
     }
 }
+
+/// A plan that leaves `comments`, `labels` and `issue_labels` out, restored from a backup that
+/// lost issue 1001: live's comments on it would point at nothing.
+async fn assert_orphaned_children_refused(live: &mut SqliteConnection, f: &Fixture) {
+    let s = &f.schema;
+    let plan =
+        SlicePlan { tables: sites_plan(s).tables.into_iter().take(3).collect(), ..sites_plan(s) };
+    let source = copy_file(&f.backup, "lost.db");
+    let mut conn = open(&source).await;
+    exec(
+        &mut conn,
+        "DELETE FROM comments WHERE issue_id = 1001; DELETE FROM issue_labels WHERE issue_id = 1001; \
+         UPDATE issues SET parent_id = NULL WHERE parent_id = 1001; DELETE FROM issues WHERE id = 1001",
+    )
+    .await;
+    conn.close().await.unwrap();
+    let full = sites_plan(s);
+    let before = sqlite::digest(live, &full, TENANTS[0]).await.unwrap();
+    let e = sqlite::copy(live, &source, &plan, TENANTS[0]).await.unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, SliceError::Refused(_)), "{msg}");
+    assert!(msg.contains("2 row(s) of `comments` reference rows of `issues`"), "{msg}");
+    assert!(msg.contains("1 row(s) of `issue_labels` reference rows of `issues`"), "{msg}");
+    assert_eq!(sqlite::digest(live, &full, TENANTS[0]).await.unwrap(), before, "nothing written");
+}
+
+#[tokio::test]
+async fn children_outside_the_plan_are_not_orphaned() {
+    let f = fixture().await;
+    let mut live = open(&f.live).await;
+    assert_orphaned_children_refused(&mut live, &f).await;
+    let opts = SqliteConnectOptions::new().filename(&f.live).foreign_keys(false);
+    let mut unchecked = SqliteConnection::connect_with(&opts).await.unwrap();
+    assert_orphaned_children_refused(&mut unchecked, &f).await;
+}
