@@ -292,7 +292,10 @@ fn check_engine(plan: &SlicePlan) -> Result<(), SliceError> {
 /// Copies the tenant's slice from the SQLite file `source` into the database `dst` is open on.
 ///
 /// Nothing writes `source`: it is attached with `mode=ro`. On any error the destination
-/// transaction is rolled back (rows and triggers as they were) and the source detached.
+/// transaction is rolled back (rows and triggers as they were); either way the source is
+/// detached (best effort). Refused before anything is written: a tenant id that is not of the
+/// root key's type, a plan for another engine, a source that is missing or is the destination,
+/// a planned table or copied column missing or different on one side.
 pub async fn copy(
     dst: &mut SqliteConnection,
     source: &Path,
@@ -306,10 +309,10 @@ pub async fn copy(
         Ok(()) => copy_attached(dst, plan, tenant, &tenant_value).await,
         Err(e) => Err(e),
     };
-    let detached = detach(dst).await;
-    let report = result?;
-    detached?;
-    Ok(report)
+    // Best effort: the copy's outcome stands either way, and a source left attached is
+    // detached by the next copy on this connection.
+    let _ = detach(dst).await;
+    result
 }
 
 /// `source`, as a `file:` URI that opens it read-only.
