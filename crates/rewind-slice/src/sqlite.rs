@@ -1,1 +1,834 @@
-//! sqlite: catalog, copy and digest.
+//! SQLite: the catalog ([`schema`]), a tenant's copy from a backup file ([`copy`]) and its
+//! digest ([`digest`]).
+//!
+//! **Catalog.** Tables from `sqlite_schema` (`type = 'table'`, not `sqlite_%`), columns from
+//! `pragma_table_xinfo` (hidden 2 and 3 are generated columns; hidden 1, a virtual table's
+//! hidden column, is left out), foreign keys from `pragma_foreign_key_list` (a key written
+//! without parent columns references the parent's primary key), triggers from `sqlite_schema`
+//! (`type = 'trigger'`). Names are matched without regard to case, as SQLite does. SQLite
+//! defers every reference during a copy (`PRAGMA defer_foreign_keys`), so
+//! [`ForeignKey::deferrable`] is always `false` here: it does not decide anything. Rowids and
+//! `AUTOINCREMENT` counters advance by themselves on explicit inserts: no
+//! [`Column::sequence`].
+//!
+//! **Tenant id.** Bound as `?1`, typed by the root key column's declared type affinity
+//! (INTEGER: a 64-bit integer, REAL: a finite float, otherwise text; a slice without a root
+//! binds text, which SQLite converts for a column of numeric affinity).
+//!
+//! **Copy.** The source file is attached read-only (`file:…?mode=ro`, verified afterwards),
+//! checked against the destination (every planned table on both sides with the same copied
+//! columns and declared types), then in one `BEGIN IMMEDIATE` transaction with
+//! `defer_foreign_keys` on: the planned tables' user triggers are dropped (their SQL kept),
+//! the slice is deleted children first and inserted parents first by `INSERT … SELECT` from the
+//! attached source (generated columns are recomputed, not copied), the triggers are created
+//! again, and the references of the planned tables and of every table with a foreign key into
+//! one of them are checked (`pragma_foreign_key_check`, whether or not the connection enforces
+//! foreign keys): a violation the copy introduced (present after, absent before) refuses the
+//! copy, naming the table, the key and the count. This check reads those tables whole. Since the trigger DDL is part of the transaction, a failed copy gives the
+//! triggers back with the rows. A plan's [`crate::plan::SliceTable::set_after`] columns are
+//! inserted directly: with every reference deferred, no cycle needs breaking.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+
+use futures::TryStreamExt;
+use sqlx::sqlite::{SqliteArguments, SqliteRow};
+use sqlx::{AssertSqlSafe, Connection, Row, Sqlite, SqliteConnection};
+
+use crate::error::{SliceError, db};
+use crate::plan::{SlicePlan, SliceTable};
+use crate::schema::{Column, Engine, ForeignKey, Schema, Table};
+use crate::sql::{Dialect, Scope, selector};
+use crate::{CopyReport, RowHasher, SliceDigest, TableCopy};
+
+/// The name the source file is attached under during a copy.
+const SOURCE: &str = "rw_source";
+
+/// The catalog of `schema_name` ("main", or an attached database's name).
+pub async fn schema(conn: &mut SqliteConnection, schema_name: &str) -> Result<Schema, SliceError> {
+    let master = format!("{}.sqlite_schema", Dialect::Ansi.quote(schema_name));
+    let names: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT name FROM {master} WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' \
+         ORDER BY name"
+    )))
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db(format_args!("read the tables of SQLite schema `{schema_name}`")))?;
+    let mut tables = BTreeMap::new();
+    let mut raw_keys = Vec::new();
+    for name in names {
+        let (columns, primary_key) = columns(conn, schema_name, &name).await?;
+        raw_keys.push((name.clone(), foreign_keys(conn, schema_name, &name).await?));
+        let table = Table {
+            name: name.clone(),
+            columns,
+            primary_key,
+            foreign_keys: Vec::new(),
+            triggers: Vec::new(),
+        };
+        tables.insert(name, table);
+    }
+    for (child, keys) in raw_keys {
+        let resolved: Vec<ForeignKey> =
+            keys.into_iter().map(|k| resolve_key(&tables, &child, k)).collect();
+        if let Some(t) = tables.get_mut(&child) {
+            t.foreign_keys = resolved;
+        }
+    }
+    let triggers: Vec<(String, String)> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT name, tbl_name FROM {master} WHERE type = 'trigger' ORDER BY name"
+    )))
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db(format_args!("read the triggers of SQLite schema `{schema_name}`")))?;
+    for (trigger, on) in triggers {
+        if let Some(name) = find_nocase(tables.keys(), &on)
+            && let Some(t) = tables.get_mut(&name)
+        {
+            t.triggers.push(trigger);
+        }
+    }
+    Ok(Schema { engine: Engine::Sqlite, tables })
+}
+
+/// A table's columns (hidden columns of virtual tables left out) and primary key, in key order.
+async fn columns(
+    conn: &mut SqliteConnection,
+    schema_name: &str,
+    table: &str,
+) -> Result<(Vec<Column>, Vec<String>), SliceError> {
+    let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT name, type, \"notnull\", pk, hidden FROM pragma_table_xinfo(?1, ?2) ORDER BY cid",
+    )
+    .bind(table)
+    .bind(schema_name)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db(format_args!("read the columns of `{table}`")))?;
+    let mut key: Vec<(i64, String)> = Vec::new();
+    let mut columns = Vec::new();
+    for (name, data_type, notnull, pk, hidden) in rows {
+        if hidden == 1 {
+            continue;
+        }
+        if pk > 0 {
+            key.push((pk, name.clone()));
+        }
+        columns.push(Column {
+            name,
+            data_type,
+            nullable: notnull == 0,
+            generated: matches!(hidden, 2 | 3),
+            sequence: None,
+        });
+    }
+    key.sort();
+    let primary_key: Vec<String> = key.into_iter().map(|(_, n)| n).collect();
+    // A rowid alias (`INTEGER PRIMARY KEY`) is never NULL, whatever `notnull` says.
+    if let [only] = primary_key.as_slice()
+        && let Some(c) = columns.iter_mut().find(|c| &c.name == only)
+        && c.data_type.eq_ignore_ascii_case("INTEGER")
+    {
+        c.nullable = false;
+    }
+    Ok((columns, primary_key))
+}
+
+/// A foreign key as `pragma_foreign_key_list` gives it, before names are resolved.
+struct RawKey {
+    id: i64,
+    parent: String,
+    columns: Vec<String>,
+    /// `None` where the key names no parent column (the parent's primary key).
+    parent_columns: Vec<Option<String>>,
+}
+
+/// A table's foreign keys, columns in key order.
+async fn foreign_keys(
+    conn: &mut SqliteConnection,
+    schema_name: &str,
+    table: &str,
+) -> Result<Vec<RawKey>, SliceError> {
+    let rows: Vec<(i64, i64, String, String, Option<String>)> = sqlx::query_as(
+        "SELECT id, seq, \"table\", \"from\", \"to\" FROM pragma_foreign_key_list(?1, ?2) \
+         ORDER BY id, seq",
+    )
+    .bind(table)
+    .bind(schema_name)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db(format_args!("read the foreign keys of `{table}`")))?;
+    let mut keys: Vec<RawKey> = Vec::new();
+    for (id, _seq, parent, from, to) in rows {
+        match keys.last_mut() {
+            Some(k) if k.id == id => {
+                k.columns.push(from);
+                k.parent_columns.push(to);
+            }
+            _ => keys.push(RawKey { id, parent, columns: vec![from], parent_columns: vec![to] }),
+        }
+    }
+    Ok(keys)
+}
+
+/// `key` with its table and column names spelled as the catalog spells them, and an omitted
+/// parent column list replaced by the parent's primary key (left empty when the parent is
+/// unknown or has none: SQLite refuses such a key when it is used).
+fn resolve_key(tables: &BTreeMap<String, Table>, child: &str, key: RawKey) -> ForeignKey {
+    let parent_name = find_nocase(tables.keys(), &key.parent).unwrap_or(key.parent);
+    let parent = tables.get(&parent_name);
+    let child_table = tables.get(child);
+    let spell = |table: Option<&Table>, name: String| {
+        table.and_then(|t| find_nocase(t.columns.iter().map(|c| &c.name), &name)).unwrap_or(name)
+    };
+    let parent_columns = if key.parent_columns.iter().all(Option::is_none) {
+        parent.map(|p| p.primary_key.clone()).unwrap_or_default()
+    } else {
+        key.parent_columns.into_iter().map(|c| spell(parent, c.unwrap_or_default())).collect()
+    };
+    ForeignKey {
+        name: format!("fk{}", key.id),
+        columns: key.columns.into_iter().map(|c| spell(child_table, c)).collect(),
+        parent: parent_name,
+        parent_columns,
+        deferrable: false,
+    }
+}
+
+/// The name among `names` equal to `name` without regard to ASCII case, the exact one first.
+fn find_nocase<'a>(names: impl IntoIterator<Item = &'a String>, name: &str) -> Option<String> {
+    let names: Vec<&String> = names.into_iter().collect();
+    names
+        .iter()
+        .find(|n| n.as_str() == name)
+        .or_else(|| names.iter().find(|n| n.eq_ignore_ascii_case(name)))
+        .map(|n| (*n).clone())
+}
+
+/// A column's type affinity, by SQLite's rules (section 3.1 of "Datatypes In SQLite").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Affinity {
+    Integer,
+    Text,
+    Blob,
+    Real,
+    Numeric,
+}
+
+fn affinity(declared: &str) -> Affinity {
+    let t = declared.to_ascii_uppercase();
+    if t.contains("INT") {
+        Affinity::Integer
+    } else if ["CHAR", "CLOB", "TEXT"].iter().any(|s| t.contains(s)) {
+        Affinity::Text
+    } else if t.contains("BLOB") || t.trim().is_empty() {
+        Affinity::Blob
+    } else if ["REAL", "FLOA", "DOUB"].iter().any(|s| t.contains(s)) {
+        Affinity::Real
+    } else {
+        Affinity::Numeric
+    }
+}
+
+/// The tenant id as it is bound.
+#[derive(Clone, Debug)]
+enum Tenant {
+    Integer(i64),
+    Real(f64),
+    Text(String),
+}
+
+impl Tenant {
+    /// `tenant` typed by the root key's affinity.
+    fn parse(plan: &SlicePlan, tenant: &str) -> Result<Self, SliceError> {
+        let Some(root) = &plan.root else { return Ok(Self::Text(tenant.to_owned())) };
+        let bad = || SliceError::BadTenant {
+            tenant: tenant.to_owned(),
+            table: root.table.clone(),
+            column: root.column.clone(),
+            data_type: root.data_type.clone(),
+        };
+        match affinity(&root.data_type) {
+            Affinity::Integer => tenant.parse().map(Self::Integer).map_err(|_| bad()),
+            Affinity::Real => match tenant.parse::<f64>() {
+                Ok(v) if v.is_finite() => Ok(Self::Real(v)),
+                _ => Err(bad()),
+            },
+            Affinity::Text | Affinity::Blob | Affinity::Numeric => {
+                Ok(Self::Text(tenant.to_owned()))
+            }
+        }
+    }
+
+    /// `query` with the tenant bound as its next parameter (`?1` when it is the first).
+    fn bind<'q>(
+        &self,
+        query: sqlx::query::Query<'q, Sqlite, SqliteArguments>,
+    ) -> sqlx::query::Query<'q, Sqlite, SqliteArguments> {
+        match self {
+            Self::Integer(v) => query.bind(*v),
+            Self::Real(v) => query.bind(*v),
+            Self::Text(v) => query.bind(v.clone()),
+        }
+    }
+}
+
+/// The scope of a selector over the tables of schema `qualifier` (`main.`, `rw_source.`).
+fn scope(qualifier: &str) -> Scope<'_> {
+    Scope { dialect: Dialect::Ansi, qualifier, tenant: "?1" }
+}
+
+fn check_engine(plan: &SlicePlan) -> Result<(), SliceError> {
+    if plan.engine == Engine::Sqlite {
+        Ok(())
+    } else {
+        Err(SliceError::Refused(format!(
+            "the slice was planned for {}, not SQLite",
+            plan.engine.name()
+        )))
+    }
+}
+
+/// Copies the tenant's slice from the SQLite file `source` into the database `dst` is open on.
+///
+/// Nothing writes `source`: it is attached with `mode=ro`. On any error the destination
+/// transaction is rolled back (rows and triggers as they were); either way the source is
+/// detached (best effort). Refused before anything is written: a tenant id that is not of the
+/// root key's type, a plan for another engine, a source that is missing or is the destination,
+/// a planned table or copied column missing or different on one side.
+pub async fn copy(
+    dst: &mut SqliteConnection,
+    source: &Path,
+    plan: &SlicePlan,
+    tenant: &str,
+) -> Result<CopyReport, SliceError> {
+    check_engine(plan)?;
+    let tenant_value = Tenant::parse(plan, tenant)?;
+    attach(dst, source).await?;
+    let result = match check_columns(dst, plan).await {
+        Ok(()) => copy_attached(dst, plan, tenant, &tenant_value).await,
+        Err(e) => Err(e),
+    };
+    // Best effort: the copy's outcome stands either way, and a source left attached is
+    // detached by the next copy on this connection.
+    let _ = detach(dst).await;
+    result
+}
+
+/// `source`, as a `file:` URI that opens it read-only.
+fn read_only_uri(source: &Path) -> String {
+    let mut uri = String::from("file:");
+    for &b in source.as_os_str().as_encoded_bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'.' | b'_' | b'~') {
+            uri.push(char::from(b));
+        } else {
+            uri.push_str(&format!("%{b:02X}"));
+        }
+    }
+    uri.push_str("?mode=ro");
+    uri
+}
+
+/// The file behind schema `name` of the connection, if it is attached.
+async fn attached_file(
+    conn: &mut SqliteConnection,
+    name: &str,
+) -> Result<Option<String>, SliceError> {
+    sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = ?1")
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db("list the attached databases"))
+}
+
+/// Attaches `source` read-only as `rw_source` (detaching a stale one a cancelled copy left),
+/// and makes sure SQLite opened that very file and not a literal `file:` name.
+async fn attach(dst: &mut SqliteConnection, source: &Path) -> Result<(), SliceError> {
+    let shown = source.display();
+    if attached_file(dst, SOURCE).await?.is_some() {
+        detach(dst).await?;
+    }
+    let wanted = std::fs::canonicalize(source).map_err(|e| {
+        SliceError::Refused(format!("the source database `{shown}` cannot be read: {e}"))
+    })?;
+    if let Some(main) = attached_file(dst, "main").await?
+        && !main.is_empty()
+        && std::fs::canonicalize(&main).is_ok_and(|m| m == wanted)
+    {
+        return Err(SliceError::Refused(format!(
+            "the source `{shown}` is the destination database itself"
+        )));
+    }
+    sqlx::query(AssertSqlSafe(format!("ATTACH DATABASE ?1 AS {SOURCE}")))
+        .bind(read_only_uri(&wanted))
+        .persistent(false)
+        .execute(&mut *dst)
+        .await
+        .map_err(db(format_args!("attach the source `{shown}` read-only")))?;
+    let file = attached_file(dst, SOURCE).await?.unwrap_or_default();
+    if std::fs::canonicalize(&file).ok().as_deref() != Some(wanted.as_path()) {
+        let _ = detach(dst).await;
+        return Err(SliceError::Refused(format!(
+            "the source `{shown}` could not be attached read-only (SQLite opened `{file}`)"
+        )));
+    }
+    Ok(())
+}
+
+async fn detach(dst: &mut SqliteConnection) -> Result<(), SliceError> {
+    sqlx::query(AssertSqlSafe(format!("DETACH DATABASE {SOURCE}")))
+        .persistent(false)
+        .execute(&mut *dst)
+        .await
+        .map_err(db("detach the source"))?;
+    Ok(())
+}
+
+/// One column as a side of the copy declares it.
+struct SideColumn {
+    data_type: String,
+    generated: bool,
+}
+
+/// The columns of `schema_name`.`table`, by lower-case name; empty if the table is not there.
+async fn side_columns(
+    conn: &mut SqliteConnection,
+    schema_name: &str,
+    table: &str,
+) -> Result<HashMap<String, SideColumn>, SliceError> {
+    let rows: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT name, type, hidden FROM pragma_table_xinfo(?1, ?2)")
+            .bind(table)
+            .bind(schema_name)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db(format_args!("read the columns of `{table}` in `{schema_name}`")))?;
+    Ok(rows
+        .into_iter()
+        .map(|(name, data_type, hidden)| {
+            (
+                name.to_ascii_lowercase(),
+                SideColumn { data_type, generated: matches!(hidden, 2 | 3) },
+            )
+        })
+        .collect())
+}
+
+/// Refuses a copy between a source and a destination that differ in a planned table or one of
+/// its copied columns (missing, generated on one side, or of another declared type).
+async fn check_columns(dst: &mut SqliteConnection, plan: &SlicePlan) -> Result<(), SliceError> {
+    for table in &plan.tables {
+        let t = &table.name;
+        let source = side_columns(dst, SOURCE, t).await?;
+        let dest = side_columns(dst, "main", t).await?;
+        for (side, cols) in [("source", &source), ("destination", &dest)] {
+            if cols.is_empty() {
+                return Err(SliceError::Refused(format!("table `{t}` is missing in the {side}")));
+            }
+        }
+        for col in table.copied() {
+            let c = &col.name;
+            let key = c.to_ascii_lowercase();
+            let mut types = Vec::new();
+            for (side, cols) in [("source", &source), ("destination", &dest)] {
+                let Some(found) = cols.get(&key) else {
+                    return Err(SliceError::Refused(format!(
+                        "column `{t}`.`{c}` is missing in the {side}"
+                    )));
+                };
+                if found.generated {
+                    return Err(SliceError::Refused(format!(
+                        "column `{t}`.`{c}` is generated in the {side} but planned as a stored column"
+                    )));
+                }
+                types.push(found.data_type.trim().to_ascii_uppercase());
+            }
+            if types[0] != types[1] {
+                return Err(SliceError::Refused(format!(
+                    "column `{t}`.`{c}` is `{}` in the source and `{}` in the destination",
+                    types[0], types[1]
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A trigger kept while its table is restored.
+struct SavedTrigger {
+    name: String,
+    sql: String,
+}
+
+/// The copy proper, the source attached: one destination transaction.
+async fn copy_attached(
+    dst: &mut SqliteConnection,
+    plan: &SlicePlan,
+    tenant: &str,
+    value: &Tenant,
+) -> Result<CopyReport, SliceError> {
+    let mut tx =
+        dst.begin_with("BEGIN IMMEDIATE").await.map_err(db("begin the copy (BEGIN IMMEDIATE)"))?;
+    // On error `tx` is dropped, which rolls back: the rows and the dropped triggers come back.
+    sqlx::query("PRAGMA defer_foreign_keys = ON")
+        .execute(&mut *tx)
+        .await
+        .map_err(db("defer the foreign keys"))?;
+    let tables: Vec<&str> = plan.tables.iter().map(|t| t.name.as_str()).collect();
+    let checked = checked_tables(&mut tx, &tables).await?;
+    let before = violations(&mut tx, &checked).await?;
+    let triggers = drop_triggers(&mut tx, &tables).await?;
+    let mut report = CopyReport {
+        tables: plan
+            .tables
+            .iter()
+            .map(|t| TableCopy { table: t.name.clone(), deleted: 0, inserted: 0 })
+            .collect(),
+    };
+    for (i, table) in plan.tables.iter().enumerate().rev() {
+        report.tables[i].deleted = delete(&mut tx, plan, table, value).await?;
+    }
+    for (i, table) in plan.tables.iter().enumerate() {
+        report.tables[i].inserted = insert(&mut tx, plan, table, value).await?;
+    }
+    for t in &triggers {
+        sqlx::query(AssertSqlSafe(t.sql.clone()))
+            .persistent(false)
+            .execute(&mut *tx)
+            .await
+            .map_err(db(format_args!("create the trigger `{}` again", t.name)))?;
+    }
+    let after = violations(&mut tx, &checked).await?;
+    let dangling = introduced(&before, &after);
+    if !dangling.is_empty() {
+        return Err(SliceError::Refused(describe_dangling(&mut tx, tenant, &dangling).await?));
+    }
+    tx.commit().await.map_err(|e| commit_error(tenant, &e))?;
+    Ok(report)
+}
+
+/// The tables whose references a copy of `planned` can break: those, and every table with a
+/// foreign key into one of them (a child the plan leaves out still points at deleted rows).
+async fn checked_tables(
+    tx: &mut SqliteConnection,
+    planned: &[&str],
+) -> Result<Vec<String>, SliceError> {
+    let edges: Vec<(String, String)> = sqlx::query_as(
+        "SELECT m.name, f.\"table\" FROM main.sqlite_schema AS m, \
+         pragma_foreign_key_list(m.name, 'main') AS f WHERE m.type = 'table'",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db("read the foreign keys into the planned tables"))?;
+    let planned_has = |name: &str| planned.iter().any(|p| p.eq_ignore_ascii_case(name));
+    let mut out: Vec<String> = planned.iter().map(|t| (*t).to_owned()).collect();
+    for (child, parent) in edges {
+        if planned_has(&parent) && !out.iter().any(|t| t.eq_ignore_ascii_case(&child)) {
+            out.push(child);
+        }
+    }
+    Ok(out)
+}
+
+/// A failed COMMIT: a deferred foreign key violated where the check before it could not see
+/// (it covers the planned tables and their children) is a refusal, anything else a database
+/// error.
+fn commit_error(tenant: &str, e: &sqlx::Error) -> SliceError {
+    let foreign_key = matches!(e, sqlx::Error::Database(d)
+        if d.kind() == sqlx::error::ErrorKind::ForeignKeyViolation);
+    if foreign_key {
+        SliceError::Refused(format!(
+            "restoring tenant {tenant:?} would leave rows of a table outside the slice referencing \
+             rows the copy deleted ({}); nothing was written",
+            crate::error::describe(e)
+        ))
+    } else {
+        SliceError::database("commit the copy", e)
+    }
+}
+
+/// Drops the user triggers of `tables`, returning their SQL in creation order.
+async fn drop_triggers(
+    tx: &mut SqliteConnection,
+    tables: &[&str],
+) -> Result<Vec<SavedTrigger>, SliceError> {
+    let mut saved = Vec::new();
+    for table in tables {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT name, sql FROM main.sqlite_schema \
+             WHERE type = 'trigger' AND tbl_name = ?1 COLLATE NOCASE ORDER BY rowid",
+        )
+        .bind(*table)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db(format_args!("read the triggers of `{table}`")))?;
+        for (name, sql) in rows {
+            sqlx::query(AssertSqlSafe(format!("DROP TRIGGER main.{}", Dialect::Ansi.quote(&name))))
+                .persistent(false)
+                .execute(&mut *tx)
+                .await
+                .map_err(db(format_args!("drop the trigger `{name}` of `{table}` for the copy")))?;
+            saved.push(SavedTrigger { name, sql });
+        }
+    }
+    Ok(saved)
+}
+
+/// Deletes the destination's slice rows of `table`.
+async fn delete(
+    tx: &mut SqliteConnection,
+    plan: &SlicePlan,
+    table: &SliceTable,
+    value: &Tenant,
+) -> Result<u64, SliceError> {
+    let main = scope("main.");
+    let sql =
+        format!("DELETE FROM {} WHERE {}", main.table(&table.name), selector(plan, table, main));
+    let done = value
+        .bind(sqlx::query(AssertSqlSafe(sql)).persistent(false))
+        .execute(&mut *tx)
+        .await
+        .map_err(db(format_args!("delete the slice of `{}`", table.name)))?;
+    Ok(done.rows_affected())
+}
+
+/// Inserts the source's slice rows of `table` (generated columns left out).
+async fn insert(
+    tx: &mut SqliteConnection,
+    plan: &SlicePlan,
+    table: &SliceTable,
+    value: &Tenant,
+) -> Result<u64, SliceError> {
+    let source = scope("rw_source.");
+    let cols = Dialect::Ansi.list(table.copied().map(|c| c.name.as_str()));
+    let sql = format!(
+        "INSERT INTO {} ({cols}) SELECT {cols} FROM {} WHERE {}",
+        scope("main.").table(&table.name),
+        source.table(&table.name),
+        selector(plan, table, source)
+    );
+    let done = value
+        .bind(sqlx::query(AssertSqlSafe(sql)).persistent(false))
+        .execute(&mut *tx)
+        .await
+        .map_err(db(format_args!("insert the slice of `{}`", table.name)))?;
+    Ok(done.rows_affected())
+}
+
+/// One row of `pragma_foreign_key_check`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Violation {
+    table: String,
+    /// `None` in a `WITHOUT ROWID` table.
+    rowid: Option<i64>,
+    parent: String,
+    fkid: i64,
+}
+
+/// The foreign-key violations of `tables` in `main`.
+async fn violations(
+    tx: &mut SqliteConnection,
+    tables: &[String],
+) -> Result<Vec<Violation>, SliceError> {
+    let mut found = Vec::new();
+    for table in tables {
+        let rows: Vec<(String, Option<i64>, String, i64)> = sqlx::query_as(
+            "SELECT \"table\", rowid, parent, fkid FROM pragma_foreign_key_check(?1, 'main')",
+        )
+        .bind(table.as_str())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db(format_args!("check the foreign keys of `{table}`")))?;
+        found.extend(rows.into_iter().map(|(table, rowid, parent, fkid)| Violation {
+            table,
+            rowid,
+            parent,
+            fkid,
+        }));
+    }
+    Ok(found)
+}
+
+/// The violations in `after` that `before` did not have, counted per (table, parent, key):
+/// by row where rows have ids, by count in `WITHOUT ROWID` tables.
+fn introduced(before: &[Violation], after: &[Violation]) -> BTreeMap<(String, String, i64), u64> {
+    let known: HashSet<&Violation> = before.iter().filter(|v| v.rowid.is_some()).collect();
+    let mut counts: BTreeMap<(String, String, i64), i64> = BTreeMap::new();
+    for v in after {
+        if v.rowid.is_none() || !known.contains(v) {
+            *counts.entry((v.table.clone(), v.parent.clone(), v.fkid)).or_default() += 1;
+        }
+    }
+    for v in before.iter().filter(|v| v.rowid.is_none()) {
+        *counts.entry((v.table.clone(), v.parent.clone(), v.fkid)).or_default() -= 1;
+    }
+    counts.into_iter().filter(|(_, n)| *n > 0).map(|(k, n)| (k, n.unsigned_abs())).collect()
+}
+
+/// The refusal for references the copy would leave dangling, naming each key.
+async fn describe_dangling(
+    tx: &mut SqliteConnection,
+    tenant: &str,
+    dangling: &BTreeMap<(String, String, i64), u64>,
+) -> Result<String, SliceError> {
+    let mut parts = Vec::new();
+    for ((table, parent, fkid), count) in dangling {
+        let pairs: Vec<(String, Option<String>)> = sqlx::query_as(
+            "SELECT \"from\", \"to\" FROM pragma_foreign_key_list(?1, 'main') WHERE id = ?2 ORDER BY seq",
+        )
+        .bind(table)
+        .bind(fkid)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db(format_args!("read the foreign keys of `{table}`")))?;
+        let from: Vec<&str> = pairs.iter().map(|(f, _)| f.as_str()).collect();
+        let to: Vec<&str> = pairs.iter().filter_map(|(_, t)| t.as_deref()).collect();
+        let target = if to.is_empty() { "primary key".to_owned() } else { to.join(", ") };
+        parts.push(format!(
+            "{count} row(s) of `{table}` reference rows of `{parent}` that are not there \
+             (foreign key fk{fkid}: ({}) -> `{parent}` ({target}))",
+            from.join(", ")
+        ));
+    }
+    Ok(format!(
+        "restoring tenant {tenant:?} would leave dangling references: {}; nothing was written",
+        parts.join("; ")
+    ))
+}
+
+/// The slice's digest, read in one transaction: per table, every column (generated ones
+/// included) rendered by SQLite's `quote()`, which keeps a value's type (`1`, `1.0`, `'1'`,
+/// `X'01'`) and a float's every bit.
+pub async fn digest(
+    conn: &mut SqliteConnection,
+    plan: &SlicePlan,
+    tenant: &str,
+) -> Result<SliceDigest, SliceError> {
+    check_engine(plan)?;
+    let value = Tenant::parse(plan, tenant)?;
+    let mut tx = conn.begin().await.map_err(db("begin the digest"))?;
+    let mut out = SliceDigest::default();
+    for table in &plan.tables {
+        out.tables.push(digest_table(&mut tx, plan, table, &value).await?);
+    }
+    tx.commit().await.map_err(db("end the digest"))?;
+    Ok(out)
+}
+
+async fn digest_table(
+    tx: &mut SqliteConnection,
+    plan: &SlicePlan,
+    table: &SliceTable,
+    value: &Tenant,
+) -> Result<crate::TableDigest, SliceError> {
+    let main = scope("main.");
+    let cells = table
+        .columns
+        .iter()
+        .map(|c| format!("quote({})", Dialect::Ansi.quote(&c.name)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "SELECT {cells} FROM {} WHERE {}",
+        main.table(&table.name),
+        selector(plan, table, main)
+    );
+    let query = value.bind(sqlx::query(AssertSqlSafe(sql)).persistent(false));
+    let mut rows = query.fetch(&mut *tx);
+    let mut hasher = RowHasher::default();
+    let context = || format!("digest the slice of `{}`", table.name);
+    while let Some(row) = rows.try_next().await.map_err(|e| SliceError::database(&context(), &e))? {
+        add_row(&mut hasher, &row).map_err(|e| SliceError::database(&context(), &e))?;
+    }
+    Ok(hasher.finish(&table.name))
+}
+
+/// Feeds one row of `quote()`d cells; `NULL` (what `quote` gives for NULL only) as `None`.
+fn add_row(hasher: &mut RowHasher, row: &SqliteRow) -> Result<(), sqlx::Error> {
+    let mut cells: Vec<&[u8]> = Vec::with_capacity(row.len());
+    for i in 0..row.len() {
+        cells.push(row.try_get::<&[u8], _>(i)?);
+    }
+    hasher.add_row(cells.into_iter().map(|c| (c != b"NULL").then_some(c)));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn affinities_follow_sqlite() {
+        assert_eq!(affinity("BIGINT"), Affinity::Integer);
+        assert_eq!(affinity("varchar(36)"), Affinity::Text);
+        assert_eq!(affinity(""), Affinity::Blob);
+        assert_eq!(affinity("DOUBLE PRECISION"), Affinity::Real);
+        assert_eq!(affinity("DECIMAL(10,2)"), Affinity::Numeric);
+        // "POINT" contains "INT": SQLite's rule 1 wins.
+        assert_eq!(affinity("POINT"), Affinity::Integer);
+    }
+
+    #[test]
+    fn tenants_take_the_root_key_type() {
+        let plan = |data_type: &str| SlicePlan {
+            engine: Engine::Sqlite,
+            root: Some(crate::plan::RootKey {
+                table: "sites".into(),
+                column: "id".into(),
+                data_type: data_type.into(),
+            }),
+            tables: Vec::new(),
+            deferred: Vec::new(),
+        };
+        assert!(matches!(Tenant::parse(&plan("BIGINT"), "-42"), Ok(Tenant::Integer(-42))));
+        assert!(matches!(Tenant::parse(&plan("BIGINT"), "4x"), Err(SliceError::BadTenant { .. })));
+        assert!(matches!(Tenant::parse(&plan("REAL"), "1.5"), Ok(Tenant::Real(v)) if v == 1.5));
+        assert!(matches!(Tenant::parse(&plan("REAL"), "NaN"), Err(SliceError::BadTenant { .. })));
+        assert!(matches!(Tenant::parse(&plan("UUID"), "4x"), Ok(Tenant::Text(t)) if t == "4x"));
+        assert!(matches!(Tenant::parse(&plan(""), "4x"), Ok(Tenant::Text(_))));
+    }
+
+    #[test]
+    fn uri_escapes_what_sqlite_would_read() {
+        assert_eq!(
+            read_only_uri(Path::new("/tmp/a b?#%.db")),
+            "file:/tmp/a%20b%3F%23%25.db?mode=ro"
+        );
+    }
+
+    /// The source is attached read-only, also under a name a URI would misread: a write to it
+    /// fails, and the file is the one asked for.
+    #[tokio::test]
+    async fn the_source_cannot_be_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("odd name?#%");
+        std::fs::create_dir(&folder).unwrap();
+        let source = folder.join("backup.db");
+        let opts =
+            sqlx::sqlite::SqliteConnectOptions::new().filename(&source).create_if_missing(true);
+        let mut conn = SqliteConnection::connect_with(&opts).await.unwrap();
+        sqlx::raw_sql("CREATE TABLE t (a INTEGER); INSERT INTO t VALUES (1)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+        let bytes = std::fs::read(&source).unwrap();
+        let dest = dir.path().join("live.db");
+        let opts =
+            sqlx::sqlite::SqliteConnectOptions::new().filename(&dest).create_if_missing(true);
+        let mut dst = SqliteConnection::connect_with(&opts).await.unwrap();
+        attach(&mut dst, &source).await.unwrap();
+        let n: i64 =
+            sqlx::query_scalar("SELECT a FROM rw_source.t").fetch_one(&mut dst).await.unwrap();
+        assert_eq!(n, 1);
+        for write in ["INSERT INTO rw_source.t VALUES (2)", "CREATE TABLE rw_source.u (b)"] {
+            let e = sqlx::query(write).execute(&mut dst).await.unwrap_err();
+            assert!(crate::error::describe(&e).contains("readonly database"), "{write}: {e}");
+        }
+        // A second attach (a cancelled copy left one) replaces it.
+        attach(&mut dst, &source).await.unwrap();
+        detach(&mut dst).await.unwrap();
+        assert_eq!(std::fs::read(&source).unwrap(), bytes);
+        assert!(attached_file(&mut dst, SOURCE).await.unwrap().is_none());
+    }
+}
