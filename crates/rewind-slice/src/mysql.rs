@@ -480,7 +480,9 @@ async fn abandon(conn: &mut MySqlConnection, saved: &Saved, side: &str) {
 /// and commits. Source and destination must have every planned table with the same copied
 /// columns (`COLUMN_TYPE` included), else [`SliceError::Refused`]; a copied row that would
 /// reference a missing row is refused too, and nothing is written. See the module for what
-/// the sessions are set to while the copy runs.
+/// the sessions are set to while the copy runs; on failure both transactions are rolled back
+/// and both sessions restored (best effort). A failure to restore a session after the commit
+/// is reported although the rows are written: the copy can be run again.
 pub async fn copy(
     src: &mut MySqlConnection,
     dst: &mut MySqlConnection,

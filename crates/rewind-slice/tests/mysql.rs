@@ -34,13 +34,15 @@ const SCHEMA: &[&str] = &[
        CONSTRAINT fk_il_label FOREIGN KEY (project_id, code) REFERENCES labels (project_id, code), \
        CONSTRAINT fk_il_issue FOREIGN KEY (issue_id) REFERENCES issues (id))",
     "CREATE TABLE comments (id BIGINT AUTO_INCREMENT PRIMARY KEY, issue_id BIGINT NOT NULL, \
-       body TEXT, CONSTRAINT fk_comments_issue FOREIGN KEY (issue_id) REFERENCES issues (id))",
+       body MEDIUMTEXT, CONSTRAINT fk_comments_issue FOREIGN KEY (issue_id) REFERENCES issues (id))",
     "CREATE TABLE field_values (id BIGINT AUTO_INCREMENT PRIMARY KEY, issue_id BIGINT NOT NULL, \
        i8 TINYINT, u64 BIGINT UNSIGNED, i64 BIGINT, f32 FLOAT, f64 DOUBLE, dec30 DECIMAL(30,10), \
        d DATE, t TIME(3), dt DATETIME(6), ts TIMESTAMP(6) NULL DEFAULT NULL, y YEAR, j JSON, \
        txt TEXT, vc VARCHAR(200), bin VARBINARY(64), bl BLOB, b5 BIT(5), e ENUM('low','high'), \
        s SET('a','b','c'), u UUID, \
        CONSTRAINT fk_fv_issue FOREIGN KEY (issue_id) REFERENCES issues (id))",
+    "CREATE TABLE watchers (issue_id BIGINT NOT NULL, login VARCHAR(50), \
+       CONSTRAINT fk_watchers_issue FOREIGN KEY (issue_id) REFERENCES issues (id))",
     "CREATE TABLE audit (id BIGINT AUTO_INCREMENT PRIMARY KEY, tbl VARCHAR(30), row_id BIGINT, \
        action VARCHAR(10))",
     "CREATE TRIGGER issues_ai AFTER INSERT ON issues FOR EACH ROW BEGIN \
@@ -187,6 +189,14 @@ async fn load_project(c: &mut MySqlConnection, site: &str, n: usize, round: usiz
             .await
             .unwrap();
     }
+    for login in ["ann", "bob"] {
+        sqlx::query("INSERT INTO watchers (issue_id, login) VALUES (?, ?)")
+            .bind(issues[0])
+            .bind(login)
+            .execute(&mut *c)
+            .await
+            .unwrap();
+    }
     load_fields(c, issues[0], n).await;
     sqlx::query("INSERT INTO field_values (issue_id) VALUES (?)")
         .bind(issues[1])
@@ -285,6 +295,11 @@ fn sites_plan(schema: &Schema) -> SlicePlan {
                 parent("fk_fv_issue", &["issue_id"], "issues", &["id"]),
                 &["field_values", "issues", "projects", "sites"],
             ),
+            table(
+                "watchers",
+                parent("fk_watchers_issue", &["issue_id"], "issues", &["id"]),
+                &["watchers", "issues", "projects", "sites"],
+            ),
         ],
         deferred: Vec::new(),
     }
@@ -324,6 +339,8 @@ async fn delete_tenant(url: &str, site: &str) {
     exec(&mut c, "SET foreign_key_checks = 0").await;
     for sql in [
         "DELETE x FROM field_values x JOIN issues i ON x.issue_id = i.id \
+           JOIN projects p ON i.project_id = p.id WHERE p.site_id = ?",
+        "DELETE x FROM watchers x JOIN issues i ON x.issue_id = i.id \
            JOIN projects p ON i.project_id = p.id WHERE p.site_id = ?",
         "DELETE x FROM comments x JOIN issues i ON x.issue_id = i.id \
            JOIN projects p ON i.project_id = p.id WHERE p.site_id = ?",
@@ -375,7 +392,8 @@ async fn schema_reads_keys_generated_columns_and_triggers() {
                 "labels",
                 "projects",
                 "sites",
-                "users"
+                "users",
+                "watchers"
             ]
         );
         assert_eq!(schema.tables["sites"].columns[0].data_type, "uuid");
@@ -682,6 +700,7 @@ async fn a_dangling_reference_is_refused_and_nothing_is_written() {
         exec(&mut dst, "DELETE FROM comments WHERE id = 1").await;
         let before = digest(live, &plan, site).await;
 
+        exec(&mut dst, "SET time_zone = '+02:00'").await;
         let mut src = connect(backup).await;
         let err = mysql::copy(&mut src, &mut dst, &plan, site).await.unwrap_err();
         let message = err.to_string();
@@ -694,10 +713,79 @@ async fn a_dangling_reference_is_refused_and_nothing_is_written() {
             "{message}"
         );
         assert_eq!(digest(live, &plan, site).await, before, "nothing written");
-        assert_eq!(session(&mut dst).await.0, 1);
-        assert_eq!(session(&mut dst).await.2, None);
+        assert_eq!(session(&mut dst).await, (1, "+02:00".to_owned(), None));
         src.close().await.unwrap();
         dst.close().await.unwrap();
     })
     .await;
+}
+
+#[tokio::test]
+async fn large_slices_go_in_batches() {
+    with_pair("large_slices_go_in_batches", async |pair: &Pair| {
+        let (backup, live) = (&pair.backup.url, &pair.live.url);
+        let plan = plan_of(live).await;
+        let site = &pair.sites[0];
+        // 2,600 more comments on tenant 0's first issue (id 1), five of them 400 kB: more rows
+        // than one INSERT (500) or one DELETE (2,000) takes, and more bytes than one INSERT.
+        let mut c = connect(backup).await;
+        exec(
+            &mut c,
+            "INSERT INTO comments (issue_id, body) \
+             SELECT 1, IF(seq <= 5, REPEAT(CHAR(65 + seq), 400000), CONCAT('bulk ', seq)) \
+             FROM seq_1_to_2600",
+        )
+        .await;
+        c.close().await.unwrap();
+        let want = digest(backup, &plan, site).await;
+        assert_eq!(want.tables[5].table, "comments");
+        assert_eq!(want.tables[5].rows, 2612);
+
+        let mut src = connect(backup).await;
+        let mut dst = connect(live).await;
+        let before = statements(&mut dst).await;
+        let first = mysql::copy(&mut src, &mut dst, &plan, site).await.unwrap();
+        let after_first = statements(&mut dst).await;
+        assert_eq!((first.tables[5].deleted, first.tables[5].inserted), (12, 2612));
+        assert_eq!(digest(live, &plan, site).await, want);
+        let again = mysql::copy(&mut src, &mut dst, &plan, site).await.unwrap();
+        let after_again = statements(&mut dst).await;
+        assert_eq!((again.tables[5].deleted, again.tables[5].inserted), (2612, 2612));
+        assert_eq!(digest(live, &plan, site).await, want);
+        // Inserts: one per other table (7), and the comments in 7: 12 small rows and 3 big
+        // ones (over 1 MB), then 500 + 500 + 500 + 500 + 500 + 97.
+        assert_eq!(after_first.0 - before.0, 14);
+        // Deletes: one per table, by key or (watchers, without a key) by selector; the second
+        // time the comments' 2,612 keys take two.
+        assert_eq!(after_first.1 - before.1, 8);
+        assert_eq!(after_again.1 - after_first.1, 9);
+        src.close().await.unwrap();
+        dst.close().await.unwrap();
+        let watchers = &again.tables[7];
+        assert_eq!(
+            (watchers.table.as_str(), watchers.deleted, watchers.inserted),
+            ("watchers", 4, 4)
+        );
+    })
+    .await;
+}
+
+/// The session's (INSERT, DELETE) statement counts.
+async fn statements(c: &mut MySqlConnection) -> (i64, i64) {
+    let mut counts = (0, 0);
+    for row in
+        sqlx::query("SHOW SESSION STATUS WHERE Variable_name IN ('Com_insert', 'Com_delete')")
+            .fetch_all(&mut *c)
+            .await
+            .unwrap()
+    {
+        let name: String = row.get(0);
+        let value: String = row.get(1);
+        let value: i64 = value.parse().unwrap();
+        match name.as_str() {
+            "Com_insert" => counts.0 = value,
+            _ => counts.1 = value,
+        }
+    }
+    counts
 }
