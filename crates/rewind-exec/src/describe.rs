@@ -233,7 +233,8 @@ fn slice_calls(a: &Attempt, s: &SliceAction, copy: bool) -> Result<Vec<Call>, St
         return Ok(calls);
     }
     match kinds {
-        Some(Kind::Sqlite) => {
+        // `slice_kind` refuses MySQL until copy is rebuilt on `rewind-slice`.
+        Some(Kind::Sqlite | Kind::Mysql) => {
             let file = match from.unresolved {
                 None => slice::sqlite_file(&from.url)?.display().to_string(),
                 Some(_) => format!("<file of `{}`>", s.from),

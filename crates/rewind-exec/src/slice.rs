@@ -139,7 +139,7 @@ async fn run(a: Attempt, mut stop: Stop, pools: Pools, mode: Mode) -> Report {
             None => None,
         };
         let tables = match (mode, kinds) {
-            (Mode::Copy, Kind::Sqlite) => copy_sqlite(&from, &to, s, &tenant).await?,
+            (Mode::Copy, Kind::Sqlite | Kind::Mysql) => copy_sqlite(&from, &to, s, &tenant).await?,
             (Mode::Copy, Kind::Postgres) => {
                 let _turn = pools.copy_turn().await;
                 copy_postgres(&sessions, &from, &to, s, &tenant).await?
@@ -177,7 +177,7 @@ async fn source_restore_point(
     query: &str,
     run: RestorePoint,
 ) -> Result<String, Report> {
-    let conn = pools.acquire(from).await.map_err(retryable)?;
+    let conn = pools.any(from).await.map_err(retryable)?;
     let mut conn = sessions.pooled(conn, from).await.map_err(retryable)?;
     let row = sqlx::query(AssertSqlSafe(query.to_owned()))
         .fetch_optional(&mut **conn)
@@ -207,6 +207,10 @@ pub(crate) fn slice_kind(
     to: Result<Kind, String>,
 ) -> Result<Kind, String> {
     match (from, to) {
+        // Until copy and compare are rebuilt on `rewind-slice`.
+        (Ok(Kind::Mysql), _) | (_, Ok(Kind::Mysql)) => {
+            Err(format!("a {what} between MySQL/MariaDB stores is not supported yet"))
+        }
         (Ok(f), Ok(t)) if f == t => Ok(f),
         (Ok(_), Ok(_)) => Err(format!(
             "`{}` and `{}` are different kinds of database; a {what} needs two SQLite or two PostgreSQL stores",
@@ -492,7 +496,7 @@ async fn compare(
     // for another, so concurrent compares cannot starve each other's pool.
     let mut dest_cols = Vec::new();
     {
-        let dst = pools.acquire(to).await.map_err(retryable)?;
+        let dst = pools.any(to).await.map_err(retryable)?;
         let mut dst = sessions.pooled(dst, to).await.map_err(retryable)?;
         for t in &s.tables {
             dest_cols.push(columns(&mut dst, kind, t).await?);
@@ -500,7 +504,7 @@ async fn compare(
     }
     let mut plan = Vec::new();
     {
-        let src = pools.acquire(from).await.map_err(retryable)?;
+        let src = pools.any(from).await.map_err(retryable)?;
         let mut src = sessions.pooled(src, from).await.map_err(retryable)?;
         for (t, dest) in s.tables.iter().zip(dest_cols) {
             let cols = same_columns(t, dest, &columns(&mut src, kind, t).await?)?;
@@ -508,7 +512,7 @@ async fn compare(
             plan.push((t, cols, source));
         }
     }
-    let dst = pools.acquire(to).await.map_err(retryable)?;
+    let dst = pools.any(to).await.map_err(retryable)?;
     let mut dst = sessions.pooled(dst, to).await.map_err(retryable)?;
     let mut out = BTreeMap::new();
     let mut problems = Vec::new();
@@ -531,7 +535,7 @@ async fn compare(
 
 async fn columns(conn: &mut AnyConnection, kind: Kind, table: &str) -> Result<Vec<String>, Report> {
     let sql = match kind {
-        Kind::Sqlite => "SELECT name FROM pragma_table_info($1) ORDER BY cid",
+        Kind::Sqlite | Kind::Mysql => "SELECT name FROM pragma_table_info($1) ORDER BY cid",
         Kind::Postgres => {
             "SELECT column_name::text FROM information_schema.columns \
              WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position"
