@@ -353,13 +353,13 @@ async fn kill(c: &mut MySqlConnection, sql: String) -> Result<(), sqlx::Error> {
 }
 
 /// Polls `information_schema.PROCESSLIST` until connection `id` runs no statement (`gone`:
-/// until it no longer exists), for [`GRACE`] at most; whether it got there.
+/// until it no longer exists; a connection being killed, `Killed`, still runs), for [`GRACE`] at most; whether it got there.
 async fn wait_mysql(c: &mut MySqlConnection, id: u64, gone: bool) -> Result<bool, sqlx::Error> {
     let sql = if gone {
         "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = ?"
     } else {
         "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = ? \
-         AND COMMAND NOT IN ('Sleep', 'Killed')"
+         AND COMMAND <> 'Sleep'"
     };
     let deadline = tokio::time::Instant::now() + GRACE;
     loop {

@@ -329,8 +329,12 @@ fn inet(b: &[u8], cidr: bool) -> Result<String, String> {
 pub(crate) fn mysql_row(row: &sqlx::mysql::MySqlRow) -> Result<Map<String, Value>, String> {
     let mut out = Map::new();
     for (i, col) in row.columns().iter().enumerate() {
-        let ty = col.type_info().name();
-        let v = mysql_value(row, i, ty).map_err(|bad| {
+        let info = col.type_info();
+        let ty = info.name();
+        // A string column is text unless its collation is `binary` (sqlx names a `_bin`
+        // collation's text `VARBINARY`/`BLOB` too).
+        let text = <str as sqlx::Type<sqlx::MySql>>::compatible(info);
+        let v = mysql_value(row, i, ty, text).map_err(|bad| {
             if bad.is_empty() {
                 unsupported(col.name(), ty)
             } else {
@@ -343,7 +347,12 @@ pub(crate) fn mysql_row(row: &sqlx::mysql::MySqlRow) -> Result<Map<String, Value
 }
 
 /// One MySQL value, decoded by sqlx as the Rust type that holds every value of `ty` exactly.
-fn mysql_value(row: &sqlx::mysql::MySqlRow, i: usize, ty: &str) -> Result<Value, String> {
+fn mysql_value(
+    row: &sqlx::mysql::MySqlRow,
+    i: usize,
+    ty: &str,
+    text: bool,
+) -> Result<Value, String> {
     use sqlx::mysql::types::MySqlTime;
     fn get<'r, T: sqlx::Decode<'r, sqlx::MySql>>(
         row: &'r sqlx::mysql::MySqlRow,
@@ -362,9 +371,15 @@ fn mysql_value(row: &sqlx::mysql::MySqlRow, i: usize, ty: &str) -> Result<Value,
         "YEAR" => or_null(get::<u16>(row, i)?.map(Value::from)),
         "FLOAT" => or_null(get::<f32>(row, i)?.map(|f| float(f64::from(f)))),
         "DOUBLE" => or_null(get::<f64>(row, i)?.map(float)),
-        "DECIMAL" | "CHAR" | "VARCHAR" | "TINYTEXT" | "TEXT" | "MEDIUMTEXT" | "LONGTEXT"
-        | "ENUM" | "SET" => or_null(get::<String>(row, i)?.map(Value::from)),
-        "BINARY" | "VARBINARY" | "TINYBLOB" | "BLOB" | "MEDIUMBLOB" | "LONGBLOB" => {
+        "DECIMAL" => or_null(get::<String>(row, i)?.map(Value::from)),
+        "CHAR" | "VARCHAR" | "TINYTEXT" | "TEXT" | "MEDIUMTEXT" | "LONGTEXT" | "ENUM" | "SET"
+        | "BINARY" | "VARBINARY" | "TINYBLOB" | "BLOB" | "MEDIUMBLOB" | "LONGBLOB"
+            if text =>
+        {
+            or_null(get::<String>(row, i)?.map(Value::from))
+        }
+        "CHAR" | "VARCHAR" | "TINYTEXT" | "TEXT" | "MEDIUMTEXT" | "LONGTEXT" | "BINARY"
+        | "VARBINARY" | "TINYBLOB" | "BLOB" | "MEDIUMBLOB" | "LONGBLOB" => {
             or_null(get::<Vec<u8>>(row, i)?.map(|b| Value::String(hex(&b))))
         }
         "JSON" => match get::<String>(row, i)? {

@@ -70,10 +70,7 @@ where
 
 /// Adds `value` as a `ty`, or says why it is not one.
 fn add(args: &mut PgArguments, ty: &PgTypeInfo, label: &str, value: &str) -> Result<(), BindError> {
-    let not = |what: &str| {
-        let article = if what.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
-        BindError::Value(format!("{label} (= {value:?}) is not {article} {what}"))
-    };
+    let not = |what: &str| BindError::Value(format!("{label} (= {value:?}) is not {what}"));
     match ty.kind() {
         PgTypeKind::Enum(_) => return push(args, value.to_owned()),
         PgTypeKind::Domain(base) => return add(args, base, label, value),
@@ -86,36 +83,39 @@ fn add(args: &mut PgArguments, ty: &PgTypeInfo, label: &str, value: &str) -> Res
         return Err(unsupported(label, ty));
     };
     match oid.0 {
-        16 => push(args, parse_bool(value).ok_or_else(|| not("bool"))?),
-        21 => push(args, value.trim().parse::<i16>().map_err(|_| not("int2 (smallint)"))?),
-        23 => push(args, value.trim().parse::<i32>().map_err(|_| not("int4 (integer)"))?),
-        20 => push(args, value.trim().parse::<i64>().map_err(|_| not("int8 (bigint)"))?),
-        700 => push(args, value.trim().parse::<f32>().map_err(|_| not("float4 (real)"))?),
+        16 => push(args, parse_bool(value).ok_or_else(|| not("a bool"))?),
+        21 => push(args, value.trim().parse::<i16>().map_err(|_| not("an int2 (smallint)"))?),
+        23 => push(args, value.trim().parse::<i32>().map_err(|_| not("an int4 (integer)"))?),
+        20 => push(args, value.trim().parse::<i64>().map_err(|_| not("an int8 (bigint)"))?),
+        700 => push(args, value.trim().parse::<f32>().map_err(|_| not("a float4 (real)"))?),
         701 => {
-            push(args, value.trim().parse::<f64>().map_err(|_| not("float8 (double precision)"))?)
+            push(args, value.trim().parse::<f64>().map_err(|_| not("a float8 (double precision)"))?)
         }
         1700 => push(
             args,
             sqlx::types::Decimal::from_str_exact(value.trim())
                 .or_else(|_| sqlx::types::Decimal::from_scientific(value.trim()))
-                .map_err(|_| not("numeric (at most 28 significant digits)"))?,
+                .map_err(|_| not("a numeric (at most 28 significant digits)"))?,
         ),
-        2950 => push(args, uuid::Uuid::parse_str(value.trim()).map_err(|_| not("uuid"))?),
+        2950 => push(args, uuid::Uuid::parse_str(value.trim()).map_err(|_| not("a uuid"))?),
         1082 => {
-            push(args, NaiveDate::from_str(value.trim()).map_err(|_| not("date (YYYY-MM-DD)"))?)
+            push(args, NaiveDate::from_str(value.trim()).map_err(|_| not("a date (YYYY-MM-DD)"))?)
         }
-        1083 => push(args, NaiveTime::from_str(value.trim()).map_err(|_| not("time (HH:MM:SS)"))?),
-        1114 => push(args, parse_timestamp(value).ok_or_else(|| not("timestamp"))?),
+        1083 => {
+            push(args, NaiveTime::from_str(value.trim()).map_err(|_| not("a time (HH:MM:SS)"))?)
+        }
+        1114 => push(args, parse_timestamp(value).ok_or_else(|| not("a timestamp"))?),
         1184 => push(
             args,
             parse_timestamptz(value)
-                .ok_or_else(|| not("timestamptz (RFC 3339, with an offset)"))?
+                .ok_or_else(|| not("a timestamptz (RFC 3339, with an offset)"))?
                 .with_timezone(&Utc),
         ),
         114 | 3802 => push(
             args,
             sqlx::types::Json(
-                serde_json::from_str::<serde_json::Value>(value).map_err(|_| not("JSON value"))?,
+                serde_json::from_str::<serde_json::Value>(value)
+                    .map_err(|_| not("a JSON value"))?,
             ),
         ),
         18 | 19 | 25 | 705 | 1042 | 1043 => push(args, value.to_owned()),
