@@ -157,9 +157,7 @@ impl Db {
         ];
         let sql = match self.engine {
             Engine::Postgres => {
-                let mut s = String::from(
-                    "BEGIN; SET LOCAL session_replication_role = replica;\n",
-                );
+                let mut s = String::from("BEGIN; SET LOCAL session_replication_role = replica;\n");
                 for d in &deletes {
                     // MySQL cannot read the table it deletes from in a subquery; PostgreSQL
                     // can, and both run the same statements.
@@ -167,7 +165,9 @@ impl Db {
                     s.push_str(";\n");
                 }
                 s.push_str("COMMIT;\n");
-                for (t, col) in [("users", "id"), ("projects", "id"), ("issues", "id"), ("comments", "id")] {
+                for (t, col) in
+                    [("users", "id"), ("projects", "id"), ("issues", "id"), ("comments", "id")]
+                {
                     s.push_str(&format!(
                         "SELECT setval(pg_get_serial_sequence('{t}', '{col}'), (SELECT max({col}) FROM {t}));\n"
                     ));
@@ -305,10 +305,8 @@ fn restore_deleted_tenants(engine: Engine, test: &str) {
     assert_ne!(rt.block_on(p.live.digests(TABLES)), backup, "the tenants are gone from live");
     assert_eq!(rt.block_on(p.live.count_sites(&deleted)), 0);
 
-    let targets = format!(
-        "id,kind\n{}",
-        deleted.iter().map(|d| format!("{d},site\n")).collect::<String>()
-    );
+    let targets =
+        format!("id,kind\n{}", deleted.iter().map(|d| format!("{d},site\n")).collect::<String>());
     let t = env.write("targets.csv", &targets, false);
     let w = repo("examples/tenant-restore.toml");
     let (w, t) = (w.to_str().unwrap(), t.to_str().unwrap());

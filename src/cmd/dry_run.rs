@@ -46,7 +46,10 @@ pub fn print(
         writeln!(out, "# waves end after targets {} (in file order)", list.join(", "))?;
     }
     if !slices.is_empty() {
-        writeln!(out, "#\n# tenant slices, planned read-only from the catalogs this machine reaches now:")?;
+        writeln!(
+            out,
+            "#\n# tenant slices, planned read-only from the catalogs this machine reaches now:"
+        )?;
         for l in slices {
             writeln!(out, "#   {l}")?;
         }
@@ -181,7 +184,8 @@ pub fn slices(
         if seen.contains(&ends) {
             continue;
         }
-        let shown = seen.iter().filter(|e: &&rewind_exec::discover::SliceEnds| e.step == ends.step).count();
+        let shown =
+            seen.iter().filter(|e: &&rewind_exec::discover::SliceEnds| e.step == ends.step).count();
         if shown >= SLICES_SHOWN {
             *more.entry(ends.step.clone()).or_default() += 1;
             seen.insert(ends);

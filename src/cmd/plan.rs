@@ -39,7 +39,9 @@ pub fn run(args: &Args) -> Result<Exit> {
     } else {
         print!("{}", render(&summary));
         if !slices.is_empty() {
-            println!("\ntenant slices (planned read-only from the catalogs this machine reaches now)");
+            println!(
+                "\ntenant slices (planned read-only from the catalogs this machine reaches now)"
+            );
             for l in &slices {
                 println!("  {l}");
             }
@@ -50,15 +52,16 @@ pub fn run(args: &Args) -> Result<Exit> {
 
 /// The tenant slices of the workflow's `copy` and `compare` steps ([`crate::cmd::dry_run::slices`]).
 fn slices(plan: &rewind_model::Plan, workflow: &std::path::Path) -> Result<Vec<String>> {
-    let has_slices = plan
-        .workflow()
-        .steps
-        .iter()
-        .any(|s| matches!(s.action, rewind_model::Action::Copy(_) | rewind_model::Action::Compare(_)));
+    let has_slices = plan.workflow().steps.iter().any(|s| {
+        matches!(s.action, rewind_model::Action::Copy(_) | rewind_model::Action::Compare(_))
+    });
     if !has_slices {
         return Ok(Vec::new());
     }
-    let workdir = workflow.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let workdir = workflow
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
     let workdir = std::path::absolute(workdir)?;
     let cwd = std::env::current_dir()?;
     let rt = crate::store::runtime()?;

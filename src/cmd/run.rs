@@ -173,8 +173,7 @@ pub fn run(db: &str, args: &Args) -> Result<Exit> {
     }
     if args.dry_run {
         let mut out = std::io::stdout().lock();
-        let slices =
-            crate::cmd::dry_run::slices(&plan, &registry, &vars, &workdir, &cwd, &rt)?;
+        let slices = crate::cmd::dry_run::slices(&plan, &registry, &vars, &workdir, &cwd, &rt)?;
         crate::cmd::dry_run::print(
             &mut out,
             &plan,

@@ -17,9 +17,10 @@
 //!    client that is gone cannot take a cancel) is ended with `pg_terminate_backend` and
 //!    waited for likewise.
 //!
-//! Only then is the timed-out report returned. MySQL and MariaDB fit the same shape when their
-//! connections land: `SELECT CONNECTION_ID()` for the id, `KILL QUERY <id>` to cancel,
-//! `information_schema.processlist` to wait, `KILL <id>` as the last resort ([`Backend`]).
+//! Only then is the timed-out report returned. MySQL and MariaDB the same way: the connection's
+//! id (`SELECT CONNECTION_ID()`) when it is acquired; on a timeout or a stop `KILL QUERY <id>`
+//! from another connection, `information_schema.PROCESSLIST` polled until the connection runs
+//! nothing, `KILL <id>` as the last resort ([`Backend`]).
 //!
 //! SQLite runs in rewind's process: there is no server to ask. A timed-out attempt's
 //! connection is closed instead of returned to its pool; a statement that is inside one long
@@ -32,9 +33,11 @@ use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgConnection;
-use sqlx::{Any, Connection as _};
+use sqlx::{Connection as _, MySql, MySqlConnection, Postgres, Sqlite};
 
-use crate::connect::{Kind, kind, redact, split_search_path};
+use rewind_slice::error::describe;
+
+use crate::connect::{redact, split_search_path};
 
 /// Longest a cancel waits for a statement to end before it ends the backend, and then for the
 /// backend to go.
@@ -52,6 +55,13 @@ pub(crate) enum Backend {
         server: String,
         /// `pg_backend_pid()`.
         pid: i32,
+    },
+    /// A MySQL/MariaDB connection: the URL and its `CONNECTION_ID()`.
+    Mysql {
+        /// The URL, for the connection that kills the statement.
+        url: String,
+        /// `CONNECTION_ID()`.
+        id: u64,
     },
 }
 
@@ -81,10 +91,51 @@ pub(crate) trait Retire {
     fn retire(&mut self);
 }
 
-impl Retire for PoolConnection<Any> {
+impl<DB: sqlx::Database> Retire for PoolConnection<DB> {
     fn retire(&mut self) {
         self.close_on_drop();
     }
+}
+
+/// A pooled connection that can tell which server-side session it is.
+pub(crate) trait Identify: Retire + Send {
+    /// The session [`stop`] can reach, asked of the connection; `None` for SQLite.
+    fn backend<'a>(
+        &'a mut self,
+        url: &'a str,
+    ) -> impl std::future::Future<Output = Result<Option<Backend>, String>> + Send + 'a;
+}
+
+impl Identify for PoolConnection<Postgres> {
+    async fn backend(&mut self, url: &str) -> Result<Option<Backend>, String> {
+        Ok(Some(Backend::Postgres {
+            server: split_search_path(url).0,
+            pid: pg_pid(self, url).await?,
+        }))
+    }
+}
+
+impl Identify for PoolConnection<MySql> {
+    async fn backend(&mut self, url: &str) -> Result<Option<Backend>, String> {
+        let id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
+            .fetch_one(&mut **self)
+            .await
+            .map_err(|e| format!("{}: CONNECTION_ID(): {}", redact(url), describe(&e)))?;
+        Ok(Some(Backend::Mysql { url: url.to_owned(), id }))
+    }
+}
+
+impl Identify for PoolConnection<Sqlite> {
+    async fn backend(&mut self, _url: &str) -> Result<Option<Backend>, String> {
+        Ok(None)
+    }
+}
+
+async fn pg_pid(conn: &mut PgConnection, url: &str) -> Result<i32, String> {
+    sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(conn)
+        .await
+        .map_err(|e| format!("{}: pg_backend_pid(): {}", redact(url), describe(&e)))
 }
 
 impl Retire for PgConnection {
@@ -157,22 +208,14 @@ impl Sessions {
         Some(token)
     }
 
-    /// Registers a pooled connection to `url`: on PostgreSQL, with its backend pid.
-    pub(crate) async fn pooled(
+    /// Registers a pooled connection to `url`, with its server-side session
+    /// ([`Identify::backend`]).
+    pub(crate) async fn pooled<C: Identify>(
         &self,
-        mut conn: PoolConnection<Any>,
+        mut conn: C,
         url: &str,
-    ) -> Result<Tracked<PoolConnection<Any>>, String> {
-        let backend = match kind(url)? {
-            Kind::Postgres => {
-                let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-                    .fetch_one(&mut *conn)
-                    .await
-                    .map_err(|e| format!("{}: pg_backend_pid(): {e}", redact(url)))?;
-                Some(Backend::Postgres { server: split_search_path(url).0, pid })
-            }
-            Kind::Sqlite => None,
-        };
+    ) -> Result<Tracked<C>, String> {
+        let backend = conn.backend(url).await?;
         Ok(Tracked { conn: Some(conn), token: self.add(backend), sessions: self.clone() })
     }
 
@@ -182,10 +225,7 @@ impl Sessions {
         mut conn: PgConnection,
         url: &str,
     ) -> Result<Tracked<PgConnection>, String> {
-        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-            .fetch_one(&mut conn)
-            .await
-            .map_err(|e| format!("{}: pg_backend_pid(): {e}", redact(url)))?;
+        let pid = pg_pid(&mut conn, url).await?;
         let backend = Backend::Postgres { server: split_search_path(url).0, pid };
         Ok(Tracked { conn: Some(conn), token: self.add(Some(backend)), sessions: self.clone() })
     }
@@ -244,12 +284,76 @@ async fn stop_one(b: &Backend) -> Result<(), String> {
             let _ = c.close().await;
             r
         }
+        Backend::Mysql { url, id } => {
+            let what = || format!("connection {id} on {}", redact(url));
+            let mut c = tokio::time::timeout(GRACE, MySqlConnection::connect(url))
+                .await
+                .map_err(|_| {
+                    format!("cannot cancel the statement of {}: no connection in {GRACE:?}", what())
+                })?
+                .map_err(|e| {
+                    format!("cannot cancel the statement of {}: {}", what(), describe(&e))
+                })?;
+            let r = stop_mysql(&mut c, *id).await.map_err(|e| format!("{}: {e}", what()));
+            let _ = c.close().await;
+            r
+        }
+    }
+}
+
+/// `KILL QUERY`, wait; `KILL`, wait. (`KILL` takes no placeholder: the id is a number.)
+async fn stop_mysql(c: &mut MySqlConnection, id: u64) -> Result<(), String> {
+    let db = |e: sqlx::Error| describe(&e);
+    kill(c, format!("KILL QUERY {id}")).await.map_err(db)?;
+    if wait_mysql(c, id, false).await.map_err(db)? {
+        return Ok(());
+    }
+    kill(c, format!("KILL {id}")).await.map_err(db)?;
+    if wait_mysql(c, id, true).await.map_err(db)? {
+        return Ok(());
+    }
+    Err(format!("its statement still runs {GRACE:?} after KILL QUERY and KILL"))
+}
+
+/// Runs a `KILL`; a connection that already ended cannot be killed (MySQL 1094, unknown
+/// thread id), and that is what was wanted.
+async fn kill(c: &mut MySqlConnection, sql: String) -> Result<(), sqlx::Error> {
+    match sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *c).await {
+        Err(sqlx::Error::Database(d))
+            if d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                .is_some_and(|m| m.number() == 1094) =>
+        {
+            Ok(())
+        }
+        other => other.map(drop),
+    }
+}
+
+/// Polls `information_schema.PROCESSLIST` until connection `id` runs no statement (`gone`:
+/// until it no longer exists; a connection being killed, `Killed`, still runs), for [`GRACE`] at most; whether it got there.
+async fn wait_mysql(c: &mut MySqlConnection, id: u64, gone: bool) -> Result<bool, sqlx::Error> {
+    let sql = if gone {
+        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = ?"
+    } else {
+        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = ? \
+         AND COMMAND <> 'Sleep'"
+    };
+    let deadline = tokio::time::Instant::now() + GRACE;
+    loop {
+        let busy: i64 = sqlx::query_scalar(sql).bind(id).fetch_one(&mut *c).await?;
+        if busy == 0 {
+            return Ok(true);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(POLL).await;
     }
 }
 
 /// `pg_cancel_backend`, wait; `pg_terminate_backend`, wait.
 async fn stop_pg(c: &mut PgConnection, pid: i32) -> Result<(), String> {
-    let db = |e: sqlx::Error| e.to_string();
+    let db = |e: sqlx::Error| describe(&e);
     sqlx::query("SELECT pg_cancel_backend($1)").bind(pid).execute(&mut *c).await.map_err(db)?;
     if wait_pg(c, pid, false).await.map_err(db)? {
         return Ok(());

@@ -1,20 +1,28 @@
-//! Database connections for the SQL executors: one small pool per URL, made on first use and
-//! shared by every attempt of a run.
+//! Database connections for the SQL executors: native sqlx pools, made on first use and shared
+//! by every attempt of a run (and of every run the process drives): one per PostgreSQL server,
+//! one per MySQL/MariaDB URL, one per SQLite file (and one of read-only connections per SQLite
+//! file). No attempt opens a fresh connection of its own to run its statements.
 
 use std::collections::HashMap;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub(crate) use rewind_model::redact_url as redact;
 use rewind_model::{form_decode, redact_text};
-use sqlx::any::AnyPoolOptions;
+use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::pool::PoolConnection;
-use sqlx::{Any, AnyConnection, AnyPool, Connection as _};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+use sqlx::{
+    Connection as _, MySql, MySqlConnection, MySqlPool, PgConnection, PgPool, Postgres, Sqlite,
+    SqlitePool,
+};
 
 /// How long a SQLite writer waits for another writer's lock.
 pub(crate) const SQLITE_BUSY: Duration = Duration::from_secs(30);
 
-/// How long the first connection to a PostgreSQL server may take before it is given up.
+/// How long the first connection to a PostgreSQL or MySQL server may take before it is given up.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Which database a URL names.
@@ -22,6 +30,8 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) enum Kind {
     Sqlite,
     Postgres,
+    /// MySQL or MariaDB (`mysql://`, `mariadb://`).
+    Mysql,
 }
 
 pub(crate) fn kind(url: &str) -> Result<Kind, String> {
@@ -29,8 +39,10 @@ pub(crate) fn kind(url: &str) -> Result<Kind, String> {
         Ok(Kind::Sqlite)
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Kind::Postgres)
+    } else if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+        Ok(Kind::Mysql)
     } else {
-        Err(format!("{} is not a sqlite:// or postgres:// URL", redact(url)))
+        Err(format!("{} is not a sqlite://, postgres:// or mysql:// URL", redact(url)))
     }
 }
 
@@ -41,22 +53,35 @@ pub(crate) fn kind(url: &str) -> Result<Kind, String> {
 pub const PG_POOL_CONNECTIONS: u32 = 8;
 /// See [`PG_POOL_CONNECTIONS`].
 pub const PG_COPY_STREAMS: usize = 4;
+/// Connections one MySQL/MariaDB pool (one per URL) holds open at most.
+pub const MYSQL_POOL_CONNECTIONS: u32 = 8;
+/// Connections one SQLite pool (one per file, and one read-only per file) holds open at most.
+const SQLITE_POOL_CONNECTIONS: u32 = 4;
+/// How long an unused PostgreSQL or MySQL connection stays open in its pool.
+const IDLE: Duration = Duration::from_secs(30);
 
-/// Pools: one per SQLite URL; one per PostgreSQL server, whose connections are pointed at the
-/// URL's schema (`options[search_path]=…`) each time they are handed out.
+type Map<P> = Arc<tokio::sync::Mutex<HashMap<String, P>>>;
+
+/// Pools: one per PostgreSQL server, whose connections are pointed at the URL's schema
+/// (`options[search_path]=…`) each time they are handed out; one per MySQL/MariaDB URL; one per
+/// SQLite URL, and one of read-only connections per SQLite URL.
 #[derive(Clone)]
 pub struct Pools {
-    inner: Arc<tokio::sync::Mutex<HashMap<String, AnyPool>>>,
+    pg: Map<PgPool>,
+    mysql: Map<MySqlPool>,
+    sqlite: Map<SqlitePool>,
     /// SQLite pools of read-only connections, by URL: never handed to a writer.
-    read_only: Arc<tokio::sync::Mutex<HashMap<String, AnyPool>>>,
+    sqlite_read_only: Map<SqlitePool>,
     copies: Arc<tokio::sync::Semaphore>,
 }
 
 impl Default for Pools {
     fn default() -> Self {
         Self {
-            inner: Arc::default(),
-            read_only: Arc::default(),
+            pg: Arc::default(),
+            mysql: Arc::default(),
+            sqlite: Arc::default(),
+            sqlite_read_only: Arc::default(),
             copies: Arc::new(tokio::sync::Semaphore::new(PG_COPY_STREAMS)),
         }
     }
@@ -91,104 +116,120 @@ pub(crate) fn split_search_path(url: &str) -> (String, Option<String>) {
     (key, path)
 }
 
-impl Pools {
-    /// A connection for `url`, connecting the pool on first use. On PostgreSQL the connection
-    /// comes from the server's pool with `search_path` set for this URL (or reset to the
-    /// session's default when the URL names none).
-    pub async fn acquire(&self, url: &str) -> Result<PoolConnection<Any>, String> {
-        let kind = kind(url)?;
-        let (key, search_path) = match kind {
-            Kind::Sqlite => (url.to_owned(), None),
-            Kind::Postgres => split_search_path(url),
-        };
-        let pool = self.pool(&key, kind).await?;
-        let mut conn = match pool.acquire().await {
-            Ok(c) => c,
-            // A pool that cannot connect says only that it timed out: ask the server directly
-            // why (refused, unknown host, authentication, no such database).
-            Err(sqlx::Error::PoolTimedOut) if kind == Kind::Postgres => {
-                probe(&key).await?;
-                pool.acquire().await.map_err(|e| cannot_connect(url, &e))?
-            }
-            Err(e) => return Err(cannot_connect(url, &e)),
-        };
-        if kind == Kind::Postgres {
-            let set = match &search_path {
-                Some(p) => sqlx::query("SELECT set_config('search_path', $1, false)")
-                    .bind(p.clone())
-                    .execute(&mut *conn)
-                    .await
-                    .map(drop),
-                None => sqlx::query("RESET search_path").execute(&mut *conn).await.map(drop),
-            };
-            set.map_err(|e| format!("cannot set search_path on {}: {e}", redact(url)))?;
+/// The pool `key` maps to in `map`, made by `make` (then probed by `probe`) on first use.
+async fn pool_for<P: Clone, F>(
+    map: &Map<P>,
+    key: &str,
+    make: impl FnOnce() -> Result<P, String>,
+    probe: impl FnOnce() -> F,
+) -> Result<P, String>
+where
+    F: std::future::Future<Output = Result<(), String>>,
+{
+    let mut map = map.lock().await;
+    if let Some(p) = map.get(key) {
+        return Ok(p.clone());
+    }
+    let pool = make()?;
+    // The first connection to a server is a direct one, so that a server that refuses it or
+    // does not know the user or the database says so now, in its own words, instead of the
+    // pool retrying until its acquire timeout.
+    probe().await?;
+    map.insert(key.to_owned(), pool.clone());
+    Ok(pool)
+}
+
+/// A connection of `pool`; when the pool can only say that it timed out, `probe` asks the
+/// server directly why (refused, unknown host, authentication, no such database).
+async fn acquire_from<DB: sqlx::Database, F>(
+    pool: &sqlx::Pool<DB>,
+    url: &str,
+    probe: impl FnOnce() -> F,
+) -> Result<PoolConnection<DB>, String>
+where
+    F: std::future::Future<Output = Result<(), String>>,
+{
+    match pool.acquire().await {
+        Ok(c) => Ok(c),
+        Err(sqlx::Error::PoolTimedOut) => {
+            probe().await?;
+            pool.acquire().await.map_err(|e| cannot_connect(url, &e))
         }
+        Err(e) => Err(cannot_connect(url, &e)),
+    }
+}
+
+impl Pools {
+    /// A connection of the PostgreSQL server `url` names, from the server's pool (made on first
+    /// use), with `search_path` set for this URL (or reset to the session's default when the
+    /// URL names none).
+    pub(crate) async fn pg(&self, url: &str) -> Result<PoolConnection<Postgres>, String> {
+        let (key, search_path) = split_search_path(url);
+        let make = || {
+            let options = PgConnectOptions::from_str(&key).map_err(|e| cannot_connect(&key, &e))?;
+            Ok(PgPoolOptions::new()
+                .acquire_timeout(SQLITE_BUSY)
+                .max_connections(PG_POOL_CONNECTIONS)
+                .idle_timeout(Some(IDLE))
+                .connect_lazy_with(options))
+        };
+        let pool = pool_for(&self.pg, &key, make, || probe_pg(&key)).await?;
+        let mut conn = acquire_from(&pool, url, || probe_pg(&key)).await?;
+        let set = match &search_path {
+            Some(p) => sqlx::query("SELECT set_config('search_path', $1, false)")
+                .bind(p.clone())
+                .execute(&mut *conn)
+                .await
+                .map(drop),
+            None => sqlx::query("RESET search_path").execute(&mut *conn).await.map(drop),
+        };
+        set.map_err(|e| {
+            format!(
+                "cannot set search_path on {}: {}",
+                redact(url),
+                rewind_slice::error::describe(&e)
+            )
+        })?;
         Ok(conn)
     }
 
-    async fn pool(&self, key: &str, kind: Kind) -> Result<AnyPool, String> {
-        sqlx::any::install_default_drivers();
-        let mut map = self.inner.lock().await;
-        if let Some(p) = map.get(key) {
-            return Ok(p.clone());
-        }
-        let mut options = AnyPoolOptions::new().acquire_timeout(SQLITE_BUSY);
-        options = match kind {
-            Kind::Sqlite => options.max_connections(4).after_connect(|conn, _| {
-                Box::pin(async move {
-                    use sqlx::Executor;
-                    conn.execute("PRAGMA busy_timeout = 30000").await?;
-                    Ok(())
-                })
-            }),
-            Kind::Postgres => options
-                .max_connections(PG_POOL_CONNECTIONS)
-                .idle_timeout(Some(Duration::from_secs(30))),
+    /// A connection of the MySQL/MariaDB pool of `url` (made on first use).
+    pub(crate) async fn mysql(&self, url: &str) -> Result<PoolConnection<MySql>, String> {
+        let make = || {
+            let options =
+                MySqlConnectOptions::from_str(url).map_err(|e| cannot_connect(url, &e))?;
+            Ok(MySqlPoolOptions::new()
+                .acquire_timeout(SQLITE_BUSY)
+                .max_connections(MYSQL_POOL_CONNECTIONS)
+                .idle_timeout(Some(IDLE))
+                .connect_lazy_with(options))
         };
-        let pool = options.connect_lazy(key).map_err(|e| cannot_connect(key, &e))?;
-        if kind == Kind::Postgres {
-            // The first connection to a server is a direct one, so that a server that refuses
-            // it or does not know the user or the database says so now, in its own words,
-            // instead of the pool retrying until its acquire timeout.
-            probe(key).await?;
-        }
-        map.insert(key.to_owned(), pool.clone());
-        Ok(pool)
+        let pool = pool_for(&self.mysql, url, make, || probe_mysql(url)).await?;
+        acquire_from(&pool, url, || probe_mysql(url)).await
     }
 
-    /// A connection for a read-only session on `url` ([`crate::readonly`]). On PostgreSQL, a
-    /// connection of the server's pool, as [`Pools::acquire`] gives (the session makes its
-    /// transaction read-only). On SQLite, a connection of a pool of its own, opened read-only
-    /// (`mode=ro`) with `PRAGMA query_only = ON`: a writer never gets it.
-    pub(crate) async fn acquire_read_only(&self, url: &str) -> Result<PoolConnection<Any>, String> {
-        if kind(url)? != Kind::Sqlite {
-            return self.acquire(url).await;
-        }
-        let pool = {
-            let mut map = self.read_only.lock().await;
-            match map.get(url) {
-                Some(p) => p.clone(),
-                None => {
-                    sqlx::any::install_default_drivers();
-                    let pool = AnyPoolOptions::new()
-                        .acquire_timeout(SQLITE_BUSY)
-                        .max_connections(4)
-                        .after_connect(|conn, _| {
-                            Box::pin(async move {
-                                use sqlx::Executor;
-                                conn.execute("PRAGMA busy_timeout = 30000").await?;
-                                conn.execute("PRAGMA query_only = ON").await?;
-                                Ok(())
-                            })
-                        })
-                        .connect_lazy(&sqlite_read_only_url(url))
-                        .map_err(|e| format!("cannot open {} read-only: {e}", redact(url)))?;
-                    map.insert(url.to_owned(), pool.clone());
-                    pool
-                }
-            }
+    /// A connection of the SQLite pool of `url` (made on first use); writers wait
+    /// [`SQLITE_BUSY`] for each other's locks.
+    pub(crate) async fn sqlite(&self, url: &str) -> Result<PoolConnection<Sqlite>, String> {
+        let make = || sqlite_pool(url, false).map_err(|e| cannot_connect(url, &e));
+        let pool = pool_for(&self.sqlite, url, make, || async { Ok(()) }).await?;
+        pool.acquire().await.map_err(|e| cannot_connect(url, &e))
+    }
+
+    /// A connection for a read-only session on the SQLite file `url` names
+    /// ([`crate::readonly`]): of a pool of its own, opened read-only (`mode=ro`) with
+    /// `PRAGMA query_only = ON`, never handed to a writer. (PostgreSQL and MySQL sessions use
+    /// their server's pool: the session makes its transaction read-only.)
+    pub(crate) async fn sqlite_read_only(
+        &self,
+        url: &str,
+    ) -> Result<PoolConnection<Sqlite>, String> {
+        let cannot = |e: &dyn std::fmt::Display| {
+            format!("cannot open {} read-only: {}", redact(url), redact_text(&e.to_string()))
         };
-        pool.acquire().await.map_err(|e| format!("cannot open {} read-only: {e}", redact(url)))
+        let make = || sqlite_pool(&sqlite_read_only_url(url), true).map_err(|e| cannot(&e));
+        let pool = pool_for(&self.sqlite_read_only, url, make, || async { Ok(()) }).await?;
+        pool.acquire().await.map_err(|e| cannot(&e))
     }
 
     /// A turn to run a PostgreSQL `copy` stream (at most [`PG_COPY_STREAMS`] at once).
@@ -196,6 +237,18 @@ impl Pools {
         // The semaphore is never closed.
         self.copies.clone().acquire_owned().await.expect("copy semaphore closed")
     }
+}
+
+/// A SQLite pool for `url`: `busy_timeout` [`SQLITE_BUSY`]; `read_only` adds
+/// `PRAGMA query_only = ON` to every connection (the URL opens the file `mode=ro` too).
+fn sqlite_pool(url: &str, read_only: bool) -> Result<SqlitePool, sqlx::Error> {
+    let options = SqliteConnectOptions::from_str(url)?
+        .busy_timeout(SQLITE_BUSY)
+        .pragma("query_only", if read_only { "ON" } else { "OFF" });
+    Ok(SqlitePoolOptions::new()
+        .acquire_timeout(SQLITE_BUSY)
+        .max_connections(SQLITE_POOL_CONNECTIONS)
+        .connect_lazy_with(options))
 }
 
 /// A SQLite URL that opens its file read-only: any `mode` it names replaced by `mode=ro`.
@@ -212,19 +265,33 @@ fn cannot_connect(url: &str, e: &dyn std::fmt::Display) -> String {
     format!("cannot connect to {}: {}", redact(url), redact_text(&e.to_string()))
 }
 
-/// Connects to `url` once, directly, within [`CONNECT_TIMEOUT`]; the driver's error, redacted,
-/// if it cannot.
-pub(crate) async fn probe(url: &str) -> Result<(), String> {
-    match tokio::time::timeout(CONNECT_TIMEOUT, AnyConnection::connect(url)).await {
+/// Connects to the PostgreSQL server `url` names once, directly, within [`CONNECT_TIMEOUT`];
+/// the driver's error, redacted, if it cannot.
+pub(crate) async fn probe_pg(url: &str) -> Result<(), String> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect(url)).await {
         Ok(Ok(conn)) => {
             let _ = conn.close().await;
             Ok(())
         }
-        Ok(Err(e)) => Err(cannot_connect(url, &e)),
-        Err(_) => {
-            Err(cannot_connect(url, &format!("no answer within {}s", CONNECT_TIMEOUT.as_secs())))
-        }
+        Ok(Err(e)) => Err(cannot_connect(url, &rewind_slice::error::describe(&e))),
+        Err(_) => Err(no_answer(url)),
     }
+}
+
+/// [`probe_pg`] for a MySQL/MariaDB server.
+pub(crate) async fn probe_mysql(url: &str) -> Result<(), String> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, MySqlConnection::connect(url)).await {
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+            Ok(())
+        }
+        Ok(Err(e)) => Err(cannot_connect(url, &rewind_slice::error::describe(&e))),
+        Err(_) => Err(no_answer(url)),
+    }
+}
+
+fn no_answer(url: &str) -> String {
+    cannot_connect(url, &format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()))
 }
 
 /// `"name"`: an identifier quoted for SQL, an embedded `"` doubled. Every table and column name

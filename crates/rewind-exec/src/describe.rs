@@ -264,7 +264,8 @@ fn slice_calls(a: &Attempt, s: &SliceAction, copy: bool) -> Result<Vec<Call>, St
                 "ATTACH {file} read-only; BEGIN IMMEDIATE; defer foreign keys; drop the tables' user triggers (recreated before COMMIT); delete the tenant's rows, children first; INSERT … SELECT the source's rows, parents first; COMMIT; DETACH"
             )
         }
-        None => "the statements depend on the kind of database, known once the connections resolve".to_owned(),
+        None => "the statements depend on the kind of database, known once the connections resolve"
+            .to_owned(),
     };
     calls.push(Call::Note(format!("in one transaction on `{}`: {how}", s.to)));
     Ok(calls)
@@ -566,7 +567,8 @@ bad = "postgres://u@{{target.attr.shard}}/db""#,
         assert!(e.contains("REWIND_TEST_SURELY_UNSET_DIR"), "{e}");
     }
 
-    const SLICE: &str = r#"from = "scratch", to = "live", root = "sites", tenant = "{{target.id}}""#;
+    const SLICE: &str =
+        r#"from = "scratch", to = "live", root = "sites", tenant = "{{target.id}}""#;
 
     #[test]
     fn a_copy_checks_the_restore_point_then_says_what_it_does() {
@@ -585,7 +587,10 @@ bad = "postgres://u@{{target.attr.shard}}/db""#,
             ("scratch", "SELECT value FROM rewind_meta WHERE key = 'restore_point'")
         );
         let out = text(&calls);
-        assert!(out.contains("2022-04-05T07:33:00Z"), "the source's restore point is checked: {out}");
+        assert!(
+            out.contains("2022-04-05T07:33:00Z"),
+            "the source's restore point is checked: {out}"
+        );
         assert!(out.contains(&format!("plan the slice (root sites) of tenant '{SITE}'")), "{out}");
         assert!(out.contains("ATTACH /srv/scratch/<run id>.sqlite read-only"), "{out}");
         assert!(out.contains("drop the tables' user triggers"), "{out}");

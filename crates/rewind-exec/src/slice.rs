@@ -29,9 +29,9 @@ use futures::future::BoxFuture;
 use rewind_model::{Action, RestorePoint, SliceAction};
 use rewind_slice::{Schema, SliceDigest, SliceError, SlicePlan};
 use serde_json::{Map, Value, json};
+use sqlx::AssertSqlSafe;
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{AssertSqlSafe, Row};
 
 use crate::cancel::{Identify, Sessions, Tracked};
 use crate::connect::{Kind, kind, redact};
@@ -163,15 +163,17 @@ async fn run(a: Attempt, mut stop: Stop, pools: Pools, catalogs: Catalogs, mode:
     let sessions = Sessions::default();
     let work = async {
         let restore_point = match &s.source_restore_point {
-            Some(q) => {
-                Some(source_restore_point(&pools, &sessions, &from, q, a.restore_point).await?)
-            }
+            Some(q) => Some(
+                source_restore_point(&pools, &sessions, engine, &from, q, a.restore_point).await?,
+            ),
             None => None,
         };
         let plan = planned(&pools, &catalogs, &sessions, engine, &from, s).await?;
         let tables = match mode {
             Mode::Copy => copy(&pools, &sessions, engine, &from, &to, &plan, &tenant).await,
-            Mode::Compare => compare(&pools, &sessions, engine, &from, &to, s, &plan, &tenant).await,
+            Mode::Compare => {
+                compare(&pools, &sessions, engine, &from, &to, s, &plan, &tenant).await
+            }
         };
         if tables.as_ref().is_err_and(|r| matches!(r.outcome, Outcome::Failed { retryable: false }))
         {
@@ -319,28 +321,36 @@ async fn read_catalog(
 async fn source_restore_point(
     pools: &Pools,
     sessions: &Sessions,
+    engine: Kind,
     from: &str,
     query: &str,
     run: RestorePoint,
 ) -> Result<String, Report> {
-    let conn = pools.any(from).await.map_err(retryable)?;
-    let mut conn = sessions.pooled(conn, from).await.map_err(retryable)?;
-    let row = sqlx::query(AssertSqlSafe(query.to_owned()))
-        .fetch_optional(&mut **conn)
-        .await
-        .map_err(|e| {
-            Report::failed(
-                format!("source_restore_point: {}", rewind_slice::error::describe(&e)),
-                rewind_slice::error::is_transient(&e),
-            )
-        })?;
-    let Some(row) = row else {
+    let said = |e: sqlx::Error| {
+        Report::failed(
+            format!("source_restore_point: {}", rewind_slice::error::describe(&e)),
+            rewind_slice::error::is_transient(&e),
+        )
+    };
+    let reached: Option<String> = match engine {
+        Kind::Postgres => {
+            let mut c = tracked(sessions, pools.pg(from).await, from).await?;
+            sqlx::query_scalar(AssertSqlSafe(query.to_owned())).fetch_optional(&mut **c).await.map_err(said)?
+        }
+        Kind::Mysql => {
+            let mut c = tracked(sessions, pools.mysql(from).await, from).await?;
+            sqlx::query_scalar(AssertSqlSafe(query.to_owned())).fetch_optional(&mut **c).await.map_err(said)?
+        }
+        Kind::Sqlite => {
+            let mut c = pools.sqlite_read_only(from).await.map_err(retryable)?;
+            sqlx::query_scalar(AssertSqlSafe(query.to_owned())).fetch_optional(&mut *c).await.map_err(said)?
+        }
+    };
+    let Some(reached) = reached else {
         return Err(permanent(
             "source_restore_point: the query returned no row; the source does not say which point it reached",
         ));
     };
-    let reached: String =
-        row.try_get(0).map_err(|e| permanent(format!("source_restore_point: {e}")))?;
     match reached.parse::<RestorePoint>() {
         Ok(rp) if rp == run => Ok(reached),
         Ok(_) | Err(_) => Err(permanent(format!(

@@ -1,18 +1,24 @@
-//! `kind = "sql"`: statements against a named connection, in one transaction. Template values
-//! are bound as text parameters, never spliced into the SQL (the workflow refuses `{{` in SQL
-//! text). The output is `rows_affected` (rows changed by all statements; queries change none)
-//! plus the columns of the first row the last statement returned, if any. A timeout or a stop
-//! cancels the statement on the server before the attempt ends ([`crate::cancel`]).
+//! `kind = "sql"`: statements against a named connection (PostgreSQL, MySQL/MariaDB, SQLite), in
+//! one transaction. Template values are bound as parameters, never spliced into the SQL (the
+//! workflow refuses `{{` in SQL text); on PostgreSQL with each parameter's type
+//! ([`crate::params`]). The output is `rows_affected` (rows changed by all statements; queries
+//! change none) plus the columns of the first row the last statement returned, if any, as JSON
+//! values of their types ([`crate::decode`]). A timeout or a stop cancels the statement on the
+//! server before the attempt ends ([`crate::cancel`]). A database error quotes the database
+//! ([`rewind_slice::error::describe`]) and is retried only when another attempt can pass
+//! ([`rewind_slice::error::is_transient`]).
 
 use futures::TryStreamExt;
 use futures::future::BoxFuture;
 use rewind_model::Action;
+use rewind_slice::error::{describe, is_transient};
 use serde_json::{Map, Value};
-use sqlx::any::AnyRow;
-use sqlx::{AssertSqlSafe, Column, Either, Executor as _, Row};
+use sqlx::{AssertSqlSafe, Database, Either};
 
 use crate::cancel::{self, Sessions};
-use crate::{Attempt, Executor, Outcome, Pools, Report, Stop};
+use crate::connect::{Kind, kind};
+use crate::params::{BindError, pg_arguments};
+use crate::{Attempt, Executor, Outcome, Pools, Report, Stop, decode};
 
 /// Runs `sql` actions.
 #[derive(Clone, Debug, Default)]
@@ -36,26 +42,6 @@ impl Executor for SqlExecutor {
         let pools = self.pools.clone();
         Box::pin(run(attempt, stop, pools))
     }
-}
-
-/// A row's columns as JSON: integers, floats, text, booleans or null.
-pub(crate) fn row_json(row: &AnyRow) -> Map<String, Value> {
-    let mut out = Map::new();
-    for (i, col) in row.columns().iter().enumerate() {
-        let v = if let Ok(v) = row.try_get::<Option<i64>, _>(i) {
-            v.map_or(Value::Null, Value::from)
-        } else if let Ok(v) = row.try_get::<Option<f64>, _>(i) {
-            v.map_or(Value::Null, Value::from)
-        } else if let Ok(v) = row.try_get::<Option<String>, _>(i) {
-            v.map_or(Value::Null, Value::from)
-        } else if let Ok(v) = row.try_get::<Option<bool>, _>(i) {
-            v.map_or(Value::Null, Value::from)
-        } else {
-            Value::Null
-        };
-        out.insert(col.name().to_owned(), v);
-    }
-    out
 }
 
 /// Whether a statement's affected-row count means rows changed. A query's does not: SQLite
@@ -119,34 +105,42 @@ async fn run(a: Attempt, mut stop: Stop, pools: Pools) -> Report {
     }
     let sessions = Sessions::default();
     let work = async {
-        let conn = pools.acquire(&url).await.map_err(|e| Report::failed(e, true))?;
-        let mut conn = sessions.pooled(conn, &url).await.map_err(|e| Report::failed(e, true))?;
-        let db = |e: sqlx::Error| Report::failed(format!("{e}"), true);
-        let mut tx = sqlx::Connection::begin(&mut **conn).await.map_err(db)?;
-        let mut affected = 0u64;
-        let mut first = None;
-        let last = statements.len().saturating_sub(1);
-        for (i, (sql, params)) in statements.into_iter().enumerate() {
-            let counts = changes_rows(&sql);
-            // The SQL is the workflow's own text, checked to hold no templates.
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for p in params {
-                q = q.bind(p);
+        let kind = kind(&url).map_err(|e| Report::failed(e, false))?;
+        let cannot = |e: String| Report::failed(e, true);
+        match kind {
+            Kind::Postgres => {
+                let conn = pools.pg(&url).await.map_err(cannot)?;
+                let mut conn = sessions.pooled(conn, &url).await.map_err(cannot)?;
+                run_pg(&mut conn, statements).await
             }
-            let mut results = (&mut *tx).fetch_many(q);
-            while let Some(item) = results.try_next().await.map_err(db)? {
-                match item {
-                    Either::Left(done) if counts => affected += done.rows_affected(),
-                    Either::Left(_) => {}
-                    Either::Right(row) if i == last && first.is_none() => {
-                        first = Some(row_json(&row))
-                    }
-                    Either::Right(_) => {}
+            Kind::Mysql => {
+                let conn = pools.mysql(&url).await.map_err(cannot)?;
+                let mut conn = sessions.pooled(conn, &url).await.map_err(cannot)?;
+                let mut tx = sqlx::Connection::begin(&mut **conn).await.map_err(db)?;
+                let mut out = Output::default();
+                let last = statements.len().saturating_sub(1);
+                for (i, (sql, params)) in statements.into_iter().enumerate() {
+                    let q = params.into_iter().fold(query(&sql), |q, p| q.bind(p));
+                    out.drain(&mut *tx, q, &sql, i == last, decode::mysql_row).await?;
                 }
+                tx.commit().await.map_err(db)?;
+                Ok(out)
+            }
+            Kind::Sqlite => {
+                let conn = pools.sqlite(&url).await.map_err(cannot)?;
+                let mut conn = sessions.pooled(conn, &url).await.map_err(cannot)?;
+                let mut tx = sqlx::Connection::begin(&mut **conn).await.map_err(db)?;
+                let mut out = Output::default();
+                let last = statements.len().saturating_sub(1);
+                for (i, (sql, params)) in statements.into_iter().enumerate() {
+                    let q = params.into_iter().fold(query(&sql), |q, p| q.bind(p));
+                    out.drain(&mut *tx, q, &sql, i == last, decode::sqlite_row).await?;
+                }
+                tx.commit().await.map_err(db)?;
+                Ok(out)
             }
         }
-        tx.commit().await.map_err(db)?;
-        Ok((affected, first))
+        .map(|o| (o.affected, o.first))
     };
     match bounded(&a, &mut stop, &sessions, work).await {
         Ok((affected, first)) => {
@@ -163,4 +157,109 @@ async fn run(a: Attempt, mut stop: Stop, pools: Pools) -> Report {
         }
         Err(r) => r,
     }
+}
+
+/// A database error as a failed report: the database's words, retried only when transient.
+fn db(e: sqlx::Error) -> Report {
+    Report::failed(describe(&e), is_transient(&e))
+}
+
+/// The workflow's own SQL text, checked to hold no templates.
+fn query<DB: Database>(sql: &str) -> sqlx::query::Query<'static, DB, DB::Arguments> {
+    sqlx::query(AssertSqlSafe(sql.to_owned()))
+}
+
+/// A statement result's count of changed rows, on every engine.
+trait Changed {
+    fn rows(&self) -> u64;
+}
+
+impl Changed for sqlx::postgres::PgQueryResult {
+    fn rows(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
+impl Changed for sqlx::mysql::MySqlQueryResult {
+    fn rows(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
+impl Changed for sqlx::sqlite::SqliteQueryResult {
+    fn rows(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
+/// How a row of `DB` becomes JSON ([`crate::decode`]).
+type RowJson<DB> = fn(&<DB as Database>::Row) -> Result<Map<String, Value>, String>;
+
+/// What a `sql` step's statements produced so far.
+#[derive(Default)]
+struct Output {
+    affected: u64,
+    first: Option<Map<String, Value>>,
+}
+
+impl Output {
+    /// Runs `q` to its end on `conn`: counts the rows it changed (if it is not a query) and,
+    /// for the `last` statement, keeps its first row as JSON (`row`; a column that cannot be
+    /// JSON fails the step for good).
+    async fn drain<'c, DB, E>(
+        &mut self,
+        conn: E,
+        q: sqlx::query::Query<'static, DB, DB::Arguments>,
+        sql: &str,
+        last: bool,
+        row: RowJson<DB>,
+    ) -> Result<(), Report>
+    where
+        DB: Database,
+        E: sqlx::Executor<'c, Database = DB>,
+        DB::Arguments: sqlx::IntoArguments<DB>,
+        DB::QueryResult: Changed,
+    {
+        let counts = changes_rows(sql);
+        let mut results = conn.fetch_many(q);
+        while let Some(item) = results.try_next().await.map_err(db)? {
+            match item {
+                Either::Left(done) if counts => {
+                    self.affected += done.rows();
+                }
+                Either::Left(_) => {}
+                Either::Right(r) if last && self.first.is_none() => {
+                    self.first = Some(row(&r).map_err(|e| Report::failed(e, false))?);
+                }
+                Either::Right(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A bind failure as a failed report: a value that does not convert is permanent; a statement
+/// that cannot be prepared is the database's error.
+pub(crate) fn bind_failed(e: BindError) -> Report {
+    match e {
+        BindError::Value(m) => Report::failed(m, false),
+        BindError::Prepare(e) => db(e),
+    }
+}
+
+/// The statements on PostgreSQL, in one transaction, each with its parameters typed.
+async fn run_pg(
+    conn: &mut sqlx::PgConnection,
+    statements: Vec<(String, Vec<String>)>,
+) -> Result<Output, Report> {
+    let mut tx = sqlx::Connection::begin(conn).await.map_err(db)?;
+    let mut out = Output::default();
+    let last = statements.len().saturating_sub(1);
+    for (i, (sql, params)) in statements.into_iter().enumerate() {
+        let args = pg_arguments(&mut tx, &sql, &params).await.map_err(bind_failed)?;
+        let q = sqlx::query_with(AssertSqlSafe(sql.clone()), args);
+        out.drain(&mut *tx, q, &sql, i == last, decode::pg_row).await?;
+    }
+    tx.commit().await.map_err(db)?;
+    Ok(out)
 }

@@ -257,10 +257,12 @@ async fn sql_binds_values_and_reports_rows_and_the_final_row() {
         3,
         "issues still exists, untouched"
     );
-    // A failing statement rolls the transaction back.
+    // A failing statement rolls the transaction back; a constraint fails the same way every
+    // time: not retried.
     let r = run(&Registry::builtin(), attempt(&workflow(SQL), 0, SITE_B, &live, &scratch)).await;
-    assert_eq!(r.outcome, Outcome::Failed { retryable: true });
-    assert!(r.error.unwrap().contains("UNIQUE constraint failed"));
+    assert_eq!(r.outcome, Outcome::Failed { retryable: false });
+    let e = r.error.unwrap();
+    assert!(e.contains("UNIQUE constraint failed") && e.contains("[SQLite 1555]"), "{e}");
     let keys =
         rows(&live, &format!("SELECT key FROM projects WHERE site_id = '{SITE_B}' ORDER BY key"))
             .await;
