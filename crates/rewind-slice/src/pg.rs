@@ -30,7 +30,7 @@ use sqlx::{AssertSqlSafe, Either, PgConnection, Row};
 use crate::error::db;
 use crate::plan::{SlicePlan, SliceTable, Via};
 use crate::schema::{Column, Engine, ForeignKey, Schema, Table};
-use crate::sql::{selector, Dialect, Scope};
+use crate::sql::{Dialect, Scope, selector};
 use crate::{CopyReport, RowHasher, SliceDigest, SliceError, TableCopy};
 
 const ANSI: Dialect = Dialect::Ansi;
@@ -181,17 +181,16 @@ async fn tenant_sql(
 ) -> Result<String, SliceError> {
     let (table, column, data_type) = tenant_key(plan)?;
     let sql = format!("SELECT quote_literal(CAST($1::text AS {data_type}))");
-    let row = sqlx::query(AssertSqlSafe(sql))
-        .persistent(false)
-        .bind(tenant)
-        .fetch_one(&mut *conn)
-        .await;
+    let row =
+        sqlx::query(AssertSqlSafe(sql)).persistent(false).bind(tenant).fetch_one(&mut *conn).await;
     match row {
         Ok(row) => {
             let literal: String = row.try_get(0).map_err(db("quote the tenant id"))?;
             Ok(format!("{literal}::{data_type}"))
         }
-        Err(e) if matches!(sqlstate(&e).as_deref(), Some("22P02" | "22003" | "22007" | "22008")) => {
+        Err(e)
+            if matches!(sqlstate(&e).as_deref(), Some("22P02" | "22003" | "22007" | "22008")) =>
+        {
             Err(SliceError::BadTenant {
                 tenant: tenant.to_owned(),
                 table: table.to_owned(),
@@ -393,9 +392,7 @@ async fn catalog_columns(
         .map_err(db(format!("read the planned tables' columns on the {side}")))?;
     let mut out = SideColumns::new();
     for row in rows {
-        out.entry(row.get(0))
-            .or_default()
-            .insert(row.get(1), (row.get(2), row.get(3), row.get(4)));
+        out.entry(row.get(0)).or_default().insert(row.get(1), (row.get(2), row.get(3), row.get(4)));
     }
     Ok(out)
 }
@@ -443,10 +440,10 @@ fn check_table_side(
                 return refuse(format!(
                     "`{}` is `{ty}` in the {side}, `{}` in the plan",
                     c.name, c.data_type
-                ))
+                ));
             }
             Some((_, true, _)) => {
-                return refuse(format!("`{}` is generated in the {side}", c.name))
+                return refuse(format!("`{}` is generated in the {side}", c.name));
             }
             Some((_, false, b)) => builtin &= b,
         }
@@ -543,11 +540,7 @@ async fn insert(
 }
 
 fn format_clause(binary: bool) -> &'static str {
-    if binary {
-        " (FORMAT binary)"
-    } else {
-        ""
-    }
+    if binary { " (FORMAT binary)" } else { "" }
 }
 
 /// Runs `out` (a `COPY … TO STDOUT`) on `src` and feeds its data, in chunks of about
