@@ -566,7 +566,12 @@ async fn pipe(
             Ok(Some(data)) => {
                 buf.extend_from_slice(&data);
                 if buf.len() >= CHUNK {
-                    sink.send(buf.as_slice()).await.map_err(|e| ("destination COPY", e))?;
+                    if let Err(e) = sink.send(buf.as_slice()).await {
+                        // sqlx cannot resume a connection whose `COPY TO` was left unread:
+                        // read it to the end so the source can still roll back.
+                        while let Ok(Some(_)) = stream.try_next().await {}
+                        return Err(("destination COPY", e));
+                    }
                     buf.clear();
                 }
             }
