@@ -1,1 +1,860 @@
-//! pg: catalog, copy and digest.
+//! PostgreSQL: the catalog of `current_schema()` ([`schema`]), a slice copied by binary `COPY`
+//! from a source to a destination in one destination transaction ([`copy`]), and a slice's
+//! digest ([`digest`]).
+//!
+//! **The tenant id** is converted once, on the source, by the server itself
+//! (`quote_literal(CAST($1::text AS <root key type>))`), and the quoted literal with its cast
+//! stands for the tenant in every statement: `COPY` takes no parameters, and a value typed by
+//! the server is compared as the key's type (uuid, bigint, …), never as text.
+//!
+//! **Triggers and references.** The destination transaction runs with
+//! `SET LOCAL session_replication_role = replica`: user triggers (an audit log) and the
+//! foreign-key triggers do not fire, so rows go in table by table in any order and the restore
+//! is not logged as user activity. Because references are then not enforced, the copy checks
+//! every foreign key of every planned table itself before it commits. A role that may not set
+//! the parameter (not a superuser, no `GRANT SET ON PARAMETER session_replication_role`) copies
+//! in *checked* mode instead: the plan's deferrable constraints are deferred, its `set_after`
+//! columns are inserted as NULL and set afterwards; a planned table with user triggers is then
+//! refused, as the triggers would fire.
+//!
+//! **Sequences** of identity and serial columns are advanced past the largest value in the
+//! table after the copy, never moved backwards.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use futures::TryStreamExt;
+use sqlx::postgres::PgRow;
+use sqlx::{AssertSqlSafe, Either, PgConnection, Row};
+
+use crate::error::db;
+use crate::plan::{SlicePlan, SliceTable, Via};
+use crate::schema::{Column, Engine, ForeignKey, Schema, Table};
+use crate::sql::{Dialect, Scope, selector};
+use crate::{CopyReport, RowHasher, SliceDigest, SliceError, TableCopy};
+
+const ANSI: Dialect = Dialect::Ansi;
+
+/// `COPY` output is gathered into chunks of about this size before it is sent on: one message
+/// per row would cost a write per row.
+const CHUNK: usize = 256 * 1024;
+
+// ---------------------------------------------------------------------------------------------
+// Catalog
+
+/// Ordinary and partitioned tables of `current_schema()` (not partitions).
+const TABLES: &str = "SELECT c.relname::text FROM pg_class c \
+    JOIN pg_namespace n ON n.oid = c.relnamespace \
+    WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') AND NOT c.relispartition \
+    ORDER BY c.relname";
+
+/// Columns of those tables in column order: name, `format_type`, NOT NULL, generated, and the
+/// sequence of an identity or serial column.
+const COLUMNS: &str = "SELECT c.relname::text, a.attname::text, \
+      format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attgenerated <> '', \
+      pg_get_serial_sequence(format('%I.%I', n.nspname, c.relname), a.attname) \
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+    JOIN pg_attribute a ON a.attrelid = c.oid \
+    WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') AND NOT c.relispartition \
+      AND a.attnum > 0 AND NOT a.attisdropped \
+    ORDER BY c.relname, a.attnum";
+
+/// Primary key columns in key order.
+const PRIMARY_KEYS: &str = "SELECT c.relname::text, a.attname::text \
+    FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid \
+    JOIN pg_namespace n ON n.oid = c.relnamespace \
+    CROSS JOIN LATERAL unnest(k.conkey) WITH ORDINALITY AS u(attnum, ord) \
+    JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = u.attnum \
+    WHERE n.nspname = current_schema() AND k.contype = 'p' \
+    ORDER BY c.relname, u.ord";
+
+/// Foreign keys between tables of the schema, column pairs in key order. Constraints that a
+/// partitioned table's key clones onto partitions (`conparentid <> 0`) are left out.
+const FOREIGN_KEYS: &str = "SELECT k.conname::text, c.relname::text, p.relname::text, \
+      ca.attname::text, pa.attname::text, k.condeferrable \
+    FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid \
+    JOIN pg_class p ON p.oid = k.confrelid \
+    JOIN pg_namespace n ON n.oid = c.relnamespace \
+    CROSS JOIN LATERAL unnest(k.conkey, k.confkey) WITH ORDINALITY AS u(ck, pk, ord) \
+    JOIN pg_attribute ca ON ca.attrelid = k.conrelid AND ca.attnum = u.ck \
+    JOIN pg_attribute pa ON pa.attrelid = k.confrelid AND pa.attnum = u.pk \
+    WHERE n.nspname = current_schema() AND p.relnamespace = n.oid \
+      AND k.contype = 'f' AND k.conparentid = 0 \
+    ORDER BY c.relname, k.conname, u.ord";
+
+/// User triggers (not the foreign keys' internal ones).
+const TRIGGERS: &str = "SELECT c.relname::text, t.tgname::text \
+    FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
+    JOIN pg_namespace n ON n.oid = c.relnamespace \
+    WHERE n.nspname = current_schema() AND NOT t.tgisinternal \
+    ORDER BY c.relname, t.tgname";
+
+/// The tables of the connection's `current_schema()`, read from `pg_catalog`.
+pub async fn schema(conn: &mut PgConnection) -> Result<Schema, SliceError> {
+    let mut tables = BTreeMap::new();
+    for row in fetch_all(conn, TABLES, "read the tables of the current schema").await? {
+        let name: String = row.get(0);
+        tables.insert(
+            name.clone(),
+            Table {
+                name,
+                columns: Vec::new(),
+                primary_key: Vec::new(),
+                foreign_keys: Vec::new(),
+                triggers: Vec::new(),
+            },
+        );
+    }
+    for row in fetch_all(conn, COLUMNS, "read the columns of the current schema").await? {
+        if let Some(t) = tables.get_mut(&row.get::<String, _>(0)) {
+            t.columns.push(Column {
+                name: row.get(1),
+                data_type: row.get(2),
+                nullable: !row.get::<bool, _>(3),
+                generated: row.get(4),
+                sequence: row.get(5),
+            });
+        }
+    }
+    for row in fetch_all(conn, PRIMARY_KEYS, "read the primary keys").await? {
+        if let Some(t) = tables.get_mut(&row.get::<String, _>(0)) {
+            t.primary_key.push(row.get(1));
+        }
+    }
+    read_foreign_keys(conn, &mut tables).await?;
+    for row in fetch_all(conn, TRIGGERS, "read the triggers").await? {
+        if let Some(t) = tables.get_mut(&row.get::<String, _>(0)) {
+            t.triggers.push(row.get(1));
+        }
+    }
+    Ok(Schema { engine: Engine::Postgres, tables })
+}
+
+/// Adds each table's foreign keys, one row per column pair, to `tables`.
+async fn read_foreign_keys(
+    conn: &mut PgConnection,
+    tables: &mut BTreeMap<String, Table>,
+) -> Result<(), SliceError> {
+    for row in fetch_all(conn, FOREIGN_KEYS, "read the foreign keys").await? {
+        let (name, child, parent): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+        if !tables.contains_key(&parent) {
+            continue;
+        }
+        let Some(t) = tables.get_mut(&child) else { continue };
+        let fk = match t.foreign_keys.last_mut() {
+            Some(fk) if fk.name == name => fk,
+            _ => {
+                t.foreign_keys.push(ForeignKey {
+                    name,
+                    columns: Vec::new(),
+                    parent,
+                    parent_columns: Vec::new(),
+                    deferrable: row.get(5),
+                });
+                t.foreign_keys.last_mut().unwrap_or_else(|| unreachable!("just pushed"))
+            }
+        };
+        fk.columns.push(row.get(3));
+        fk.parent_columns.push(row.get(4));
+    }
+    Ok(())
+}
+
+async fn fetch_all(
+    conn: &mut PgConnection,
+    sql: &'static str,
+    context: &str,
+) -> Result<Vec<PgRow>, SliceError> {
+    sqlx::query(sql).fetch_all(&mut *conn).await.map_err(db(context))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tenant
+
+/// The SQL that stands for `tenant` in the slice of `plan`: a literal the source server quoted,
+/// cast to the key's type (`'…'::uuid`). An id that does not parse as that type is
+/// [`SliceError::BadTenant`].
+async fn tenant_sql(
+    conn: &mut PgConnection,
+    plan: &SlicePlan,
+    tenant: &str,
+) -> Result<String, SliceError> {
+    let (table, column, data_type) = tenant_key(plan)?;
+    let sql = format!("SELECT quote_literal(CAST($1::text AS {data_type}))");
+    let row =
+        sqlx::query(AssertSqlSafe(sql)).persistent(false).bind(tenant).fetch_one(&mut *conn).await;
+    match row {
+        Ok(row) => {
+            let literal: String = row.try_get(0).map_err(db("quote the tenant id"))?;
+            Ok(format!("{literal}::{data_type}"))
+        }
+        Err(e)
+            if matches!(sqlstate(&e).as_deref(), Some("22P02" | "22003" | "22007" | "22008")) =>
+        {
+            Err(SliceError::BadTenant {
+                tenant: tenant.to_owned(),
+                table: table.to_owned(),
+                column: column.to_owned(),
+                data_type: data_type.to_owned(),
+            })
+        }
+        Err(e) => Err(SliceError::database(
+            &format!("convert the tenant id to `{data_type}` (the key `{table}`.`{column}`)"),
+            &e,
+        )),
+    }
+}
+
+/// The key that holds the tenant id: the root's, or else the first table's tenant column.
+fn tenant_key(plan: &SlicePlan) -> Result<(&str, &str, &str), SliceError> {
+    if let Some(root) = &plan.root {
+        return Ok((&root.table, &root.column, &root.data_type));
+    }
+    for t in &plan.tables {
+        for via in &t.via {
+            if let Via::TenantColumn { column } = via {
+                let c = t.columns.iter().find(|c| &c.name == column).ok_or_else(|| {
+                    SliceError::Refused(format!(
+                        "the plan names tenant column `{}`.`{column}` that the table does not have",
+                        t.name
+                    ))
+                })?;
+                return Ok((&t.name, &c.name, &c.data_type));
+            }
+        }
+    }
+    Err(SliceError::Refused("the plan has neither a root nor a tenant column".to_owned()))
+}
+
+fn sqlstate(e: &sqlx::Error) -> Option<String> {
+    e.as_database_error().and_then(|d| d.code()).map(|c| c.into_owned())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Copy
+
+/// How the destination transaction keeps references and triggers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// `session_replication_role = replica`: no trigger fires; rewind checks references.
+    Replica,
+    /// The role may not set it: constraints are enforced, cycles broken by the plan.
+    Checked,
+}
+
+/// Copies the tenant's slice from `src` to `dst`: deletes the tenant's rows of every planned
+/// table on `dst` (children first) and inserts the source's (parents first), in one destination
+/// transaction, reading the source in one `REPEATABLE READ` snapshot. Either everything is
+/// written or nothing: on any error both transactions are rolled back (best effort; a caller
+/// that dropped this future mid-way closes both connections).
+pub async fn copy(
+    src: &mut PgConnection,
+    dst: &mut PgConnection,
+    plan: &SlicePlan,
+    tenant: &str,
+) -> Result<CopyReport, SliceError> {
+    if plan.engine != Engine::Postgres {
+        return Err(SliceError::Refused(format!(
+            "a plan for {} cannot be copied on PostgreSQL",
+            plan.engine.name()
+        )));
+    }
+    match copy_in_transactions(src, dst, plan, tenant).await {
+        Ok(report) => Ok(report),
+        Err(e) => {
+            let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *dst).await;
+            let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *src).await;
+            Err(e)
+        }
+    }
+}
+
+async fn copy_in_transactions(
+    src: &mut PgConnection,
+    dst: &mut PgConnection,
+    plan: &SlicePlan,
+    tenant: &str,
+) -> Result<CopyReport, SliceError> {
+    sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut *src)
+        .await
+        .map_err(db("begin the source transaction"))?;
+    let tenant_sql = tenant_sql(src, plan, tenant).await?;
+    let scope = Scope { dialect: ANSI, qualifier: "", tenant: &tenant_sql };
+    let src_cols = catalog_columns(src, plan, "source").await?;
+    let mode = begin_destination(dst).await?;
+    let dst_cols = catalog_columns(dst, plan, "destination").await?;
+    let binary = check_columns(plan, &src_cols, &dst_cols)?;
+    if mode == Mode::Checked {
+        refuse_triggers(plan)?;
+        defer_constraints(dst, plan).await?;
+    }
+    let deleted = delete(dst, plan, scope, mode).await?;
+    let mut report = CopyReport::default();
+    for (t, deleted) in plan.tables.iter().zip(deleted) {
+        let inserted = insert(src, dst, plan, t, scope, mode, binary.contains(&t.name)).await?;
+        report.tables.push(TableCopy { table: t.name.clone(), deleted, inserted });
+    }
+    if mode == Mode::Checked {
+        set_after(src, dst, plan, scope, &binary).await?;
+    } else {
+        check_references(dst, plan, scope).await?;
+    }
+    advance_sequences(dst, plan).await?;
+    sqlx::raw_sql("COMMIT").execute(&mut *src).await.map_err(db("end the source transaction"))?;
+    sqlx::raw_sql("COMMIT")
+        .execute(&mut *dst)
+        .await
+        .map_err(db("commit the destination transaction"))?;
+    Ok(report)
+}
+
+/// Begins the destination transaction in [`Mode::Replica`] if the role may, else in
+/// [`Mode::Checked`].
+async fn begin_destination(dst: &mut PgConnection) -> Result<Mode, SliceError> {
+    let replica = sqlx::raw_sql(
+        "BEGIN; SAVEPOINT rewind_mode; SET LOCAL session_replication_role = replica; \
+         RELEASE SAVEPOINT rewind_mode",
+    )
+    .execute(&mut *dst)
+    .await;
+    match replica {
+        Ok(_) => Ok(Mode::Replica),
+        Err(e) if sqlstate(&e).as_deref() == Some("42501") => {
+            sqlx::raw_sql("ROLLBACK TO SAVEPOINT rewind_mode; RELEASE SAVEPOINT rewind_mode")
+                .execute(&mut *dst)
+                .await
+                .map_err(db("continue the destination transaction in checked mode"))?;
+            Ok(Mode::Checked)
+        }
+        Err(e) => Err(SliceError::database(
+            "begin the destination transaction (session_replication_role = replica)",
+            &e,
+        )),
+    }
+}
+
+/// In checked mode user triggers would fire during the copy: refused, naming the tables.
+fn refuse_triggers(plan: &SlicePlan) -> Result<(), SliceError> {
+    let with: Vec<String> = plan
+        .tables
+        .iter()
+        .filter(|t| !t.triggers.is_empty())
+        .map(|t| format!("`{}` ({})", t.name, t.triggers.join(", ")))
+        .collect();
+    if with.is_empty() {
+        return Ok(());
+    }
+    Err(SliceError::Refused(format!(
+        "the destination role may not set session_replication_role, so the user triggers of {} \
+         would fire during the copy; a superuser can allow it: \
+         GRANT SET ON PARAMETER session_replication_role TO <role>",
+        with.join(", ")
+    )))
+}
+
+async fn defer_constraints(dst: &mut PgConnection, plan: &SlicePlan) -> Result<(), SliceError> {
+    if plan.deferred.is_empty() {
+        return Ok(());
+    }
+    let names = ANSI.list(plan.deferred.iter().map(|(_, c)| c.as_str()));
+    sqlx::raw_sql(AssertSqlSafe(format!("SET CONSTRAINTS {names} DEFERRED")))
+        .execute(&mut *dst)
+        .await
+        .map_err(db(format!("defer the constraints {names}")))?;
+    Ok(())
+}
+
+/// A planned table's columns as one side's catalog has them: name → (type, generated,
+/// built-in type).
+type SideColumns = BTreeMap<String, BTreeMap<String, (String, bool, bool)>>;
+
+const PLANNED_COLUMNS: &str = "SELECT c.relname::text, a.attname::text, \
+      format_type(a.atttypid, a.atttypmod), a.attgenerated <> '', \
+      a.atttypid < 16384 AND coalesce(t.typelem < 16384, true) \
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+    JOIN pg_attribute a ON a.attrelid = c.oid \
+    JOIN pg_type t ON t.oid = a.atttypid \
+    WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') AND c.relname = ANY($1) \
+      AND a.attnum > 0 AND NOT a.attisdropped";
+
+/// The planned tables' columns on one side (`side` names it in errors).
+async fn catalog_columns(
+    conn: &mut PgConnection,
+    plan: &SlicePlan,
+    side: &str,
+) -> Result<SideColumns, SliceError> {
+    let names: Vec<&str> = plan.tables.iter().map(|t| t.name.as_str()).collect();
+    let rows = sqlx::query(PLANNED_COLUMNS)
+        .bind(&names)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db(format!("read the planned tables' columns on the {side}")))?;
+    let mut out = SideColumns::new();
+    for row in rows {
+        out.entry(row.get(0)).or_default().insert(row.get(1), (row.get(2), row.get(3), row.get(4)));
+    }
+    Ok(out)
+}
+
+/// Refuses a copy between sides whose planned tables differ from the plan in a copied column
+/// (missing, another type, generated on one side, or a column the plan does not know). Returns
+/// the tables whose columns are all of built-in types: those are copied in binary, the others
+/// (enums, domains, composite types, whose binary form names type OIDs that differ between
+/// databases) in text.
+fn check_columns(
+    plan: &SlicePlan,
+    src: &SideColumns,
+    dst: &SideColumns,
+) -> Result<BTreeSet<String>, SliceError> {
+    let mut binary = BTreeSet::new();
+    for t in &plan.tables {
+        let mut builtin = true;
+        for (side, cols) in [("source", src), ("destination", dst)] {
+            let Some(cols) = cols.get(&t.name) else {
+                return Err(SliceError::Refused(format!(
+                    "table `{}` does not exist in the {side}",
+                    t.name
+                )));
+            };
+            builtin &= check_table_side(t, side, cols)?;
+        }
+        if builtin {
+            binary.insert(t.name.clone());
+        }
+    }
+    Ok(binary)
+}
+
+fn check_table_side(
+    t: &SliceTable,
+    side: &str,
+    cols: &BTreeMap<String, (String, bool, bool)>,
+) -> Result<bool, SliceError> {
+    let refuse = |what: String| Err(SliceError::Refused(format!("column `{}`.{what}", t.name)));
+    let mut builtin = true;
+    for c in t.copied() {
+        match cols.get(&c.name) {
+            None => return refuse(format!("`{}` is missing in the {side}", c.name)),
+            Some((ty, _, _)) if *ty != c.data_type => {
+                return refuse(format!(
+                    "`{}` is `{ty}` in the {side}, `{}` in the plan",
+                    c.name, c.data_type
+                ));
+            }
+            Some((_, true, _)) => {
+                return refuse(format!("`{}` is generated in the {side}", c.name));
+            }
+            Some((_, false, b)) => builtin &= b,
+        }
+    }
+    for (name, (_, generated, _)) in cols {
+        if !generated && !t.copied().any(|c| &c.name == name) {
+            return refuse(format!("`{name}` exists in the {side} but not in the plan"));
+        }
+    }
+    Ok(builtin)
+}
+
+/// Deletes the tenant's rows, children first (checked mode: after setting the `set_after`
+/// columns to NULL), in one round trip. Returns the rows deleted per table, in plan order.
+async fn delete(
+    dst: &mut PgConnection,
+    plan: &SlicePlan,
+    scope: Scope<'_>,
+    mode: Mode,
+) -> Result<Vec<u64>, SliceError> {
+    let mut sql = String::new();
+    let mut updates = 0;
+    if mode == Mode::Checked {
+        for t in plan.tables.iter().filter(|t| !t.set_after.is_empty()) {
+            let sets: Vec<String> =
+                t.set_after.iter().map(|c| format!("{} = NULL", ANSI.quote(c))).collect();
+            let _ = write!(
+                sql,
+                "UPDATE {} SET {} WHERE {};",
+                scope.table(&t.name),
+                sets.join(", "),
+                selector(plan, t, scope)
+            );
+            updates += 1;
+        }
+    }
+    for t in plan.tables.iter().rev() {
+        let _ =
+            write!(sql, "DELETE FROM {} WHERE {};", scope.table(&t.name), selector(plan, t, scope));
+    }
+    let names: Vec<&str> = plan.tables.iter().rev().map(|t| t.name.as_str()).collect();
+    let results: Vec<u64> = sqlx::raw_sql(AssertSqlSafe(sql))
+        .execute_many(&mut *dst)
+        .map_ok(|r| r.rows_affected())
+        .try_collect()
+        .await
+        .map_err(db(format!(
+            "delete the tenant's rows from {}",
+            names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+        )))?;
+    let mut deleted: Vec<u64> = results.into_iter().skip(updates).collect();
+    deleted.reverse();
+    deleted.resize(plan.tables.len(), 0);
+    Ok(deleted)
+}
+
+/// Streams the tenant's rows of `t` from the source into the destination. Checked mode
+/// inserts the `set_after` columns as NULL.
+async fn insert(
+    src: &mut PgConnection,
+    dst: &mut PgConnection,
+    plan: &SlicePlan,
+    t: &SliceTable,
+    scope: Scope<'_>,
+    mode: Mode,
+    binary: bool,
+) -> Result<u64, SliceError> {
+    let select: Vec<String> = t
+        .copied()
+        .map(|c| {
+            if mode == Mode::Checked && t.set_after.contains(&c.name) {
+                format!("NULL::{}", c.data_type)
+            } else {
+                ANSI.quote(&c.name)
+            }
+        })
+        .collect();
+    let out = format!(
+        "COPY (SELECT {} FROM {} WHERE {}) TO STDOUT{}",
+        select.join(", "),
+        scope.table(&t.name),
+        selector(plan, t, scope),
+        format_clause(binary)
+    );
+    let into = format!(
+        "COPY {} ({}) FROM STDIN{}",
+        scope.table(&t.name),
+        ANSI.list(t.copied().map(|c| c.name.as_str())),
+        format_clause(binary)
+    );
+    pipe(src, dst, &out, &into).await.map_err(|(step, e)| {
+        SliceError::database(&format!("copy the tenant's rows of `{}` ({step})", t.name), &e)
+    })
+}
+
+fn format_clause(binary: bool) -> &'static str {
+    if binary { " (FORMAT binary)" } else { "" }
+}
+
+/// Runs `out` (a `COPY … TO STDOUT`) on `src` and feeds its data, in chunks of about
+/// [`CHUNK`] bytes, to `into` (a `COPY … FROM STDIN`) on `dst`; never holds more than a chunk.
+/// Returns the rows written, or the failed step and its error.
+async fn pipe(
+    src: &mut PgConnection,
+    dst: &mut PgConnection,
+    out: &str,
+    into: &str,
+) -> Result<u64, (&'static str, sqlx::Error)> {
+    let mut sink = dst.copy_in_raw(into).await.map_err(|e| ("destination COPY", e))?;
+    let mut stream = match src.copy_out_raw(out).await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = sink.abort("the source COPY failed").await;
+            return Err(("source COPY", e));
+        }
+    };
+    let mut buf: Vec<u8> = Vec::with_capacity(CHUNK + 64 * 1024);
+    loop {
+        match stream.try_next().await {
+            Ok(Some(data)) => {
+                buf.extend_from_slice(&data);
+                if buf.len() >= CHUNK {
+                    if let Err(e) = sink.send(buf.as_slice()).await {
+                        // sqlx cannot resume a connection whose `COPY TO` was left unread:
+                        // read it to the end so the source can still roll back.
+                        while let Ok(Some(_)) = stream.try_next().await {}
+                        return Err(("destination COPY", e));
+                    }
+                    buf.clear();
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                drop(stream);
+                let _ = sink.abort("the source COPY failed").await;
+                return Err(("source COPY", e));
+            }
+        }
+    }
+    drop(stream);
+    if !buf.is_empty() {
+        sink.send(buf.as_slice()).await.map_err(|e| ("destination COPY", e))?;
+    }
+    sink.finish().await.map_err(|e| ("destination COPY", e))
+}
+
+/// Checked mode: sets the `set_after` columns of the inserted rows from the source, by key:
+/// the source's key and those columns are staged in a temporary table by `COPY`, then one
+/// `UPDATE … FROM` per table.
+async fn set_after(
+    src: &mut PgConnection,
+    dst: &mut PgConnection,
+    plan: &SlicePlan,
+    scope: Scope<'_>,
+    binary: &BTreeSet<String>,
+) -> Result<(), SliceError> {
+    for (i, t) in plan.tables.iter().enumerate().filter(|(_, t)| !t.set_after.is_empty()) {
+        if t.primary_key.is_empty() {
+            return Err(SliceError::Refused(format!(
+                "table `{}` has no primary key: its columns {} cannot be set after the insert",
+                t.name,
+                t.set_after.join(", ")
+            )));
+        }
+        let stage = format!("rewind_after_{i}");
+        let cols: Vec<&str> =
+            t.primary_key.iter().chain(&t.set_after).map(String::as_str).collect();
+        let create = format!(
+            "CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA",
+            ANSI.list(cols.iter().copied()),
+            scope.table(&t.name)
+        );
+        let context = format!("set the columns {} of `{}`", t.set_after.join(", "), t.name);
+        sqlx::raw_sql(AssertSqlSafe(create)).execute(&mut *dst).await.map_err(db(&context))?;
+        let fmt = format_clause(binary.contains(&t.name));
+        let out = format!(
+            "COPY (SELECT {} FROM {} WHERE {}) TO STDOUT{fmt}",
+            ANSI.list(cols.iter().copied()),
+            scope.table(&t.name),
+            selector(plan, t, scope)
+        );
+        let into = format!("COPY {stage} FROM STDIN{fmt}");
+        pipe(src, dst, &out, &into)
+            .await
+            .map_err(|(step, e)| SliceError::database(&format!("{context} ({step})"), &e))?;
+        let sets: Vec<String> =
+            t.set_after.iter().map(|c| format!("{0} = s.{0}", ANSI.quote(c))).collect();
+        let on: Vec<String> =
+            t.primary_key.iter().map(|c| format!("t.{0} = s.{0}", ANSI.quote(c))).collect();
+        let update = format!(
+            "UPDATE {} AS t SET {} FROM {stage} AS s WHERE {}",
+            scope.table(&t.name),
+            sets.join(", "),
+            on.join(" AND ")
+        );
+        sqlx::raw_sql(AssertSqlSafe(update)).execute(&mut *dst).await.map_err(db(&context))?;
+    }
+    Ok(())
+}
+
+/// A foreign key on the destination that the copy may have broken.
+struct Reference {
+    name: String,
+    child: String,
+    /// The child as SQL (`regclass` text: quoted, qualified when off the search path).
+    child_sql: String,
+    parent: String,
+    parent_sql: String,
+    columns: Vec<String>,
+    parent_columns: Vec<String>,
+}
+
+/// Foreign keys whose child or parent is a planned table of the current schema; the other side
+/// may be anywhere.
+const REFERENCES: &str = "SELECT k.conname::text, c.relname::text, k.conrelid::regclass::text, \
+      p.relname::text, k.confrelid::regclass::text, \
+      array_agg(ca.attname::text ORDER BY u.ord), array_agg(pa.attname::text ORDER BY u.ord), \
+      cn.nspname = current_schema() AND c.relname = ANY($1) \
+    FROM pg_constraint k \
+    JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace cn ON cn.oid = c.relnamespace \
+    JOIN pg_class p ON p.oid = k.confrelid JOIN pg_namespace pn ON pn.oid = p.relnamespace \
+    CROSS JOIN LATERAL unnest(k.conkey, k.confkey) WITH ORDINALITY AS u(ck, pk, ord) \
+    JOIN pg_attribute ca ON ca.attrelid = k.conrelid AND ca.attnum = u.ck \
+    JOIN pg_attribute pa ON pa.attrelid = k.confrelid AND pa.attnum = u.pk \
+    WHERE k.contype = 'f' AND k.conparentid = 0 \
+      AND ((cn.nspname = current_schema() AND c.relname = ANY($1)) \
+        OR (pn.nspname = current_schema() AND p.relname = ANY($1))) \
+    GROUP BY k.oid, k.conname, c.relname, k.conrelid, p.relname, k.confrelid, cn.nspname \
+    ORDER BY c.relname, k.conname";
+
+/// Replica mode enforces no foreign key: before commit, every foreign key of a planned table
+/// is checked for the tenant's rows (a parent missing, also in a table the plan leaves out),
+/// and every foreign key into a planned table from a table the plan leaves out is checked for
+/// rows whose parent the copy deleted. One query for all of them.
+async fn check_references(
+    dst: &mut PgConnection,
+    plan: &SlicePlan,
+    scope: Scope<'_>,
+) -> Result<(), SliceError> {
+    let names: Vec<&str> = plan.tables.iter().map(|t| t.name.as_str()).collect();
+    let rows = sqlx::query(REFERENCES)
+        .bind(&names)
+        .fetch_all(&mut *dst)
+        .await
+        .map_err(db("read the destination's foreign keys"))?;
+    let mut refs = Vec::new();
+    let mut selects = Vec::new();
+    for row in rows {
+        let r = Reference {
+            name: row.get(0),
+            child: row.get(1),
+            child_sql: row.get(2),
+            parent: row.get(3),
+            parent_sql: row.get(4),
+            columns: row.get(5),
+            parent_columns: row.get(6),
+        };
+        let planned_child: bool = row.get(7);
+        let which = match plan.table(&r.child).filter(|_| planned_child) {
+            Some(t) => selector(plan, t, scope),
+            None => "true".to_owned(),
+        };
+        selects.push(dangling_count(refs.len(), &r, &which));
+        refs.push((r, planned_child));
+    }
+    if selects.is_empty() {
+        return Ok(());
+    }
+    let counts: Vec<(i32, i64)> = sqlx::raw_sql(AssertSqlSafe(selects.join(" UNION ALL ")))
+        .fetch_all(&mut *dst)
+        .await
+        .map_err(db("check the restored rows' references"))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let broken: Vec<String> = counts
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .filter_map(|(i, n)| {
+            let (r, planned) = refs.get(usize::try_from(i).ok()?)?;
+            Some(describe_dangling(r, *planned, n))
+        })
+        .collect();
+    if broken.is_empty() {
+        return Ok(());
+    }
+    Err(SliceError::Refused(broken.join("; ")))
+}
+
+/// `SELECT <i>, count(*)` of rows of the child that `which` selects, with the key set and no
+/// parent row.
+fn dangling_count(i: usize, r: &Reference, which: &str) -> String {
+    let set: Vec<String> =
+        r.columns.iter().map(|c| format!("rewind_c.{} IS NOT NULL", ANSI.quote(c))).collect();
+    let join: Vec<String> = r
+        .columns
+        .iter()
+        .zip(&r.parent_columns)
+        .map(|(c, p)| format!("rewind_p.{} = rewind_c.{}", ANSI.quote(p), ANSI.quote(c)))
+        .collect();
+    format!(
+        "SELECT {i}::int4, count(*) FROM {} AS rewind_c WHERE ({which}) AND {} \
+         AND NOT EXISTS (SELECT 1 FROM {} AS rewind_p WHERE {})",
+        r.child_sql,
+        set.join(" AND "),
+        r.parent_sql,
+        join.join(" AND ")
+    )
+}
+
+fn describe_dangling(r: &Reference, planned_child: bool, n: i64) -> String {
+    let key = format!(
+        "`{}` ({}) → `{}` ({})",
+        r.child,
+        r.columns.join(", "),
+        r.parent,
+        r.parent_columns.join(", ")
+    );
+    if planned_child {
+        format!(
+            "restored rows of `{}` reference rows of `{}` that the destination does not have \
+             (constraint `{}`, {key}): {n} rows",
+            r.child, r.parent, r.name
+        )
+    } else {
+        format!(
+            "rows of `{}`, which the plan leaves out, reference rows of `{}` that the copy \
+             deleted (constraint `{}`, {key}): {n} rows",
+            r.child, r.parent, r.name
+        )
+    }
+}
+
+/// Advances the sequence of every copied identity or serial column past the largest value in
+/// its table (`setval` only when the next value would not be greater), in one query.
+async fn advance_sequences(dst: &mut PgConnection, plan: &SlicePlan) -> Result<(), SliceError> {
+    let selects: Vec<String> = plan
+        .tables
+        .iter()
+        .flat_map(|t| t.copied().filter_map(move |c| Some((t, c, c.sequence.as_ref()?))))
+        .map(|(t, c, seq)| {
+            format!(
+                "SELECT setval(s.tableoid::regclass, m.v, true) FROM {seq} AS s, \
+                 (SELECT max({})::bigint AS v FROM {}) AS m \
+                 WHERE m.v > s.last_value OR (m.v = s.last_value AND NOT s.is_called)",
+                ANSI.quote(&c.name),
+                ANSI.quote(&t.name)
+            )
+        })
+        .collect();
+    if selects.is_empty() {
+        return Ok(());
+    }
+    sqlx::raw_sql(AssertSqlSafe(selects.join(" UNION ALL ")))
+        .execute(&mut *dst)
+        .await
+        .map_err(db("advance the sequences of the copied identity and serial columns"))?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Digest
+
+/// The digest of the tenant's slice on `conn`: per planned table, its rows (every column,
+/// generated ones included, as PostgreSQL's text) hashed order-independently, read in one
+/// `REPEATABLE READ` snapshot.
+pub async fn digest(
+    conn: &mut PgConnection,
+    plan: &SlicePlan,
+    tenant: &str,
+) -> Result<SliceDigest, SliceError> {
+    sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut *conn)
+        .await
+        .map_err(db("begin the digest's transaction"))?;
+    let result = digest_in_transaction(conn, plan, tenant).await;
+    let end = sqlx::raw_sql("COMMIT").execute(&mut *conn).await;
+    let digest = result?;
+    end.map_err(db("end the digest's transaction"))?;
+    Ok(digest)
+}
+
+async fn digest_in_transaction(
+    conn: &mut PgConnection,
+    plan: &SlicePlan,
+    tenant: &str,
+) -> Result<SliceDigest, SliceError> {
+    let tenant_sql = tenant_sql(conn, plan, tenant).await?;
+    let scope = Scope { dialect: ANSI, qualifier: "", tenant: &tenant_sql };
+    let mut out = SliceDigest::default();
+    for t in &plan.tables {
+        let cols: Vec<String> =
+            t.columns.iter().map(|c| format!("{}::text", ANSI.quote(&c.name))).collect();
+        let sql = format!(
+            "SELECT {} FROM {} WHERE {}",
+            if cols.is_empty() { "1".to_owned() } else { cols.join(", ") },
+            scope.table(&t.name),
+            selector(plan, t, scope)
+        );
+        let context = format!("digest the tenant's rows of `{}`", t.name);
+        let mut hasher = RowHasher::default();
+        let mut rows = sqlx::raw_sql(AssertSqlSafe(sql)).fetch_many(&mut *conn);
+        while let Some(item) = rows.try_next().await.map_err(db(&context))? {
+            let Either::Right(row) = item else { continue };
+            let cells: Vec<Option<&str>> = (0..t.columns.len())
+                .map(|i| row.try_get::<Option<&str>, _>(i))
+                .collect::<Result<_, _>>()
+                .map_err(db(&context))?;
+            hasher.add_row(cells.into_iter().map(|c| c.map(str::as_bytes)));
+        }
+        out.tables.push(hasher.finish(&t.name));
+    }
+    Ok(out)
+}
