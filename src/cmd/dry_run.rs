@@ -19,10 +19,7 @@ use crate::output::thousands;
 pub fn print(
     out: &mut dyn Write,
     plan: &Plan,
-    registry: &Registry,
-    vars: &Vars,
-    workdir: &Path,
-    cwd: &Path,
+    make: &Attempts<'_>,
     waves: &[u32],
     slices: &[String],
 ) -> Result<()> {
@@ -54,7 +51,6 @@ pub fn print(
             writeln!(out, "#   {l}")?;
         }
     }
-    let make = Attempts::new(plan, registry, vars, workdir, cwd);
     let mut text = String::new();
     for id in plan.ids() {
         let inst = plan.instance(id);
@@ -154,13 +150,9 @@ const SLICES_SHOWN: usize = 8;
 /// workflow has no such step.
 pub fn slices(
     plan: &Plan,
-    registry: &Registry,
-    vars: &Vars,
-    workdir: &Path,
-    cwd: &Path,
+    make: &Attempts<'_>,
     rt: &tokio::runtime::Runtime,
 ) -> Result<Vec<String>> {
-    let make = Attempts::new(plan, registry, vars, workdir, cwd);
     let mut seen = std::collections::BTreeSet::new();
     let mut more: BTreeMap<String, usize> = BTreeMap::new();
     let mut unrendered = std::collections::BTreeSet::new();

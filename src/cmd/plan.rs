@@ -65,14 +65,9 @@ fn slices(plan: &rewind_model::Plan, workflow: &std::path::Path) -> Result<Vec<S
     let workdir = std::path::absolute(workdir)?;
     let cwd = std::env::current_dir()?;
     let rt = crate::store::runtime()?;
-    crate::cmd::dry_run::slices(
-        plan,
-        &crate::registry::registry(),
-        &rewind_exec::Vars::from_process(),
-        &workdir,
-        &cwd,
-        &rt,
-    )
+    let (registry, vars) = (crate::registry::registry(), rewind_exec::Vars::from_process());
+    let make = crate::cmd::dry_run::Attempts::new(plan, &registry, &vars, &workdir, &cwd);
+    crate::cmd::dry_run::slices(plan, &make, &rt)
 }
 
 /// Left-aligned columns, two spaces apart; columns listed in `right` are right-aligned.

@@ -173,17 +173,9 @@ pub fn run(db: &str, args: &Args) -> Result<Exit> {
     }
     if args.dry_run {
         let mut out = std::io::stdout().lock();
-        let slices = crate::cmd::dry_run::slices(&plan, &registry, &vars, &workdir, &cwd, &rt)?;
-        crate::cmd::dry_run::print(
-            &mut out,
-            &plan,
-            &registry,
-            &vars,
-            &workdir,
-            &cwd,
-            &boundaries,
-            &slices,
-        )?;
+        let make = crate::cmd::dry_run::Attempts::new(&plan, &registry, &vars, &workdir, &cwd);
+        let slices = crate::cmd::dry_run::slices(&plan, &make, &rt)?;
+        crate::cmd::dry_run::print(&mut out, &plan, &make, &boundaries, &slices)?;
         out.flush()?;
         return Ok(Exit::Ok);
     }

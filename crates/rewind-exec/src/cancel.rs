@@ -219,17 +219,6 @@ impl Sessions {
         Ok(Tracked { conn: Some(conn), token: self.add(backend), sessions: self.clone() })
     }
 
-    /// Registers a PostgreSQL connection of its own to `url`, with its backend pid.
-    pub(crate) async fn direct(
-        &self,
-        mut conn: PgConnection,
-        url: &str,
-    ) -> Result<Tracked<PgConnection>, String> {
-        let pid = pg_pid(&mut conn, url).await?;
-        let backend = Backend::Postgres { server: split_search_path(url).0, pid };
-        Ok(Tracked { conn: Some(conn), token: self.add(Some(backend)), sessions: self.clone() })
-    }
-
     /// Marks the attempt cancelled and takes the list of sessions still in use: from now on a
     /// tracked connection is retired when dropped. Call it before dropping the attempt's work,
     /// then [`stop`] the sessions.

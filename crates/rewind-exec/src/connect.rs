@@ -294,13 +294,6 @@ fn no_answer(url: &str) -> String {
     cannot_connect(url, &format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()))
 }
 
-/// `"name"`: an identifier quoted for SQL, an embedded `"` doubled. Every table and column name
-/// spliced into SQL goes through it: names the workflow validated, and names read from the
-/// catalogs (`pragma_table_info`, `information_schema.columns`), which may hold anything.
-pub(crate) fn quote(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,14 +305,6 @@ mod tests {
             sqlite_read_only_url("sqlite:///d/x.db?mode=rwc&cache=shared"),
             "sqlite:///d/x.db?cache=shared&mode=ro"
         );
-    }
-
-    #[test]
-    fn identifiers_are_quoted_with_embedded_quotes_doubled() {
-        assert_eq!(quote("sites"), r#""sites""#);
-        assert_eq!(quote(r#"we"ird"#), r#""we""ird""#);
-        assert_eq!(quote("has space"), r#""has space""#);
-        assert_eq!(quote(r#"""#), r#""""""#);
     }
 
     #[test]

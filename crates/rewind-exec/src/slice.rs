@@ -335,15 +335,24 @@ async fn source_restore_point(
     let reached: Option<String> = match engine {
         Kind::Postgres => {
             let mut c = tracked(sessions, pools.pg(from).await, from).await?;
-            sqlx::query_scalar(AssertSqlSafe(query.to_owned())).fetch_optional(&mut **c).await.map_err(said)?
+            sqlx::query_scalar(AssertSqlSafe(query.to_owned()))
+                .fetch_optional(&mut **c)
+                .await
+                .map_err(said)?
         }
         Kind::Mysql => {
             let mut c = tracked(sessions, pools.mysql(from).await, from).await?;
-            sqlx::query_scalar(AssertSqlSafe(query.to_owned())).fetch_optional(&mut **c).await.map_err(said)?
+            sqlx::query_scalar(AssertSqlSafe(query.to_owned()))
+                .fetch_optional(&mut **c)
+                .await
+                .map_err(said)?
         }
         Kind::Sqlite => {
             let mut c = pools.sqlite_read_only(from).await.map_err(retryable)?;
-            sqlx::query_scalar(AssertSqlSafe(query.to_owned())).fetch_optional(&mut *c).await.map_err(said)?
+            sqlx::query_scalar(AssertSqlSafe(query.to_owned()))
+                .fetch_optional(&mut *c)
+                .await
+                .map_err(said)?
         }
     };
     let Some(reached) = reached else {
