@@ -121,7 +121,7 @@ impl Db {
                     .fetch_one(&mut c)
                     .await
                     .unwrap();
-                let sum: Option<u64> = row.try_get(1).unwrap();
+                let sum: Option<i64> = row.try_get(1).unwrap();
                 v.push_str(&format!(":{}", sum.unwrap_or_default()));
             }
             out.insert((*t).to_owned(), v);

@@ -156,6 +156,7 @@ pub fn slices(
     let mut seen = std::collections::BTreeSet::new();
     let mut more: BTreeMap<String, usize> = BTreeMap::new();
     let mut unrendered = std::collections::BTreeSet::new();
+    let mut bodies: BTreeMap<Vec<String>, String> = BTreeMap::new();
     let mut lines = Vec::new();
     for id in plan.ids() {
         if plan.instance(id).skipped {
@@ -187,7 +188,19 @@ pub fn slices(
         else {
             continue;
         };
-        lines.extend(rt.block_on(rewind_exec::discover::discover(&ends, s)));
+        let mut found = rt.block_on(rewind_exec::discover::discover(&ends, s));
+        // A compare of the same slice as a copy before it: said once.
+        let body = found.split_off(1.min(found.len()));
+        match bodies.get(&body) {
+            Some(first) => {
+                found.push(format!("  the same slice as {first}"));
+            }
+            None => {
+                bodies.insert(body.clone(), ends.step.clone());
+                found.extend(body);
+            }
+        }
+        lines.extend(found);
         seen.insert(ends);
     }
     for (step, n) in more {
