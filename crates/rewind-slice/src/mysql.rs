@@ -558,6 +558,8 @@ async fn copy_in_sessions(
     run(dst, "SET TRANSACTION ISOLATION LEVEL READ COMMITTED").await?;
     run(dst, "START TRANSACTION").await?;
 
+    let outside = outside_references(plan, dst_schema);
+    let dangling_before = count_outside_dangling(dst, &outside).await?;
     let mut deleted = BTreeMap::new();
     for table in plan.tables.iter().rev() {
         deleted.insert(table.name.as_str(), delete_slice(dst, plan, table).await?);
@@ -573,6 +575,25 @@ async fn copy_in_sessions(
     }
     for table in &plan.tables {
         check_references(dst, plan, table, dst_schema).await?;
+    }
+    let dangling_after = count_outside_dangling(dst, &outside).await?;
+    let broken: Vec<String> = outside
+        .iter()
+        .zip(dangling_before.iter().zip(&dangling_after))
+        .filter(|(_, (before, after))| after > before)
+        .map(|((child, fk), (before, after))| {
+            format!(
+                "{} row(s) of `{child}`, which the plan leaves out, would reference rows of `{}` \
+                 that the copy deleted (foreign key `{}`, {})",
+                after - before,
+                fk.parent,
+                fk.name,
+                fk.columns.join(", ")
+            )
+        })
+        .collect();
+    if !broken.is_empty() {
+        return Err(SliceError::Refused(format!("{}; nothing was written", broken.join("; "))));
     }
     run(dst, "COMMIT").await?;
     run(src, "COMMIT").await?;
@@ -715,6 +736,56 @@ impl<'a> Batch<'a> {
         self.bytes = 0;
         Ok(())
     }
+}
+
+/// Foreign keys into planned tables from tables the plan leaves out (excluded, or outside
+/// `tables`): with `foreign_key_checks = 0`, deleting a slice row they reference would leave
+/// them dangling unless the copy puts the row back.
+fn outside_references<'a>(
+    plan: &SlicePlan,
+    schema: &'a Schema,
+) -> Vec<(&'a str, &'a crate::schema::ForeignKey)> {
+    schema
+        .tables
+        .values()
+        .filter(|t| plan.table(&t.name).is_none())
+        .flat_map(|t| t.foreign_keys.iter().map(move |fk| (t.name.as_str(), fk)))
+        .filter(|(_, fk)| plan.table(&fk.parent).is_some())
+        .collect()
+}
+
+/// Per reference of [`outside_references`], the rows of its table with the key set and no
+/// parent row (counted before and after the copy: only rows the copy orphaned refuse it).
+async fn count_outside_dangling(
+    dst: &mut MySqlConnection,
+    outside: &[(&str, &crate::schema::ForeignKey)],
+) -> Result<Vec<i64>, SliceError> {
+    let mut counts = Vec::with_capacity(outside.len());
+    for (child, fk) in outside {
+        let c = |col: &String| format!("rewind_c.{}", D.quote(col));
+        let set: Vec<String> =
+            fk.columns.iter().map(|col| format!("{} IS NOT NULL", c(col))).collect();
+        let join: Vec<String> = fk
+            .columns
+            .iter()
+            .zip(&fk.parent_columns)
+            .map(|(col, p)| format!("rewind_p.{} = {}", D.quote(p), c(col)))
+            .collect();
+        let sql = format!(
+            "SELECT COUNT(*) FROM {} AS rewind_c WHERE {} AND NOT EXISTS \
+             (SELECT 1 FROM {} AS rewind_p WHERE {})",
+            D.quote(child),
+            set.join(" AND "),
+            D.quote(&fk.parent),
+            join.join(" AND ")
+        );
+        let n: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
+            .fetch_one(&mut *dst)
+            .await
+            .map_err(db(format!("check the foreign key `{}` of `{child}`", fk.name)))?;
+        counts.push(n);
+    }
+    Ok(counts)
 }
 
 /// Refuses the copy when a slice row of `table` has a foreign key set (every column not

@@ -789,3 +789,43 @@ async fn statements(c: &mut MySqlConnection) -> (i64, i64) {
     }
     counts
 }
+
+#[tokio::test]
+async fn rows_the_plan_leaves_out_are_not_orphaned() {
+    with_pair("rows_the_plan_leaves_out_are_not_orphaned", async |pair: &Pair| {
+        let (backup, live) = (&pair.backup.url, &pair.live.url);
+        let plan = plan_of(live).await;
+        let site = &pair.sites[0];
+        // Live has an issue of tenant 0 the backup never had, and a table the plan does not
+        // know (made after planning) pins it: the copy would delete the issue under the pin.
+        let mut dst = connect(live).await;
+        exec(
+            &mut dst,
+            "INSERT INTO issues (id, project_id, title) SELECT 9000, project_id, 'late' FROM issues WHERE id = 1",
+        )
+        .await;
+        exec(
+            &mut dst,
+            "CREATE TABLE pins (id BIGINT PRIMARY KEY, issue_id BIGINT NOT NULL, \
+             CONSTRAINT fk_pins_issue FOREIGN KEY (issue_id) REFERENCES issues (id))",
+        )
+        .await;
+        exec(&mut dst, "INSERT INTO pins VALUES (1, 9000), (2, 1)").await;
+        let before = digest(live, &plan, site).await;
+        let mut src = connect(backup).await;
+        let err = mysql::copy(&mut src, &mut dst, &plan, site).await.unwrap_err();
+        let message = err.to_string();
+        assert!(matches!(err, SliceError::Refused(_)), "{message}");
+        assert!(
+            message.starts_with("1 row(s) of `pins`") && message.contains("`fk_pins_issue`"),
+            "{message}"
+        );
+        assert_eq!(digest(live, &plan, site).await, before, "nothing written");
+        // Without the late issue's pin, the copy goes through: pin 2's issue comes back.
+        exec(&mut dst, "DELETE FROM pins WHERE id = 1").await;
+        mysql::copy(&mut src, &mut dst, &plan, site).await.unwrap();
+        src.close().await.unwrap();
+        dst.close().await.unwrap();
+    })
+    .await;
+}
