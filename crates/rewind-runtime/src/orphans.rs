@@ -234,7 +234,14 @@ mod tests {
         let pid = i32::try_from(child.id()).unwrap();
         let ours: BTreeSet<String> = ["b/x".to_owned()].into();
         let others: BTreeSet<String> = ["b/y".to_owned()].into();
-        let found = scan(&run, &ours);
+        // Until the child has exec'd, /proc/PID/environ is still the test's own environment:
+        // ask again for a while (a loaded machine may take some time to get there).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut found = scan(&run, &ours);
+        while found.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            found = scan(&run, &ours);
+        }
         let _ = child.kill();
         let _ = child.wait();
         assert_eq!(found.iter().map(|o| o.pid).collect::<Vec<_>>(), vec![pid]);
