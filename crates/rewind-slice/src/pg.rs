@@ -233,6 +233,12 @@ fn sqlstate(e: &sqlx::Error) -> Option<String> {
 // ---------------------------------------------------------------------------------------------
 // Copy
 
+/// Begins a source (or digest) transaction: one snapshot for every table. The catalog queries
+/// a copy runs (prepared, cached per connection) keep one generic plan instead of being planned
+/// again at each copy: planning them costs more than running them.
+const BEGIN_READ: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; \
+    SET LOCAL plan_cache_mode = force_generic_plan";
+
 /// How the destination transaction keeps references and triggers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
@@ -275,7 +281,7 @@ async fn copy_in_transactions(
     plan: &SlicePlan,
     tenant: &str,
 ) -> Result<CopyReport, SliceError> {
-    sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    sqlx::raw_sql(BEGIN_READ)
         .execute(&mut *src)
         .await
         .map_err(db("begin the source transaction"))?;
@@ -313,7 +319,8 @@ async fn copy_in_transactions(
 /// [`Mode::Checked`].
 async fn begin_destination(dst: &mut PgConnection) -> Result<Mode, SliceError> {
     let replica = sqlx::raw_sql(
-        "BEGIN; SAVEPOINT rewind_mode; SET LOCAL session_replication_role = replica; \
+        "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; \
+         SAVEPOINT rewind_mode; SET LOCAL session_replication_role = replica; \
          RELEASE SAVEPOINT rewind_mode",
     )
     .execute(&mut *dst)
@@ -372,10 +379,10 @@ type SideColumns = BTreeMap<String, BTreeMap<String, (String, bool, bool)>>;
 const PLANNED_COLUMNS: &str = "SELECT c.relname::text, a.attname::text, \
       format_type(a.atttypid, a.atttypmod), a.attgenerated <> '', \
       a.atttypid < 16384 AND coalesce(t.typelem < 16384, true) \
-    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-    JOIN pg_attribute a ON a.attrelid = c.oid \
+    FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid \
     JOIN pg_type t ON t.oid = a.atttypid \
-    WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') AND c.relname = ANY($1) \
+    WHERE c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema()) \
+      AND c.relkind IN ('r', 'p') AND c.relname = ANY($1) \
       AND a.attnum > 0 AND NOT a.attisdropped";
 
 /// The planned tables' columns on one side (`side` names it in errors).
@@ -657,27 +664,31 @@ struct Reference {
 }
 
 /// Foreign keys whose child or parent is a planned table of the current schema; the other side
-/// may be anywhere.
-const REFERENCES: &str = "SELECT k.conname::text, c.relname::text, k.conrelid::regclass::text, \
+/// may be anywhere. Written for a short planning time (it runs once per copy): no join over the
+/// key columns, their names are read by subqueries.
+const REFERENCES: &str = "WITH ns AS (SELECT oid FROM pg_namespace WHERE nspname = current_schema()) \
+    SELECT k.conname::text, c.relname::text, k.conrelid::regclass::text, \
       p.relname::text, k.confrelid::regclass::text, \
-      array_agg(ca.attname::text ORDER BY u.ord), array_agg(pa.attname::text ORDER BY u.ord), \
-      cn.nspname = current_schema() AND c.relname = ANY($1) \
+      ARRAY(SELECT a.attname::text FROM unnest(k.conkey) WITH ORDINALITY AS u(n, o) \
+            JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = u.n ORDER BY u.o), \
+      ARRAY(SELECT a.attname::text FROM unnest(k.confkey) WITH ORDINALITY AS u(n, o) \
+            JOIN pg_attribute a ON a.attrelid = k.confrelid AND a.attnum = u.n ORDER BY u.o), \
+      c.relnamespace = (SELECT oid FROM ns) AND c.relname = ANY($1) \
     FROM pg_constraint k \
-    JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace cn ON cn.oid = c.relnamespace \
-    JOIN pg_class p ON p.oid = k.confrelid JOIN pg_namespace pn ON pn.oid = p.relnamespace \
-    CROSS JOIN LATERAL unnest(k.conkey, k.confkey) WITH ORDINALITY AS u(ck, pk, ord) \
-    JOIN pg_attribute ca ON ca.attrelid = k.conrelid AND ca.attnum = u.ck \
-    JOIN pg_attribute pa ON pa.attrelid = k.confrelid AND pa.attnum = u.pk \
+    JOIN pg_class c ON c.oid = k.conrelid JOIN pg_class p ON p.oid = k.confrelid \
     WHERE k.contype = 'f' AND k.conparentid = 0 \
-      AND ((cn.nspname = current_schema() AND c.relname = ANY($1)) \
-        OR (pn.nspname = current_schema() AND p.relname = ANY($1))) \
-    GROUP BY k.oid, k.conname, c.relname, k.conrelid, p.relname, k.confrelid, cn.nspname \
+      AND ((c.relnamespace = (SELECT oid FROM ns) AND c.relname = ANY($1)) \
+        OR (p.relnamespace = (SELECT oid FROM ns) AND p.relname = ANY($1))) \
     ORDER BY c.relname, k.conname";
 
 /// Replica mode enforces no foreign key: before commit, every foreign key of a planned table
 /// is checked for the tenant's rows (a parent missing, also in a table the plan leaves out),
 /// and every foreign key into a planned table from a table the plan leaves out is checked for
 /// rows whose parent the copy deleted. One query for all of them.
+///
+/// A table's first [`Via`] holds by construction and is not checked: a row it selects
+/// references a parent row of the slice, which the same source snapshot copied; a row another
+/// via selects has the first via's columns unset.
 async fn check_references(
     dst: &mut PgConnection,
     plan: &SlicePlan,
@@ -702,6 +713,9 @@ async fn check_references(
             parent_columns: row.get(6),
         };
         let planned_child: bool = row.get(7);
+        if planned_child && holds_by_construction(plan, &r) {
+            continue;
+        }
         let which = match plan.table(&r.child).filter(|_| planned_child) {
             Some(t) => selector(plan, t, scope),
             None => "true".to_owned(),
@@ -731,6 +745,13 @@ async fn check_references(
         return Ok(());
     }
     Err(SliceError::Refused(broken.join("; ")))
+}
+
+/// Whether `r` is its planned child's first via (see [`check_references`]).
+fn holds_by_construction(plan: &SlicePlan, r: &Reference) -> bool {
+    let first = plan.table(&r.child).and_then(|t| t.via.first());
+    matches!(first, Some(Via::Parent { constraint, parent, columns, .. })
+        if *constraint == r.name && *parent == r.parent && *columns == r.columns)
 }
 
 /// `SELECT <i>, count(*)` of rows of the child that `which` selects, with the key set and no
@@ -815,7 +836,7 @@ pub async fn digest(
     plan: &SlicePlan,
     tenant: &str,
 ) -> Result<SliceDigest, SliceError> {
-    sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    sqlx::raw_sql(BEGIN_READ)
         .execute(&mut *conn)
         .await
         .map_err(db("begin the digest's transaction"))?;

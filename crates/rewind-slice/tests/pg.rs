@@ -525,6 +525,23 @@ async fn a_reference_to_a_row_live_does_not_have_is_refused_and_nothing_is_writt
         assert!(text.contains("projects_owner_id_fkey") && text.contains(": 1 rows"), "{text}");
         assert_eq!(pg::digest(&mut live, &plan, &site(3)).await.expect("digest"), before);
         assert!(before.tables.iter().all(|t| t.rows == 0));
+        // A reference between planned tables that no via decides is checked too: a sub-task of
+        // tenant 3 whose parent task is tenant 2's, which live lost.
+        exec(&mut live, "INSERT INTO users (id, email) VALUES (1, 'a@x')").await;
+        exec(&mut backup, "UPDATE issues SET parent_id = 211 WHERE id = 313").await;
+        exec(
+            &mut live,
+            "DELETE FROM comments WHERE issue_id = 211; DELETE FROM issue_versions WHERE issue_id = 211;
+             UPDATE issues SET parent_id = NULL WHERE parent_id = 211; DELETE FROM issues WHERE id = 211",
+        )
+        .await;
+        let e = pg::copy(&mut backup, &mut live, &plan, &site(3)).await.expect_err("refused");
+        let text = e.to_string();
+        assert!(text.contains("issues_parent_id_fkey") && text.contains(": 1 rows"), "{text}");
+        assert!(!text.contains("users"), "{text}");
+        assert_eq!(pg::digest(&mut live, &plan, &site(3)).await.expect("digest"), before);
+        exec(&mut backup, "UPDATE issues SET parent_id = 311 WHERE id = 313").await;
+        pg::copy(&mut backup, &mut live, &plan, &site(3)).await.expect("copy once the parent is there");
         // A row of a table the plan leaves out that references a deleted row is refused too.
         let partial = plan_of(
             &pg::schema(&mut backup).await.expect("schema"),
