@@ -92,8 +92,9 @@ const TRIGGERS: &str = "SELECT c.relname::text, t.tgname::text \
 /// The tables of the connection's `current_schema()`, read from `pg_catalog`.
 pub async fn schema(conn: &mut PgConnection) -> Result<Schema, SliceError> {
     let mut tables = BTreeMap::new();
-    for row in fetch_all(conn, TABLES, "read the tables of the current schema").await? {
-        let name: String = row.get(0);
+    for (name,) in
+        fetch_all::<(String,)>(conn, TABLES, "read the tables of the current schema").await?
+    {
         tables.insert(
             name.clone(),
             Table {
@@ -105,26 +106,30 @@ pub async fn schema(conn: &mut PgConnection) -> Result<Schema, SliceError> {
             },
         );
     }
-    for row in fetch_all(conn, COLUMNS, "read the columns of the current schema").await? {
-        if let Some(t) = tables.get_mut(&row.get::<String, _>(0)) {
-            t.columns.push(Column {
-                name: row.get(1),
-                data_type: row.get(2),
-                nullable: !row.get::<bool, _>(3),
-                generated: row.get(4),
-                sequence: row.get(5),
-            });
+    let columns = fetch_all::<(String, String, String, bool, bool, Option<String>)>(
+        conn,
+        COLUMNS,
+        "read the columns of the current schema",
+    )
+    .await?;
+    for (table, name, data_type, not_null, generated, sequence) in columns {
+        if let Some(t) = tables.get_mut(&table) {
+            t.columns.push(Column { name, data_type, nullable: !not_null, generated, sequence });
         }
     }
-    for row in fetch_all(conn, PRIMARY_KEYS, "read the primary keys").await? {
-        if let Some(t) = tables.get_mut(&row.get::<String, _>(0)) {
-            t.primary_key.push(row.get(1));
+    for (table, column) in
+        fetch_all::<(String, String)>(conn, PRIMARY_KEYS, "read the primary keys").await?
+    {
+        if let Some(t) = tables.get_mut(&table) {
+            t.primary_key.push(column);
         }
     }
     read_foreign_keys(conn, &mut tables).await?;
-    for row in fetch_all(conn, TRIGGERS, "read the triggers").await? {
-        if let Some(t) = tables.get_mut(&row.get::<String, _>(0)) {
-            t.triggers.push(row.get(1));
+    for (table, trigger) in
+        fetch_all::<(String, String)>(conn, TRIGGERS, "read the triggers").await?
+    {
+        if let Some(t) = tables.get_mut(&table) {
+            t.triggers.push(trigger);
         }
     }
     Ok(Schema { engine: Engine::Postgres, tables })
@@ -135,8 +140,13 @@ async fn read_foreign_keys(
     conn: &mut PgConnection,
     tables: &mut BTreeMap<String, Table>,
 ) -> Result<(), SliceError> {
-    for row in fetch_all(conn, FOREIGN_KEYS, "read the foreign keys").await? {
-        let (name, child, parent): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+    let rows = fetch_all::<(String, String, String, String, String, bool)>(
+        conn,
+        FOREIGN_KEYS,
+        "read the foreign keys",
+    )
+    .await?;
+    for (name, child, parent, column, parent_column, deferrable) in rows {
         if !tables.contains_key(&parent) {
             continue;
         }
@@ -149,23 +159,26 @@ async fn read_foreign_keys(
                     columns: Vec::new(),
                     parent,
                     parent_columns: Vec::new(),
-                    deferrable: row.get(5),
+                    deferrable,
                 });
                 t.foreign_keys.last_mut().unwrap_or_else(|| unreachable!("just pushed"))
             }
         };
-        fk.columns.push(row.get(3));
-        fk.parent_columns.push(row.get(4));
+        fk.columns.push(column);
+        fk.parent_columns.push(parent_column);
     }
     Ok(())
 }
 
-async fn fetch_all(
+async fn fetch_all<T>(
     conn: &mut PgConnection,
     sql: &'static str,
     context: &str,
-) -> Result<Vec<PgRow>, SliceError> {
-    sqlx::query(sql).fetch_all(&mut *conn).await.map_err(db(context))
+) -> Result<Vec<T>, SliceError>
+where
+    T: for<'r> sqlx::FromRow<'r, PgRow> + Send + Unpin,
+{
+    sqlx::query_as::<_, T>(sql).fetch_all(&mut *conn).await.map_err(db(context))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -373,14 +386,15 @@ async fn defer_constraints(dst: &mut PgConnection, plan: &SlicePlan) -> Result<(
 }
 
 /// A planned table's columns as one side's catalog has them: name → (type, generated,
-/// built-in type).
+/// has binary I/O).
 type SideColumns = BTreeMap<String, BTreeMap<String, (String, bool, bool)>>;
 
 const PLANNED_COLUMNS: &str = "SELECT c.relname::text, a.attname::text, \
       format_type(a.atttypid, a.atttypmod), a.attgenerated <> '', \
-      a.atttypid < 16384 AND coalesce(t.typelem < 16384, true) \
+      t.typsend::oid <> 0 AND t.typreceive::oid <> 0 \
+        AND coalesce(e.typsend::oid <> 0 AND e.typreceive::oid <> 0, true) \
     FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid \
-    JOIN pg_type t ON t.oid = a.atttypid \
+    JOIN pg_type t ON t.oid = a.atttypid LEFT JOIN pg_type e ON e.oid = t.typelem \
     WHERE c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema()) \
       AND c.relkind IN ('r', 'p') AND c.relname = ANY($1) \
       AND a.attnum > 0 AND NOT a.attisdropped";
@@ -392,23 +406,23 @@ async fn catalog_columns(
     side: &str,
 ) -> Result<SideColumns, SliceError> {
     let names: Vec<&str> = plan.tables.iter().map(|t| t.name.as_str()).collect();
-    let rows = sqlx::query(PLANNED_COLUMNS)
+    let rows = sqlx::query_as::<_, (String, String, String, bool, bool)>(PLANNED_COLUMNS)
         .bind(&names)
         .fetch_all(&mut *conn)
         .await
         .map_err(db(format!("read the planned tables' columns on the {side}")))?;
     let mut out = SideColumns::new();
-    for row in rows {
-        out.entry(row.get(0)).or_default().insert(row.get(1), (row.get(2), row.get(3), row.get(4)));
+    for (table, column, data_type, generated, binary_io) in rows {
+        out.entry(table).or_default().insert(column, (data_type, generated, binary_io));
     }
     Ok(out)
 }
 
 /// Refuses a copy between sides whose planned tables differ from the plan in a copied column
 /// (missing, another type, generated on one side, or a column the plan does not know). Returns
-/// the tables whose columns are all of built-in types: those are copied in binary, the others
-/// (enums, domains, composite types, whose binary form names type OIDs that differ between
-/// databases) in text.
+/// the tables whose every copied column's type (and element type) has binary send and receive
+/// functions: those are copied in binary, the others (`aclitem`, extension types without
+/// binary I/O) in text.
 fn check_columns(
     plan: &SlicePlan,
     src: &SideColumns,
@@ -416,7 +430,7 @@ fn check_columns(
 ) -> Result<BTreeSet<String>, SliceError> {
     let mut binary = BTreeSet::new();
     for t in &plan.tables {
-        let mut builtin = true;
+        let mut binary_io = true;
         for (side, cols) in [("source", src), ("destination", dst)] {
             let Some(cols) = cols.get(&t.name) else {
                 return Err(SliceError::Refused(format!(
@@ -424,9 +438,9 @@ fn check_columns(
                     t.name
                 )));
             };
-            builtin &= check_table_side(t, side, cols)?;
+            binary_io &= check_table_side(t, side, cols)?;
         }
-        if builtin {
+        if binary_io {
             binary.insert(t.name.clone());
         }
     }
@@ -439,7 +453,7 @@ fn check_table_side(
     cols: &BTreeMap<String, (String, bool, bool)>,
 ) -> Result<bool, SliceError> {
     let refuse = |what: String| Err(SliceError::Refused(format!("column `{}`.{what}", t.name)));
-    let mut builtin = true;
+    let mut binary_io = true;
     for c in t.copied() {
         match cols.get(&c.name) {
             None => return refuse(format!("`{}` is missing in the {side}", c.name)),
@@ -452,7 +466,7 @@ fn check_table_side(
             Some((_, true, _)) => {
                 return refuse(format!("`{}` is generated in the {side}", c.name));
             }
-            Some((_, false, b)) => builtin &= b,
+            Some((_, false, b)) => binary_io &= b,
         }
     }
     for (name, (_, generated, _)) in cols {
@@ -460,7 +474,7 @@ fn check_table_side(
             return refuse(format!("`{name}` exists in the {side} but not in the plan"));
         }
     }
-    Ok(builtin)
+    Ok(binary_io)
 }
 
 /// Deletes the tenant's rows, children first (checked mode: after setting the `set_after`
@@ -695,24 +709,17 @@ async fn check_references(
     scope: Scope<'_>,
 ) -> Result<(), SliceError> {
     let names: Vec<&str> = plan.tables.iter().map(|t| t.name.as_str()).collect();
-    let rows = sqlx::query(REFERENCES)
+    type Row = (String, String, String, String, String, Vec<String>, Vec<String>, bool);
+    let rows = sqlx::query_as::<_, Row>(REFERENCES)
         .bind(&names)
         .fetch_all(&mut *dst)
         .await
         .map_err(db("read the destination's foreign keys"))?;
     let mut refs = Vec::new();
     let mut selects = Vec::new();
-    for row in rows {
-        let r = Reference {
-            name: row.get(0),
-            child: row.get(1),
-            child_sql: row.get(2),
-            parent: row.get(3),
-            parent_sql: row.get(4),
-            columns: row.get(5),
-            parent_columns: row.get(6),
-        };
-        let planned_child: bool = row.get(7);
+    for (name, child, child_sql, parent, parent_sql, columns, parent_columns, planned_child) in rows
+    {
+        let r = Reference { name, child, child_sql, parent, parent_sql, columns, parent_columns };
         if planned_child && holds_by_construction(plan, &r) {
             continue;
         }
@@ -726,13 +733,15 @@ async fn check_references(
     if selects.is_empty() {
         return Ok(());
     }
+    let context = "check the restored rows' references";
     let counts: Vec<(i32, i64)> = sqlx::raw_sql(AssertSqlSafe(selects.join(" UNION ALL ")))
         .fetch_all(&mut *dst)
         .await
-        .map_err(db("check the restored rows' references"))?
+        .map_err(db(context))?
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(db(context))?;
     let broken: Vec<String> = counts
         .into_iter()
         .filter(|(_, n)| *n > 0)

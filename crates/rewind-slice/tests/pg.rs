@@ -126,10 +126,14 @@ CREATE TABLE projects (
     name text NOT NULL,
     slug text GENERATED ALWAYS AS (lower(name) || '-' || id::text) STORED
 );
+CREATE TYPE version_state AS ENUM ('open', 'released');
 CREATE TABLE versions (
     project_id bigint NOT NULL REFERENCES projects,
     num int NOT NULL,
     label text,
+    states version_state[],
+    -- A type without binary send/receive (as some extension types): this table goes in text.
+    acl aclitem[],
     PRIMARY KEY (project_id, num)
 );
 CREATE TABLE issues (
@@ -176,8 +180,10 @@ const TENANT: [&str; 6] = [
        SELECT $1 * 10 + j, ('00000000-0000-4000-8000-' || lpad($1::text, 12, '0'))::uuid, \
               CASE WHEN j = 1 THEN 1 + $1 % 3 END, 'Project ' || j \
        FROM generate_series(1, 2) j",
-    "INSERT INTO versions (project_id, num, label) \
-       SELECT $1 * 10 + j, v, 'v' || v FROM generate_series(1, 2) j, generate_series(1, 2) v",
+    "INSERT INTO versions (project_id, num, label, states, acl) \
+       SELECT $1 * 10 + j, v, 'v' || v, ARRAY['open', 'released']::version_state[], \
+              ARRAY['postgres=r/postgres', '=w/postgres']::aclitem[] \
+       FROM generate_series(1, 2) j, generate_series(1, 2) v",
     "INSERT INTO issues (id, project_id, parent_id, title) \
        SELECT $1 * 100 + j * 10 + i, $1 * 10 + j, \
               CASE WHEN i = 3 THEN $1 * 100 + j * 10 + 1 END, 'issue ' || i \
