@@ -294,15 +294,12 @@ async fn copy_in_transactions(
     plan: &SlicePlan,
     tenant: &str,
 ) -> Result<CopyReport, SliceError> {
-    sqlx::raw_sql(BEGIN_READ)
-        .execute(&mut *src)
-        .await
-        .map_err(db("begin the source transaction"))?;
-    let tenant_sql = tenant_sql(src, plan, tenant).await?;
+    // The two connections' opening round trips overlap.
+    let (source, destination) =
+        futures::join!(open_source(src, plan, tenant), open_destination(dst, plan));
+    let (tenant_sql, src_cols) = source?;
+    let (mode, dst_cols, refs) = destination?;
     let scope = Scope { dialect: ANSI, qualifier: "", tenant: &tenant_sql };
-    let src_cols = catalog_columns(src, plan, "source").await?;
-    let mode = begin_destination(dst).await?;
-    let dst_cols = catalog_columns(dst, plan, "destination").await?;
     let binary = check_columns(plan, &src_cols, &dst_cols)?;
     if mode == Mode::Checked {
         refuse_triggers(plan)?;
@@ -316,16 +313,56 @@ async fn copy_in_transactions(
     }
     if mode == Mode::Checked {
         set_after(src, dst, plan, scope, &binary).await?;
+        end_source(src).await?;
+        advance_sequences(dst, plan).await?;
     } else {
-        check_references(dst, plan, scope).await?;
+        let (ended, checked) = futures::join!(end_source(src), async {
+            check_references(dst, plan, scope, &refs).await?;
+            advance_sequences(dst, plan).await
+        });
+        ended?;
+        checked?;
     }
-    advance_sequences(dst, plan).await?;
-    sqlx::raw_sql("COMMIT").execute(&mut *src).await.map_err(db("end the source transaction"))?;
     sqlx::raw_sql("COMMIT")
         .execute(&mut *dst)
         .await
         .map_err(db("commit the destination transaction"))?;
     Ok(report)
+}
+
+/// Begins the source transaction; returns the tenant's SQL and the planned tables' columns.
+async fn open_source(
+    src: &mut PgConnection,
+    plan: &SlicePlan,
+    tenant: &str,
+) -> Result<(String, SideColumns), SliceError> {
+    sqlx::raw_sql(BEGIN_READ)
+        .execute(&mut *src)
+        .await
+        .map_err(db("begin the source transaction"))?;
+    let tenant_sql = tenant_sql(src, plan, tenant).await?;
+    Ok((tenant_sql, catalog_columns(src, plan, "source").await?))
+}
+
+/// Ends the source transaction (read only: nothing to keep).
+async fn end_source(src: &mut PgConnection) -> Result<(), SliceError> {
+    sqlx::raw_sql("COMMIT").execute(&mut *src).await.map_err(db("end the source transaction"))?;
+    Ok(())
+}
+
+/// Begins the destination transaction; returns its [`Mode`], the planned tables' columns and
+/// (replica mode) the references to check before commit.
+async fn open_destination(
+    dst: &mut PgConnection,
+    plan: &SlicePlan,
+) -> Result<(Mode, SideColumns, Vec<(Reference, bool)>), SliceError> {
+    let mode = begin_destination(dst).await?;
+    let columns = catalog_columns(dst, plan, "destination").await?;
+    let refs = match mode {
+        Mode::Replica => read_references(dst, plan).await?,
+        Mode::Checked => Vec::new(),
+    };
+    Ok((mode, columns, refs))
 }
 
 /// Begins the destination transaction in [`Mode::Replica`] if the role may, else in
@@ -707,29 +744,19 @@ async fn check_references(
     dst: &mut PgConnection,
     plan: &SlicePlan,
     scope: Scope<'_>,
+    refs: &[(Reference, bool)],
 ) -> Result<(), SliceError> {
-    let names: Vec<&str> = plan.tables.iter().map(|t| t.name.as_str()).collect();
-    type Row = (String, String, String, String, String, Vec<String>, Vec<String>, bool);
-    let rows = sqlx::query_as::<_, Row>(REFERENCES)
-        .bind(&names)
-        .fetch_all(&mut *dst)
-        .await
-        .map_err(db("read the destination's foreign keys"))?;
-    let mut refs = Vec::new();
-    let mut selects = Vec::new();
-    for (name, child, child_sql, parent, parent_sql, columns, parent_columns, planned_child) in rows
-    {
-        let r = Reference { name, child, child_sql, parent, parent_sql, columns, parent_columns };
-        if planned_child && holds_by_construction(plan, &r) {
-            continue;
-        }
-        let which = match plan.table(&r.child).filter(|_| planned_child) {
-            Some(t) => selector(plan, t, scope),
-            None => "true".to_owned(),
-        };
-        selects.push(dangling_count(refs.len(), &r, &which));
-        refs.push((r, planned_child));
-    }
+    let selects: Vec<String> = refs
+        .iter()
+        .enumerate()
+        .map(|(i, (r, planned_child))| {
+            let which = match plan.table(&r.child).filter(|_| *planned_child) {
+                Some(t) => selector(plan, t, scope),
+                None => "true".to_owned(),
+            };
+            dangling_count(i, r, &which)
+        })
+        .collect();
     if selects.is_empty() {
         return Ok(());
     }
@@ -754,6 +781,29 @@ async fn check_references(
         return Ok(());
     }
     Err(SliceError::Refused(broken.join("; ")))
+}
+
+/// The foreign keys [`check_references`] checks, each with whether its child is planned.
+async fn read_references(
+    dst: &mut PgConnection,
+    plan: &SlicePlan,
+) -> Result<Vec<(Reference, bool)>, SliceError> {
+    let names: Vec<&str> = plan.tables.iter().map(|t| t.name.as_str()).collect();
+    type Row = (String, String, String, String, String, Vec<String>, Vec<String>, bool);
+    let rows = sqlx::query_as::<_, Row>(REFERENCES)
+        .bind(&names)
+        .fetch_all(&mut *dst)
+        .await
+        .map_err(db("read the destination's foreign keys"))?;
+    let mut refs = Vec::new();
+    for (name, child, child_sql, parent, parent_sql, columns, parent_columns, planned_child) in rows
+    {
+        let r = Reference { name, child, child_sql, parent, parent_sql, columns, parent_columns };
+        if !(planned_child && holds_by_construction(plan, &r)) {
+            refs.push((r, planned_child));
+        }
+    }
+    Ok(refs)
 }
 
 /// Whether `r` is its planned child's first via (see [`check_references`]).
