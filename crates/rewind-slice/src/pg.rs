@@ -92,8 +92,9 @@ const TRIGGERS: &str = "SELECT c.relname::text, t.tgname::text \
 /// The tables of the connection's `current_schema()`, read from `pg_catalog`.
 pub async fn schema(conn: &mut PgConnection) -> Result<Schema, SliceError> {
     let mut tables = BTreeMap::new();
-    for row in fetch_all(conn, TABLES, "read the tables of the current schema").await? {
-        let name: String = row.get(0);
+    for (name,) in
+        fetch_all::<(String,)>(conn, TABLES, "read the tables of the current schema").await?
+    {
         tables.insert(
             name.clone(),
             Table {
@@ -105,26 +106,30 @@ pub async fn schema(conn: &mut PgConnection) -> Result<Schema, SliceError> {
             },
         );
     }
-    for row in fetch_all(conn, COLUMNS, "read the columns of the current schema").await? {
-        if let Some(t) = tables.get_mut(&row.get::<String, _>(0)) {
-            t.columns.push(Column {
-                name: row.get(1),
-                data_type: row.get(2),
-                nullable: !row.get::<bool, _>(3),
-                generated: row.get(4),
-                sequence: row.get(5),
-            });
+    let columns = fetch_all::<(String, String, String, bool, bool, Option<String>)>(
+        conn,
+        COLUMNS,
+        "read the columns of the current schema",
+    )
+    .await?;
+    for (table, name, data_type, not_null, generated, sequence) in columns {
+        if let Some(t) = tables.get_mut(&table) {
+            t.columns.push(Column { name, data_type, nullable: !not_null, generated, sequence });
         }
     }
-    for row in fetch_all(conn, PRIMARY_KEYS, "read the primary keys").await? {
-        if let Some(t) = tables.get_mut(&row.get::<String, _>(0)) {
-            t.primary_key.push(row.get(1));
+    for (table, column) in
+        fetch_all::<(String, String)>(conn, PRIMARY_KEYS, "read the primary keys").await?
+    {
+        if let Some(t) = tables.get_mut(&table) {
+            t.primary_key.push(column);
         }
     }
     read_foreign_keys(conn, &mut tables).await?;
-    for row in fetch_all(conn, TRIGGERS, "read the triggers").await? {
-        if let Some(t) = tables.get_mut(&row.get::<String, _>(0)) {
-            t.triggers.push(row.get(1));
+    for (table, trigger) in
+        fetch_all::<(String, String)>(conn, TRIGGERS, "read the triggers").await?
+    {
+        if let Some(t) = tables.get_mut(&table) {
+            t.triggers.push(trigger);
         }
     }
     Ok(Schema { engine: Engine::Postgres, tables })
@@ -135,8 +140,13 @@ async fn read_foreign_keys(
     conn: &mut PgConnection,
     tables: &mut BTreeMap<String, Table>,
 ) -> Result<(), SliceError> {
-    for row in fetch_all(conn, FOREIGN_KEYS, "read the foreign keys").await? {
-        let (name, child, parent): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+    let rows = fetch_all::<(String, String, String, String, String, bool)>(
+        conn,
+        FOREIGN_KEYS,
+        "read the foreign keys",
+    )
+    .await?;
+    for (name, child, parent, column, parent_column, deferrable) in rows {
         if !tables.contains_key(&parent) {
             continue;
         }
@@ -149,23 +159,26 @@ async fn read_foreign_keys(
                     columns: Vec::new(),
                     parent,
                     parent_columns: Vec::new(),
-                    deferrable: row.get(5),
+                    deferrable,
                 });
                 t.foreign_keys.last_mut().unwrap_or_else(|| unreachable!("just pushed"))
             }
         };
-        fk.columns.push(row.get(3));
-        fk.parent_columns.push(row.get(4));
+        fk.columns.push(column);
+        fk.parent_columns.push(parent_column);
     }
     Ok(())
 }
 
-async fn fetch_all(
+async fn fetch_all<T>(
     conn: &mut PgConnection,
     sql: &'static str,
     context: &str,
-) -> Result<Vec<PgRow>, SliceError> {
-    sqlx::query(sql).fetch_all(&mut *conn).await.map_err(db(context))
+) -> Result<Vec<T>, SliceError>
+where
+    T: for<'r> sqlx::FromRow<'r, PgRow> + Send + Unpin,
+{
+    sqlx::query_as::<_, T>(sql).fetch_all(&mut *conn).await.map_err(db(context))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -233,6 +246,12 @@ fn sqlstate(e: &sqlx::Error) -> Option<String> {
 // ---------------------------------------------------------------------------------------------
 // Copy
 
+/// Begins a source (or digest) transaction: one snapshot for every table. The catalog queries
+/// a copy runs (prepared, cached per connection) keep one generic plan instead of being planned
+/// again at each copy: planning them costs more than running them.
+const BEGIN_READ: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; \
+    SET LOCAL plan_cache_mode = force_generic_plan";
+
 /// How the destination transaction keeps references and triggers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
@@ -275,15 +294,12 @@ async fn copy_in_transactions(
     plan: &SlicePlan,
     tenant: &str,
 ) -> Result<CopyReport, SliceError> {
-    sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .execute(&mut *src)
-        .await
-        .map_err(db("begin the source transaction"))?;
-    let tenant_sql = tenant_sql(src, plan, tenant).await?;
+    // The two connections' opening round trips overlap.
+    let (source, destination) =
+        futures::join!(open_source(src, plan, tenant), open_destination(dst, plan));
+    let (tenant_sql, src_cols) = source?;
+    let (mode, dst_cols, refs) = destination?;
     let scope = Scope { dialect: ANSI, qualifier: "", tenant: &tenant_sql };
-    let src_cols = catalog_columns(src, plan, "source").await?;
-    let mode = begin_destination(dst).await?;
-    let dst_cols = catalog_columns(dst, plan, "destination").await?;
     let binary = check_columns(plan, &src_cols, &dst_cols)?;
     if mode == Mode::Checked {
         refuse_triggers(plan)?;
@@ -297,11 +313,16 @@ async fn copy_in_transactions(
     }
     if mode == Mode::Checked {
         set_after(src, dst, plan, scope, &binary).await?;
+        end_source(src).await?;
+        advance_sequences(dst, plan).await?;
     } else {
-        check_references(dst, plan, scope).await?;
+        let (ended, checked) = futures::join!(end_source(src), async {
+            check_references(dst, plan, scope, &refs).await?;
+            advance_sequences(dst, plan).await
+        });
+        ended?;
+        checked?;
     }
-    advance_sequences(dst, plan).await?;
-    sqlx::raw_sql("COMMIT").execute(&mut *src).await.map_err(db("end the source transaction"))?;
     sqlx::raw_sql("COMMIT")
         .execute(&mut *dst)
         .await
@@ -309,11 +330,47 @@ async fn copy_in_transactions(
     Ok(report)
 }
 
+/// Begins the source transaction; returns the tenant's SQL and the planned tables' columns.
+async fn open_source(
+    src: &mut PgConnection,
+    plan: &SlicePlan,
+    tenant: &str,
+) -> Result<(String, SideColumns), SliceError> {
+    sqlx::raw_sql(BEGIN_READ)
+        .execute(&mut *src)
+        .await
+        .map_err(db("begin the source transaction"))?;
+    let tenant_sql = tenant_sql(src, plan, tenant).await?;
+    Ok((tenant_sql, catalog_columns(src, plan, "source").await?))
+}
+
+/// Ends the source transaction (read only: nothing to keep).
+async fn end_source(src: &mut PgConnection) -> Result<(), SliceError> {
+    sqlx::raw_sql("COMMIT").execute(&mut *src).await.map_err(db("end the source transaction"))?;
+    Ok(())
+}
+
+/// Begins the destination transaction; returns its [`Mode`], the planned tables' columns and
+/// (replica mode) the references to check before commit.
+async fn open_destination(
+    dst: &mut PgConnection,
+    plan: &SlicePlan,
+) -> Result<(Mode, SideColumns, Vec<(Reference, bool)>), SliceError> {
+    let mode = begin_destination(dst).await?;
+    let columns = catalog_columns(dst, plan, "destination").await?;
+    let refs = match mode {
+        Mode::Replica => read_references(dst, plan).await?,
+        Mode::Checked => Vec::new(),
+    };
+    Ok((mode, columns, refs))
+}
+
 /// Begins the destination transaction in [`Mode::Replica`] if the role may, else in
 /// [`Mode::Checked`].
 async fn begin_destination(dst: &mut PgConnection) -> Result<Mode, SliceError> {
     let replica = sqlx::raw_sql(
-        "BEGIN; SAVEPOINT rewind_mode; SET LOCAL session_replication_role = replica; \
+        "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; \
+         SAVEPOINT rewind_mode; SET LOCAL session_replication_role = replica; \
          RELEASE SAVEPOINT rewind_mode",
     )
     .execute(&mut *dst)
@@ -366,16 +423,17 @@ async fn defer_constraints(dst: &mut PgConnection, plan: &SlicePlan) -> Result<(
 }
 
 /// A planned table's columns as one side's catalog has them: name → (type, generated,
-/// built-in type).
+/// has binary I/O).
 type SideColumns = BTreeMap<String, BTreeMap<String, (String, bool, bool)>>;
 
 const PLANNED_COLUMNS: &str = "SELECT c.relname::text, a.attname::text, \
       format_type(a.atttypid, a.atttypmod), a.attgenerated <> '', \
-      a.atttypid < 16384 AND coalesce(t.typelem < 16384, true) \
-    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-    JOIN pg_attribute a ON a.attrelid = c.oid \
-    JOIN pg_type t ON t.oid = a.atttypid \
-    WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') AND c.relname = ANY($1) \
+      t.typsend::oid <> 0 AND t.typreceive::oid <> 0 \
+        AND coalesce(e.typsend::oid <> 0 AND e.typreceive::oid <> 0, true) \
+    FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid \
+    JOIN pg_type t ON t.oid = a.atttypid LEFT JOIN pg_type e ON e.oid = t.typelem \
+    WHERE c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema()) \
+      AND c.relkind IN ('r', 'p') AND c.relname = ANY($1) \
       AND a.attnum > 0 AND NOT a.attisdropped";
 
 /// The planned tables' columns on one side (`side` names it in errors).
@@ -385,23 +443,23 @@ async fn catalog_columns(
     side: &str,
 ) -> Result<SideColumns, SliceError> {
     let names: Vec<&str> = plan.tables.iter().map(|t| t.name.as_str()).collect();
-    let rows = sqlx::query(PLANNED_COLUMNS)
+    let rows = sqlx::query_as::<_, (String, String, String, bool, bool)>(PLANNED_COLUMNS)
         .bind(&names)
         .fetch_all(&mut *conn)
         .await
         .map_err(db(format!("read the planned tables' columns on the {side}")))?;
     let mut out = SideColumns::new();
-    for row in rows {
-        out.entry(row.get(0)).or_default().insert(row.get(1), (row.get(2), row.get(3), row.get(4)));
+    for (table, column, data_type, generated, binary_io) in rows {
+        out.entry(table).or_default().insert(column, (data_type, generated, binary_io));
     }
     Ok(out)
 }
 
 /// Refuses a copy between sides whose planned tables differ from the plan in a copied column
 /// (missing, another type, generated on one side, or a column the plan does not know). Returns
-/// the tables whose columns are all of built-in types: those are copied in binary, the others
-/// (enums, domains, composite types, whose binary form names type OIDs that differ between
-/// databases) in text.
+/// the tables whose every copied column's type (and element type) has binary send and receive
+/// functions: those are copied in binary, the others (`aclitem`, extension types without
+/// binary I/O) in text.
 fn check_columns(
     plan: &SlicePlan,
     src: &SideColumns,
@@ -409,7 +467,7 @@ fn check_columns(
 ) -> Result<BTreeSet<String>, SliceError> {
     let mut binary = BTreeSet::new();
     for t in &plan.tables {
-        let mut builtin = true;
+        let mut binary_io = true;
         for (side, cols) in [("source", src), ("destination", dst)] {
             let Some(cols) = cols.get(&t.name) else {
                 return Err(SliceError::Refused(format!(
@@ -417,9 +475,9 @@ fn check_columns(
                     t.name
                 )));
             };
-            builtin &= check_table_side(t, side, cols)?;
+            binary_io &= check_table_side(t, side, cols)?;
         }
-        if builtin {
+        if binary_io {
             binary.insert(t.name.clone());
         }
     }
@@ -432,7 +490,7 @@ fn check_table_side(
     cols: &BTreeMap<String, (String, bool, bool)>,
 ) -> Result<bool, SliceError> {
     let refuse = |what: String| Err(SliceError::Refused(format!("column `{}`.{what}", t.name)));
-    let mut builtin = true;
+    let mut binary_io = true;
     for c in t.copied() {
         match cols.get(&c.name) {
             None => return refuse(format!("`{}` is missing in the {side}", c.name)),
@@ -445,7 +503,7 @@ fn check_table_side(
             Some((_, true, _)) => {
                 return refuse(format!("`{}` is generated in the {side}", c.name));
             }
-            Some((_, false, b)) => builtin &= b,
+            Some((_, false, b)) => binary_io &= b,
         }
     }
     for (name, (_, generated, _)) in cols {
@@ -453,7 +511,7 @@ fn check_table_side(
             return refuse(format!("`{name}` exists in the {side} but not in the plan"));
         }
     }
-    Ok(builtin)
+    Ok(binary_io)
 }
 
 /// Deletes the tenant's rows, children first (checked mode: after setting the `set_after`
@@ -657,68 +715,60 @@ struct Reference {
 }
 
 /// Foreign keys whose child or parent is a planned table of the current schema; the other side
-/// may be anywhere.
-const REFERENCES: &str = "SELECT k.conname::text, c.relname::text, k.conrelid::regclass::text, \
+/// may be anywhere. Written for a short planning time (it runs once per copy): no join over the
+/// key columns, their names are read by subqueries.
+const REFERENCES: &str = "WITH ns AS (SELECT oid FROM pg_namespace WHERE nspname = current_schema()) \
+    SELECT k.conname::text, c.relname::text, k.conrelid::regclass::text, \
       p.relname::text, k.confrelid::regclass::text, \
-      array_agg(ca.attname::text ORDER BY u.ord), array_agg(pa.attname::text ORDER BY u.ord), \
-      cn.nspname = current_schema() AND c.relname = ANY($1) \
+      ARRAY(SELECT a.attname::text FROM unnest(k.conkey) WITH ORDINALITY AS u(n, o) \
+            JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = u.n ORDER BY u.o), \
+      ARRAY(SELECT a.attname::text FROM unnest(k.confkey) WITH ORDINALITY AS u(n, o) \
+            JOIN pg_attribute a ON a.attrelid = k.confrelid AND a.attnum = u.n ORDER BY u.o), \
+      c.relnamespace = (SELECT oid FROM ns) AND c.relname = ANY($1) \
     FROM pg_constraint k \
-    JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace cn ON cn.oid = c.relnamespace \
-    JOIN pg_class p ON p.oid = k.confrelid JOIN pg_namespace pn ON pn.oid = p.relnamespace \
-    CROSS JOIN LATERAL unnest(k.conkey, k.confkey) WITH ORDINALITY AS u(ck, pk, ord) \
-    JOIN pg_attribute ca ON ca.attrelid = k.conrelid AND ca.attnum = u.ck \
-    JOIN pg_attribute pa ON pa.attrelid = k.confrelid AND pa.attnum = u.pk \
+    JOIN pg_class c ON c.oid = k.conrelid JOIN pg_class p ON p.oid = k.confrelid \
     WHERE k.contype = 'f' AND k.conparentid = 0 \
-      AND ((cn.nspname = current_schema() AND c.relname = ANY($1)) \
-        OR (pn.nspname = current_schema() AND p.relname = ANY($1))) \
-    GROUP BY k.oid, k.conname, c.relname, k.conrelid, p.relname, k.confrelid, cn.nspname \
+      AND ((c.relnamespace = (SELECT oid FROM ns) AND c.relname = ANY($1)) \
+        OR (p.relnamespace = (SELECT oid FROM ns) AND p.relname = ANY($1))) \
     ORDER BY c.relname, k.conname";
 
 /// Replica mode enforces no foreign key: before commit, every foreign key of a planned table
 /// is checked for the tenant's rows (a parent missing, also in a table the plan leaves out),
 /// and every foreign key into a planned table from a table the plan leaves out is checked for
 /// rows whose parent the copy deleted. One query for all of them.
+///
+/// A table's first [`Via`] holds by construction and is not checked: a row it selects
+/// references a parent row of the slice, which the same source snapshot copied; a row another
+/// via selects has the first via's columns unset.
 async fn check_references(
     dst: &mut PgConnection,
     plan: &SlicePlan,
     scope: Scope<'_>,
+    refs: &[(Reference, bool)],
 ) -> Result<(), SliceError> {
-    let names: Vec<&str> = plan.tables.iter().map(|t| t.name.as_str()).collect();
-    let rows = sqlx::query(REFERENCES)
-        .bind(&names)
-        .fetch_all(&mut *dst)
-        .await
-        .map_err(db("read the destination's foreign keys"))?;
-    let mut refs = Vec::new();
-    let mut selects = Vec::new();
-    for row in rows {
-        let r = Reference {
-            name: row.get(0),
-            child: row.get(1),
-            child_sql: row.get(2),
-            parent: row.get(3),
-            parent_sql: row.get(4),
-            columns: row.get(5),
-            parent_columns: row.get(6),
-        };
-        let planned_child: bool = row.get(7);
-        let which = match plan.table(&r.child).filter(|_| planned_child) {
-            Some(t) => selector(plan, t, scope),
-            None => "true".to_owned(),
-        };
-        selects.push(dangling_count(refs.len(), &r, &which));
-        refs.push((r, planned_child));
-    }
+    let selects: Vec<String> = refs
+        .iter()
+        .enumerate()
+        .map(|(i, (r, planned_child))| {
+            let which = match plan.table(&r.child).filter(|_| *planned_child) {
+                Some(t) => selector(plan, t, scope),
+                None => "true".to_owned(),
+            };
+            dangling_count(i, r, &which)
+        })
+        .collect();
     if selects.is_empty() {
         return Ok(());
     }
+    let context = "check the restored rows' references";
     let counts: Vec<(i32, i64)> = sqlx::raw_sql(AssertSqlSafe(selects.join(" UNION ALL ")))
         .fetch_all(&mut *dst)
         .await
-        .map_err(db("check the restored rows' references"))?
+        .map_err(db(context))?
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(db(context))?;
     let broken: Vec<String> = counts
         .into_iter()
         .filter(|(_, n)| *n > 0)
@@ -731,6 +781,36 @@ async fn check_references(
         return Ok(());
     }
     Err(SliceError::Refused(broken.join("; ")))
+}
+
+/// The foreign keys [`check_references`] checks, each with whether its child is planned.
+async fn read_references(
+    dst: &mut PgConnection,
+    plan: &SlicePlan,
+) -> Result<Vec<(Reference, bool)>, SliceError> {
+    let names: Vec<&str> = plan.tables.iter().map(|t| t.name.as_str()).collect();
+    type Row = (String, String, String, String, String, Vec<String>, Vec<String>, bool);
+    let rows = sqlx::query_as::<_, Row>(REFERENCES)
+        .bind(&names)
+        .fetch_all(&mut *dst)
+        .await
+        .map_err(db("read the destination's foreign keys"))?;
+    let mut refs = Vec::new();
+    for (name, child, child_sql, parent, parent_sql, columns, parent_columns, planned_child) in rows
+    {
+        let r = Reference { name, child, child_sql, parent, parent_sql, columns, parent_columns };
+        if !(planned_child && holds_by_construction(plan, &r)) {
+            refs.push((r, planned_child));
+        }
+    }
+    Ok(refs)
+}
+
+/// Whether `r` is its planned child's first via (see [`check_references`]).
+fn holds_by_construction(plan: &SlicePlan, r: &Reference) -> bool {
+    let first = plan.table(&r.child).and_then(|t| t.via.first());
+    matches!(first, Some(Via::Parent { constraint, parent, columns, .. })
+        if *constraint == r.name && *parent == r.parent && *columns == r.columns)
 }
 
 /// `SELECT <i>, count(*)` of rows of the child that `which` selects, with the key set and no
@@ -815,7 +895,7 @@ pub async fn digest(
     plan: &SlicePlan,
     tenant: &str,
 ) -> Result<SliceDigest, SliceError> {
-    sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    sqlx::raw_sql(BEGIN_READ)
         .execute(&mut *conn)
         .await
         .map_err(db("begin the digest's transaction"))?;
