@@ -1,6 +1,7 @@
 -- A multi-tenant issue tracker, the shape `copy` with `root = "sites"` restores (README:
 -- "Tenant restore on your own schema"). Load it into two databases, "backup" and "live":
 --   psql -v ON_ERROR_STOP=1 -v sites=20 -d backup -f examples/tenant-schema/postgres.sql
+-- (`-v issues=N`: issues per project, 3 by default; a site holds 5 + 14 N rows.)
 -- A tenant is a `sites` row (uuid key); everything else reaches it through foreign keys:
 --   sites ← users, projects ← issues ← comments ← attachments ← attachment_views
 -- with a self-reference (issues.parent_id, comments.reply_to), a composite key and composite
@@ -9,6 +10,10 @@
 \if :{?sites}
 \else
   \set sites 20
+\endif
+\if :{?issues}
+\else
+  \set issues 3
 \endif
 
 CREATE TABLE sites (
@@ -81,6 +86,17 @@ CREATE TABLE attachment_views (
     FOREIGN KEY (comment_id, seq) REFERENCES attachments (comment_id, seq)
 );
 
+-- Foreign keys are indexed, as an application that reads by them would have them.
+CREATE INDEX ON users (site_id);
+CREATE INDEX ON projects (lead_id);
+CREATE INDEX ON issues (project_id);
+CREATE INDEX ON issues (parent_id);
+CREATE INDEX ON issues (reporter_id);
+CREATE INDEX ON comments (issue_id);
+CREATE INDEX ON comments (author_id);
+CREATE INDEX ON comments (reply_to);
+CREATE INDEX ON attachment_views (comment_id, seq);
+
 -- Not tenant data: no foreign key reaches `sites`. The restore must not write to it.
 CREATE TABLE audit_log (
     id         bigserial PRIMARY KEY,
@@ -137,7 +153,7 @@ SELECT p.id, p.lead_id, 'Issue ' || i || ' of ' || p.key,
        CASE WHEN i = 3 THEN NULL ELSE E'line 1\nline 2\ttab \\N not null' END,
        ARRAY[i, NULL, -i], CASE WHEN i % 2 = 0 THEN timestamptz '2022-04-05 07:33:00.5+05:30' END,
        timestamp '2022-03-01 12:00:00' + i * interval '1 day'
-FROM projects p, generate_series(1, 3) i;
+FROM projects p, generate_series(1, :issues) i;
 
 UPDATE issues c SET parent_id = (SELECT min(id) FROM issues p WHERE p.project_id = c.project_id)
 WHERE c.title LIKE 'Issue 3 %';
