@@ -97,12 +97,13 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
             let code = d.code().map(|c| c.into_owned()).unwrap_or_default();
             if d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().is_some() {
                 // 40001 serialization, 40P01 deadlock, 55P03 lock not available, 53xxx
-                // insufficient resources, 57P0x shutdown/cannot connect now, 08xxx connection.
+                // insufficient resources, 57P01-57P03 shutdown/crash/cannot connect now, 08xxx
+                // connection. (57P04, the database was dropped, does not pass.)
                 return code == "40001"
                     || code == "40P01"
                     || code == "55P03"
                     || code.starts_with("53")
-                    || code.starts_with("57P")
+                    || matches!(code.as_str(), "57P01" | "57P02" | "57P03")
                     || code.starts_with("08");
             }
             // SQLite: BUSY (5) and LOCKED (6), with their extended codes.

@@ -7,17 +7,18 @@
 //! root always stays) and adds tables that carry `tenant_column` without a foreign key;
 //! `Request::exclude` leaves tables out (and what is reached only through them).
 //!
-//! **Which rows.** A row belongs to the tenant of its *nearest set parent*: a table's foreign
-//! keys into the slice are ranked (parent's distance, then NOT NULL keys first, then the key's
-//! first column's position, then the constraint's name); the first key whose columns are all
-//! set decides; ranking stops after the first NOT NULL key, which is always set. A key counts
-//! when its parent is strictly nearer the root, or when the parent is not in a reference cycle
-//! with the table (so `comments.issue_id`, NOT NULL, still decides a comment whose nullable
-//! `author_id` into the nearer `users` is unset, although `issues` is as far from the root as
-//! `comments`). Inside a cycle only strictly nearer parents count, so no row's tenant depends
-//! on itself. Self-references never decide (a sub-task is its project's because of its
-//! project, not its parent task). A row whose keys are all unset (no NOT NULL key, all
-//! nullable ones NULL) is in no tenant's slice.
+//! **Which rows.** A row belongs to the tenant of its *first set parent*: a table's foreign
+//! keys into the slice are ranked — NOT NULL keys first, then by the parent's distance, then by
+//! the key's first column's position, then by the constraint's name — and the first key whose
+//! columns are all set decides; ranking stops after the first NOT NULL key, which is always
+//! set. So a table with a NOT NULL key into the slice belongs where that key points
+//! (`comments.issue_id` decides a comment, whatever its nullable `author_id` says: a support
+//! engineer's comment on another tenant's issue is that tenant's), and nullable keys decide only
+//! tables that have no NOT NULL one. A key counts when its parent is strictly nearer the root,
+//! or when the parent is not in a reference cycle with the table; inside a cycle only strictly
+//! nearer parents count, so no row's tenant depends on itself. Self-references never decide (a
+//! sub-task is its project's because of its project, not its parent task). A row whose keys are
+//! all unset (no NOT NULL key, all nullable ones NULL) is in no tenant's slice.
 //!
 //! A table reached by `tenant_column` is one step from the tenant id, like a child of the
 //! root (distance 1); tables reached through foreign keys may rank it as a parent.
@@ -352,7 +353,7 @@ fn parent_vias(members: &Members<'_>, cycle_of: &BTreeMap<&str, usize>, name: &s
             .and_then(|c| table.columns.iter().position(|col| &col.name == c))
             .unwrap_or(usize::MAX)
     };
-    let mut ranked: Vec<(usize, bool, usize, &ForeignKey)> = table
+    let mut ranked: Vec<(bool, usize, usize, &ForeignKey)> = table
         .foreign_keys
         .iter()
         .filter(|fk| fk.parent != table.name)
@@ -361,12 +362,12 @@ fn parent_vias(members: &Members<'_>, cycle_of: &BTreeMap<&str, usize>, name: &s
             let nearer = parent.distance < member.distance;
             let outside_cycle = cycle_of.get(fk.parent.as_str()) != cycle_of.get(name);
             (nearer || outside_cycle)
-                .then(|| (parent.distance, is_nullable(table, fk), position(fk), fk))
+                .then(|| (is_nullable(table, fk), parent.distance, position(fk), fk))
         })
         .collect();
     ranked.sort_by(|a, b| (a.0, a.1, a.2, &a.3.name).cmp(&(b.0, b.1, b.2, &b.3.name)));
     let mut via = Vec::new();
-    for (_, nullable, _, fk) in ranked {
+    for (nullable, _, _, fk) in ranked {
         via.push(Via::Parent {
             constraint: fk.name.clone(),
             columns: fk.columns.clone(),
@@ -601,10 +602,16 @@ impl SlicePlan {
                 ));
             }
             if !t.triggers.is_empty() {
-                lines.push(format!(
-                    "   triggers not fired during the copy: {}",
-                    t.triggers.join(", ")
-                ));
+                let how = match self.engine {
+                    Engine::Postgres => {
+                        "not fired during the copy (session_replication_role = replica)"
+                    }
+                    Engine::Sqlite => "dropped for the copy and recreated before it commits",
+                    Engine::Mysql => {
+                        "fire during the copy: each must test `@rewind_restore IS NULL` (the copy refuses those that do not)"
+                    }
+                };
+                lines.push(format!("   triggers {how}: {}", t.triggers.join(", ")));
             }
         }
         lines.push("deletes run in the reverse order".to_owned());

@@ -254,16 +254,13 @@ fn discovers_the_example_from_its_root() {
         [parent("issues_project_fk", &["project_id"], "projects", &["id"], false)]
     );
     assert_eq!(path("issues"), ["issues", "projects", "sites"]);
-    // The nearer users (1) ranks before issues (2); the author may be NULL, so the NOT NULL
-    // issue follows. The path follows the first via.
+    // The NOT NULL issue ranks before the nearer but nullable author, and decides alone. The
+    // path follows the first via.
     assert_eq!(
         via("comments"),
-        [
-            parent("comments_author_fk", &["author_id"], "users", &["id"], true),
-            parent("comments_issue_fk", &["issue_id"], "issues", &["id"], false),
-        ]
+        [parent("comments_issue_fk", &["issue_id"], "issues", &["id"], false)]
     );
-    assert_eq!(path("comments"), ["comments", "users", "sites"]);
+    assert_eq!(path("comments"), ["comments", "issues", "projects", "sites"]);
     // A composite key into the nearer labels decides before issues.
     assert_eq!(
         via("issue_labels"),
@@ -279,7 +276,7 @@ fn discovers_the_example_from_its_root() {
         via("attachments"),
         [parent("attachments_comment_fk", &["comment_id"], "comments", &["id"], false)]
     );
-    assert_eq!(path("attachments"), ["attachments", "comments", "users", "sites"]);
+    assert_eq!(path("attachments"), ["attachments", "comments", "issues", "projects", "sites"]);
     // Only a nullable key: a reaction without a comment is in no slice.
     assert_eq!(
         via("reactions"),
@@ -648,11 +645,11 @@ fn describe_shows_paths_keys_order_and_triggers() {
             "3. users ← sites, by users.site_id → sites.id",
             "4. projects ← sites, by projects.site_id → sites.id",
             "5. issues ← projects ← sites, by issues.project_id → projects.id",
-            "   triggers not fired during the copy: audit_issues",
-            "6. comments ← users ← sites, by comments.author_id → users.id when set, else comments.issue_id → issues.id",
+            "   triggers not fired during the copy (session_replication_role = replica): audit_issues",
+            "6. comments ← issues ← projects ← sites, by comments.issue_id → issues.id",
             "7. issue_labels ← labels ← sites, by issue_labels(label_site_id, label_id) → labels(site_id, id)",
-            "8. attachments ← comments ← users ← sites, by attachments.comment_id → comments.id",
-            "9. reactions ← comments ← users ← sites, by reactions.comment_id → comments.id when set; rows with none set are in no slice",
+            "8. attachments ← comments ← issues ← projects ← sites, by attachments.comment_id → comments.id",
+            "9. reactions ← comments ← issues ← projects ← sites, by reactions.comment_id → comments.id when set; rows with none set are in no slice",
             "deletes run in the reverse order",
         ]
     );
@@ -726,11 +723,11 @@ fn rows() -> Vec<String> {
         sql.push(format!("INSERT INTO reactions VALUES ({}, {}, {o})", n(1), n(3)));
     }
     let (a, b) = (TENANTS[0], TENANTS[1]);
-    // Across tenants: user 101 (of A) comments on issue 201 (of B). The nearer set parent
-    // decides: users (distance 1) ranks before issues (distance 2), so the comment is A's and
-    // not B's, and so is its attachment.
-    sql.push(format!("INSERT INTO comments VALUES (901, 201, 101, NULL, '{a}')"));
-    sql.push(format!("INSERT INTO attachments VALUES (901, 901, '{a}')"));
+    // Across tenants: user 101 (of A) comments on issue 201 (of B). The NOT NULL issue key
+    // decides before the nearer, nullable author: the comment is B's (where it was written),
+    // and so is its attachment.
+    sql.push(format!("INSERT INTO comments VALUES (901, 201, 101, NULL, '{b}')"));
+    sql.push(format!("INSERT INTO attachments VALUES (901, 901, '{b}')"));
     // Issue 101 (of A) labelled with B's label: the composite key into labels (distance 1)
     // decides before the issue (distance 2): B's.
     sql.push(format!("INSERT INTO issue_labels VALUES (101, '{b}', 2, '{b}')"));
