@@ -11,9 +11,20 @@
 //! `time_zone = '+00:00'` on both connections (so `TIMESTAMP` values pass unchanged); on the
 //! destination `foreign_key_checks = 0` (rewind checks every foreign key of the copied rows
 //! itself before it commits) and `@rewind_restore = 1`. MariaDB cannot turn triggers off for a
-//! session: a trigger that must not record a restore as user activity tests
-//! `@rewind_restore IS NULL`. The tenant id is held in `@rewind_tenant`, bound with the key's
-//! type.
+//! session: a copy is refused while a planned table of the destination has a trigger whose body
+//! does not mention `@rewind_restore` (guarded by `IF @rewind_restore IS NULL THEN … END IF`,
+//! it skips the restore).
+//!
+//! **Tenant id.** Bound as a `?` parameter wherever a statement compares it, typed by the key
+//! that holds it (integers as integers, a `uuid` checked as one, a `BINARY(16)` key from a uuid's
+//! 16 bytes, other binary keys from the id's bytes, the rest as text): a parameter takes the
+//! collation of the column it meets, so a key of any collation compares as its column does.
+//!
+//! **Refusals.** Before anything is deleted: a source without the tenant's root row (the copy
+//! would only delete), and a trigger as above. Before the commit: a restored row whose foreign
+//! key finds no parent; a row outside the slice, in a planned table (another tenant's row
+//! pointing at this tenant's) or in a table the plan leaves out, whose parent the copy deleted
+//! and did not insert again.
 
 use std::collections::BTreeMap;
 
@@ -29,8 +40,6 @@ use crate::sql::{self, Dialect, Scope};
 use crate::{CopyReport, RowHasher, SliceDigest, TableCopy};
 
 const D: Dialect = Dialect::Backtick;
-/// The session variable that holds the tenant id.
-const TENANT_VAR: &str = "@rewind_tenant";
 /// Most rows in one `INSERT`.
 const MAX_INSERT_ROWS: usize = 500;
 /// About the most bytes of values in one `INSERT`.
@@ -390,12 +399,43 @@ fn tenant_value(plan: &SlicePlan, tenant: &str) -> Result<Value, SliceError> {
     let base = data_type.trim().to_ascii_lowercase();
     Ok(match Kind::of(&data_type) {
         Kind::Int => Value::Int(tenant.parse().map_err(|_| bad())?),
-        Kind::UInt => Value::UInt(tenant.parse().map_err(|_| bad())?),
+        Kind::UInt | Kind::Bit => Value::UInt(tenant.parse().map_err(|_| bad())?),
+        Kind::Bytes => Value::Bytes(binary_tenant(&base, tenant).ok_or_else(bad)?),
         _ if base == "uuid" => {
             Value::Text(uuid::Uuid::parse_str(tenant).map_err(|_| bad())?.hyphenated().to_string())
         }
         _ => Value::Text(tenant.to_owned()),
     })
+}
+
+/// The bytes a binary key holds for `tenant`: a uuid's 16 bytes for `BINARY(16)` (how a uuid
+/// is usually stored in binary), else the id's UTF-8 bytes, padded with zero bytes to the
+/// width of a `BINARY(n)` (as the server pads what it stores there). `None` when the id is
+/// wider than a `BINARY(n)`, or the key is a spatial type.
+fn binary_tenant(data_type: &str, tenant: &str) -> Option<Vec<u8>> {
+    let base = data_type.split(['(', ' ']).next().unwrap_or_default();
+    match base {
+        "binary" => {
+            let width: usize = data_type
+                .strip_prefix("binary(")
+                .and_then(|rest| rest.split(')').next())
+                .map_or(Some(1), |n| n.trim().parse().ok())?;
+            if width == 16
+                && let Ok(uuid) = uuid::Uuid::parse_str(tenant)
+            {
+                return Some(uuid.as_bytes().to_vec());
+            }
+            let mut bytes = tenant.as_bytes().to_vec();
+            (bytes.len() <= width).then(|| {
+                bytes.resize(width, 0);
+                bytes
+            })
+        }
+        "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" => {
+            Some(tenant.as_bytes().to_vec())
+        }
+        _ => None,
+    }
 }
 
 fn tenant_column(plan: &SlicePlan) -> Result<(String, String, String), SliceError> {
@@ -414,17 +454,37 @@ fn tenant_column(plan: &SlicePlan) -> Result<(String, String, String), SliceErro
     ))
 }
 
-fn scope() -> Scope<'static> {
-    Scope { dialect: D, qualifier: "", tenant: TENANT_VAR }
+/// The condition that selects a table's slice, the tenant id a `?` parameter wherever it
+/// appears: a parameter takes the collation of the column it is compared with (a session
+/// variable would bring the connection's, and a key of another collation would fail with
+/// "Illegal mix of collations").
+struct Selector {
+    sql: String,
+    /// How many `?` stand for the tenant id, in the order they appear.
+    tenants: usize,
 }
 
-async fn set_tenant(conn: &mut MySqlConnection, tenant: &Value) -> Result<(), SliceError> {
-    tenant
-        .bind(stmt(format!("SET {TENANT_VAR} = ?")))
-        .execute(&mut *conn)
-        .await
-        .map_err(db("set @rewind_tenant"))?;
-    Ok(())
+impl Selector {
+    fn of(plan: &SlicePlan, table: &SliceTable) -> Self {
+        let scope = |tenant| Scope { dialect: D, qualifier: "", tenant };
+        let sql = sql::selector(plan, table, scope("?"));
+        // Each occurrence of the one-character fragment lengthens the SQL by one: counted
+        // this way, a `?` inside a quoted name is not mistaken for a parameter.
+        let tenants = sql.len() - sql::selector(plan, table, scope("")).len();
+        Self { sql, tenants }
+    }
+
+    /// `q` with the tenant id bound for each of this selector's parameters, next.
+    fn bind<'q>(
+        &self,
+        tenant: &Value,
+        mut q: Query<'q, MySql, MySqlArguments>,
+    ) -> Query<'q, MySql, MySqlArguments> {
+        for _ in 0..self.tenants {
+            q = tenant.bind(q);
+        }
+        q
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -453,14 +513,12 @@ async fn save(conn: &mut MySqlConnection, side: &str) -> Result<Saved, SliceErro
 
 /// Puts back what [`save`] read and clears rewind's variables.
 async fn restore(conn: &mut MySqlConnection, saved: &Saved, side: &str) -> Result<(), SliceError> {
-    sqlx::query(
-        "SET time_zone = ?, foreign_key_checks = ?, @rewind_restore = NULL, @rewind_tenant = NULL",
-    )
-    .bind(saved.time_zone.as_str())
-    .bind(saved.foreign_key_checks)
-    .execute(&mut *conn)
-    .await
-    .map_err(db(format!("restore the {side}'s session settings")))?;
+    sqlx::query("SET time_zone = ?, foreign_key_checks = ?, @rewind_restore = NULL")
+        .bind(saved.time_zone.as_str())
+        .bind(saved.foreign_key_checks)
+        .execute(&mut *conn)
+        .await
+        .map_err(db(format!("restore the {side}'s session settings")))?;
     Ok(())
 }
 
@@ -494,6 +552,7 @@ pub async fn copy(
     let dst_schema = schema(dst).await?;
     check_tables(plan, &src_schema, "source")?;
     check_tables(plan, &dst_schema, "destination")?;
+    check_triggers(dst, plan).await?;
 
     let src_saved = save(src, "source").await?;
     let dst_saved = save(dst, "destination").await?;
@@ -510,6 +569,46 @@ pub async fn copy(
             Err(e)
         }
     }
+}
+
+/// Refuses a copy into a destination where a planned table has a trigger that does not test
+/// `@rewind_restore`: MariaDB/MySQL cannot turn triggers off for a session, so it would fire
+/// on the restored rows (a `BEFORE INSERT` trigger that sets `updated_at` changes them, an
+/// audit trigger records the restore as user activity).
+async fn check_triggers(dst: &mut MySqlConnection, plan: &SlicePlan) -> Result<(), SliceError> {
+    let rows = sqlx::query(
+        "SELECT EVENT_OBJECT_TABLE, TRIGGER_NAME, ACTION_STATEMENT FROM information_schema.TRIGGERS \
+         WHERE EVENT_OBJECT_SCHEMA = DATABASE() ORDER BY EVENT_OBJECT_TABLE, TRIGGER_NAME",
+    )
+    .fetch_all(&mut *dst)
+    .await
+    .map_err(db("read the destination's triggers from information_schema.TRIGGERS"))?;
+    let mut unguarded = Vec::new();
+    for row in &rows {
+        let table = text(row, 0)?;
+        if plan.table(&table).is_none() {
+            continue;
+        }
+        if !tests_restore(&text(row, 2)?) {
+            unguarded.push(format!("`{}` on `{table}`", text(row, 1)?));
+        }
+    }
+    if unguarded.is_empty() {
+        return Ok(());
+    }
+    Err(SliceError::Refused(format!(
+        "the destination has trigger(s) on restored tables that would fire during the copy: {}; \
+         MariaDB/MySQL cannot turn triggers off for a session, so guard each trigger's body with \
+         `IF @rewind_restore IS NULL THEN … END IF` (rewind sets `@rewind_restore = 1` while it \
+         copies); nothing was written",
+        unguarded.join(", ")
+    )))
+}
+
+/// Whether a trigger's body mentions `@rewind_restore` (in any case, its name quoted or not).
+fn tests_restore(body: &str) -> bool {
+    let plain: String = body.chars().filter(|c| !matches!(c, '`' | '\'' | '"')).collect::<String>();
+    plain.to_ascii_lowercase().contains("@rewind_restore")
 }
 
 /// Refuses a plan whose tables or copied columns `schema` lacks or types otherwise.
@@ -551,22 +650,22 @@ async fn copy_in_sessions(
     dst_schema: &Schema,
 ) -> Result<CopyReport, SliceError> {
     run(src, "SET time_zone = '+00:00'").await?;
-    set_tenant(src, tenant).await?;
     run(src, "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY").await?;
+    check_source_root(src, plan, tenant).await?;
     run(dst, "SET time_zone = '+00:00', foreign_key_checks = 0, @rewind_restore = 1").await?;
-    set_tenant(dst, tenant).await?;
     run(dst, "SET TRANSACTION ISOLATION LEVEL READ COMMITTED").await?;
     run(dst, "START TRANSACTION").await?;
 
     let outside = outside_references(plan, dst_schema);
     let dangling_before = count_outside_dangling(dst, &outside).await?;
+    let pinned = pinned_keys(dst, plan, tenant, dst_schema).await?;
     let mut deleted = BTreeMap::new();
     for table in plan.tables.iter().rev() {
-        deleted.insert(table.name.as_str(), delete_slice(dst, plan, table).await?);
+        deleted.insert(table.name.as_str(), delete_slice(dst, plan, table, tenant).await?);
     }
     let mut report = CopyReport::default();
     for table in &plan.tables {
-        let inserted = insert_slice(src, dst, plan, table).await?;
+        let inserted = insert_slice(src, dst, plan, table, tenant).await?;
         report.tables.push(TableCopy {
             table: table.name.clone(),
             deleted: deleted.get(table.name.as_str()).copied().unwrap_or(0),
@@ -574,8 +673,9 @@ async fn copy_in_sessions(
         });
     }
     for table in &plan.tables {
-        check_references(dst, plan, table, dst_schema).await?;
+        check_references(dst, plan, table, tenant, dst_schema).await?;
     }
+    check_pinned(dst, &pinned).await?;
     let dangling_after = count_outside_dangling(dst, &outside).await?;
     let broken: Vec<String> = outside
         .iter()
@@ -600,6 +700,40 @@ async fn copy_in_sessions(
     Ok(report)
 }
 
+/// Refuses a copy whose source has no root row for the tenant: the copy would delete the
+/// destination's slice and insert nothing. Read in the source's snapshot, before anything is
+/// deleted.
+async fn check_source_root(
+    src: &mut MySqlConnection,
+    plan: &SlicePlan,
+    tenant: &Value,
+) -> Result<(), SliceError> {
+    let Some(root) = &plan.root else { return Ok(()) };
+    let sql = format!(
+        "SELECT COUNT(*) FROM {} WHERE {} = ?",
+        D.quote(&root.table),
+        D.quote(&root.column)
+    );
+    let context = format!("count the tenant's `{}` rows in the source", root.table);
+    let row = tenant.bind(stmt(sql)).fetch_one(&mut *src).await.map_err(db(&context))?;
+    let found: i64 = row.try_get(0).map_err(db(&context))?;
+    if found > 0 {
+        return Ok(());
+    }
+    let shown = match tenant {
+        Value::Bytes(b) => {
+            format!("0x{}", b.iter().map(|x| format!("{x:02X}")).collect::<String>())
+        }
+        other => {
+            other.canonical().map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default()
+        }
+    };
+    Err(SliceError::Refused(format!(
+        "the source has no `{}` row with `{}` = {shown}: nothing to restore; nothing was deleted",
+        root.table, root.column
+    )))
+}
+
 /// Deletes the destination's slice rows of `table`: their keys are read with the selector
 /// (a plain, lock-free read), then deleted by key in batches; a table without a primary key
 /// is deleted by the selector.
@@ -607,11 +741,13 @@ async fn delete_slice(
     dst: &mut MySqlConnection,
     plan: &SlicePlan,
     table: &SliceTable,
+    tenant: &Value,
 ) -> Result<u64, SliceError> {
     let name = D.quote(&table.name);
-    let selector = sql::selector(plan, table, scope());
+    let selector = Selector::of(plan, table);
     if table.primary_key.is_empty() {
-        let done = stmt(format!("DELETE FROM {name} WHERE {selector}"))
+        let done = selector
+            .bind(tenant, stmt(format!("DELETE FROM {name} WHERE {}", selector.sql)))
             .execute(&mut *dst)
             .await
             .map_err(db(format!("delete the tenant's rows from `{}`", table.name)))?;
@@ -620,8 +756,12 @@ async fn delete_slice(
     let key = Columns::key(table);
     let mut keys: Vec<Vec<Value>> = Vec::new();
     let context = format!("read the tenant's keys in `{}`", table.name);
-    let mut rows =
-        stmt(format!("SELECT {} FROM {name} WHERE {selector}", key.select_list())).fetch(&mut *dst);
+    let mut rows = selector
+        .bind(
+            tenant,
+            stmt(format!("SELECT {} FROM {name} WHERE {}", key.select_list(), selector.sql)),
+        )
+        .fetch(&mut *dst);
     while let Some(row) = rows.try_next().await.map_err(db(&context))? {
         keys.push(key.decode(&row).map_err(db(&context))?);
     }
@@ -653,19 +793,17 @@ async fn insert_slice(
     dst: &mut MySqlConnection,
     plan: &SlicePlan,
     table: &SliceTable,
+    tenant: &Value,
 ) -> Result<u64, SliceError> {
     let columns = Columns::new(table.copied());
     if columns.names.is_empty() {
         return Ok(0);
     }
     let name = D.quote(&table.name);
-    let select = format!(
-        "SELECT {} FROM {name} WHERE {}",
-        columns.select_list(),
-        sql::selector(plan, table, scope())
-    );
+    let selector = Selector::of(plan, table);
+    let select = format!("SELECT {} FROM {name} WHERE {}", columns.select_list(), selector.sql);
     let mut batch = Batch::new(&table.name, &columns);
-    let mut rows = stmt(select).fetch(&mut *src);
+    let mut rows = selector.bind(tenant, stmt(select)).fetch(&mut *src);
     while let Some(row) = rows
         .try_next()
         .await
@@ -754,6 +892,123 @@ fn outside_references<'a>(
         .collect()
 }
 
+/// A foreign key between two planned tables, and the parent keys it holds in rows outside the
+/// child's slice that point into the tenant's parent rows (another tenant's row, or a row of
+/// no tenant, referencing this tenant's): deleting those parent rows leaves them dangling
+/// (`foreign_key_checks = 0`) unless the source has them too.
+struct Pinned<'a> {
+    child: &'a str,
+    fk: &'a ForeignKey,
+    keys: Vec<Vec<Value>>,
+}
+
+/// The [`Pinned`] keys of every foreign key between planned tables, read before the deletes
+/// (the planned tables' selectors then still describe the rows the copy deletes). Each read
+/// starts from the tenant's parent rows and follows the foreign key into the child, so it
+/// stays on the tenant's rows when the key is indexed.
+async fn pinned_keys<'a>(
+    dst: &mut MySqlConnection,
+    plan: &'a SlicePlan,
+    tenant: &Value,
+    dst_schema: &'a Schema,
+) -> Result<Vec<Pinned<'a>>, SliceError> {
+    let mut out = Vec::new();
+    for table in &plan.tables {
+        let Some(catalog) = dst_schema.tables.get(&table.name) else { continue };
+        for fk in &catalog.foreign_keys {
+            let Some(parent) = plan.table(&fk.parent) else { continue };
+            let child_selector = Selector::of(plan, table);
+            let parent_selector = Selector::of(plan, parent);
+            let columns = Columns::new(
+                fk.columns.iter().filter_map(|c| catalog.columns.iter().find(|col| &col.name == c)),
+            );
+            if columns.names.len() != fk.columns.len() {
+                continue;
+            }
+            // `IS NOT NULL` spelled out: a mostly NULL key is then read by a range of its
+            // index rather than by a scan of the table.
+            let set: Vec<String> =
+                fk.columns.iter().map(|c| format!("{} IS NOT NULL", D.quote(c))).collect();
+            let sql = format!(
+                "SELECT DISTINCT {} FROM {} WHERE {} AND ({}) IN (SELECT {} FROM {} WHERE {}) \
+                 AND NOT COALESCE(({}), FALSE)",
+                columns.select_list(),
+                D.quote(&table.name),
+                set.join(" AND "),
+                D.list(fk.columns.iter().map(String::as_str)),
+                D.list(fk.parent_columns.iter().map(String::as_str)),
+                D.quote(&parent.name),
+                parent_selector.sql,
+                child_selector.sql
+            );
+            let q = child_selector.bind(tenant, parent_selector.bind(tenant, stmt(sql)));
+            let context = format!(
+                "read the rows of `{}` outside the slice that reference the tenant's `{}` rows",
+                table.name, parent.name
+            );
+            let mut keys = Vec::new();
+            let mut rows = q.fetch(&mut *dst);
+            while let Some(row) = rows.try_next().await.map_err(db(&context))? {
+                keys.push(columns.decode(&row).map_err(db(&context))?);
+            }
+            drop(rows);
+            if !keys.is_empty() {
+                out.push(Pinned { child: &table.name, fk, keys });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Refuses the copy when a [`Pinned`] key no longer has its parent row: the source lacks a
+/// row that a row outside the slice still references.
+async fn check_pinned(dst: &mut MySqlConnection, pinned: &[Pinned<'_>]) -> Result<(), SliceError> {
+    let mut broken = Vec::new();
+    for p in pinned {
+        let c = |col: &String| format!("rewind_c.{}", D.quote(col));
+        let lhs = format!("({})", p.fk.columns.iter().map(c).collect::<Vec<_>>().join(", "));
+        let tuple = format!("({})", vec!["?"; p.fk.columns.len()].join(", "));
+        let join: Vec<String> =
+            p.fk.columns
+                .iter()
+                .zip(&p.fk.parent_columns)
+                .map(|(col, parent)| format!("rewind_p.{} = {}", D.quote(parent), c(col)))
+                .collect();
+        let mut dangling = 0i64;
+        for batch in p.keys.chunks(DELETE_BATCH) {
+            let sql = format!(
+                "SELECT COUNT(*) FROM {} AS rewind_c WHERE {lhs} IN ({}) AND NOT EXISTS \
+                 (SELECT 1 FROM {} AS rewind_p WHERE {})",
+                D.quote(p.child),
+                vec![tuple.as_str(); batch.len()].join(", "),
+                D.quote(&p.fk.parent),
+                join.join(" AND ")
+            );
+            let mut q = stmt(sql);
+            for value in batch.iter().flatten() {
+                q = value.bind(q);
+            }
+            let context = format!("check the foreign key `{}` of `{}`", p.fk.name, p.child);
+            let row = q.fetch_one(&mut *dst).await.map_err(db(&context))?;
+            dangling += row.try_get::<i64, _>(0).map_err(db(&context))?;
+        }
+        if dangling > 0 {
+            broken.push(format!(
+                "{dangling} row(s) of `{}` outside the tenant's slice would reference rows of `{}` \
+                 that the copy deleted and the source does not have (foreign key `{}`, {})",
+                p.child,
+                p.fk.parent,
+                p.fk.name,
+                p.fk.columns.join(", ")
+            ));
+        }
+    }
+    if broken.is_empty() {
+        return Ok(());
+    }
+    Err(SliceError::Refused(format!("{}; nothing was written", broken.join("; "))))
+}
+
 /// Per reference of [`outside_references`], the rows of its table with the key set and no
 /// parent row (counted before and after the copy: only rows the copy orphaned refuse it).
 async fn count_outside_dangling(
@@ -794,10 +1049,11 @@ async fn check_references(
     dst: &mut MySqlConnection,
     plan: &SlicePlan,
     table: &SliceTable,
+    tenant: &Value,
     dst_schema: &Schema,
 ) -> Result<(), SliceError> {
     let Some(catalog) = dst_schema.tables.get(&table.name) else { return Ok(()) };
-    let selector = sql::selector(plan, table, scope());
+    let selector = Selector::of(plan, table);
     for fk in &catalog.foreign_keys {
         let child = |c: &String| format!("rewind_c.{}", D.quote(c));
         let set: Vec<String> =
@@ -809,17 +1065,18 @@ async fn check_references(
             .map(|(c, p)| format!("rewind_p.{} = {}", D.quote(p), child(c)))
             .collect();
         let sql = format!(
-            "SELECT COUNT(*) FROM {} AS rewind_c WHERE ({selector}) AND {} AND NOT EXISTS \
+            "SELECT COUNT(*) FROM {} AS rewind_c WHERE ({}) AND {} AND NOT EXISTS \
              (SELECT 1 FROM {} AS rewind_p WHERE {})",
             D.quote(&table.name),
+            selector.sql,
             set.join(" AND "),
             D.quote(&fk.parent),
             join.join(" AND ")
         );
-        let missing: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
-            .fetch_one(&mut *dst)
-            .await
-            .map_err(db(format!("check the foreign key `{}` of `{}`", fk.name, table.name)))?;
+        let context = format!("check the foreign key `{}` of `{}`", fk.name, table.name);
+        let row =
+            selector.bind(tenant, stmt(sql)).fetch_one(&mut *dst).await.map_err(db(&context))?;
+        let missing: i64 = row.try_get(0).map_err(db(&context))?;
         if missing > 0 {
             return Err(SliceError::Refused(format!(
                 "{missing} restored row(s) of `{}` would reference no row of `{}` by the foreign key \
@@ -864,19 +1121,19 @@ async fn digest_in_session(
     tenant: &Value,
 ) -> Result<SliceDigest, SliceError> {
     run(conn, "SET time_zone = '+00:00'").await?;
-    set_tenant(conn, tenant).await?;
     run(conn, "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY").await?;
     let mut out = SliceDigest::default();
     for table in &plan.tables {
         let columns = Columns::new(&table.columns);
+        let selector = Selector::of(plan, table);
         let sql = format!(
             "SELECT {} FROM {} WHERE {}",
             columns.select_list(),
             D.quote(&table.name),
-            sql::selector(plan, table, scope())
+            selector.sql
         );
         let mut hasher = RowHasher::default();
-        let mut rows = stmt(sql).fetch(&mut *conn);
+        let mut rows = selector.bind(tenant, stmt(sql)).fetch(&mut *conn);
         let context = format!("digest the tenant's rows of `{}`", table.name);
         while let Some(row) = rows.try_next().await.map_err(db(&context))? {
             let cells: Vec<Option<Vec<u8>>> =

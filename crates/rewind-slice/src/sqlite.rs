@@ -5,28 +5,34 @@
 //! `pragma_table_xinfo` (hidden 2 and 3 are generated columns; hidden 1, a virtual table's
 //! hidden column, is left out), foreign keys from `pragma_foreign_key_list` (a key written
 //! without parent columns references the parent's primary key), triggers from `sqlite_schema`
-//! (`type = 'trigger'`). Names are matched without regard to case, as SQLite does. SQLite
-//! defers every reference during a copy (`PRAGMA defer_foreign_keys`), so
+//! (`type = 'trigger'`). Names are matched without regard to case, as SQLite does. A copy
+//! checks no reference until its own check before the commit (enforcement is off), so
 //! [`ForeignKey::deferrable`] is always `false` here: it does not decide anything. Rowids and
 //! `AUTOINCREMENT` counters advance by themselves on explicit inserts: no
 //! [`Column::sequence`].
 //!
 //! **Tenant id.** Bound as `?1`, typed by the root key column's declared type affinity
 //! (INTEGER: a 64-bit integer, REAL: a finite float, otherwise text; a slice without a root
-//! binds text, which SQLite converts for a column of numeric affinity).
+//! binds text, which SQLite converts for a column of numeric affinity). A key with no declared
+//! type converts nothing: an id written as an integer (`42`, not `042` or `+42`) is bound as
+//! one there, as an integer key stores it.
 //!
 //! **Copy.** The source file is attached read-only (`file:…?mode=ro`, verified afterwards),
 //! checked against the destination (every planned table on both sides with the same copied
-//! columns and declared types), then in one `BEGIN IMMEDIATE` transaction with
-//! `defer_foreign_keys` on: the planned tables' user triggers are dropped (their SQL kept),
-//! the slice is deleted children first and inserted parents first by `INSERT … SELECT` from the
+//! columns and declared types), then, with `PRAGMA foreign_keys` off (put back as it was
+//! after the transaction, also after a failure; enforced, a delete would run `ON DELETE
+//! CASCADE`/`SET NULL` into rows outside the slice), in one `BEGIN IMMEDIATE` transaction: a
+//! source without the tenant's root row is refused (the copy would only delete), the planned
+//! tables' user triggers are dropped (their SQL kept), the slice is deleted children first and inserted parents first by `INSERT … SELECT` from the
 //! attached source (generated columns are recomputed, not copied), the triggers are created
 //! again, and the references of the planned tables and of every table with a foreign key into
-//! one of them are checked (`pragma_foreign_key_check`, whether or not the connection enforces
-//! foreign keys): a violation the copy introduced (present after, absent before) refuses the
-//! copy, naming the table, the key and the count. This check reads those tables whole. Since the trigger DDL is part of the transaction, a failed copy gives the
-//! triggers back with the rows. A plan's [`crate::plan::SliceTable::set_after`] columns are
-//! inserted directly: with every reference deferred, no cycle needs breaking.
+//! one of them are checked (`pragma_foreign_key_check`): a violation the copy introduced
+//! (present after, absent before) refuses the copy, naming the table, the key and the count;
+//! the planned tables are checked whole, so another tenant's row left pointing at a deleted
+//! row refuses it too. This check reads those tables whole. Since the trigger DDL is part of
+//! the transaction, a failed copy gives the triggers back with the rows. A plan's
+//! [`crate::plan::SliceTable::set_after`] columns are inserted directly: with no reference
+//! checked before the end, no cycle needs breaking.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -254,6 +260,13 @@ impl Tenant {
                 Ok(v) if v.is_finite() => Ok(Self::Real(v)),
                 _ => Err(bad()),
             },
+            // A key without a declared type compares without conversion: an integer key
+            // never equals a text tenant. An id written as an integer (as SQLite writes
+            // one: no sign, no leading zero) is bound as one.
+            Affinity::Blob if root.data_type.trim().is_empty() => match tenant.parse::<i64>() {
+                Ok(v) if v.to_string() == tenant => Ok(Self::Integer(v)),
+                _ => Ok(Self::Text(tenant.to_owned())),
+            },
             Affinity::Text | Affinity::Blob | Affinity::Numeric => {
                 Ok(Self::Text(tenant.to_owned()))
             }
@@ -295,7 +308,9 @@ fn check_engine(plan: &SlicePlan) -> Result<(), SliceError> {
 /// transaction is rolled back (rows and triggers as they were); either way the source is
 /// detached (best effort). Refused before anything is written: a tenant id that is not of the
 /// root key's type, a plan for another engine, a source that is missing or is the destination,
-/// a planned table or copied column missing or different on one side.
+/// a planned table or copied column missing or different on one side, a source without the
+/// tenant's root row. The connection's `PRAGMA foreign_keys` is off during the copy and as it
+/// was afterwards.
 pub async fn copy(
     dst: &mut SqliteConnection,
     source: &Path,
@@ -305,10 +320,7 @@ pub async fn copy(
     check_engine(plan)?;
     let tenant_value = Tenant::parse(plan, tenant)?;
     attach(dst, source).await?;
-    let result = match check_columns(dst, plan).await {
-        Ok(()) => copy_attached(dst, plan, tenant, &tenant_value).await,
-        Err(e) => Err(e),
-    };
+    let result = copy_unenforced(dst, plan, tenant, &tenant_value).await;
     // Best effort: the copy's outcome stands either way, and a source left attached is
     // detached by the next copy on this connection.
     let _ = detach(dst).await;
@@ -454,6 +466,88 @@ async fn check_columns(dst: &mut SqliteConnection, plan: &SlicePlan) -> Result<(
     Ok(())
 }
 
+/// Runs the copy with the connection's foreign key enforcement off (sqlx turns it on by
+/// default): enforced, deleting the tenant's parent rows would run their `ON DELETE CASCADE`
+/// and `SET NULL` actions into rows outside the slice, deleting or changing them where the
+/// check before the commit cannot see it. `PRAGMA foreign_keys` cannot change inside a
+/// transaction: it is set before `BEGIN IMMEDIATE` and put back after the transaction ends,
+/// committed or rolled back.
+async fn copy_unenforced(
+    dst: &mut SqliteConnection,
+    plan: &SlicePlan,
+    tenant: &str,
+    value: &Tenant,
+) -> Result<CopyReport, SliceError> {
+    let enforced: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+        .fetch_one(&mut *dst)
+        .await
+        .map_err(db("read PRAGMA foreign_keys"))?;
+    if enforced != 0 {
+        set_foreign_keys(dst, false).await?;
+    }
+    let result = match check_columns(dst, plan).await {
+        Ok(()) => copy_attached(dst, plan, tenant, value).await,
+        Err(e) => Err(e),
+    };
+    if enforced != 0 {
+        let restored = set_foreign_keys(dst, true).await;
+        // After a failure, that failure is the one to report.
+        if result.is_ok() {
+            restored?;
+        }
+    }
+    result
+}
+
+async fn set_foreign_keys(dst: &mut SqliteConnection, on: bool) -> Result<(), SliceError> {
+    let sql = if on { "PRAGMA foreign_keys = ON" } else { "PRAGMA foreign_keys = OFF" };
+    sqlx::query(sql).execute(&mut *dst).await.map_err(db(format_args!("`{sql}`")))?;
+    let now: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+        .fetch_one(&mut *dst)
+        .await
+        .map_err(db("read PRAGMA foreign_keys"))?;
+    if (now != 0) == on {
+        Ok(())
+    } else {
+        Err(SliceError::Database {
+            message: format!("`{sql}` did not take effect (is a transaction open?)"),
+            transient: false,
+        })
+    }
+}
+
+/// Refuses a copy whose source has no root row for the tenant: the copy would delete the
+/// destination's slice and insert nothing.
+async fn check_source_root(
+    tx: &mut SqliteConnection,
+    plan: &SlicePlan,
+    tenant: &str,
+    value: &Tenant,
+) -> Result<(), SliceError> {
+    let Some(root) = &plan.root else { return Ok(()) };
+    let sql = format!(
+        "SELECT count(*) FROM {} WHERE {} = ?1",
+        scope("rw_source.").table(&root.table),
+        Dialect::Ansi.quote(&root.column)
+    );
+    let found: i64 = match value {
+        Tenant::Integer(v) => sqlx::query_scalar(AssertSqlSafe(sql)).bind(*v),
+        Tenant::Real(v) => sqlx::query_scalar(AssertSqlSafe(sql)).bind(*v),
+        Tenant::Text(v) => sqlx::query_scalar(AssertSqlSafe(sql)).bind(v.clone()),
+    }
+    .persistent(false)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db(format_args!("count the tenant's `{}` rows in the source", root.table)))?;
+    if found > 0 {
+        return Ok(());
+    }
+    Err(SliceError::Refused(format!(
+        "the source has no `{}` row with `{}` = {tenant}: nothing to restore; nothing was deleted",
+        root.table, root.column
+    )))
+}
+
 /// A trigger kept while its table is restored.
 struct SavedTrigger {
     name: String,
@@ -470,10 +564,7 @@ async fn copy_attached(
     let mut tx =
         dst.begin_with("BEGIN IMMEDIATE").await.map_err(db("begin the copy (BEGIN IMMEDIATE)"))?;
     // On error `tx` is dropped, which rolls back: the rows and the dropped triggers come back.
-    sqlx::query("PRAGMA defer_foreign_keys = ON")
-        .execute(&mut *tx)
-        .await
-        .map_err(db("defer the foreign keys"))?;
+    check_source_root(&mut tx, plan, tenant, value).await?;
     let tables: Vec<&str> = plan.tables.iter().map(|t| t.name.as_str()).collect();
     let checked = checked_tables(&mut tx, &tables).await?;
     let before = violations(&mut tx, &checked).await?;
@@ -786,6 +877,10 @@ mod tests {
         assert!(matches!(Tenant::parse(&plan("REAL"), "NaN"), Err(SliceError::BadTenant { .. })));
         assert!(matches!(Tenant::parse(&plan("UUID"), "4x"), Ok(Tenant::Text(t)) if t == "4x"));
         assert!(matches!(Tenant::parse(&plan(""), "4x"), Ok(Tenant::Text(_))));
+        // No declared type: an integer as SQLite writes one is bound as one.
+        assert!(matches!(Tenant::parse(&plan(""), "-42"), Ok(Tenant::Integer(-42))));
+        assert!(matches!(Tenant::parse(&plan(""), "042"), Ok(Tenant::Text(t)) if t == "042"));
+        assert!(matches!(Tenant::parse(&plan("BLOB"), "42"), Ok(Tenant::Text(_))));
     }
 
     #[test]

@@ -829,3 +829,297 @@ async fn rows_the_plan_leaves_out_are_not_orphaned() {
     })
     .await;
 }
+
+/// A root `orgs_{tag}` keyed by `key_type` and its child `teams_{tag}`, with two teams per
+/// tenant; `store` is the SQL that turns a tenant id into the key (`?`, or
+/// `UNHEX(REPLACE(?, '-', ''))` for a uuid in `BINARY(16)`).
+async fn load_orgs(url: &str, tag: &str, key_type: &str, store: &str, tenants: &[&str]) {
+    let mut c = connect(url).await;
+    exec(
+        &mut c,
+        &format!("CREATE TABLE orgs_{tag} (id {key_type} PRIMARY KEY, name VARCHAR(50) NOT NULL)"),
+    )
+    .await;
+    exec(
+        &mut c,
+        &format!(
+            "CREATE TABLE teams_{tag} (id BIGINT AUTO_INCREMENT PRIMARY KEY, \
+             org_id {key_type} NOT NULL, name VARCHAR(50), \
+             CONSTRAINT fk_teams_{tag} FOREIGN KEY (org_id) REFERENCES orgs_{tag} (id))"
+        ),
+    )
+    .await;
+    for (n, tenant) in tenants.iter().enumerate() {
+        let sql = format!("INSERT INTO orgs_{tag} (id, name) VALUES ({store}, ?)");
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(*tenant)
+            .bind(format!("Org {n}"))
+            .execute(&mut c)
+            .await
+            .unwrap();
+        for team in ["red", "blue"] {
+            let sql = format!("INSERT INTO teams_{tag} (org_id, name) VALUES ({store}, ?)");
+            sqlx::query(AssertSqlSafe(sql))
+                .bind(*tenant)
+                .bind(format!("{team} {n}"))
+                .execute(&mut c)
+                .await
+                .unwrap();
+        }
+    }
+    c.close().await.unwrap();
+}
+
+/// Root `orgs_{tag}`, child `teams_{tag}`, as the planner makes it.
+async fn orgs_plan(url: &str, tag: &str) -> SlicePlan {
+    let mut c = connect(url).await;
+    let schema = mysql::schema(&mut c).await.unwrap();
+    c.close().await.unwrap();
+    let (orgs, teams) = (format!("orgs_{tag}"), format!("teams_{tag}"));
+    let table = |name: &str, via: Via, path: &[&str]| {
+        let t = &schema.tables[name];
+        SliceTable {
+            name: name.to_owned(),
+            columns: t.columns.clone(),
+            primary_key: t.primary_key.clone(),
+            via: vec![via],
+            path: path.iter().map(|p| (*p).to_owned()).collect(),
+            set_after: Vec::new(),
+            triggers: t.triggers.clone(),
+        }
+    };
+    SlicePlan {
+        engine: Engine::Mysql,
+        root: Some(RootKey {
+            table: orgs.clone(),
+            column: "id".to_owned(),
+            data_type: schema.tables[&orgs].columns[0].data_type.clone(),
+        }),
+        tables: vec![
+            table(&orgs, Via::Root { column: "id".to_owned() }, &[&orgs]),
+            table(
+                &teams,
+                parent(&format!("fk_teams_{tag}"), &["org_id"], &orgs, &["id"]),
+                &[&teams, &orgs],
+            ),
+        ],
+        deferred: Vec::new(),
+    }
+}
+
+async fn delete_org(url: &str, tag: &str, store: &str, tenant: &str) {
+    let mut c = connect(url).await;
+    for sql in [
+        format!("DELETE FROM teams_{tag} WHERE org_id = {store}"),
+        format!("DELETE FROM orgs_{tag} WHERE id = {store}"),
+    ] {
+        sqlx::query(AssertSqlSafe(sql)).bind(tenant).execute(&mut c).await.unwrap();
+    }
+    c.close().await.unwrap();
+}
+
+/// Restores the first of `tenants` into live after deleting it there: the slice equals the
+/// backup's, the other tenant is unchanged, and a second copy deletes and inserts the same rows.
+async fn restore_first_org(pair: &Pair, tag: &str, store: &str, tenants: &[&str]) -> SlicePlan {
+    let (backup, live) = (&pair.backup.url, &pair.live.url);
+    let plan = orgs_plan(live, tag).await;
+    let other = digest(live, &plan, tenants[1]).await;
+    assert_eq!(other.tables[1].rows, 2, "{tag}: the key matches its rows");
+    delete_org(live, tag, store, tenants[0]).await;
+    let want = digest(backup, &plan, tenants[0]).await;
+    assert_eq!((want.tables[0].rows, want.tables[1].rows), (1, 2), "{tag}");
+    let report =
+        copy(backup, live, &plan, tenants[0]).await.unwrap_or_else(|e| panic!("{tag}: {e}"));
+    let counts: Vec<(u64, u64)> = report.tables.iter().map(|t| (t.deleted, t.inserted)).collect();
+    assert_eq!(counts, [(0, 1), (0, 2)], "{tag}");
+    assert_eq!(digest(live, &plan, tenants[0]).await, want, "{tag}");
+    let again = copy(backup, live, &plan, tenants[0]).await.unwrap();
+    let counts: Vec<(u64, u64)> = again.tables.iter().map(|t| (t.deleted, t.inserted)).collect();
+    assert_eq!(counts, [(1, 1), (2, 2)], "{tag}");
+    assert_eq!(digest(live, &plan, tenants[1]).await, other, "{tag}: the other tenant");
+    plan
+}
+
+/// Text keys compare by their column's collation, whatever the connection's is
+/// (`utf8mb4_general_ci` by default on MariaDB 10.11): no "Illegal mix of collations".
+#[tokio::test]
+async fn text_keys_of_any_collation_are_copied() {
+    with_pair("text_keys_of_any_collation_are_copied", async |pair: &Pair| {
+        let tenants = ["Acme", "Globex"];
+        for (tag, key_type) in [
+            ("ci", "VARCHAR(36) CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"),
+            ("bin", "VARCHAR(36) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"),
+            ("vb", "VARBINARY(36)"),
+        ] {
+            for url in [&pair.backup.url, &pair.live.url] {
+                load_orgs(url, tag, key_type, "?", &tenants).await;
+            }
+            let plan = restore_first_org(pair, tag, "?", &tenants).await;
+            // The key's collation decides: a case-insensitive key finds "ACME", a binary not.
+            let upper = copy(&pair.backup.url, &pair.live.url, &plan, "ACME").await;
+            if tag == "ci" {
+                assert_eq!(upper.unwrap().tables[1].inserted, 2);
+            } else {
+                let err = upper.unwrap_err();
+                assert!(matches!(err, SliceError::Refused(_)), "{tag}: {err}");
+            }
+        }
+    })
+    .await;
+}
+
+/// A uuid in `BINARY(16)` is matched by its 16 bytes; an id that cannot be one is refused.
+#[tokio::test]
+async fn binary_uuid_keys_are_copied() {
+    with_pair("binary_uuid_keys_are_copied", async |pair: &Pair| {
+        let store = "UNHEX(REPLACE(?, '-', ''))";
+        let tenants = [pair.sites[0].as_str(), pair.sites[1].as_str()];
+        for url in [&pair.backup.url, &pair.live.url] {
+            load_orgs(url, "u", "BINARY(16)", store, &tenants).await;
+        }
+        let plan = restore_first_org(pair, "u", store, &tenants).await;
+        assert_eq!(plan.root.as_ref().unwrap().data_type, "binary(16)");
+        let err = copy(&pair.backup.url, &pair.live.url, &plan, "longer than sixteen bytes")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, SliceError::BadTenant { data_type, .. } if data_type == "binary(16)")
+        );
+        assert!(!err.is_transient());
+        // A uuid the source does not have: refused, with the key as the server holds it.
+        let unknown = uuid::Uuid::new_v4();
+        let err =
+            copy(&pair.backup.url, &pair.live.url, &plan, &unknown.to_string()).await.unwrap_err();
+        let message = err.to_string();
+        assert!(matches!(err, SliceError::Refused(_)), "{message}");
+        assert!(message.contains(&unknown.simple().to_string().to_uppercase()), "{message}");
+    })
+    .await;
+}
+
+/// A copy from a source without the tenant's root row would only delete: refused first.
+#[tokio::test]
+async fn an_empty_source_slice_is_refused_and_nothing_is_deleted() {
+    with_pair("an_empty_source_slice_is_refused_and_nothing_is_deleted", async |pair: &Pair| {
+        let (backup, live) = (&pair.backup.url, &pair.live.url);
+        let plan = plan_of(live).await;
+        let site = uuid::Uuid::new_v4().to_string();
+        let mut c = connect(live).await;
+        sqlx::query("INSERT INTO sites (id, name) VALUES (?, 'only live')")
+            .bind(&site)
+            .execute(&mut c)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO projects (site_id, name) VALUES (?, 'only live')")
+            .bind(&site)
+            .execute(&mut c)
+            .await
+            .unwrap();
+        c.close().await.unwrap();
+        let before = digest(live, &plan, &site).await;
+        assert_eq!((before.tables[0].rows, before.tables[1].rows), (1, 1));
+        let err = copy(backup, live, &plan, &site).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "the source has no `sites` row with `id` = {site}: nothing to restore; \
+                 nothing was deleted"
+            )
+        );
+        assert!(!err.is_transient());
+        assert_eq!(digest(live, &plan, &site).await, before, "nothing deleted");
+    })
+    .await;
+}
+
+/// Triggers fire during a copy on MariaDB: one on a restored table that does not test
+/// `@rewind_restore` refuses the copy; guarded, it lets the copy through untouched.
+#[tokio::test]
+async fn an_unguarded_trigger_refuses_the_copy() {
+    with_pair("an_unguarded_trigger_refuses_the_copy", async |pair: &Pair| {
+        let (backup, live) = (&pair.backup.url, &pair.live.url);
+        let plan = plan_of(live).await;
+        let site = &pair.sites[0];
+        delete_tenant(live, site).await;
+        let before = digest(live, &plan, site).await;
+        let mut c = connect(live).await;
+        exec(
+            &mut c,
+            "CREATE TRIGGER comments_touch BEFORE INSERT ON comments FOR EACH ROW \
+             SET NEW.body = CONCAT(COALESCE(NEW.body, ''), ' (edited)')",
+        )
+        .await;
+        // On a table the copy does not write, a trigger is no concern.
+        exec(
+            &mut c,
+            "CREATE TRIGGER audit_touch BEFORE INSERT ON audit FOR EACH ROW SET NEW.action = 'x'",
+        )
+        .await;
+        let err = copy(backup, live, &plan, site).await.unwrap_err();
+        let message = err.to_string();
+        assert!(matches!(err, SliceError::Refused(_)), "{message}");
+        assert!(
+            message.contains("`comments_touch` on `comments`")
+                && !message.contains("audit_touch")
+                && !message.contains("issues_ai")
+                && message.contains("@rewind_restore IS NULL"),
+            "{message}"
+        );
+        assert_eq!(digest(live, &plan, site).await, before, "nothing written");
+
+        exec(&mut c, "DROP TRIGGER comments_touch").await;
+        exec(
+            &mut c,
+            "CREATE TRIGGER comments_touch BEFORE INSERT ON comments FOR EACH ROW \
+             IF @REWIND_RESTORE IS NULL THEN \
+               SET NEW.body = CONCAT(COALESCE(NEW.body, ''), ' (edited)'); \
+             END IF",
+        )
+        .await;
+        c.close().await.unwrap();
+        copy(backup, live, &plan, site).await.unwrap();
+        assert_eq!(digest(live, &plan, site).await, digest(backup, &plan, site).await);
+    })
+    .await;
+}
+
+/// Another tenant's issue whose parent is this tenant's issue: a copy that deletes the parent
+/// and does not insert it again is refused; one that inserts it again goes through.
+#[tokio::test]
+async fn other_tenants_rows_of_planned_tables_are_not_orphaned() {
+    with_pair("other_tenants_rows_of_planned_tables_are_not_orphaned", async |pair: &Pair| {
+        let (backup, live) = (&pair.backup.url, &pair.live.url);
+        let plan = plan_of(live).await;
+        let (site, other) = (&pair.sites[0], &pair.sites[1]);
+        // Issues 1-3 are tenant 0's, 4-6 tenant 1's (first round). Live has an issue 9000 of
+        // tenant 0 that the backup lacks; tenant 1's issue 5 hangs under it, its issue 4
+        // under issue 1, which the backup has.
+        let mut c = connect(live).await;
+        exec(
+            &mut c,
+            "INSERT INTO issues (id, project_id, title) \
+             SELECT 9000, project_id, 'late' FROM issues WHERE id = 1",
+        )
+        .await;
+        exec(&mut c, "UPDATE issues SET parent_id = 9000 WHERE id = 5").await;
+        exec(&mut c, "UPDATE issues SET parent_id = 1 WHERE id = 4").await;
+        let before = (digest(live, &plan, site).await, digest(live, &plan, other).await);
+        let err = copy(backup, live, &plan, site).await.unwrap_err();
+        let message = err.to_string();
+        assert!(matches!(err, SliceError::Refused(_)), "{message}");
+        assert!(
+            message.starts_with("1 row(s) of `issues` outside the tenant's slice")
+                && message.contains("`fk_issues_parent`"),
+            "{message}"
+        );
+        let after = (digest(live, &plan, site).await, digest(live, &plan, other).await);
+        assert_eq!(after, before, "nothing written");
+
+        exec(&mut c, "UPDATE issues SET parent_id = NULL WHERE id = 5").await;
+        c.close().await.unwrap();
+        copy(backup, live, &plan, site).await.unwrap();
+        assert_eq!(digest(live, &plan, site).await, digest(backup, &plan, site).await);
+        assert_eq!(scalar_i64(live, "SELECT parent_id FROM issues WHERE id = 4").await, 1);
+    })
+    .await;
+}

@@ -661,3 +661,137 @@ async fn children_outside_the_plan_are_not_orphaned() {
     let mut unchecked = SqliteConnection::connect_with(&opts).await.unwrap();
     assert_orphaned_children_refused(&mut unchecked, &f).await;
 }
+
+async fn foreign_keys_pragma(conn: &mut SqliteConnection) -> i64 {
+    sqlx::query_scalar("PRAGMA foreign_keys").fetch_one(&mut *conn).await.unwrap()
+}
+
+async fn pins_and_stars(conn: &mut SqliteConnection) -> (Vec<(i64, i64)>, Vec<(i64, Option<i64>)>) {
+    let pins = sqlx::query_as("SELECT id, issue_id FROM pins ORDER BY id")
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    let stars = sqlx::query_as("SELECT id, issue_id FROM stars ORDER BY id")
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    (pins, stars)
+}
+
+/// sqlx enforces foreign keys on SQLite connections: a copy turns that off for its
+/// transaction, or deleting the tenant's issues would cascade into (and null) rows of tables
+/// the plan leaves out. Those rows stay; a copy that leaves them dangling is refused.
+#[tokio::test]
+async fn on_delete_actions_do_not_reach_outside_the_slice() {
+    let f = fixture().await;
+    let plan = sites_plan(&f.schema);
+    let mut live = open(&f.live).await;
+    assert_eq!(foreign_keys_pragma(&mut live).await, 1, "sqlx's default");
+    exec(
+        &mut live,
+        "CREATE TABLE pins (id INTEGER PRIMARY KEY, \
+           issue_id INTEGER NOT NULL REFERENCES issues(id) ON DELETE CASCADE); \
+         CREATE TABLE stars (id INTEGER PRIMARY KEY, \
+           issue_id INTEGER REFERENCES issues(id) ON DELETE SET NULL); \
+         INSERT INTO pins VALUES (1, 1001), (2, 1325); INSERT INTO stars VALUES (1, 1001)",
+    )
+    .await;
+    let outside = pins_and_stars(&mut live).await;
+    // The issues come back: the rows that point at them are as they were.
+    sqlite::copy(&mut live, &f.backup, &plan, TENANTS[0]).await.unwrap();
+    assert_eq!(pins_and_stars(&mut live).await, outside, "no cascade, no SET NULL");
+    assert_eq!(foreign_keys_pragma(&mut live).await, 1, "enforcement is back");
+
+    // A backup without issue 1001: the pin and the star would point at nothing.
+    let lost = copy_file(&f.backup, "lost.db");
+    let mut conn = open(&lost).await;
+    exec(
+        &mut conn,
+        "DELETE FROM comments WHERE issue_id = 1001; DELETE FROM issue_labels WHERE issue_id = 1001; \
+         UPDATE issues SET parent_id = NULL WHERE parent_id = 1001; DELETE FROM issues WHERE id = 1001",
+    )
+    .await;
+    conn.close().await.unwrap();
+    let before = sqlite::digest(&mut live, &plan, TENANTS[0]).await.unwrap();
+    let e = sqlite::copy(&mut live, &lost, &plan, TENANTS[0]).await.unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, SliceError::Refused(_)), "{msg}");
+    assert!(msg.contains("1 row(s) of `pins` reference rows of `issues`"), "{msg}");
+    assert!(msg.contains("1 row(s) of `stars` reference rows of `issues`"), "{msg}");
+    assert_eq!(sqlite::digest(&mut live, &plan, TENANTS[0]).await.unwrap(), before);
+    assert_eq!(pins_and_stars(&mut live).await, outside);
+    assert_eq!(foreign_keys_pragma(&mut live).await, 1, "enforcement is back after a refusal");
+    let e = sqlx::query("INSERT INTO pins VALUES (3, 424242)").execute(&mut live).await;
+    assert!(e.is_err(), "the connection enforces foreign keys again");
+    live.close().await.unwrap();
+}
+
+/// A copy from a source without the tenant's root row would only delete: refused first.
+#[tokio::test]
+async fn an_empty_source_slice_is_refused() {
+    let f = fixture().await;
+    let plan = sites_plan(&f.schema);
+    let opts = SqliteConnectOptions::new().filename(&f.live).foreign_keys(false);
+    let mut live = SqliteConnection::connect_with(&opts).await.unwrap();
+    let site = "only-live";
+    exec(
+        &mut live,
+        "INSERT INTO sites (id, name) VALUES ('only-live', 'new'); \
+         INSERT INTO projects (site_id, name) VALUES ('only-live', 'new')",
+    )
+    .await;
+    let before = sqlite::digest(&mut live, &plan, site).await.unwrap();
+    assert_eq!((before.tables[0].rows, before.tables[1].rows), (1, 1));
+    let e = sqlite::copy(&mut live, &f.backup, &plan, site).await.unwrap_err();
+    assert!(matches!(e, SliceError::Refused(_)), "{e}");
+    assert_eq!(
+        e.to_string(),
+        "the source has no `sites` row with `id` = only-live: nothing to restore; nothing was deleted"
+    );
+    assert_eq!(sqlite::digest(&mut live, &plan, site).await.unwrap(), before, "nothing deleted");
+    assert_eq!(foreign_keys_pragma(&mut live).await, 0, "left as it was");
+}
+
+/// A root key declared without a type (`id PRIMARY KEY`) holding integers: the tenant id is
+/// bound as an integer, or it would match nothing.
+#[tokio::test]
+async fn an_untyped_integer_root_key_is_matched() {
+    let dir = tempfile::tempdir().unwrap();
+    let live_path = dir.path().join("live.db");
+    let mut live = open(&live_path).await;
+    exec(
+        &mut live,
+        "CREATE TABLE orgs (id PRIMARY KEY, name TEXT); \
+         CREATE TABLE teams (id INTEGER PRIMARY KEY, org_id NOT NULL REFERENCES orgs(id), name TEXT); \
+         INSERT INTO orgs VALUES (5, 'five'), (6, 'six'); \
+         INSERT INTO teams (org_id, name) VALUES (5, 'a'), (5, 'b'), (6, 'c')",
+    )
+    .await;
+    let schema = sqlite::schema(&mut live, "main").await.unwrap();
+    live.close().await.unwrap();
+    let backup = copy_file(&live_path, "backup.db");
+    assert_eq!(schema.tables["orgs"].columns[0].data_type, "");
+    let plan = SlicePlan {
+        engine: rewind_slice::Engine::Sqlite,
+        root: Some(RootKey { table: "orgs".into(), column: "id".into(), data_type: String::new() }),
+        tables: vec![
+            table(&schema, "orgs", vec![Via::Root { column: "id".into() }], &["orgs"]),
+            table(&schema, "teams", vec![fk(&schema, "teams", &["org_id"])], &["teams", "orgs"]),
+        ],
+        deferred: Vec::new(),
+    };
+    let mut live = open(&live_path).await;
+    exec(&mut live, "DELETE FROM teams WHERE org_id = 5; DELETE FROM orgs WHERE id = 5").await;
+    let report = sqlite::copy(&mut live, &backup, &plan, "5").await.unwrap();
+    let counts: Vec<(u64, u64)> = report.tables.iter().map(|t| (t.deleted, t.inserted)).collect();
+    assert_eq!(counts, [(0, 1), (0, 2)]);
+    let mut src = open(&backup).await;
+    assert_eq!(
+        sqlite::digest(&mut live, &plan, "5").await.unwrap(),
+        sqlite::digest(&mut src, &plan, "5").await.unwrap()
+    );
+    // "05" is not how the integer is written: text, found nowhere, refused.
+    let e = sqlite::copy(&mut live, &backup, &plan, "05").await.unwrap_err();
+    assert!(matches!(e, SliceError::Refused(_)), "{e}");
+    assert_eq!(sqlite::digest(&mut live, &plan, "6").await.unwrap().tables[1].rows, 1);
+}
