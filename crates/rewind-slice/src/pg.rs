@@ -3,22 +3,39 @@
 //! digest ([`digest`]).
 //!
 //! **The tenant id** is converted once, on the source, by the server itself
-//! (`quote_literal(CAST($1::text AS <root key type>))`), and the quoted literal with its cast
-//! stands for the tenant in every statement: `COPY` takes no parameters, and a value typed by
-//! the server is compared as the key's type (uuid, bigint, …), never as text.
+//! (`quote_literal(CAST($1::text AS <root key type>))`, the type without its modifier), and the
+//! quoted literal with its cast stands for the tenant in every statement: `COPY` takes no
+//! parameters, and a value typed by the server is compared as the key's type (uuid, bigint, …),
+//! never as text. An id that does not parse, or does not fit the key's modifier (`'acme-eu'`
+//! for `character varying(4)`, which a cast would truncate to another tenant's `'acme'`), is
+//! [`SliceError::BadTenant`]. With a root, a tenant the source has no root row for is refused
+//! before anything is deleted.
+//!
+//! **Text.** Source, destination and digest transactions pin the settings that a value's text
+//! depends on (`DateStyle`, `TimeZone`, `IntervalStyle`, `bytea_output`, `extra_float_digits`,
+//! `lc_monetary`) with `SET LOCAL`: a digest hashes that text, and the text-fallback `COPY`
+//! writes it on one side and parses it on the other, whatever a pooled connection's session
+//! was left with.
 //!
 //! **Triggers and references.** The destination transaction runs with
 //! `SET LOCAL session_replication_role = replica`: user triggers (an audit log) and the
 //! foreign-key triggers do not fire, so rows go in table by table in any order and the restore
-//! is not logged as user activity. Because references are then not enforced, the copy checks
-//! every foreign key of every planned table itself before it commits. A role that may not set
-//! the parameter (not a superuser, no `GRANT SET ON PARAMETER session_replication_role`) copies
-//! in *checked* mode instead: the plan's deferrable constraints are deferred, its `set_after`
-//! columns are inserted as NULL and set afterwards; a planned table with user triggers is then
-//! refused, as the triggers would fire.
+//! is not logged as user activity. Triggers enabled `ALWAYS` or `REPLICA` would still fire: a
+//! planned table with one on the destination is refused, naming it. Because references are then
+//! not enforced, the copy checks them itself before it commits: the restored rows' keys, and
+//! the rows outside the slice (in tables the plan leaves out, or another tenant's) that
+//! referenced a row the copy deleted and did not put back. A role that may not set the parameter
+//! (not a superuser, no `GRANT SET ON PARAMETER session_replication_role`) copies in *checked*
+//! mode instead: the plan's deferrable constraints are deferred, its `set_after` columns are
+//! inserted as NULL and set afterwards; a planned table with user triggers is then refused, as
+//! the triggers would fire, and so is a foreign key from a table the plan leaves out into a
+//! planned table with `ON DELETE CASCADE`, `SET NULL` or `SET DEFAULT`, as the deletes would
+//! reach that table.
 //!
-//! **Sequences** of identity and serial columns are advanced past the largest value in the
-//! table after the copy, never moved backwards.
+//! **Sequences** of identity and serial columns are the destination's own (read from its
+//! catalog at copy time: the plan's come from the catalog it was made from), advanced past the
+//! largest value in the table after the copy, never moved backwards. A column fed by a sequence
+//! on one side only is refused.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -184,38 +201,94 @@ where
 // ---------------------------------------------------------------------------------------------
 // The tenant
 
-/// The SQL that stands for `tenant` in the slice of `plan`: a literal the source server quoted,
-/// cast to the key's type (`'…'::uuid`). An id that does not parse as that type is
-/// [`SliceError::BadTenant`].
+/// The tenant id as the source server typed it.
+struct Tenant {
+    /// The SQL that stands for the tenant: a literal the server quoted, cast to the key's type
+    /// without its modifier (`'…'::uuid`, `'acme'::character varying`).
+    sql: String,
+    /// With `count_root`: the root's rows whose key is the tenant (0 or 1).
+    root_rows: Option<i64>,
+}
+
+/// The tenant `tenant` of `plan`'s slice, converted by the server to the key's type (see
+/// [`Tenant`]); with `count_root` and a root, also how many root rows hold it. An id that does
+/// not parse as the key's type, or does not fit its modifier (`'acme-eu'` for
+/// `character varying(4)`, `1.555` for `numeric(10,2)`: an explicit cast would truncate or
+/// round it into another tenant's id), is [`SliceError::BadTenant`].
 async fn tenant_sql(
     conn: &mut PgConnection,
     plan: &SlicePlan,
     tenant: &str,
-) -> Result<String, SliceError> {
+    count_root: bool,
+) -> Result<Tenant, SliceError> {
     let (table, column, data_type) = tenant_key(plan)?;
-    let sql = format!("SELECT quote_literal(CAST($1::text AS {data_type}))");
+    let bad = || SliceError::BadTenant {
+        tenant: tenant.to_owned(),
+        table: table.to_owned(),
+        column: column.to_owned(),
+        data_type: data_type.to_owned(),
+    };
+    let base = base_type(conn, data_type).await?;
+    let fits = if base == data_type {
+        "true".to_owned()
+    } else {
+        format!("rewind_v = CAST($1::text AS {data_type})")
+    };
+    let count = match &plan.root {
+        Some(root) if count_root => format!(
+            "(SELECT count(*) FROM {} WHERE {} = rewind_v)",
+            ANSI.quote(&root.table),
+            ANSI.quote(&root.column)
+        ),
+        _ => "NULL::int8".to_owned(),
+    };
+    let sql = format!(
+        "SELECT quote_literal(rewind_v), {fits}, {count} \
+         FROM (SELECT CAST($1::text AS {base}) AS rewind_v) AS rewind_t"
+    );
     let row =
         sqlx::query(AssertSqlSafe(sql)).persistent(false).bind(tenant).fetch_one(&mut *conn).await;
     match row {
         Ok(row) => {
-            let literal: String = row.try_get(0).map_err(db("quote the tenant id"))?;
-            Ok(format!("{literal}::{data_type}"))
+            let context = "quote the tenant id";
+            let literal: String = row.try_get(0).map_err(db(context))?;
+            let fits: bool = row.try_get(1).map_err(db(context))?;
+            let root_rows: Option<i64> = row.try_get(2).map_err(db(context))?;
+            if !fits {
+                return Err(bad());
+            }
+            Ok(Tenant { sql: format!("{literal}::{base}"), root_rows })
         }
         Err(e)
-            if matches!(sqlstate(&e).as_deref(), Some("22P02" | "22003" | "22007" | "22008")) =>
+            if matches!(
+                sqlstate(&e).as_deref(),
+                Some("22P02" | "22003" | "22007" | "22008" | "22001")
+            ) =>
         {
-            Err(SliceError::BadTenant {
-                tenant: tenant.to_owned(),
-                table: table.to_owned(),
-                column: column.to_owned(),
-                data_type: data_type.to_owned(),
-            })
+            Err(bad())
         }
         Err(e) => Err(SliceError::database(
             &format!("convert the tenant id to `{data_type}` (the key `{table}`.`{column}`)"),
             &e,
         )),
     }
+}
+
+/// `data_type` without its modifier (`character varying(4)` → `character varying`,
+/// `character(4)` → `bpchar`, `interval day to second(3)` → `interval`), as the server
+/// writes it. Asked of the server only when the type may have one (a modifier is written in
+/// parentheses, except an interval's fields).
+async fn base_type(conn: &mut PgConnection, data_type: &str) -> Result<String, SliceError> {
+    if !(data_type.contains('(') || data_type.starts_with("interval ")) {
+        return Ok(data_type.to_owned());
+    }
+    let base: Option<String> = sqlx::query_scalar("SELECT format_type(to_regtype($1), -1)")
+        .persistent(false)
+        .bind(data_type)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db(format!("read the type `{data_type}` without its modifier")))?;
+    Ok(base.unwrap_or_else(|| data_type.to_owned()))
 }
 
 /// The key that holds the tenant id: the root's, or else the first table's tenant column.
@@ -246,16 +319,31 @@ fn sqlstate(e: &sqlx::Error) -> Option<String> {
 // ---------------------------------------------------------------------------------------------
 // Copy
 
-/// Begins a source (or digest) transaction: one snapshot for every table. The catalog queries
-/// a copy runs (prepared, cached per connection) keep one generic plan instead of being planned
-/// again at each copy: planning them costs more than running them.
-const BEGIN_READ: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; \
-    SET LOCAL plan_cache_mode = force_generic_plan";
+/// The session settings that the text form of a value depends on, pinned for the transaction
+/// (`SET LOCAL`): a digest hashes that text, a text `COPY` writes it on the source and parses
+/// it on the destination, and the tenant's literal is quoted on one side and read on the other.
+/// A pooled connection may carry anything a user's `sql` step set (`DateStyle = 'SQL, DMY'`,
+/// `extra_float_digits = -3`, …).
+const PIN_TEXT: &str = "SET LOCAL DateStyle = 'ISO, MDY'; SET LOCAL TimeZone = 'UTC'; \
+    SET LOCAL IntervalStyle = 'postgres'; SET LOCAL bytea_output = 'hex'; \
+    SET LOCAL extra_float_digits = 1; SET LOCAL lc_monetary = 'C'";
+
+/// Begins a source (or digest) transaction: one snapshot for every table, text settings pinned
+/// ([`PIN_TEXT`]). The catalog queries a copy runs (prepared, cached per connection) keep one
+/// generic plan instead of being planned again at each copy: planning them costs more than
+/// running them.
+fn begin_read() -> String {
+    format!(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; \
+         SET LOCAL plan_cache_mode = force_generic_plan; {PIN_TEXT}"
+    )
+}
 
 /// How the destination transaction keeps references and triggers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
-    /// `session_replication_role = replica`: no trigger fires; rewind checks references.
+    /// `session_replication_role = replica`: no trigger fires (but `ENABLE ALWAYS` and
+    /// `ENABLE REPLICA` ones, which are refused); rewind checks references.
     Replica,
     /// The role may not set it: constraints are enforced, cycles broken by the plan.
     Checked,
@@ -266,6 +354,9 @@ enum Mode {
 /// transaction, reading the source in one `REPEATABLE READ` snapshot. Either everything is
 /// written or nothing: on any error both transactions are rolled back (best effort; a caller
 /// that dropped this future mid-way closes both connections).
+///
+/// With a root, a tenant whose root row the source does not have is refused before anything
+/// is deleted: the copy would empty the tenant's slice on the destination.
 pub async fn copy(
     src: &mut PgConnection,
     dst: &mut PgConnection,
@@ -299,13 +390,22 @@ async fn copy_in_transactions(
         futures::join!(open_source(src, plan, tenant), open_destination(dst, plan));
     let (tenant_sql, src_cols) = source?;
     let (mode, dst_cols, refs) = destination?;
-    let scope = Scope { dialect: ANSI, qualifier: "", tenant: &tenant_sql };
+    refuse_empty_source(plan, tenant, &tenant_sql)?;
+    let scope = Scope { dialect: ANSI, qualifier: "", tenant: &tenant_sql.sql };
     let binary = check_columns(plan, &src_cols, &dst_cols)?;
-    if mode == Mode::Checked {
-        refuse_triggers(plan)?;
-        defer_constraints(dst, plan).await?;
-    }
-    let deleted = delete(dst, plan, scope, mode).await?;
+    let checks = match mode {
+        Mode::Checked => {
+            refuse_triggers(plan)?;
+            refuse_cascades(&refs)?;
+            defer_constraints(dst, plan).await?;
+            Checks::default()
+        }
+        Mode::Replica => {
+            refuse_replica_triggers(plan, &dst_cols)?;
+            Checks::new(plan, scope, &refs)
+        }
+    };
+    let (deleted, before) = delete(dst, plan, scope, mode, &checks).await?;
     let mut report = CopyReport::default();
     for (t, deleted) in plan.tables.iter().zip(deleted) {
         let inserted = insert(src, dst, plan, t, scope, mode, binary.contains(&t.name)).await?;
@@ -314,11 +414,11 @@ async fn copy_in_transactions(
     if mode == Mode::Checked {
         set_after(src, dst, plan, scope, &binary).await?;
         end_source(src).await?;
-        advance_sequences(dst, plan).await?;
+        advance_sequences(dst, plan, &dst_cols).await?;
     } else {
         let (ended, checked) = futures::join!(end_source(src), async {
-            check_references(dst, plan, scope, &refs).await?;
-            advance_sequences(dst, plan).await
+            checks.after(dst, &before).await?;
+            advance_sequences(dst, plan, &dst_cols).await
         });
         ended?;
         checked?;
@@ -330,18 +430,31 @@ async fn copy_in_transactions(
     Ok(report)
 }
 
-/// Begins the source transaction; returns the tenant's SQL and the planned tables' columns.
+/// Begins the source transaction; returns the tenant (with the source's root rows for it) and
+/// the planned tables' columns.
 async fn open_source(
     src: &mut PgConnection,
     plan: &SlicePlan,
     tenant: &str,
-) -> Result<(String, SideColumns), SliceError> {
-    sqlx::raw_sql(BEGIN_READ)
+) -> Result<(Tenant, SideTables), SliceError> {
+    sqlx::raw_sql(AssertSqlSafe(begin_read()))
         .execute(&mut *src)
         .await
         .map_err(db("begin the source transaction"))?;
-    let tenant_sql = tenant_sql(src, plan, tenant).await?;
-    Ok((tenant_sql, catalog_columns(src, plan, "source").await?))
+    let tenant = tenant_sql(src, plan, tenant, true).await?;
+    Ok((tenant, catalog_columns(src, plan, "source").await?))
+}
+
+/// A copy whose source has no root row for the tenant (a wrong id, a tenant newer than the
+/// backup) would delete the tenant's rows on the destination and insert none: refused.
+fn refuse_empty_source(plan: &SlicePlan, tenant: &str, t: &Tenant) -> Result<(), SliceError> {
+    match (&plan.root, t.root_rows) {
+        (Some(root), Some(0)) => Err(SliceError::Refused(format!(
+            "the source has no `{}` row with {} {tenant:?}: nothing to restore; nothing was deleted",
+            root.table, root.column
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Ends the source transaction (read only: nothing to keep).
@@ -351,28 +464,27 @@ async fn end_source(src: &mut PgConnection) -> Result<(), SliceError> {
 }
 
 /// Begins the destination transaction; returns its [`Mode`], the planned tables' columns and
-/// (replica mode) the references to check before commit.
+/// the foreign keys into and out of planned tables ([`read_references`]: replica mode checks
+/// them before commit, checked mode refuses the delete actions that would reach outside the
+/// plan).
 async fn open_destination(
     dst: &mut PgConnection,
     plan: &SlicePlan,
-) -> Result<(Mode, SideColumns, Vec<(Reference, bool)>), SliceError> {
+) -> Result<(Mode, SideTables, Vec<(Reference, bool)>), SliceError> {
     let mode = begin_destination(dst).await?;
     let columns = catalog_columns(dst, plan, "destination").await?;
-    let refs = match mode {
-        Mode::Replica => read_references(dst, plan).await?,
-        Mode::Checked => Vec::new(),
-    };
+    let refs = read_references(dst, plan).await?;
     Ok((mode, columns, refs))
 }
 
 /// Begins the destination transaction in [`Mode::Replica`] if the role may, else in
-/// [`Mode::Checked`].
+/// [`Mode::Checked`]; text settings pinned ([`PIN_TEXT`]).
 async fn begin_destination(dst: &mut PgConnection) -> Result<Mode, SliceError> {
-    let replica = sqlx::raw_sql(
-        "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; \
+    let replica = sqlx::raw_sql(AssertSqlSafe(format!(
+        "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; {PIN_TEXT}; \
          SAVEPOINT rewind_mode; SET LOCAL session_replication_role = replica; \
-         RELEASE SAVEPOINT rewind_mode",
-    )
+         RELEASE SAVEPOINT rewind_mode"
+    )))
     .execute(&mut *dst)
     .await;
     match replica {
@@ -410,6 +522,61 @@ fn refuse_triggers(plan: &SlicePlan) -> Result<(), SliceError> {
     )))
 }
 
+/// In replica mode, triggers enabled `ALWAYS` or `REPLICA` on the destination still fire:
+/// refused, naming them.
+fn refuse_replica_triggers(plan: &SlicePlan, dst: &SideTables) -> Result<(), SliceError> {
+    let with: Vec<String> = plan
+        .tables
+        .iter()
+        .filter_map(|t| {
+            let triggers = &dst.get(&t.name)?.replica_triggers;
+            (!triggers.is_empty()).then(|| format!("`{}` ({})", t.name, triggers.join(", ")))
+        })
+        .collect();
+    if with.is_empty() {
+        return Ok(());
+    }
+    Err(SliceError::Refused(format!(
+        "the triggers of {} on the destination are enabled ALWAYS or REPLICA, so they would \
+         fire during the copy although it runs with session_replication_role = replica; \
+         ALTER TABLE … ENABLE TRIGGER … makes them ordinary triggers again",
+        with.join(", ")
+    )))
+}
+
+/// In checked mode the server runs the delete actions of foreign keys: a key from a table the
+/// plan leaves out into a planned table with `ON DELETE CASCADE`, `SET NULL` or `SET DEFAULT`
+/// would delete or change that table's rows when the copy deletes the tenant's: refused,
+/// naming each constraint and its tables.
+fn refuse_cascades(refs: &[(Reference, bool)]) -> Result<(), SliceError> {
+    let hits: Vec<String> = refs
+        .iter()
+        .filter(|(_, planned_child)| !planned_child)
+        .filter_map(|(r, _)| {
+            let action = match r.on_delete.as_str() {
+                "c" => "CASCADE",
+                "n" => "SET NULL",
+                "d" => "SET DEFAULT",
+                _ => return None,
+            };
+            Some(format!(
+                "constraint `{}` of `{}` → `{}` (ON DELETE {action})",
+                r.name, r.child, r.parent
+            ))
+        })
+        .collect();
+    if hits.is_empty() {
+        return Ok(());
+    }
+    Err(SliceError::Refused(format!(
+        "the destination role may not set session_replication_role, so deleting the tenant's \
+         rows would run the delete actions of {} on rows the plan leaves out; include those \
+         tables in the plan, or let the role set it: \
+         GRANT SET ON PARAMETER session_replication_role TO <role>",
+        hits.join(", ")
+    )))
+}
+
 async fn defer_constraints(dst: &mut PgConnection, plan: &SlicePlan) -> Result<(), SliceError> {
     if plan.deferred.is_empty() {
         return Ok(());
@@ -422,60 +589,90 @@ async fn defer_constraints(dst: &mut PgConnection, plan: &SlicePlan) -> Result<(
     Ok(())
 }
 
-/// A planned table's columns as one side's catalog has them: name → (type, generated,
-/// has binary I/O).
-type SideColumns = BTreeMap<String, BTreeMap<String, (String, bool, bool)>>;
+/// One column of a planned table as one side's catalog has it.
+struct SideColumn {
+    /// `format_type` with the modifier.
+    data_type: String,
+    generated: bool,
+    /// The type (and its element type) has binary send and receive functions.
+    binary_io: bool,
+    /// The sequence that feeds the column on this side (identity or serial), as
+    /// `pg_get_serial_sequence` gives it: qualified and quoted.
+    sequence: Option<String>,
+}
 
+/// A planned table as one side's catalog has it.
+#[derive(Default)]
+struct SideTable {
+    columns: BTreeMap<String, SideColumn>,
+    /// User triggers that fire even with `session_replication_role = replica` (`ENABLE ALWAYS`
+    /// and `ENABLE REPLICA`).
+    replica_triggers: Vec<String>,
+}
+
+/// The planned tables on one side, by name.
+type SideTables = BTreeMap<String, SideTable>;
+
+/// The planned tables' columns (name, type, generated, binary I/O, sequence) and the user
+/// triggers that fire in replica mode (repeated on each column's row). The sequence is read
+/// only for columns that can have one (identity, or a default).
 const PLANNED_COLUMNS: &str = "SELECT c.relname::text, a.attname::text, \
       format_type(a.atttypid, a.atttypmod), a.attgenerated <> '', \
       t.typsend::oid <> 0 AND t.typreceive::oid <> 0 \
-        AND coalesce(e.typsend::oid <> 0 AND e.typreceive::oid <> 0, true) \
+        AND coalesce(e.typsend::oid <> 0 AND e.typreceive::oid <> 0, true), \
+      CASE WHEN a.attidentity <> '' OR a.atthasdef \
+        THEN pg_get_serial_sequence(c.oid::regclass::text, a.attname) END, \
+      ARRAY(SELECT g.tgname::text FROM pg_trigger g WHERE g.tgrelid = c.oid \
+            AND NOT g.tgisinternal AND g.tgenabled IN ('A', 'R') ORDER BY 1) \
     FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid \
     JOIN pg_type t ON t.oid = a.atttypid LEFT JOIN pg_type e ON e.oid = t.typelem \
     WHERE c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema()) \
       AND c.relkind IN ('r', 'p') AND c.relname = ANY($1) \
       AND a.attnum > 0 AND NOT a.attisdropped";
 
-/// The planned tables' columns on one side (`side` names it in errors).
+/// The planned tables on one side (`side` names it in errors).
 async fn catalog_columns(
     conn: &mut PgConnection,
     plan: &SlicePlan,
     side: &str,
-) -> Result<SideColumns, SliceError> {
+) -> Result<SideTables, SliceError> {
     let names: Vec<&str> = plan.tables.iter().map(|t| t.name.as_str()).collect();
-    let rows = sqlx::query_as::<_, (String, String, String, bool, bool)>(PLANNED_COLUMNS)
+    type Row = (String, String, String, bool, bool, Option<String>, Vec<String>);
+    let rows = sqlx::query_as::<_, Row>(PLANNED_COLUMNS)
         .bind(&names)
         .fetch_all(&mut *conn)
         .await
         .map_err(db(format!("read the planned tables' columns on the {side}")))?;
-    let mut out = SideColumns::new();
-    for (table, column, data_type, generated, binary_io) in rows {
-        out.entry(table).or_default().insert(column, (data_type, generated, binary_io));
+    let mut out = SideTables::new();
+    for (table, column, data_type, generated, binary_io, sequence, triggers) in rows {
+        let t = out.entry(table).or_default();
+        t.replica_triggers = triggers;
+        t.columns.insert(column, SideColumn { data_type, generated, binary_io, sequence });
     }
     Ok(out)
 }
 
 /// Refuses a copy between sides whose planned tables differ from the plan in a copied column
-/// (missing, another type, generated on one side, or a column the plan does not know). Returns
-/// the tables whose every copied column's type (and element type) has binary send and receive
-/// functions: those are copied in binary, the others (`aclitem`, extension types without
-/// binary I/O) in text.
+/// (missing, another type, generated on one side, fed by a sequence on one side only, or a
+/// column the plan does not know). Returns the tables whose every copied column's type (and
+/// element type) has binary send and receive functions: those are copied in binary, the
+/// others (`aclitem`, extension types without binary I/O) in text.
 fn check_columns(
     plan: &SlicePlan,
-    src: &SideColumns,
-    dst: &SideColumns,
+    src: &SideTables,
+    dst: &SideTables,
 ) -> Result<BTreeSet<String>, SliceError> {
     let mut binary = BTreeSet::new();
     for t in &plan.tables {
         let mut binary_io = true;
-        for (side, cols) in [("source", src), ("destination", dst)] {
-            let Some(cols) = cols.get(&t.name) else {
+        for (side, tables) in [("source", src), ("destination", dst)] {
+            let Some(side_table) = tables.get(&t.name) else {
                 return Err(SliceError::Refused(format!(
                     "table `{}` does not exist in the {side}",
                     t.name
                 )));
             };
-            binary_io &= check_table_side(t, side, cols)?;
+            binary_io &= check_table_side(t, side, &side_table.columns)?;
         }
         if binary_io {
             binary.insert(t.name.clone());
@@ -487,27 +684,42 @@ fn check_columns(
 fn check_table_side(
     t: &SliceTable,
     side: &str,
-    cols: &BTreeMap<String, (String, bool, bool)>,
+    cols: &BTreeMap<String, SideColumn>,
 ) -> Result<bool, SliceError> {
     let refuse = |what: String| Err(SliceError::Refused(format!("column `{}`.{what}", t.name)));
     let mut binary_io = true;
     for c in t.copied() {
-        match cols.get(&c.name) {
-            None => return refuse(format!("`{}` is missing in the {side}", c.name)),
-            Some((ty, _, _)) if *ty != c.data_type => {
+        let Some(col) = cols.get(&c.name) else {
+            return refuse(format!("`{}` is missing in the {side}", c.name));
+        };
+        if col.data_type != c.data_type {
+            return refuse(format!(
+                "`{}` is `{}` in the {side}, `{}` in the plan",
+                c.name, col.data_type, c.data_type
+            ));
+        }
+        if col.generated {
+            return refuse(format!("`{}` is generated in the {side}", c.name));
+        }
+        match (&c.sequence, &col.sequence) {
+            (Some(_), None) => {
                 return refuse(format!(
-                    "`{}` is `{ty}` in the {side}, `{}` in the plan",
-                    c.name, c.data_type
+                    "`{}` has no sequence (identity or serial) in the {side}, one in the plan",
+                    c.name
                 ));
             }
-            Some((_, true, _)) => {
-                return refuse(format!("`{}` is generated in the {side}", c.name));
+            (None, Some(seq)) => {
+                return refuse(format!(
+                    "`{}` is fed by the sequence {seq} in the {side}, by none in the plan",
+                    c.name
+                ));
             }
-            Some((_, false, b)) => binary_io &= b,
+            _ => {}
         }
+        binary_io &= col.binary_io;
     }
-    for (name, (_, generated, _)) in cols {
-        if !generated && !t.copied().any(|c| &c.name == name) {
+    for (name, col) in cols {
+        if !col.generated && !t.copied().any(|c| &c.name == name) {
             return refuse(format!("`{name}` exists in the {side} but not in the plan"));
         }
     }
@@ -515,15 +727,21 @@ fn check_table_side(
 }
 
 /// Deletes the tenant's rows, children first (checked mode: after setting the `set_after`
-/// columns to NULL), in one round trip. Returns the rows deleted per table, in plan order.
+/// columns to NULL), in one round trip that first runs the [`Checks`]' count before the copy
+/// (replica mode). Returns the rows deleted per table, in plan order, and those counts.
 async fn delete(
     dst: &mut PgConnection,
     plan: &SlicePlan,
     scope: Scope<'_>,
     mode: Mode,
-) -> Result<Vec<u64>, SliceError> {
+    checks: &Checks,
+) -> Result<(Vec<u64>, Counts), SliceError> {
     let mut sql = String::new();
-    let mut updates = 0;
+    let mut skip = 0;
+    if let Some(before) = checks.before_sql() {
+        let _ = write!(sql, "{before};");
+        skip += 1;
+    }
     if mode == Mode::Checked {
         for t in plan.tables.iter().filter(|t| !t.set_after.is_empty()) {
             let sets: Vec<String> =
@@ -535,7 +753,7 @@ async fn delete(
                 sets.join(", "),
                 selector(plan, t, scope)
             );
-            updates += 1;
+            skip += 1;
         }
     }
     for t in plan.tables.iter().rev() {
@@ -543,19 +761,27 @@ async fn delete(
             write!(sql, "DELETE FROM {} WHERE {};", scope.table(&t.name), selector(plan, t, scope));
     }
     let names: Vec<&str> = plan.tables.iter().rev().map(|t| t.name.as_str()).collect();
-    let results: Vec<u64> = sqlx::raw_sql(AssertSqlSafe(sql))
-        .execute_many(&mut *dst)
-        .map_ok(|r| r.rows_affected())
-        .try_collect()
-        .await
-        .map_err(db(format!(
-            "delete the tenant's rows from {}",
-            names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
-        )))?;
-    let mut deleted: Vec<u64> = results.into_iter().skip(updates).collect();
+    let context = format!(
+        "delete the tenant's rows from {}",
+        names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+    );
+    let mut results = Vec::new();
+    let mut counts = Counts::new();
+    let mut stream = sqlx::raw_sql(AssertSqlSafe(sql)).fetch_many(&mut *dst);
+    while let Some(item) = stream.try_next().await.map_err(db(&context))? {
+        match item {
+            Either::Left(done) => results.push(done.rows_affected()),
+            Either::Right(row) => {
+                let (i, n): (i32, i64) =
+                    (row.try_get(0).map_err(db(&context))?, row.try_get(1).map_err(db(&context))?);
+                counts.insert(i, n);
+            }
+        }
+    }
+    let mut deleted: Vec<u64> = results.into_iter().skip(skip).collect();
     deleted.reverse();
     deleted.resize(plan.tables.len(), 0);
-    Ok(deleted)
+    Ok((deleted, counts))
 }
 
 /// Streams the tenant's rows of `t` from the source into the destination. Checked mode
@@ -712,6 +938,9 @@ struct Reference {
     parent_sql: String,
     columns: Vec<String>,
     parent_columns: Vec<String>,
+    /// `pg_constraint.confdeltype`: `a` NO ACTION, `r` RESTRICT, `c` CASCADE, `n` SET NULL,
+    /// `d` SET DEFAULT.
+    on_delete: String,
 }
 
 /// Foreign keys whose child or parent is a planned table of the current schema; the other side
@@ -724,7 +953,7 @@ const REFERENCES: &str = "WITH ns AS (SELECT oid FROM pg_namespace WHERE nspname
             JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = u.n ORDER BY u.o), \
       ARRAY(SELECT a.attname::text FROM unnest(k.confkey) WITH ORDINALITY AS u(n, o) \
             JOIN pg_attribute a ON a.attrelid = k.confrelid AND a.attnum = u.n ORDER BY u.o), \
-      c.relnamespace = (SELECT oid FROM ns) AND c.relname = ANY($1) \
+      c.relnamespace = (SELECT oid FROM ns) AND c.relname = ANY($1), k.confdeltype::text \
     FROM pg_constraint k \
     JOIN pg_class c ON c.oid = k.conrelid JOIN pg_class p ON p.oid = k.confrelid \
     WHERE k.contype = 'f' AND k.conparentid = 0 \
@@ -732,85 +961,192 @@ const REFERENCES: &str = "WITH ns AS (SELECT oid FROM pg_namespace WHERE nspname
         OR (p.relnamespace = (SELECT oid FROM ns) AND p.relname = ANY($1))) \
     ORDER BY c.relname, k.conname";
 
-/// Replica mode enforces no foreign key: before commit, every foreign key of a planned table
-/// is checked for the tenant's rows (a parent missing, also in a table the plan leaves out),
-/// and every foreign key into a planned table from a table the plan leaves out is checked for
-/// rows whose parent the copy deleted. One query for all of them.
-///
-/// A table's first [`Via`] holds by construction and is not checked: a row it selects
-/// references a parent row of the slice, which the same source snapshot copied; a row another
-/// via selects has the first via's columns unset.
-async fn check_references(
-    dst: &mut PgConnection,
-    plan: &SlicePlan,
-    scope: Scope<'_>,
-    refs: &[(Reference, bool)],
-) -> Result<(), SliceError> {
-    let selects: Vec<String> = refs
-        .iter()
-        .enumerate()
-        .map(|(i, (r, planned_child))| {
-            let which = match plan.table(&r.child).filter(|_| *planned_child) {
-                Some(t) => selector(plan, t, scope),
-                None => "true".to_owned(),
-            };
-            dangling_count(i, r, &which)
-        })
-        .collect();
-    if selects.is_empty() {
-        return Ok(());
-    }
-    let context = "check the restored rows' references";
-    let counts: Vec<(i32, i64)> = sqlx::raw_sql(AssertSqlSafe(selects.join(" UNION ALL ")))
-        .fetch_all(&mut *dst)
-        .await
-        .map_err(db(context))?
-        .iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(db(context))?;
-    let broken: Vec<String> = counts
-        .into_iter()
-        .filter(|(_, n)| *n > 0)
-        .filter_map(|(i, n)| {
-            let (r, planned) = refs.get(usize::try_from(i).ok()?)?;
-            Some(describe_dangling(r, *planned, n))
-        })
-        .collect();
-    if broken.is_empty() {
-        return Ok(());
-    }
-    Err(SliceError::Refused(broken.join("; ")))
-}
-
-/// The foreign keys [`check_references`] checks, each with whether its child is planned.
+/// The foreign keys into and out of planned tables, each with whether its child is planned;
+/// a planned child's first via is left out (see [`Checks`]).
 async fn read_references(
     dst: &mut PgConnection,
     plan: &SlicePlan,
 ) -> Result<Vec<(Reference, bool)>, SliceError> {
     let names: Vec<&str> = plan.tables.iter().map(|t| t.name.as_str()).collect();
-    type Row = (String, String, String, String, String, Vec<String>, Vec<String>, bool);
+    type Row = (String, String, String, String, String, Vec<String>, Vec<String>, bool, String);
     let rows = sqlx::query_as::<_, Row>(REFERENCES)
         .bind(&names)
         .fetch_all(&mut *dst)
         .await
         .map_err(db("read the destination's foreign keys"))?;
     let mut refs = Vec::new();
-    for (name, child, child_sql, parent, parent_sql, columns, parent_columns, planned_child) in rows
-    {
-        let r = Reference { name, child, child_sql, parent, parent_sql, columns, parent_columns };
-        if !(planned_child && holds_by_construction(plan, &r)) {
-            refs.push((r, planned_child));
+    for row in rows {
+        let (
+            name,
+            child,
+            child_sql,
+            parent,
+            parent_sql,
+            columns,
+            parent_columns,
+            planned,
+            on_delete,
+        ) = row;
+        let r = Reference {
+            name,
+            child,
+            child_sql,
+            parent,
+            parent_sql,
+            columns,
+            parent_columns,
+            on_delete,
+        };
+        if !(planned && holds_by_construction(plan, &r)) {
+            refs.push((r, planned));
         }
     }
     Ok(refs)
 }
 
-/// Whether `r` is its planned child's first via (see [`check_references`]).
+/// Whether `r` is its planned child's first via (see [`Checks`]).
 fn holds_by_construction(plan: &SlicePlan, r: &Reference) -> bool {
     let first = plan.table(&r.child).and_then(|t| t.via.first());
     matches!(first, Some(Via::Parent { constraint, parent, columns, .. })
         if *constraint == r.name && *parent == r.parent && *columns == r.columns)
+}
+
+/// Row counts by check ([`Checks`]), as the count queries return them.
+type Counts = BTreeMap<i32, i64>;
+
+/// What replica mode checks, as it enforces no foreign key. One query before the deletes (in
+/// their round trip) and one before commit, each a `UNION ALL` of counts:
+///
+/// - *restored rows* (after the copy): for each foreign key of a planned table, the tenant's
+///   rows with the key set and no parent row (a parent missing, also in a table the plan
+///   leaves out); any is refused. A table's first [`Via`] holds by construction and is not
+///   checked: a row it selects references a parent row of the slice, which the same source
+///   snapshot copied; a row another via selects has the first via's columns unset.
+/// - *rows that reference the tenant's* (before and after): for each foreign key into a
+///   planned table, the rows of its child that reference a row of the parent's slice — all the
+///   child's rows when the plan leaves it out, else those the child's selector does not select
+///   (another tenant's row whose nullable key points at this tenant's row). Those rows are not
+///   written by the copy, and rows outside the slice are not either, so the count drops exactly
+///   when a row the copy deleted and did not restore was referenced: refused. A reference that
+///   was already broken (a `NOT VALID` key) is not counted, and only rows whose key points into
+///   the slice are read (`(key) IN (SELECT … WHERE <parent's selector>)`, as the deletes read
+///   them), not whole tables. The first via of a planned child is left out here too: every row
+///   whose key points into the slice by it is selected.
+#[derive(Default)]
+struct Checks {
+    items: Vec<Check>,
+}
+
+struct Check {
+    /// Counted before the deletes too, and refused when the count drops; else refused when not
+    /// zero after the inserts.
+    before_and_after: bool,
+    /// `SELECT <index>::int4, count(*) …`
+    sql: String,
+    /// What the rows counted are, for the refusal.
+    what: String,
+}
+
+impl Checks {
+    fn new(plan: &SlicePlan, scope: Scope<'_>, refs: &[(Reference, bool)]) -> Self {
+        let mut items = Vec::new();
+        for (r, planned_child) in refs {
+            let key = describe_key(r);
+            let child = plan.table(&r.child).filter(|_| *planned_child);
+            if let Some(t) = child {
+                let i = items.len();
+                items.push(Check {
+                    before_and_after: false,
+                    sql: dangling_count(i, r, &selector(plan, t, scope)),
+                    what: format!(
+                        "restored rows of `{}` reference rows of `{}` that the destination does \
+                         not have (constraint `{}`, {key})",
+                        r.child, r.parent, r.name
+                    ),
+                });
+            }
+            if let Some(parent) = plan.table(&r.parent) {
+                let i = items.len();
+                let not_selected = child
+                    .map(|t| format!("NOT COALESCE(({}), false) AND ", selector(plan, t, scope)))
+                    .unwrap_or_default();
+                let sql = format!(
+                    "SELECT {i}::int4, count(*) FROM {} AS rewind_c WHERE {not_selected}{} \
+                     IN (SELECT {} FROM {} WHERE {})",
+                    r.child_sql,
+                    tuple(r.columns.iter().map(|c| format!("rewind_c.{}", ANSI.quote(c)))),
+                    ANSI.list(r.parent_columns.iter().map(String::as_str)),
+                    scope.table(&parent.name),
+                    selector(plan, parent, scope)
+                );
+                let whose = if child.is_some() {
+                    format!("rows of `{}` outside the tenant's slice", r.child)
+                } else {
+                    format!("rows of `{}`, which the plan leaves out,", r.child)
+                };
+                items.push(Check {
+                    before_and_after: true,
+                    sql,
+                    what: format!(
+                        "{whose} reference rows of `{}` that the copy deleted and did not \
+                         restore (constraint `{}`, {key})",
+                        r.parent, r.name
+                    ),
+                });
+            }
+        }
+        Self { items }
+    }
+
+    /// The counts taken before the deletes, if any.
+    fn before_sql(&self) -> Option<String> {
+        let selects: Vec<&str> =
+            self.items.iter().filter(|c| c.before_and_after).map(|c| c.sql.as_str()).collect();
+        (!selects.is_empty()).then(|| selects.join(" UNION ALL "))
+    }
+
+    /// Counts again after the inserts and refuses what the copy broke (`before`: the counts of
+    /// [`Checks::before_sql`]).
+    async fn after(&self, dst: &mut PgConnection, before: &Counts) -> Result<(), SliceError> {
+        if self.items.is_empty() {
+            return Ok(());
+        }
+        let sql = self.items.iter().map(|c| c.sql.as_str()).collect::<Vec<_>>().join(" UNION ALL ");
+        let context = "check the restored rows' references";
+        let counts: Counts = sqlx::raw_sql(AssertSqlSafe(sql))
+            .fetch_all(&mut *dst)
+            .await
+            .map_err(db(context))?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(db(context))?;
+        let broken: Vec<String> = self
+            .items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let i = i32::try_from(i).ok()?;
+                let after = counts.get(&i).copied().unwrap_or(0);
+                let n = if c.before_and_after {
+                    before.get(&i).copied().unwrap_or(0) - after
+                } else {
+                    after
+                };
+                (n > 0).then(|| format!("{}: {n} rows", c.what))
+            })
+            .collect();
+        if broken.is_empty() {
+            return Ok(());
+        }
+        Err(SliceError::Refused(broken.join("; ")))
+    }
+}
+
+/// `a` or `(a, b)`.
+fn tuple(items: impl Iterator<Item = String>) -> String {
+    let items: Vec<String> = items.collect();
+    if items.len() == 1 { items.join("") } else { format!("({})", items.join(", ")) }
 }
 
 /// `SELECT <i>, count(*)` of rows of the child that `which` selects, with the key set and no
@@ -834,36 +1170,34 @@ fn dangling_count(i: usize, r: &Reference, which: &str) -> String {
     )
 }
 
-fn describe_dangling(r: &Reference, planned_child: bool, n: i64) -> String {
-    let key = format!(
+/// `` `child` (a, b) → `parent` (x, y) ``
+fn describe_key(r: &Reference) -> String {
+    format!(
         "`{}` ({}) → `{}` ({})",
         r.child,
         r.columns.join(", "),
         r.parent,
         r.parent_columns.join(", ")
-    );
-    if planned_child {
-        format!(
-            "restored rows of `{}` reference rows of `{}` that the destination does not have \
-             (constraint `{}`, {key}): {n} rows",
-            r.child, r.parent, r.name
-        )
-    } else {
-        format!(
-            "rows of `{}`, which the plan leaves out, reference rows of `{}` that the copy \
-             deleted (constraint `{}`, {key}): {n} rows",
-            r.child, r.parent, r.name
-        )
-    }
+    )
 }
 
 /// Advances the sequence of every copied identity or serial column past the largest value in
-/// its table (`setval` only when the next value would not be greater), in one query.
-async fn advance_sequences(dst: &mut PgConnection, plan: &SlicePlan) -> Result<(), SliceError> {
+/// its table (`setval` only when the next value would not be greater), in one query. The
+/// sequence is the destination's own, as its catalog names it for the destination's table
+/// (`dst`): the plan's names come from the catalog the plan was made from, often the source's.
+async fn advance_sequences(
+    dst: &mut PgConnection,
+    plan: &SlicePlan,
+    dst_tables: &SideTables,
+) -> Result<(), SliceError> {
     let selects: Vec<String> = plan
         .tables
         .iter()
-        .flat_map(|t| t.copied().filter_map(move |c| Some((t, c, c.sequence.as_ref()?))))
+        .flat_map(|t| {
+            let side = dst_tables.get(&t.name);
+            t.copied()
+                .filter_map(move |c| Some((t, c, side?.columns.get(&c.name)?.sequence.as_deref()?)))
+        })
         .map(|(t, c, seq)| {
             format!(
                 "SELECT setval(s.tableoid::regclass, m.v, true) FROM {seq} AS s, \
@@ -895,7 +1229,7 @@ pub async fn digest(
     plan: &SlicePlan,
     tenant: &str,
 ) -> Result<SliceDigest, SliceError> {
-    sqlx::raw_sql(BEGIN_READ)
+    sqlx::raw_sql(AssertSqlSafe(begin_read()))
         .execute(&mut *conn)
         .await
         .map_err(db("begin the digest's transaction"))?;
@@ -911,8 +1245,8 @@ async fn digest_in_transaction(
     plan: &SlicePlan,
     tenant: &str,
 ) -> Result<SliceDigest, SliceError> {
-    let tenant_sql = tenant_sql(conn, plan, tenant).await?;
-    let scope = Scope { dialect: ANSI, qualifier: "", tenant: &tenant_sql };
+    let tenant = tenant_sql(conn, plan, tenant, false).await?;
+    let scope = Scope { dialect: ANSI, qualifier: "", tenant: &tenant.sql };
     let mut out = SliceDigest::default();
     for t in &plan.tables {
         let cols: Vec<String> =

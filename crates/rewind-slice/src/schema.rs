@@ -78,9 +78,11 @@ pub struct Column {
     /// Computed by the engine (`GENERATED ALWAYS AS (…) STORED`/`VIRTUAL`): never copied, the
     /// destination recomputes it; still digested.
     pub generated: bool,
-    /// PostgreSQL: the sequence that feeds the column (identity or serial), qualified and
-    /// quoted as `pg_get_serial_sequence` gives it, advanced past the largest restored value
-    /// after a copy. MySQL `AUTO_INCREMENT` and SQLite rowids advance by themselves: `None`.
+    /// PostgreSQL: the sequence that feeds the column (identity or serial) in this catalog,
+    /// qualified and quoted as `pg_get_serial_sequence` gives it. A copy advances the
+    /// destination's own sequence of the column (read from the destination at copy time) past
+    /// the largest restored value. MySQL `AUTO_INCREMENT` and SQLite rowids advance by
+    /// themselves: `None`.
     pub sequence: Option<String>,
 }
 

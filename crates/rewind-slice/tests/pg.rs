@@ -7,7 +7,7 @@ use std::panic::AssertUnwindSafe;
 use futures::FutureExt;
 use rewind_slice::plan::RootKey;
 use rewind_slice::{Schema, SliceError, SlicePlan, SliceTable, Via, pg};
-use rewind_testkit::{PgDatabase, postgres_url};
+use rewind_testkit::{PgDatabase, PgSchema, postgres_url};
 use sqlx::{Connection, PgConnection};
 
 // ---------------------------------------------------------------------------------------------
@@ -26,6 +26,24 @@ where
     let outcome = AssertUnwindSafe(body(backup.url.clone(), live.url.clone())).catch_unwind().await;
     backup.drop_database().await;
     live.drop_database().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// Runs `body` with two fresh schemas (backup, live) of one database, their URLs setting the
+/// search path, and drops them afterwards, whatever happened.
+async fn with_two_schemas<F, Fut>(test: &str, body: F)
+where
+    F: FnOnce(String, String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let Some(base) = postgres_url(test) else { return };
+    let backup = PgSchema::create(&base).await;
+    let live = PgSchema::create(&base).await;
+    let outcome = AssertUnwindSafe(body(backup.url.clone(), live.url.clone())).catch_unwind().await;
+    backup.drop_schema().await;
+    live.drop_schema().await;
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
@@ -483,7 +501,9 @@ async fn a_tenant_id_that_is_not_a_key_is_a_permanent_error() {
             );
         }
         // The connections are usable afterwards (the transactions were ended).
+        exec(&mut backup, "INSERT INTO accounts VALUES (42)").await;
         pg::copy(&mut backup, &mut live, &accounts, "42").await.expect("a good id copies");
+        assert_eq!(scalar_i64(&mut live, "SELECT count(*) FROM accounts WHERE id = 42").await, 1);
     })
     .await;
 }
@@ -678,6 +698,24 @@ async fn reference_cycles_copy_in_checked_mode_and_in_replica_mode() {
             let board = scalar_i64(&mut live, "INSERT INTO boards (org_id) VALUES (1) RETURNING id").await;
             assert!(board > 3, "{board}");
             exec(&mut live, &format!("DELETE FROM boards WHERE id = {board}")).await;
+            // Checked mode runs the server's delete actions: a key from a table the plan leaves
+            // out with ON DELETE CASCADE would delete its rows. Refused, nothing written.
+            exec(
+                &mut live,
+                &format!(
+                    "CREATE TABLE badges (id bigint PRIMARY KEY,
+                         member_id bigint REFERENCES members ON DELETE CASCADE);
+                     INSERT INTO badges VALUES (1, 101);
+                     GRANT ALL ON badges TO {role};"
+                ),
+            )
+            .await;
+            let e = pg::copy(&mut role_src, &mut role_dst, &plan, "1").await.expect_err("refused");
+            assert!(matches!(e, SliceError::Refused(_)), "{e:?}");
+            let text = e.to_string();
+            assert!(text.contains("badges_member_id_fkey") && text.contains("ON DELETE CASCADE"), "{text}");
+            assert!(text.contains("`badges` → `members`"), "{text}");
+            assert_eq!(scalar_i64(&mut live, "SELECT count(*) FROM badges").await, 1);
             // Checked mode refuses a plan whose tables have user triggers: they would fire.
             let mut with_trigger = plan.clone();
             with_trigger.tables[1].triggers = vec!["teams_audit".to_owned()];
@@ -693,6 +731,8 @@ async fn reference_cycles_copy_in_checked_mode_and_in_replica_mode() {
                     pg::digest(&mut backup, &plan, k).await.expect("digest")
                 );
             }
+            // Replica mode runs no delete action, and member 101 is put back: the badge stays.
+            assert_eq!(scalar_i64(&mut live, "SELECT count(*) FROM badges WHERE member_id = 101").await, 1);
             let _ = role_src.close().await;
             let _ = role_dst.close().await;
         }
@@ -703,6 +743,245 @@ async fn reference_cycles_copy_in_checked_mode_and_in_replica_mode() {
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
+}
+
+#[tokio::test]
+async fn the_destinations_sequences_advance_when_both_sides_are_schemas_of_one_database() {
+    with_two_schemas("pg schemas", |backup_url, live_url| async move {
+        let (mut backup, mut live) = backup_and_live(&backup_url, &live_url).await;
+        // An older backup: its sequences are behind the largest ids live will hold.
+        for t in SEQUENCED {
+            exec(&mut backup, &format!("SELECT setval(pg_get_serial_sequence('{t}', 'id'), 1)"))
+                .await;
+        }
+        let backup_sequences = last_values(&mut backup).await;
+        let schema = pg::schema(&mut backup).await.expect("schema");
+        // The catalog names the backup's sequences, qualified by the backup's schema.
+        let seq = schema.tables["projects"].column("id").expect("id").sequence.clone();
+        assert!(seq.as_deref().is_some_and(|s| s.ends_with(".projects_id_seq")), "{seq:?}");
+        let plan = sites_plan(&schema);
+        for k in RESTORED {
+            pg::copy(&mut backup, &mut live, &plan, &site(k)).await.expect("copy");
+            assert_eq!(
+                pg::digest(&mut live, &plan, &site(k)).await.expect("digest"),
+                pg::digest(&mut backup, &plan, &site(k)).await.expect("digest")
+            );
+        }
+        let k = RESTORED[2];
+        let project = scalar_i64(
+            &mut live,
+            &format!(
+                "INSERT INTO projects (site_id, name) VALUES ('{}', 'New') RETURNING id",
+                site(k)
+            ),
+        )
+        .await;
+        assert!(project > k * 10 + 2, "live's projects sequence was not advanced: {project}");
+        let issue = scalar_i64(
+            &mut live,
+            &format!("INSERT INTO issues (project_id, title) VALUES ({project}, 'n') RETURNING id"),
+        )
+        .await;
+        assert!(issue > k * 100 + 23, "live's issues sequence was not advanced: {issue}");
+        assert_eq!(
+            last_values(&mut backup).await,
+            backup_sequences,
+            "the backup's sequences moved"
+        );
+    })
+    .await;
+}
+
+/// `last_value` of each [`SEQUENCED`] table's sequence on the connection's search path.
+async fn last_values(conn: &mut PgConnection) -> Vec<i64> {
+    let mut out = Vec::new();
+    for t in SEQUENCED {
+        out.push(scalar_i64(conn, &format!("SELECT last_value FROM {t}_id_seq")).await);
+    }
+    out
+}
+
+const SHORT_KEYS: &str = r#"
+CREATE TABLE orgs (id varchar(4) PRIMARY KEY, name text NOT NULL);
+CREATE TABLE teams (id bigint PRIMARY KEY, org_id varchar(4) NOT NULL REFERENCES orgs, name text);
+CREATE TABLE ledgers (id numeric(10,2) PRIMARY KEY, name text NOT NULL);
+INSERT INTO orgs VALUES ('acme', 'Acme'), ('beta', 'Beta');
+INSERT INTO teams VALUES (1, 'acme', 'live'), (2, 'beta', 'live');
+INSERT INTO ledgers VALUES (1.50, 'live'), (1.56, 'live');
+"#;
+
+#[tokio::test]
+async fn a_tenant_id_longer_than_the_key_never_selects_the_tenant_it_would_truncate_to() {
+    with_two("pg key modifier", |backup_url, live_url| async move {
+        let mut backup = connect(&backup_url).await;
+        let mut live = connect(&live_url).await;
+        exec(&mut backup, SHORT_KEYS).await;
+        exec(&mut live, SHORT_KEYS).await;
+        exec(&mut backup, "UPDATE teams SET name = 'backup'; UPDATE ledgers SET name = 'backup'")
+            .await;
+        let schema = pg::schema(&mut backup).await.expect("schema");
+        let plan =
+            plan_of(&schema, "orgs", &[("orgs", &[]), ("teams", &["teams_org_id_fkey"])], &[], &[]);
+        let teams = "SELECT count(*) FROM teams WHERE name = 'live'";
+        for bad in ["acme-eu", "acmeX", "beta "] {
+            let e = pg::copy(&mut backup, &mut live, &plan, bad).await.expect_err("bad tenant");
+            assert!(
+                matches!(&e, SliceError::BadTenant { data_type, .. }
+                    if data_type == "character varying(4)"),
+                "{bad}: {e:?}"
+            );
+            let e = pg::digest(&mut live, &plan, bad).await.expect_err("bad tenant");
+            assert!(matches!(e, SliceError::BadTenant { .. }), "{e:?}");
+            assert_eq!(scalar_i64(&mut live, teams).await, 2, "{bad} touched another tenant");
+        }
+        pg::copy(&mut backup, &mut live, &plan, "acme").await.expect("a fitting id copies");
+        assert_eq!(scalar_i64(&mut live, teams).await, 1);
+        // numeric(10,2): 1.5 is the key 1.50; 1.555 would round to 1.56, another tenant.
+        let ledgers = plan_of(&schema, "ledgers", &[("ledgers", &[])], &[], &[]);
+        let e = pg::copy(&mut backup, &mut live, &ledgers, "1.555").await.expect_err("bad");
+        assert!(matches!(e, SliceError::BadTenant { .. }), "{e:?}");
+        let live_ledgers = "SELECT count(*) FROM ledgers WHERE name = 'live'";
+        assert_eq!(scalar_i64(&mut live, live_ledgers).await, 2);
+        pg::copy(&mut backup, &mut live, &ledgers, "1.5").await.expect("1.5 is 1.50");
+        assert_eq!(
+            scalar_i64(&mut live, "SELECT count(*) FROM ledgers WHERE id = 1.56 AND name = 'live'")
+                .await,
+            1
+        );
+        assert_eq!(scalar_i64(&mut live, live_ledgers).await, 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_tenant_the_source_does_not_have_is_refused_and_nothing_is_deleted() {
+    with_two("pg empty source", |backup_url, live_url| async move {
+        let (mut backup, mut live) = backup_and_live(&backup_url, &live_url).await;
+        let plan = sites_plan(&pg::schema(&mut backup).await.expect("schema"));
+        // A tenant newer than the backup: live has it, the backup does not.
+        delete_tenant(&mut backup, 1).await;
+        let before = pg::digest(&mut live, &plan, &site(1)).await.expect("digest");
+        assert!(before.tables.iter().all(|t| t.rows > 0));
+        for k in [1, 99] {
+            let e = pg::copy(&mut backup, &mut live, &plan, &site(k)).await.expect_err("refused");
+            assert!(matches!(e, SliceError::Refused(_)), "{e:?}");
+            let text = e.to_string();
+            assert!(text.contains("the source has no `sites` row with id"), "{text}");
+            assert!(text.contains(&site(k)) && text.contains("nothing was deleted"), "{text}");
+        }
+        assert_eq!(pg::digest(&mut live, &plan, &site(1)).await.expect("digest"), before);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn rows_outside_the_slice_are_checked_before_and_after_and_only_for_the_tenant() {
+    with_two("pg outside rows", |backup_url, live_url| async move {
+        let (mut backup, mut live) = backup_and_live(&backup_url, &live_url).await;
+        let plan = sites_plan(&pg::schema(&mut backup).await.expect("schema"));
+        // A table the plan leaves out, with a reference that was broken before the copy (a
+        // NOT VALID key) and one to tenant 0's issue 11, which the copy of tenant 0 restores.
+        exec(
+            &mut live,
+            "CREATE TABLE links (id int PRIMARY KEY, issue_id bigint);
+             INSERT INTO links VALUES (1, 999999), (2, 11);
+             ALTER TABLE links ADD CONSTRAINT links_issue_fkey FOREIGN KEY (issue_id)
+                 REFERENCES issues NOT VALID;",
+        )
+        .await;
+        pg::copy(&mut backup, &mut live, &plan, &site(3)).await.expect("an old violation elsewhere");
+        pg::copy(&mut backup, &mut live, &plan, &site(0)).await.expect("issue 11 is put back");
+        // Tenant 2's issue 211 is a sub-task of tenant 3's issue 311, which the backup lacks:
+        // restoring tenant 3 would delete 311 under it.
+        exec(&mut live, "UPDATE issues SET parent_id = 311 WHERE id = 211").await;
+        exec(
+            &mut backup,
+            "UPDATE issues SET parent_id = NULL WHERE id = 313; DELETE FROM comments WHERE issue_id = 311;
+             DELETE FROM issue_versions WHERE issue_id = 311; DELETE FROM issues WHERE id = 311;",
+        )
+        .await;
+        let before = pg::digest(&mut live, &plan, &site(3)).await.expect("digest");
+        let e = pg::copy(&mut backup, &mut live, &plan, &site(3)).await.expect_err("refused");
+        let text = e.to_string();
+        assert!(matches!(e, SliceError::Refused(_)), "{e:?}");
+        assert!(text.contains("rows of `issues` outside the tenant's slice"), "{text}");
+        assert!(text.contains("issues_parent_id_fkey") && text.contains(": 1 rows"), "{text}");
+        assert_eq!(pg::digest(&mut live, &plan, &site(3)).await.expect("digest"), before);
+        // A link to the issue the copy would drop is refused the same way.
+        exec(&mut live, "UPDATE issues SET parent_id = NULL WHERE id = 211; UPDATE links SET issue_id = 311 WHERE id = 2").await;
+        let e = pg::copy(&mut backup, &mut live, &plan, &site(3)).await.expect_err("refused");
+        assert!(e.to_string().contains("rows of `links`, which the plan leaves out,"), "{e}");
+        assert!(e.to_string().contains("links_issue_fkey"), "{e}");
+        exec(&mut live, "DELETE FROM links WHERE id = 2").await;
+        pg::copy(&mut backup, &mut live, &plan, &site(3)).await.expect("nothing references 311");
+    })
+    .await;
+}
+
+const TEXTS: &str = r#"
+CREATE TABLE accts (
+    id bigint PRIMARY KEY, day date, at timestamptz, f float8, span interval, blob bytea,
+    cash money,
+    -- No binary I/O: this table is copied in text.
+    acl aclitem
+);
+INSERT INTO accts VALUES (1, '2024-03-10', '2024-03-10 01:02:03.456+05:30', 0.1::float8 + 0.2::float8,
+    '1 year 2 days 03:04:05.5', '\x00ff5c', 12.34, 'postgres=r/postgres');
+"#;
+
+#[tokio::test]
+async fn text_does_not_depend_on_the_sessions_settings() {
+    with_two("pg text settings", |backup_url, live_url| async move {
+        let mut backup = connect(&backup_url).await;
+        let mut live = connect(&live_url).await;
+        exec(&mut backup, TEXTS).await;
+        exec(&mut live, TEXTS).await;
+        exec(&mut live, "DELETE FROM accts").await;
+        let plan = plan_of(&pg::schema(&mut backup).await.expect("schema"), "accts", &[("accts", &[])], &[], &[]);
+        let expected = pg::digest(&mut backup, &plan, "1").await.expect("digest");
+        // What a user's `sql` step may leave on a pooled connection.
+        exec(
+            &mut backup,
+            "SET DateStyle = 'SQL, DMY'; SET TimeZone = 'Asia/Kolkata'; SET extra_float_digits = -3;
+             SET IntervalStyle = 'sql_standard'; SET bytea_output = 'escape'",
+        )
+        .await;
+        exec(&mut live, "SET DateStyle = 'SQL, MDY'; SET TimeZone = 'America/New_York'").await;
+        assert_eq!(pg::digest(&mut backup, &plan, "1").await.expect("digest"), expected);
+        pg::copy(&mut backup, &mut live, &plan, "1").await.expect("copy");
+        assert_eq!(pg::digest(&mut live, &plan, "1").await.expect("digest"), expected);
+        exec(&mut live, "SET DateStyle = 'German'; SET extra_float_digits = 0; SET bytea_output = 'escape'").await;
+        assert_eq!(pg::digest(&mut live, &plan, "1").await.expect("digest"), expected);
+        // The session's own settings are back after the transactions.
+        let style: String = sqlx::query_scalar("SHOW DateStyle").fetch_one(&mut live).await.expect("show");
+        assert_eq!(style, "German, DMY");
+        let mut fresh = connect(&live_url).await;
+        let same = "SELECT count(*) FROM accts WHERE day = '2024-03-10' AND f = 0.1::float8 + 0.2::float8                     AND at = '2024-03-10 01:02:03.456+05:30' AND span = '1 year 2 days 03:04:05.5'";
+        assert_eq!(scalar_i64(&mut fresh, same).await, 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn triggers_enabled_always_or_replica_are_refused_in_replica_mode() {
+    with_two("pg replica triggers", |backup_url, live_url| async move {
+        let (mut backup, mut live) = backup_and_live(&backup_url, &live_url).await;
+        let plan = sites_plan(&pg::schema(&mut backup).await.expect("schema"));
+        let audit = scalar_i64(&mut live, "SELECT count(*) FROM audit").await;
+        for how in ["ALWAYS", "REPLICA"] {
+            exec(&mut live, &format!("ALTER TABLE comments ENABLE {how} TRIGGER comments_audit"))
+                .await;
+            let e = pg::copy(&mut backup, &mut live, &plan, &site(3)).await.expect_err("refused");
+            assert!(matches!(e, SliceError::Refused(_)), "{e:?}");
+            assert!(e.to_string().contains("`comments` (comments_audit)"), "{e}");
+            assert!(e.to_string().contains("ALWAYS or REPLICA"), "{e}");
+            assert_eq!(scalar_i64(&mut live, "SELECT count(*) FROM audit").await, audit);
+        }
+        exec(&mut live, "ALTER TABLE comments ENABLE TRIGGER comments_audit").await;
+        pg::copy(&mut backup, &mut live, &plan, &site(3)).await.expect("an ordinary trigger");
+        assert_eq!(scalar_i64(&mut live, "SELECT count(*) FROM audit").await, audit);
+    })
+    .await;
 }
 
 fn uuid_like() -> String {
