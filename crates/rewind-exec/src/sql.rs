@@ -88,6 +88,22 @@ pub(crate) async fn bounded<T>(
     }
 }
 
+/// Runs `$statements` (SQL text and string parameters) in one transaction on the tracked pooled
+/// connection `$conn` (MySQL or SQLite: strings bound as they are), each row decoded by
+/// `$decode`; the last statement's first row is the output.
+macro_rules! in_transaction {
+    ($conn:ident, $statements:ident, $decode:path) => {{
+        let mut tx = sqlx::Connection::begin(&mut **$conn).await.map_err(db)?;
+        let mut out = Output::default();
+        let last = $statements.len().saturating_sub(1);
+        for (i, (sql, params)) in $statements.into_iter().enumerate() {
+            let q = params.into_iter().fold(query(&sql), |q, p| q.bind(p));
+            out.drain(&mut *tx, q, &sql, i == last, $decode).await?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(out)
+    }};
+}
 async fn run(a: Attempt, mut stop: Stop, pools: Pools) -> Report {
     let Action::Sql(action) = &*a.action else {
         return Report::failed("the sql executor got another kind of action", false);
@@ -116,28 +132,12 @@ async fn run(a: Attempt, mut stop: Stop, pools: Pools) -> Report {
             Kind::Mysql => {
                 let conn = pools.mysql(&url).await.map_err(cannot)?;
                 let mut conn = sessions.pooled(conn, &url).await.map_err(cannot)?;
-                let mut tx = sqlx::Connection::begin(&mut **conn).await.map_err(db)?;
-                let mut out = Output::default();
-                let last = statements.len().saturating_sub(1);
-                for (i, (sql, params)) in statements.into_iter().enumerate() {
-                    let q = params.into_iter().fold(query(&sql), |q, p| q.bind(p));
-                    out.drain(&mut *tx, q, &sql, i == last, decode::mysql_row).await?;
-                }
-                tx.commit().await.map_err(db)?;
-                Ok(out)
+                in_transaction!(conn, statements, decode::mysql_row)
             }
             Kind::Sqlite => {
                 let conn = pools.sqlite(&url).await.map_err(cannot)?;
                 let mut conn = sessions.pooled(conn, &url).await.map_err(cannot)?;
-                let mut tx = sqlx::Connection::begin(&mut **conn).await.map_err(db)?;
-                let mut out = Output::default();
-                let last = statements.len().saturating_sub(1);
-                for (i, (sql, params)) in statements.into_iter().enumerate() {
-                    let q = params.into_iter().fold(query(&sql), |q, p| q.bind(p));
-                    out.drain(&mut *tx, q, &sql, i == last, decode::sqlite_row).await?;
-                }
-                tx.commit().await.map_err(db)?;
-                Ok(out)
+                in_transaction!(conn, statements, decode::sqlite_row)
             }
         }
         .map(|o| (o.affected, o.first))
