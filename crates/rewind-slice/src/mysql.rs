@@ -917,6 +917,15 @@ async fn pinned_keys<'a>(
         let Some(catalog) = dst_schema.tables.get(&table.name) else { continue };
         for fk in &catalog.foreign_keys {
             let Some(parent) = plan.table(&fk.parent) else { continue };
+            // A table whose one way into the slice is this NOT NULL key selects every row that
+            // references the tenant's parent rows by it: none can be outside the slice.
+            let decides_alone = matches!(
+                table.via.as_slice(),
+                [crate::plan::Via::Parent { constraint, nullable: false, .. }] if *constraint == fk.name
+            );
+            if decides_alone {
+                continue;
+            }
             let child_selector = Selector::of(plan, table);
             let parent_selector = Selector::of(plan, parent);
             let columns = Columns::new(

@@ -1047,6 +1047,15 @@ struct Check {
     what: String,
 }
 
+/// Whether `table`'s slice is decided by the NOT NULL foreign key `constraint` alone (its only
+/// via): then every row that references the parent's slice by it is in the table's slice.
+fn decides_alone(table: &SliceTable, constraint: &str) -> bool {
+    matches!(
+        table.via.as_slice(),
+        [Via::Parent { constraint: c, nullable: false, .. }] if c == constraint
+    )
+}
+
 impl Checks {
     fn new(plan: &SlicePlan, scope: Scope<'_>, refs: &[(Reference, bool)]) -> Self {
         let mut items = Vec::new();
@@ -1065,7 +1074,10 @@ impl Checks {
                     ),
                 });
             }
-            if let Some(parent) = plan.table(&r.parent) {
+            // A child whose one way into the slice is this NOT NULL key selects every row that
+            // references the tenant's parent rows by it: none can be outside the slice.
+            let decided_by_it = child.is_some_and(|t| decides_alone(t, &r.name));
+            if let Some(parent) = plan.table(&r.parent).filter(|_| !decided_by_it) {
                 let i = items.len();
                 let not_selected = child
                     .map(|t| format!("NOT COALESCE(({}), false) AND ", selector(plan, t, scope)))

@@ -722,7 +722,7 @@ fn rows() -> Vec<String> {
         sql.push(format!("INSERT INTO attachments VALUES ({}, {}, {o})", n(1), n(2)));
         sql.push(format!("INSERT INTO reactions VALUES ({}, {}, {o})", n(1), n(3)));
     }
-    let (a, b) = (TENANTS[0], TENANTS[1]);
+    let b = TENANTS[1];
     // Across tenants: user 101 (of A) comments on issue 201 (of B). The NOT NULL issue key
     // decides before the nearer, nullable author: the comment is B's (where it was written),
     // and so is its attachment.
