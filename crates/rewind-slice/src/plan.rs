@@ -502,7 +502,9 @@ fn order(engine: Engine, members: &Members<'_>) -> Result<Order, PlanError> {
 /// Takes references out of the order until no cycle is left: in the cycle of the smallest
 /// table name, a `DEFERRABLE` key (deferred to commit) else a key with a nullable column (its
 /// nullable columns set after every insert); among those, one that does not decide its
-/// table's rows (`via[0]`) first, then by constraint name.
+/// table's rows (`via[0]`) first, then by constraint name. Then every reference taken out is
+/// put back, last first, if the order stays without a cycle: no cycle is broken twice (one
+/// nullable key can break several cycles through it).
 fn break_cycles(
     members: &Members<'_>,
     names: &[&str],
@@ -510,10 +512,13 @@ fn break_cycles(
     live: &mut [bool],
     order: &mut Order,
 ) -> Result<(), PlanError> {
+    let has_cycle =
+        |live: &[bool]| components(names.len(), refs, live).into_iter().any(|c| c.len() > 1);
+    let mut broken = Vec::new();
     loop {
         let comps = components(names.len(), refs, live);
         let Some(cycle) = comps.into_iter().filter(|c| c.len() > 1).min() else {
-            return Ok(());
+            break;
         };
         let deciding = |r: &Reference<'_>| {
             members.get(names[r.child]).and_then(|m| m.via.first()).is_some_and(
@@ -526,12 +531,22 @@ fn break_cycles(
             .filter(|(i, r)| live[*i] && cycle.contains(&r.child) && cycle.contains(&r.parent))
             .filter(|(_, r)| r.fk.deferrable || is_nullable(r.table, r.fk))
             .min_by_key(|(_, r)| (!r.fk.deferrable, deciding(r), r.fk.name.as_str(), r.child));
-        let Some((i, r)) = best else {
+        let Some((i, _)) = best else {
             return Err(PlanError::UnbreakableCycle {
                 tables: cycle.iter().map(|&i| names[i].to_owned()).collect(),
             });
         };
         live[i] = false;
+        broken.push(i);
+    }
+    for &i in broken.iter().rev() {
+        live[i] = true;
+        if has_cycle(live) {
+            live[i] = false;
+        }
+    }
+    for i in broken.into_iter().filter(|&i| !live[i]) {
+        let r = &refs[i];
         if r.fk.deferrable {
             order.deferred.push((r.table.name.clone(), r.fk.name.clone()));
         } else {
@@ -544,6 +559,7 @@ fn break_cycles(
             }
         }
     }
+    Ok(())
 }
 
 /// The [`SliceTable`] of a planned table.

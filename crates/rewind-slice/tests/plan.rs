@@ -631,6 +631,41 @@ fn a_longer_cycle_is_broken_until_none_is_left() {
     assert_eq!(plan.table("c").unwrap().path, ["c", "b", "a", "sites"]);
 }
 
+#[test]
+fn two_cycles_through_one_nullable_key_break_it_alone() {
+    // The example's: sites.default_project_id → projects, projects.site_id → sites (a cycle),
+    // and projects.lead_id → users, users.site_id → sites (a second cycle through the same
+    // sites → projects key). Breaking lead_id first is not enough and breaking both is more
+    // than needed: only default_project_id is set after.
+    let schema = build(
+        Engine::Postgres,
+        vec![
+            t("sites").col("id", "uuid").null("default_project_id", "bigint").pk(&["id"]).fk(
+                "sites_default_project_id_fkey",
+                "default_project_id",
+                "projects",
+            ),
+            t("users").col("id", "bigint").col("site_id", "uuid").pk(&["id"]).fk(
+                "users_site_id_fkey",
+                "site_id",
+                "sites",
+            ),
+            t("projects")
+                .col("id", "bigint")
+                .col("site_id", "uuid")
+                .null("lead_id", "bigint")
+                .pk(&["id"])
+                .fk("projects_site_id_fkey", "site_id", "sites")
+                .fk("projects_lead_id_fkey", "lead_id", "users"),
+        ],
+    );
+    let plan = slice_plan(&schema, &root("sites")).unwrap();
+    assert_eq!(plan.table("sites").unwrap().set_after, ["default_project_id"]);
+    assert!(plan.table("projects").unwrap().set_after.is_empty(), "{plan:?}");
+    assert_eq!(order(&plan), ["sites", "users", "projects"]);
+    assert_parents_first(&schema, &plan);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The rendering.
 
