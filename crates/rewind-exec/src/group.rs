@@ -370,10 +370,19 @@ mod tests {
     fn a_group_that_ignores_sigterm_gets_sigkill() {
         use std::os::unix::process::CommandExt;
         let mut stubborn = std::process::Command::new("/bin/sh")
-            .args(["-c", "trap '' TERM; while :; do sleep 0.05; done"])
+            .args(["-c", "trap '' TERM; echo ready; while :; do sleep 0.05; done"])
             .process_group(0)
+            .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
+        // Registered only once its trap is set: a loaded machine may not have run it yet.
+        let mut ready = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(stubborn.stdout.take().unwrap()),
+            &mut ready,
+        )
+        .unwrap();
+        assert_eq!(ready, "ready\n");
         let (mut watchdog, mut pipe) = start_watchdog().unwrap();
         writeln!(pipe, "+ {}", stubborn.id()).unwrap();
         drop(pipe);
