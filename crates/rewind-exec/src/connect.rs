@@ -171,6 +171,15 @@ impl Pools {
                 .acquire_timeout(SQLITE_BUSY)
                 .max_connections(PG_POOL_CONNECTIONS)
                 .idle_timeout(Some(IDLE))
+                // What an attempt `SET` on its session (a `sql` step's `SET TimeZone`, or worse
+                // `SET session_replication_role = replica`) does not reach the next attempt
+                // that gets the connection. A connection that cannot be reset is closed.
+                .after_release(|conn, _| {
+                    Box::pin(async move {
+                        use sqlx::Executor as _;
+                        conn.execute("RESET ALL").await.map(|_| true)
+                    })
+                })
                 .connect_lazy_with(options))
         };
         let pool = pool_for(&self.pg, &key, make, || probe_pg(&key)).await?;

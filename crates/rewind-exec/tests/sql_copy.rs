@@ -500,3 +500,48 @@ async fn postgres_copy_stopped_mid_stream_leaves_no_statement_running() {
     live.drop_schema().await;
     scratch.drop_schema().await;
 }
+
+/// A `sql` step's `SET` stays in its own session: the next attempt that gets the pooled
+/// connection (here the only one the pool has made) sees the server's defaults, not
+/// `session_replication_role = replica` (which would switch foreign keys off for it).
+#[tokio::test]
+async fn a_session_setting_does_not_reach_the_next_attempt() {
+    let Some(base) = postgres_url("a_session_setting_does_not_reach_the_next_attempt") else {
+        return;
+    };
+    let live = PgSchema::create(&base).await;
+    let wf = workflow(
+        r#"
+[[steps]]
+id = "set"
+estimate = "1m"
+action = { kind = "sql", connection = "live", statements = [{ sql = "SET session_replication_role = replica" }, { sql = "SET TimeZone = 'Asia/Kolkata'" }, { sql = "SELECT current_setting('session_replication_role') AS role, pg_backend_pid() AS pid" }] }
+
+[[steps]]
+id = "read"
+estimate = "1m"
+action = { kind = "sql", connection = "live", sql = "SELECT current_setting('session_replication_role') AS role, current_setting('TimeZone') AS tz, pg_backend_pid() AS pid" }
+"#,
+    );
+    let registry = Registry::builtin();
+    let set = run(&registry, attempt(&wf, 0, SITE_A, &live.url, &live.url)).await;
+    assert_eq!(set.outcome, Outcome::Succeeded, "{set:?}");
+    let set = set.output.unwrap();
+    assert_eq!(set["role"], "replica");
+    // The pool hands out idle connections; read until the first session comes back (its
+    // reset runs as it returns to the pool).
+    let mut read = Value::Null;
+    for _ in 0..50 {
+        let r = run(&registry, attempt(&wf, 1, SITE_A, &live.url, &live.url)).await;
+        assert_eq!(r.outcome, Outcome::Succeeded, "{r:?}");
+        read = r.output.unwrap();
+        if read["pid"] == set["pid"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(read["pid"], set["pid"], "the same pooled session came back");
+    assert_eq!(read["role"], "origin");
+    assert_ne!(read["tz"], "Asia/Kolkata");
+    live.drop_schema().await;
+}
