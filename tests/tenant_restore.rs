@@ -419,3 +419,48 @@ fn deleted_tenants_come_back_on_postgres() {
 fn deleted_tenants_come_back_on_mariadb() {
     restore_deleted_tenants(Engine::Mariadb, "deleted_tenants_come_back_on_mariadb");
 }
+
+/// A slice that cannot be planned from a catalog this machine reads (a typo in `root`) is
+/// refused before the run exists: exit 2, naming the step, its line and the table; no
+/// checkpoint store, nothing copied. (SQLite files: no server needed.)
+#[test]
+fn a_root_the_catalog_does_not_have_is_refused_before_the_run() {
+    let env = Env::sqlite();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for name in ["backup.db", "live.db"] {
+        let url = format!("sqlite://{}?mode=rwc", env.path(name).display());
+        rt.block_on(async {
+            let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            c.execute(
+                "CREATE TABLE sites (id TEXT PRIMARY KEY); \
+                 CREATE TABLE projects (id INTEGER PRIMARY KEY, site_id TEXT NOT NULL REFERENCES sites (id))",
+            )
+            .await
+            .unwrap();
+            c.close().await.unwrap();
+        });
+    }
+    let text = std::fs::read_to_string(repo("examples/tenant-restore.toml"))
+        .unwrap()
+        .replace("root = \"sites\", tenant", "root = \"sitez\", tenant");
+    let w = env.write("typo.toml", &text, false);
+    let t = env.write("targets.csv", "id,kind\n00000000-0000-4000-8000-00000000000a,site\n", false);
+    let (w, t) = (w.to_str().unwrap(), t.to_str().unwrap());
+    let o = env
+        .cmd(&["run", "--workflow", w, "--targets", t, "--restore-point", RP])
+        .env("TRACKER_BACKUP_URL", format!("sqlite://{}", env.path("backup.db").display()))
+        .env("TRACKER_LIVE_URL", format!("sqlite://{}", env.path("live.db").display()))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}{}", stdout(&o), stderr(&o));
+    // The step's line is its `[[steps]]` header's, the line before its id.
+    let line = text.lines().position(|l| l.contains("id = \"tracker.copy\"")).unwrap();
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("step `tracker.copy` (line {line})"))
+            && err.contains("the root table `sitez` does not exist")
+            && err.contains("nothing was run"),
+        "{err}"
+    );
+    assert!(!env.path("rewind.db").exists(), "no run was created");
+}

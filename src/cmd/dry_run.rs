@@ -208,3 +208,37 @@ pub fn slices(
     }
     Ok(lines)
 }
+
+/// The first `copy` or `compare` whose slice cannot be planned from a catalog this machine can
+/// read now ([`rewind_exec::discover::unplannable`]), as a refusal naming the step and its
+/// line: a typo in `root`, `tables` or `exclude` is refused before the run exists rather than
+/// failing every target's step.
+pub fn refuse_unplannable(
+    plan: &Plan,
+    make: &Attempts<'_>,
+    rt: &tokio::runtime::Runtime,
+) -> Result<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    for id in plan.ids() {
+        if plan.instance(id).skipped {
+            continue;
+        }
+        let attempt = make.attempt(id);
+        let Some(Ok(ends)) = rewind_exec::discover::slice_ends(&attempt) else { continue };
+        if !seen.insert(ends.clone()) {
+            continue;
+        }
+        let (rewind_model::Action::Copy(s) | rewind_model::Action::Compare(s)) = &*attempt.action
+        else {
+            continue;
+        };
+        if let Some(why) = rt.block_on(rewind_exec::discover::unplannable(&ends, s)) {
+            let step = plan.step_of(id);
+            return Err(refused(format!(
+                "rewind: step `{}` (line {}): {why}; nothing was run",
+                step.id, step.line
+            )));
+        }
+    }
+    Ok(())
+}

@@ -170,6 +170,8 @@ pub fn run(db: &str, args: &Args) -> Result<Exit> {
         if let Some(said) = checked {
             eprintln!("rewind: {said}");
         }
+        let make = crate::cmd::dry_run::Attempts::new(&plan, &registry, &vars, &workdir, &cwd);
+        crate::cmd::dry_run::refuse_unplannable(&plan, &make, &rt)?;
     }
     if args.dry_run {
         let mut out = std::io::stdout().lock();

@@ -82,6 +82,22 @@ pub async fn discover(ends: &SliceEnds, s: &SliceAction) -> Vec<String> {
     lines
 }
 
+/// Why the slice `s` of `ends` cannot be planned, when the first catalog that can be read (the
+/// source's, else the destination's) already says so: an unknown root or table, a column the
+/// workflow names that is not there, a cycle that cannot be broken. `None` when it plans, or
+/// when no catalog can be read before the run (a source a restore has yet to make).
+pub async fn unplannable(ends: &SliceEnds, s: &SliceAction) -> Option<String> {
+    for end in [&ends.from, &ends.to] {
+        let Some(url) = end.url() else { continue };
+        if let Ok(Ok(schema)) = tokio::time::timeout(TIMEOUT, read_only_catalog(url)).await {
+            return rewind_slice::plan::plan(&schema, &request(s)).err().map(|e| {
+                format!("the slice cannot be planned from `{}`'s catalog: {e}", end.name)
+            });
+        }
+    }
+    None
+}
+
 /// The plan of `s` in `schema`, or why there is none, as indented lines.
 fn render(schema: &Schema, s: &SliceAction) -> Vec<String> {
     let plan = match rewind_slice::plan::plan(schema, &request(s)) {
