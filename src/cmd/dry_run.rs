@@ -142,103 +142,90 @@ impl<'a> Attempts<'a> {
     }
 }
 
-/// At most this many distinct pairs of connections are planned per step; the rest are counted.
+/// At most this many distinct pairs of connections are shown per step; the rest are counted.
 const SLICES_SHOWN: usize = 8;
 
-/// The tenant slices of the plan's `copy` and `compare` steps, planned read-only from the
-/// catalogs they can reach: one block per step and pair of connections. Empty when the
-/// workflow has no such step.
+/// The tenant slices of a plan's `copy` and `compare` steps, as discovered before the run.
+#[derive(Debug, Default)]
+pub struct Slices {
+    /// One block per step and pair of connections, for `plan` and `--dry-run`.
+    pub lines: Vec<String>,
+    /// The first slice a catalog says cannot be planned, as a refusal naming its step and line.
+    pub unplannable: Option<String>,
+}
+
+/// The slices of the plan's `copy` and `compare` steps, each distinct pair of connections
+/// planned once, read-only, from the catalogs this machine can reach
+/// ([`rewind_exec::discover::discover`]). `every_pair`: discover the pairs beyond the
+/// [`SLICES_SHOWN`] of a step too (a run checks them all; `plan` only counts them).
 pub fn slices(
     plan: &Plan,
     make: &Attempts<'_>,
     rt: &tokio::runtime::Runtime,
-) -> Result<Vec<String>> {
+    every_pair: bool,
+) -> Result<Slices> {
+    let mut out = Slices::default();
     let mut seen = std::collections::BTreeSet::new();
+    let mut shown: BTreeMap<String, usize> = BTreeMap::new();
     let mut more: BTreeMap<String, usize> = BTreeMap::new();
     let mut unrendered = std::collections::BTreeSet::new();
     let mut bodies: BTreeMap<Vec<String>, String> = BTreeMap::new();
-    let mut lines = Vec::new();
     for id in plan.ids() {
+        let step = plan.step_of(id);
+        let (rewind_model::Action::Copy(s) | rewind_model::Action::Compare(s)) = &step.action
+        else {
+            continue;
+        };
         if plan.instance(id).skipped {
             continue;
         }
-        let attempt = make.attempt(id);
-        let Some(ends) = rewind_exec::discover::slice_ends(&attempt) else { continue };
-        let ends = match ends {
-            Ok(ends) => ends,
-            Err(e) => {
-                let step = plan.step_of(id).id.to_string();
-                if unrendered.insert(step.clone()) {
-                    lines.push(format!("{step}: not planned: {e}"));
+        let ends = match rewind_exec::discover::slice_ends(&make.attempt(id)) {
+            Some(Ok(ends)) => ends,
+            Some(Err(e)) => {
+                if unrendered.insert(step.id.to_string()) {
+                    out.lines.push(format!("{}: not planned: {e}", step.id));
                 }
                 continue;
             }
+            None => continue,
         };
-        if seen.contains(&ends) {
-            continue;
-        }
-        let shown =
-            seen.iter().filter(|e: &&rewind_exec::discover::SliceEnds| e.step == ends.step).count();
-        if shown >= SLICES_SHOWN {
-            *more.entry(ends.step.clone()).or_default() += 1;
-            seen.insert(ends);
-            continue;
-        }
-        let (rewind_model::Action::Copy(s) | rewind_model::Action::Compare(s)) = &*attempt.action
-        else {
-            continue;
-        };
-        let mut found = rt.block_on(rewind_exec::discover::discover(&ends, s));
-        // A compare of the same slice as a copy before it: said once.
-        let body = found.split_off(1.min(found.len()));
-        match bodies.get(&body) {
-            Some(first) => {
-                found.push(format!("  the same slice as {first}"));
-            }
-            None => {
-                bodies.insert(body.clone(), ends.step.clone());
-                found.extend(body);
-            }
-        }
-        lines.extend(found);
-        seen.insert(ends);
-    }
-    for (step, n) in more {
-        lines.push(format!("{step}: {n} more pairs of connections, not planned here"));
-    }
-    Ok(lines)
-}
-
-/// The first `copy` or `compare` whose slice cannot be planned from a catalog this machine can
-/// read now ([`rewind_exec::discover::unplannable`]), as a refusal naming the step and its
-/// line: a typo in `root`, `tables` or `exclude` is refused before the run exists rather than
-/// failing every target's step.
-pub fn refuse_unplannable(
-    plan: &Plan,
-    make: &Attempts<'_>,
-    rt: &tokio::runtime::Runtime,
-) -> Result<()> {
-    let mut seen = std::collections::BTreeSet::new();
-    for id in plan.ids() {
-        if plan.instance(id).skipped {
-            continue;
-        }
-        let attempt = make.attempt(id);
-        let Some(Ok(ends)) = rewind_exec::discover::slice_ends(&attempt) else { continue };
         if !seen.insert(ends.clone()) {
             continue;
         }
-        let (rewind_model::Action::Copy(s) | rewind_model::Action::Compare(s)) = &*attempt.action
-        else {
-            continue;
-        };
-        if let Some(why) = rt.block_on(rewind_exec::discover::unplannable(&ends, s)) {
-            let step = plan.step_of(id);
-            return Err(refused(format!(
+        let count = shown.entry(ends.step.clone()).or_default();
+        let show = *count < SLICES_SHOWN;
+        if show {
+            *count += 1;
+        } else {
+            *more.entry(ends.step.clone()).or_default() += 1;
+            if !every_pair {
+                continue;
+            }
+        }
+        let found = rt.block_on(rewind_exec::discover::discover(&ends, s));
+        if let (None, Some(why)) = (&out.unplannable, found.unplannable) {
+            out.unplannable = Some(format!(
                 "rewind: step `{}` (line {}): {why}; nothing was run",
                 step.id, step.line
-            )));
+            ));
         }
+        if !show {
+            continue;
+        }
+        // A compare of the same slice as a copy before it: said once.
+        let mut lines = found.lines;
+        let body = lines.split_off(1.min(lines.len()));
+        match bodies.get(&body) {
+            Some(first) => lines.push(format!("  the same slice as {first}")),
+            None => {
+                bodies.insert(body.clone(), ends.step.clone());
+                lines.extend(body);
+            }
+        }
+        out.lines.extend(lines);
     }
-    Ok(())
+    for (step, n) in more {
+        out.lines.push(format!("{step}: {n} more pairs of connections, not planned here"));
+    }
+    Ok(out)
 }

@@ -67,7 +67,7 @@ fn slices(plan: &rewind_model::Plan, workflow: &std::path::Path) -> Result<Vec<S
     let rt = crate::store::runtime()?;
     let (registry, vars) = (crate::registry::registry(), rewind_exec::Vars::from_process());
     let make = crate::cmd::dry_run::Attempts::new(plan, &registry, &vars, &workdir, &cwd);
-    crate::cmd::dry_run::slices(plan, &make, &rt)
+    Ok(crate::cmd::dry_run::slices(plan, &make, &rt, false)?.lines)
 }
 
 /// Left-aligned columns, two spaces apart; columns listed in `right` are right-aligned.

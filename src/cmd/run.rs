@@ -153,6 +153,8 @@ pub fn run(db: &str, args: &Args) -> Result<Exit> {
     let vars = Vars::from_process();
     let cwd = std::env::current_dir()?;
     let rt = store::runtime()?;
+    let make = crate::cmd::dry_run::Attempts::new(&plan, &registry, &vars, &workdir, &cwd);
+    let mut slices = None;
     // A simulation touches no store: the rails that protect stores do not apply to it.
     if !args.simulate {
         safety::check_restore_point(&plan)?;
@@ -170,14 +172,20 @@ pub fn run(db: &str, args: &Args) -> Result<Exit> {
         if let Some(said) = checked {
             eprintln!("rewind: {said}");
         }
-        let make = crate::cmd::dry_run::Attempts::new(&plan, &registry, &vars, &workdir, &cwd);
-        crate::cmd::dry_run::refuse_unplannable(&plan, &make, &rt)?;
+        // A slice a reachable catalog cannot plan (a typo in `root`) is refused before the run.
+        let found = crate::cmd::dry_run::slices(&plan, &make, &rt, true)?;
+        if let Some(why) = &found.unplannable {
+            return Err(refused(why.clone()));
+        }
+        slices = Some(found);
     }
     if args.dry_run {
         let mut out = std::io::stdout().lock();
-        let make = crate::cmd::dry_run::Attempts::new(&plan, &registry, &vars, &workdir, &cwd);
-        let slices = crate::cmd::dry_run::slices(&plan, &make, &rt)?;
-        crate::cmd::dry_run::print(&mut out, &plan, &make, &boundaries, &slices)?;
+        let slices = match slices {
+            Some(s) => s,
+            None => crate::cmd::dry_run::slices(&plan, &make, &rt, false)?,
+        };
+        crate::cmd::dry_run::print(&mut out, &plan, &make, &boundaries, &slices.lines)?;
         out.flush()?;
         return Ok(Exit::Ok);
     }

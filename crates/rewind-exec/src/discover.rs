@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use rewind_model::{Action, SliceAction};
 use rewind_slice::sql::{Dialect, Scope, selector};
-use rewind_slice::{Schema, SliceError};
+use rewind_slice::{Schema, SliceError, SlicePlan};
 use sqlx::Connection as _;
 
 use crate::Attempt;
@@ -48,8 +48,21 @@ pub fn slice_ends(a: &Attempt) -> Option<Result<SliceEnds, String>> {
     Some(ends())
 }
 
-/// The lines that show the slice `s` of `ends`, planned from the first catalog that can be read.
-pub async fn discover(ends: &SliceEnds, s: &SliceAction) -> Vec<String> {
+/// A slice as discovered before the run: what `plan` and `--dry-run` show, and, when the first
+/// catalog that could be read already says the slice cannot be planned, why (the run refuses
+/// it: an unknown root or table, a cycle that cannot be broken).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Discovery {
+    /// The step's block: a header line, then indented lines.
+    pub lines: Vec<String>,
+    /// `the slice cannot be planned from `live`'s catalog: …`; `None` when it plans, or when no
+    /// catalog can be read before the run (a source a restore has yet to make).
+    pub unplannable: Option<String>,
+}
+
+/// The slice `s` of `ends`, planned once from the first catalog that can be read: the
+/// source's, else the destination's.
+pub async fn discover(ends: &SliceEnds, s: &SliceAction) -> Discovery {
     let mut lines = vec![format!("{} ({}):", ends.step, s.extent())];
     let mut why_not = Vec::new();
     for (end, role) in [(&ends.from, "the source"), (&ends.to, "the destination")] {
@@ -71,46 +84,37 @@ pub async fn discover(ends: &SliceEnds, s: &SliceAction) -> Vec<String> {
                     )
                 };
                 lines.push(said);
-                lines.extend(render(&schema, s));
-                return lines;
+                return match rewind_slice::plan::plan(&schema, &request(s)) {
+                    Ok(plan) => {
+                        lines.extend(render(&plan, schema.engine));
+                        Discovery { lines, unplannable: None }
+                    }
+                    Err(e) => {
+                        lines.push(format!("  the run would fail: {e}"));
+                        let why = format!(
+                            "the slice cannot be planned from `{}`'s catalog: {e}",
+                            end.name
+                        );
+                        Discovery { lines, unplannable: Some(why) }
+                    }
+                };
             }
             Ok(Err(e)) => why_not.push(format!("`{}`: {e}", end.name)),
             Err(_) => why_not.push(format!("`{}`: no answer within {TIMEOUT:?}", end.name)),
         }
     }
     lines.push(format!("  not planned: no catalog could be read ({})", why_not.join("; ")));
-    lines
+    Discovery { lines, unplannable: None }
 }
 
-/// Why the slice `s` of `ends` cannot be planned, when the first catalog that can be read (the
-/// source's, else the destination's) already says so: an unknown root or table, a column the
-/// workflow names that is not there, a cycle that cannot be broken. `None` when it plans, or
-/// when no catalog can be read before the run (a source a restore has yet to make).
-pub async fn unplannable(ends: &SliceEnds, s: &SliceAction) -> Option<String> {
-    for end in [&ends.from, &ends.to] {
-        let Some(url) = end.url() else { continue };
-        if let Ok(Ok(schema)) = tokio::time::timeout(TIMEOUT, read_only_catalog(url)).await {
-            return rewind_slice::plan::plan(&schema, &request(s)).err().map(|e| {
-                format!("the slice cannot be planned from `{}`'s catalog: {e}", end.name)
-            });
-        }
-    }
-    None
-}
-
-/// The plan of `s` in `schema`, or why there is none, as indented lines.
-fn render(schema: &Schema, s: &SliceAction) -> Vec<String> {
-    let plan = match rewind_slice::plan::plan(schema, &request(s)) {
-        Ok(p) => p,
-        Err(e) => return vec![format!("  the run would fail: {e}")],
-    };
-    let dialect = Dialect::from(schema.engine);
-    let tenant = "<tenant>";
-    let scope = Scope { dialect, qualifier: "", tenant };
+/// `plan` as indented lines: its description, then each table's `WHERE`.
+fn render(plan: &SlicePlan, engine: rewind_slice::Engine) -> Vec<String> {
+    let dialect = Dialect::from(engine);
+    let scope = Scope { dialect, qualifier: "", tenant: "<tenant>" };
     let mut lines: Vec<String> = plan.describe().into_iter().map(|l| format!("  {l}")).collect();
     lines.push("  rows selected:".to_owned());
     for t in &plan.tables {
-        lines.push(format!("    {}: WHERE {}", dialect.quote(&t.name), selector(&plan, t, scope)));
+        lines.push(format!("    {}: WHERE {}", dialect.quote(&t.name), selector(plan, t, scope)));
     }
     lines
 }

@@ -77,16 +77,7 @@ pub async fn schema(conn: &mut MySqlConnection) -> Result<Schema, SliceError> {
     .map_err(db("read the tables from information_schema.TABLES"))?;
     for row in &rows {
         let name = text(row, 0)?;
-        tables.insert(
-            name.clone(),
-            Table {
-                name,
-                columns: Vec::new(),
-                primary_key: Vec::new(),
-                foreign_keys: Vec::new(),
-                triggers: Vec::new(),
-            },
-        );
+        tables.insert(name.clone(), Table::named(name));
     }
     read_columns(conn, &mut tables).await?;
     read_primary_keys(conn, &mut tables).await?;

@@ -112,16 +112,7 @@ pub async fn schema(conn: &mut PgConnection) -> Result<Schema, SliceError> {
     for (name,) in
         fetch_all::<(String,)>(conn, TABLES, "read the tables of the current schema").await?
     {
-        tables.insert(
-            name.clone(),
-            Table {
-                name,
-                columns: Vec::new(),
-                primary_key: Vec::new(),
-                foreign_keys: Vec::new(),
-                triggers: Vec::new(),
-            },
-        );
+        tables.insert(name.clone(), Table::named(name));
     }
     let columns = fetch_all::<(String, String, String, bool, bool, Option<String>)>(
         conn,

@@ -60,6 +60,18 @@ pub struct Table {
 }
 
 impl Table {
+    /// A table with nothing read yet: columns, keys and triggers are filled in as the catalog
+    /// gives them.
+    pub fn named(name: String) -> Self {
+        Self {
+            name,
+            columns: Vec::new(),
+            primary_key: Vec::new(),
+            foreign_keys: Vec::new(),
+            triggers: Vec::new(),
+        }
+    }
+
     /// The column named `name`.
     pub fn column(&self, name: &str) -> Option<&Column> {
         self.columns.iter().find(|c| c.name == name)
