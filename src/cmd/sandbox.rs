@@ -46,6 +46,10 @@ enum Sub {
     /// What IDs are (site or app, and their state): IDs on stdin, one JSON line per known ID.
     /// A workflow's [preflight] resolver; it only reads.
     Resolve(ResolveArgs),
+    /// Stop every database server a `--clusters` sandbox started (prints their names).
+    Stop(ResolveArgs),
+    /// Start a stopped `--clusters` sandbox's database servers again.
+    Start(ResolveArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -65,8 +69,16 @@ struct InitArgs {
     #[arg(long, default_value_t = 4)]
     shards: u32,
     /// Keep the relational stores as schemas on this PostgreSQL server instead of SQLite files.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", conflicts_with = "clusters")]
     postgres: Option<String>,
+    /// Start real database servers under DIR (PostgreSQL clusters for catalog, contacts and the
+    /// product shards; MariaDB for identity), continuously archived; the history ends now, its
+    /// last part written in real time after the base backups.
+    #[arg(long)]
+    clusters: bool,
+    /// With --clusters: how long the real-time part of the history lasts.
+    #[arg(long, default_value = "4s")]
+    live: String,
     /// Seed of everything generated: the same seed makes the same sandbox.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -94,12 +106,13 @@ struct IncidentArgs {
     /// When the first site is deleted, RFC 3339 UTC (default: the sandbox clock).
     #[arg(long)]
     at: Option<String>,
-    /// Time over which the deletions are spread.
-    #[arg(long, default_value = "23m")]
-    over: String,
-    /// Activity simulated after the last deletion.
-    #[arg(long, default_value = "15m")]
-    then: String,
+    /// Time over which the deletions are spread (default 23m; 6s, in real time, on a
+    /// --clusters sandbox).
+    #[arg(long)]
+    over: Option<String>,
+    /// Activity after the last deletion (default 15m; 3s on a --clusters sandbox).
+    #[arg(long)]
+    then: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -206,7 +219,21 @@ pub fn run(args: &Args) -> Result<Exit> {
         Sub::Outbox(a) => outbox(a),
         Sub::DropScratch(a) => rt.block_on(drop_scratch(a)),
         Sub::Resolve(a) => rt.block_on(resolve(a)),
+        Sub::Stop(a) => rt.block_on(stop(a)),
+        Sub::Start(a) => rt.block_on(start(a)),
     }
+}
+
+async fn stop(a: &ResolveArgs) -> Result<Exit> {
+    let stopped = rewind_sandbox::clusters::stop(&a.dir).await.map_err(lib_err)?;
+    println!("{}", serde_json::json!({ "stopped": stopped }));
+    Ok(Exit::Ok)
+}
+
+async fn start(a: &ResolveArgs) -> Result<Exit> {
+    let started = rewind_sandbox::clusters::start(&a.dir).await.map_err(lib_err)?;
+    println!("{}", serde_json::json!({ "started": started }));
+    Ok(Exit::Ok)
 }
 
 async fn resolve(a: &ResolveArgs) -> Result<Exit> {
@@ -252,9 +279,12 @@ async fn init(a: &InitArgs) -> Result<Exit> {
         None => o.retention + Duration::from_secs(86_400),
     };
     o.snapshot_every = duration("--snapshot-every", &a.snapshot_every)?;
+    o.clusters = a.clusters;
+    o.live = duration("--live", &a.live)?;
     let s = rewind_sandbox::init(&o).await.map_err(lib_err)?;
     let backing = match &o.postgres {
         Some(url) => format!("PostgreSQL {}", rewind_model::redact_url(url)),
+        None if o.clusters => "database servers".to_owned(),
         None => "SQLite".to_owned(),
     };
     println!(
@@ -271,16 +301,42 @@ async fn init(a: &InitArgs) -> Result<Exit> {
         thousands(s.rows as usize)
     );
     println!("restorable     {} to {}", s.window_start, s.now);
+    print_servers(&a.dir)?;
     Ok(Exit::Ok)
+}
+
+/// A clusters sandbox's servers, one line each.
+pub(crate) fn print_servers(dir: &Path) -> Result<()> {
+    let servers = rewind_sandbox::clusters::servers(dir).map_err(lib_err)?;
+    for s in &servers {
+        let backup = match &s.backup {
+            rewind_sandbox::clusters::ServerBackup::Archive { .. } => "pg_basebackup + WAL archive",
+            rewind_sandbox::clusters::ServerBackup::Pgbackrest { .. } => "pgBackRest",
+            rewind_sandbox::clusters::ServerBackup::Binlog { .. } => "mariadb-backup + binlogs",
+        };
+        println!(
+            "server         {:<11} {:<8} 127.0.0.1:{:<5} {backup:<27} {}",
+            s.name,
+            format!("{:?}", s.engine).to_lowercase(),
+            s.port,
+            s.stores.join(", ")
+        );
+    }
+    if !servers.is_empty() {
+        println!("stop them      rewind sandbox stop {}", dir.display());
+    }
+    Ok(())
 }
 
 async fn incident(a: &IncidentArgs) -> Result<Exit> {
     let at = a.at.as_deref().map(|t| instant("--at", t)).transpose()?;
+    let realtime = !rewind_sandbox::clusters::servers(&a.dir).map_err(lib_err)?.is_empty();
+    let (over, then) = if realtime { ("6s", "3s") } else { ("23m", "15m") };
     let o = IncidentOptions {
         delete: a.delete,
         at,
-        over: duration("--over", &a.over)?,
-        then: duration("--then", &a.then)?,
+        over: duration("--over", a.over.as_deref().unwrap_or(over))?,
+        then: duration("--then", a.then.as_deref().unwrap_or(then))?,
     };
     let s = rewind_sandbox::incident(&a.dir, &o).await.map_err(lib_err)?;
     let (first, last) = match (s.deleted.first(), s.deleted.last()) {
@@ -298,6 +354,9 @@ async fn incident(a: &IncidentArgs) -> Result<Exit> {
         s.run.now
     );
     println!("clock          {}", s.run.now);
+    if let Some(rp) = s.restore_point {
+        println!("restore point  {rp} (recommended: a quiet second before the first deletion)");
+    }
     println!("targets        rewind sandbox sites {} --deleted --out deleted.csv", a.dir.display());
     Ok(Exit::Ok)
 }

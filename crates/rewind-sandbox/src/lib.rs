@@ -19,6 +19,7 @@
 //! clock (in its manifest), never the wall clock, except to measure how long a restore took.
 
 mod backup;
+pub mod clusters;
 mod digest;
 mod error;
 mod generate;

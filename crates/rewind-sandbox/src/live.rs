@@ -8,9 +8,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use rewind_model::redact_url;
+use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{AssertSqlSafe, PgPool, SqlitePool};
+use sqlx::{AssertSqlSafe, MySqlPool, PgPool, SqlitePool};
 
 use crate::error::{DbContext, Error, Result};
 use crate::schema::{ColType, StoreKind, Table};
@@ -26,11 +27,13 @@ pub(crate) fn empty_batch(kind: StoreKind) -> Batch {
     kind.tables().iter().map(|_| BTreeMap::new()).collect()
 }
 
-/// A relational store: a SQLite file, or a schema on a PostgreSQL server.
+/// A relational store: a SQLite file, a schema on a PostgreSQL server, or a database on a
+/// MariaDB server.
 #[derive(Clone, Debug)]
 pub(crate) enum Db {
     Sqlite { pool: SqlitePool, what: String },
     Postgres { pool: PgPool, schema: String },
+    Mysql { pool: MySqlPool, database: String },
 }
 
 /// How a SQLite file is opened.
@@ -80,6 +83,19 @@ pub(crate) async fn pg_pool(url: &str) -> Result<PgPool> {
         .ctx(|| format!("connecting to PostgreSQL at `{}`", redact_url(url)))
 }
 
+/// Connects to a MariaDB (or MySQL) server's database.
+pub(crate) async fn mysql_pool(url: &str) -> Result<MySqlPool> {
+    let opts = MySqlConnectOptions::from_str(url)
+        .map_err(|e| Error::refused(format!("`{}`: {e}", redact_url(url))))?;
+    MySqlPoolOptions::new()
+        .max_connections(4)
+        .test_before_acquire(false)
+        .acquire_timeout(Duration::from_secs(20))
+        .connect_with(opts)
+        .await
+        .ctx(|| format!("connecting to MariaDB at `{}`", redact_url(url)))
+}
+
 /// True for names usable as PostgreSQL schema names without quoting surprises.
 pub fn is_plain_ident(s: &str) -> bool {
     let b = s.as_bytes();
@@ -89,37 +105,67 @@ pub fn is_plain_ident(s: &str) -> bool {
         && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_')
 }
 
-fn col_sql(t: ColType, pg: bool) -> &'static str {
-    match (t, pg) {
-        (ColType::Text, _) => "TEXT NOT NULL",
-        (ColType::Int, false) => "INTEGER NOT NULL",
-        (ColType::Int, true) => "BIGINT NOT NULL",
+/// The SQL dialect of a store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dialect {
+    Sqlite,
+    Postgres,
+    Mysql,
+}
+
+impl Dialect {
+    fn quote(self, ident: &str) -> String {
+        match self {
+            Dialect::Mysql => format!("`{ident}`"),
+            _ => format!("\"{ident}\""),
+        }
     }
 }
 
-fn create_table_sql(table: &Table, qualified: &str, pg: bool) -> String {
+fn col_sql(t: ColType, d: Dialect, col: usize) -> &'static str {
+    match (t, d) {
+        // MariaDB indexes no TEXT column without a prefix length: the key columns (`id`,
+        // `site_id`) are VARCHAR there, compared byte for byte like everywhere else.
+        (ColType::Text, Dialect::Mysql) if col < 2 => {
+            "VARCHAR(100) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL"
+        }
+        (ColType::Text, Dialect::Mysql) => {
+            "TEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL"
+        }
+        (ColType::Text, _) => "TEXT NOT NULL",
+        (ColType::Int, Dialect::Sqlite) => "INTEGER NOT NULL",
+        (ColType::Int, _) => "BIGINT NOT NULL",
+    }
+}
+
+fn create_table_sql(table: &Table, qualified: &str, d: Dialect) -> String {
     let cols: Vec<String> = table
         .columns
         .iter()
         .enumerate()
         .map(|(i, (name, ty))| {
             let pk = if i == 0 { " PRIMARY KEY" } else { "" };
-            format!("\"{name}\" {}{pk}", col_sql(*ty, pg))
+            format!("{} {}{pk}", d.quote(name), col_sql(*ty, d, i))
         })
         .collect();
     format!("CREATE TABLE {qualified} ({})", cols.join(", "))
 }
 
+fn column_list_in(table: &Table, d: Dialect) -> String {
+    table.columns.iter().map(|(n, _)| d.quote(n)).collect::<Vec<_>>().join(", ")
+}
+
 fn column_list(table: &Table) -> String {
-    table.columns.iter().map(|(n, _)| format!("\"{n}\"")).collect::<Vec<_>>().join(", ")
+    column_list_in(table, Dialect::Postgres)
 }
 
 impl Db {
-    /// `"table"` (SQLite) or `"schema"."table"` (PostgreSQL).
+    /// `"table"` (SQLite), `"schema"."table"` (PostgreSQL) or `` `database`.`table` ``.
     fn qualified(&self, table: &str) -> String {
         match self {
             Db::Sqlite { .. } => format!("\"{table}\""),
             Db::Postgres { schema, .. } => format!("\"{schema}\".\"{table}\""),
+            Db::Mysql { database, .. } => format!("`{database}`.`{table}`"),
         }
     }
 
@@ -127,12 +173,28 @@ impl Db {
         match self {
             Db::Sqlite { what, .. } => what,
             Db::Postgres { schema, .. } => schema,
+            Db::Mysql { database, .. } => database,
+        }
+    }
+
+    fn dialect(&self) -> Dialect {
+        match self {
+            Db::Sqlite { .. } => Dialect::Sqlite,
+            Db::Postgres { .. } => Dialect::Postgres,
+            Db::Mysql { .. } => Dialect::Mysql,
         }
     }
 
     /// Creates the schema (PostgreSQL; nothing for SQLite), with its comment if given, in one
     /// transaction: the schema never exists without its comment.
     pub(crate) async fn create_schema(&self, comment: Option<&str>) -> Result<()> {
+        if let Db::Mysql { database, .. } = self {
+            return self
+                .exec(&format!(
+                    "CREATE DATABASE `{database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+                ))
+                .await;
+        }
         let Db::Postgres { pool, schema } = self else { return Ok(()) };
         let ctx = || format!("creating schema `{schema}`");
         let mut tx = pool.begin().await.ctx(ctx)?;
@@ -149,11 +211,10 @@ impl Db {
     /// Creates the tables of `kind`, without indexes (the schema must exist:
     /// [`Db::create_schema`]).
     pub(crate) async fn create_tables(&self, kind: StoreKind) -> Result<()> {
-        let pg = matches!(self, Db::Postgres { .. });
         let ddl: Vec<String> = kind
             .tables()
             .iter()
-            .map(|t| create_table_sql(t, &self.qualified(t.name), pg))
+            .map(|t| create_table_sql(t, &self.qualified(t.name), self.dialect()))
             .collect();
         self.exec_all(&ddl, "creating tables").await
     }
@@ -165,7 +226,9 @@ impl Db {
             .iter()
             .map(|t| {
                 let q = self.qualified(t.name);
-                format!("CREATE INDEX \"{}_site_id\" ON {q} (\"site_id\")", t.name)
+                let d = self.dialect();
+                let (index, col) = (d.quote(&format!("{}_site_id", t.name)), d.quote("site_id"));
+                format!("CREATE INDEX {index} ON {q} ({col})")
             })
             .collect();
         self.exec_all(&ddl, "creating indexes").await
@@ -175,8 +238,12 @@ impl Db {
     /// TEXT NOT NULL)`, holding `rows`.
     pub(crate) async fn write_meta(&self, rows: &[(&str, &str)]) -> Result<()> {
         let q = self.qualified(crate::scratch::META_TABLE);
+        let d = self.dialect();
+        let key_type = if d == Dialect::Mysql { "VARCHAR(100)" } else { "TEXT" };
         self.exec(&format!(
-            "CREATE TABLE {q} (\"key\" TEXT NOT NULL PRIMARY KEY, \"value\" TEXT NOT NULL)"
+            "CREATE TABLE {q} ({} {key_type} NOT NULL PRIMARY KEY, {} TEXT NOT NULL)",
+            d.quote("key"),
+            d.quote("value")
         ))
         .await?;
         let ctx = || format!("describing scratch copy `{}`", self.what());
@@ -193,6 +260,15 @@ impl Db {
                 }
                 Db::Postgres { pool, .. } => {
                     let sql = format!("INSERT INTO {q} (\"key\", \"value\") VALUES ($1, $2)");
+                    sqlx::query(AssertSqlSafe(sql))
+                        .bind(*key)
+                        .bind(*value)
+                        .execute(pool)
+                        .await
+                        .map(|_| ())
+                }
+                Db::Mysql { pool, .. } => {
+                    let sql = format!("INSERT INTO {q} (`key`, `value`) VALUES (?, ?)");
                     sqlx::query(AssertSqlSafe(sql))
                         .bind(*key)
                         .bind(*value)
@@ -217,6 +293,7 @@ impl Db {
             match self {
                 Db::Sqlite { pool, .. } => sqlx::query(text()).execute(pool).await.map(|_| ()),
                 Db::Postgres { pool, .. } => sqlx::query(text()).execute(pool).await.map(|_| ()),
+                Db::Mysql { pool, .. } => sqlx::query(text()).execute(pool).await.map(|_| ()),
             }
             .ctx(|| format!("{doing} in `{}`: {sql}", self.what()))?;
         }
@@ -268,6 +345,27 @@ impl Db {
                 }
                 tx.commit().await.ctx(ctx)
             }
+            Db::Mysql { pool, .. } => {
+                let mut tx = pool.begin().await.ctx(ctx)?;
+                for (table, writes) in kind.tables().iter().zip(batch) {
+                    if writes.is_empty() {
+                        continue;
+                    }
+                    let q = self.qualified(table.name);
+                    let ids: Vec<&String> = writes.keys().collect();
+                    for chunk in ids.chunks(SQLITE_CHUNK) {
+                        let marks = vec!["?"; chunk.len()].join(", ");
+                        let sql = format!("DELETE FROM {q} WHERE `id` IN ({marks})");
+                        let mut query = sqlx::query(AssertSqlSafe(sql));
+                        for id in chunk {
+                            query = query.bind(id.as_str());
+                        }
+                        query.execute(&mut *tx).await.ctx(ctx)?;
+                    }
+                    mysql_insert(&mut tx, table, &q, writes.values().flatten()).await.ctx(ctx)?;
+                }
+                tx.commit().await.ctx(ctx)
+            }
         }
     }
 
@@ -292,12 +390,22 @@ impl Db {
                 tx.commit().await.ctx(ctx)?;
                 Ok(n)
             }
+            Db::Mysql { pool, .. } => {
+                let mut tx = pool.begin().await.ctx(ctx)?;
+                let n = mysql_insert(&mut tx, table, &q, rows).await.ctx(ctx)?;
+                tx.commit().await.ctx(ctx)?;
+                Ok(n)
+            }
         }
     }
 
     /// Every row of a table, sorted by id.
     pub(crate) async fn read_all(&self, table: &Table) -> Result<Vec<Row>> {
-        let sql = format!("SELECT {} FROM {}", column_list(table), self.qualified(table.name));
+        let sql = format!(
+            "SELECT {} FROM {}",
+            column_list_in(table, self.dialect()),
+            self.qualified(table.name)
+        );
         let ctx = || format!("reading `{}` of `{}`", table.name, self.what());
         let mut out: Vec<Row> = match self {
             Db::Sqlite { pool, .. } => {
@@ -305,6 +413,10 @@ impl Db {
                 rows.iter().map(|r| decode_row(r, table)).collect::<Result<_, _>>().ctx(ctx)?
             }
             Db::Postgres { pool, .. } => {
+                let rows = sqlx::query(AssertSqlSafe(sql)).fetch_all(pool).await.ctx(ctx)?;
+                rows.iter().map(|r| decode_row(r, table)).collect::<Result<_, _>>().ctx(ctx)?
+            }
+            Db::Mysql { pool, .. } => {
                 let rows = sqlx::query(AssertSqlSafe(sql)).fetch_all(pool).await.ctx(ctx)?;
                 rows.iter().map(|r| decode_row(r, table)).collect::<Result<_, _>>().ctx(ctx)?
             }
@@ -317,6 +429,7 @@ impl Db {
     pub(crate) async fn close(&self) {
         match self {
             Db::Sqlite { pool, .. } => pool.close().await,
+            Db::Mysql { pool, .. } => pool.close().await,
             Db::Postgres { .. } => {}
         }
     }
@@ -358,6 +471,37 @@ async fn sqlite_insert<'a>(
         let sql = format!(
             "INSERT INTO {qualified} ({}) VALUES {}",
             column_list(table),
+            vec![one.as_str(); chunk.len()].join(", ")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for row in chunk {
+            for v in row {
+                query = match v {
+                    Val::Int(i) => query.bind(*i),
+                    Val::Text(s) => query.bind(s.as_str()),
+                };
+            }
+        }
+        n += query.execute(&mut *conn).await?.rows_affected();
+    }
+    Ok(n)
+}
+
+/// Inserts rows into a MariaDB table, [`SQLITE_CHUNK`] rows per statement.
+async fn mysql_insert<'a>(
+    conn: &mut sqlx::MySqlConnection,
+    table: &Table,
+    qualified: &str,
+    rows: impl Iterator<Item = &'a Row>,
+) -> std::result::Result<u64, sqlx::Error> {
+    let one = format!("({})", vec!["?"; table.columns.len()].join(", "));
+    let mut n = 0u64;
+    let mut rows = rows.peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<&Row> = rows.by_ref().take(SQLITE_CHUNK).collect();
+        let sql = format!(
+            "INSERT INTO {qualified} ({}) VALUES {}",
+            column_list_in(table, Dialect::Mysql),
             vec![one.as_str(); chunk.len()].join(", ")
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));

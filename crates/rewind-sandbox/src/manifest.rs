@@ -28,6 +28,25 @@ pub enum Backend {
         /// Prefix of this sandbox's schema names (unique per sandbox).
         schema_prefix: String,
     },
+    /// Database servers the sandbox started itself (`init --clusters`): catalog, contacts,
+    /// tracker and wiki on PostgreSQL clusters, identity on MariaDB, one database per store;
+    /// media, flags and apps as with [`Backend::Sqlite`].
+    Clusters {
+        /// The servers, their ports, data directories, stores and backups.
+        servers: Vec<crate::clusters::Server>,
+    },
+}
+
+impl Backend {
+    /// The server holding `store`, in a clusters sandbox.
+    pub fn server_of(&self, store: &str) -> Option<&crate::clusters::Server> {
+        match self {
+            Backend::Clusters { servers } => {
+                servers.iter().find(|s| s.stores.iter().any(|n| n == store))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// One tenant.
@@ -113,6 +132,11 @@ pub struct Incident {
     pub last: SimTime,
     /// Deleted sites in deletion order.
     pub deleted: Vec<Deletion>,
+    /// A clusters sandbox's recommended restore point: the middle of a second before the first
+    /// deletion in which no server committed anything, so that every backup restores it exactly
+    /// (MariaDB binlogs have one-second resolution).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_point: Option<SimTime>,
 }
 
 /// `DIR/sandbox.json`.

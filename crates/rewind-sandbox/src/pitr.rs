@@ -171,6 +171,14 @@ pub async fn pitr(dir: &Path, opts: &PitrOptions) -> Result<PitrReport> {
             }
         }
     };
+    if let Some(server) = m.backend.server_of(store.name()) {
+        return Err(Error::refused(format!(
+            "store `{store}` lives on the database server `{}` (port {}): the sandbox's own \
+             backup tool does not restore it; restore that server's backups with a `pitr` step \
+             (workflows/restore-2-clusters.toml)",
+            server.name, server.port
+        )));
+    }
     let out = match (&m.backend, store.kind) {
         (_, StoreKind::Media) => {
             let (p, text, label) = path_of(&store)?;
@@ -186,7 +194,7 @@ pub async fn pitr(dir: &Path, opts: &PitrOptions) -> Result<PitrReport> {
             }
             Out::Media(p)
         }
-        (Backend::Sqlite, _) => {
+        (Backend::Sqlite | Backend::Clusters { .. }, _) => {
             let (p, text, label) = path_of(&store)?;
             if p.is_dir() {
                 return Err(Error::refused(format!(

@@ -292,8 +292,23 @@ fn resolve(url: &str, rest: &str) -> Result<String> {
             redact_url(url)
         )));
     }
+    if let Some(server) = m.backend.server_of(store.name()) {
+        if tag.is_some() {
+            return Err(Error::refused(format!(
+                "connection URL `{}`: store `{store}` lives on the database server `{}`; its \
+                 scratch copy is a scratch instance a `pitr` step recovers (use that step's \
+                 `port` output)",
+                redact_url(url),
+                server.name
+            )));
+        }
+        return Ok(server.url(&crate::clusters::Server::database(&store)));
+    }
     match (&m.backend, tag) {
-        (Backend::Sqlite, None) => sqlite_url(&dir.join(&m.state(&store)?.location)),
+        (Backend::Sqlite | Backend::Clusters { .. }, None) => {
+            sqlite_url(&dir.join(&m.state(&store)?.location))
+        }
+        (Backend::Clusters { .. }, Some(tag)) => sqlite_url(&sqlite_path(&dir, &tag, &store)),
         (Backend::Sqlite, Some(tag)) => sqlite_url(&sqlite_path(&dir, &tag, &store)),
         (Backend::Postgres { url: server, .. }, None) => pg_url(server, &m.state(&store)?.location),
         (Backend::Postgres { url: server, schema_prefix }, Some(tag)) => {
@@ -404,12 +419,16 @@ pub async fn drop_scratch(dir: &Path, tag: &ScratchTag, store: Option<&str>) -> 
     };
     let mut copies = Vec::new();
     for s in &stores {
+        if m.backend.server_of(s.name()).is_some() {
+            // No sandbox copy of a server's store exists: `pitr` steps make scratch instances.
+            continue;
+        }
         let copy = match (&m.backend, s.kind) {
             (_, StoreKind::Media) => {
                 let main = media_path(dir, tag);
                 Copy::Media { partial: with_suffix(&main, ".partial"), main }
             }
-            (Backend::Sqlite, _) => {
+            (Backend::Sqlite | Backend::Clusters { .. }, _) => {
                 let main = sqlite_path(dir, tag, s);
                 Copy::Sqlite { partial: with_suffix(&main, ".partial"), main }
             }
@@ -510,6 +529,9 @@ pub async fn drop_scratch(dir: &Path, tag: &ScratchTag, store: Option<&str>) -> 
 /// mistyped path removes nothing.
 pub async fn destroy(dir: &Path) -> Result<()> {
     let m = Manifest::load(dir)?;
+    if let Backend::Clusters { servers } = &m.backend {
+        crate::clusters::stop_all(servers).await?;
+    }
     if let Backend::Postgres { url, schema_prefix } = &m.backend {
         let pool = live::pg_pool(url).await?;
         let pattern = format!("{}\\_%", schema_prefix.replace('_', "\\_"));

@@ -38,6 +38,12 @@ pub struct InitOptions {
     pub shards: u32,
     /// PostgreSQL URL for the relational stores; SQLite files when `None`.
     pub postgres: Option<String>,
+    /// Keep the relational stores on database servers the sandbox starts itself
+    /// ([`crate::clusters`]); the history's end (`now`) is then the wall clock, and its last
+    /// part is written in real time after the servers' base backups.
+    pub clusters: bool,
+    /// With `clusters`: how long the real-time part of the history lasts.
+    pub live: Duration,
     /// Seed of everything generated.
     pub seed: u64,
     /// The sandbox clock at the end of the generated history.
@@ -60,6 +66,8 @@ impl InitOptions {
             sites,
             shards: 4,
             postgres: None,
+            clusters: false,
+            live: Duration::from_secs(4),
             seed: 1,
             now: SimTime::from_unix_ms(1_649_144_280_000),
             retention: Duration::from_secs(30 * 86_400),
@@ -109,6 +117,8 @@ pub struct IncidentSummary {
     pub run: RunSummary,
     /// Deleted sites in order.
     pub deleted: Vec<Deletion>,
+    /// A clusters sandbox's recommended restore point ([`Incident::restore_point`]).
+    pub restore_point: Option<SimTime>,
 }
 
 #[derive(Serialize)]
@@ -142,6 +152,28 @@ struct Engine {
     writes: u64,
     deleted: BTreeSet<usize>,
     stores: Vec<Store>,
+    /// Writes are stamped with the wall clock and committed one event at a time, each event
+    /// waiting for its instant (a clusters sandbox's real-time part).
+    realtime: bool,
+    /// The last instant stamped (the ledger never goes back in time).
+    last_stamp: SimTime,
+}
+
+/// The wall clock, to the millisecond.
+pub(crate) fn wall_now() -> SimTime {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    SimTime::from_unix_ms(ms)
+}
+
+/// Sleeps until the wall clock reaches `t`.
+async fn sleep_until(t: SimTime) {
+    let wait = t.unix_ms() - wall_now().unix_ms();
+    if wait > 0 {
+        tokio::time::sleep(Duration::from_millis(wait.unsigned_abs())).await;
+    }
 }
 
 fn schema_name(prefix: &str, store: &Store) -> String {
@@ -156,9 +188,23 @@ async fn connect(
     let mut dbs = BTreeMap::new();
     let pool = match backend {
         Backend::Postgres { url, .. } => Some(live::pg_pool(url).await?),
-        Backend::Sqlite => None,
+        Backend::Sqlite | Backend::Clusters { .. } => None,
     };
     for s in stores.iter().filter(|s| s.kind != StoreKind::Media) {
+        if let Some(server) = backend.server_of(s.name()) {
+            let database = crate::clusters::Server::database(s);
+            let url = server.url(&database);
+            let db = match server.engine {
+                crate::clusters::ServerEngine::Postgres => {
+                    Db::Postgres { pool: live::pg_pool(&url).await?, schema: "public".into() }
+                }
+                crate::clusters::ServerEngine::Mariadb => {
+                    Db::Mysql { pool: live::mysql_pool(&url).await?, database }
+                }
+            };
+            dbs.insert(s.name().to_owned(), db);
+            continue;
+        }
         let db = match (backend, &pool) {
             (Backend::Postgres { schema_prefix, .. }, Some(pool)) => {
                 Db::Postgres { pool: pool.clone(), schema: schema_name(schema_prefix, s) }
@@ -236,7 +282,10 @@ impl Engine {
         let dbs = connect(&layout, &backend, &stores).await?;
         for s in &stores {
             if let Some(db) = dbs.get(s.name()) {
-                db.create_schema(None).await?;
+                // A server's store is a database the servers were given (clusters).
+                if backend.server_of(s.name()).is_none() {
+                    db.create_schema(None).await?;
+                }
                 db.create_tables(s.kind).await?;
                 db.create_indexes(s.kind).await?;
             }
@@ -254,6 +303,12 @@ impl Engine {
             journals.insert(s.name().to_owned(), JournalWriter::new(&dir, 0, chain.clone())?);
             let location = match (&backend, s.kind) {
                 (_, StoreKind::Media) => "stores/media".to_owned(),
+                (Backend::Clusters { .. }, _) => match backend.server_of(s.name()) {
+                    Some(server) => {
+                        format!("{}/{}", server.name, crate::clusters::Server::database(s))
+                    }
+                    None => Layout::sqlite_rel(s),
+                },
                 (Backend::Sqlite, _) => Layout::sqlite_rel(s),
                 (Backend::Postgres { schema_prefix, .. }, _) => schema_name(schema_prefix, s),
             };
@@ -294,6 +349,8 @@ impl Engine {
             writes: 0,
             deleted: BTreeSet::new(),
             stores,
+            realtime: false,
+            last_stamp: SimTime::MIN,
         })
     }
 
@@ -357,6 +414,8 @@ impl Engine {
             writes: 0,
             deleted,
             stores,
+            realtime: false,
+            last_stamp: SimTime::MIN,
         })
     }
 
@@ -507,6 +566,14 @@ impl Engine {
         events.sort();
         let mut deletions = Vec::new();
         for (ts, _, ev) in events {
+            let ts = if self.realtime {
+                sleep_until(ts).await;
+                let stamp = wall_now().max(self.last_stamp);
+                self.last_stamp = stamp;
+                stamp
+            } else {
+                ts
+            };
             self.snapshots_until(ts, false).await?;
             let writes = match ev {
                 Event::Activity(i) => {
@@ -525,13 +592,35 @@ impl Engine {
             for w in writes {
                 self.apply(ts, w)?;
             }
-            if self.pending_writes >= FLUSH_EVERY {
+            if self.pending_writes >= FLUSH_EVERY || self.realtime {
                 self.flush().await?;
             }
         }
+        let end = if self.realtime { end.max(wall_now()).max(self.last_stamp) } else { end };
         self.snapshots_until(end, true).await?;
         self.manifest.now = end;
         Ok(deletions)
+    }
+
+    /// Keeps one whole wall-clock second free of writes and returns its middle: a restore
+    /// point every backup reaches exactly (binlogs stamp events to the second; a PostgreSQL
+    /// time target lands between two commits).
+    async fn quiet_second(&mut self) -> Result<SimTime> {
+        self.flush().await?;
+        let now = wall_now().max(self.last_stamp).unix_ms();
+        let mut second = (now / 1000 + 1) * 1000;
+        if second - now < 200 {
+            second += 1000;
+        }
+        sleep_until(SimTime::from_unix_ms(second + 1300)).await;
+        Ok(SimTime::from_unix_ms(second + 500))
+    }
+
+    fn servers(&self) -> Vec<crate::clusters::Server> {
+        match &self.manifest.backend {
+            Backend::Clusters { servers } => servers.clone(),
+            _ => Vec::new(),
+        }
     }
 
     async fn finish(mut self, from: SimTime) -> Result<RunSummary> {
@@ -617,6 +706,9 @@ pub async fn init(opts: &InitOptions) -> Result<RunSummary> {
     }
     check_dir_for_init(&opts.dir)?;
     let id = format!("rw{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    if opts.clusters {
+        return init_clusters(opts, id).await;
+    }
     let backend = match &opts.postgres {
         None => Backend::Sqlite,
         Some(url) => {
@@ -633,6 +725,80 @@ pub async fn init(opts: &InitOptions) -> Result<RunSummary> {
     };
     std::fs::create_dir_all(&opts.dir).at(&opts.dir)?;
     let mut e = Engine::create(opts, backend, id).await?;
+    let start = history(&mut e, opts).await?;
+    e.finish(start).await
+}
+
+/// `init --clusters`: starts the servers, writes the generated history onto them, takes their
+/// base backups, then writes in real time for `opts.live`. A failure stops every server it
+/// started.
+async fn init_clusters(opts: &InitOptions, id: String) -> Result<RunSummary> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if opts.postgres.is_some() {
+        return Err(Error::refused(
+            "--clusters and --postgres exclude each other: --clusters starts its own servers",
+        ));
+    }
+    crate::clusters::check_tools()?;
+    let dir = std::path::absolute(&opts.dir).at(&opts.dir)?;
+    if let Some(parent) = dir.parent() {
+        crate::clusters::check_reachable(parent)?;
+    }
+    std::fs::create_dir_all(&dir).at(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).at(&dir)?;
+    let root = nix::unistd::Uid::effective().is_root();
+    let mut servers = crate::clusters::plan(&dir, opts.shards, root);
+    let result = init_on_servers(opts, &dir, id, &mut servers).await;
+    if result.is_err() {
+        let _ = crate::clusters::stop_all(&servers).await;
+    }
+    result
+}
+
+async fn init_on_servers(
+    opts: &InitOptions,
+    dir: &Path,
+    id: String,
+    servers: &mut [crate::clusters::Server],
+) -> Result<RunSummary> {
+    crate::clusters::create_all(dir, servers).await?;
+    for s in servers.iter() {
+        crate::clusters::create_databases(s).await?;
+    }
+    let mut opts = opts.clone();
+    opts.dir = dir.to_owned();
+    opts.now = wall_now();
+    let backend = Backend::Clusters { servers: servers.to_vec() };
+    let mut e = Engine::create(&opts, backend, id).await?;
+    // Recorded at once, so that `sandbox stop` finds the servers whatever happens next.
+    e.manifest.save(dir)?;
+    let start = history(&mut e, &opts).await?;
+    e.flush().await?;
+    crate::clusters::base_backups(servers).await?;
+    // The recent history, in real time: some site writes every 250 ms.
+    e.realtime = true;
+    e.last_stamp = e.manifest.now;
+    let from = wall_now().max(e.manifest.now);
+    let to = from.plus(opts.live);
+    let mut ev_rng = Rng::derive(opts.seed, "live");
+    let mut events = Vec::new();
+    let none = BTreeSet::new();
+    heartbeat(
+        &mut ev_rng,
+        e.manifest.sites.len(),
+        from,
+        to,
+        Duration::from_millis(250),
+        &none,
+        &mut events,
+    );
+    let mut write_rng = Rng::derive(opts.seed, "live-writes");
+    e.simulate(events, to, &mut write_rng).await?;
+    e.finish(start).await
+}
+
+/// Creates the sites and writes the generated history up to `opts.now`; returns its start.
+async fn history(e: &mut Engine, opts: &InitOptions) -> Result<SimTime> {
     let start = e.manifest.started;
 
     let mut site_rng = Rng::derive(opts.seed, "sites");
@@ -668,7 +834,7 @@ pub async fn init(opts: &InitOptions) -> Result<RunSummary> {
     );
     let mut write_rng = Rng::derive(opts.seed, "writes");
     e.simulate(events, opts.now, &mut write_rng).await?;
-    e.finish(start).await
+    Ok(start)
 }
 
 /// Runs the mistaken script: deletes `opts.delete` sites from every store, one after another,
@@ -707,16 +873,18 @@ pub async fn incident(dir: &Path, opts: &IncidentOptions) -> Result<IncidentSumm
             opts.delete
         )));
     }
+    if let Backend::Clusters { .. } = manifest.backend {
+        if opts.at.is_some() {
+            return Err(Error::refused(
+                "--at: a sandbox on database servers has its incident now, in real time",
+            ));
+        }
+        return incident_realtime(dir, opts).await;
+    }
     let mut e = Engine::open(dir).await?;
     let from = e.manifest.now;
     let seed = e.manifest.seed;
-    let mut pick_rng = Rng::derive(seed, "incident");
-    let mut order: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        let j = pick_rng.below(i as u64 + 1) as usize;
-        order.swap(i, j);
-    }
-    let victims: Vec<usize> = order.into_iter().take(opts.delete as usize).collect();
+    let victims = victims(seed, n, opts.delete);
     let over_ms = i64::try_from(opts.over.as_millis()).unwrap_or(i64::MAX);
     let k = victims.len() as i64;
     let mut events = Vec::new();
@@ -740,9 +908,74 @@ pub async fn incident(dir: &Path, opts: &IncidentOptions) -> Result<IncidentSumm
     heartbeat(&mut ev_rng, n, at, end, Duration::from_secs(20), &victim_set, &mut events);
     let mut write_rng = Rng::derive(seed, "incident-writes");
     let deleted = e.simulate(events, end, &mut write_rng).await?;
-    e.manifest.incident = Some(Incident { at, last, deleted: deleted.clone() });
+    e.manifest.incident =
+        Some(Incident { at, last, deleted: deleted.clone(), restore_point: None });
     let run = e.finish(from).await?;
-    Ok(IncidentSummary { run, deleted })
+    Ok(IncidentSummary { run, deleted, restore_point: None })
+}
+
+/// The incident's victims, in deletion order, chosen by the seed.
+fn victims(seed: u64, n: usize, delete: u32) -> Vec<usize> {
+    let mut pick_rng = Rng::derive(seed, "incident");
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = pick_rng.below(i as u64 + 1) as usize;
+        order.swap(i, j);
+    }
+    order.into_iter().take(delete as usize).collect()
+}
+
+/// The incident on a clusters sandbox, in real time: two seconds of writes, a quiet second
+/// (the recommended restore point in its middle), then the deletions spread over `opts.over`
+/// while other sites keep writing, and `opts.then` more; finally every server commits a marker
+/// and archives its log, so the restore point is reachable from the backups.
+async fn incident_realtime(dir: &Path, opts: &IncidentOptions) -> Result<IncidentSummary> {
+    let mut e = Engine::open(dir).await?;
+    e.realtime = true;
+    e.last_stamp = e.manifest.now;
+    let from = e.manifest.now;
+    let seed = e.manifest.seed;
+    let n = e.manifest.sites.len();
+    let victims = victims(seed, n, opts.delete);
+    let victim_set: BTreeSet<usize> =
+        victims.iter().copied().chain(e.deleted.iter().copied()).collect();
+    let every = Duration::from_millis(250);
+    let mut ev_rng = Rng::derive(seed, "incident-activity");
+    let mut write_rng = Rng::derive(seed, "incident-writes");
+
+    let before = wall_now().max(from);
+    let mut events = Vec::new();
+    let until = before.plus(Duration::from_secs(2));
+    heartbeat(&mut ev_rng, n, before, until, every, &victim_set, &mut events);
+    e.simulate(events, until, &mut write_rng).await?;
+    let restore_point = e.quiet_second().await?;
+
+    let at = wall_now().max(e.last_stamp).plus_ms(100);
+    let over_ms = i64::try_from(opts.over.as_millis()).unwrap_or(i64::MAX);
+    let k = victims.len() as i64;
+    let mut events = Vec::new();
+    let mut last = at;
+    for (i, &v) in victims.iter().enumerate() {
+        let offset = if k > 1 { over_ms.saturating_mul(i as i64) / (k - 1) } else { 0 };
+        let ts = at.plus_ms(offset);
+        last = last.max(ts);
+        events.push((ts, i as u64, Event::Delete(v)));
+    }
+    let end = last.plus(opts.then);
+    heartbeat(&mut ev_rng, n, at.minus(every), end, every, &victim_set, &mut events);
+    let deleted = e.simulate(events, end, &mut write_rng).await?;
+    crate::clusters::seal(&e.servers()).await?;
+    e.manifest.now = wall_now().max(e.last_stamp);
+    let first = deleted.first().map_or(at, |d| d.at);
+    let last = deleted.last().map_or(at, |d| d.at);
+    e.manifest.incident = Some(Incident {
+        at: first,
+        last,
+        deleted: deleted.clone(),
+        restore_point: Some(restore_point),
+    });
+    let run = e.finish(from).await?;
+    Ok(IncidentSummary { run, deleted, restore_point: Some(restore_point) })
 }
 
 /// The sites of a sandbox, optionally only those the incident deleted (in deletion order).

@@ -69,8 +69,22 @@ async fn read(
     column: &str,
     wanted: &BTreeSet<String>,
 ) -> Result<Vec<(String, String)>> {
-    let rows = match &m.backend {
-        Backend::Sqlite => {
+    // A clusters sandbox keeps the catalog on a PostgreSQL server, in a database of its own.
+    let on_server = m.backend.server_of(store.name()).map(|s| {
+        let url = s.url(&crate::clusters::Server::database(store));
+        (Backend::Postgres { url, schema_prefix: String::new() }, s.engine)
+    });
+    let backend = match &on_server {
+        Some((_, crate::clusters::ServerEngine::Mariadb)) => {
+            return Err(Error::refused(format!(
+                "resolve: store `{store}` is on MariaDB, which the tenant registry does not read"
+            )));
+        }
+        Some((b, _)) => b,
+        None => &m.backend,
+    };
+    let rows = match backend {
+        Backend::Sqlite | Backend::Clusters { .. } => {
             let path = layout.dir.join(Layout::sqlite_rel(store));
             let what = path.display().to_string();
             let mut conn = SqliteConnectOptions::new()
@@ -88,7 +102,11 @@ async fn read(
             out
         }
         Backend::Postgres { url, schema_prefix } => {
-            let schema = format!("{schema_prefix}_{}", store.ident());
+            let schema = if schema_prefix.is_empty() {
+                "public".to_owned()
+            } else {
+                format!("{schema_prefix}_{}", store.ident())
+            };
             let opts =
                 PgConnectOptions::from_str(url).map_err(|e| Error::refused(format!("{e}")))?;
             let mut conn =

@@ -20,6 +20,7 @@ use std::str::FromStr;
 
 use rewind_model::{RestorePoint, TargetId};
 use serde::{Deserialize, Serialize};
+use sqlx::mysql::MySqlConnectOptions;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions as _, Connection as _};
@@ -312,6 +313,39 @@ async fn read_pg_store(url: &str, schema: &str, kind: StoreKind) -> Result<LiveS
     Ok(live)
 }
 
+/// Reads a store a clusters sandbox keeps on a database server (its own database).
+async fn read_server_store(
+    server: Option<&crate::clusters::Server>,
+    store: &Store,
+    kind: StoreKind,
+) -> Result<LiveStore> {
+    let Some(server) = server else { return Ok(LiveStore::new()) };
+    let database = crate::clusters::Server::database(store);
+    let url = server.url(&database);
+    match server.engine {
+        crate::clusters::ServerEngine::Postgres => read_pg_store(&url, "public", kind).await,
+        crate::clusters::ServerEngine::Mariadb => read_mysql_store(&url, &database, kind).await,
+    }
+}
+
+async fn read_mysql_store(url: &str, database: &str, kind: StoreKind) -> Result<LiveStore> {
+    let mut live = LiveStore::new();
+    let opts = MySqlConnectOptions::from_str(url).map_err(|e| Error::refused(format!("{e}")))?;
+    let mut conn = opts.connect().await.ctx(|| format!("verify: connecting for `{database}`"))?;
+    let n = kind.tables().len();
+    for (ti, table) in kind.tables().iter().enumerate() {
+        let ctx = || format!("verify: reading `{database}.{}`", table.name);
+        let cols: Vec<String> = table.columns.iter().map(|(c, _)| format!("`{c}`")).collect();
+        let sql = format!("SELECT {} FROM `{database}`.`{}`", cols.join(", "), table.name);
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&mut conn).await.ctx(ctx)?;
+        for r in rows {
+            live.add(ti, n, table, &decode(&r, table).ctx(ctx)?);
+        }
+    }
+    conn.close().await.ctx(|| database.to_owned())?;
+    Ok(live)
+}
+
 /// Reads `objects/<site>/<id>.json` and checks `blobs/<aa>/<sha>` of each.
 fn read_media_store(root: &Path) -> Result<LiveStore> {
     let mut live = LiveStore::new();
@@ -465,9 +499,13 @@ pub async fn verify(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport> {
     for store in &stores {
         let kind = store.kind;
         let n = kind.tables().len();
+        let server = m.backend.server_of(store.name());
         let live = match (&m.backend, kind) {
             (_, StoreKind::Media) => read_media_store(&layout.media())?,
-            (Backend::Sqlite, _) => {
+            (Backend::Clusters { .. }, _) if server.is_some() => {
+                read_server_store(server, store, kind).await?
+            }
+            (Backend::Sqlite | Backend::Clusters { .. }, _) => {
                 read_sqlite_store(&layout.dir.join(Layout::sqlite_rel(store)), kind).await?
             }
             (Backend::Postgres { url, schema_prefix }, _) => {
