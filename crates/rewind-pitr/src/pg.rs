@@ -710,6 +710,16 @@ fn read_log_from(log: &Path, from: u64) -> String {
     String::from_utf8_lossy(&bytes[from..]).into_owned()
 }
 
+/// Processes whose working directory is `dir` (a server and its children `chdir` there).
+fn processes_in(dir: &Path) -> Vec<u32> {
+    let want = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let Ok(rd) = std::fs::read_dir("/proc") else { return Vec::new() };
+    rd.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|c| c == want))
+        .collect()
+}
+
 fn pid_of(data: &Path) -> Option<u32> {
     let text = std::fs::read_to_string(data.join("postmaster.pid")).ok()?;
     text.lines().next()?.trim().parse().ok()
@@ -773,11 +783,24 @@ pub(crate) async fn start(ctx: &Ctx<'_>) -> Result<(), Error> {
             data.display()
         )));
     }
-    // A postmaster killed with -9 leaves its pid file; its children exit once it is gone.
+    // A postmaster killed with -9 leaves its pid file and socket lock, and its children exit
+    // once they notice. PostgreSQL judges those files itself (a live pid, a shared memory block
+    // still in use), so wait until the old server's processes are gone; a pid that never
+    // disappears (a zombie nobody reaps) gets its stale files removed.
     if let Some(pid) = pid_of(data)
         && !proc::server_alive(pid, data)
     {
-        remove_if_there(&data.join("postmaster.pid"))?;
+        let began = Instant::now();
+        let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+        while (proc_dir.exists() || !processes_in(data).is_empty())
+            && began.elapsed() < PID_FILE_GRACE
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if proc_dir.exists() {
+            remove_if_there(&data.join("postmaster.pid"))?;
+            remove_if_there(&ctx.run_dir.join(format!(".s.PGSQL.{}.lock", ctx.port)))?;
+        }
     }
     let version = std::fs::read_to_string(data.join("PG_VERSION")).ok();
     let bin = bindir(version.as_deref());
@@ -839,15 +862,10 @@ pub(crate) fn judge(
     let mut evidence = Vec::new();
     let start = find("redo starts at ");
     let done = find("redo done at ");
-    for l in [
-        &start,
-        &find("consistent recovery state reached"),
-        &Some((stop_line.clone(), String::new())),
-        &done,
-    ] {
-        if let Some((line, _)) = l {
-            evidence.push(line.clone());
-        }
+    let consistent = find("consistent recovery state reached");
+    let stop = Some((stop_line.clone(), String::new()));
+    for (line, _) in [&start, &consistent, &stop, &done].into_iter().flatten() {
+        evidence.push(line.clone());
     }
     let recovered_to = match find("last completed transaction was at log time ") {
         Some((line, rest)) => {
