@@ -20,6 +20,7 @@ pub mod mariadb;
 pub mod pg;
 pub mod proc;
 pub mod scratch;
+pub mod source;
 pub mod time;
 
 use std::path::PathBuf;

@@ -1,0 +1,3 @@
+//! Source systems as users run them, for rewind's sandbox and tests to restore from.
+
+pub mod pg;
