@@ -1,0 +1,2 @@
+pub mod mariadb;
+pub mod pg;

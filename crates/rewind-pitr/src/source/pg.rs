@@ -1,0 +1,1 @@
+//! A PostgreSQL source server (being built by the pg engineer).
