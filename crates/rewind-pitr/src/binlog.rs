@@ -132,14 +132,12 @@ pub(crate) fn scan(path: &Path) -> Result<Scan, ScanError> {
         out.closed = matches!(kind, ROTATE | STOP);
         let mut commit = false;
         match kind {
-            FORMAT_DESCRIPTION => {
-                // binlog_version u16, server_version [50], create_timestamp u32, header_length
-                // u8, post-header lengths (one per event type), checksum algorithm u8, checksum.
-                if body.len() >= 57 + usize::from(QUERY) && body.len() >= 5 {
-                    query_post_header = usize::from(body[57 + usize::from(QUERY) - 1]);
-                    let alg = body[body.len() - 5];
-                    checksum = if alg == 0 { 0 } else { 4 };
-                }
+            // binlog_version u16, server_version [50], create_timestamp u32, header_length u8,
+            // post-header lengths (one per event type), checksum algorithm u8, checksum.
+            FORMAT_DESCRIPTION if body.len() >= 57 + usize::from(QUERY) + 5 => {
+                query_post_header = usize::from(body[57 + usize::from(QUERY) - 1]);
+                let alg = body[body.len() - 5];
+                checksum = if alg == 0 { 0 } else { 4 };
             }
             GTID => {
                 // seq_no u64, domain_id u32, flags2 u8.

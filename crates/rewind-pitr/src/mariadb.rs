@@ -59,7 +59,10 @@ impl Point {
 
 /// What the pre-check found: what to copy and which binlog bytes to replay.
 #[derive(Debug)]
-pub(crate) struct Plan {
+pub(crate) struct Plan(Box<Planned>);
+
+#[derive(Debug)]
+struct Planned {
     backup: PathBuf,
     /// The backup's consistent point: binlog file, position, GTID.
     start_file: String,
@@ -239,7 +242,7 @@ fn decide(
             Point::new(first, c.at, c.time).show()
         )));
     }
-    let last_in_backup = in_backup.last().map(|c| Point::new(first, c.at, c.time));
+    let last_in_backup = in_backup.clone().next_back().map(|c| Point::new(first, c.at, c.time));
 
     // After the backup's position: the last commit before the instant's second, the first one
     // at or after it.
@@ -327,7 +330,7 @@ fn decide(
             (replay, bytes, Some((Point::new(&scans[k], c.at, c.time), c.end)))
         }
     };
-    Ok(Plan {
+    Ok(Plan(Box::new(Planned {
         backup: backup.to_path_buf(),
         start_file,
         start_pos,
@@ -338,7 +341,7 @@ fn decide(
         last_in_backup,
         next,
         replayed_bytes,
-    })
+    })))
 }
 
 /// How a scratch server is started.
@@ -371,9 +374,13 @@ pub(crate) struct Launch<'a> {
 }
 
 impl Launch<'_> {
-    /// Starts the server in a session of its own (`setsid -f`), without rewind's `REWIND_*`
+    /// Starts the server in a session of its own (`setsid`, which `exec`s it in place: the
+    /// child's pid is the server's), from its data directory, without rewind's `REWIND_*`
     /// environment, and waits until it accepts connections (its log says `ready for
     /// connections` and the socket or `port` answers). Returns its pid.
+    ///
+    /// The pid file is written at once (the server writes the same pid into it later, once it
+    /// listens), so a recovery stopped while the server starts still finds and stops it.
     pub(crate) async fn start(&self, port: Option<u16>) -> Result<u32, Error> {
         let sock = self.socket.as_os_str().len();
         if sock > 107 {
@@ -385,7 +392,7 @@ impl Launch<'_> {
         }
         let log_from = std::fs::metadata(self.log).map(|m| m.len()).unwrap_or(0);
         let mut cmd = std::process::Command::new("setsid");
-        cmd.arg("-f").arg(mariadbd()).args([
+        cmd.arg(mariadbd()).args([
             "--no-defaults".to_string(),
             format!("--datadir={}", self.data_dir.display()),
             format!("--socket={}", self.socket.display()),
@@ -393,45 +400,33 @@ impl Launch<'_> {
             format!("--log-error={}", self.log.display()),
             format!("--user={}", self.user.name),
         ]);
-        cmd.args(&self.args);
+        cmd.args(&self.args).current_dir(self.data_dir);
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("REWIND_") {
                 cmd.env_remove(k);
             }
         }
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-        let shown = format!("{cmd:?}");
-        let out = tokio::task::spawn_blocking(move || cmd.output())
-            .await
-            .map_err(|e| Error::Transient(format!("cannot start mariadbd: {e}")))?
-            .map_err(|e| Error::Permanent(format!("cannot start `{shown}`: {e}")))?;
-        if !out.status.success() {
-            return Err(Error::Permanent(format!(
-                "`{shown}` failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        self.wait_ready(log_from, port).await
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        let mut child =
+            cmd.spawn().map_err(|e| Error::Permanent(format!("cannot start `{cmd:?}`: {e}")))?;
+        let pid = child.id();
+        std::fs::write(&self.pid_file, format!("{pid}\n"))
+            .map_err(|e| Error::io(format!("cannot write {}", self.pid_file.display()), e))?;
+        self.user.own(&self.pid_file)?;
+        // Not killed with rewind, but reaped while rewind lives.
+        std::thread::spawn(move || child.wait());
+        self.wait_ready(pid, log_from, port).await
     }
 
-    async fn wait_ready(&self, log_from: u64, port: Option<u16>) -> Result<u32, Error> {
+    async fn wait_ready(&self, pid: u32, log_from: u64, port: Option<u16>) -> Result<u32, Error> {
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-        let mut seen: Option<u32> = None;
         loop {
             let log = read_from(self.log, log_from);
-            let pid = std::fs::read_to_string(&self.pid_file)
-                .ok()
-                .and_then(|t| t.trim().parse::<u32>().ok());
-            let alive = pid.is_some_and(|p| proc::server_alive(p, self.data_dir));
-            if let (Some(p), true) = (pid, alive) {
-                seen = Some(p);
-                if log.contains("ready for connections") && self.answers(port) {
-                    return Ok(p);
-                }
+            let alive = proc::server_alive(pid, self.data_dir);
+            if alive && log.contains("ready for connections") && self.answers(port) {
+                return Ok(pid);
             }
-            let died = seen.is_some() && !alive;
-            if died || log.contains("[ERROR] Aborting") {
+            if !alive || log.contains("[ERROR] Aborting") {
                 let kind = if log.contains("Address already in use") {
                     Error::Transient
                 } else {
@@ -483,6 +478,7 @@ fn launch<'a>(ctx: &'a Ctx<'_>, mode: Mode) -> Launch<'a> {
         "--skip-log-bin".to_string(),
         "--skip-slave-start".to_string(),
         format!("--server-id={}", u32::from(ctx.port) + 100_000),
+        format!("--tmpdir={}", ctx.run_dir.display()),
     ];
     let socket = match mode {
         Mode::Replay => {
@@ -505,7 +501,7 @@ fn launch<'a>(ctx: &'a Ctx<'_>, mode: Mode) -> Launch<'a> {
 }
 
 /// Restores and recovers into `ctx.into`, judges where the server stopped.
-pub(crate) async fn restore(ctx: &Ctx<'_>, plan: Plan) -> Result<Recovered, Error> {
+pub(crate) async fn restore(ctx: &Ctx<'_>, Plan(plan): Plan) -> Result<Recovered, Error> {
     // The backup, copied and prepared as the server's user.
     std::fs::create_dir_all(&ctx.data_dir)
         .map_err(|e| Error::io(format!("cannot create {}", ctx.data_dir.display()), e))?;
@@ -593,7 +589,7 @@ pub(crate) async fn restore(ctx: &Ctx<'_>, plan: Plan) -> Result<Recovered, Erro
 
 /// `mariadb-binlog --start-position=POS --stop-position=END FILES… | mariadb --binary-mode`,
 /// onto the replay server's socket; both must exit 0.
-async fn replay(ctx: &Ctx<'_>, plan: &Plan, end: u64) -> Result<(), Error> {
+async fn replay(ctx: &Ctx<'_>, plan: &Planned, end: u64) -> Result<(), Error> {
     let socket = ctx.run_dir.join("replay.sock");
     let reader = Tool::new("mariadb-binlog")
         .envs(&ctx.req.tool_env)
@@ -610,8 +606,9 @@ async fn replay(ctx: &Ctx<'_>, plan: &Plan, end: u64) -> Result<(), Error> {
     ]);
     let mut r = reader.command();
     r.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut reading =
-        r.spawn().map_err(|e| Error::Permanent(format!("cannot start `{}`: {e}", reader.display())))?;
+    let mut reading = r
+        .spawn()
+        .map_err(|e| Error::Permanent(format!("cannot start `{}`: {e}", reader.display())))?;
     let pipe: Stdio = reading
         .stdout
         .take()
@@ -620,19 +617,21 @@ async fn replay(ctx: &Ctx<'_>, plan: &Plan, end: u64) -> Result<(), Error> {
         .map_err(|e| Error::io("mariadb-binlog: cannot pipe its output", e))?;
     let mut c = client.command();
     c.stdin(pipe).stdout(Stdio::null()).stderr(Stdio::piped());
-    let applying =
-        c.spawn().map_err(|e| Error::Permanent(format!("cannot start `{}`: {e}", client.display())))?;
+    let applying = c
+        .spawn()
+        .map_err(|e| Error::Permanent(format!("cannot start `{}`: {e}", client.display())))?;
     let (read, applied) = tokio::join!(reading.wait_with_output(), applying.wait_with_output());
     let read = read.map_err(|e| Error::io(format!("`{}`", reader.display()), e))?;
     let applied = applied.map_err(|e| Error::io(format!("`{}`", client.display()), e))?;
     if !applied.status.success() {
         return Err(Error::Permanent(format!(
-            "the binlog replay failed: `{}` ({}): {}; fed by `{}`: {}",
+            "the binlog replay failed: `{}` ({}): {}; fed by `{}`: {}; server log: {}",
             client.display(),
             applied.status,
             proc::tail(&String::from_utf8_lossy(&applied.stderr), 1500),
             reader.display(),
-            proc::tail(&String::from_utf8_lossy(&read.stderr), 500)
+            proc::tail(&String::from_utf8_lossy(&read.stderr), 500),
+            proc::tail(&ctx.log_tail(), 800)
         )));
     }
     if !read.status.success() {
@@ -715,7 +714,7 @@ mod tests {
 
     #[test]
     fn stops_after_the_last_commit_before_the_instant() {
-        let p = decide(Path::new("/bk"), one(), info(), None, at(1006, 500)).expect("plan");
+        let p = decide(Path::new("/bk"), one(), info(), None, at(1006, 500)).expect("plan").0;
         let (last, end) = p.last.expect("a commit to replay");
         assert_eq!((last.file.as_str(), last.at, end), ("binlog.000002", 100, 110));
         assert_eq!(p.next.0.at, 200);
@@ -727,7 +726,8 @@ mod tests {
     #[test]
     fn nothing_to_replay_before_the_first_commit_after_the_backup() {
         let p = decide(Path::new("/bk"), one(), info(), Some(at(1001, 0)), at(1002, 0))
-            .expect("plan");
+            .expect("plan")
+            .0;
         assert!(p.last.is_none() && p.replay.is_empty() && p.replayed_bytes == 0);
         assert_eq!((p.next.0.time, p.next.1), (1003, "commit"));
     }
@@ -744,7 +744,7 @@ mod tests {
         let m = refused(decide(Path::new("/bk"), one(), info(), Some(at(1002, 0)), at(1002, 400)));
         assert!(m.contains("not after the backup's end"), "{m}");
         // After the last commit but before a later stamped event: proven.
-        let p = decide(Path::new("/bk"), one(), info(), None, at(1009, 500)).expect("plan");
+        let p = decide(Path::new("/bk"), one(), info(), None, at(1009, 500)).expect("plan").0;
         assert_eq!(p.next, (Point { file: "binlog.000002".into(), at: 250, time: 1010 }, "event"));
         assert_eq!(p.last.map(|(l, _)| l.time), Some(1008));
     }

@@ -3,7 +3,8 @@
 //! from it.
 //!
 //! Layout under its directory: `data/` (the data directory), `binlog/` (the binlogs: the
-//! archive a recovery reads), `run/` (socket, pid file), `server.log`.
+//! archive a recovery reads), `run/` (socket, pid file), `tmp/` (its temporary files),
+//! `server.log`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -42,7 +43,7 @@ impl SourceServer {
             )));
         }
         let me = Self { dir: dir.to_path_buf(), user, port, pid: None };
-        for d in [me.data_dir(), me.binlog_dir(), me.dir.join("run")] {
+        for d in [me.data_dir(), me.binlog_dir(), me.dir.join("run"), me.dir.join("tmp")] {
             std::fs::create_dir_all(&d)
                 .map_err(|e| Error::io(format!("cannot create {}", d.display()), e))?;
         }
@@ -54,6 +55,8 @@ impl SourceServer {
                 format!("--datadir={}", me.data_dir().display()),
                 format!("--user={}", me.user.name),
                 "--skip-test-db".into(),
+                // Passed on to the bootstrap server: its temporary tables in a private directory.
+                format!("--tmpdir={}", me.dir.join("tmp").display()),
             ])
             .run(Duration::from_secs(300))
             .await?;
@@ -78,6 +81,7 @@ impl SourceServer {
             args: vec![
                 format!("--port={}", self.port),
                 "--bind-address=127.0.0.1".into(),
+                format!("--tmpdir={}", self.dir.join("tmp").display()),
                 format!("--log-bin={}", self.binlog_dir().join(BINLOG_BASE).display()),
                 "--server-id=1".into(),
                 "--binlog-format=ROW".into(),
