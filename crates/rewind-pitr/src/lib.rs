@@ -16,6 +16,7 @@
 //! This crate knows nothing of runs beyond the owner's two names; rewind's `pitr` executor is a
 //! thin adapter onto it.
 
+mod binlog;
 pub mod mariadb;
 pub mod pg;
 pub mod proc;
