@@ -56,6 +56,8 @@ enum Command {
     Sandbox(cmd::sandbox::Args),
     /// The incident and its restore, end to end, on a sandbox: init, incident, plan, run, verify.
     Demo(cmd::demo::Args),
+    /// Scratch database instances of `pitr` steps: list them, drop a run's.
+    Scratch(cmd::scratch::Args),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +76,7 @@ fn dispatch(cli: &Cli) -> anyhow::Result<exit::Exit> {
             Command::Bench(_) => Some("bench (it simulates in a temporary store)"),
             Command::Sandbox(_) => Some("sandbox"),
             Command::Demo(_) => Some("demo (its store is DIR/rewind.db)"),
+            Command::Scratch(_) => Some("scratch (it reads the scratch registry)"),
             _ => None,
         }
     {
@@ -94,5 +97,6 @@ fn dispatch(cli: &Cli) -> anyhow::Result<exit::Exit> {
         Command::Bench(args) => cmd::bench::run(args),
         Command::Sandbox(args) => cmd::sandbox::run(args),
         Command::Demo(args) => cmd::demo::run(args),
+        Command::Scratch(args) => cmd::scratch::run(args),
     }
 }

@@ -10,4 +10,5 @@ pub mod plan;
 pub mod report;
 pub mod run;
 pub mod sandbox;
+pub mod scratch;
 pub mod status;

@@ -110,6 +110,39 @@ pub fn describe(a: &Attempt) -> Result<Vec<Call>, String> {
             text.push_str("; nothing is read or written");
             Ok(vec![Call::Note(text)])
         }
+        Action::Pitr(p) => {
+            // The run id is not known yet; the rest renders as the run will.
+            let req = crate::pitr::request(a);
+            let what = match &req {
+                Ok(r) => {
+                    let source = match &r.source {
+                        rewind_pitr::Source::Archive { base_backup, wal_archive } => format!(
+                            "base backup {} and WAL archive {}",
+                            base_backup.display(),
+                            wal_archive.display()
+                        ),
+                        rewind_pitr::Source::Pgbackrest { stanza, config } => format!(
+                            "pgBackRest stanza `{stanza}` ({}), the newest backup ending before it",
+                            config.display()
+                        ),
+                        rewind_pitr::Source::Binlog { base_backup, binlogs } => format!(
+                            "mariadb-backup {} and binlogs {}",
+                            base_backup.display(),
+                            binlogs.display()
+                        ),
+                    };
+                    format!(
+                        "recover a scratch {} instance into {} from {source} to exactly {} (refused if the backups do not cover it; the instance runs as {} on a free 127.0.0.1 port, archiving off, listed by `rewind scratch list`)",
+                        p.engine(),
+                        r.into.display(),
+                        a.restore_point,
+                        r.run_as.as_deref().unwrap_or("the engine's user")
+                    )
+                }
+                Err(e) => return Err(e.clone()),
+            };
+            Ok(vec![Call::Note(what)])
+        }
     }
 }
 
@@ -635,5 +668,22 @@ bad = "postgres://u@{{target.attr.shard}}/db""#,
         assert_eq!(shell_quote("a b"), "'a b'");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
         assert_eq!(shell_quote("$HOME"), "'$HOME'");
+    }
+
+    #[test]
+    fn a_pitr_renders_its_paths_and_refuses_a_value_that_is_not_one_component() {
+        let action = r#"{ kind = "pitr", engine = "postgres", method = "archive", base_backup = "${BACKUPS}/{{target.attr.shard}}/base", wal_archive = "wal/{{target.attr.shard}}", into = "/scratch/{{target.attr.shard}}" }"#;
+        let a = attempt("", "", action, Vars::default().with("BACKUPS", "/srv/backups"));
+        let out = text(&describe(&a).unwrap());
+        assert!(out.contains("into /scratch/s01; it's from base backup /srv/backups/s01; it's/base and WAL archive /wf/wal/s01; it's"), "{out}");
+        assert!(out.contains("to exactly 2022-04-05T07:33:00Z"), "{out}");
+        for bad in ["../../etc", "..", "", "a/b"] {
+            let mut a = attempt("", "", action, Vars::default().with("BACKUPS", "/srv/backups"));
+            let mut t = a.target.clone().unwrap();
+            t.attrs.insert("shard".parse().unwrap(), AttrValue::One(bad.into()));
+            a.target = Some(t);
+            let e = describe(&a).unwrap_err();
+            assert!(e.contains("not one path component"), "{bad:?}: {e}");
+        }
     }
 }

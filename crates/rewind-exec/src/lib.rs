@@ -22,6 +22,7 @@ pub mod describe;
 pub mod discover;
 mod group;
 mod params;
+pub mod pitr;
 pub mod preflight;
 pub mod readonly;
 pub mod slice;
@@ -338,7 +339,7 @@ impl std::fmt::Debug for Registry {
 }
 
 impl Registry {
-    /// The built-in executors: `command`, `sql`, `copy`, `compare`, `audit`.
+    /// The built-in executors: `command`, `sql`, `copy`, `compare`, `audit`, `pitr`.
     pub fn builtin() -> Self {
         let pools = Pools::default();
         let mut r = Self::default();
@@ -347,6 +348,7 @@ impl Registry {
         r.add(Arc::new(slice::CopyExecutor::new(pools.clone())));
         r.add(Arc::new(slice::CompareExecutor::new(pools.clone())));
         r.add(Arc::new(audit::AuditExecutor));
+        r.add(Arc::new(pitr::PitrExecutor));
         r.pools = pools;
         r
     }

@@ -30,8 +30,9 @@ use crate::targets::{AttrValue, Target, TargetSet};
 use crate::template::Template;
 use crate::time::RestorePoint;
 use crate::workflow::{
-    Action, AuditAction, Backoff, CommandAction, Condition, Connection, DEFAULT_RETENTION, Policy,
-    Pool, Preflight, Scope, SliceAction, SqlAction, Statement, Step, Workflow,
+    Action, AuditAction, Backoff, CommandAction, Condition, Connection, DEFAULT_RETENTION,
+    PitrAction, PitrMethod, Policy, Pool, Preflight, Scope, SliceAction, SqlAction, Statement,
+    Step, Workflow,
 };
 
 /// A plan's fingerprint: the version of its encoding and the SHA-256 of the encoded inputs
@@ -398,6 +399,26 @@ fn v1_action(j: &mut Json, a: &Action) {
             let AuditAction { require } = a;
             j.key(false, "require");
             j.list(require, |j, r| j.str(r.as_str()));
+        }
+        Action::Pitr(p) => {
+            let PitrAction { method, into, run_as } = p;
+            j.field_str(false, "method", method.name());
+            match method {
+                PitrMethod::Archive { base_backup, wal_archive } => {
+                    j.field_str(false, "base_backup", base_backup.as_str());
+                    j.field_str(false, "wal_archive", wal_archive.as_str());
+                }
+                PitrMethod::Pgbackrest { stanza, config } => {
+                    j.field_str(false, "stanza", stanza.as_str());
+                    j.field_str(false, "config", config.as_str());
+                }
+                PitrMethod::Binlog { base_backup, binlogs } => {
+                    j.field_str(false, "base_backup", base_backup.as_str());
+                    j.field_str(false, "binlogs", binlogs.as_str());
+                }
+            }
+            j.field_str(false, "into", into.as_str());
+            j.field_opt_str("run_as", run_as.as_deref());
         }
     }
     j.raw("}");

@@ -46,6 +46,6 @@ pub use template::{
 pub use time::{RestorePoint, RestorePointError};
 pub use workflow::{
     Action, AttributeUse, AuditAction, Backoff, CommandAction, Condition, Connection,
-    DEFAULT_RETENTION, Policy, Pool, Preflight, Scope, SliceAction, SqlAction, Statement, Step,
-    Workflow,
+    DEFAULT_RETENTION, PitrAction, PitrMethod, Policy, Pool, Preflight, Scope, SliceAction,
+    SqlAction, Statement, Step, Workflow,
 };

@@ -215,6 +215,8 @@ pub enum Action {
     Compare(SliceAction),
     /// Check that every dependency that reported a restore point reported the run's.
     Audit(AuditAction),
+    /// Bring up a scratch database instance recovered to exactly the run's restore point.
+    Pitr(PitrAction),
 }
 
 impl Action {
@@ -226,6 +228,7 @@ impl Action {
             Self::Copy(_) => "copy",
             Self::Compare(_) => "compare",
             Self::Audit(_) => "audit",
+            Self::Pitr(_) => "pitr",
         }
     }
 
@@ -238,6 +241,7 @@ impl Action {
             Self::Sql(s) => s.statements.iter().flat_map(|st| &st.params).collect(),
             Self::Copy(c) | Self::Compare(c) => vec![&c.tenant],
             Self::Audit(_) => Vec::new(),
+            Self::Pitr(p) => p.templates(),
         }
     }
 
@@ -246,7 +250,7 @@ impl Action {
         match self {
             Self::Sql(s) => vec![&s.connection],
             Self::Copy(c) | Self::Compare(c) => vec![&c.from, &c.to],
-            Self::Command(_) | Self::Audit(_) => Vec::new(),
+            Self::Command(_) | Self::Audit(_) | Self::Pitr(_) => Vec::new(),
         }
     }
 
@@ -261,6 +265,79 @@ impl Action {
                 format!("compare {} with {} ({})", c.to, c.from, c.extent())
             }
             Self::Audit(_) => "audit of restore points".to_owned(),
+            Self::Pitr(p) => format!("pitr {} {} into {}", p.engine(), p.method.name(), p.into),
+        }
+    }
+}
+
+/// `kind = "pitr"`: a scratch database instance recovered from backups to exactly the run's
+/// restore point (`rewind-pitr`). Paths are templates; a relative path is read against the
+/// workflow file's folder.
+#[derive(Clone, Debug, Serialize)]
+pub struct PitrAction {
+    /// What to recover from (and so the engine).
+    pub method: PitrMethod,
+    /// The scratch directory the instance lives in.
+    pub into: Template,
+    /// The OS user the server runs as (default `postgres` / `mariadb`'s `mysql` when rewind
+    /// runs as root).
+    pub run_as: Option<String>,
+}
+
+impl PitrAction {
+    /// `postgres` or `mariadb`.
+    pub fn engine(&self) -> &'static str {
+        match self.method {
+            PitrMethod::Archive { .. } | PitrMethod::Pgbackrest { .. } => "postgres",
+            PitrMethod::Binlog { .. } => "mariadb",
+        }
+    }
+
+    fn templates(&self) -> Vec<&Template> {
+        let mut v = match &self.method {
+            PitrMethod::Archive { base_backup, wal_archive } => vec![base_backup, wal_archive],
+            PitrMethod::Pgbackrest { stanza, config } => vec![stanza, config],
+            PitrMethod::Binlog { base_backup, binlogs } => vec![base_backup, binlogs],
+        };
+        v.push(&self.into);
+        v
+    }
+}
+
+/// `method` of a `pitr` action, with its keys.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "method", rename_all = "snake_case")]
+pub enum PitrMethod {
+    /// PostgreSQL: a `pg_basebackup` directory and the WAL archive an `archive_command` fills.
+    Archive {
+        /// The base backup directory.
+        base_backup: Template,
+        /// The WAL archive directory.
+        wal_archive: Template,
+    },
+    /// PostgreSQL: a pgBackRest stanza.
+    Pgbackrest {
+        /// The stanza.
+        stanza: Template,
+        /// pgBackRest's configuration file.
+        config: Template,
+    },
+    /// MariaDB: a `mariadb-backup` directory and the binlogs after it.
+    Binlog {
+        /// The backup directory.
+        base_backup: Template,
+        /// The binlog directory.
+        binlogs: Template,
+    },
+}
+
+impl PitrMethod {
+    /// As written in the workflow.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Archive { .. } => "archive",
+            Self::Pgbackrest { .. } => "pgbackrest",
+            Self::Binlog { .. } => "binlog",
         }
     }
 }

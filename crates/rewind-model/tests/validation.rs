@@ -1163,3 +1163,96 @@ fn a_snapshot_notes_the_rules_added_since_it_was_stored() {
     let broken = text.replace("estimate = \"1m\"", "estimate = \"soon\"");
     assert!(Workflow::parse_snapshot("w.toml", &broken).is_err());
 }
+
+/// A `pitr` step with `action`'s keys after `kind = "pitr"`.
+fn pitr(keys: &str) -> String {
+    with_header(&format!(
+        "[[steps]]\nid = \"restore\"\nscope = \"group:shard\"\nestimate = \"1h\"\naction = {{ kind = \"pitr\", {keys} }}\n"
+    ))
+}
+
+#[test]
+fn pitr_actions_name_their_engine_method_and_keys() {
+    let ok = pitr(
+        r#"engine = "postgres", method = "archive", base_backup = "/b/{{group.value}}/base", wal_archive = "/b/{{group.value}}/wal", into = "/s/{{run.id}}/{{group.value}}""#,
+    );
+    let wf = Workflow::parse("w.toml", &ok).unwrap();
+    assert_eq!(wf.steps[0].action.kind(), "pitr");
+    assert!(wf.steps[0].action.describe().starts_with("pitr postgres archive into /s/"));
+    for keys in [
+        r#"engine = "postgres", method = "pgbackrest", stanza = "shard-{{group.value}}", config = "/etc/pgbackrest/pgbackrest.conf", into = "/s/x""#,
+        r#"engine = "mariadb", method = "binlog", base_backup = "/b/full", binlogs = "/b/binlog", into = "/s/x", run_as = "mysql""#,
+    ] {
+        Workflow::parse("w.toml", &pitr(keys)).unwrap();
+    }
+    let cases: &[(&str, K, &str)] = &[
+        (
+            r#"method = "archive", base_backup = "/b", wal_archive = "/w", into = "/s""#,
+            K::MissingKey,
+            "has no `engine`",
+        ),
+        (
+            r#"engine = "postgress", method = "archive", base_backup = "/b", wal_archive = "/w", into = "/s""#,
+            K::InvalidValue,
+            "did you mean `postgres`",
+        ),
+        (
+            r#"engine = "postgres", base_backup = "/b", wal_archive = "/w", into = "/s""#,
+            K::MissingKey,
+            "has no `method`",
+        ),
+        (
+            r#"engine = "postgres", method = "archiv", base_backup = "/b", wal_archive = "/w", into = "/s""#,
+            K::InvalidValue,
+            "did you mean `archive`",
+        ),
+        (
+            r#"engine = "mariadb", method = "archive", base_backup = "/b", wal_archive = "/w", into = "/s""#,
+            K::InvalidValue,
+            "method `archive` restores postgres, not mariadb",
+        ),
+        (
+            r#"engine = "postgres", method = "archive", base_backup = "/b", into = "/s""#,
+            K::MissingKey,
+            "has no `wal_archive`",
+        ),
+        (
+            r#"engine = "postgres", method = "archive", base_backup = "/b", wal_archive = "/w""#,
+            K::MissingKey,
+            "has no `into`",
+        ),
+        (
+            r#"engine = "postgres", method = "archive", base_backup = "/b", wal_archive = "/w", stanza = "x", into = "/s""#,
+            K::InvalidValue,
+            "`stanza` belongs to method `pgbackrest`",
+        ),
+        (
+            r#"engine = "postgres", method = "archive", base_backup = "", wal_archive = "/w", into = "/s""#,
+            K::InvalidValue,
+            "`base_backup` is empty",
+        ),
+        (
+            r#"engine = "postgres", method = "archive", base_backup = "/b", wal_archive = "/w", into = "/s", run_as = "root""#,
+            K::InvalidValue,
+            "refuse to run as root",
+        ),
+        (
+            r#"engine = "postgres", method = "archive", base_backup = "/b", wal_archive = "/w", into = "/s", run_as = "Post Gres""#,
+            K::InvalidValue,
+            "is not a user name",
+        ),
+        (
+            r#"engine = "postgres", method = "archive", base_backup = "/b/{{group.valeu}}", wal_archive = "/w", into = "/s""#,
+            K::UnresolvedTemplate,
+            "group.valeu",
+        ),
+        (
+            r#"engine = "postgres", method = "archive", base_backup = "/b", wal_archive = "/w", into = "/s", intoo = "/t""#,
+            K::UnknownKey,
+            "intoo",
+        ),
+    ];
+    for (keys, kind, needle) in cases {
+        check(&pitr(keys), *kind, "action = {", Some("restore"), needle);
+    }
+}

@@ -16,10 +16,12 @@
 //! This crate knows nothing of runs beyond the owner's two names; rewind's `pitr` executor is a
 //! thin adapter onto it.
 
+mod binlog;
 pub mod mariadb;
 pub mod pg;
 pub mod proc;
 pub mod scratch;
+pub mod source;
 pub mod time;
 
 use std::path::PathBuf;

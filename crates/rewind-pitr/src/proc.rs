@@ -91,6 +91,7 @@ pub struct Tool {
     program: PathBuf,
     args: Vec<std::ffi::OsString>,
     env: Vec<(String, String)>,
+    env_removed: Vec<String>,
     user: Option<RunAs>,
     cwd: Option<PathBuf>,
     stdin: Option<PathBuf>,
@@ -114,6 +115,7 @@ impl Tool {
             program: program.into(),
             args: Vec::new(),
             env: Vec::new(),
+            env_removed: Vec::new(),
             user: None,
             cwd: None,
             stdin: None,
@@ -135,6 +137,15 @@ impl Tool {
     /// Adds environment variables.
     pub fn envs(mut self, env: &[(String, String)]) -> Self {
         self.env.extend(env.iter().cloned());
+        self
+    }
+
+    /// Removes a variable from the environment it inherits (a server started through it must
+    /// not carry `REWIND_RUN_ID`: `resume` would take it for a tool that outlived its attempt).
+    pub fn env_remove(mut self, key: impl Into<String>) -> Self {
+        let key = key.into();
+        self.env.retain(|(k, _)| *k != key);
+        self.env_removed.push(key);
         self
     }
 
@@ -177,6 +188,9 @@ impl Tool {
             _ => tokio::process::Command::new(&self.program),
         };
         cmd.args(&self.args);
+        for k in &self.env_removed {
+            cmd.env_remove(k);
+        }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }

@@ -11,8 +11,9 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::{
-    Action, AuditAction, Backoff, CommandAction, Condition, Connection, DEFAULT_RETENTION, Policy,
-    Pool, Preflight, Scope, SliceAction, SqlAction, Statement, Step, Workflow,
+    Action, AuditAction, Backoff, CommandAction, Condition, Connection, DEFAULT_RETENTION,
+    PitrAction, PitrMethod, Policy, Pool, Preflight, Scope, SliceAction, SqlAction, Statement,
+    Step, Workflow,
 };
 use crate::diag::{Diagnostics, ErrorKind as K, Sink, suggestion};
 use crate::ids::{AttrName, ConnectionName, PoolName, StepId, TargetKind};
@@ -50,7 +51,7 @@ const STEP_KEYS: &[&str] = &[
     "retries",
     "backoff",
 ];
-const ACTION_KINDS: &[&str] = &["command", "sql", "copy", "compare", "audit"];
+const ACTION_KINDS: &[&str] = &["command", "sql", "copy", "compare", "audit", "pitr"];
 const COMMAND_KEYS: &[&str] = &["kind", "program", "args", "env"];
 const SQL_KEYS: &[&str] = &["kind", "connection", "sql", "params", "statements"];
 const STATEMENT_KEYS: &[&str] = &["sql", "params"];
@@ -66,6 +67,24 @@ const SLICE_KEYS: &[&str] = &[
     "source_restore_point",
 ];
 const AUDIT_KEYS: &[&str] = &["kind", "require"];
+const PITR_KEYS: &[&str] = &[
+    "kind",
+    "engine",
+    "method",
+    "base_backup",
+    "wal_archive",
+    "stanza",
+    "config",
+    "binlogs",
+    "into",
+    "run_as",
+];
+/// Each `pitr` method: its engine and its keys.
+const PITR_METHODS: &[(&str, &str, [&str; 2])] = &[
+    ("archive", "postgres", ["base_backup", "wal_archive"]),
+    ("pgbackrest", "postgres", ["stanza", "config"]),
+    ("binlog", "mariadb", ["base_backup", "binlogs"]),
+];
 const MAX_RETRIES: i64 = 1000;
 
 pub(super) fn parse(file: &str, text: &str) -> Result<Workflow, Diagnostics> {
@@ -1297,6 +1316,10 @@ impl Parser<'_> {
                 }
                 Some(Action::Audit(AuditAction { require }))
             }
+            "pitr" => {
+                self.known_keys(t, PITR_KEYS, "a pitr action", s);
+                self.pitr(t, v, s, templates).map(Action::Pitr)
+            }
             other => {
                 let hint = suggestion(other, ACTION_KINDS.iter().copied());
                 self.err(
@@ -1311,6 +1334,167 @@ impl Parser<'_> {
                 None
             }
         }
+    }
+
+    /// The keys of a `pitr` action (unknown keys were reported by the caller).
+    fn pitr(
+        &mut self,
+        t: &DeTable<'_>,
+        v: &Val<'_>,
+        s: Option<&StepId>,
+        templates: &mut Vec<(Template, Span)>,
+    ) -> Option<PitrAction> {
+        const ENGINES: [&str; 2] = ["postgres", "mariadb"];
+        let engine = match t.get("engine") {
+            None => {
+                self.err(
+                    &v.span(),
+                    K::MissingKey,
+                    s,
+                    "pitr action has no `engine` (postgres or mariadb)",
+                );
+                None
+            }
+            Some(e) => {
+                let name = self.string(e, "engine", s)?;
+                if ENGINES.contains(&name.as_str()) {
+                    Some((name, e.span()))
+                } else {
+                    let hint = suggestion(&name, ENGINES.iter().copied());
+                    self.err(
+                        &e.span(),
+                        K::InvalidValue,
+                        s,
+                        format!(
+                            "unknown pitr engine `{name}`{hint}; known engines: postgres, mariadb"
+                        ),
+                    );
+                    None
+                }
+            }
+        };
+        let method = match t.get("method") {
+            None => {
+                self.err(
+                    &v.span(),
+                    K::MissingKey,
+                    s,
+                    "pitr action has no `method` (archive, pgbackrest or binlog)",
+                );
+                None
+            }
+            Some(m) => {
+                let name = self.string(m, "method", s)?;
+                match PITR_METHODS.iter().find(|(n, _, _)| *n == name) {
+                    Some(found) => Some((found, m.span())),
+                    None => {
+                        let hint = suggestion(&name, PITR_METHODS.iter().map(|(n, _, _)| *n));
+                        self.err(
+                            &m.span(),
+                            K::InvalidValue,
+                            s,
+                            format!("unknown pitr method `{name}`{hint}; known methods: archive, pgbackrest (postgres), binlog (mariadb)"),
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        let ((engine, _), ((method, method_engine, keys), method_span)) = (engine?, method?);
+        if engine != *method_engine {
+            self.err(
+                &method_span,
+                K::InvalidValue,
+                s,
+                format!("method `{method}` restores {method_engine}, not {engine}"),
+            );
+            return None;
+        }
+        // Keys of the other methods are mistakes, not options.
+        let mut ok = true;
+        for (other, other_engine, other_keys) in PITR_METHODS {
+            for k in other_keys {
+                if !keys.contains(k)
+                    && let Some(val) = t.get(*k)
+                {
+                    self.err(
+                        &val.span(),
+                        K::InvalidValue,
+                        s,
+                        format!(
+                            "`{k}` belongs to method `{other}` ({other_engine}), not `{method}`"
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        let mut path = |this: &mut Self, key: &str| -> Option<Template> {
+            match t.get(key) {
+                None => {
+                    this.err(
+                        &v.span(),
+                        K::MissingKey,
+                        s,
+                        format!("pitr action (method {method}) has no `{key}`"),
+                    );
+                    None
+                }
+                Some(p) => {
+                    let raw = this.string(p, key, s)?;
+                    if raw.trim().is_empty() {
+                        this.err(&p.span(), K::InvalidValue, s, format!("`{key}` is empty"));
+                        return None;
+                    }
+                    this.template(&raw, p.span(), s, templates)
+                }
+            }
+        };
+        let first = path(self, keys[0]);
+        let second = path(self, keys[1]);
+        let into = path(self, "into");
+        let run_as = match t.get("run_as") {
+            None => Some(None),
+            Some(r) => self.string(r, "run_as", s).and_then(|u| {
+                let valid = !u.is_empty()
+                    && u.len() <= 32
+                    && u.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+                    && u.chars().all(|c| {
+                        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-'
+                    });
+                if !valid {
+                    self.err(
+                        &r.span(),
+                        K::InvalidValue,
+                        s,
+                        format!(
+                            "`run_as` `{u}` is not a user name ([a-z_][a-z0-9_-]*, at most 32)"
+                        ),
+                    );
+                    None
+                } else if u == "root" {
+                    self.err(
+                        &r.span(),
+                        K::InvalidValue,
+                        s,
+                        "`run_as` = root: database servers refuse to run as root",
+                    );
+                    None
+                } else {
+                    Some(Some(u))
+                }
+            }),
+        };
+        let (first, second, into, run_as) = (first?, second?, into?, run_as?);
+        if !ok {
+            return None;
+        }
+        let method = match *method {
+            "archive" => PitrMethod::Archive { base_backup: first, wal_archive: second },
+            "pgbackrest" => PitrMethod::Pgbackrest { stanza: first, config: second },
+            _ => PitrMethod::Binlog { base_backup: first, binlogs: second },
+        };
+        Some(PitrAction { method, into, run_as })
     }
 
     /// A connection named under `key`, recorded for the cross-checks.
