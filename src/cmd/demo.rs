@@ -24,6 +24,10 @@ use crate::{inputs, store};
 const MARKER: &str = ".rewind-demo";
 /// The shipped restore-2, built in: `rewind demo` runs from any directory.
 const RESTORE_2: &str = include_str!("../../workflows/restore-2.toml");
+/// The shipped restore-2-clusters (`--clusters`), built in.
+const RESTORE_2_CLUSTERS: &str = include_str!("../../workflows/restore-2-clusters.toml");
+/// The scratch-instance registry of a `--clusters` demo, inside the demo's directory.
+const REGISTRY_DIR: &str = "scratch-registry";
 
 /// The sandbox, inside the demo's directory (beside the targets and the checkpoint store).
 const SANDBOX_DIR: &str = "sandbox";
@@ -36,16 +40,21 @@ pub struct Args {
     /// Sites the mistaken script deletes.
     #[arg(long, default_value_t = 60)]
     delete: u32,
-    /// Product database shards.
-    #[arg(long, default_value_t = 8)]
-    shards: u32,
+    /// Product database shards (default 8; 2 with --clusters, a tracker and a wiki server each).
+    #[arg(long)]
+    shards: Option<u32>,
     /// Where the sandbox, its scratch copies and the run's checkpoint store go (replaced if a
     /// previous demo made it).
     #[arg(long, default_value = "demo")]
     dir: PathBuf,
     /// Keep the sandbox's relational stores on this PostgreSQL server instead of SQLite files.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", conflicts_with = "clusters")]
     postgres: Option<String>,
+    /// Real point-in-time recovery: the sandbox's stores on PostgreSQL clusters and a MariaDB
+    /// server it starts under DIR, continuously archived; the incident in real time; the
+    /// restore by restore-2-clusters' `pitr` steps; every server stopped at the end.
+    #[arg(long)]
+    clusters: bool,
     /// Seed of the sandbox.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -74,6 +83,9 @@ pub fn run(args: &Args) -> Result<Exit> {
             })?;
             (w.clone(), text)
         }
+        None if args.clusters => {
+            (dir.join("restore-2-clusters.toml"), RESTORE_2_CLUSTERS.to_owned())
+        }
         None => (dir.join("restore-2.toml"), RESTORE_2.to_owned()),
     };
     // Read and validated once, before anything is written; the run keeps this very text.
@@ -81,6 +93,61 @@ pub fn run(args: &Args) -> Result<Exit> {
         .map_err(|d| refused(inputs::render(&d, &workflow)))?;
     let rt = store::runtime()?;
     rt.block_on(async {
+        let result = demo(args, &dir, wf, workflow, workflow_text).await;
+        if args.clusters {
+            // However the demo ended: the run's scratch instances (the workflow's last step
+            // drops them when it gets there), then every server the sandbox started.
+            let sandbox = dir.join(SANDBOX_DIR);
+            let dropped = drop_instances(&dir).await;
+            let stopped = if sandbox.join("sandbox.json").exists() {
+                rewind_sandbox::clusters::stop(&sandbox).await.map_err(lib_err)
+            } else {
+                Ok(Vec::new())
+            };
+            match (&dropped, &stopped) {
+                (Ok(n), Ok(s)) => println!(
+                    "\nstopped {} scratch instance(s) and the sandbox's servers ({})",
+                    n,
+                    if s.is_empty() { "none running".to_owned() } else { s.join(", ") }
+                ),
+                (Err(e), _) | (_, Err(e)) => eprintln!("rewind: demo: cleaning up: {e}"),
+            }
+            if result.is_ok() {
+                dropped?;
+                stopped?;
+            }
+        }
+        result
+    })
+}
+
+/// Stops and removes every scratch instance in a `--clusters` demo's registry; how many.
+async fn drop_instances(dir: &Path) -> Result<usize> {
+    let registry = rewind_pitr::Registry::at(dir.join(REGISTRY_DIR));
+    let Ok(listed) = registry.list(None) else { return Ok(0) };
+    let runs: std::collections::BTreeSet<String> =
+        listed.iter().map(|l| l.entry.owner.run.clone()).collect();
+    let mut n = 0;
+    for run in runs {
+        n += registry
+            .drop_run(&run)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot drop run {run}'s scratch instances: {e}"))?
+            .len();
+    }
+    Ok(n)
+}
+
+async fn demo(
+    args: &Args,
+    dir: &Path,
+    wf: Workflow,
+    workflow: PathBuf,
+    workflow_text: String,
+) -> Result<Exit> {
+    let shards = args.shards.unwrap_or(if args.clusters { 2 } else { 8 });
+    {
+        let dir = dir.to_owned();
         prepare_dir(&dir).await?;
         // The marker first, so a demo interrupted at any point can be replaced by the next.
         std::fs::create_dir_all(&dir)?;
@@ -90,11 +157,17 @@ pub fn run(args: &Args) -> Result<Exit> {
         }
         let sandbox = dir.join(SANDBOX_DIR);
         let started = Instant::now();
-        step(&format!("sandbox: {} sites, {} shards, {}", args.sites, args.shards, backing(args)));
+        step(&format!("sandbox: {} sites, {shards} shards, {}", args.sites, backing(args)));
         let mut init = InitOptions::new(&sandbox, args.sites);
-        init.shards = args.shards;
+        init.shards = shards;
         init.postgres.clone_from(&args.postgres);
+        init.clusters = args.clusters;
         init.seed = args.seed;
+        if args.clusters {
+            // The servers run as `postgres` / `mysql`: they must reach the sandbox.
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+        }
         let summary = rewind_sandbox::init(&init).await.map_err(lib_err)?;
         println!(
             "{} stores, {} live rows, history to {}",
@@ -102,14 +175,16 @@ pub fn run(args: &Args) -> Result<Exit> {
             thousands(summary.rows as usize),
             summary.now
         );
+        crate::cmd::sandbox::print_servers(&sandbox)?;
 
         step(&format!("incident: the mistaken script deletes {} sites", args.delete));
-        let opts = IncidentOptions {
-            delete: args.delete,
-            at: None,
-            over: Duration::from_secs(23 * 60),
-            then: Duration::from_secs(15 * 60),
+        let (over, then) = if args.clusters {
+            // In real time, while the servers archive.
+            (Duration::from_secs(6), Duration::from_secs(3))
+        } else {
+            (Duration::from_secs(23 * 60), Duration::from_secs(15 * 60))
         };
+        let opts = IncidentOptions { delete: args.delete, at: None, over, then };
         let incident = rewind_sandbox::incident(&sandbox, &opts).await.map_err(lib_err)?;
         let first =
             incident.deleted.first().map(|d| d.at).context("the incident deleted no site")?;
@@ -120,8 +195,22 @@ pub fn run(args: &Args) -> Result<Exit> {
             first,
             last
         );
-        let restore_point = restore_point(first)?;
-        println!("restore point  {restore_point} (5 minutes before the first deletion)");
+        let restore_point = match incident.restore_point {
+            Some(rp) => {
+                let rp = rp.to_restore_point();
+                println!(
+                    "restore point  {rp} (the sandbox's recommendation: a second before the \
+                     first deletion in which no server committed, so every backup reaches it \
+                     exactly)"
+                );
+                rp
+            }
+            None => {
+                let rp = restore_point(first)?;
+                println!("restore point  {rp} (5 minutes before the first deletion)");
+                rp
+            }
+        };
 
         step("plan");
         let deleted = rewind_sandbox::sites(&sandbox, true).map_err(lib_err)?;
@@ -148,10 +237,14 @@ pub fn run(args: &Args) -> Result<Exit> {
             preview.bound_by
         );
 
-        step("restore (restore-2, for real against the sandbox)");
+        step(&format!("restore ({}, for real against the sandbox)", plan.workflow().name));
         let db = format!("sqlite://{}", dir.join("rewind.db").display());
         let store = store::open(&db).await?;
-        let vars = Vars::from_process().with("SANDBOX", &sandbox.display().to_string());
+        let mut vars = Vars::from_process().with("SANDBOX", &sandbox.display().to_string());
+        if args.clusters {
+            let registry = dir.join(REGISTRY_DIR);
+            vars = vars.with("REWIND_SCRATCH_REGISTRY", &registry.display().to_string());
+        }
         let registry = crate::registry::registry();
         let workdir = std::path::absolute(
             workflow.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")),
@@ -194,6 +287,9 @@ pub fn run(args: &Args) -> Result<Exit> {
 
         step("summary");
         print_outcome(&summary, &sandbox, restore_point, verified, started.elapsed())?;
+        if args.clusters {
+            print_recoveries(&store, id).await?;
+        }
         println!("\ninspect:  rewind --db {db} status {id}");
         println!("          rewind --db {db} report {id}");
         if summary.ended != rewind_runtime::Ended::Succeeded {
@@ -201,7 +297,39 @@ pub fn run(args: &Args) -> Result<Exit> {
         }
         let exit = exit_of(&summary);
         Ok(if exit == Exit::Ok && !verified { Exit::Failed } else { exit })
-    })
+    }
+}
+
+/// Per scratch instance the run recovered: the stores it holds, how long the recovery took and
+/// how many bytes of WAL / binlog it replayed (the `pitr` steps' outputs).
+async fn print_recoveries(store: &rewind_store::SqlStore, id: rewind_model::RunId) -> Result<()> {
+    use rewind_store::Store as _;
+    println!("point-in-time recoveries (scratch instances, from the pitr steps' outputs):");
+    for i in store.instances(id).await? {
+        let Some(out) = i.output.as_deref() else { continue };
+        let Ok(out) = serde_json::from_str::<serde_json::Value>(out) else { continue };
+        let (Some(secs), Some(bytes)) =
+            (out["recovery_s"].as_f64(), out["replayed_bytes"].as_u64())
+        else {
+            continue;
+        };
+        let server = Path::new(out["data_dir"].as_str().unwrap_or_default())
+            .parent()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| i.key.clone());
+        let engine = if out["url"].as_str().is_some_and(|u| u.starts_with("mysql:")) {
+            "binlog"
+        } else {
+            "WAL"
+        };
+        println!(
+            "  {server:<14} recovered in {secs:>5.2}s, {:>9} bytes of {engine} replayed, to {}",
+            thousands(bytes as usize),
+            out["recovered_to"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(())
 }
 
 fn backing(args: &Args) -> String {

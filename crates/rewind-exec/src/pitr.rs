@@ -56,7 +56,12 @@ pub fn request(a: &Attempt) -> Result<Request, String> {
         }
     };
     let PitrAction { into, run_as, .. } = p;
-    let registry = Registry::default_location().map_err(|e| e.to_string())?;
+    // The run's variables first (`rewind demo --clusters` keeps its registry under its
+    // directory without touching its own environment), then the environment's default.
+    let registry = match a.vars.get("REWIND_SCRATCH_REGISTRY") {
+        Ok(d) if !d.is_empty() => Registry::at(d),
+        _ => Registry::default_location().map_err(|e| e.to_string())?,
+    };
     Ok(Request {
         source,
         into: path(into)?,

@@ -1,11 +1,12 @@
 //! The sandbox on real database servers (`init --clusters`): PostgreSQL clusters from this
-//! machine's `initdb` / `pg_ctl` (one per product shard, holding its tracker and wiki databases,
-//! and one for the platform's catalog and contacts) and one MariaDB server for the identity
-//! stores, all under `DIR/servers/`, bound to 127.0.0.1 on free ports, running as `postgres` /
-//! `mysql` when the sandbox runs as root. Each is continuously archived under `DIR/archive/`:
-//! odd shards by pgBackRest, the other PostgreSQL clusters by an `archive_command` into a WAL
-//! directory plus a `pg_basebackup`, MariaDB by `mariadb-backup` plus its binlogs, written
-//! straight into the archive.
+//! machine's `initdb` / `pg_ctl` (one per product database shard, `tracker-sNN` and `wiki-sNN`,
+//! and `platform` for the catalog and contacts) and one MariaDB server (`identity`) for the
+//! identity stores, all under `DIR/servers/`, bound to 127.0.0.1 on free ports, running as
+//! `postgres` / `mysql` when the sandbox runs as root. Each is continuously archived under
+//! `DIR/archive/`: the tracker shards by pgBackRest (stanza = the server's name), the wiki shards
+//! and the platform by an `archive_command` into a WAL directory plus a `pg_basebackup`, MariaDB
+//! by `mariadb-backup` plus its binlogs, written straight into the archive. (One method per kind
+//! of shard, so that a workflow restores each with one group-scoped `pitr` step.)
 //!
 //! A store on a server is a database named after the store (`tracker_s01`, `identity_us_east`);
 //! its tables are the same as everywhere else (PostgreSQL schema `public`).
@@ -63,7 +64,7 @@ pub enum ServerBackup {
 /// One database server the sandbox started (`DIR/sandbox.json` → `backend.servers`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Server {
-    /// `platform`, `shard-s01`, …, `identity`.
+    /// `platform`, `tracker-s01`, `wiki-s01`, …, `identity`.
     pub name: String,
     /// Its engine.
     pub engine: ServerEngine,
@@ -107,9 +108,10 @@ impl Server {
         }
     }
 
-    /// The database of `store` on it.
+    /// The database of `store` on it: the store's name (`tracker-s01`, `identity-us-east`),
+    /// so that a workflow names it from a target's attributes (`identity-{{target.attr.region}}`).
     pub fn database(store: &Store) -> String {
-        store.ident()
+        store.name().to_owned()
     }
 
     fn user(&self) -> Result<RunAs> {
@@ -149,9 +151,10 @@ pub fn plan(dir: &Path, shards: u32, root: bool) -> Vec<Server> {
     };
     let mut out = vec![pg("platform", vec!["catalog".into(), "contacts".into()], false)];
     for i in 1..=shards {
-        let shard = format!("s{i:02}");
-        let stores = vec![format!("tracker-{shard}"), format!("wiki-{shard}")];
-        out.push(pg(&format!("shard-{shard}"), stores, i % 2 == 1));
+        let tracker = format!("tracker-s{i:02}");
+        let wiki = format!("wiki-s{i:02}");
+        out.push(pg(&tracker, vec![tracker.clone()], true));
+        out.push(pg(&wiki, vec![wiki.clone()], false));
     }
     out.push(Server {
         name: "identity".into(),
@@ -522,7 +525,7 @@ fn log_tail(p: &Path) -> String {
 /// Creates the databases of the server's stores (and `rewind_tick`, where the sandbox commits
 /// the marker transactions that let a restore point be reached).
 pub async fn create_databases(s: &Server) -> Result<()> {
-    let mut names: Vec<String> = s.stores.iter().map(|n| n.replace('-', "_")).collect();
+    let mut names: Vec<String> = s.stores.clone();
     names.push("rewind_tick".into());
     match s.engine {
         ServerEngine::Postgres => {
