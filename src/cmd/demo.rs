@@ -335,6 +335,9 @@ async fn print_recoveries(store: &rewind_store::SqlStore, id: rewind_model::RunI
 fn backing(args: &Args) -> String {
     match &args.postgres {
         Some(url) => format!("PostgreSQL ({})", rewind_model::redact_url(url)),
+        None if args.clusters => {
+            "PostgreSQL clusters and a MariaDB server, continuously archived".to_owned()
+        }
         None => "SQLite".to_owned(),
     }
 }

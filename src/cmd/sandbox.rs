@@ -77,7 +77,7 @@ struct InitArgs {
     #[arg(long)]
     clusters: bool,
     /// With --clusters: how long the real-time part of the history lasts.
-    #[arg(long, default_value = "4s")]
+    #[arg(long, default_value = "8s")]
     live: String,
     /// Seed of everything generated: the same seed makes the same sandbox.
     #[arg(long, default_value_t = 1)]

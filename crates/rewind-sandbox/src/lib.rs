@@ -15,8 +15,11 @@
 //!
 //! **Invariant:** it must not depend on rewind's scheduler, runtime, checkpoint store or
 //! executors, nor know clap or terminal output; it may use `rewind-model`'s typed IDs
-//! ([`rewind_model::TargetId`], [`rewind_model::RestorePoint`]). Time is the sandbox's simulated
-//! clock (in its manifest), never the wall clock, except to measure how long a restore took.
+//! ([`rewind_model::TargetId`], [`rewind_model::RestorePoint`]), and `rewind-pitr`'s process
+//! helpers for the servers of [`clusters`]. Time is the sandbox's simulated clock (in its
+//! manifest), never the wall clock, except to measure how long a restore took and in a clusters
+//! sandbox (`init --clusters`), whose servers commit in real time: there the history's last part
+//! and the incident are stamped with the wall clock.
 
 mod backup;
 pub mod clusters;

@@ -67,7 +67,7 @@ impl InitOptions {
             shards: 4,
             postgres: None,
             clusters: false,
-            live: Duration::from_secs(4),
+            live: Duration::from_secs(8),
             seed: 1,
             now: SimTime::from_unix_ms(1_649_144_280_000),
             retention: Duration::from_secs(30 * 86_400),
@@ -775,7 +775,7 @@ async fn init_on_servers(
     let start = history(&mut e, &opts).await?;
     e.flush().await?;
     crate::clusters::base_backups(servers).await?;
-    // The recent history, in real time: some site writes every 250 ms.
+    // The recent history, in real time: some site writes every 50 ms.
     e.realtime = true;
     e.last_stamp = e.manifest.now;
     let from = wall_now().max(e.manifest.now);
@@ -788,7 +788,7 @@ async fn init_on_servers(
         e.manifest.sites.len(),
         from,
         to,
-        Duration::from_millis(250),
+        Duration::from_millis(50),
         &none,
         &mut events,
     );
@@ -939,7 +939,7 @@ async fn incident_realtime(dir: &Path, opts: &IncidentOptions) -> Result<Inciden
     let victims = victims(seed, n, opts.delete);
     let victim_set: BTreeSet<usize> =
         victims.iter().copied().chain(e.deleted.iter().copied()).collect();
-    let every = Duration::from_millis(250);
+    let every = Duration::from_millis(100);
     let mut ev_rng = Rng::derive(seed, "incident-activity");
     let mut write_rng = Rng::derive(seed, "incident-writes");
 
