@@ -288,7 +288,7 @@ async fn demo(
         step("summary");
         print_outcome(&summary, &sandbox, restore_point, verified, started.elapsed())?;
         if args.clusters {
-            print_recoveries(&store, id).await?;
+            print_recoveries(&store, id, &sandbox).await?;
         }
         println!("\ninspect:  rewind --db {db} status {id}");
         println!("          rewind --db {db} report {id}");
@@ -302,8 +302,13 @@ async fn demo(
 
 /// Per scratch instance the run recovered: the stores it holds, how long the recovery took and
 /// how many bytes of WAL / binlog it replayed (the `pitr` steps' outputs).
-async fn print_recoveries(store: &rewind_store::SqlStore, id: rewind_model::RunId) -> Result<()> {
+async fn print_recoveries(
+    store: &rewind_store::SqlStore,
+    id: rewind_model::RunId,
+    sandbox: &Path,
+) -> Result<()> {
     use rewind_store::Store as _;
+    let servers = rewind_sandbox::clusters::servers(sandbox).map_err(lib_err)?;
     println!("point-in-time recoveries (scratch instances, from the pitr steps' outputs):");
     for i in store.instances(id).await? {
         let Some(out) = i.output.as_deref() else { continue };
@@ -323,8 +328,14 @@ async fn print_recoveries(store: &rewind_store::SqlStore, id: rewind_model::RunI
         } else {
             "WAL"
         };
+        let stores = servers
+            .iter()
+            .find(|s| s.name == server)
+            .map(|s| s.stores.join(", "))
+            .unwrap_or_default();
         println!(
-            "  {server:<14} recovered in {secs:>5.2}s, {:>9} bytes of {engine} replayed, to {}",
+            "  {server:<12} recovered in {secs:>5.2}s, {:>10} bytes of {engine} replayed, to {}  \
+             ({stores})",
             thousands(bytes as usize),
             out["recovered_to"].as_str().unwrap_or("?")
         );

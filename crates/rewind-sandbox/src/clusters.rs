@@ -252,7 +252,7 @@ fn mariadbd() -> PathBuf {
 }
 
 fn tool_err(e: rewind_pitr::Error) -> Error {
-    Error::Io { path: PathBuf::from("(server tool)"), source: std::io::Error::other(e.to_string()) }
+    Error::Server(e.to_string())
 }
 
 /// Every directory from `/` down to `dir` must be searchable by others (the servers run as
@@ -336,9 +336,10 @@ pub async fn create_all(dir: &Path, servers: &mut [Server]) -> Result<()> {
     }
     for s in servers.iter() {
         match s.engine {
-            ServerEngine::Postgres => create_pg(&bindir, s).await?,
-            ServerEngine::Mariadb => create_mariadb(s).await?,
+            ServerEngine::Postgres => create_pg(&bindir, s).await,
+            ServerEngine::Mariadb => create_mariadb(s).await,
         }
+        .map_err(|e| Error::Server(format!("creating server `{}`: {e}", s.name)))?;
     }
     Ok(())
 }
@@ -485,26 +486,24 @@ async fn start_mariadb(s: &Server) -> Result<()> {
         .map_err(|e| Error::refused(format!("cannot start `{}`: {e}", mariadbd().display())))?;
     for _ in 0..600 {
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(Error::Io {
-                path: s.log(),
-                source: std::io::Error::other(format!(
-                    "mariadbd exited ({status}) while starting: {}",
-                    log_tail(&s.log())
-                )),
-            });
+            return Err(Error::Server(format!(
+                "mariadbd of `{}` exited ({status}) while starting; {}: {}",
+                s.name,
+                s.log().display(),
+                log_tail(&s.log())
+            )));
         }
         if s.socket().exists() && ping_mariadb(s).await {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Err(Error::Io {
-        path: s.log(),
-        source: std::io::Error::other(format!(
-            "mariadbd did not accept connections within 60s: {}",
-            log_tail(&s.log())
-        )),
-    })
+    Err(Error::Server(format!(
+        "mariadbd of `{}` did not accept connections within 60s; {}: {}",
+        s.name,
+        s.log().display(),
+        log_tail(&s.log())
+    )))
 }
 
 async fn ping_mariadb(s: &Server) -> bool {
@@ -571,41 +570,48 @@ pub async fn create_databases(s: &Server) -> Result<()> {
 pub async fn base_backups(servers: &[Server]) -> Result<()> {
     let bindir = pg_bindir()?;
     for s in servers {
-        let u = s.user()?;
-        match &s.backup {
-            ServerBackup::Archive { base_backup, .. } => {
-                mkdir_for(base_backup, &u)?;
-                s.pg_tool(&bindir, "pg_basebackup")?
-                    .args(["-h", "127.0.0.1", "-p", &s.port.to_string(), "-U", "postgres"])
-                    .arg("-D")
-                    .arg(base_backup)
-                    .args(["-Fp", "-X", "stream", "--checkpoint=fast", "--no-sync"])
-                    .run(TOOL_TIMEOUT)
-                    .await
-                    .map_err(tool_err)?;
-            }
-            ServerBackup::Pgbackrest { stanza, config } => {
-                Tool::new("pgbackrest")
-                    .user(&u)
-                    .arg(format!("--config={}", config.display()))
-                    .arg(format!("--stanza={stanza}"))
-                    .args(["--type=full", "backup"])
-                    .run(TOOL_TIMEOUT)
-                    .await
-                    .map_err(tool_err)?;
-            }
-            ServerBackup::Binlog { base_backup, .. } => {
-                Tool::new("mariadb-backup")
-                    .arg("--backup")
-                    .arg(format!("--target-dir={}", base_backup.display()))
-                    .arg(format!("--socket={}", s.socket().display()))
-                    .arg("--user=root")
-                    .run(TOOL_TIMEOUT)
-                    .await
-                    .map_err(tool_err)?;
-                // The scratch instance runs as the server's user and reads the backup.
-                u.own(base_backup).map_err(tool_err)?;
-            }
+        base_backup(&bindir, s)
+            .await
+            .map_err(|e| Error::Server(format!("base backup of server `{}`: {e}", s.name)))?;
+    }
+    Ok(())
+}
+
+async fn base_backup(bindir: &Path, s: &Server) -> Result<()> {
+    let u = s.user()?;
+    match &s.backup {
+        ServerBackup::Archive { base_backup, .. } => {
+            mkdir_for(base_backup, &u)?;
+            s.pg_tool(bindir, "pg_basebackup")?
+                .args(["-h", "127.0.0.1", "-p", &s.port.to_string(), "-U", "postgres"])
+                .arg("-D")
+                .arg(base_backup)
+                .args(["-Fp", "-X", "stream", "--checkpoint=fast", "--no-sync"])
+                .run(TOOL_TIMEOUT)
+                .await
+                .map_err(tool_err)?;
+        }
+        ServerBackup::Pgbackrest { stanza, config } => {
+            Tool::new("pgbackrest")
+                .user(&u)
+                .arg(format!("--config={}", config.display()))
+                .arg(format!("--stanza={stanza}"))
+                .args(["--type=full", "backup"])
+                .run(TOOL_TIMEOUT)
+                .await
+                .map_err(tool_err)?;
+        }
+        ServerBackup::Binlog { base_backup, .. } => {
+            Tool::new("mariadb-backup")
+                .arg("--backup")
+                .arg(format!("--target-dir={}", base_backup.display()))
+                .arg(format!("--socket={}", s.socket().display()))
+                .arg("--user=root")
+                .run(TOOL_TIMEOUT)
+                .await
+                .map_err(tool_err)?;
+            // The scratch instance runs as the server's user and reads the backup.
+            u.own(base_backup).map_err(tool_err)?;
         }
     }
     Ok(())
@@ -648,14 +654,12 @@ pub async fn seal(servers: &[Server]) -> Result<()> {
                 drop(conn);
                 pool.close().await;
                 if !archived {
-                    return Err(Error::Io {
-                        path: s.log(),
-                        source: std::io::Error::other(format!(
-                            "`{}` did not archive WAL segment {wal} within 120s: {}",
-                            s.name,
-                            log_tail(&s.log())
-                        )),
-                    });
+                    return Err(Error::Server(format!(
+                        "`{}` did not archive WAL segment {wal} within 120s; {}: {}",
+                        s.name,
+                        s.log().display(),
+                        log_tail(&s.log())
+                    )));
                 }
             }
             ServerEngine::Mariadb => {
@@ -704,10 +708,7 @@ pub async fn stop_all(servers: &[Server]) -> Result<Vec<String>> {
     if errors.is_empty() {
         Ok(stopped)
     } else {
-        Err(Error::Io {
-            path: PathBuf::from("servers"),
-            source: std::io::Error::other(errors.join("; ")),
-        })
+        Err(Error::Server(format!("stopping the sandbox's servers: {}", errors.join("; "))))
     }
 }
 
@@ -745,4 +746,18 @@ pub async fn stop(dir: &Path) -> Result<Vec<String>> {
 /// `rewind sandbox start DIR`: starts its servers again; the names of those it started.
 pub async fn start(dir: &Path) -> Result<Vec<String>> {
     start_all(&servers(dir)?).await
+}
+
+/// Refuses, naming them, when some of the sandbox's servers are not running.
+pub fn require_running(servers: &[Server]) -> Result<()> {
+    let down: Vec<&str> =
+        servers.iter().filter(|s| running_pid(s).is_none()).map(|s| s.name.as_str()).collect();
+    if down.is_empty() {
+        return Ok(());
+    }
+    Err(Error::refused(format!(
+        "the sandbox's database server(s) {} are not running: start them with `rewind sandbox \
+         start DIR`",
+        down.join(", ")
+    )))
 }

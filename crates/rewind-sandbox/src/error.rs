@@ -29,6 +29,10 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// A database server of a clusters sandbox, or a tool run on it, failed (the message quotes
+    /// the tool's output or the server's log).
+    #[error("{0}")]
+    Server(String),
     /// A database statement failed.
     #[error("{context}: {source}")]
     Db {

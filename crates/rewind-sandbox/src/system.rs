@@ -873,7 +873,8 @@ pub async fn incident(dir: &Path, opts: &IncidentOptions) -> Result<IncidentSumm
             opts.delete
         )));
     }
-    if let Backend::Clusters { .. } = manifest.backend {
+    if let Backend::Clusters { servers } = &manifest.backend {
+        crate::clusters::require_running(servers)?;
         if opts.at.is_some() {
             return Err(Error::refused(
                 "--at: a sandbox on database servers has its incident now, in real time",

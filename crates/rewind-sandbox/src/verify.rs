@@ -432,6 +432,9 @@ fn read_media_store(root: &Path) -> Result<LiveStore> {
 /// Verifies the sandbox's live stores against the restore point.
 pub async fn verify(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport> {
     let m = Manifest::load(dir)?;
+    if let Backend::Clusters { servers } = &m.backend {
+        crate::clusters::require_running(servers)?;
+    }
     let layout = Layout::new(dir);
     let rp = SimTime::from_restore_point(opts.restore_point);
     if rp > m.now {
