@@ -125,11 +125,18 @@ async fn check_archive(base: &Path, wal: &Path, target: SystemTime) -> Result<Pl
         base.display(),
         start_time.map(time::rfc3339).unwrap_or_else(|| "unreadable".into())
     )];
-    let end = backup_history(wal, &label, &start_lsn)?;
+    // STOP TIME is written in whole seconds: a backup stamped to stop in second S may hold
+    // commits up to S + 1, so that is its end for every check.
+    let end = backup_history(wal, &label, &start_lsn)?
+        .map(|(file, stop)| (file, stop + Duration::from_secs(1)));
     let backup_end = match &end {
-        Some((file, stop)) => {
-            notes.push(format!("backup ends at STOP TIME {} ({})", time::rfc3339(*stop), file));
-            Some(*stop)
+        Some((file, end)) => {
+            notes.push(format!(
+                "backup ended by {} (STOP TIME {}, whole seconds, in {file})",
+                time::rfc3339(*end),
+                time::rfc3339(*end - Duration::from_secs(1)),
+            ));
+            Some(*end)
         }
         None => {
             notes.push(format!(
