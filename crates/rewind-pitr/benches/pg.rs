@@ -202,10 +202,17 @@ async fn run() -> Res<()> {
         }
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    };
     let (r, h) = (mean(&rewind_s), mean(&hand_s));
+    let (rm, hm) = (median(&mut rewind_s), median(&mut hand_s));
     println!(
-        "RESULT: rewind {r:.2} s, by hand {h:.2} s, ratio {:.3}x (goal <= 1.1x); WAL replay {:.0} MB/s; database {:.0} MB, WAL {:.0} MB",
+        "RESULT: rewind mean {r:.2} s (median {rm:.2}), by hand mean {h:.2} s (median {hm:.2}), ratio of means {:.3}x, of medians {:.3}x (goal <= 1.1x); WAL replay {:.0} MB/s; database {:.0} MB, WAL {:.0} MB",
         r / h,
+        rm / hm,
         mean(&replay),
         mb(db_bytes),
         mb(wal_after)
