@@ -83,16 +83,28 @@ enum Method {
 impl Scenario {
     /// Two commits, the base backup, three commits 1.1 s apart, the WAL switched and archived.
     async fn new(dir: &Path, method: Method) -> Self {
-        let port = rewind_pitr::proc::free_port().expect("a free port");
-        let archiving = match method {
-            Method::Archive(_) => Archiving::Archive { wal_dir: dir.join("wal") },
-            Method::Pgbackrest => {
-                Archiving::Pgbackrest { repo_dir: dir.join("repo"), stanza: "main".into() }
+        // A free port can be taken by another server before ours binds it: try another.
+        let mut attempt = 0;
+        let src = loop {
+            attempt += 1;
+            let port = rewind_pitr::proc::free_port().expect("a free port");
+            let archiving = match method {
+                Method::Archive(_) => Archiving::Archive { wal_dir: dir.join("wal") },
+                Method::Pgbackrest => {
+                    Archiving::Pgbackrest { repo_dir: dir.join("repo"), stanza: "main".into() }
+                }
+            };
+            let src_dir = dir.join(format!("src{attempt}"));
+            match SourceCluster::init(&src_dir, None, port, archiving).await {
+                Ok(src) => break src,
+                Err(e) if attempt < 3 => {
+                    eprintln!("source cluster on port {port} did not start, trying another: {e}");
+                    let _ = std::fs::remove_dir_all(dir.join("wal"));
+                    let _ = std::fs::remove_dir_all(dir.join("repo"));
+                }
+                Err(e) => panic!("source cluster: {e}"),
             }
         };
-        let src = SourceCluster::init(&dir.join("src"), None, port, archiving)
-            .await
-            .expect("source cluster");
         src.sql("postgres", "CREATE TABLE t (id int PRIMARY KEY)").await.expect("create table");
         let mut s = Self {
             source: source_of(&src, dir, method),
