@@ -90,6 +90,15 @@ enum Base {
 
 /// Checks the instant against what the backups cover; writes nothing.
 pub(crate) async fn check(ctx: &Ctx<'_>) -> Result<Plan, Error> {
+    // pg_ctl puts the data directory and log in double quotes on a shell command line.
+    if let Some(c) =
+        ['"', '$', '`', '\\'].into_iter().find(|c| ctx.into.to_string_lossy().contains(*c))
+    {
+        return Err(Error::Permanent(format!(
+            "`into` {} contains `{c}`, which pg_ctl cannot pass to the server's shell command line; choose another directory",
+            ctx.into.display()
+        )));
+    }
     match &ctx.req.source {
         Source::Archive { base_backup, wal_archive } => {
             check_archive(base_backup, wal_archive, ctx.req.target).await
@@ -125,18 +134,17 @@ async fn check_archive(base: &Path, wal: &Path, target: SystemTime) -> Result<Pl
         base.display(),
         start_time.map(time::rfc3339).unwrap_or_else(|| "unreadable".into())
     )];
-    // STOP TIME is written in whole seconds: a backup stamped to stop in second S may hold
-    // commits up to S + 1, so that is its end for every check.
+    // STOP TIME is stamped in whole seconds: the backup ended before the next second, and only
+    // an instant from then on is surely after its end.
     let end = backup_history(wal, &label, &start_lsn)?
         .map(|(file, stop)| (file, stop + Duration::from_secs(1)));
     let backup_end = match &end {
-        Some((file, end)) => {
+        Some((file, ended_by)) => {
             notes.push(format!(
-                "backup ended by {} (STOP TIME {}, whole seconds, in {file})",
-                time::rfc3339(*end),
-                time::rfc3339(*end - Duration::from_secs(1)),
+                "backup ended before {} (STOP TIME in {file}, whole seconds)",
+                time::rfc3339(*ended_by)
             ));
-            Some(*end)
+            Some(*ended_by)
         }
         None => {
             notes.push(format!(
@@ -149,7 +157,7 @@ async fn check_archive(base: &Path, wal: &Path, target: SystemTime) -> Result<Pl
     match (&end, start_time) {
         (Some((file, stop)), _) if target < *stop => {
             return Err(Error::Permanent(format!(
-                "restore point {} is before the base backup's end at {} ({} in {}): recovery from {} cannot stop before it; choose a later restore point or an older base backup",
+                "restore point {} is before the base backup's end at {} (STOP TIME in {} in {}, whole seconds): recovery from {} cannot stop before it; choose a later restore point or an older base backup",
                 time::rfc3339(target),
                 time::rfc3339(*stop),
                 file,
@@ -704,11 +712,12 @@ fn is_server_fatal(line: &str) -> bool {
             "the database system is in recovery mode",
             "authentication failed",
             "no pg_hba.conf entry",
-            "does not exist",
             "terminating connection",
         ]
         .iter()
         .any(|s| line.contains(s))
+        && !((line.contains("FATAL:  role \"") || line.contains("FATAL:  database \""))
+            && line.contains("does not exist"))
 }
 
 fn read_log_from(log: &Path, from: u64) -> String {
