@@ -726,16 +726,6 @@ fn read_log_from(log: &Path, from: u64) -> String {
     String::from_utf8_lossy(&bytes[from..]).into_owned()
 }
 
-/// Processes whose working directory is `dir` (a server and its children `chdir` there).
-fn processes_in(dir: &Path) -> Vec<u32> {
-    let want = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    let Ok(rd) = std::fs::read_dir("/proc") else { return Vec::new() };
-    rd.filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|c| c == want))
-        .collect()
-}
-
 fn pid_of(data: &Path) -> Option<u32> {
     let text = std::fs::read_to_string(data.join("postmaster.pid")).ok()?;
     text.lines().next()?.trim().parse().ok()
@@ -808,7 +798,7 @@ pub(crate) async fn start(ctx: &Ctx<'_>) -> Result<(), Error> {
     {
         let began = Instant::now();
         let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-        while (proc_dir.exists() || !processes_in(data).is_empty())
+        while (proc_dir.exists() || !proc::processes_in(data).is_empty())
             && began.elapsed() < PID_FILE_GRACE
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
