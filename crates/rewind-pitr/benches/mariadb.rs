@@ -59,7 +59,7 @@ async fn bench() {
     while done < rows {
         let n = (rows - done).min(100_000);
         src.sql(&format!(
-            "INSERT INTO app.base (pad) SELECT RPAD(MD5(seq), 1000, MD5(seq + 1)) FROM seq_1_to_{n}"
+            "INSERT INTO app.base (pad) SELECT RPAD(MD5(seq), 1000, MD5(seq + 1)) FROM app.seq_1_to_{n}"
         ))
         .await
         .expect("load");
@@ -78,7 +78,7 @@ async fn bench() {
     let mut script = String::new();
     for i in 0..txns {
         script.push_str(&format!(
-            "INSERT INTO app.hist (n, pad) SELECT {i}, RPAD(MD5(seq + {i}), 1000, 'x') FROM seq_1_to_100;\n"
+            "INSERT INTO app.hist (n, pad) SELECT {i}, RPAD(MD5(seq + {i}), 1000, 'x') FROM app.seq_1_to_100;\n"
         ));
     }
     src.sql(&script).await.expect("history");
