@@ -101,8 +101,7 @@ fn a_pitr_step_killed_mid_recovery_resumes_to_one_instance_at_the_restore_point(
     let target = commits[3] + commits[4].duration_since(commits[3]).unwrap() / 2;
     let rp = time::rfc3339(target);
 
-    let wf = format!(
-        r#"name = "pitr"
+    let wf = r#"name = "pitr"
 target_kind = "site"
 
 [defaults]
@@ -110,23 +109,22 @@ timeout = "5m"
 retries = 0
 
 [connections]
-scratch = "postgres://postgres@127.0.0.1:{{{{needs.restore.port}}}}/postgres"
+scratch = "postgres://postgres@127.0.0.1:{{needs.restore.port}}/postgres"
 
 [[steps]]
 id = "restore"
 scope = "run"
 estimate = "10m"
-action = {{ kind = "pitr", engine = "postgres", method = "archive", base_backup = "base", wal_archive = "wal", into = "scratch/{{{{run.id}}}}" }}
+action = { kind = "pitr", engine = "postgres", method = "archive", base_backup = "base", wal_archive = "wal", into = "scratch/{{run.id}}" }
 
 [[steps]]
 id = "count"
 scope = "run"
 needs = ["restore"]
 estimate = "1m"
-action = {{ kind = "sql", connection = "scratch", sql = "SELECT count(*) AS n, max(id) FILTER (WHERE id < 100) AS last FROM t" }}
-"#
-    );
-    let w = env.write("pitr.toml", &wf, false).display().to_string();
+action = { kind = "sql", connection = "scratch", sql = "SELECT count(*) AS n, max(id) FILTER (WHERE id < 100) AS last FROM t" }
+"#;
+    let w = env.write("pitr.toml", wf, false).display().to_string();
     let t = env.write("sites.csv", &targets_csv(&["ok"]), false).display().to_string();
     let registry = dir.join("registry");
     let cmd = |args: &[&str]| {

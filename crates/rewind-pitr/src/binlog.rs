@@ -6,8 +6,9 @@
 //! just after the event), flags u16, all little-endian. A transaction group (MariaDB: a GTID
 //! event, type 162) ends at an XID event, or at a QUERY event `COMMIT` (non-transactional
 //! changes); a *standalone* group (DDL, flag `FL_STANDALONE` in the GTID event) ends at its
-//! query. The end of that event is where a replay can stop without splitting a transaction, and
-//! its timestamp (whole seconds) is the group's commit time as the binlog knows it.
+//! query (plain or compressed). The end of that event is where a replay can stop without
+//! splitting a transaction, and its timestamp (whole seconds) is the group's commit time as the
+//! binlog knows it.
 
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ const ROTATE: u8 = 4;
 const FORMAT_DESCRIPTION: u8 = 15;
 const XID: u8 = 16;
 const GTID: u8 = 162;
+const QUERY_COMPRESSED: u8 = 165;
 const FL_STANDALONE: u8 = 1;
 
 /// Where a transaction group ended.
@@ -157,6 +159,9 @@ pub(crate) fn scan(path: &Path) -> Result<Scan, ScanError> {
                     (Some(true) | None, _) => commit = true, // DDL, or a statement of its own
                 }
             }
+            // A compressed statement (`log_bin_compress`): its text is not read; it ends a
+            // standalone group (DDL) or stands alone, as a plain one would.
+            QUERY_COMPRESSED => commit = group != Some(false),
             _ => {}
         }
         if commit {

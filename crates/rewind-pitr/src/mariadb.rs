@@ -381,7 +381,7 @@ impl Launch<'_> {
     ///
     /// The pid file is written at once (the server writes the same pid into it later, once it
     /// listens), so a recovery stopped while the server starts still finds and stops it.
-    pub(crate) async fn start(&self, port: Option<u16>) -> Result<u32, Error> {
+    pub(crate) async fn start(&self, port: Option<u16>) -> Result<Running, Error> {
         let sock = self.socket.as_os_str().len();
         if sock > 107 {
             return Err(Error::Permanent(format!(
@@ -415,16 +415,18 @@ impl Launch<'_> {
         self.user.own(&self.pid_file)?;
         // Not killed with rewind, but reaped while rewind lives.
         std::thread::spawn(move || child.wait());
-        self.wait_ready(pid, log_from, port).await
+        let running = Running { pid, data_dir: self.data_dir.to_path_buf(), armed: true };
+        self.wait_ready(pid, log_from, port).await?;
+        Ok(running)
     }
 
-    async fn wait_ready(&self, pid: u32, log_from: u64, port: Option<u16>) -> Result<u32, Error> {
+    async fn wait_ready(&self, pid: u32, log_from: u64, port: Option<u16>) -> Result<(), Error> {
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
             let log = read_from(self.log, log_from);
             let alive = proc::server_alive(pid, self.data_dir);
             if alive && log.contains("ready for connections") && self.answers(port) {
-                return Ok(pid);
+                return Ok(());
             }
             if !alive || log.contains("[ERROR] Aborting") {
                 let kind = if log.contains("Address already in use") {
@@ -458,6 +460,40 @@ impl Launch<'_> {
             )
             .is_ok(),
             None => std::os::unix::net::UnixStream::connect(&self.socket).is_ok(),
+        }
+    }
+}
+
+/// A server started by [`Launch::start`]: killed (SIGKILL) when dropped unless [`Running::keep`]
+/// was called. A recovery stopped or failed halfway leaves nothing worth a clean shutdown (its
+/// instance is replaced), and `mariadbd` ignores SIGTERM while it starts.
+#[derive(Debug)]
+pub(crate) struct Running {
+    pid: u32,
+    data_dir: PathBuf,
+    armed: bool,
+}
+
+impl Running {
+    /// Its pid.
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Leaves it running (detached from rewind); returns its pid.
+    pub(crate) fn keep(mut self) -> u32 {
+        self.armed = false;
+        self.pid
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.armed && proc::server_alive(self.pid, &self.data_dir) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.pid as i32),
+                Signal::SIGKILL,
+            );
         }
     }
 }
@@ -537,9 +573,9 @@ pub(crate) async fn restore(ctx: &Ctx<'_>, Plan(plan): Plan) -> Result<Recovered
         plan.backup_end.map(|t| format!(", ended {}", time::rfc3339(t))).unwrap_or_default()
     )];
     if let Some((last, end)) = &plan.last {
-        let pid = launch(ctx, Mode::Replay).start(None).await?;
+        let server = launch(ctx, Mode::Replay).start(None).await?;
         replay(ctx, &plan, *end).await?;
-        proc::stop_server(pid, &ctx.data_dir, Signal::SIGTERM, STOP_GRACE).await?;
+        proc::stop_server(server.pid(), &ctx.data_dir, Signal::SIGTERM, STOP_GRACE).await?;
         let stamp = engine_stamp(ctx, &plan.replay[plan.replay.len() - 1], last.at, *end).await?;
         evidence.push(format!(
             "replayed {}:{} to {}:{} ({} bytes), mariadb client exit 0",
@@ -563,8 +599,6 @@ pub(crate) async fn restore(ctx: &Ctx<'_>, Plan(plan): Plan) -> Result<Recovered
         plan.next.0.show(),
         time::rfc3339(ctx.req.target)
     ));
-    launch(ctx, Mode::Serve).start(Some(ctx.port)).await?;
-
     let recovered_to = match (&plan.last, plan.backup_end, &plan.last_in_backup) {
         (Some((p, _)), _, _) => time::from_unix(p.time),
         (None, Some(end), _) => end,
@@ -574,6 +608,7 @@ pub(crate) async fn restore(ctx: &Ctx<'_>, Plan(plan): Plan) -> Result<Recovered
             .and_then(|m| m.modified())
             .map_err(|e| Error::io("cannot tell when the backup ended", e))?,
     };
+    launch(ctx, Mode::Serve).start(Some(ctx.port)).await?.keep();
     Ok(Recovered {
         host: "127.0.0.1".into(),
         port: ctx.port,
@@ -673,7 +708,9 @@ async fn engine_stamp(ctx: &Ctx<'_>, file: &Path, at: u64, end: u64) -> Result<S
 
 /// Starts a ready instance again on `ctx.port`.
 pub(crate) async fn start(ctx: &Ctx<'_>) -> Result<(), Error> {
-    launch(ctx, Mode::Serve).start(Some(ctx.port)).await.map(|_| ())
+    launch(ctx, Mode::Serve).start(Some(ctx.port)).await.map(|s| {
+        s.keep();
+    })
 }
 
 #[cfg(test)]

@@ -90,6 +90,15 @@ enum Base {
 
 /// Checks the instant against what the backups cover; writes nothing.
 pub(crate) async fn check(ctx: &Ctx<'_>) -> Result<Plan, Error> {
+    // pg_ctl puts the data directory and log in double quotes on a shell command line.
+    if let Some(c) =
+        ['"', '$', '`', '\\'].into_iter().find(|c| ctx.into.to_string_lossy().contains(*c))
+    {
+        return Err(Error::Permanent(format!(
+            "`into` {} contains `{c}`, which pg_ctl cannot pass to the server's shell command line; choose another directory",
+            ctx.into.display()
+        )));
+    }
     match &ctx.req.source {
         Source::Archive { base_backup, wal_archive } => {
             check_archive(base_backup, wal_archive, ctx.req.target).await
@@ -125,11 +134,17 @@ async fn check_archive(base: &Path, wal: &Path, target: SystemTime) -> Result<Pl
         base.display(),
         start_time.map(time::rfc3339).unwrap_or_else(|| "unreadable".into())
     )];
-    let end = backup_history(wal, &label, &start_lsn)?;
+    // STOP TIME is stamped in whole seconds: the backup ended before the next second, and only
+    // an instant from then on is surely after its end.
+    let end = backup_history(wal, &label, &start_lsn)?
+        .map(|(file, stop)| (file, stop + Duration::from_secs(1)));
     let backup_end = match &end {
-        Some((file, stop)) => {
-            notes.push(format!("backup ends at STOP TIME {} ({})", time::rfc3339(*stop), file));
-            Some(*stop)
+        Some((file, ended_by)) => {
+            notes.push(format!(
+                "backup ended before {} (STOP TIME in {file}, whole seconds)",
+                time::rfc3339(*ended_by)
+            ));
+            Some(*ended_by)
         }
         None => {
             notes.push(format!(
@@ -142,7 +157,7 @@ async fn check_archive(base: &Path, wal: &Path, target: SystemTime) -> Result<Pl
     match (&end, start_time) {
         (Some((file, stop)), _) if target < *stop => {
             return Err(Error::Permanent(format!(
-                "restore point {} is before the base backup's end at {} ({} in {}): recovery from {} cannot stop before it; choose a later restore point or an older base backup",
+                "restore point {} is before the base backup's end at {} (STOP TIME in {} in {}, whole seconds): recovery from {} cannot stop before it; choose a later restore point or an older base backup",
                 time::rfc3339(target),
                 time::rfc3339(*stop),
                 file,
@@ -697,27 +712,18 @@ fn is_server_fatal(line: &str) -> bool {
             "the database system is in recovery mode",
             "authentication failed",
             "no pg_hba.conf entry",
-            "does not exist",
             "terminating connection",
         ]
         .iter()
         .any(|s| line.contains(s))
+        && !((line.contains("FATAL:  role \"") || line.contains("FATAL:  database \""))
+            && line.contains("does not exist"))
 }
 
 fn read_log_from(log: &Path, from: u64) -> String {
     let Ok(bytes) = std::fs::read(log) else { return String::new() };
     let from = usize::try_from(from).unwrap_or(usize::MAX).min(bytes.len());
     String::from_utf8_lossy(&bytes[from..]).into_owned()
-}
-
-/// Processes whose working directory is `dir` (a server and its children `chdir` there).
-fn processes_in(dir: &Path) -> Vec<u32> {
-    let want = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    let Ok(rd) = std::fs::read_dir("/proc") else { return Vec::new() };
-    rd.filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|c| c == want))
-        .collect()
 }
 
 fn pid_of(data: &Path) -> Option<u32> {
@@ -792,7 +798,7 @@ pub(crate) async fn start(ctx: &Ctx<'_>) -> Result<(), Error> {
     {
         let began = Instant::now();
         let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-        while (proc_dir.exists() || !processes_in(data).is_empty())
+        while (proc_dir.exists() || !proc::processes_in(data).is_empty())
             && began.elapsed() < PID_FILE_GRACE
         {
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -304,6 +304,29 @@ pub fn server_alive(pid: u32, data_dir: &Path) -> bool {
     cwd == want
 }
 
+/// Processes whose working directory is `dir` (a server and its children `chdir` there).
+pub fn processes_in(dir: &Path) -> Vec<u32> {
+    let want = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let Ok(rd) = std::fs::read_dir("/proc") else { return Vec::new() };
+    rd.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|c| c == want))
+        .collect()
+}
+
+/// The parent of `pid`, from `/proc/PID/stat`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The servers running in `dir`: processes there whose parent is not (a postmaster, not its
+/// backends). What stops a server whose pid file was not written yet.
+pub fn servers_in(dir: &Path) -> Vec<u32> {
+    let all = processes_in(dir);
+    all.iter().copied().filter(|p| parent_of(*p).is_none_or(|pp| !all.contains(&pp))).collect()
+}
+
 /// Stops the server `pid` running in `data_dir`: `first` (PostgreSQL: SIGINT, fast shutdown;
 /// MariaDB: SIGTERM), then SIGKILL after `grace`; waits until it is gone.
 pub async fn stop_server(

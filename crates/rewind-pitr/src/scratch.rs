@@ -95,14 +95,22 @@ impl Entry {
         proc::server_alive(pid, &self.data_dir()).then_some(pid)
     }
 
-    /// Stops the server if it runs.
+    /// Stops the server if it runs: the one its pid file names, or, when it was stopped before
+    /// it wrote one, whatever server runs in its data directory.
     pub async fn stop_server(&self) -> Result<(), Error> {
-        let Some(pid) = self.server_pid() else { return Ok(()) };
+        let data = self.data_dir();
+        let pids = match self.server_pid() {
+            Some(pid) => vec![pid],
+            None => proc::servers_in(&data),
+        };
         let first = match self.engine {
             Engine::Postgres => Signal::SIGINT,
             Engine::Mariadb => Signal::SIGTERM,
         };
-        proc::stop_server(pid, &self.data_dir(), first, Duration::from_secs(60)).await
+        for pid in pids {
+            proc::stop_server(pid, &data, first, Duration::from_secs(60)).await?;
+        }
+        Ok(())
     }
 }
 

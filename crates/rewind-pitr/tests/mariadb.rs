@@ -127,6 +127,19 @@ impl Fixture {
     }
 }
 
+/// Kills the run's scratch servers if the test ends early (a failed assertion).
+struct KillOnDrop(Registry, &'static str);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for l in self.0.list(Some(self.1)).unwrap_or_default() {
+            if let Some(pid) = l.pid {
+                let _ = std::process::Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            }
+        }
+    }
+}
+
 async fn ids(rec: &Recovered) -> Vec<u32> {
     let out = proc::Tool::new("mariadb")
         .args([
@@ -180,6 +193,7 @@ fn nothing_left(f: &Fixture, run: &str, into: &Path) {
 async fn binlog_recovery_to_a_quiet_second_reuse_replace_and_drop() {
     need_tools!();
     let mut f = Fixture::new().await;
+    let _guard = KillOnDrop(f.registry(), "run-1");
     f.src.flush_logs().await.expect("flush"); // a second binlog file: the replay spans two
 
     // Between rows 3 and 4: rows 1..=3, recovered to row 3's second.
@@ -268,6 +282,7 @@ async fn binlog_recovery_to_a_quiet_second_reuse_replace_and_drop() {
 async fn binlog_refusals_leave_nothing_running() {
     need_tools!();
     let f = Fixture::new().await;
+    let _guard = KillOnDrop(f.registry(), "run-2");
 
     // Inside row 4's second: its commit could be on either side.
     let req = f.request("amb", "run-2", at(f.stamp[3], 500));

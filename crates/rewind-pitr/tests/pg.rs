@@ -47,6 +47,31 @@ struct Scenario {
     /// How many of `commits` were made before the base backup.
     before_backup: usize,
     dir: PathBuf,
+    _cleanup: ScratchGuard,
+}
+
+/// Stops every scratch server under `dir/scratch` when the test ends, passed or not (they are
+/// daemons: nothing else would stop them).
+struct ScratchGuard(PathBuf);
+
+impl Drop for ScratchGuard {
+    fn drop(&mut self) {
+        use nix::sys::signal::{Signal, kill};
+        let Ok(rd) = std::fs::read_dir(&self.0) else { return };
+        for e in rd.filter_map(Result::ok) {
+            let Ok(Some(m)) = scratch::read_marker(&e.path()) else { continue };
+            let Some(pid) = m.server_pid() else { continue };
+            let p = nix::unistd::Pid::from_raw(pid as i32);
+            let _ = kill(p, Signal::SIGINT);
+            for _ in 0..200 {
+                if m.server_pid().is_none() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = kill(p, Signal::SIGKILL);
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -58,16 +83,28 @@ enum Method {
 impl Scenario {
     /// Two commits, the base backup, three commits 1.1 s apart, the WAL switched and archived.
     async fn new(dir: &Path, method: Method) -> Self {
-        let port = rewind_pitr::proc::free_port().expect("a free port");
-        let archiving = match method {
-            Method::Archive(_) => Archiving::Archive { wal_dir: dir.join("wal") },
-            Method::Pgbackrest => {
-                Archiving::Pgbackrest { repo_dir: dir.join("repo"), stanza: "main".into() }
+        // A free port can be taken by another server before ours binds it: try another.
+        let mut attempt = 0;
+        let src = loop {
+            attempt += 1;
+            let port = rewind_pitr::proc::free_port().expect("a free port");
+            let archiving = match method {
+                Method::Archive(_) => Archiving::Archive { wal_dir: dir.join("wal") },
+                Method::Pgbackrest => {
+                    Archiving::Pgbackrest { repo_dir: dir.join("repo"), stanza: "main".into() }
+                }
+            };
+            let src_dir = dir.join(format!("src{attempt}"));
+            match SourceCluster::init(&src_dir, None, port, archiving).await {
+                Ok(src) => break src,
+                Err(e) if attempt < 3 => {
+                    eprintln!("source cluster on port {port} did not start, trying another: {e}");
+                    let _ = std::fs::remove_dir_all(dir.join("wal"));
+                    let _ = std::fs::remove_dir_all(dir.join("repo"));
+                }
+                Err(e) => panic!("source cluster: {e}"),
             }
         };
-        let src = SourceCluster::init(&dir.join("src"), None, port, archiving)
-            .await
-            .expect("source cluster");
         src.sql("postgres", "CREATE TABLE t (id int PRIMARY KEY)").await.expect("create table");
         let mut s = Self {
             source: source_of(&src, dir, method),
@@ -75,6 +112,7 @@ impl Scenario {
             commits: Vec::new(),
             before_backup: 2,
             dir: dir.to_path_buf(),
+            _cleanup: ScratchGuard(dir.join("scratch")),
         };
         for id in 1..=2 {
             s.commit(id).await;
@@ -168,6 +206,7 @@ async fn recovers_between_commits(s: &Scenario, run: &str) -> (Request, Recovere
     let target = s.between(3);
     let req = s.request(run, target);
     let rec = recover(&req).await.expect("recovered");
+    eprintln!("{run}: recovered in {:.2} s, evidence: {:#?}", rec.recovery_s, rec.evidence);
     assert_eq!(ids(&rec), vec![1, 2, 3, 4], "rows committed at or before the restore point");
     assert_eq!(
         rec.recovered_to, s.commits[3].1,

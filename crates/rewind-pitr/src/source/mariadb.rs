@@ -87,7 +87,7 @@ impl SourceServer {
                 "--binlog-format=ROW".into(),
             ],
         };
-        self.pid = Some(launch.start(Some(self.port)).await?);
+        self.pid = Some(launch.start(Some(self.port)).await?.keep());
         Ok(())
     }
 
