@@ -300,8 +300,13 @@ pub async fn create_all(dir: &Path, servers: &mut [Server]) -> Result<()> {
     mkdir_shared(&dir.join("archive"))?;
     // One pgBackRest configuration for every stanza.
     let mut conf = String::new();
+    // Each server's port is chosen right before it binds it (and again if it was taken).
     for s in servers.iter_mut() {
-        s.port = rewind_pitr::proc::free_port().map_err(tool_err)?;
+        match s.engine {
+            ServerEngine::Postgres => create_pg(&bindir, s).await,
+            ServerEngine::Mariadb => create_mariadb(s).await,
+        }
+        .map_err(|e| Error::Server(format!("creating server `{}`: {e}", s.name)))?;
     }
     let repo = dir.join("archive").join("pgbackrest");
     for s in servers.iter() {
@@ -335,16 +340,30 @@ pub async fn create_all(dir: &Path, servers: &mut [Server]) -> Result<()> {
         std::fs::write(&path, conf).at(&path)?;
     }
     for s in servers.iter() {
-        match s.engine {
-            ServerEngine::Postgres => create_pg(&bindir, s).await,
-            ServerEngine::Mariadb => create_mariadb(s).await,
+        if let ServerBackup::Pgbackrest { stanza, config } = &s.backup {
+            Tool::new("pgbackrest")
+                .user(&s.user()?)
+                .arg(format!("--config={}", config.display()))
+                .arg(format!("--stanza={stanza}"))
+                .arg("stanza-create")
+                .run(TOOL_TIMEOUT)
+                .await
+                .map_err(|e| Error::Server(format!("creating stanza `{stanza}`: {e}")))?;
         }
-        .map_err(|e| Error::Server(format!("creating server `{}`: {e}", s.name)))?;
     }
     Ok(())
 }
 
-async fn create_pg(bindir: &Path, s: &Server) -> Result<()> {
+/// How many free ports a server tries before giving up (another process may take the port
+/// between the choice and the bind).
+const PORT_TRIES: usize = 4;
+
+fn port_taken(log: &Path) -> bool {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.contains("Address already in use") || text.contains("could not bind")
+}
+
+async fn create_pg(bindir: &Path, s: &mut Server) -> Result<()> {
     let u = s.user()?;
     mkdir_for(&s.home(), &u)?;
     mkdir_for(&s.run_dir(), &u)?;
@@ -373,28 +392,27 @@ async fn create_pg(bindir: &Path, s: &Server) -> Result<()> {
         ServerBackup::Binlog { .. } => String::new(),
     };
     let conf = format!(
-        "\n# rewind sandbox\nport = {}\nlisten_addresses = '127.0.0.1'\n\
+        "\n# rewind sandbox\nlisten_addresses = '127.0.0.1'\n\
          unix_socket_directories = '{}'\nwal_level = replica\narchive_mode = on\n\
          archive_command = '{}'\nmax_wal_senders = 4\nshared_buffers = 16MB\nfsync = off\n\
          max_connections = 40\nlog_line_prefix = '%m [%p] '\n",
-        s.port,
         s.run_dir().display(),
         archive_command.replace('\'', "''")
     );
     let path = s.data_dir.join("postgresql.conf");
     let mut text = std::fs::read_to_string(&path).at(&path)?;
     text.push_str(&conf);
-    std::fs::write(&path, text).at(&path)?;
-    start_pg(bindir, s).await?;
-    if let ServerBackup::Pgbackrest { stanza, config } = &s.backup {
-        Tool::new("pgbackrest")
-            .user(&u)
-            .arg(format!("--config={}", config.display()))
-            .arg(format!("--stanza={stanza}"))
-            .arg("stanza-create")
-            .run(TOOL_TIMEOUT)
-            .await
-            .map_err(tool_err)?;
+    for attempt in 1..=PORT_TRIES {
+        s.port = rewind_pitr::proc::free_port().map_err(tool_err)?;
+        // The last `port` line wins.
+        text.push_str(&format!("port = {}\n", s.port));
+        std::fs::write(&path, &text).at(&path)?;
+        match start_pg(bindir, s).await {
+            Err(_) if attempt < PORT_TRIES && port_taken(&s.log()) => {
+                let _ = std::fs::remove_file(s.log());
+            }
+            r => return r,
+        }
     }
     Ok(())
 }
@@ -412,7 +430,7 @@ async fn start_pg(bindir: &Path, s: &Server) -> Result<()> {
     Ok(())
 }
 
-async fn create_mariadb(s: &Server) -> Result<()> {
+async fn create_mariadb(s: &mut Server) -> Result<()> {
     let u = s.user()?;
     mkdir_for(&s.home(), &u)?;
     mkdir_for(&s.run_dir(), &u)?;
@@ -432,7 +450,16 @@ async fn create_mariadb(s: &Server) -> Result<()> {
         .await
         .map_err(tool_err)?;
     u.own(&s.data_dir).map_err(tool_err)?;
-    start_mariadb(s).await?;
+    for attempt in 1..=PORT_TRIES {
+        s.port = rewind_pitr::proc::free_port().map_err(tool_err)?;
+        match start_mariadb(s).await {
+            Err(_) if attempt < PORT_TRIES && port_taken(&s.log()) => {
+                let _ = std::fs::remove_file(s.log());
+            }
+            Err(e) => return Err(e),
+            Ok(()) => break,
+        }
+    }
     // TCP connections as root from 127.0.0.1, no password (like the PostgreSQL clusters' trust).
     Tool::new("mariadb")
         .arg("--no-defaults")
