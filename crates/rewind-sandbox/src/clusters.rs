@@ -788,3 +788,50 @@ pub fn require_running(servers: &[Server]) -> Result<()> {
         down.join(", ")
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_relational_store_but_flags_and_apps_is_on_exactly_one_server() {
+        let servers = plan(Path::new("/srv/sb"), 3, true);
+        let names: Vec<&str> = servers.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "platform",
+                "tracker-s01",
+                "wiki-s01",
+                "tracker-s02",
+                "wiki-s02",
+                "tracker-s03",
+                "wiki-s03",
+                "identity"
+            ]
+        );
+        for store in Store::all(3) {
+            let holders = servers.iter().filter(|s| s.stores.iter().any(|n| n == store.name()));
+            let want = usize::from(on_server(store.kind));
+            assert_eq!(holders.count(), want, "{store}");
+        }
+        // One backup method per kind of server, so a workflow restores each with one step.
+        for s in &servers {
+            let method = match &s.backup {
+                ServerBackup::Archive { .. } => "archive",
+                ServerBackup::Pgbackrest { .. } => "pgbackrest",
+                ServerBackup::Binlog { .. } => "binlog",
+            };
+            let want = match s.name.split('-').next() {
+                Some("tracker") => "pgbackrest",
+                Some("identity") => "binlog",
+                _ => "archive",
+            };
+            assert_eq!(method, want, "{}", s.name);
+            assert_eq!(
+                s.user,
+                if s.engine == ServerEngine::Mariadb { "mysql" } else { "postgres" }
+            );
+        }
+    }
+}

@@ -571,6 +571,51 @@ async fn insert_rows<'a>(
 mod tests {
     use super::*;
 
+    /// The MariaDB backing writes, overwrites, deletes and reads back rows as the others do
+    /// (on `REWIND_TEST_MARIADB`'s server, in a database of its own, dropped at the end).
+    #[tokio::test]
+    async fn mariadb_backing_round_trips_a_batch() {
+        let Some(url) = std::env::var("REWIND_TEST_MARIADB").ok().filter(|u| !u.is_empty()) else {
+            eprintln!("note: REWIND_TEST_MARIADB is not set; skipping the MariaDB backing test");
+            return;
+        };
+        let pool = mysql_pool(&url).await.expect("the test server");
+        let database = format!("rwsb_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let db = Db::Mysql { pool: pool.clone(), database: database.clone() };
+        let kind = StoreKind::Tracker;
+        let result = async {
+            db.create_schema(None).await?;
+            db.create_tables(kind).await?;
+            db.create_indexes(kind).await?;
+            let table = &kind.tables()[0]; // projects(id, site_id, key, name, updated_at)
+            let row = |id: &str, name: &str| -> Row {
+                [id, "site-1", "KEY", name, "2022-04-05T07:33:00Z"]
+                    .iter()
+                    .map(|v| Val::Text((*v).to_owned()))
+                    .collect()
+            };
+            let mut batch = empty_batch(kind);
+            batch[0].insert("p1".into(), Some(row("p1", "first")));
+            batch[0].insert("p2".into(), Some(row("p2", "second")));
+            batch[0].insert("p3".into(), Some(row("p3", "emoji \u{1F600} and 'quotes'")));
+            db.write(kind, &batch).await?;
+            let mut batch = empty_batch(kind);
+            batch[0].insert("p1".into(), Some(row("p1", "renamed")));
+            batch[0].insert("p2".into(), None);
+            db.write(kind, &batch).await?;
+            db.read_all(table).await
+        }
+        .await;
+        let _ = sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS `{database}`")))
+            .execute(&pool)
+            .await;
+        let rows = result.expect("write and read back");
+        assert_eq!(rows.len(), 2, "p2 deleted: {rows:?}");
+        assert_eq!(rows[0][0], Val::Text("p1".into()));
+        assert_eq!(rows[0][3], Val::Text("renamed".into()));
+        assert_eq!(rows[1][3], Val::Text("emoji \u{1F600} and 'quotes'".into()));
+    }
+
     #[test]
     fn checks_identifiers() {
         assert!(is_plain_ident("scratch_tracker_s01"));
