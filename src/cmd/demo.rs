@@ -378,8 +378,10 @@ async fn prepare_dir(dir: &Path) -> Result<()> {
                     dir.display()
                 )));
             }
-            // The sandbox first (its PostgreSQL schemas live outside the directory); a demo
+            // A --clusters demo's scratch instances first (they run from inside it), then the
+            // sandbox (its servers, its PostgreSQL schemas outside the directory); a demo
             // interrupted before its sandbox was made has none.
+            drop_instances(dir).await?;
             let sandbox = dir.join(SANDBOX_DIR);
             if sandbox.join("sandbox.json").exists() {
                 rewind_sandbox::destroy(&sandbox).await.map_err(lib_err)?;
