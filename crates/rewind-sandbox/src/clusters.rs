@@ -372,6 +372,8 @@ async fn create_pg(bindir: &Path, s: &mut Server) -> Result<()> {
         .args(["-D"])
         .arg(&s.data_dir)
         .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"])
+        // 1 MB WAL segments: a sandbox writes little, and every segment is archived whole.
+        .arg("--wal-segsize=1")
         .run(TOOL_TIMEOUT)
         .await
         .map_err(tool_err)?;
@@ -497,6 +499,7 @@ async fn start_mariadb(s: &Server) -> Result<()> {
             "--binlog-format=ROW",
             "--skip-name-resolve",
             "--innodb-buffer-pool-size=32M",
+            "--innodb-log-file-size=16M",
             "--innodb-flush-log-at-trx-commit=2",
             "--sync-binlog=0",
             "--max-connections=60",
