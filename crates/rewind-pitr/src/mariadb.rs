@@ -448,7 +448,7 @@ impl Launch<'_> {
                     proc::tail(&log, 2000)
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 

@@ -356,7 +356,7 @@ pub async fn stop_server(
                 data_dir.display()
             )));
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Ok(())
 }
