@@ -265,6 +265,18 @@ pub struct Report {
 }
 
 impl Report {
+    /// Success with an output.
+    pub fn succeeded(output: Value) -> Self {
+        Self {
+            outcome: Outcome::Succeeded,
+            output: Some(output),
+            error: None,
+            exit_code: None,
+            stdout_tail: String::new(),
+            stderr_tail: String::new(),
+        }
+    }
+
     /// A failure before anything ran.
     pub fn failed(error: impl Into<String>, retryable: bool) -> Self {
         Self {

@@ -129,14 +129,7 @@ async fn run(a: Attempt, mut stop: Stop) -> Report {
                 "reused": rec.reused,
                 "evidence": rec.evidence,
             });
-            Report {
-                outcome: Outcome::Succeeded,
-                output: Some(output),
-                error: None,
-                exit_code: None,
-                stdout_tail: String::new(),
-                stderr_tail: String::new(),
-            }
+            Report::succeeded(output)
         }
         Err(rewind_pitr::Error::Stopped) if timed_out.load(Ordering::SeqCst) => Report::failed(
             format!(

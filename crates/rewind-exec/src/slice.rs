@@ -128,17 +128,6 @@ fn failed(e: SliceError) -> Report {
     Report::failed(e.to_string(), transient)
 }
 
-fn succeeded(output: Value) -> Report {
-    Report {
-        outcome: Outcome::Succeeded,
-        output: Some(output),
-        error: None,
-        exit_code: None,
-        stdout_tail: String::new(),
-        stderr_tail: String::new(),
-    }
-}
-
 async fn run(a: Attempt, mut stop: Stop, pools: Pools, catalogs: Catalogs, mode: Mode) -> Report {
     let (Action::Copy(s) | Action::Compare(s)) = &*a.action else {
         return permanent("the copy executor got another kind of action");
@@ -195,7 +184,7 @@ async fn run(a: Attempt, mut stop: Stop, pools: Pools, catalogs: Catalogs, mode:
             if let Some(rp) = restore_point {
                 out.insert("restore_point".into(), Value::from(rp));
             }
-            succeeded(Value::Object(out))
+            Report::succeeded(Value::Object(out))
         }
         Err(r) => r,
     }

@@ -33,33 +33,9 @@ pub enum ServerEngine {
     Mariadb,
 }
 
-/// How a server is backed up: the keys of a `pitr` step restoring it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "method", rename_all = "lowercase")]
-pub enum ServerBackup {
-    /// `pg_basebackup` (plain) into `base_backup`, `archive_command` copying WAL into
-    /// `wal_archive`.
-    Archive {
-        /// The base backup directory.
-        base_backup: PathBuf,
-        /// The WAL archive directory.
-        wal_archive: PathBuf,
-    },
-    /// pgBackRest: `archive-push` and a full backup in the repository `config` names.
-    Pgbackrest {
-        /// The stanza.
-        stanza: String,
-        /// The pgBackRest configuration file.
-        config: PathBuf,
-    },
-    /// `mariadb-backup --backup` into `base_backup`; the server's binlogs in `binlogs`.
-    Binlog {
-        /// The backup directory.
-        base_backup: PathBuf,
-        /// The binlog directory.
-        binlogs: PathBuf,
-    },
-}
+/// How a server is backed up: the keys of a `pitr` step restoring it (rewind-pitr's own
+/// description of a backup, so the sandbox records exactly what a `pitr` step takes).
+pub type ServerBackup = rewind_pitr::Source;
 
 /// One database server the sandbox started (`DIR/sandbox.json` → `backend.servers`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
