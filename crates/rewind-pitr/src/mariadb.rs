@@ -554,15 +554,7 @@ pub(crate) async fn restore(ctx: &Ctx<'_>, Plan(plan): Plan) -> Result<Recovered
         .tool("mariadb-backup")
         .arg("--prepare")
         .arg(format!("--target-dir={}", ctx.data_dir.display()));
-    let out = prepare.output(Duration::from_secs(24 * 3600)).await?;
-    if !out.status.success() {
-        return Err(Error::Permanent(format!(
-            "`{}` failed ({}): {}",
-            prepare.display(),
-            out.status,
-            proc::tail(&format!("{}{}", out.stdout, out.stderr), 2000)
-        )));
-    }
+    prepare.run_judged(Duration::from_secs(24 * 3600), Error::Permanent).await?;
 
     let mut evidence = vec![format!(
         "backup {} at {}:{}{}{}",

@@ -351,15 +351,7 @@ async fn check_pgbackrest(ctx: &Ctx<'_>, stanza: &str, config: &Path) -> Result<
         .arg(format!("--config={}", config.display()))
         .arg(format!("--stanza={stanza}"))
         .args(["--output=json", "info"]);
-    let out = tool.output(SHORT).await?;
-    if !out.status.success() {
-        return Err(Error::Permanent(format!(
-            "`{}` failed ({}): {}",
-            tool.display(),
-            out.status,
-            proc::tail(&format!("{}{}", out.stderr, out.stdout), 1500)
-        )));
-    }
+    let out = tool.run_judged(SHORT, Error::Permanent).await?;
     choose_backup(&out.stdout, stanza, config, ctx.req.target)
 }
 
@@ -469,15 +461,7 @@ pub(crate) async fn restore(ctx: &Ctx<'_>, plan: Plan) -> Result<Recovered, Erro
                 .arg("--target-action=promote")
                 .arg("--archive-mode=off")
                 .arg("restore");
-            let out = tool.output(LONG).await?;
-            if !out.status.success() {
-                return Err(Error::Permanent(format!(
-                    "`{}` failed ({}): {}",
-                    tool.display(),
-                    out.status,
-                    proc::tail(&format!("{}{}", out.stderr, out.stdout), 1500)
-                )));
-            }
+            tool.run_judged(LONG, Error::Permanent).await?;
         }
     }
     set_mode(data, 0o700)?;

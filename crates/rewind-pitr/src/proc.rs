@@ -247,11 +247,21 @@ impl Tool {
     /// Runs it and requires exit 0; otherwise a transient error naming the command with the
     /// end of what it printed.
     pub async fn run(&self, timeout: Duration) -> Result<Output, Error> {
+        self.run_judged(timeout, Error::Transient).await
+    }
+
+    /// Runs it and requires exit 0; otherwise `kind` (a permanent or transient error) naming
+    /// the command with the end of what it printed.
+    pub async fn run_judged(
+        &self,
+        timeout: Duration,
+        kind: fn(String) -> Error,
+    ) -> Result<Output, Error> {
         let out = self.output(timeout).await?;
         if out.status.success() {
             Ok(out)
         } else {
-            Err(Error::Transient(format!(
+            Err(kind(format!(
                 "`{}` failed ({}): {}",
                 self.display(),
                 out.status,
