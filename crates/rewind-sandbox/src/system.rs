@@ -249,6 +249,26 @@ fn activity_events(
     }
 }
 
+/// The incident's deletions: `victims` one after another, evenly over `over` from `at`; and the
+/// last one's instant.
+fn deletions(
+    victims: &[usize],
+    at: SimTime,
+    over: Duration,
+) -> (Vec<(SimTime, u64, Event)>, SimTime) {
+    let over_ms = i64::try_from(over.as_millis()).unwrap_or(i64::MAX);
+    let k = victims.len() as i64;
+    let mut events = Vec::new();
+    let mut last = at;
+    for (i, &v) in victims.iter().enumerate() {
+        let offset = if k > 1 { over_ms.saturating_mul(i as i64) / (k - 1) } else { 0 };
+        let ts = at.plus_ms(offset);
+        last = last.max(ts);
+        events.push((ts, i as u64, Event::Delete(v)));
+    }
+    (events, last)
+}
+
 /// One activity every `every` in `(from, to]`, each for a random site not in `skip`.
 fn heartbeat(
     rng: &mut Rng,
@@ -886,16 +906,7 @@ pub async fn incident(dir: &Path, opts: &IncidentOptions) -> Result<IncidentSumm
     let from = e.manifest.now;
     let seed = e.manifest.seed;
     let victims = victims(seed, n, opts.delete);
-    let over_ms = i64::try_from(opts.over.as_millis()).unwrap_or(i64::MAX);
-    let k = victims.len() as i64;
-    let mut events = Vec::new();
-    let mut last = at;
-    for (i, &v) in victims.iter().enumerate() {
-        let offset = if k > 1 { over_ms.saturating_mul(i as i64) / (k - 1) } else { 0 };
-        let ts = at.plus_ms(offset);
-        last = last.max(ts);
-        events.push((ts, i as u64, Event::Delete(v)));
-    }
+    let (mut events, last) = deletions(&victims, at, opts.over);
     let end = last.plus(opts.then);
     let mut ev_rng = Rng::derive(seed, "incident-activity");
     let rates = site_rates(seed, n);
@@ -952,16 +963,7 @@ async fn incident_realtime(dir: &Path, opts: &IncidentOptions) -> Result<Inciden
     let restore_point = e.quiet_second().await?;
 
     let at = wall_now().max(e.last_stamp).plus_ms(100);
-    let over_ms = i64::try_from(opts.over.as_millis()).unwrap_or(i64::MAX);
-    let k = victims.len() as i64;
-    let mut events = Vec::new();
-    let mut last = at;
-    for (i, &v) in victims.iter().enumerate() {
-        let offset = if k > 1 { over_ms.saturating_mul(i as i64) / (k - 1) } else { 0 };
-        let ts = at.plus_ms(offset);
-        last = last.max(ts);
-        events.push((ts, i as u64, Event::Delete(v)));
-    }
+    let (mut events, last) = deletions(&victims, at, opts.over);
     let end = last.plus(opts.then);
     heartbeat(&mut ev_rng, n, at.minus(every), end, every, &victim_set, &mut events);
     let deleted = e.simulate(events, end, &mut write_rng).await?;
