@@ -438,15 +438,36 @@ pub(crate) async fn restore(ctx: &Ctx<'_>, plan: Plan) -> Result<Recovered, Erro
     match &plan.base {
         Base::Plain(src) => {
             // As rewind's user (it reads the backup), handed to the server's user after.
-            Tool::new("cp").arg("-a").arg("--").arg(src.join(".")).arg(data).run(LONG).await?;
+            Tool::new("cp")
+                .envs(&ctx.req.tool_env)
+                .arg("-a")
+                .arg("--")
+                .arg(src.join("."))
+                .arg(data)
+                .run(LONG)
+                .await?;
         }
         Base::Tar { base, wal } => {
-            Tool::new("tar").arg("-xf").arg(base).arg("-C").arg(data).run(LONG).await?;
+            Tool::new("tar")
+                .envs(&ctx.req.tool_env)
+                .arg("-xf")
+                .arg(base)
+                .arg("-C")
+                .arg(data)
+                .run(LONG)
+                .await?;
             if let Some(w) = wal {
                 let pg_wal = data.join("pg_wal");
                 std::fs::create_dir_all(&pg_wal)
                     .map_err(|e| Error::io(format!("cannot create {}", pg_wal.display()), e))?;
-                Tool::new("tar").arg("-xf").arg(w).arg("-C").arg(&pg_wal).run(LONG).await?;
+                Tool::new("tar")
+                    .envs(&ctx.req.tool_env)
+                    .arg("-xf")
+                    .arg(w)
+                    .arg("-C")
+                    .arg(&pg_wal)
+                    .run(LONG)
+                    .await?;
             }
         }
         Base::Pgbackrest { stanza, config, label } => {
