@@ -115,7 +115,7 @@ scratch = "postgres://postgres@127.0.0.1:{{needs.restore.port}}/postgres"
 id = "restore"
 scope = "run"
 estimate = "10m"
-action = { kind = "pitr", engine = "postgres", method = "archive", base_backup = "base", wal_archive = "wal", into = "scratch/{{run.id}}" }
+action = { kind = "pitr", engine = "postgres", method = "archive", base_backup = "base", wal_archive = "wal", into = "scratch/a-directory-deep-enough-that-a-socket-in-it-would-not-fit-a-unix-socket-path/{{run.id}}" }
 
 [[steps]]
 id = "count"
@@ -142,7 +142,11 @@ action = { kind = "sql", connection = "scratch", sql = "SELECT count(*) AS n, ma
         .unwrap();
     let run = env.run_id_of("run");
     let _cleanup = DropScratch(Registry::at(&registry), run.clone());
-    let into = dir.join("scratch").join(&run);
+    let into = dir
+        .join(
+            "scratch/a-directory-deep-enough-that-a-socket-in-it-would-not-fit-a-unix-socket-path",
+        )
+        .join(&run);
     wait_for("the scratch server to start", || into.join("server.log").exists());
     child.kill().unwrap();
     child.wait().unwrap();

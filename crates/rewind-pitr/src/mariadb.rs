@@ -509,7 +509,55 @@ fn read_from(path: &Path, from: u64) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
-fn launch<'a>(ctx: &'a Ctx<'_>, mode: Mode) -> Launch<'a> {
+/// The longest path a unix socket takes (`sun_path`, less its terminating NUL).
+const SOCKET_MAX: usize = 107;
+
+/// Where a scratch server's socket `name` goes: `run/` in its scratch directory, or, when that
+/// path is too long for a unix socket (a deep `into`), a private directory of the server's user
+/// in the system's temporary directory, named after the scratch directory
+/// ([`outside_socket_dir`]), 0700, refused if anything else holds that name.
+fn socket_path(ctx: &Ctx<'_>, name: &str) -> Result<PathBuf, Error> {
+    let inside = ctx.run_dir.join(name);
+    if inside.as_os_str().len() <= SOCKET_MAX {
+        return Ok(inside);
+    }
+    let dir = outside_socket_dir(&ctx.into);
+    match std::fs::symlink_metadata(&dir) {
+        Ok(m) => {
+            use std::os::unix::fs::MetadataExt;
+            if !m.is_dir() || m.uid() != ctx.user.uid || m.mode() & 0o077 != 0 {
+                return Err(Error::Permanent(format!(
+                    "{} (the socket directory of {}, whose own path is too long for a socket) exists and is not a private directory of `{}`",
+                    dir.display(),
+                    ctx.into.display(),
+                    ctx.user.name
+                )));
+            }
+        }
+        Err(_) => {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+            ctx.user.own(&dir)?;
+        }
+    }
+    Ok(dir.join(name))
+}
+
+/// The private socket directory of the scratch instance in `into` when `into/run` is too deep
+/// for a socket: `$TMPDIR/rewind-<64-bit FNV-1a of the path, hex>`. Removed with the instance.
+pub fn outside_socket_dir(into: &Path) -> PathBuf {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in into.as_os_str().as_encoded_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    std::env::temp_dir().join(format!("rewind-{h:016x}"))
+}
+
+fn launch<'a>(ctx: &'a Ctx<'_>, mode: Mode) -> Result<Launch<'a>, Error> {
     let mut args = vec![
         "--skip-log-bin".to_string(),
         "--skip-slave-start".to_string(),
@@ -519,21 +567,21 @@ fn launch<'a>(ctx: &'a Ctx<'_>, mode: Mode) -> Launch<'a> {
     let socket = match mode {
         Mode::Replay => {
             args.extend(["--skip-networking".into(), "--skip-grant-tables".into()]);
-            ctx.run_dir.join("replay.sock")
+            socket_path(ctx, "replay.sock")?
         }
         Mode::Serve => {
             args.extend([format!("--port={}", ctx.port), "--bind-address=127.0.0.1".into()]);
-            ctx.run_dir.join("mariadbd.sock")
+            socket_path(ctx, "mariadbd.sock")?
         }
     };
-    Launch {
+    Ok(Launch {
         data_dir: &ctx.data_dir,
         socket,
         pid_file: ctx.run_dir.join(PID_FILE),
         log: &ctx.log,
         user: &ctx.user,
         args,
-    }
+    })
 }
 
 /// Restores and recovers into `ctx.into`, judges where the server stopped.
@@ -565,7 +613,7 @@ pub(crate) async fn restore(ctx: &Ctx<'_>, Plan(plan): Plan) -> Result<Recovered
         plan.backup_end.map(|t| format!(", ended {}", time::rfc3339(t))).unwrap_or_default()
     )];
     if let Some((last, end)) = &plan.last {
-        let server = launch(ctx, Mode::Replay).start(None).await?;
+        let server = launch(ctx, Mode::Replay)?.start(None).await?;
         replay(ctx, &plan, *end).await?;
         proc::stop_server(server.pid(), &ctx.data_dir, Signal::SIGTERM, STOP_GRACE).await?;
         let stamp = engine_stamp(ctx, &plan.replay[plan.replay.len() - 1], last.at, *end).await?;
@@ -600,7 +648,7 @@ pub(crate) async fn restore(ctx: &Ctx<'_>, Plan(plan): Plan) -> Result<Recovered
             .and_then(|m| m.modified())
             .map_err(|e| Error::io("cannot tell when the backup ended", e))?,
     };
-    launch(ctx, Mode::Serve).start(Some(ctx.port)).await?.keep();
+    launch(ctx, Mode::Serve)?.start(Some(ctx.port)).await?.keep();
     Ok(Recovered {
         host: "127.0.0.1".into(),
         port: ctx.port,
@@ -617,7 +665,7 @@ pub(crate) async fn restore(ctx: &Ctx<'_>, Plan(plan): Plan) -> Result<Recovered
 /// `mariadb-binlog --start-position=POS --stop-position=END FILES… | mariadb --binary-mode`,
 /// onto the replay server's socket; both must exit 0.
 async fn replay(ctx: &Ctx<'_>, plan: &Planned, end: u64) -> Result<(), Error> {
-    let socket = ctx.run_dir.join("replay.sock");
+    let socket = socket_path(ctx, "replay.sock")?;
     let reader = Tool::new("mariadb-binlog")
         .envs(&ctx.req.tool_env)
         .envs(&[("TZ".into(), "UTC".into())])
@@ -700,7 +748,7 @@ async fn engine_stamp(ctx: &Ctx<'_>, file: &Path, at: u64, end: u64) -> Result<S
 
 /// Starts a ready instance again on `ctx.port`.
 pub(crate) async fn start(ctx: &Ctx<'_>) -> Result<(), Error> {
-    launch(ctx, Mode::Serve).start(Some(ctx.port)).await.map(|s| {
+    launch(ctx, Mode::Serve)?.start(Some(ctx.port)).await.map(|s| {
         s.keep();
     })
 }

@@ -605,7 +605,9 @@ fn server_options(ctx: &Ctx<'_>) -> Vec<(&'static str, String)> {
         ("data_directory", ctx.data_dir.to_string_lossy().into_owned()),
         ("port", ctx.port.to_string()),
         ("listen_addresses", "127.0.0.1".into()),
-        ("unix_socket_directories", ctx.run_dir.to_string_lossy().into_owned()),
+        // TCP on 127.0.0.1 only: a socket under a deep `into` would pass the 107 bytes a
+        // socket path may have, and nothing of rewind's uses one.
+        ("unix_socket_directories", String::new()),
         ("hba_file", ctx.into.join("pg_hba.conf").to_string_lossy().into_owned()),
         ("external_pid_file", String::new()),
         ("archive_mode", "off".into()),

@@ -95,6 +95,19 @@ impl Entry {
         proc::server_alive(pid, &self.data_dir()).then_some(pid)
     }
 
+    /// Removes what the instance keeps outside its scratch directory: a MariaDB server's socket
+    /// directory when `into` is too deep for a socket path.
+    pub fn remove_outside(&self) -> Result<(), Error> {
+        if self.engine != Engine::Mariadb {
+            return Ok(());
+        }
+        let dir = mariadb::outside_socket_dir(&self.into);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() => remove_dir(&dir),
+            _ => Ok(()),
+        }
+    }
+
     /// Stops the server if it runs: the one its pid file names, or, when it was stopped before
     /// it wrote one, whatever server runs in its data directory.
     pub async fn stop_server(&self) -> Result<(), Error> {
@@ -234,6 +247,7 @@ impl Registry {
             if !l.missing {
                 remove_dir(&e.into)?;
             }
+            e.remove_outside()?;
             self.remove(&e.owner)?;
             dropped.push(e);
         }
@@ -333,6 +347,7 @@ pub(crate) async fn recover(
             // Killed mid-recovery, failed, or another instant or source: replace it.
             m.stop_server().await?;
             remove_dir(&req.into)?;
+            m.remove_outside()?;
         }
         None => {
             if dir_has_entries(&req.into)? {

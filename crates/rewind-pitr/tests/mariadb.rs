@@ -113,7 +113,14 @@ impl Fixture {
                 base_backup: self.backup.clone(),
                 binlogs: self.src.binlog_dir(),
             },
-            into: self.root.path().join("scratch").join(name),
+            // Deep enough that `into/run/mariadbd.sock` passes the 107 bytes a socket path may
+            // have: the sockets go to a private directory of their own.
+            into: self
+                .root
+                .path()
+                .join("scratch")
+                .join("a-directory-deep-enough-that-a-socket-in-it-would-not-fit-a-socket-path")
+                .join(name),
             target,
             owner: Owner { run: run.into(), instance: format!("pitr.identity/{name}") },
             run_as: None,
@@ -236,7 +243,7 @@ async fn binlog_recovery_to_a_quiet_second_reuse_replace_and_drop() {
     // Stopped while replaying: left `recovering`, its server stopped; the next attempt
     // replaces it.
     let half = f.request("s3", "run-1", target);
-    let sock = half.into.join("run/replay.sock");
+    let sock = rewind_pitr::mariadb::outside_socket_dir(&half.into).join("replay.sock");
     let replaying = async {
         while !sock.exists() {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -274,6 +281,10 @@ async fn binlog_recovery_to_a_quiet_second_reuse_replace_and_drop() {
         assert!(!running(*p), "server {p} is gone");
     }
     assert!(!req.into.exists() && !early.into.exists() && !half.into.exists());
+    for into in [&req.into, &early.into, &half.into] {
+        let outside = rewind_pitr::mariadb::outside_socket_dir(into);
+        assert!(!outside.exists(), "{} removed with the instance", outside.display());
+    }
     assert!(f.registry().list(Some("run-1")).expect("list").is_empty());
     f.src.stop().await.expect("stop the source");
 }
