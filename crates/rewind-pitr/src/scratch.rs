@@ -298,6 +298,7 @@ pub(crate) async fn recover(
             req.into.display()
         )));
     }
+    refuse_overlap(req)?;
     let user = RunAs::resolve(req.run_as.as_deref(), engine.default_user())?;
     let target = time::rfc3339(req.target);
     let mut ctx = Ctx {
@@ -420,6 +421,50 @@ pub(crate) async fn recover(
             write_json(&req.into.join(MARKER), &entry).ok();
             req.registry.put(&entry).ok();
             Err(e)
+        }
+    }
+}
+
+/// Refuses an `into` that is, holds or lies inside one of the backups: a scratch directory is
+/// replaced and removed whole, and its server writes into it.
+fn refuse_overlap(req: &Request) -> Result<(), Error> {
+    let paths: Vec<(&str, &Path)> = match &req.source {
+        Source::Archive { base_backup, wal_archive } => {
+            vec![("base backup", base_backup), ("WAL archive", wal_archive)]
+        }
+        Source::Pgbackrest { config, .. } => vec![("pgBackRest configuration", config)],
+        Source::Binlog { base_backup, binlogs } => {
+            vec![("base backup", base_backup), ("binlog directory", binlogs)]
+        }
+    };
+    let into = resolved(&req.into);
+    for (what, p) in paths {
+        let p2 = resolved(p);
+        if into.starts_with(&p2) || p2.starts_with(&into) {
+            return Err(Error::Permanent(format!(
+                "`into` {} overlaps the {what} {}: a scratch directory is replaced and removed whole, so it must be apart from the backups; nothing was written",
+                req.into.display(),
+                p.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `p` with its symbolic links resolved as far as it exists (the rest appended as written).
+fn resolved(p: &Path) -> PathBuf {
+    let mut rest = Vec::new();
+    let mut cur = p;
+    loop {
+        if let Ok(c) = std::fs::canonicalize(cur) {
+            return rest.iter().rev().fold(c, |acc: PathBuf, n| acc.join(n));
+        }
+        match (cur.file_name(), cur.parent()) {
+            (Some(n), Some(parent)) => {
+                rest.push(n);
+                cur = parent;
+            }
+            _ => return p.to_path_buf(),
         }
     }
 }
