@@ -298,6 +298,14 @@ pub(crate) async fn recover(
             req.into.display()
         )));
     }
+    // Removing a link removes the link, not the instance behind it: refused, as rewind did not
+    // make it.
+    if std::fs::symlink_metadata(&req.into).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(Error::Permanent(format!(
+            "`into` {} is a symbolic link; name the directory it points to",
+            req.into.display()
+        )));
+    }
     refuse_overlap(req)?;
     let user = RunAs::resolve(req.run_as.as_deref(), engine.default_user())?;
     let target = time::rfc3339(req.target);

@@ -100,3 +100,21 @@ async fn a_backup_inside_the_owners_old_scratch_directory_is_refused_not_removed
 fn never() -> std::future::Pending<()> {
     std::future::pending()
 }
+
+#[tokio::test]
+async fn an_into_that_is_a_symbolic_link_is_refused_and_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let real = tmp.path().join("big-disk/scratch");
+    let into = tmp.path().join("scratch");
+    let source = Source::Archive {
+        base_backup: tmp.path().join("no-such-backup"),
+        wal_archive: tmp.path().join("no-such-archive"),
+    };
+    // The owner's failed instance, reached through the operator's link.
+    failed_marker(&real, &source);
+    std::os::unix::fs::symlink(&real, &into).unwrap();
+    let msg = permanent(recover(&request(source, &into, &tmp.path().join("reg")), never()).await);
+    assert!(msg.contains("symbolic link"), "{msg}");
+    assert!(into.symlink_metadata().unwrap().file_type().is_symlink(), "the link is kept");
+    assert!(real.join("rewind-scratch.json").exists());
+}
