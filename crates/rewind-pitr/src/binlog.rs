@@ -46,6 +46,9 @@ pub(crate) struct Scan {
     pub len: u64,
     /// The group ends, in file order.
     pub commits: Vec<Commit>,
+    /// The first event with a timestamp (not 0), written when the file was begun: its position
+    /// and time. Every commit of the files before it is stamped at or before it.
+    pub first_event: Option<(u64, u32)>,
     /// The last event with a timestamp (not 0): its position and time.
     pub last_event: Option<(u64, u32)>,
     /// The file ends with a ROTATE or STOP event (a closed file, not the active one).
@@ -93,6 +96,7 @@ pub(crate) fn scan(path: &Path) -> Result<Scan, ScanError> {
         path: path.to_path_buf(),
         len: 4,
         commits: Vec::new(),
+        first_event: None,
         last_event: None,
         closed: false,
     };
@@ -129,6 +133,7 @@ pub(crate) fn scan(path: &Path) -> Result<Scan, ScanError> {
             r.seek_relative(body_len as i64)?;
         }
         if time != 0 {
+            out.first_event.get_or_insert((pos, time));
             out.last_event = Some((pos, time));
         }
         out.closed = matches!(kind, ROTATE | STOP);
@@ -297,6 +302,7 @@ mod tests {
                 Commit { at: xid_at, end: whole, time: 105 },
             ]
         );
+        assert_eq!(s.first_event, Some((4, 100)));
         assert_eq!(s.last_event, Some((xid_at, 105)));
         assert!(!s.closed);
     }

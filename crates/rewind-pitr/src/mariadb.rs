@@ -242,6 +242,23 @@ fn decide(
             Point::new(first, c.at, c.time).show()
         )));
     }
+    // The binlogs before the backup's are not read (they may be gone): the first stamped event
+    // of its binlog, written when that file was begun, bounds their commits. Begun in the
+    // instant's second or after it, the file before it may hold commits after the instant,
+    // and the backup holds them.
+    if let Some((at, t)) = first.first_event
+        && at < start_pos
+        && i64::from(t) >= s
+    {
+        return Err(Error::Permanent(format!(
+            "the restore point {shown} may be before the backup's end: the backup {} is at \
+             {start_file}:{start_pos}, a binlog begun at {} (after the restore point), so \
+             commits of the binlog before it, after the restore point, may be in the backup; \
+             use an older backup",
+            backup.display(),
+            Point::new(first, at, t).show()
+        )));
+    }
     let last_in_backup = in_backup.clone().next_back().map(|c| Point::new(first, c.at, c.time));
 
     // After the backup's position: the last commit before the instant's second, the first one
@@ -762,6 +779,7 @@ mod tests {
             path: PathBuf::from(format!("/b/{name}")),
             len,
             commits: commits.iter().map(|&(at, time)| Commit { at, end: at + 10, time }).collect(),
+            first_event: commits.first().map(|&(at, time)| (at, time)).or(last),
             last_event: last,
             closed: false,
         }
@@ -807,6 +825,28 @@ mod tests {
             .0;
         assert!(p.last.is_none() && p.replay.is_empty() && p.replayed_bytes == 0);
         assert_eq!((p.next.0.time, p.next.1), (1003, "commit"));
+    }
+
+    #[test]
+    fn a_backup_in_a_binlog_begun_after_the_instant_is_refused() {
+        // The backup's binlog was begun (rotated) at 1004 and holds no commit before the
+        // backup's position; its end is not known. Commits of the file before it (not in the
+        // binlog directory) may fall between the instant and 1004, and are in the backup.
+        let mut first = scan("binlog.000005", 300, &[(200, 1006)], Some((200, 1006)));
+        first.first_event = Some((4, 1004));
+        let info = ("binlog.000005".to_string(), 150, String::new());
+        let m = refused(decide(
+            Path::new("/bk"),
+            vec![first.clone()],
+            info.clone(),
+            None,
+            at(1002, 500),
+        ));
+        assert!(m.contains("before the backup's end"), "{m}");
+        // Begun before the instant's second: every earlier commit is before it too.
+        first.first_event = Some((4, 1001));
+        let p = decide(Path::new("/bk"), vec![first], info, None, at(1002, 500)).expect("plan").0;
+        assert!(p.last.is_none());
     }
 
     #[test]
