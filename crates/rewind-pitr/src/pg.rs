@@ -136,17 +136,23 @@ async fn check_archive(base: &Path, wal: &Path, target: SystemTime) -> Result<Pl
     )];
     // STOP TIME is stamped in whole seconds: the backup ended before the next second, and only
     // an instant from then on is surely after its end.
-    let end = backup_history(wal, &label, &start_lsn)?
-        .map(|(file, stop)| (file, stop + Duration::from_secs(1)));
-    let backup_end = match &end {
-        Some((file, ended_by)) => {
+    let history = backup_history(wal, &label, &start_lsn)?;
+    let end = history.clone().and_then(|(file, stop)| Some((file, stop? + Duration::from_secs(1))));
+    let backup_end = match (&end, history) {
+        (Some((file, ended_by)), _) => {
             notes.push(format!(
                 "backup ended before {} (STOP TIME in {file}, whole seconds)",
                 time::rfc3339(*ended_by)
             ));
             Some(*ended_by)
         }
-        None => {
+        (None, Some((file, None))) => {
+            notes.push(format!(
+                "the STOP TIME in {file} is not in UTC or a numeric offset (a time zone abbreviation names several zones): the backup's end is not known"
+            ));
+            None
+        }
+        (None, _) => {
             notes.push(format!(
                 "no backup history file (*.backup with START WAL LOCATION {start_lsn}) in {}: the backup's end is not known, only its start",
                 wal.display()
@@ -262,8 +268,10 @@ fn label_field(text: &str, field: &str) -> Option<String> {
 }
 
 /// A time as `backup_label` and `.backup` files write it: `2024-05-01 10:00:00 UTC`, in the
-/// source's `log_timezone` (an abbreviation or a numeric offset). Abbreviations other than
-/// UTC/GMT are read by `date`, which knows the common ones.
+/// source's `log_timezone` (an abbreviation or a numeric offset). Only UTC/GMT/Z and numeric
+/// offsets are read: an abbreviation names several zones (`IST` is India's, Israel's and
+/// Ireland's summer time, `CST` Chicago's, Shanghai's and Havana's), and a time read hours off
+/// would move the backup's end.
 fn parse_label_time(s: &str) -> Option<SystemTime> {
     let s = s.trim();
     if let Some(t) = time::parse_pg(s) {
@@ -272,24 +280,18 @@ fn parse_label_time(s: &str) -> Option<SystemTime> {
     if let Some(body) = s.strip_suffix(" GMT").or_else(|| s.strip_suffix(" Z")) {
         return time::parse_pg(&format!("{body} UTC"));
     }
-    if let Ok(d) = chrono::DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S %#z") {
-        return Some(d.into());
-    }
-    let out = std::process::Command::new("date").args(["-u", "-d", s, "+%s"]).output().ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    let secs: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
-    Some(time::from_unix(secs))
+    chrono::DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S %#z").ok().map(Into::into)
 }
 
 /// The `.backup` history file the source archived at the end of this backup: its name and
-/// STOP TIME. Matched by START WAL LOCATION (and LABEL when both have one).
+/// STOP TIME (`None`: in a zone abbreviation, not read). Matched by START WAL LOCATION (and
+/// LABEL when both have one).
+#[allow(clippy::type_complexity)]
 fn backup_history(
     wal: &Path,
     label: &str,
     start_lsn: &str,
-) -> Result<Option<(String, SystemTime)>, Error> {
+) -> Result<Option<(String, Option<SystemTime>)>, Error> {
     let want_label = label_field(label, "LABEL");
     let rd = std::fs::read_dir(wal)
         .map_err(|e| Error::Permanent(format!("cannot read {}: {e}", wal.display())))?;
@@ -308,16 +310,10 @@ fn backup_history(
         {
             continue;
         }
-        let stop = label_field(&text, "STOP TIME").and_then(|s| parse_label_time(&s));
-        match stop {
-            Some(t) => return Ok(Some((name, t))),
-            None => {
-                return Err(Error::Permanent(format!(
-                    "{}: no readable STOP TIME in it",
-                    e.path().display()
-                )));
-            }
-        }
+        let Some(stop) = label_field(&text, "STOP TIME") else {
+            return Err(Error::Permanent(format!("{}: no STOP TIME in it", e.path().display())));
+        };
+        return Ok(Some((name, parse_label_time(&stop))));
     }
     Ok(None)
 }
@@ -987,6 +983,25 @@ mod tests {
         assert_eq!(parse_label_time("2024-05-01 10:00:00 UTC"), Some(at("2024-05-01 10:00:00+00")));
         assert_eq!(parse_label_time("2024-05-01 12:00:00 +02"), Some(at("2024-05-01 10:00:00+00")));
         assert_eq!(parse_label_time("2024-05-01 10:00:00 GMT"), Some(at("2024-05-01 10:00:00+00")));
+        // Europe/Dublin's summer time is `IST`, as are India's and Israel's: `date` reads it as
+        // India's, 4.5 hours early, and a backup's end read early lets an earlier target through.
+        assert_eq!(parse_label_time("2024-05-01 10:00:00 IST"), None);
+        assert_eq!(parse_label_time("2024-05-01 10:00:00 CST"), None);
+    }
+
+    #[test]
+    fn an_unreadable_stop_time_leaves_the_backup_end_unknown() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let label = "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\nSTART TIME: 2024-05-01 10:00:00 IST\nLABEL: x\n";
+        std::fs::write(
+            dir.path().join("000000010000000000000002.00000028.backup"),
+            format!("{label}STOP WAL LOCATION: 0/2000100 (file 000000010000000000000002)\nSTOP TIME: 2024-05-01 10:01:00 IST\n"),
+        )
+        .expect("write");
+        let found = backup_history(dir.path(), label, "0/2000028").expect("not an error");
+        let (file, stop) = found.expect("the history file");
+        assert_eq!(file, "000000010000000000000002.00000028.backup");
+        assert_eq!(stop, None);
     }
 
     #[test]
