@@ -536,9 +536,21 @@ fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// Single-quoted for postgresql.conf.
+/// Single-quoted for postgresql.conf, whose strings take `\` as an escape and end at a newline.
 fn conf_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str(r"\\"),
+            '\n' => out.push_str(r"\n"),
+            '\r' => out.push_str(r"\r"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
 }
 
 /// The data directory made ready to recover: the source's leftovers removed, the files a Debian
@@ -1026,6 +1038,10 @@ mod tests {
     fn quoting() {
         assert_eq!(sh_quote("/a b/it's"), r"'/a b/it'\''s'");
         assert_eq!(conf_quote("cp 'x' \"%p\""), "'cp ''x'' \"%p\"'");
+        // postgresql.conf reads a backslash as an escape and ends a value at a newline: a WAL
+        // archive at `/backups/a\b` or with a newline in its name must reach `cp` as it is.
+        assert_eq!(conf_quote(r"cp '/backups/a\b'"), r"'cp ''/backups/a\\b'''");
+        assert_eq!(conf_quote("a\nb\rc"), r"'a\nb\rc'");
         assert_eq!(parse_lsn("1/0000010"), Some((1 << 32) | 0x10));
     }
 }
