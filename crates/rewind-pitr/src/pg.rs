@@ -211,6 +211,23 @@ async fn read_base(base: &Path) -> Result<(Option<(PathBuf, Option<PathBuf>)>, S
     if label.is_file() {
         let text = std::fs::read_to_string(&label)
             .map_err(|e| Error::Permanent(format!("cannot read {}: {e}", label.display())))?;
+        // Its tablespaces are links to directories of the backup's: the scratch server would
+        // write into them.
+        let tblspc = base.join("pg_tblspc");
+        if let Ok(rd) = std::fs::read_dir(&tblspc) {
+            let mut names: Vec<String> = rd
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            if !names.is_empty() {
+                names.sort();
+                return Err(Error::Permanent(format!(
+                    "{} holds tablespaces ({}): base backups with tablespaces are not supported; take one without tablespaces or restore it by hand",
+                    tblspc.display(),
+                    names.join(", ")
+                )));
+            }
+        }
         return Ok((None, text));
     }
     let mut base_tar = None;
@@ -433,10 +450,13 @@ pub(crate) async fn restore(ctx: &Ctx<'_>, plan: Plan) -> Result<Recovered, Erro
     ctx.user.own(data)?;
     match &plan.base {
         Base::Plain(src) => {
-            // As rewind's user (it reads the backup), handed to the server's user after.
+            // As rewind's user (it reads the backup), handed to the server's user after. Links
+            // followed: a `pg_basebackup --waldir` backup's pg_wal is a link to a directory of
+            // the backup's, which the scratch server would recycle and write its timeline into.
             Tool::new("cp")
                 .envs(&ctx.req.tool_env)
                 .arg("-a")
+                .arg("--dereference")
                 .arg("--")
                 .arg(src.join("."))
                 .arg(data)

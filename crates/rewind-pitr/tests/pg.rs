@@ -384,3 +384,40 @@ async fn a_half_recovered_instance_is_replaced() {
     req.registry.drop_run("run-replace").await.expect("dropped");
     assert!(!req.into.exists());
 }
+
+/// The files under `dir` with their sizes and contents' lengths, to see whether it changed.
+fn listing(dir: &Path) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = std::fs::read_dir(dir)
+        .expect("readable")
+        .filter_map(Result::ok)
+        .map(|e| {
+            let m = e.metadata().expect("metadata");
+            (e.file_name().to_string_lossy().into_owned(), if m.is_file() { m.len() } else { 0 })
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn a_plain_backup_with_its_wal_directory_elsewhere_is_not_written_to() {
+    if !have_postgres() {
+        return;
+    }
+    let dir = workdir();
+    let s = Scenario::new(dir.path(), Method::Archive(BackupFormat::Plain)).await;
+    // As `pg_basebackup --waldir=DIR` lays it out: pg_wal a symbolic link to DIR.
+    let waldir = dir.path().join("base-waldir");
+    std::fs::rename(dir.path().join("base/pg_wal"), &waldir).expect("move pg_wal");
+    std::os::unix::fs::symlink(&waldir, dir.path().join("base/pg_wal")).expect("link pg_wal");
+    let before = listing(&waldir);
+    let (req, rec) = recovers_between_commits(&s, "run-waldir").await;
+    assert_eq!(listing(&waldir), before, "the backup's WAL directory is left as it was");
+    assert!(
+        !rec.data_dir.join("pg_wal").symlink_metadata().expect("pg_wal").file_type().is_symlink(),
+        "the scratch instance has its own pg_wal"
+    );
+    Registry::at(dir.path().join("registry")).drop_run("run-waldir").await.expect("dropped");
+    assert!(!req.into.exists());
+    assert_eq!(listing(&waldir), before);
+}

@@ -118,3 +118,21 @@ async fn an_into_that_is_a_symbolic_link_is_refused_and_kept() {
     assert!(into.symlink_metadata().unwrap().file_type().is_symlink(), "the link is kept");
     assert!(real.join("rewind-scratch.json").exists());
 }
+
+#[tokio::test]
+async fn a_plain_backup_with_tablespaces_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base");
+    base_backup(&base);
+    std::fs::create_dir_all(base.join("pg_tblspc")).unwrap();
+    let ts = tmp.path().join("base-ts");
+    std::fs::create_dir_all(&ts).unwrap();
+    std::os::unix::fs::symlink(&ts, base.join("pg_tblspc/16384")).unwrap();
+    let wal = tmp.path().join("wal");
+    std::fs::create_dir(&wal).unwrap();
+    let into = tmp.path().join("scratch");
+    let source = Source::Archive { base_backup: base, wal_archive: wal };
+    let msg = permanent(recover(&request(source, &into, &tmp.path().join("reg")), never()).await);
+    assert!(msg.contains("tablespaces"), "{msg}");
+    assert!(!into.exists());
+}
