@@ -180,6 +180,11 @@ impl Registry {
         self.dir.join(&owner.run).join(format!("{hex}.json"))
     }
 
+    fn get(&self, owner: &Owner) -> Result<Option<Entry>, Error> {
+        let p = self.path(owner);
+        if p.exists() { read_json(&p).map(Some) } else { Ok(None) }
+    }
+
     fn put(&self, e: &Entry) -> Result<(), Error> {
         write_json(&self.path(&e.owner), e)
     }
@@ -318,6 +323,21 @@ pub(crate) async fn recover(
         log: req.into.join(LOG),
         port: 0,
     };
+
+    // The owner's instance elsewhere (its `into` came from a `${VAR}` that changed since): it
+    // is replaced by this one, so it is stopped and removed rather than left running unlisted.
+    if let Some(old) = req.registry.get(&req.owner)?
+        && old.into != req.into
+    {
+        if let Ok(Some(m)) = read_marker(&old.into)
+            && m.owner == req.owner
+        {
+            m.stop_server().await?;
+            remove_dir(&old.into)?;
+            m.remove_outside()?;
+        }
+        req.registry.remove(&req.owner)?;
+    }
 
     // What is already there?
     match read_marker(&req.into)? {

@@ -102,3 +102,29 @@ async fn another_owners_instance_is_refused_and_drop_removes_only_marked_directo
     assert!(!reg.join("run-b").exists());
     assert!(Registry::at(&reg).drop_run("run-b").await.unwrap().is_empty(), "idempotent");
 }
+
+#[tokio::test]
+async fn the_owners_instance_at_another_into_is_removed_not_left_unlisted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = tmp.path().join("reg");
+    let old = tmp.path().join("old-scratch");
+    std::fs::create_dir_all(old.join("data")).unwrap();
+    let entry = serde_json::json!({
+        "owner": {"run": "run-a", "instance": "pitr.tracker/shard=s03"},
+        "engine": "postgres",
+        "source": {"method": "archive", "base_backup": "/b", "wal_archive": "/w"},
+        "into": old, "port": 1, "user": "postgres", "target": "2022-04-05T07:33:00Z",
+        "state": "failed", "recovered": null, "error": "boom", "updated": "2022-04-05T07:40:00Z"
+    });
+    std::fs::write(old.join("rewind-scratch.json"), entry.to_string()).unwrap();
+    std::fs::create_dir_all(reg.join("run-a")).unwrap();
+    let hex: String = "pitr.tracker/shard=s03".bytes().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(reg.join("run-a").join(format!("{hex}.json")), entry.to_string()).unwrap();
+
+    // The same owner, now with another `into` (and a backup that is not there).
+    let new = tmp.path().join("new-scratch");
+    let msg = permanent(recover(&request(&new, &reg, "run-a"), never()).await);
+    assert!(msg.contains("no-such-backup"), "{msg}");
+    assert!(!old.exists(), "the owner's previous instance is removed");
+    assert!(Registry::at(&reg).list(Some("run-a")).unwrap().is_empty());
+}
