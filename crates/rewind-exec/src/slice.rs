@@ -237,9 +237,8 @@ fn refuse_as(engine: Kind, tenant: &str, new: &str) -> Result<(), String> {
         ));
     }
     match engine {
-        Kind::Postgres => Ok(()),
+        Kind::Postgres | Kind::Sqlite => Ok(()),
         Kind::Mysql => Err("restore as a new tenant (`as`) is not yet supported on MariaDB/MySQL; nothing was written".to_owned()),
-        Kind::Sqlite => Err("restore as a new tenant (`as`) is not yet supported on SQLite; nothing was written".to_owned()),
     }
 }
 
@@ -410,9 +409,9 @@ async fn copy(
     tenant: &str,
     new: Option<NewTenant<'_>>,
 ) -> Result<BTreeMap<String, Value>, Report> {
-    if new.is_some() && engine != Kind::Postgres {
+    if new.is_some() && engine == Kind::Mysql {
         return Err(permanent(
-            "restore as a new tenant (`as`) is not yet supported on this engine",
+            "restore as a new tenant (`as`) is not yet supported on MariaDB/MySQL",
         ));
     }
     let report = match engine {
@@ -438,7 +437,10 @@ async fn copy(
         Kind::Sqlite => {
             let file = sqlite_file(from).map_err(permanent)?;
             let mut dst = tracked(sessions, pools.sqlite(to).await, to).await?;
-            let r = rewind_slice::sqlite::copy(&mut dst, &file, plan, tenant).await;
+            let r = match new {
+                Some(n) => rewind_slice::sqlite::copy_as(&mut dst, &file, plan, tenant, n).await,
+                None => rewind_slice::sqlite::copy(&mut dst, &file, plan, tenant).await,
+            };
             close_if_failed(&r, &mut [&mut *dst]);
             r
         }
@@ -505,22 +507,36 @@ async fn compare(
             digest(pools, sessions, engine, to, plan, tenant).await?,
         ),
         Some(n) => {
-            if engine != Kind::Postgres {
-                return Err(permanent(
-                    "restore as a new tenant (`as`) is not yet supported on this engine",
-                ));
-            }
-            let maps = {
-                let mut c = tracked(sessions, pools.pg(to).await, to).await?;
-                let r = rewind_slice::pg::key_maps(&mut c, n.id).await;
-                close_if_failed(&r, &mut [&mut *c]);
-                r.map_err(failed)?
-            };
-            let source = {
-                let mut c = tracked(sessions, pools.pg(from).await, from).await?;
-                let r = rewind_slice::pg::digest_as(&mut c, plan, tenant, n, &maps).await;
-                close_if_failed(&r, &mut [&mut *c]);
-                r.map_err(failed)?
+            let source = match engine {
+                Kind::Postgres => {
+                    let maps = {
+                        let mut c = tracked(sessions, pools.pg(to).await, to).await?;
+                        let r = rewind_slice::pg::key_maps(&mut c, n.id).await;
+                        close_if_failed(&r, &mut [&mut *c]);
+                        r.map_err(failed)?
+                    };
+                    let mut c = tracked(sessions, pools.pg(from).await, from).await?;
+                    let r = rewind_slice::pg::digest_as(&mut c, plan, tenant, n, &maps).await;
+                    close_if_failed(&r, &mut [&mut *c]);
+                    r.map_err(failed)?
+                }
+                Kind::Sqlite => {
+                    let maps = {
+                        let mut c = tracked(sessions, pools.sqlite(to).await, to).await?;
+                        let r = rewind_slice::sqlite::key_maps(&mut c, n.id).await;
+                        close_if_failed(&r, &mut [&mut *c]);
+                        r.map_err(failed)?
+                    };
+                    let mut c = tracked(sessions, pools.sqlite(from).await, from).await?;
+                    let r = rewind_slice::sqlite::digest_as(&mut c, plan, tenant, n, &maps).await;
+                    close_if_failed(&r, &mut [&mut *c]);
+                    r.map_err(failed)?
+                }
+                Kind::Mysql => {
+                    return Err(permanent(
+                        "restore as a new tenant (`as`) is not yet supported on MariaDB/MySQL",
+                    ));
+                }
             };
             (source, digest(pools, sessions, engine, to, plan, n.id).await?)
         }
