@@ -292,7 +292,7 @@ async fn refusals_name_what_cannot_be_restored_as_new_and_write_nothing() {
         assert!(matches!(e, SliceError::BadTenant { .. }), "{e}");
         assert_eq!(table_rows(&mut live, "issues").await, before);
         assert_eq!(
-            scalar_i64(&mut live, "SELECT count(*) FROM pg_tables WHERE tablename = 'rewind_key_map'").await,
+            scalar_i64(&mut live, "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema() AND tablename = 'rewind_key_map'").await,
             0
         );
 
@@ -313,4 +313,87 @@ async fn refusals_name_what_cannot_be_restored_as_new_and_write_nothing() {
         assert!(e.to_string().contains("`tags`.`n`") && e.to_string().contains("sequence"), "{e}");
     })
     .await;
+}
+
+/// A reference cycle (boards.default_col → cols → boards) with integer keys.
+const CYCLE: &str = "
+CREATE TABLE orgs (id uuid PRIMARY KEY);
+CREATE TABLE boards (id bigserial PRIMARY KEY, org_id uuid NOT NULL REFERENCES orgs, default_col bigint);
+CREATE TABLE cols (id bigserial PRIMARY KEY, board_id bigint NOT NULL REFERENCES boards, name text);
+ALTER TABLE boards ADD CONSTRAINT boards_default_col_fkey FOREIGN KEY (default_col) REFERENCES cols;
+INSERT INTO orgs VALUES ('00000000-0000-4000-8000-000000000001'), ('00000000-0000-4000-8000-000000000002');
+INSERT INTO boards (id, org_id) VALUES (1, '00000000-0000-4000-8000-000000000001'), (2, '00000000-0000-4000-8000-000000000002');
+INSERT INTO cols VALUES (11, 1, 'todo'), (12, 1, 'done'), (21, 2, 'todo');
+UPDATE boards SET default_col = 12 WHERE id = 1;
+UPDATE boards SET default_col = 21 WHERE id = 2;
+SELECT setval(pg_get_serial_sequence('boards', 'id'), 2);
+SELECT setval(pg_get_serial_sequence('cols', 'id'), 21);
+";
+
+#[tokio::test]
+async fn checked_mode_sets_a_cycles_keys_after_the_inserts_remapped() {
+    let Some(base) = postgres_url("pg as checked") else { return };
+    let role = format!("rewind_test_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = connect(&base).await;
+    exec(&mut admin, &format!("CREATE ROLE {role} LOGIN")).await;
+    let outcome = AssertUnwindSafe(with_two_schemas("pg as checked", |backup_url, live_url| {
+        let role = role.clone();
+        async move {
+            let mut backup = connect(&backup_url).await;
+            let mut live = connect(&live_url).await;
+            for conn in [&mut backup, &mut live] {
+                exec(conn, CYCLE).await;
+                let schema: String = sqlx::query_scalar("SELECT current_schema()::text")
+                    .fetch_one(&mut *conn)
+                    .await
+                    .expect("schema");
+                exec(
+                    conn,
+                    &format!(
+                        "GRANT USAGE, CREATE ON SCHEMA {schema} TO {role};
+                         GRANT ALL ON ALL TABLES IN SCHEMA {schema} TO {role};
+                         GRANT ALL ON ALL SEQUENCES IN SCHEMA {schema} TO {role};"
+                    ),
+                )
+                .await;
+            }
+            let schema = pg::schema(&mut backup).await.expect("schema");
+            let request = Request { root: Some("orgs".into()), ..Request::default() };
+            let plan = rewind_slice::plan::plan(&schema, &request).expect("plan");
+            assert!(plan.table("boards").is_some_and(|t| t.set_after == ["default_col"]));
+            let remap = remap::plan(&schema, &plan).expect("remap");
+            let as_role = |url: &str| url.replacen("postgres@", &format!("{role}@"), 1);
+            let mut role_src = connect(&as_role(&backup_url)).await;
+            let mut role_dst = connect(&as_role(&live_url)).await;
+            let old = "00000000-0000-4000-8000-000000000001";
+            let new = NewTenant { id: NEW, remap: &remap };
+            for _ in 0..2 {
+                let report =
+                    pg::copy_as(&mut role_src, &mut role_dst, &plan, old, new).await.expect("copy");
+                assert_eq!(report.tables.iter().map(|t| t.inserted).sum::<u64>(), 1 + 1 + 2);
+            }
+            let maps = pg::key_maps(&mut live, NEW).await.expect("maps");
+            assert_eq!(
+                pg::digest(&mut live, &plan, NEW).await.expect("digest"),
+                pg::digest_as(&mut backup, &plan, old, new, &maps).await.expect("as")
+            );
+            let name: String = sqlx::query_scalar(
+                "SELECT c.name FROM boards b JOIN cols c ON c.id = b.default_col \
+                 WHERE b.org_id = $1::uuid AND c.board_id = b.id AND b.id > 2",
+            )
+            .bind(NEW)
+            .fetch_one(&mut live)
+            .await
+            .expect("the new board's default column");
+            assert_eq!(name, "done");
+            let _ = role_src.close().await;
+            let _ = role_dst.close().await;
+        }
+    }))
+    .catch_unwind()
+    .await;
+    exec(&mut admin, &format!("DROP OWNED BY {role}; DROP ROLE {role}")).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
 }
