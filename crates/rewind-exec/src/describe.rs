@@ -272,6 +272,15 @@ fn slice_calls(a: &Attempt, s: &SliceAction, copy: bool) -> Result<Vec<Call>, St
         sql_quote(&tenant),
         s.from
     )));
+    if let Some(new) = &s.as_tenant {
+        let new = render(a, new)?;
+        calls.push(Call::Note(format!(
+            "as the new tenant {}: the root key becomes it, uuid keys are derived from it, integer keys drawn from `{}`'s sequences (the map kept in its rewind_key_map), every foreign key follows its parent; the tenant {} is only read",
+            sql_quote(&new),
+            s.to,
+            sql_quote(&tenant)
+        )));
+    }
     if !copy {
         calls.push(Call::Note(format!(
             "read the slice in `{}`, then in `{}`: per table, the row count and an order-independent digest of the rows; fail unless every table matches",

@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::future::BoxFuture;
 use rewind_model::{Action, RestorePoint, SliceAction};
+use rewind_slice::remap::NewTenant;
 use rewind_slice::{Schema, SliceDigest, SliceError, SlicePlan};
 use serde_json::{Map, Value, json};
 use sqlx::AssertSqlSafe;
@@ -149,6 +150,13 @@ async fn run(a: Attempt, mut stop: Stop, pools: Pools, catalogs: Catalogs, mode:
         Ok(k) => k,
         Err(e) => return permanent(e),
     };
+    let as_tenant = match s.as_tenant.as_ref().map(|t| a.render(t)).transpose() {
+        Ok(t) => t,
+        Err(e) => return permanent(e),
+    };
+    if let Some(Err(e)) = as_tenant.as_ref().map(|new| refuse_as(engine, &tenant, new)) {
+        return permanent(e);
+    }
     let sessions = Sessions::default();
     let work = async {
         let restore_point = match &s.source_restore_point {
@@ -157,12 +165,21 @@ async fn run(a: Attempt, mut stop: Stop, pools: Pools, catalogs: Catalogs, mode:
             ),
             None => None,
         };
-        let plan = planned(&pools, &catalogs, &sessions, engine, &from, s).await?;
+        let (schema, plan) = planned(&pools, &catalogs, &sessions, engine, &from, s).await?;
+        let remap = match &as_tenant {
+            Some(_) => Some(rewind_slice::remap::plan(&schema, &plan).map_err(|e| {
+                permanent(format!("the slice cannot be restored as a new tenant: {e}"))
+            })?),
+            None => None,
+        };
+        let new = as_tenant
+            .as_deref()
+            .zip(remap.as_ref())
+            .map(|(id, remap)| rewind_slice::remap::NewTenant { id, remap });
+        let ends = Ends { engine, from: &from, to: &to };
         let tables = match mode {
-            Mode::Copy => copy(&pools, &sessions, engine, &from, &to, &plan, &tenant).await,
-            Mode::Compare => {
-                compare(&pools, &sessions, engine, &from, &to, s, &plan, &tenant).await
-            }
+            Mode::Copy => copy(&pools, &sessions, ends, &plan, &tenant, new).await,
+            Mode::Compare => compare(&pools, &sessions, ends, s, &plan, &tenant, new).await,
         };
         if tables.as_ref().is_err_and(|r| matches!(r.outcome, Outcome::Failed { retryable: false }))
         {
@@ -176,6 +193,9 @@ async fn run(a: Attempt, mut stop: Stop, pools: Pools, catalogs: Catalogs, mode:
                 tables.values().map(|t| t.get("rows").and_then(Value::as_u64).unwrap_or(0)).sum();
             let mut out = Map::new();
             out.insert("tenant".into(), Value::from(tenant));
+            if let Some(new) = as_tenant {
+                out.insert("as".into(), Value::from(new));
+            }
             out.insert("rows".into(), Value::from(rows));
             out.insert("tables".into(), Value::Object(tables.into_iter().collect()));
             if mode == Mode::Compare {
@@ -206,6 +226,28 @@ pub(crate) fn slice_kind(
         )),
         (Err(e), _) | (_, Err(e)) => Err(e),
     }
+}
+
+/// A restore as a new tenant (`as`) is refused when the new id is the tenant's own, and on
+/// engines that cannot do it yet.
+fn refuse_as(engine: Kind, tenant: &str, new: &str) -> Result<(), String> {
+    if new == tenant {
+        return Err(format!(
+            "`as` is the tenant {tenant:?} itself: a restore as a new tenant needs another id; nothing was written"
+        ));
+    }
+    match engine {
+        Kind::Postgres | Kind::Sqlite => Ok(()),
+        Kind::Mysql => Err("restore as a new tenant (`as`) is not yet supported on MariaDB/MySQL; nothing was written".to_owned()),
+    }
+}
+
+/// The engine and both ends of a `copy` or `compare`.
+#[derive(Clone, Copy)]
+struct Ends<'a> {
+    engine: Kind,
+    from: &'a str,
+    to: &'a str,
 }
 
 /// What the workflow asks of the planner.
@@ -256,7 +298,7 @@ async fn planned(
     engine: Kind,
     from: &str,
     s: &SliceAction,
-) -> Result<SlicePlan, Report> {
+) -> Result<(Arc<Schema>, SlicePlan), Report> {
     let schema = match catalogs.get(from) {
         Some(schema) => schema,
         None => {
@@ -265,8 +307,9 @@ async fn planned(
             schema
         }
     };
-    rewind_slice::plan::plan(&schema, &request(s))
-        .map_err(|e| permanent(format!("the slice cannot be planned from `{}`: {e}", s.from)))
+    let plan = rewind_slice::plan::plan(&schema, &request(s))
+        .map_err(|e| permanent(format!("the slice cannot be planned from `{}`: {e}", s.from)))?;
+    Ok((schema, plan))
 }
 
 async fn read_catalog(
@@ -361,19 +404,26 @@ async fn source_restore_point(
 async fn copy(
     pools: &Pools,
     sessions: &Sessions,
-    engine: Kind,
-    from: &str,
-    to: &str,
+    Ends { engine, from, to }: Ends<'_>,
     plan: &SlicePlan,
     tenant: &str,
+    new: Option<NewTenant<'_>>,
 ) -> Result<BTreeMap<String, Value>, Report> {
+    if new.is_some() && engine == Kind::Mysql {
+        return Err(permanent(
+            "restore as a new tenant (`as`) is not yet supported on MariaDB/MySQL",
+        ));
+    }
     let report = match engine {
         Kind::Postgres => {
             // At most a few copy streams per process hold two connections each.
             let _turn = pools.copy_turn().await;
             let mut src = tracked(sessions, pools.pg(from).await, from).await?;
             let mut dst = tracked(sessions, pools.pg(to).await, to).await?;
-            let r = rewind_slice::pg::copy(&mut src, &mut dst, plan, tenant).await;
+            let r = match new {
+                Some(n) => rewind_slice::pg::copy_as(&mut src, &mut dst, plan, tenant, n).await,
+                None => rewind_slice::pg::copy(&mut src, &mut dst, plan, tenant).await,
+            };
             close_if_failed(&r, &mut [&mut *src, &mut *dst]);
             r
         }
@@ -387,7 +437,10 @@ async fn copy(
         Kind::Sqlite => {
             let file = sqlite_file(from).map_err(permanent)?;
             let mut dst = tracked(sessions, pools.sqlite(to).await, to).await?;
-            let r = rewind_slice::sqlite::copy(&mut dst, &file, plan, tenant).await;
+            let r = match new {
+                Some(n) => rewind_slice::sqlite::copy_as(&mut dst, &file, plan, tenant, n).await,
+                None => rewind_slice::sqlite::copy(&mut dst, &file, plan, tenant).await,
+            };
             close_if_failed(&r, &mut [&mut *dst]);
             r
         }
@@ -435,19 +488,59 @@ async fn digest(
 /// Per table: the rows and digest of the slice on the source and on the destination; fails
 /// (permanently) naming every table that differs. One connection at a time: a compare never
 /// holds one pooled connection while it waits for another.
-#[allow(clippy::too_many_arguments)]
+///
+/// With `new` (restore as a new tenant): the source's slice as restored as the new tenant
+/// (keys replaced through the destination's key map and the uuid rule) against the new
+/// tenant's slice on the destination.
 async fn compare(
     pools: &Pools,
     sessions: &Sessions,
-    engine: Kind,
-    from: &str,
-    to: &str,
+    Ends { engine, from, to }: Ends<'_>,
     s: &SliceAction,
     plan: &SlicePlan,
     tenant: &str,
+    new: Option<NewTenant<'_>>,
 ) -> Result<BTreeMap<String, Value>, Report> {
-    let source = digest(pools, sessions, engine, from, plan, tenant).await?;
-    let live = digest(pools, sessions, engine, to, plan, tenant).await?;
+    let (source, live) = match new {
+        None => (
+            digest(pools, sessions, engine, from, plan, tenant).await?,
+            digest(pools, sessions, engine, to, plan, tenant).await?,
+        ),
+        Some(n) => {
+            let source = match engine {
+                Kind::Postgres => {
+                    let maps = {
+                        let mut c = tracked(sessions, pools.pg(to).await, to).await?;
+                        let r = rewind_slice::pg::key_maps(&mut c, n.id).await;
+                        close_if_failed(&r, &mut [&mut *c]);
+                        r.map_err(failed)?
+                    };
+                    let mut c = tracked(sessions, pools.pg(from).await, from).await?;
+                    let r = rewind_slice::pg::digest_as(&mut c, plan, tenant, n, &maps).await;
+                    close_if_failed(&r, &mut [&mut *c]);
+                    r.map_err(failed)?
+                }
+                Kind::Sqlite => {
+                    let maps = {
+                        let mut c = tracked(sessions, pools.sqlite(to).await, to).await?;
+                        let r = rewind_slice::sqlite::key_maps(&mut c, n.id).await;
+                        close_if_failed(&r, &mut [&mut *c]);
+                        r.map_err(failed)?
+                    };
+                    let mut c = tracked(sessions, pools.sqlite(from).await, from).await?;
+                    let r = rewind_slice::sqlite::digest_as(&mut c, plan, tenant, n, &maps).await;
+                    close_if_failed(&r, &mut [&mut *c]);
+                    r.map_err(failed)?
+                }
+                Kind::Mysql => {
+                    return Err(permanent(
+                        "restore as a new tenant (`as`) is not yet supported on MariaDB/MySQL",
+                    ));
+                }
+            };
+            (source, digest(pools, sessions, engine, to, plan, n.id).await?)
+        }
+    };
     let mut out = BTreeMap::new();
     let mut problems = Vec::new();
     for (l, src) in live.tables.iter().zip(&source.tables) {

@@ -373,6 +373,7 @@ fn v1_action(j: &mut Json, a: &Action) {
                 tenant_column,
                 exclude,
                 tenant,
+                as_tenant,
                 source_restore_point,
             } = s;
             j.field_str(false, "from", from.as_str());
@@ -393,6 +394,10 @@ fn v1_action(j: &mut Json, a: &Action) {
                 j.strs(exclude);
             }
             j.field_str(false, "tenant", tenant.as_str());
+            // `as` only when set: workflows without it keep their fingerprints.
+            if let Some(as_tenant) = as_tenant {
+                j.field_str(false, "as", as_tenant.as_str());
+            }
             j.field_opt_str("source_restore_point", source_restore_point.as_deref());
         }
         Action::Audit(a) => {

@@ -239,7 +239,9 @@ impl Action {
                 std::iter::once(&c.program).chain(&c.args).chain(c.env.values()).collect()
             }
             Self::Sql(s) => s.statements.iter().flat_map(|st| &st.params).collect(),
-            Self::Copy(c) | Self::Compare(c) => vec![&c.tenant],
+            Self::Copy(c) | Self::Compare(c) => {
+                std::iter::once(&c.tenant).chain(&c.as_tenant).collect()
+            }
             Self::Audit(_) => Vec::new(),
             Self::Pitr(p) => p.templates(),
         }
@@ -398,6 +400,13 @@ pub struct SliceAction {
     pub exclude: Vec<String>,
     /// The tenant whose rows are copied or compared.
     pub tenant: Template,
+    /// `as`: restore as a new tenant. `copy` writes the tenant's slice under this id, every
+    /// key of the slice remapped (the root key to this id, uuid keys derived from it, integer
+    /// keys drawn from the destination's sequences and kept in its `rewind_key_map`), every
+    /// foreign key following its parent; `compare` compares remap-aware. `None`: the tenant
+    /// is restored as itself.
+    #[serde(rename = "as")]
+    pub as_tenant: Option<Template>,
     /// A query on the source whose first column of the first row is the restore point the
     /// source reached; reported as `restore_point`, so the run's pin applies.
     pub source_restore_point: Option<String>,

@@ -1256,3 +1256,37 @@ fn pitr_actions_name_their_engine_method_and_keys() {
         check(&pitr(keys), *kind, "action = {", Some("restore"), needle);
     }
 }
+
+#[test]
+fn copy_and_compare_take_as_a_template_and_it_changes_the_fingerprint_only_when_set() {
+    let wf = |extra: &str| {
+        let action = format!(
+            r#"{{ kind = "copy", from = "scratch", to = "live", root = "sites", tenant = "{{{{target.id}}}}"{extra} }}"#
+        );
+        Workflow::parse("w.toml", &slice_step("c", "target", &action))
+            .unwrap_or_else(|d| panic!("{d}"))
+    };
+    let with = wf(r#", as = "{{target.attr.new_id}}""#);
+    let rewind_model::Action::Copy(s) = &with.steps[0].action else { panic!() };
+    assert_eq!(s.as_tenant.as_ref().map(|t| t.as_str()), Some("{{target.attr.new_id}}"));
+    assert!(
+        with.attribute_uses().iter().any(|u| u.attr.as_str() == "new_id"),
+        "targets must carry the new id"
+    );
+    let without = wf("");
+    let rewind_model::Action::Copy(s) = &without.steps[0].action else { panic!() };
+    assert!(s.as_tenant.is_none());
+    let fingerprint = |w: &Workflow| {
+        let targets = rewind_model::TargetSet::parse(
+            "t.csv",
+            "id,kind,shard,new_id\n6f1c2a3e-0b4d-4e5f-8a9b-0c1d2e3f4a5b,site,1,acme2\n",
+            rewind_model::TargetsFormat::Csv,
+        )
+        .unwrap();
+        rewind_model::Plan::build(w.clone(), targets, "2022-04-05T07:33:00Z".parse().unwrap())
+            .unwrap()
+            .fingerprint()
+            .to_string()
+    };
+    assert_ne!(fingerprint(&with), fingerprint(&without));
+}

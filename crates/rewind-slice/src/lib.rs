@@ -19,12 +19,14 @@ pub mod error;
 pub mod mysql;
 pub mod pg;
 pub mod plan;
+pub mod remap;
 pub mod schema;
 pub mod sql;
 pub mod sqlite;
 
 pub use error::SliceError;
 pub use plan::{Request, SlicePlan, SliceTable, Via};
+pub use remap::RemapPlan;
 pub use schema::{Column, Engine, ForeignKey, Schema, Table};
 
 /// What a copy did, per table in insert order: rows deleted from the destination and rows

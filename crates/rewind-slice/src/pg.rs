@@ -37,7 +37,7 @@
 //! largest value in the table after the copy, never moved backwards. A column fed by a sequence
 //! on one side only is refused.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 
 use futures::TryStreamExt;
@@ -46,6 +46,7 @@ use sqlx::{AssertSqlSafe, Either, PgConnection, Row};
 
 use crate::error::db;
 use crate::plan::{SlicePlan, SliceTable, Via};
+use crate::remap::{self, KeyKind, NewTenant, Rewrite, Source};
 use crate::schema::{Column, Engine, ForeignKey, Schema, Table};
 use crate::sql::{Dialect, Scope, selector};
 use crate::{CopyReport, RowHasher, SliceDigest, SliceError, TableCopy};
@@ -354,13 +355,41 @@ pub async fn copy(
     plan: &SlicePlan,
     tenant: &str,
 ) -> Result<CopyReport, SliceError> {
+    copy_maybe_as(src, dst, plan, tenant, None).await
+}
+
+/// Copies the tenant's slice from `src` to `dst` as the new tenant `new` ([`crate::remap`]):
+/// deletes the new tenant's rows on `dst` (children first) and inserts the source's rows
+/// with their keys remapped (parents first), in one destination transaction; the integer keys'
+/// map is kept in the destination's [`remap::KEY_MAP`], written in that transaction. The old
+/// tenant's rows are only read. Each table's rows are staged by `COPY` in a temporary table on
+/// the destination, then written by one `INSERT … SELECT` that looks every changed column up
+/// in the maps (temporary tables too): no value is spliced into SQL but the tenant ids, as the
+/// server quoted them.
+pub async fn copy_as(
+    src: &mut PgConnection,
+    dst: &mut PgConnection,
+    plan: &SlicePlan,
+    tenant: &str,
+    new: NewTenant<'_>,
+) -> Result<CopyReport, SliceError> {
+    copy_maybe_as(src, dst, plan, tenant, Some(new)).await
+}
+
+async fn copy_maybe_as(
+    src: &mut PgConnection,
+    dst: &mut PgConnection,
+    plan: &SlicePlan,
+    tenant: &str,
+    new: Option<NewTenant<'_>>,
+) -> Result<CopyReport, SliceError> {
     if plan.engine != Engine::Postgres {
         return Err(SliceError::Refused(format!(
             "a plan for {} cannot be copied on PostgreSQL",
             plan.engine.name()
         )));
     }
-    match copy_in_transactions(src, dst, plan, tenant).await {
+    match copy_in_transactions(src, dst, plan, tenant, new).await {
         Ok(report) => Ok(report),
         Err(e) => {
             let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *dst).await;
@@ -375,6 +404,7 @@ async fn copy_in_transactions(
     dst: &mut PgConnection,
     plan: &SlicePlan,
     tenant: &str,
+    new: Option<NewTenant<'_>>,
 ) -> Result<CopyReport, SliceError> {
     // The two connections' opening round trips overlap.
     let (source, destination) =
@@ -382,7 +412,13 @@ async fn copy_in_transactions(
     let (tenant_sql, src_cols) = source?;
     let (mode, dst_cols, refs) = destination?;
     refuse_empty_source(plan, tenant, &tenant_sql)?;
-    let scope = Scope { dialect: ANSI, qualifier: "", tenant: &tenant_sql.sql };
+    let new_sql = match new {
+        Some(n) => Some(new_tenant_sql(src, plan, tenant, &tenant_sql, n.id).await?),
+        None => None,
+    };
+    let src_scope = Scope { dialect: ANSI, qualifier: "", tenant: &tenant_sql.sql };
+    // The destination's slice is the new tenant's when restoring as one.
+    let scope = Scope { tenant: new_sql.as_deref().unwrap_or(&tenant_sql.sql), ..src_scope };
     let binary = check_columns(plan, &src_cols, &dst_cols)?;
     let checks = match mode {
         Mode::Checked => {
@@ -397,13 +433,27 @@ async fn copy_in_transactions(
         }
     };
     let (deleted, before) = delete(dst, plan, scope, mode, &checks).await?;
+    let remapping = match (new, &new_sql) {
+        (Some(n), Some(new_sql)) => {
+            stage_maps(src, dst, plan, n, src_scope, &dst_cols).await?;
+            Some(Remapping { new: n, old_sql: &tenant_sql.sql, new_sql })
+        }
+        _ => None,
+    };
     let mut report = CopyReport::default();
-    for (t, deleted) in plan.tables.iter().zip(deleted) {
-        let inserted = insert(src, dst, plan, t, scope, mode, binary.contains(&t.name)).await?;
+    for (i, (t, deleted)) in plan.tables.iter().zip(deleted).enumerate() {
+        let binary = binary.contains(&t.name);
+        let inserted = match &remapping {
+            Some(r) => insert_remapped(src, dst, plan, i, src_scope, mode, binary, r).await?,
+            None => insert(src, dst, plan, t, scope, mode, binary).await?,
+        };
         report.tables.push(TableCopy { table: t.name.clone(), deleted, inserted });
     }
     if mode == Mode::Checked {
-        set_after(src, dst, plan, scope, &binary).await?;
+        match &remapping {
+            Some(r) => set_after_remapped(dst, plan, r).await?,
+            None => set_after(src, dst, plan, scope, &binary).await?,
+        }
         end_source(src).await?;
         advance_sequences(dst, plan, &dst_cols).await?;
     } else {
@@ -1250,8 +1300,18 @@ async fn digest_in_transaction(
 ) -> Result<SliceDigest, SliceError> {
     let tenant = tenant_sql(conn, plan, tenant, false).await?;
     let scope = Scope { dialect: ANSI, qualifier: "", tenant: &tenant.sql };
+    digest_rows(conn, plan, scope, None).await
+}
+
+/// Digests the slice `scope` selects; with `rewrite`, each cell as the restored row has it.
+async fn digest_rows(
+    conn: &mut PgConnection,
+    plan: &SlicePlan,
+    scope: Scope<'_>,
+    rewrite: Option<&Rewrite<'_>>,
+) -> Result<SliceDigest, SliceError> {
     let mut out = SliceDigest::default();
-    for t in &plan.tables {
+    for (ti, t) in plan.tables.iter().enumerate() {
         let cols: Vec<String> =
             t.columns.iter().map(|c| format!("{}::text", ANSI.quote(&c.name))).collect();
         let sql = format!(
@@ -1269,9 +1329,374 @@ async fn digest_in_transaction(
                 .map(|i| row.try_get::<Option<&str>, _>(i))
                 .collect::<Result<_, _>>()
                 .map_err(db(&context))?;
-            hasher.add_row(cells.into_iter().map(|c| c.map(str::as_bytes)));
+            match rewrite {
+                None => hasher.add_row(cells.into_iter().map(|c| c.map(str::as_bytes))),
+                Some(rw) => {
+                    let cells: Vec<Option<std::borrow::Cow<'_, str>>> = cells
+                        .into_iter()
+                        .zip(&t.columns)
+                        .map(|(cell, col)| {
+                            cell.map(|v| match rw.cell(ti, &col.name, v) {
+                                Some(n) => std::borrow::Cow::Owned(n),
+                                None => std::borrow::Cow::Borrowed(v),
+                            })
+                        })
+                        .collect();
+                    hasher.add_row(cells.iter().map(|c| c.as_deref().map(str::as_bytes)));
+                }
+            }
         }
         out.tables.push(hasher.finish(&t.name));
     }
     Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Restore as a new tenant
+
+/// The new tenant id as the source server typed it (see [`tenant_sql`]); refused when it is
+/// the old tenant (the copy would rewrite the tenant's keys in place).
+async fn new_tenant_sql(
+    src: &mut PgConnection,
+    plan: &SlicePlan,
+    tenant: &str,
+    old: &Tenant,
+    new: &str,
+) -> Result<String, SliceError> {
+    let t = tenant_sql(src, plan, new, false).await?;
+    if t.sql == old.sql {
+        return Err(SliceError::Refused(format!(
+            "`as` {new:?} is the tenant {tenant:?} itself: a restore as a new tenant needs \
+             another id; nothing was written"
+        )));
+    }
+    Ok(t.sql)
+}
+
+/// What the inserts of a restore as a new tenant need.
+struct Remapping<'a> {
+    new: NewTenant<'a>,
+    /// The old and new tenant as SQL ([`Tenant::sql`]).
+    old_sql: &'a str,
+    new_sql: &'a str,
+}
+
+/// The temporary table of owner `i`'s map on the destination: `(old text, new text)`.
+fn map_table(i: usize) -> String {
+    format!("rewind_map_{i}")
+}
+
+/// The temporary table a planned table's source rows are staged in on the destination.
+fn stage_table(i: usize) -> String {
+    format!("rewind_in_{i}")
+}
+
+/// The tenant's keys of `owner` on the source, as text.
+async fn owner_keys(
+    src: &mut PgConnection,
+    plan: &SlicePlan,
+    owner: &remap::Owner,
+    scope: Scope<'_>,
+) -> Result<Vec<String>, SliceError> {
+    let t = plan.table(&owner.table).ok_or_else(|| {
+        SliceError::Refused(format!("the remap names `{}`, which is not planned", owner.table))
+    })?;
+    let sql = format!(
+        "SELECT {}::text FROM {} WHERE {}",
+        ANSI.quote(&owner.column),
+        scope.table(&t.name),
+        selector(plan, t, scope)
+    );
+    sqlx::query_scalar::<_, String>(AssertSqlSafe(sql))
+        .persistent(false)
+        .fetch_all(&mut *src)
+        .await
+        .map_err(db(format!("read the tenant's keys `{}`.`{}`", owner.table, owner.column)))
+}
+
+/// Creates [`remap::KEY_MAP`] on the destination if it is missing.
+const CREATE_KEY_MAP: &str = "CREATE TABLE IF NOT EXISTS rewind_key_map (\
+    new_tenant text NOT NULL, tbl text NOT NULL, old_key text NOT NULL, new_key text NOT NULL, \
+    PRIMARY KEY (new_tenant, tbl, old_key))";
+
+/// Integer keys of `tbl` for `new_tenant` that the map lacks get the next values of the
+/// sequence `$3`.
+const ALLOCATE_KEYS: &str = "INSERT INTO rewind_key_map (new_tenant, tbl, old_key, new_key) \
+    SELECT $1, $2, u.o, nextval($3::regclass)::text FROM unnest($4::text[]) AS u(o) \
+    WHERE NOT EXISTS (SELECT 1 FROM rewind_key_map m \
+      WHERE m.new_tenant = $1 AND m.tbl = $2 AND m.old_key = u.o)";
+
+/// Builds every owner's old→new map on the destination, as a temporary table
+/// ([`map_table`]): uuid keys derived ([`remap::new_uuid`]); integer keys looked up in, or
+/// drawn into, [`remap::KEY_MAP`].
+async fn stage_maps(
+    src: &mut PgConnection,
+    dst: &mut PgConnection,
+    plan: &SlicePlan,
+    new: NewTenant<'_>,
+    src_scope: Scope<'_>,
+    dst_cols: &SideTables,
+) -> Result<(), SliceError> {
+    let mut key_map_ready = false;
+    for (i, owner) in new.remap.owners.iter().enumerate() {
+        let context = format!("map the keys `{}`.`{}` to new ones", owner.table, owner.column);
+        let olds = owner_keys(src, plan, owner, src_scope).await?;
+        let news: Vec<String> = match owner.kind {
+            KeyKind::Uuid => {
+                olds.iter().map(|o| remap::new_uuid(new.id, &owner.table, o)).collect()
+            }
+            KeyKind::Integer => {
+                let Some(seq) = dst_cols
+                    .get(&owner.table)
+                    .and_then(|t| t.columns.get(&owner.column))
+                    .and_then(|c| c.sequence.clone())
+                else {
+                    return Err(SliceError::Refused(format!(
+                        "restore as a new tenant: the integer key `{}`.`{}` has no sequence \
+                         (identity or serial) on the destination to draw new values from",
+                        owner.table, owner.column
+                    )));
+                };
+                if !key_map_ready {
+                    sqlx::raw_sql(CREATE_KEY_MAP)
+                        .execute(&mut *dst)
+                        .await
+                        .map_err(db("create the key map rewind_key_map"))?;
+                    key_map_ready = true;
+                }
+                sqlx::query(ALLOCATE_KEYS)
+                    .bind(new.id)
+                    .bind(&owner.table)
+                    .bind(&seq)
+                    .bind(&olds)
+                    .execute(&mut *dst)
+                    .await
+                    .map_err(db(&context))?;
+                let pairs: Vec<(String, String)> = sqlx::query_as(
+                    "SELECT old_key, new_key FROM rewind_key_map \
+                     WHERE new_tenant = $1 AND tbl = $2 AND old_key = ANY($3)",
+                )
+                .bind(new.id)
+                .bind(&owner.table)
+                .bind(&olds)
+                .fetch_all(&mut *dst)
+                .await
+                .map_err(db(&context))?;
+                let map: HashMap<String, String> = pairs.into_iter().collect();
+                olds.iter().map(|o| map.get(o).cloned().unwrap_or_default()).collect()
+            }
+        };
+        let table = map_table(i);
+        let create = format!(
+            "CREATE TEMP TABLE {table} (old text PRIMARY KEY, new text NOT NULL) ON COMMIT DROP"
+        );
+        sqlx::raw_sql(AssertSqlSafe(create)).execute(&mut *dst).await.map_err(db(&context))?;
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {table} (old, new) SELECT * FROM unnest($1::text[], $2::text[])"
+        )))
+        .persistent(false)
+        .bind(&olds)
+        .bind(&news)
+        .execute(&mut *dst)
+        .await
+        .map_err(db(&context))?;
+    }
+    Ok(())
+}
+
+/// The value a restored row of the plan's table `i` has in column `c`, read from the staged
+/// source row `s`.
+fn remapped_expr(r: &Remapping<'_>, i: usize, c: &Column) -> String {
+    let col = format!("s.{}", ANSI.quote(&c.name));
+    match r.new.remap.source(i, &c.name) {
+        None => col,
+        Some(Source::Tenant) => format!(
+            "CASE WHEN {col} = {} THEN CAST({} AS {}) ELSE {col} END",
+            r.old_sql, r.new_sql, c.data_type
+        ),
+        Some(Source::Key(k)) => format!(
+            "COALESCE((SELECT CAST(m.new AS {}) FROM {} AS m WHERE m.old = {col}::text), {col})",
+            c.data_type,
+            map_table(k)
+        ),
+    }
+}
+
+/// Stages the tenant's rows of the plan's table `i` from the source in a temporary table on
+/// the destination ([`stage_table`]), then inserts them with their keys remapped. Checked
+/// mode inserts the `set_after` columns as NULL ([`set_after_remapped`] sets them).
+#[allow(clippy::too_many_arguments)]
+async fn insert_remapped(
+    src: &mut PgConnection,
+    dst: &mut PgConnection,
+    plan: &SlicePlan,
+    i: usize,
+    src_scope: Scope<'_>,
+    mode: Mode,
+    binary: bool,
+    r: &Remapping<'_>,
+) -> Result<u64, SliceError> {
+    let Some(t) = plan.tables.get(i) else { return Ok(0) };
+    let context = format!("copy the tenant's rows of `{}` as the new tenant", t.name);
+    let stage = stage_table(i);
+    let cols = ANSI.list(t.copied().map(|c| c.name.as_str()));
+    let create = format!(
+        "CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT {cols} FROM {} WITH NO DATA",
+        src_scope.table(&t.name)
+    );
+    sqlx::raw_sql(AssertSqlSafe(create)).execute(&mut *dst).await.map_err(db(&context))?;
+    let out = format!(
+        "COPY (SELECT {cols} FROM {} WHERE {}) TO STDOUT{}",
+        src_scope.table(&t.name),
+        selector(plan, t, src_scope),
+        format_clause(binary)
+    );
+    let into = format!("COPY {stage} ({cols}) FROM STDIN{}", format_clause(binary));
+    pipe(src, dst, &out, &into)
+        .await
+        .map_err(|(step, e)| SliceError::database(&format!("{context} ({step})"), &e))?;
+    let exprs: Vec<String> = t
+        .copied()
+        .map(|c| {
+            if mode == Mode::Checked && t.set_after.contains(&c.name) {
+                format!("NULL::{}", c.data_type)
+            } else {
+                remapped_expr(r, i, c)
+            }
+        })
+        .collect();
+    let insert = format!(
+        "INSERT INTO {} ({cols}) SELECT {} FROM {stage} AS s",
+        src_scope.table(&t.name),
+        exprs.join(", ")
+    );
+    let done =
+        sqlx::raw_sql(AssertSqlSafe(insert)).execute(&mut *dst).await.map_err(db(&context))?;
+    Ok(done.rows_affected())
+}
+
+/// Checked mode: sets the `set_after` columns of the restored rows from their staged source
+/// rows, remapped, matched by the remapped primary key.
+async fn set_after_remapped(
+    dst: &mut PgConnection,
+    plan: &SlicePlan,
+    r: &Remapping<'_>,
+) -> Result<(), SliceError> {
+    for (i, t) in plan.tables.iter().enumerate().filter(|(_, t)| !t.set_after.is_empty()) {
+        if t.primary_key.is_empty() {
+            return Err(SliceError::Refused(format!(
+                "table `{}` has no primary key: its columns {} cannot be set after the insert",
+                t.name,
+                t.set_after.join(", ")
+            )));
+        }
+        let column = |name: &str| t.columns.iter().find(|c| c.name == name);
+        let sets: Vec<String> = t
+            .set_after
+            .iter()
+            .filter_map(|c| column(c))
+            .map(|c| format!("{} = {}", ANSI.quote(&c.name), remapped_expr(r, i, c)))
+            .collect();
+        let on: Vec<String> = t
+            .primary_key
+            .iter()
+            .filter_map(|c| column(c))
+            .map(|c| format!("d.{} = {}", ANSI.quote(&c.name), remapped_expr(r, i, c)))
+            .collect();
+        let update = format!(
+            "UPDATE {} AS d SET {} FROM {} AS s WHERE {}",
+            ANSI.quote(&t.name),
+            sets.join(", "),
+            stage_table(i),
+            on.join(" AND ")
+        );
+        let context = format!("set the columns {} of `{}`", t.set_after.join(", "), t.name);
+        sqlx::raw_sql(AssertSqlSafe(update)).execute(&mut *dst).await.map_err(db(&context))?;
+    }
+    Ok(())
+}
+
+/// The integer keys' maps of `new_tenant` kept on `conn` ([`remap::KEY_MAP`]), by table:
+/// old → new. Empty when the map table does not exist.
+pub async fn key_maps(
+    conn: &mut PgConnection,
+    new_tenant: &str,
+) -> Result<BTreeMap<String, HashMap<String, String>>, SliceError> {
+    let context = "read the key map rewind_key_map";
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('rewind_key_map') IS NOT NULL")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db(context))?;
+    let mut out: BTreeMap<String, HashMap<String, String>> = BTreeMap::new();
+    if !exists {
+        return Ok(out);
+    }
+    let rows: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT tbl, old_key, new_key FROM rewind_key_map WHERE new_tenant = $1")
+            .bind(new_tenant)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db(context))?;
+    for (tbl, old, new) in rows {
+        out.entry(tbl).or_default().insert(old, new);
+    }
+    Ok(out)
+}
+
+/// The digest of the tenant's slice on `conn` (the source) as restored as the new tenant
+/// `new`: every changed cell replaced as [`copy_as`] writes it (`maps`: the integer keys'
+/// maps, [`key_maps`] of the destination). Equal to [`digest`] of the new tenant on the
+/// destination when the copy restored it.
+pub async fn digest_as(
+    conn: &mut PgConnection,
+    plan: &SlicePlan,
+    tenant: &str,
+    new: NewTenant<'_>,
+    maps: &BTreeMap<String, HashMap<String, String>>,
+) -> Result<SliceDigest, SliceError> {
+    sqlx::raw_sql(AssertSqlSafe(begin_read()))
+        .execute(&mut *conn)
+        .await
+        .map_err(db("begin the digest's transaction"))?;
+    let result = digest_as_in_transaction(conn, plan, tenant, new, maps).await;
+    let end = sqlx::raw_sql("COMMIT").execute(&mut *conn).await;
+    let digest = result?;
+    end.map_err(db("end the digest's transaction"))?;
+    Ok(digest)
+}
+
+async fn digest_as_in_transaction(
+    conn: &mut PgConnection,
+    plan: &SlicePlan,
+    tenant: &str,
+    new: NewTenant<'_>,
+    maps: &BTreeMap<String, HashMap<String, String>>,
+) -> Result<SliceDigest, SliceError> {
+    let old = tenant_sql(conn, plan, tenant, false).await?;
+    let new_sql = new_tenant_sql(conn, plan, tenant, &old, new.id).await?;
+    let (old_text, new_text): (String, String) =
+        sqlx::query_as(AssertSqlSafe(format!("SELECT ({})::text, ({new_sql})::text", old.sql)))
+            .persistent(false)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db("read the tenant ids as text"))?;
+    let scope = Scope { dialect: ANSI, qualifier: "", tenant: &old.sql };
+    let mut owner_maps = HashMap::new();
+    for (i, owner) in new.remap.owners.iter().enumerate() {
+        let olds = owner_keys(conn, plan, owner, scope).await?;
+        let map: HashMap<String, String> = match owner.kind {
+            KeyKind::Uuid => olds
+                .into_iter()
+                .map(|o| {
+                    let n = remap::new_uuid(new.id, &owner.table, &o);
+                    (o, n)
+                })
+                .collect(),
+            KeyKind::Integer => maps.get(&owner.table).cloned().unwrap_or_default(),
+        };
+        owner_maps.insert(i, map);
+    }
+    let rewrite =
+        Rewrite { remap: new.remap, old_tenant: old_text, new_tenant: new_text, maps: owner_maps };
+    digest_rows(conn, plan, scope, Some(&rewrite)).await
 }

@@ -43,6 +43,7 @@ use sqlx::{AssertSqlSafe, Connection, Row, Sqlite, SqliteConnection};
 
 use crate::error::{SliceError, db};
 use crate::plan::{SlicePlan, SliceTable};
+use crate::remap::{self, KeyKind, NewTenant, Rewrite, Source};
 use crate::schema::{Column, Engine, ForeignKey, Schema, Table};
 use crate::sql::{Dialect, Scope, selector};
 use crate::{CopyReport, RowHasher, SliceDigest, TableCopy};
@@ -317,10 +318,40 @@ pub async fn copy(
     plan: &SlicePlan,
     tenant: &str,
 ) -> Result<CopyReport, SliceError> {
+    copy_maybe_as(dst, source, plan, tenant, None).await
+}
+
+/// Copies the tenant's slice from `source` into `dst` as the new tenant `new`
+/// ([`crate::remap`]): as [`copy`], but the new tenant's rows are deleted and the source's
+/// inserted with their keys remapped through temporary map tables (uuid keys derived, integer
+/// keys numbered after the largest of the table's values, the map's and `sqlite_sequence`'s,
+/// kept in `main.rewind_key_map`, written in the copy's transaction). The old tenant's rows
+/// are only read. uuid keys are those declared with a type containing `UUID`, stored as text.
+pub async fn copy_as(
+    dst: &mut SqliteConnection,
+    source: &Path,
+    plan: &SlicePlan,
+    tenant: &str,
+    new: NewTenant<'_>,
+) -> Result<CopyReport, SliceError> {
+    copy_maybe_as(dst, source, plan, tenant, Some(new)).await
+}
+
+async fn copy_maybe_as(
+    dst: &mut SqliteConnection,
+    source: &Path,
+    plan: &SlicePlan,
+    tenant: &str,
+    new: Option<NewTenant<'_>>,
+) -> Result<CopyReport, SliceError> {
     check_engine(plan)?;
     let tenant_value = Tenant::parse(plan, tenant)?;
+    let new = match new {
+        Some(n) => Some((n, new_tenant(plan, tenant, &tenant_value, n.id)?)),
+        None => None,
+    };
     attach(dst, source).await?;
-    let result = copy_unenforced(dst, plan, tenant, &tenant_value).await;
+    let result = copy_unenforced(dst, plan, tenant, &tenant_value, new.as_ref()).await;
     // Best effort: the copy's outcome stands either way, and a source left attached is
     // detached by the next copy on this connection.
     let _ = detach(dst).await;
@@ -477,6 +508,7 @@ async fn copy_unenforced(
     plan: &SlicePlan,
     tenant: &str,
     value: &Tenant,
+    new: Option<&(NewTenant<'_>, Tenant)>,
 ) -> Result<CopyReport, SliceError> {
     let enforced: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
         .fetch_one(&mut *dst)
@@ -486,7 +518,7 @@ async fn copy_unenforced(
         set_foreign_keys(dst, false).await?;
     }
     let result = match check_columns(dst, plan).await {
-        Ok(()) => copy_attached(dst, plan, tenant, value).await,
+        Ok(()) => copy_attached(dst, plan, tenant, value, new).await,
         Err(e) => Err(e),
     };
     if enforced != 0 {
@@ -560,6 +592,7 @@ async fn copy_attached(
     plan: &SlicePlan,
     tenant: &str,
     value: &Tenant,
+    new: Option<&(NewTenant<'_>, Tenant)>,
 ) -> Result<CopyReport, SliceError> {
     let mut tx =
         dst.begin_with("BEGIN IMMEDIATE").await.map_err(db("begin the copy (BEGIN IMMEDIATE)"))?;
@@ -576,11 +609,25 @@ async fn copy_attached(
             .map(|t| TableCopy { table: t.name.clone(), deleted: 0, inserted: 0 })
             .collect(),
     };
+    // The destination's slice is the new tenant's when restoring as one.
+    let dst_value = new.map_or(value, |(_, v)| v);
     for (i, table) in plan.tables.iter().enumerate().rev() {
-        report.tables[i].deleted = delete(&mut tx, plan, table, value).await?;
+        report.tables[i].deleted = delete(&mut tx, plan, table, dst_value).await?;
     }
-    for (i, table) in plan.tables.iter().enumerate() {
-        report.tables[i].inserted = insert(&mut tx, plan, table, value).await?;
+    match new {
+        None => {
+            for (i, table) in plan.tables.iter().enumerate() {
+                report.tables[i].inserted = insert(&mut tx, plan, table, value).await?;
+            }
+        }
+        Some((n, new_value)) => {
+            stage_maps(&mut tx, plan, *n, value, new_value).await?;
+            for i in 0..plan.tables.len() {
+                report.tables[i].inserted =
+                    insert_remapped(&mut tx, plan, i, n.remap, value).await?;
+            }
+            drop_maps(&mut tx, n.remap).await?;
+        }
     }
     for t in &triggers {
         sqlx::query(AssertSqlSafe(t.sql.clone()))
@@ -799,8 +846,8 @@ pub async fn digest(
     let value = Tenant::parse(plan, tenant)?;
     let mut tx = conn.begin().await.map_err(db("begin the digest"))?;
     let mut out = SliceDigest::default();
-    for table in &plan.tables {
-        out.tables.push(digest_table(&mut tx, plan, table, &value).await?);
+    for (i, table) in plan.tables.iter().enumerate() {
+        out.tables.push(digest_table(&mut tx, plan, i, table, &value, None).await?);
     }
     tx.commit().await.map_err(db("end the digest"))?;
     Ok(out)
@@ -809,8 +856,10 @@ pub async fn digest(
 async fn digest_table(
     tx: &mut SqliteConnection,
     plan: &SlicePlan,
+    index: usize,
     table: &SliceTable,
     value: &Tenant,
+    rewrite: Option<&Rewrite<'_>>,
 ) -> Result<crate::TableDigest, SliceError> {
     let main = scope("main.");
     let cells = table
@@ -829,19 +878,380 @@ async fn digest_table(
     let mut hasher = RowHasher::default();
     let context = || format!("digest the slice of `{}`", table.name);
     while let Some(row) = rows.try_next().await.map_err(|e| SliceError::database(&context(), &e))? {
-        add_row(&mut hasher, &row).map_err(|e| SliceError::database(&context(), &e))?;
+        add_row(&mut hasher, &row, index, table, rewrite)
+            .map_err(|e| SliceError::database(&context(), &e))?;
     }
     Ok(hasher.finish(&table.name))
 }
 
 /// Feeds one row of `quote()`d cells; `NULL` (what `quote` gives for NULL only) as `None`.
-fn add_row(hasher: &mut RowHasher, row: &SqliteRow) -> Result<(), sqlx::Error> {
-    let mut cells: Vec<&[u8]> = Vec::with_capacity(row.len());
+/// With `rewrite`, each cell as the restored new tenant's row has it (the maps hold `quote()`d
+/// values).
+fn add_row(
+    hasher: &mut RowHasher,
+    row: &SqliteRow,
+    index: usize,
+    table: &SliceTable,
+    rewrite: Option<&Rewrite<'_>>,
+) -> Result<(), sqlx::Error> {
+    let mut cells: Vec<std::borrow::Cow<'_, [u8]>> = Vec::with_capacity(row.len());
     for i in 0..row.len() {
-        cells.push(row.try_get::<&[u8], _>(i)?);
+        let cell = row.try_get::<&[u8], _>(i)?;
+        let rewritten = rewrite.zip(table.columns.get(i)).and_then(|(rw, col)| {
+            let text = std::str::from_utf8(cell).ok()?;
+            rw.cell(index, &col.name, text)
+        });
+        cells.push(match rewritten {
+            Some(v) => std::borrow::Cow::Owned(v.into_bytes()),
+            None => std::borrow::Cow::Borrowed(cell),
+        });
     }
-    hasher.add_row(cells.into_iter().map(|c| (c != b"NULL").then_some(c)));
+    hasher.add_row(cells.iter().map(|c| (c.as_ref() != b"NULL").then_some(c.as_ref())));
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Restore as a new tenant
+
+/// The new tenant id typed as the tenant is ([`Tenant::parse`]); refused when it is the old
+/// tenant (the copy would rewrite the tenant's keys in place).
+fn new_tenant(
+    plan: &SlicePlan,
+    tenant: &str,
+    old: &Tenant,
+    new: &str,
+) -> Result<Tenant, SliceError> {
+    let value = Tenant::parse(plan, new)?;
+    let same = match (old, &value) {
+        (Tenant::Integer(a), Tenant::Integer(b)) => a == b,
+        (Tenant::Real(a), Tenant::Real(b)) => a == b,
+        (Tenant::Text(a), Tenant::Text(b)) => a == b,
+        _ => false,
+    };
+    if same {
+        return Err(SliceError::Refused(format!(
+            "`as` {new:?} is the tenant {tenant:?} itself: a restore as a new tenant needs \
+             another id; nothing was written"
+        )));
+    }
+    Ok(value)
+}
+
+/// The temporary table of owner `i`'s map: `(old TEXT, new TEXT)`.
+fn map_table(i: usize) -> String {
+    format!("temp.rewind_map_{i}")
+}
+
+/// Runs one statement of the copy, `context` naming it in errors.
+async fn run(tx: &mut SqliteConnection, sql: String, context: &str) -> Result<(), SliceError> {
+    sqlx::query(AssertSqlSafe(sql))
+        .persistent(false)
+        .execute(&mut *tx)
+        .await
+        .map_err(db(context))?;
+    Ok(())
+}
+
+/// The tenant's keys of `owner` in the schema `qualifier` (`rw_source.`, `main.`): per row,
+/// `(quote(key), CAST(key AS TEXT))`.
+async fn owner_keys(
+    tx: &mut SqliteConnection,
+    plan: &SlicePlan,
+    owner: &remap::Owner,
+    qualifier: &str,
+    value: &Tenant,
+) -> Result<Vec<(String, String)>, SliceError> {
+    let t = plan.table(&owner.table).ok_or_else(|| {
+        SliceError::Refused(format!("the remap names `{}`, which is not planned", owner.table))
+    })?;
+    let sc = scope(qualifier);
+    let col = Dialect::Ansi.quote(&owner.column);
+    let sql = format!(
+        "SELECT quote({col}), CAST({col} AS TEXT) FROM {} WHERE {} AND {col} IS NOT NULL",
+        sc.table(&t.name),
+        selector(plan, t, sc)
+    );
+    let context = format!("read the tenant's keys `{}`.`{}`", owner.table, owner.column);
+    let rows = value
+        .bind(sqlx::query(AssertSqlSafe(sql)).persistent(false))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db(&context))?;
+    rows.iter()
+        .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?)))
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(db(&context))
+}
+
+/// Allocates new integer keys `tbl` lacks in the map for `$1` (the new tenant): numbered after
+/// `$3`, in the order of `$4` (a JSON array of the old keys as text).
+const ALLOCATE_KEYS: &str = "INSERT INTO main.rewind_key_map (new_tenant, tbl, old_key, new_key) \
+    SELECT ?1, ?2, o.value, CAST(?3 + row_number() OVER (ORDER BY o.key) AS TEXT) \
+    FROM json_each(?4) AS o WHERE NOT EXISTS (SELECT 1 FROM main.rewind_key_map AS m \
+      WHERE m.new_tenant = ?1 AND m.tbl = ?2 AND m.old_key = o.value)";
+
+/// The largest value the integer key `owner` has had on the destination: in the table, in the
+/// map (any new tenant's), in `sqlite_sequence` (an `AUTOINCREMENT` table's).
+async fn largest_key(tx: &mut SqliteConnection, owner: &remap::Owner) -> Result<i64, SliceError> {
+    let context = format!("read the largest key of `{}`.`{}`", owner.table, owner.column);
+    let sql = format!(
+        "SELECT max(coalesce((SELECT max(CAST({} AS INTEGER)) FROM {}), 0), \
+           coalesce((SELECT max(CAST(new_key AS INTEGER)) FROM main.rewind_key_map WHERE tbl = ?1), 0))",
+        Dialect::Ansi.quote(&owner.column),
+        scope("main.").table(&owner.table)
+    );
+    let mut largest: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
+        .persistent(false)
+        .bind(&owner.table)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db(&context))?;
+    let sequences: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM main.sqlite_schema WHERE type = 'table' AND name = 'sqlite_sequence'",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db(&context))?;
+    if sequences > 0 {
+        let seq: Option<i64> =
+            sqlx::query_scalar("SELECT max(seq) FROM main.sqlite_sequence WHERE name = ?1")
+                .bind(&owner.table)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db(&context))?;
+        largest = largest.max(seq.unwrap_or(0));
+    }
+    Ok(largest)
+}
+
+/// Builds every owner's old→new map as a temporary table ([`map_table`]), and the new tenant
+/// in `temp.rewind_as`.
+async fn stage_maps(
+    tx: &mut SqliteConnection,
+    plan: &SlicePlan,
+    new: NewTenant<'_>,
+    old_value: &Tenant,
+    new_value: &Tenant,
+) -> Result<(), SliceError> {
+    let context = "keep the new tenant id for the copy";
+    run(tx, "DROP TABLE IF EXISTS temp.rewind_as".into(), context).await?;
+    run(tx, "CREATE TEMP TABLE rewind_as (new)".into(), context).await?;
+    new_value
+        .bind(sqlx::query("INSERT INTO temp.rewind_as (new) VALUES (?1)"))
+        .execute(&mut *tx)
+        .await
+        .map_err(db(context))?;
+    let mut key_map_ready = false;
+    for (i, owner) in new.remap.owners.iter().enumerate() {
+        let context = format!("map the keys `{}`.`{}` to new ones", owner.table, owner.column);
+        let table = map_table(i);
+        run(tx, format!("DROP TABLE IF EXISTS {table}"), &context).await?;
+        let name = table.trim_start_matches("temp.");
+        run(
+            tx,
+            format!("CREATE TEMP TABLE {name} (old TEXT PRIMARY KEY, new TEXT NOT NULL)"),
+            &context,
+        )
+        .await?;
+        let olds: Vec<String> = owner_keys(tx, plan, owner, "rw_source.", old_value)
+            .await?
+            .into_iter()
+            .map(|(_, text)| text)
+            .collect();
+        match owner.kind {
+            KeyKind::Uuid => {
+                let pairs: Vec<(String, String)> = olds
+                    .into_iter()
+                    .map(|o| {
+                        let n = remap::new_uuid(new.id, &owner.table, &o);
+                        (o, n)
+                    })
+                    .collect();
+                let json = serde_json::to_string(&pairs).map_err(|e| SliceError::Database {
+                    message: format!("{context}: {e}"),
+                    transient: false,
+                })?;
+                sqlx::query(AssertSqlSafe(format!(
+                    "INSERT INTO {table} (old, new) SELECT json_extract(value, '$[0]'), \
+                     json_extract(value, '$[1]') FROM json_each(?1)"
+                )))
+                .persistent(false)
+                .bind(json)
+                .execute(&mut *tx)
+                .await
+                .map_err(db(&context))?;
+            }
+            KeyKind::Integer => {
+                if !key_map_ready {
+                    run(tx, CREATE_KEY_MAP.into(), "create the key map rewind_key_map").await?;
+                    key_map_ready = true;
+                }
+                let base = largest_key(tx, owner).await?;
+                let json = serde_json::to_string(&olds).map_err(|e| SliceError::Database {
+                    message: format!("{context}: {e}"),
+                    transient: false,
+                })?;
+                sqlx::query(ALLOCATE_KEYS)
+                    .bind(new.id)
+                    .bind(&owner.table)
+                    .bind(base)
+                    .bind(json)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db(&context))?;
+                sqlx::query(AssertSqlSafe(format!(
+                    "INSERT INTO {table} (old, new) SELECT old_key, new_key \
+                     FROM main.rewind_key_map WHERE new_tenant = ?1 AND tbl = ?2"
+                )))
+                .persistent(false)
+                .bind(new.id)
+                .bind(&owner.table)
+                .execute(&mut *tx)
+                .await
+                .map_err(db(&context))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Creates [`remap::KEY_MAP`] in `main` if it is missing.
+const CREATE_KEY_MAP: &str = "CREATE TABLE IF NOT EXISTS main.rewind_key_map (\
+    new_tenant TEXT NOT NULL, tbl TEXT NOT NULL, old_key TEXT NOT NULL, new_key TEXT NOT NULL, \
+    PRIMARY KEY (new_tenant, tbl, old_key))";
+
+/// Drops the temporary tables of [`stage_maps`].
+async fn drop_maps(tx: &mut SqliteConnection, remap: &remap::RemapPlan) -> Result<(), SliceError> {
+    let context = "drop the copy's temporary map tables";
+    for i in 0..remap.owners.len() {
+        run(tx, format!("DROP TABLE IF EXISTS {}", map_table(i)), context).await?;
+    }
+    run(tx, "DROP TABLE IF EXISTS temp.rewind_as".into(), context).await
+}
+
+/// Inserts the source's slice rows of the plan's table `i` with their keys remapped.
+async fn insert_remapped(
+    tx: &mut SqliteConnection,
+    plan: &SlicePlan,
+    i: usize,
+    remap: &remap::RemapPlan,
+    old_value: &Tenant,
+) -> Result<u64, SliceError> {
+    let Some(table) = plan.tables.get(i) else { return Ok(0) };
+    let source = scope("rw_source.");
+    let cols = Dialect::Ansi.list(table.copied().map(|c| c.name.as_str()));
+    let exprs: Vec<String> = table
+        .copied()
+        .map(|c| {
+            let col = format!("s.{}", Dialect::Ansi.quote(&c.name));
+            match remap.source(i, &c.name) {
+                None => col,
+                Some(Source::Tenant) => format!(
+                    "CASE WHEN {col} = ?1 THEN (SELECT new FROM temp.rewind_as) ELSE {col} END"
+                ),
+                Some(Source::Key(k)) => {
+                    let new = match remap.owners.get(k).map(|o| o.kind) {
+                        Some(KeyKind::Integer) => "CAST(m.new AS INTEGER)",
+                        _ => "m.new",
+                    };
+                    format!(
+                        "COALESCE((SELECT {new} FROM {} AS m WHERE m.old = CAST({col} AS TEXT)), {col})",
+                        map_table(k)
+                    )
+                }
+            }
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO {} ({cols}) SELECT {} FROM {} AS s WHERE {}",
+        scope("main.").table(&table.name),
+        exprs.join(", "),
+        source.table(&table.name),
+        selector(plan, table, source)
+    );
+    let done = old_value
+        .bind(sqlx::query(AssertSqlSafe(sql)).persistent(false))
+        .execute(&mut *tx)
+        .await
+        .map_err(db(format_args!("insert the slice of `{}` as the new tenant", table.name)))?;
+    Ok(done.rows_affected())
+}
+
+/// The integer keys' maps of `new_tenant` kept on `conn` ([`remap::KEY_MAP`]), by table:
+/// old → new. Empty when the map table does not exist.
+pub async fn key_maps(
+    conn: &mut SqliteConnection,
+    new_tenant: &str,
+) -> Result<BTreeMap<String, HashMap<String, String>>, SliceError> {
+    let context = "read the key map rewind_key_map";
+    let exists: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM main.sqlite_schema WHERE type = 'table' AND name = 'rewind_key_map'",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db(context))?;
+    let mut out: BTreeMap<String, HashMap<String, String>> = BTreeMap::new();
+    if exists == 0 {
+        return Ok(out);
+    }
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT tbl, old_key, new_key FROM main.rewind_key_map WHERE new_tenant = ?1",
+    )
+    .bind(new_tenant)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db(context))?;
+    for (tbl, old, new) in rows {
+        out.entry(tbl).or_default().insert(old, new);
+    }
+    Ok(out)
+}
+
+/// The digest of the tenant's slice on `conn` (the source) as restored as the new tenant
+/// `new` ([`copy_as`]; `maps`: [`key_maps`] of the destination). Equal to [`digest`] of the
+/// new tenant on the destination when the copy restored it.
+pub async fn digest_as(
+    conn: &mut SqliteConnection,
+    plan: &SlicePlan,
+    tenant: &str,
+    new: NewTenant<'_>,
+    maps: &BTreeMap<String, HashMap<String, String>>,
+) -> Result<SliceDigest, SliceError> {
+    check_engine(plan)?;
+    let value = Tenant::parse(plan, tenant)?;
+    let new_value = new_tenant(plan, tenant, &value, new.id)?;
+    let mut tx = conn.begin().await.map_err(db("begin the digest"))?;
+    let mut quoted = Vec::new();
+    for v in [&value, &new_value] {
+        let q: String = v
+            .bind(sqlx::query("SELECT quote(?1)"))
+            .fetch_one(&mut *tx)
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(db("quote the tenant ids"))?;
+        quoted.push(q);
+    }
+    let mut owner_maps = HashMap::new();
+    for (i, owner) in new.remap.owners.iter().enumerate() {
+        let map: HashMap<String, String> = match owner.kind {
+            KeyKind::Uuid => owner_keys(&mut tx, plan, owner, "main.", &value)
+                .await?
+                .into_iter()
+                .map(|(q, text)| (q, format!("'{}'", remap::new_uuid(new.id, &owner.table, &text))))
+                .collect(),
+            KeyKind::Integer => maps.get(&owner.table).cloned().unwrap_or_default(),
+        };
+        owner_maps.insert(i, map);
+    }
+    let new_tenant = quoted.pop().unwrap_or_default();
+    let old_tenant = quoted.pop().unwrap_or_default();
+    let rewrite = Rewrite { remap: new.remap, old_tenant, new_tenant, maps: owner_maps };
+    let mut out = SliceDigest::default();
+    for (i, table) in plan.tables.iter().enumerate() {
+        out.tables.push(digest_table(&mut tx, plan, i, table, &value, Some(&rewrite)).await?);
+    }
+    tx.commit().await.map_err(db("end the digest"))?;
+    Ok(out)
 }
 
 #[cfg(test)]

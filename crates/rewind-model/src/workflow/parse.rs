@@ -64,6 +64,7 @@ const SLICE_KEYS: &[&str] = &[
     "tenant_column",
     "exclude",
     "tenant",
+    "as",
     "source_restore_point",
 ];
 const AUDIT_KEYS: &[&str] = &["kind", "require"];
@@ -1281,6 +1282,13 @@ impl Parser<'_> {
                         .string(tv, "tenant", s)
                         .and_then(|raw| self.template(&raw, tv.span(), s, templates)),
                 };
+                let as_tenant = match t.get("as") {
+                    None => Some(None),
+                    Some(av) => self
+                        .string(av, "as", s)
+                        .and_then(|raw| self.template(&raw, av.span(), s, templates))
+                        .map(Some),
+                };
                 let source_restore_point = match t.get("source_restore_point") {
                     None => Some(None),
                     Some(q) => self.sql_text(q, "source_restore_point", s).map(Some),
@@ -1293,6 +1301,7 @@ impl Parser<'_> {
                     tenant_column: tenant_column?,
                     exclude: exclude?,
                     tenant: tenant?,
+                    as_tenant: as_tenant?,
                     source_restore_point: source_restore_point?,
                 };
                 Some(if kind == "copy" { Action::Copy(slice) } else { Action::Compare(slice) })

@@ -1,0 +1,188 @@
+//! `copy` and `compare` with `as` (restore as a new tenant) through the executors: PostgreSQL
+//! schemas when `REWIND_TEST_POSTGRES` is set; the engines that cannot yet refuse it.
+
+#![allow(clippy::unwrap_used)] // a panic in a test is a failed test
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rewind_exec::{Attempt, Outcome, Registry, Report, StopHandle, Vars};
+use rewind_model::{AttrValue, InstanceKey, RunId, SubjectKey, Target, Workflow};
+use rewind_testkit::{PgSchema, postgres_url};
+use sqlx::Connection;
+
+const OLD: &str = "00000000-0000-4000-8000-00000000000a";
+const OTHER: &str = "00000000-0000-4000-8000-00000000000b";
+const NEW: &str = "00000000-0000-4000-8000-0000000000ff";
+const RP: &str = "2022-04-05T07:33:00Z";
+
+const STEPS: &str = r#"
+[[steps]]
+id = "tracker.copy"
+estimate = "1m"
+action = { kind = "copy", from = "scratch", to = "live", root = "sites", tenant = "{{target.id}}", as = "{{target.attr.new_id}}" }
+
+[[steps]]
+id = "tracker.compare"
+estimate = "1m"
+action = { kind = "compare", from = "scratch", to = "live", root = "sites", tenant = "{{target.id}}", as = "{{target.attr.new_id}}" }
+"#;
+
+fn workflow() -> Workflow {
+    let text = format!(
+        "name = \"t\"\ntarget_kind = \"site\"\n[connections]\nlive = \"${{LIVE}}\"\nscratch = \"${{SCRATCH}}\"\n{STEPS}"
+    );
+    Workflow::parse("t.toml", &text).unwrap_or_else(|d| panic!("{d}"))
+}
+
+fn attempt(wf: &Workflow, step: usize, new_id: &str, live: &str, scratch: &str) -> Attempt {
+    let mut attrs = BTreeMap::new();
+    attrs.insert("new_id".parse().unwrap(), AttrValue::One(new_id.into()));
+    Attempt {
+        run_id: RunId::from_uuid(uuid::Uuid::new_v4()),
+        restore_point: RP.parse().unwrap(),
+        key: InstanceKey {
+            step: wf.steps[step].id.clone(),
+            subject: SubjectKey::Target(OLD.parse().unwrap()),
+        },
+        attempt: 1,
+        idempotency_key: "k".into(),
+        target: Some(Target { id: OLD.parse().unwrap(), kind: "site".into(), attrs, line: 2 }),
+        group_value: None,
+        needs: BTreeMap::new(),
+        workdir: ".".into(),
+        cwd: ".".into(),
+        timeout: Duration::from_secs(30),
+        action: Arc::new(wf.steps[step].action.clone()),
+        connections: Arc::new(wf.connections.clone()),
+        vars: Arc::new(Vars::default().with("LIVE", live).with("SCRATCH", scratch)),
+        resolvers: rewind_exec::Resolvers::default(),
+    }
+}
+
+async fn run(a: Attempt) -> Report {
+    let (_h, stop) = StopHandle::new();
+    Registry::builtin().run(a, stop).await
+}
+
+const PG_SCHEMA: &str = "
+CREATE TABLE sites (id uuid PRIMARY KEY, name text NOT NULL);
+CREATE TABLE projects (id bigserial PRIMARY KEY, site_id uuid NOT NULL REFERENCES sites(id), name text);
+CREATE TABLE issues (id uuid PRIMARY KEY, project_id bigint NOT NULL REFERENCES projects(id),
+  parent_id uuid REFERENCES issues(id), title text);
+";
+
+fn pg_rows() -> String {
+    format!(
+        "INSERT INTO sites VALUES ('{OLD}', 'a'), ('{OTHER}', 'b');
+         INSERT INTO projects VALUES (1, '{OLD}', 'pa'), (2, '{OTHER}', 'pb');
+         INSERT INTO issues VALUES ('10000000-0000-4000-8000-000000000001', 1, NULL, 'one'),
+           ('10000000-0000-4000-8000-000000000002', 1, '10000000-0000-4000-8000-000000000001', 'two'),
+           ('10000000-0000-4000-8000-000000000003', 2, NULL, 'other');
+         SELECT setval(pg_get_serial_sequence('projects', 'id'), 2);"
+    )
+}
+
+async fn pg_exec(url: &str, sql: &str) {
+    let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut c).await.unwrap();
+}
+
+async fn pg_rows_of(url: &str, sql: &str) -> Vec<String> {
+    let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned())).fetch_all(&mut c).await.unwrap()
+}
+
+#[tokio::test]
+async fn postgres_copy_as_a_new_tenant_then_compare() {
+    let Some(base) = postgres_url("postgres_copy_as_a_new_tenant_then_compare") else { return };
+    let (live, scratch) = (PgSchema::create(&base).await, PgSchema::create(&base).await);
+    for url in [&live.url, &scratch.url] {
+        pg_exec(url, PG_SCHEMA).await;
+        pg_exec(url, &pg_rows()).await;
+    }
+    let wf = workflow();
+    let all = "SELECT t::text FROM (SELECT * FROM issues ORDER BY id) t";
+    let before = pg_rows_of(&live.url, all).await;
+
+    let r = run(attempt(&wf, 0, NEW, &live.url, &scratch.url)).await;
+    assert_eq!(r.outcome, Outcome::Succeeded, "{r:?}");
+    let out = r.output.unwrap();
+    assert_eq!((out["rows"].as_u64(), out["as"].as_str()), (Some(4), Some(NEW)));
+    let after = pg_rows_of(&live.url, all).await;
+    assert_eq!(after.len(), 5);
+    assert!(before.iter().all(|r| after.contains(r)), "old rows untouched");
+    let parents = pg_rows_of(
+        &live.url,
+        &format!(
+            "SELECT p.title FROM issues i JOIN issues p ON p.id = i.parent_id \
+             JOIN projects pr ON pr.id = p.project_id WHERE pr.site_id = '{NEW}'"
+        ),
+    )
+    .await;
+    assert_eq!(parents, ["one"]);
+
+    let r = run(attempt(&wf, 1, NEW, &live.url, &scratch.url)).await;
+    assert_eq!(r.outcome, Outcome::Succeeded, "{r:?}");
+    assert_eq!(r.output.as_ref().unwrap()["matching"], true);
+    // Again: the same rows.
+    let r = run(attempt(&wf, 0, NEW, &live.url, &scratch.url)).await;
+    assert_eq!(r.outcome, Outcome::Succeeded, "{r:?}");
+    assert_eq!(pg_rows_of(&live.url, all).await, after);
+
+    // `as` the tenant itself is refused.
+    let r = run(attempt(&wf, 0, OLD, &live.url, &scratch.url)).await;
+    assert_eq!(r.outcome, Outcome::Failed { retryable: false });
+    assert!(r.error.as_deref().unwrap().contains("itself"), "{r:?}");
+    live.drop_schema().await;
+    scratch.drop_schema().await;
+}
+
+async fn sqlite_exec(url: &str, sql: &str) {
+    let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut c).await.unwrap();
+}
+
+#[tokio::test]
+async fn sqlite_copy_as_a_new_tenant_then_compare() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = format!("sqlite://{}?mode=rwc", dir.path().join("live.db").display());
+    let scratch = format!("sqlite://{}?mode=rwc", dir.path().join("scratch.db").display());
+    for url in [&live, &scratch] {
+        sqlite_exec(
+            url,
+            &format!(
+                "CREATE TABLE sites (id TEXT PRIMARY KEY, name TEXT NOT NULL);
+                 CREATE TABLE projects (id INTEGER PRIMARY KEY, site_id TEXT NOT NULL REFERENCES sites(id), name TEXT);
+                 CREATE TABLE issues (id UUID PRIMARY KEY, project_id INTEGER NOT NULL REFERENCES projects(id),
+                   parent_id UUID REFERENCES issues(id), title TEXT);
+                 INSERT INTO sites VALUES ('{OLD}', 'a'), ('{OTHER}', 'b');
+                 INSERT INTO projects VALUES (1, '{OLD}', 'pa'), (2, '{OTHER}', 'pb');
+                 INSERT INTO issues VALUES ('10000000-0000-4000-8000-000000000001', 1, NULL, 'one'),
+                   ('10000000-0000-4000-8000-000000000002', 1, '10000000-0000-4000-8000-000000000001', 'two'),
+                   ('10000000-0000-4000-8000-000000000003', 2, NULL, 'other');"
+            ),
+        )
+        .await;
+    }
+    let wf = workflow();
+    let r = run(attempt(&wf, 0, NEW, &live, &scratch)).await;
+    assert_eq!(r.outcome, Outcome::Succeeded, "{r:?}");
+    assert_eq!(r.output.as_ref().unwrap()["rows"], 4);
+    let r = run(attempt(&wf, 1, NEW, &live, &scratch)).await;
+    assert_eq!(r.outcome, Outcome::Succeeded, "{r:?}");
+    assert_eq!(r.output.as_ref().unwrap()["matching"], true);
+    let r = run(attempt(&wf, 0, OLD, &live, &scratch)).await;
+    assert_eq!(r.outcome, Outcome::Failed { retryable: false });
+    assert!(r.error.as_deref().unwrap().contains("itself"), "{r:?}");
+}
+
+#[tokio::test]
+async fn mariadb_refuses_as_until_it_is_supported() {
+    // Refused before any connection is made: the URLs need no server.
+    let (live, scratch) = ("mysql://nobody@127.0.0.1:1/live", "mysql://nobody@127.0.0.1:1/scratch");
+    let r = run(attempt(&workflow(), 0, NEW, live, scratch)).await;
+    assert_eq!(r.outcome, Outcome::Failed { retryable: false });
+    assert!(r.error.as_deref().unwrap().contains("not yet supported on MariaDB/MySQL"), "{r:?}");
+}

@@ -1,0 +1,289 @@
+//! Restore as a new tenant (`as`): which columns of a slice change, and where each one's new
+//! value comes from. Pure: no I/O; each engine stages and rewrites the rows ([`crate::pg`]).
+//!
+//! - The tenant's own columns (the root's key; without a root, or for a table reached by it,
+//!   `tenant_column`) become the new tenant id, where they hold the old one.
+//! - Every other table's primary key gets new values, unless a column of it already changes
+//!   (it follows a parent or holds the tenant): `(comment_id, seq)` stays unique with the
+//!   comment's new id and the old `seq`. A key of its own is one column: a uuid key's new value
+//!   is derived ([`new_uuid`]: the same new tenant, table and old key always give the same
+//!   value, so a retry writes the same rows); an integer key's is drawn from the table's
+//!   sequence on the destination, the old→new map kept there in [`KEY_MAP`] (written in the
+//!   copy's own transaction), so a retry or a resume reuses it. Any other key type (a text
+//!   natural key that is not the tenant), or a composite key none of whose columns changes,
+//!   is refused, naming table and column.
+//! - Every foreign key between tables of the slice follows its parent's new value, column by
+//!   column (composite and self-references included). A value the map does not have (a
+//!   nullable reference to a row of another tenant) is kept: it still points where it did.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::SliceError;
+use crate::plan::{SlicePlan, Via};
+use crate::schema::{Engine, Schema};
+
+/// The destination table that keeps the integer keys' old→new map, created if missing:
+/// `(new_tenant, tbl, old_key, new_key)`, keys as text, primary key `(new_tenant, tbl,
+/// old_key)`.
+pub const KEY_MAP: &str = "rewind_key_map";
+
+/// The namespace of [`new_uuid`] (a fixed, random uuid: rewind's).
+pub const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6d1c_52a4_3b8e_4f0a_9e27_c4a1_d0b5_7e39);
+
+/// The new value of the uuid key `old` (its canonical text) of `table` in the slice restored
+/// as `new_tenant`: uuid v5 of [`NAMESPACE`] and `new_tenant`, `table`, `old` joined by NUL.
+pub fn new_uuid(new_tenant: &str, table: &str, old: &str) -> String {
+    let name = format!("{new_tenant}\0{table}\0{}", old.to_ascii_lowercase());
+    uuid::Uuid::new_v5(&NAMESPACE, name.as_bytes()).hyphenated().to_string()
+}
+
+/// How a table's own key gets new values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyKind {
+    /// Derived ([`new_uuid`]).
+    Uuid,
+    /// Drawn from the table's sequence (auto-increment), mapped in [`KEY_MAP`].
+    Integer,
+}
+
+/// A table's own key: one column whose new values are made for the copy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub table: String,
+    pub column: String,
+    pub data_type: String,
+    pub kind: KeyKind,
+}
+
+/// Where a changed column's new value comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The new tenant id (where the column holds the old one).
+    Tenant,
+    /// The new value of [`RemapPlan::owners`]`[i]`'s key (where the map has the old value).
+    Key(usize),
+}
+
+/// What a restore as a new tenant changes in a slice.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RemapPlan {
+    /// The keys that get new values, in plan order.
+    pub owners: Vec<Owner>,
+    /// Per planned table (in plan order), the columns that change.
+    pub columns: Vec<BTreeMap<String, Source>>,
+}
+
+impl RemapPlan {
+    /// The change of `column` in the plan's table number `table`, if it changes.
+    pub fn source(&self, table: usize, column: &str) -> Option<Source> {
+        self.columns.get(table).and_then(|c| c.get(column)).copied()
+    }
+}
+
+/// The key kind a column type of `engine` can be remapped as, if any.
+pub fn key_kind(engine: Engine, data_type: &str) -> Option<KeyKind> {
+    let t = data_type.trim().to_ascii_lowercase();
+    let base = t.split(['(', ' ']).next().unwrap_or_default();
+    match engine {
+        Engine::Postgres => match base {
+            "uuid" => Some(KeyKind::Uuid),
+            "smallint" | "integer" | "bigint" => Some(KeyKind::Integer),
+            _ => None,
+        },
+        Engine::Mysql => match base {
+            "uuid" => Some(KeyKind::Uuid),
+            "tinyint" | "smallint" | "mediumint" | "int" | "bigint" => Some(KeyKind::Integer),
+            _ => None,
+        },
+        Engine::Sqlite => {
+            if t.contains("uuid") {
+                Some(KeyKind::Uuid)
+            } else if t.contains("int") {
+                Some(KeyKind::Integer)
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// Plans what a restore as a new tenant changes in `plan` (made from `schema`), or refuses a
+/// key that cannot be remapped, naming its table and column. `needs_sequence`: whether an
+/// integer key must be fed by a sequence the catalog names (PostgreSQL); on other engines the
+/// copy checks its own way of drawing values.
+///
+/// # Errors
+/// [`SliceError::Refused`] naming the table and column of a key that cannot be remapped.
+pub fn plan(schema: &Schema, plan: &SlicePlan) -> Result<RemapPlan, SliceError> {
+    let mut r = Resolver { schema, plan, own: BTreeMap::new(), owners: Vec::new() };
+    for t in &plan.tables {
+        r.own_key(&t.name, &mut BTreeSet::new())?;
+    }
+    let mut columns = Vec::new();
+    for t in &plan.tables {
+        let mut changed = BTreeMap::new();
+        for c in &t.columns {
+            if let Some(source) = r.resolve(&t.name, &c.name, &mut BTreeSet::new())? {
+                changed.insert(c.name.clone(), source);
+            }
+        }
+        columns.push(changed);
+    }
+    Ok(RemapPlan { owners: r.owners, columns })
+}
+
+struct Resolver<'a> {
+    schema: &'a Schema,
+    plan: &'a SlicePlan,
+    /// Per table: its own key's index in `owners`, or none.
+    own: BTreeMap<String, Option<usize>>,
+    owners: Vec<Owner>,
+}
+
+impl Resolver<'_> {
+    /// Whether `column` of `table` holds the tenant id.
+    fn is_tenant(&self, table: &str, column: &str) -> bool {
+        let Some(t) = self.plan.table(table) else { return false };
+        t.via.iter().any(|v| match v {
+            Via::Root { column: c } | Via::TenantColumn { column: c } => c == column,
+            Via::Parent { .. } => false,
+        })
+    }
+
+    /// Where `column` of `table` gets its new value from, following foreign keys into the
+    /// slice; `None`: kept.
+    fn resolve(
+        &mut self,
+        table: &str,
+        column: &str,
+        visiting: &mut BTreeSet<(String, String)>,
+    ) -> Result<Option<Source>, SliceError> {
+        if let Some(s) = self.follow(table, column, visiting)? {
+            return Ok(Some(s));
+        }
+        let own = self.own_key(table, &mut BTreeSet::new())?;
+        Ok(own.filter(|&i| self.owners[i].column == column).map(Source::Key))
+    }
+
+    /// The tenant, or a parent's change for a column of a foreign key into the slice.
+    fn follow(
+        &mut self,
+        table: &str,
+        column: &str,
+        visiting: &mut BTreeSet<(String, String)>,
+    ) -> Result<Option<Source>, SliceError> {
+        if self.is_tenant(table, column) {
+            return Ok(Some(Source::Tenant));
+        }
+        if !visiting.insert((table.to_owned(), column.to_owned())) {
+            return Ok(None);
+        }
+        let Some(t) = self.schema.tables.get(table) else { return Ok(None) };
+        let parents: Vec<(String, String)> = t
+            .foreign_keys
+            .iter()
+            .filter(|fk| self.plan.table(&fk.parent).is_some())
+            .filter_map(|fk| {
+                let i = fk.columns.iter().position(|c| c == column)?;
+                let pc = fk.parent_columns.get(i)?;
+                (!(fk.parent == table && pc == column)).then(|| (fk.parent.clone(), pc.clone()))
+            })
+            .collect();
+        for (parent, pc) in parents {
+            if let Some(s) = self.resolve(&parent, &pc, visiting)? {
+                return Ok(Some(s));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The table's own key, if it has one (see the module), planned once.
+    fn own_key(
+        &mut self,
+        table: &str,
+        visiting: &mut BTreeSet<String>,
+    ) -> Result<Option<usize>, SliceError> {
+        if let Some(own) = self.own.get(table) {
+            return Ok(*own);
+        }
+        if !visiting.insert(table.to_owned()) {
+            return Ok(None);
+        }
+        let Some(t) = self.plan.table(table) else { return Ok(None) };
+        let key = t.primary_key.clone();
+        let mut follows = false;
+        for c in &key {
+            follows |= self.follow(table, c, &mut BTreeSet::new())?.is_some();
+        }
+        let own = if key.is_empty() || follows {
+            None
+        } else {
+            let [column] = key.as_slice() else {
+                return Err(SliceError::Refused(format!(
+                    "restore as a new tenant: the primary key of `{table}` ({}) is composite and \
+                     none of its columns is the tenant or a reference into the slice: it cannot \
+                     be remapped",
+                    key.join(", ")
+                )));
+            };
+            let col = t.columns.iter().find(|c| &c.name == column);
+            let data_type = col.map(|c| c.data_type.clone()).unwrap_or_default();
+            let Some(kind) = key_kind(self.plan.engine, &data_type) else {
+                return Err(SliceError::Refused(format!(
+                    "restore as a new tenant: the key `{table}`.`{column}` is `{data_type}`, which \
+                     cannot be remapped (only the tenant's own key may be text; other keys must \
+                     be uuid or integer)"
+                )));
+            };
+            if kind == KeyKind::Integer
+                && self.plan.engine == Engine::Postgres
+                && col.is_none_or(|c| c.sequence.is_none())
+            {
+                return Err(SliceError::Refused(format!(
+                    "restore as a new tenant: the integer key `{table}`.`{column}` has no \
+                     sequence (identity or serial) to draw new values from"
+                )));
+            }
+            self.owners.push(Owner {
+                table: table.to_owned(),
+                column: column.clone(),
+                data_type,
+                kind,
+            });
+            Some(self.owners.len() - 1)
+        };
+        self.own.insert(table.to_owned(), own);
+        Ok(own)
+    }
+}
+
+/// Rewrites a source row's cells (their text) as the copy writes them: a digest of the source
+/// slice through it equals the digest of the restored new tenant's slice.
+#[derive(Clone, Debug)]
+pub struct Rewrite<'a> {
+    pub remap: &'a RemapPlan,
+    /// The old and new tenant ids as the engine renders the key as text.
+    pub old_tenant: String,
+    pub new_tenant: String,
+    /// Per owner, old → new for the keys of the slice (uuid: [`new_uuid`]; integer: as
+    /// read from [`KEY_MAP`]).
+    pub maps: HashMap<usize, HashMap<String, String>>,
+}
+
+impl Rewrite<'_> {
+    /// The cell of `column` in the plan's table `table` as the restored row has it; `None`:
+    /// unchanged.
+    pub fn cell(&self, table: usize, column: &str, cell: &str) -> Option<String> {
+        match self.remap.source(table, column)? {
+            Source::Tenant => (cell == self.old_tenant).then(|| self.new_tenant.clone()),
+            Source::Key(i) => self.maps.get(&i)?.get(cell).cloned(),
+        }
+    }
+}
+
+/// A restore as a new tenant: the new id (as the workflow gave it) and what changes.
+#[derive(Clone, Copy, Debug)]
+pub struct NewTenant<'a> {
+    pub id: &'a str,
+    pub remap: &'a RemapPlan,
+}
