@@ -154,7 +154,7 @@ async fn run(a: Attempt, mut stop: Stop, pools: Pools, catalogs: Catalogs, mode:
         Ok(t) => t,
         Err(e) => return permanent(e),
     };
-    if let Some(Err(e)) = as_tenant.as_ref().map(|new| refuse_as(engine, &tenant, new)) {
+    if let Some(Err(e)) = as_tenant.as_ref().map(|new| refuse_as(&tenant, new)) {
         return permanent(e);
     }
     let sessions = Sessions::default();
@@ -228,18 +228,14 @@ pub(crate) fn slice_kind(
     }
 }
 
-/// A restore as a new tenant (`as`) is refused when the new id is the tenant's own, and on
-/// engines that cannot do it yet.
-fn refuse_as(engine: Kind, tenant: &str, new: &str) -> Result<(), String> {
+/// A restore as a new tenant (`as`) is refused when the new id is the tenant's own.
+fn refuse_as(tenant: &str, new: &str) -> Result<(), String> {
     if new == tenant {
         return Err(format!(
             "`as` is the tenant {tenant:?} itself: a restore as a new tenant needs another id; nothing was written"
         ));
     }
-    match engine {
-        Kind::Postgres | Kind::Sqlite => Ok(()),
-        Kind::Mysql => Err("restore as a new tenant (`as`) is not yet supported on MariaDB/MySQL; nothing was written".to_owned()),
-    }
+    Ok(())
 }
 
 /// The engine and both ends of a `copy` or `compare`.
@@ -409,11 +405,6 @@ async fn copy(
     tenant: &str,
     new: Option<NewTenant<'_>>,
 ) -> Result<BTreeMap<String, Value>, Report> {
-    if new.is_some() && engine == Kind::Mysql {
-        return Err(permanent(
-            "restore as a new tenant (`as`) is not yet supported on MariaDB/MySQL",
-        ));
-    }
     let report = match engine {
         Kind::Postgres => {
             // At most a few copy streams per process hold two connections each.
@@ -430,7 +421,10 @@ async fn copy(
         Kind::Mysql => {
             let mut src = tracked(sessions, pools.mysql(from).await, from).await?;
             let mut dst = tracked(sessions, pools.mysql(to).await, to).await?;
-            let r = rewind_slice::mysql::copy(&mut src, &mut dst, plan, tenant).await;
+            let r = match new {
+                Some(n) => rewind_slice::mysql::copy_as(&mut src, &mut dst, plan, tenant, n).await,
+                None => rewind_slice::mysql::copy(&mut src, &mut dst, plan, tenant).await,
+            };
             close_if_failed(&r, &mut [&mut *src, &mut *dst]);
             r
         }
@@ -533,9 +527,16 @@ async fn compare(
                     r.map_err(failed)?
                 }
                 Kind::Mysql => {
-                    return Err(permanent(
-                        "restore as a new tenant (`as`) is not yet supported on MariaDB/MySQL",
-                    ));
+                    let maps = {
+                        let mut c = tracked(sessions, pools.mysql(to).await, to).await?;
+                        let r = rewind_slice::mysql::key_maps(&mut c, n.id).await;
+                        close_if_failed(&r, &mut [&mut *c]);
+                        r.map_err(failed)?
+                    };
+                    let mut c = tracked(sessions, pools.mysql(from).await, from).await?;
+                    let r = rewind_slice::mysql::digest_as(&mut c, plan, tenant, n, &maps).await;
+                    close_if_failed(&r, &mut [&mut *c]);
+                    r.map_err(failed)?
                 }
             };
             (source, digest(pools, sessions, engine, to, plan, n.id).await?)

@@ -1,5 +1,6 @@
 //! `copy` and `compare` with `as` (restore as a new tenant) through the executors: PostgreSQL
-//! schemas when `REWIND_TEST_POSTGRES` is set; the engines that cannot yet refuse it.
+//! schemas when `REWIND_TEST_POSTGRES` is set, MariaDB databases when `REWIND_TEST_MARIADB`
+//! is, SQLite files always.
 
 #![allow(clippy::unwrap_used)] // a panic in a test is a failed test
 
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use rewind_exec::{Attempt, Outcome, Registry, Report, StopHandle, Vars};
 use rewind_model::{AttrValue, InstanceKey, RunId, SubjectKey, Target, Workflow};
-use rewind_testkit::{PgSchema, postgres_url};
+use rewind_testkit::{MyDb, PgSchema, mariadb_url, postgres_url};
 use sqlx::Connection;
 
 const OLD: &str = "00000000-0000-4000-8000-00000000000a";
@@ -178,11 +179,71 @@ async fn sqlite_copy_as_a_new_tenant_then_compare() {
     assert!(r.error.as_deref().unwrap().contains("itself"), "{r:?}");
 }
 
+async fn my_exec(url: &str, sql: &str) {
+    let mut c = sqlx::MySqlConnection::connect(url).await.unwrap();
+    for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(stmt.to_owned()))
+            .execute(&mut c)
+            .await
+            .unwrap_or_else(|e| panic!("{stmt}: {e}"));
+    }
+}
+
+async fn my_rows_of(url: &str, sql: &str) -> Vec<String> {
+    let mut c = sqlx::MySqlConnection::connect(url).await.unwrap();
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned())).fetch_all(&mut c).await.unwrap()
+}
+
 #[tokio::test]
-async fn mariadb_refuses_as_until_it_is_supported() {
-    // Refused before any connection is made: the URLs need no server.
-    let (live, scratch) = ("mysql://nobody@127.0.0.1:1/live", "mysql://nobody@127.0.0.1:1/scratch");
-    let r = run(attempt(&workflow(), 0, NEW, live, scratch)).await;
+async fn mariadb_copy_as_a_new_tenant_then_compare() {
+    let Some(base) = mariadb_url("mariadb_copy_as_a_new_tenant_then_compare") else { return };
+    let (live, scratch) = (MyDb::create(&base).await, MyDb::create(&base).await);
+    for url in [&live.url, &scratch.url] {
+        my_exec(
+            url,
+            &format!(
+                "CREATE TABLE sites (id UUID PRIMARY KEY, name VARCHAR(20) NOT NULL);
+                 CREATE TABLE projects (id BIGINT AUTO_INCREMENT PRIMARY KEY, site_id UUID NOT NULL,
+                   name VARCHAR(20), FOREIGN KEY (site_id) REFERENCES sites (id));
+                 CREATE TABLE issues (id CHAR(36) PRIMARY KEY, project_id BIGINT NOT NULL,
+                   parent_id CHAR(36), title VARCHAR(20), FOREIGN KEY (project_id) REFERENCES projects (id),
+                   FOREIGN KEY (parent_id) REFERENCES issues (id));
+                 INSERT INTO sites VALUES ('{OLD}', 'a'), ('{OTHER}', 'b');
+                 INSERT INTO projects VALUES (1, '{OLD}', 'pa'), (2, '{OTHER}', 'pb');
+                 INSERT INTO issues VALUES ('10000000-0000-4000-8000-000000000001', 1, NULL, 'one'),
+                   ('10000000-0000-4000-8000-000000000002', 1, '10000000-0000-4000-8000-000000000001', 'two'),
+                   ('10000000-0000-4000-8000-000000000003', 2, NULL, 'other')"
+            ),
+        )
+        .await;
+    }
+    let wf = workflow();
+    let all = "SELECT CONCAT_WS('|', id, project_id, COALESCE(parent_id, '-'), title) FROM issues ORDER BY id";
+    let before = my_rows_of(&live.url, all).await;
+    let r = run(attempt(&wf, 0, NEW, &live.url, &scratch.url)).await;
+    assert_eq!(r.outcome, Outcome::Succeeded, "{r:?}");
+    assert_eq!(r.output.as_ref().unwrap()["rows"], 4);
+    let after = my_rows_of(&live.url, all).await;
+    assert_eq!(after.len(), 5);
+    assert!(before.iter().all(|r| after.contains(r)), "old rows untouched");
+    let parents = my_rows_of(
+        &live.url,
+        &format!(
+            "SELECT p.title FROM issues i JOIN issues p ON p.id = i.parent_id \
+             JOIN projects pr ON pr.id = p.project_id WHERE pr.site_id = '{NEW}'"
+        ),
+    )
+    .await;
+    assert_eq!(parents, ["one"]);
+    let r = run(attempt(&wf, 1, NEW, &live.url, &scratch.url)).await;
+    assert_eq!(r.outcome, Outcome::Succeeded, "{r:?}");
+    assert_eq!(r.output.as_ref().unwrap()["matching"], true);
+    let r = run(attempt(&wf, 0, NEW, &live.url, &scratch.url)).await;
+    assert_eq!(r.outcome, Outcome::Succeeded, "{r:?}");
+    assert_eq!(my_rows_of(&live.url, all).await, after);
+    let r = run(attempt(&wf, 0, OLD, &live.url, &scratch.url)).await;
     assert_eq!(r.outcome, Outcome::Failed { retryable: false });
-    assert!(r.error.as_deref().unwrap().contains("not yet supported on MariaDB/MySQL"), "{r:?}");
+    assert!(r.error.as_deref().unwrap().contains("itself"), "{r:?}");
+    live.drop_database().await;
+    scratch.drop_database().await;
 }

@@ -26,7 +26,7 @@
 //! pointing at this tenant's) or in a table the plan leaves out, whose parent the copy deleted
 //! and did not insert again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use futures::TryStreamExt;
 use sqlx::mysql::{MySqlArguments, MySqlConnection, MySqlRow};
@@ -35,6 +35,7 @@ use sqlx::{AssertSqlSafe, MySql, Row};
 
 use crate::error::{SliceError, db};
 use crate::plan::{SlicePlan, SliceTable, Via};
+use crate::remap::{self, KeyKind, NewTenant, Source};
 use crate::schema::{Column, Engine, ForeignKey, Schema, Table};
 use crate::sql::{self, Dialect, Scope};
 use crate::{CopyReport, RowHasher, SliceDigest, TableCopy};
@@ -381,14 +382,20 @@ fn tenant_value(plan: &SlicePlan, tenant: &str) -> Result<Value, SliceError> {
         Some(root) => (root.table.clone(), root.column.clone(), root.data_type.clone()),
         None => tenant_column(plan)?,
     };
+    typed_id(&table, &column, &data_type, tenant)
+}
+
+/// A tenant id typed as the column `table`.`column` of type `data_type` holds it (see
+/// [`tenant_value`]).
+fn typed_id(table: &str, column: &str, data_type: &str, tenant: &str) -> Result<Value, SliceError> {
     let bad = || SliceError::BadTenant {
         tenant: tenant.to_owned(),
-        table: table.clone(),
-        column: column.clone(),
-        data_type: data_type.clone(),
+        table: table.to_owned(),
+        column: column.to_owned(),
+        data_type: data_type.to_owned(),
     };
     let base = data_type.trim().to_ascii_lowercase();
-    Ok(match Kind::of(&data_type) {
+    Ok(match Kind::of(data_type) {
         Kind::Int => Value::Int(tenant.parse().map_err(|_| bad())?),
         Kind::UInt | Kind::Bit => Value::UInt(tenant.parse().map_err(|_| bad())?),
         Kind::Bytes => Value::Bytes(binary_tenant(&base, tenant).ok_or_else(bad)?),
@@ -538,16 +545,59 @@ pub async fn copy(
     plan: &SlicePlan,
     tenant: &str,
 ) -> Result<CopyReport, SliceError> {
-    let tenant = tenant_value(plan, tenant)?;
+    copy_maybe_as(src, dst, plan, tenant, None).await
+}
+
+/// Copies the tenant's slice from `src` to `dst` as the new tenant `new` ([`crate::remap`]):
+/// as [`copy`] (one destination transaction, the same session settings, trigger rule,
+/// reference and orphan checks), but the new tenant's rows are deleted and the source's rows
+/// inserted with every changed cell rewritten as they stream through: the tenant's columns
+/// hold the new id; uuid keys (`UUID`, `BINARY(16)`, and text keys every value of which in the
+/// slice is a uuid, checked before anything is written) get [`remap::new_uuid`]'s values;
+/// integer keys are numbered after the largest of the table's values, its `AUTO_INCREMENT`
+/// and [`remap::KEY_MAP`]'s, the old→new map written to the destination's `rewind_key_map` in
+/// the copy's transaction (a retry reuses it). The rows are inserted with these explicit keys,
+/// which moves the table's `AUTO_INCREMENT` past them; a concurrent insert that took one of
+/// them first makes the copy fail on the duplicate key and roll back, map included. The old
+/// tenant's rows are only read.
+pub async fn copy_as(
+    src: &mut MySqlConnection,
+    dst: &mut MySqlConnection,
+    plan: &SlicePlan,
+    tenant: &str,
+    new: NewTenant<'_>,
+) -> Result<CopyReport, SliceError> {
+    copy_maybe_as(src, dst, plan, tenant, Some(new)).await
+}
+
+async fn copy_maybe_as(
+    src: &mut MySqlConnection,
+    dst: &mut MySqlConnection,
+    plan: &SlicePlan,
+    tenant_id: &str,
+    new: Option<NewTenant<'_>>,
+) -> Result<CopyReport, SliceError> {
+    let tenant = tenant_value(plan, tenant_id)?;
+    let new_value = match new {
+        Some(n) => Some(new_tenant_value(plan, tenant_id, &tenant, n.id)?),
+        None => None,
+    };
     let src_schema = schema(src).await?;
     let dst_schema = schema(dst).await?;
     check_tables(plan, &src_schema, "source")?;
     check_tables(plan, &dst_schema, "destination")?;
     check_triggers(dst, plan).await?;
+    if let Some(n) = new
+        && n.remap.owners.iter().any(|o| o.kind == KeyKind::Integer)
+    {
+        // DDL commits implicitly: created before the copy's transaction begins.
+        run(dst, CREATE_KEY_MAP).await?;
+    }
 
     let src_saved = save(src, "source").await?;
     let dst_saved = save(dst, "destination").await?;
-    let result = copy_in_sessions(src, dst, plan, &tenant, &dst_schema).await;
+    let remapping = new.zip(new_value.as_ref());
+    let result = copy_in_sessions(src, dst, plan, &tenant, &dst_schema, remapping).await;
     match result {
         Ok(report) => {
             restore(dst, &dst_saved, "destination").await?;
@@ -637,15 +687,26 @@ async fn copy_in_sessions(
     src: &mut MySqlConnection,
     dst: &mut MySqlConnection,
     plan: &SlicePlan,
-    tenant: &Value,
+    src_tenant: &Value,
     dst_schema: &Schema,
+    new: Option<(NewTenant<'_>, &Value)>,
 ) -> Result<CopyReport, SliceError> {
     run(src, "SET time_zone = '+00:00'").await?;
     run(src, "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY").await?;
-    check_source_root(src, plan, tenant).await?;
+    check_source_root(src, plan, src_tenant).await?;
+    // The source's keys are read (and text keys checked) before anything is written.
+    let mut remapper = match new {
+        Some((n, _)) => Some(Remapper::new(src, plan, src_tenant, n, None).await?),
+        None => None,
+    };
     run(dst, "SET time_zone = '+00:00', foreign_key_checks = 0, @rewind_restore = 1").await?;
     run(dst, "SET TRANSACTION ISOLATION LEVEL READ COMMITTED").await?;
     run(dst, "START TRANSACTION").await?;
+    if let (Some(r), Some((n, _))) = (&mut remapper, new) {
+        r.allocate(dst, n.id).await?;
+    }
+    // The destination's slice is the new tenant's when restoring as one.
+    let tenant = new.map_or(src_tenant, |(_, v)| v);
 
     let outside = outside_references(plan, dst_schema);
     let dangling_before = count_outside_dangling(dst, &outside).await?;
@@ -656,7 +717,7 @@ async fn copy_in_sessions(
     }
     let mut report = CopyReport::default();
     for table in &plan.tables {
-        let inserted = insert_slice(src, dst, plan, table, tenant).await?;
+        let inserted = insert_slice(src, dst, plan, table, src_tenant, remapper.as_ref()).await?;
         report.tables.push(TableCopy {
             table: table.name.clone(),
             deleted: deleted.get(table.name.as_str()).copied().unwrap_or(0),
@@ -785,7 +846,9 @@ async fn insert_slice(
     plan: &SlicePlan,
     table: &SliceTable,
     tenant: &Value,
+    remapper: Option<&Remapper<'_>>,
 ) -> Result<u64, SliceError> {
+    let index = plan.tables.iter().position(|t| t.name == table.name).unwrap_or(usize::MAX);
     let columns = Columns::new(table.copied());
     if columns.names.is_empty() {
         return Ok(0);
@@ -800,9 +863,12 @@ async fn insert_slice(
         .await
         .map_err(db(format!("read the tenant's rows of `{}` from the source", table.name)))?
     {
-        let values = columns
+        let mut values = columns
             .decode(&row)
             .map_err(db(format!("read a row of `{}` from the source", table.name)))?;
+        if let Some(r) = remapper {
+            r.rewrite(index, &table.name, &columns, &mut values)?;
+        }
         if batch.push(values) {
             batch.flush(dst).await?;
         }
@@ -1103,7 +1169,7 @@ pub async fn digest(
 ) -> Result<SliceDigest, SliceError> {
     let tenant = tenant_value(plan, tenant)?;
     let saved = save(conn, "connection").await?;
-    match digest_in_session(conn, plan, &tenant).await {
+    match digest_in_session(conn, plan, &tenant, None).await {
         Ok(d) => {
             restore(conn, &saved, "connection").await?;
             Ok(d)
@@ -1119,11 +1185,16 @@ async fn digest_in_session(
     conn: &mut MySqlConnection,
     plan: &SlicePlan,
     tenant: &Value,
+    new: Option<(NewTenant<'_>, &KeyMaps)>,
 ) -> Result<SliceDigest, SliceError> {
     run(conn, "SET time_zone = '+00:00'").await?;
     run(conn, "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY").await?;
+    let remapper = match new {
+        Some((n, maps)) => Some(Remapper::new(conn, plan, tenant, n, Some(maps)).await?),
+        None => None,
+    };
     let mut out = SliceDigest::default();
-    for table in &plan.tables {
+    for (index, table) in plan.tables.iter().enumerate() {
         let columns = Columns::new(&table.columns);
         let selector = Selector::of(plan, table);
         let sql = format!(
@@ -1136,8 +1207,11 @@ async fn digest_in_session(
         let mut rows = selector.bind(tenant, stmt(sql)).fetch(&mut *conn);
         let context = format!("digest the tenant's rows of `{}`", table.name);
         while let Some(row) = rows.try_next().await.map_err(db(&context))? {
-            let cells: Vec<Option<Vec<u8>>> =
-                columns.decode(&row).map_err(db(&context))?.iter().map(Value::canonical).collect();
+            let mut values = columns.decode(&row).map_err(db(&context))?;
+            if let Some(r) = &remapper {
+                r.rewrite(index, &table.name, &columns, &mut values)?;
+            }
+            let cells: Vec<Option<Vec<u8>>> = values.iter().map(Value::canonical).collect();
             hasher.add_row(cells.iter().map(Option::as_deref));
         }
         drop(rows);
@@ -1145,4 +1219,399 @@ async fn digest_in_session(
     }
     run(conn, "COMMIT").await?;
     Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Restore as a new tenant
+
+/// Creates [`remap::KEY_MAP`] on the destination if it is missing (keys as exact text).
+const CREATE_KEY_MAP: &str = "CREATE TABLE IF NOT EXISTS rewind_key_map (\
+    new_tenant VARCHAR(255) NOT NULL, tbl VARCHAR(64) NOT NULL, old_key VARCHAR(64) NOT NULL, \
+    new_key VARCHAR(64) NOT NULL, PRIMARY KEY (new_tenant, tbl, old_key)) \
+    CHARACTER SET utf8mb4 COLLATE utf8mb4_bin";
+
+/// The integer keys' maps of a new tenant, by table: old → new ([`key_maps`]).
+type KeyMaps = BTreeMap<String, HashMap<String, String>>;
+
+/// Most rows of the key map written by one `INSERT`.
+const MAP_BATCH: usize = 1_000;
+
+/// The new tenant id typed as the tenant is ([`tenant_value`]); refused when it is the old
+/// tenant (the copy would rewrite the tenant's keys in place).
+fn new_tenant_value(
+    plan: &SlicePlan,
+    tenant: &str,
+    old: &Value,
+    new: &str,
+) -> Result<Value, SliceError> {
+    let value = tenant_value(plan, new)?;
+    if &value == old {
+        return Err(SliceError::Refused(format!(
+            "`as` {new:?} is the tenant {tenant:?} itself: a restore as a new tenant needs \
+             another id; nothing was written"
+        )));
+    }
+    Ok(value)
+}
+
+/// A key of a map: a uuid, or an integer (signed or unsigned).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum MapKey {
+    Uuid(uuid::Uuid),
+    Int(i128),
+}
+
+impl MapKey {
+    /// `value` as a key of `kind`; `None`: a value that cannot be one (NULL, another type).
+    fn of(value: &Value, kind: KeyKind) -> Option<Self> {
+        match (kind, value) {
+            (KeyKind::Uuid, Value::Text(s)) => uuid::Uuid::parse_str(s.trim()).ok().map(Self::Uuid),
+            (KeyKind::Uuid, Value::Bytes(b)) => uuid::Uuid::from_slice(b).ok().map(Self::Uuid),
+            (KeyKind::Integer, Value::Int(n)) => Some(Self::Int(i128::from(*n))),
+            (KeyKind::Integer, Value::UInt(n)) => Some(Self::Int(i128::from(*n))),
+            (KeyKind::Integer, Value::Text(s)) => s.trim().parse().ok().map(Self::Int),
+            _ => None,
+        }
+    }
+
+    /// The key as a column of `kind` holds it: a uuid as its 16 bytes in a binary column, as
+    /// lowercase hyphenated text otherwise; an integer as the column's integer or as text.
+    fn value(self, kind: Kind) -> Option<Value> {
+        match (self, kind) {
+            (Self::Uuid(u), Kind::Bytes) => Some(Value::Bytes(u.as_bytes().to_vec())),
+            (Self::Uuid(u), Kind::Text) => Some(Value::Text(u.hyphenated().to_string())),
+            (Self::Int(n), Kind::Int) => i64::try_from(n).ok().map(Value::Int),
+            (Self::Int(n), Kind::UInt | Kind::Bit) => u64::try_from(n).ok().map(Value::UInt),
+            (Self::Int(n), Kind::Text) => Some(Value::Text(n.to_string())),
+            _ => None,
+        }
+    }
+
+    fn text(self) -> String {
+        match self {
+            Self::Uuid(u) => u.hyphenated().to_string(),
+            Self::Int(n) => n.to_string(),
+        }
+    }
+}
+
+/// Rewrites the cells of a source row as the restored new tenant's row has them.
+struct Remapper<'a> {
+    new: NewTenant<'a>,
+    /// Per planned table and tenant column: the old and the new tenant typed as that column.
+    tenants: HashMap<(usize, String), (Value, Value)>,
+    /// Per owner: its keys in the slice (in the order read), and old → new.
+    olds: Vec<Vec<MapKey>>,
+    maps: Vec<HashMap<MapKey, MapKey>>,
+}
+
+impl<'a> Remapper<'a> {
+    /// Reads every owner's keys of the tenant's slice on `src` (a text key's values checked to
+    /// be uuids), and derives the uuid keys' new values. Integer keys get theirs from `maps`
+    /// (a digest: the destination's [`key_maps`]) or from [`Self::allocate`] (a copy).
+    async fn new(
+        src: &mut MySqlConnection,
+        plan: &SlicePlan,
+        tenant: &Value,
+        new: NewTenant<'a>,
+        maps: Option<&KeyMaps>,
+    ) -> Result<Self, SliceError> {
+        let mut tenants = HashMap::new();
+        for (i, t) in plan.tables.iter().enumerate() {
+            for c in &t.columns {
+                if new.remap.source(i, &c.name) == Some(Source::Tenant) {
+                    // A column that cannot hold the tenant's id holds no row of it: kept.
+                    let typed = |id| typed_id(&t.name, &c.name, &c.data_type, id).ok();
+                    let old = typed_canonical(tenant);
+                    if let (Some(o), Some(n)) = (old.as_deref().and_then(typed), typed(new.id)) {
+                        tenants.insert((i, c.name.clone()), (o, n));
+                    }
+                }
+            }
+        }
+        let mut olds = Vec::new();
+        let mut out = Vec::new();
+        for owner in &new.remap.owners {
+            let keys = owner_keys(src, plan, owner, tenant).await?;
+            let map: HashMap<MapKey, MapKey> = match owner.kind {
+                KeyKind::Uuid => keys
+                    .iter()
+                    .filter_map(|k| match k {
+                        MapKey::Uuid(u) => {
+                            Some((*k, MapKey::Uuid(remap::new_uuid_of(new.id, &owner.table, *u))))
+                        }
+                        MapKey::Int(_) => None,
+                    })
+                    .collect(),
+                KeyKind::Integer => {
+                    let kept = maps.and_then(|m| m.get(&owner.table));
+                    keys.iter()
+                        .filter_map(|k| {
+                            let n = kept?.get(&k.text())?.trim().parse().ok()?;
+                            Some((*k, MapKey::Int(n)))
+                        })
+                        .collect()
+                }
+            };
+            olds.push(keys);
+            out.push(map);
+        }
+        Ok(Self { new, tenants, olds, maps: out })
+    }
+
+    /// The integer keys' new values: those `rewind_key_map` has for the new tenant (locked),
+    /// and for the others the next values after the largest of the table's keys, its
+    /// `AUTO_INCREMENT` and the map's, written to the map. In the destination's transaction.
+    async fn allocate(
+        &mut self,
+        dst: &mut MySqlConnection,
+        new_id: &str,
+    ) -> Result<(), SliceError> {
+        for (i, owner) in self.new.remap.owners.iter().enumerate() {
+            if owner.kind != KeyKind::Integer {
+                continue;
+            }
+            let context = format!("map the keys `{}`.`{}` to new ones", owner.table, owner.column);
+            let rows = sqlx::query(
+                "SELECT old_key, new_key FROM rewind_key_map WHERE new_tenant = ? AND tbl = ? \
+                 FOR UPDATE",
+            )
+            .bind(new_id)
+            .bind(&owner.table)
+            .fetch_all(&mut *dst)
+            .await
+            .map_err(db(&context))?;
+            let mut kept: HashMap<String, i128> = HashMap::new();
+            for row in &rows {
+                let (old, new) = (text(row, 0)?, text(row, 1)?);
+                let n = new.trim().parse().map_err(|_| {
+                    SliceError::Refused(format!(
+                        "rewind_key_map maps `{}` key {old} of {new_id:?} to {new:?}, which is not \
+                         an integer",
+                        owner.table
+                    ))
+                })?;
+                kept.insert(old, n);
+            }
+            let Some(olds) = self.olds.get(i) else { continue };
+            let mut missing: Vec<MapKey> =
+                olds.iter().filter(|k| !kept.contains_key(&k.text())).copied().collect();
+            missing.sort_by_key(|k| match k {
+                MapKey::Int(n) => *n,
+                MapKey::Uuid(_) => 0,
+            });
+            missing.dedup();
+            let mut map: HashMap<MapKey, MapKey> = olds
+                .iter()
+                .filter_map(|k| Some((*k, MapKey::Int(*kept.get(&k.text())?))))
+                .collect();
+            if !missing.is_empty() {
+                let mut next = largest_key(dst, owner).await? + 1;
+                let mut added = Vec::with_capacity(missing.len());
+                for k in missing {
+                    map.insert(k, MapKey::Int(next));
+                    added.push((k.text(), next.to_string()));
+                    next += 1;
+                }
+                for batch in added.chunks(MAP_BATCH) {
+                    let sql = format!(
+                        "INSERT INTO rewind_key_map (new_tenant, tbl, old_key, new_key) VALUES {}",
+                        vec!["(?, ?, ?, ?)"; batch.len()].join(", ")
+                    );
+                    let mut q = stmt(sql);
+                    for (old, new) in batch {
+                        q = q.bind(new_id).bind(&owner.table).bind(old.as_str()).bind(new.as_str());
+                    }
+                    q.execute(&mut *dst).await.map_err(db(&context))?;
+                }
+            }
+            if let Some(m) = self.maps.get_mut(i) {
+                *m = map;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewrites `values` (a row of the plan's table `index`, read as `columns`) in place.
+    fn rewrite(
+        &self,
+        index: usize,
+        table: &str,
+        columns: &Columns<'_>,
+        values: &mut [Value],
+    ) -> Result<(), SliceError> {
+        for ((name, kind), value) in columns.names.iter().zip(&columns.kinds).zip(values) {
+            match self.new.remap.source(index, name) {
+                None => {}
+                Some(Source::Tenant) => {
+                    if let Some((old, new)) = self.tenants.get(&(index, (*name).to_owned()))
+                        && value == old
+                    {
+                        *value = new.clone();
+                    }
+                }
+                Some(Source::Key(k)) => {
+                    let Some(owner) = self.new.remap.owners.get(k) else { continue };
+                    let Some(old) = MapKey::of(value, owner.kind) else { continue };
+                    let Some(new) = self.maps.get(k).and_then(|m| m.get(&old)) else { continue };
+                    *value = new.value(*kind).ok_or_else(|| {
+                        SliceError::Refused(format!(
+                            "restore as a new tenant: the new value {} of `{table}`.`{name}` \
+                             (was {}) does not fit the column; nothing was written",
+                            new.text(),
+                            old.text()
+                        ))
+                    })?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The tenant id as text, to type it as another column holds it.
+fn typed_canonical(tenant: &Value) -> Option<String> {
+    match tenant {
+        Value::Bytes(b) if b.len() == 16 => uuid::Uuid::from_slice(b).ok().map(|u| u.to_string()),
+        Value::Bytes(b) => {
+            let trimmed: &[u8] = match b.iter().rposition(|x| *x != 0) {
+                Some(end) => b.get(..=end).unwrap_or_default(),
+                None => &[],
+            };
+            String::from_utf8(trimmed.to_vec()).ok()
+        }
+        other => other.canonical().and_then(|v| String::from_utf8(v).ok()),
+    }
+}
+
+/// The tenant's keys of `owner` in its slice on `conn`, as map keys; a text uuid key's
+/// values each checked to be a uuid (refused naming the table, column and value).
+async fn owner_keys(
+    conn: &mut MySqlConnection,
+    plan: &SlicePlan,
+    owner: &remap::Owner,
+    tenant: &Value,
+) -> Result<Vec<MapKey>, SliceError> {
+    let t = plan.table(&owner.table).ok_or_else(|| {
+        SliceError::Refused(format!("the remap names `{}`, which is not planned", owner.table))
+    })?;
+    let kind = Kind::of(&owner.data_type);
+    let selector = Selector::of(plan, t);
+    let sql = format!(
+        "SELECT {} FROM {} WHERE ({}) AND {} IS NOT NULL",
+        kind.select(&owner.column),
+        D.quote(&t.name),
+        selector.sql,
+        D.quote(&owner.column)
+    );
+    let context = format!("read the tenant's keys `{}`.`{}`", owner.table, owner.column);
+    let mut keys = Vec::new();
+    let mut rows = selector.bind(tenant, stmt(sql)).fetch(&mut *conn);
+    while let Some(row) = rows.try_next().await.map_err(db(&context))? {
+        let value = kind.decode(&row, 0).map_err(db(&context))?;
+        let key = match (&value, owner.kind) {
+            (Value::Text(s), KeyKind::Uuid) => {
+                MapKey::Uuid(remap::text_uuid(&owner.table, &owner.column, s)?)
+            }
+            _ => MapKey::of(&value, owner.kind).ok_or_else(|| {
+                SliceError::Refused(format!(
+                    "restore as a new tenant: the key `{}`.`{}` holds {value:?}, which cannot be \
+                     remapped; nothing was written",
+                    owner.table, owner.column
+                ))
+            })?,
+        };
+        keys.push(key);
+    }
+    Ok(keys)
+}
+
+/// The largest value the integer key `owner` has had on the destination: in the table, its
+/// `AUTO_INCREMENT` less one, and in [`remap::KEY_MAP`] (any new tenant's).
+async fn largest_key(dst: &mut MySqlConnection, owner: &remap::Owner) -> Result<i128, SliceError> {
+    let context = format!("read the largest key of `{}`.`{}`", owner.table, owner.column);
+    let sql = format!(
+        "SELECT CAST(MAX({}) AS CHAR) FROM {}",
+        D.quote(&owner.column),
+        D.quote(&owner.table)
+    );
+    let in_table: Option<String> =
+        sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(&mut *dst).await.map_err(db(&context))?;
+    let counter: Option<String> = sqlx::query_scalar(
+        "SELECT CAST(AUTO_INCREMENT - 1 AS CHAR) FROM information_schema.TABLES \
+         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
+    )
+    .bind(&owner.table)
+    .fetch_optional(&mut *dst)
+    .await
+    .map_err(db(&context))?
+    .flatten();
+    let in_map: Option<String> = sqlx::query_scalar(
+        "SELECT CAST(MAX(CAST(new_key AS DECIMAL(39,0))) AS CHAR) FROM rewind_key_map \
+         WHERE tbl = ?",
+    )
+    .bind(&owner.table)
+    .fetch_one(&mut *dst)
+    .await
+    .map_err(db(&context))?;
+    Ok([in_table, counter, in_map]
+        .iter()
+        .flatten()
+        .filter_map(|v| v.trim().parse::<i128>().ok())
+        .fold(0, i128::max))
+}
+
+/// The integer keys' maps of `new_tenant` kept on `conn` ([`remap::KEY_MAP`]), by table:
+/// old → new. Empty when the map table does not exist.
+pub async fn key_maps(
+    conn: &mut MySqlConnection,
+    new_tenant: &str,
+) -> Result<BTreeMap<String, HashMap<String, String>>, SliceError> {
+    let context = "read the key map rewind_key_map";
+    let exists: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.TABLES \
+         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'rewind_key_map'",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db(context))?;
+    let mut out: BTreeMap<String, HashMap<String, String>> = BTreeMap::new();
+    if exists == 0 {
+        return Ok(out);
+    }
+    let rows = sqlx::query("SELECT tbl, old_key, new_key FROM rewind_key_map WHERE new_tenant = ?")
+        .bind(new_tenant)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db(context))?;
+    for row in &rows {
+        out.entry(text(row, 0)?).or_default().insert(text(row, 1)?, text(row, 2)?);
+    }
+    Ok(out)
+}
+
+/// The digest of the tenant's slice on `conn` (the source) as restored as the new tenant
+/// `new`: every changed cell replaced as [`copy_as`] writes it (`maps`: the integer keys'
+/// maps, [`key_maps`] of the destination). Equal to [`digest`] of the new tenant on the
+/// destination when the copy restored it.
+pub async fn digest_as(
+    conn: &mut MySqlConnection,
+    plan: &SlicePlan,
+    tenant: &str,
+    new: NewTenant<'_>,
+    maps: &BTreeMap<String, HashMap<String, String>>,
+) -> Result<SliceDigest, SliceError> {
+    let value = tenant_value(plan, tenant)?;
+    new_tenant_value(plan, tenant, &value, new.id)?;
+    let saved = save(conn, "connection").await?;
+    match digest_in_session(conn, plan, &value, Some((new, maps))).await {
+        Ok(d) => {
+            restore(conn, &saved, "connection").await?;
+            Ok(d)
+        }
+        Err(e) => {
+            abandon(conn, &saved, "connection").await;
+            Err(e)
+        }
+    }
 }

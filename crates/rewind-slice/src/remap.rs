@@ -37,6 +37,51 @@ pub fn new_uuid(new_tenant: &str, table: &str, old: &str) -> String {
     uuid::Uuid::new_v5(&NAMESPACE, name.as_bytes()).hyphenated().to_string()
 }
 
+/// The new value of a uuid key stored as text, from its parsed old value: [`new_uuid`] of the
+/// old value's canonical (lowercase, hyphenated) form, so `{…}`, simple and upper-case
+/// spellings of one uuid get the same new value.
+pub fn new_uuid_of(new_tenant: &str, table: &str, old: uuid::Uuid) -> uuid::Uuid {
+    let name = format!("{new_tenant}\0{table}\0{}", old.hyphenated());
+    uuid::Uuid::new_v5(&NAMESPACE, name.as_bytes())
+}
+
+/// Whether a key column of `engine` typed `data_type` is text: remapped as a uuid only when
+/// every value of it in the slice parses as one ([`text_uuid`], checked by each copy before
+/// anything is written).
+pub fn is_text(engine: Engine, data_type: &str) -> bool {
+    let t = data_type.trim().to_ascii_lowercase();
+    let base = t.split(['(', ' ']).next().unwrap_or_default();
+    match engine {
+        Engine::Postgres => {
+            matches!(base, "text" | "character" | "char" | "varchar" | "bpchar")
+                || t.starts_with("character varying")
+        }
+        Engine::Mysql => {
+            matches!(base, "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext")
+        }
+        Engine::Sqlite => {
+            !t.contains("uuid")
+                && !t.contains("int")
+                && (t.contains("char") || t.contains("clob") || t.contains("text"))
+        }
+    }
+}
+
+/// A value of the text key `table`.`column` as a uuid, or the refusal naming table, column
+/// and the value.
+///
+/// # Errors
+/// [`SliceError::Refused`] when `value` does not parse as a uuid.
+pub fn text_uuid(table: &str, column: &str, value: &str) -> Result<uuid::Uuid, SliceError> {
+    uuid::Uuid::parse_str(value.trim()).map_err(|_| {
+        SliceError::Refused(format!(
+            "restore as a new tenant: the text key `{table}`.`{column}` holds {value:?}, which is \
+             not a uuid: a text key is remapped only when every value of it in the slice is a \
+             uuid; nothing was written"
+        ))
+    })
+}
+
 /// How a table's own key gets new values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeyKind {
@@ -92,6 +137,8 @@ pub fn key_kind(engine: Engine, data_type: &str) -> Option<KeyKind> {
         },
         Engine::Mysql => match base {
             "uuid" => Some(KeyKind::Uuid),
+            "binary" if t.starts_with("binary(16)") => Some(KeyKind::Uuid),
+            _ if is_text(engine, &t) => Some(KeyKind::Uuid),
             "tinyint" | "smallint" | "mediumint" | "int" | "bigint" => Some(KeyKind::Integer),
             _ => None,
         },
