@@ -432,6 +432,9 @@ async fn copy_in_transactions(
             Checks::new(plan, scope, &refs)
         }
     };
+    if let Some(n) = new {
+        check_text_keys(src, plan, n, src_scope).await?;
+    }
     let (deleted, before) = delete(dst, plan, scope, mode, &checks).await?;
     let remapping = match (new, &new_sql) {
         (Some(n), Some(new_sql)) => {
@@ -1414,6 +1417,25 @@ async fn owner_keys(
         .map_err(db(format!("read the tenant's keys `{}`.`{}`", owner.table, owner.column)))
 }
 
+/// Refuses a text key remapped as a uuid one ([`remap::is_text`]) whose slice holds a value
+/// that is not a uuid, naming table, column and value: read on the source, before anything
+/// is written.
+async fn check_text_keys(
+    src: &mut PgConnection,
+    plan: &SlicePlan,
+    new: NewTenant<'_>,
+    scope: Scope<'_>,
+) -> Result<(), SliceError> {
+    for owner in &new.remap.owners {
+        if owner.kind == KeyKind::Uuid && remap::is_text(Engine::Postgres, &owner.data_type) {
+            for o in owner_keys(src, plan, owner, scope).await? {
+                remap::text_uuid(&owner.table, &owner.column, &o)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Creates [`remap::KEY_MAP`] on the destination if it is missing.
 const CREATE_KEY_MAP: &str = "CREATE TABLE IF NOT EXISTS rewind_key_map (\
     new_tenant text NOT NULL, tbl text NOT NULL, old_key text NOT NULL, new_key text NOT NULL, \
@@ -1442,9 +1464,10 @@ async fn stage_maps(
         let context = format!("map the keys `{}`.`{}` to new ones", owner.table, owner.column);
         let olds = owner_keys(src, plan, owner, src_scope).await?;
         let news: Vec<String> = match owner.kind {
-            KeyKind::Uuid => {
-                olds.iter().map(|o| remap::new_uuid(new.id, &owner.table, o)).collect()
-            }
+            KeyKind::Uuid => olds
+                .iter()
+                .map(|o| remap::new_key_uuid(Engine::Postgres, new.id, owner, o))
+                .collect::<Result<_, _>>()?,
             KeyKind::Integer => {
                 let Some(seq) = dst_cols
                     .get(&owner.table)
@@ -1688,10 +1711,10 @@ async fn digest_as_in_transaction(
             KeyKind::Uuid => olds
                 .into_iter()
                 .map(|o| {
-                    let n = remap::new_uuid(new.id, &owner.table, &o);
-                    (o, n)
+                    let n = remap::new_key_uuid(Engine::Postgres, new.id, owner, &o)?;
+                    Ok((o, n))
                 })
-                .collect(),
+                .collect::<Result<_, SliceError>>()?,
             KeyKind::Integer => maps.get(&owner.table).cloned().unwrap_or_default(),
         };
         owner_maps.insert(i, map);

@@ -7,10 +7,12 @@
 //!   (it follows a parent or holds the tenant): `(comment_id, seq)` stays unique with the
 //!   comment's new id and the old `seq`. A key of its own is one column: a uuid key's new value
 //!   is derived ([`new_uuid`]: the same new tenant, table and old key always give the same
-//!   value, so a retry writes the same rows); an integer key's is drawn from the table's
+//!   value, so a retry writes the same rows; a text key is a uuid key when every value of it
+//!   in the slice parses as a uuid, checked by each copy before anything is written, and gets
+//!   [`new_uuid_of`]'s value as lowercase hyphenated text); an integer key's is drawn from the table's
 //!   sequence on the destination, the old→new map kept there in [`KEY_MAP`] (written in the
-//!   copy's own transaction), so a retry or a resume reuses it. Any other key type (a text
-//!   natural key that is not the tenant), or a composite key none of whose columns changes,
+//!   copy's own transaction), so a retry or a resume reuses it. Any other key type (a float,
+//!   a date), or a composite key none of whose columns changes,
 //!   is refused, naming table and column.
 //! - Every foreign key between tables of the slice follows its parent's new value, column by
 //!   column (composite and self-references included). A value the map does not have (a
@@ -82,6 +84,27 @@ pub fn text_uuid(table: &str, column: &str, value: &str) -> Result<uuid::Uuid, S
     })
 }
 
+/// The new value (lowercase, hyphenated) of the uuid key `owner`'s old value `old` (its
+/// text): for a text key ([`is_text`]) `old` must parse as a uuid and the value derives from
+/// its canonical form ([`new_uuid_of`]); for a uuid-typed key, [`new_uuid`] of `old`.
+///
+/// # Errors
+/// [`SliceError::Refused`] naming table, column and value when a text key's value is not a
+/// uuid.
+pub fn new_key_uuid(
+    engine: Engine,
+    new_tenant: &str,
+    owner: &Owner,
+    old: &str,
+) -> Result<String, SliceError> {
+    if is_text(engine, &owner.data_type) {
+        let u = text_uuid(&owner.table, &owner.column, old)?;
+        Ok(new_uuid_of(new_tenant, &owner.table, u).hyphenated().to_string())
+    } else {
+        Ok(new_uuid(new_tenant, &owner.table, old))
+    }
+}
+
 /// How a table's own key gets new values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeyKind {
@@ -133,6 +156,7 @@ pub fn key_kind(engine: Engine, data_type: &str) -> Option<KeyKind> {
         Engine::Postgres => match base {
             "uuid" => Some(KeyKind::Uuid),
             "smallint" | "integer" | "bigint" => Some(KeyKind::Integer),
+            _ if is_text(engine, &t) => Some(KeyKind::Uuid),
             _ => None,
         },
         Engine::Mysql => match base {
@@ -147,6 +171,8 @@ pub fn key_kind(engine: Engine, data_type: &str) -> Option<KeyKind> {
                 Some(KeyKind::Uuid)
             } else if t.contains("int") {
                 Some(KeyKind::Integer)
+            } else if is_text(engine, &t) {
+                Some(KeyKind::Uuid)
             } else {
                 None
             }
@@ -278,8 +304,8 @@ impl Resolver<'_> {
             let Some(kind) = key_kind(self.plan.engine, &data_type) else {
                 return Err(SliceError::Refused(format!(
                     "restore as a new tenant: the key `{table}`.`{column}` is `{data_type}`, which \
-                     cannot be remapped (only the tenant's own key may be text; other keys must \
-                     be uuid or integer)"
+                     cannot be remapped (other keys than the tenant's must be uuid, integer, or \
+                     text holding uuids)"
                 )));
             };
             if kind == KeyKind::Integer

@@ -611,6 +611,9 @@ async fn copy_attached(
     };
     // The destination's slice is the new tenant's when restoring as one.
     let dst_value = new.map_or(value, |(_, v)| v);
+    if let Some((n, _)) = new {
+        check_text_keys(&mut tx, plan, *n, value).await?;
+    }
     for (i, table) in plan.tables.iter().enumerate().rev() {
         report.tables[i].deleted = delete(&mut tx, plan, table, dst_value).await?;
     }
@@ -983,6 +986,25 @@ async fn owner_keys(
         .map_err(db(&context))
 }
 
+/// Refuses a text key remapped as a uuid one ([`remap::is_text`]) whose slice holds a value
+/// that is not a uuid, naming table, column and value: read on the attached source, before
+/// anything is written.
+async fn check_text_keys(
+    tx: &mut SqliteConnection,
+    plan: &SlicePlan,
+    new: NewTenant<'_>,
+    value: &Tenant,
+) -> Result<(), SliceError> {
+    for owner in &new.remap.owners {
+        if owner.kind == KeyKind::Uuid && remap::is_text(Engine::Sqlite, &owner.data_type) {
+            for (_, text) in owner_keys(tx, plan, owner, "rw_source.", value).await? {
+                remap::text_uuid(&owner.table, &owner.column, &text)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Allocates new integer keys `tbl` lacks in the map for `$1` (the new tenant): numbered after
 /// `$3`, in the order of `$4` (a JSON array of the old keys as text).
 const ALLOCATE_KEYS: &str = "INSERT INTO main.rewind_key_map (new_tenant, tbl, old_key, new_key) \
@@ -1063,10 +1085,10 @@ async fn stage_maps(
                 let pairs: Vec<(String, String)> = olds
                     .into_iter()
                     .map(|o| {
-                        let n = remap::new_uuid(new.id, &owner.table, &o);
-                        (o, n)
+                        let n = remap::new_key_uuid(Engine::Sqlite, new.id, owner, &o)?;
+                        Ok((o, n))
                     })
-                    .collect();
+                    .collect::<Result<_, SliceError>>()?;
                 let json = serde_json::to_string(&pairs).map_err(|e| SliceError::Database {
                     message: format!("{context}: {e}"),
                     transient: false,
@@ -1237,8 +1259,11 @@ pub async fn digest_as(
             KeyKind::Uuid => owner_keys(&mut tx, plan, owner, "main.", &value)
                 .await?
                 .into_iter()
-                .map(|(q, text)| (q, format!("'{}'", remap::new_uuid(new.id, &owner.table, &text))))
-                .collect(),
+                .map(|(q, text)| {
+                    let n = remap::new_key_uuid(Engine::Sqlite, new.id, owner, &text)?;
+                    Ok((q, format!("'{n}'")))
+                })
+                .collect::<Result<_, SliceError>>()?,
             KeyKind::Integer => maps.get(&owner.table).cloned().unwrap_or_default(),
         };
         owner_maps.insert(i, map);

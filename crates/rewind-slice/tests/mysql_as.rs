@@ -355,3 +355,60 @@ async fn refusals_name_what_cannot_be_restored_as_new_and_write_nothing() {
     })
     .await;
 }
+
+/// The sandbox's shape: ids as uuids in text columns (one in upper case), a self-reference.
+const TEXT_SCHEMA: &[&str] = &[
+    "CREATE TABLE sites (id CHAR(36) PRIMARY KEY, name VARCHAR(20) NOT NULL)",
+    "CREATE TABLE docs (id VARCHAR(64) PRIMARY KEY, site_id CHAR(36) NOT NULL, parent_id VARCHAR(64), \
+       title TEXT NOT NULL, FOREIGN KEY (site_id) REFERENCES sites (id), \
+       FOREIGN KEY (parent_id) REFERENCES docs (id))",
+    "INSERT INTO sites VALUES ('00000000-0000-4000-8000-000000000001', 'a'), \
+       ('00000000-0000-4000-8000-000000000002', 'b')",
+    "INSERT INTO docs VALUES ('A0000000-0000-4000-8000-000000000001', '00000000-0000-4000-8000-000000000001', NULL, 'root'), \
+       ('a0000000-0000-4000-8000-000000000002', '00000000-0000-4000-8000-000000000001', 'A0000000-0000-4000-8000-000000000001', 'child'), \
+       ('b0000000-0000-4000-8000-000000000001', '00000000-0000-4000-8000-000000000002', NULL, 'other')",
+];
+
+#[tokio::test]
+async fn text_uuid_keys_are_remapped_as_lowercase_uuids() {
+    with_two_databases("mysql text uuid keys", async |backup_url, live_url| {
+        let mut backup = connect(&backup_url).await;
+        let mut live = connect(&live_url).await;
+        for sql in TEXT_SCHEMA {
+            exec(&mut backup, sql).await;
+            exec(&mut live, sql).await;
+        }
+        let (plan, remap) = planned(&mut backup).await;
+        let owners: Vec<(&str, remap::KeyKind)> =
+            remap.owners.iter().map(|o| (o.table.as_str(), o.kind)).collect();
+        assert_eq!(owners, [("docs", remap::KeyKind::Uuid)]);
+        let old = "00000000-0000-4000-8000-000000000001";
+        let before = table_rows(&mut live, "docs").await;
+        let new = NewTenant { id: NEW, remap: &remap };
+        for _ in 0..2 {
+            let report =
+                mysql::copy_as(&mut backup, &mut live, &plan, old, new).await.expect("copy");
+            assert_eq!(report.tables.iter().map(|t| t.inserted).sum::<u64>(), 3);
+        }
+        let root = remap::new_uuid(NEW, "docs", "a0000000-0000-4000-8000-000000000001");
+        assert_eq!(
+            scalar_i64(
+                &mut live,
+                &format!(
+                    "SELECT COUNT(*) FROM docs c JOIN docs p ON p.id = c.parent_id \
+                WHERE BINARY p.id = '{root}' AND c.site_id = '{NEW}' AND p.title = 'root'"
+                )
+            )
+            .await,
+            1
+        );
+        let now = table_rows(&mut live, "docs").await;
+        assert!(before.iter().all(|r| now.contains(r)));
+        let maps = mysql::key_maps(&mut live, NEW).await.expect("maps");
+        assert_eq!(
+            mysql::digest(&mut live, &plan, NEW).await.expect("digest"),
+            mysql::digest_as(&mut backup, &plan, old, new, &maps).await.expect("as")
+        );
+    })
+    .await;
+}

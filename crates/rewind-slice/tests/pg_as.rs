@@ -296,17 +296,25 @@ async fn refusals_name_what_cannot_be_restored_as_new_and_write_nothing() {
             0
         );
 
-        // A text key that is not the tenant.
-        exec(&mut backup, "CREATE TABLE labels (code text PRIMARY KEY, site_id uuid NOT NULL REFERENCES sites(id))").await;
+        // A text key holding a value that is not a uuid: refused at the copy, naming it.
+        let labels = "CREATE TABLE labels (code text PRIMARY KEY, site_id uuid NOT NULL REFERENCES sites(id))";
+        exec(&mut backup, labels).await;
+        exec(&mut live, labels).await;
+        exec(&mut backup, &format!("INSERT INTO labels VALUES ('bug', '{old}')")).await;
         let schema = pg::schema(&mut backup).await.expect("schema");
         let request = Request { root: Some("sites".into()), ..Request::default() };
         let plan = rewind_slice::plan::plan(&schema, &request).expect("plan");
-        let e = remap::plan(&schema, &plan).expect_err("text key");
-        assert!(e.to_string().contains("`labels`.`code`"), "{e}");
-        assert!(e.to_string().contains("text"), "{e}");
+        let remap = remap::plan(&schema, &plan).expect("a text key is planned as a uuid one");
+        let new = NewTenant { id: NEW, remap: &remap };
+        let e = pg::copy_as(&mut backup, &mut live, &plan, &old, new).await.expect_err("text");
+        assert!(matches!(e, SliceError::Refused(_)), "{e}");
+        assert!(e.to_string().contains("`labels`.`code`") && e.to_string().contains("\"bug\""), "{e}");
+        assert_eq!(table_rows(&mut live, "issues").await, before);
+        assert_eq!(scalar_i64(&mut live, &format!("SELECT count(*) FROM sites WHERE id = '{NEW}'")).await, 0);
+        exec(&mut backup, "DROP TABLE labels").await;
 
         // An integer key without a sequence.
-        exec(&mut backup, "DROP TABLE labels; CREATE TABLE tags (n bigint PRIMARY KEY, site_id uuid NOT NULL REFERENCES sites(id))").await;
+        exec(&mut backup, "CREATE TABLE tags (n bigint PRIMARY KEY, site_id uuid NOT NULL REFERENCES sites(id))").await;
         let schema = pg::schema(&mut backup).await.expect("schema");
         let plan = rewind_slice::plan::plan(&schema, &request).expect("plan");
         let e = remap::plan(&schema, &plan).expect_err("no sequence");
@@ -396,4 +404,52 @@ async fn checked_mode_sets_a_cycles_keys_after_the_inserts_remapped() {
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
+}
+
+/// The sandbox's shape: ids as uuids in text columns (one in upper case), a self-reference.
+const TEXT_SCHEMA: &str = "
+CREATE TABLE sites (id uuid PRIMARY KEY, name text NOT NULL);
+CREATE TABLE docs (id text PRIMARY KEY, site_id uuid NOT NULL REFERENCES sites(id),
+  parent_id text REFERENCES docs(id), title text NOT NULL);
+CREATE TABLE notes (id varchar(36) PRIMARY KEY, doc_id text NOT NULL REFERENCES docs(id), body text);
+INSERT INTO sites VALUES ('00000000-0000-4000-8000-000000000001', 'a'), ('00000000-0000-4000-8000-000000000002', 'b');
+INSERT INTO docs VALUES ('A0000000-0000-4000-8000-000000000001', '00000000-0000-4000-8000-000000000001', NULL, 'root'),
+  ('a0000000-0000-4000-8000-000000000002', '00000000-0000-4000-8000-000000000001', 'A0000000-0000-4000-8000-000000000001', 'child'),
+  ('b0000000-0000-4000-8000-000000000001', '00000000-0000-4000-8000-000000000002', NULL, 'other');
+INSERT INTO notes VALUES ('c0000000-0000-4000-8000-000000000001', 'a0000000-0000-4000-8000-000000000002', 'n');
+";
+
+#[tokio::test]
+async fn text_uuid_keys_are_remapped_as_lowercase_uuids() {
+    with_two_schemas("pg text uuid keys", |backup_url, live_url| async move {
+        let mut backup = connect(&backup_url).await;
+        let mut live = connect(&live_url).await;
+        exec(&mut backup, TEXT_SCHEMA).await;
+        exec(&mut live, TEXT_SCHEMA).await;
+        let (plan, remap) = planned(&mut backup).await;
+        let owners: Vec<(&str, remap::KeyKind)> =
+            remap.owners.iter().map(|o| (o.table.as_str(), o.kind)).collect();
+        assert_eq!(owners, [("docs", remap::KeyKind::Uuid), ("notes", remap::KeyKind::Uuid)]);
+        let old = "00000000-0000-4000-8000-000000000001";
+        let before = table_rows(&mut live, "docs").await;
+        let new = NewTenant { id: NEW, remap: &remap };
+        for _ in 0..2 {
+            let report = pg::copy_as(&mut backup, &mut live, &plan, old, new).await.expect("copy");
+            assert_eq!(report.tables.iter().map(|t| t.inserted).sum::<u64>(), 1 + 2 + 1);
+        }
+        let root = remap::new_uuid(NEW, "docs", "a0000000-0000-4000-8000-000000000001");
+        assert_eq!(
+            scalar_i64(&mut live, &format!("SELECT count(*) FROM docs c JOIN docs p ON p.id = c.parent_id \
+                JOIN notes n ON n.doc_id = c.id WHERE p.id = '{root}' AND c.site_id = '{NEW}' AND p.title = 'root'")).await,
+            1
+        );
+        let now = table_rows(&mut live, "docs").await;
+        assert!(before.iter().all(|r| now.contains(r)));
+        let maps = pg::key_maps(&mut live, NEW).await.expect("maps");
+        assert_eq!(
+            pg::digest(&mut live, &plan, NEW).await.expect("digest"),
+            pg::digest_as(&mut backup, &plan, old, new, &maps).await.expect("as")
+        );
+    })
+    .await;
 }

@@ -239,16 +239,85 @@ async fn refusals_name_what_cannot_be_restored_as_new_and_write_nothing() {
     assert!(matches!(e, SliceError::Refused(_)) && e.to_string().contains("itself"), "{e}");
     assert_eq!(all_rows(&mut live, &schema).await, before);
 
-    // A text key that is not the tenant.
+    // A text key holding a value that is not a uuid: refused at the copy, naming it.
     let mut b = open(&backup).await;
-    exec(
-        &mut b,
-        "CREATE TABLE labels (code TEXT PRIMARY KEY, site_id TEXT NOT NULL REFERENCES sites(id))",
-    )
-    .await;
+    let labels =
+        "CREATE TABLE labels (code TEXT PRIMARY KEY, site_id TEXT NOT NULL REFERENCES sites(id))";
+    exec(&mut b, labels).await;
+    exec(&mut b, "INSERT INTO labels VALUES ('bug', 'acme')").await;
+    exec(&mut live, labels).await;
+    let live_schema = sqlite::schema(&mut live, "main").await.unwrap();
+    let before = all_rows(&mut live, &live_schema).await;
     let schema = sqlite::schema(&mut b, "main").await.unwrap();
     let request = Request { root: Some("sites".into()), ..Request::default() };
     let plan = rewind_slice::plan::plan(&schema, &request).unwrap();
+    let remap = remap::plan(&schema, &plan).unwrap();
+    let new = NewTenant { id: NEW, remap: &remap };
+    let e = sqlite::copy_as(&mut live, &backup, &plan, "acme", new).await.unwrap_err();
+    assert!(matches!(e, SliceError::Refused(_)), "{e}");
+    assert!(e.to_string().contains("`labels`.`code`") && e.to_string().contains("\"bug\""), "{e}");
+    assert_eq!(all_rows(&mut live, &live_schema).await, before, "nothing was written");
+
+    // A key type that cannot be remapped.
+    exec(&mut b, "DROP TABLE labels; CREATE TABLE tags (n REAL PRIMARY KEY, site_id TEXT NOT NULL REFERENCES sites(id))").await;
+    let schema = sqlite::schema(&mut b, "main").await.unwrap();
+    let plan = rewind_slice::plan::plan(&schema, &request).unwrap();
     let e = remap::plan(&schema, &plan).unwrap_err();
-    assert!(e.to_string().contains("`labels`.`code` is `TEXT`"), "{e}");
+    assert!(e.to_string().contains("`tags`.`n` is `REAL`"), "{e}");
+}
+
+/// The sandbox's shape: every id a uuid stored as TEXT (one in upper case).
+const TEXT_SCHEMA: &str = "
+CREATE TABLE sites (id TEXT PRIMARY KEY, name TEXT NOT NULL);
+CREATE TABLE docs (id TEXT PRIMARY KEY, site_id TEXT NOT NULL REFERENCES sites(id),
+  parent_id TEXT REFERENCES docs(id), title TEXT NOT NULL);
+INSERT INTO sites VALUES ('acme', 'a'), ('beta', 'b');
+INSERT INTO docs VALUES ('A0000000-0000-4000-8000-000000000001', 'acme', NULL, 'root'),
+  ('a0000000-0000-4000-8000-000000000002', 'acme', 'A0000000-0000-4000-8000-000000000001', 'child'),
+  ('b0000000-0000-4000-8000-000000000001', 'beta', NULL, 'other');
+";
+
+#[tokio::test]
+async fn text_uuid_keys_are_remapped_as_lowercase_uuids() {
+    let dir = tempfile::tempdir().unwrap();
+    let backup = dir.path().join("backup.db");
+    let mut b = open(&backup).await;
+    exec(&mut b, TEXT_SCHEMA).await;
+    let schema = sqlite::schema(&mut b, "main").await.unwrap();
+    let mut live = open(&dir.path().join("live.db")).await;
+    exec(&mut live, TEXT_SCHEMA).await;
+    let request = Request { root: Some("sites".into()), ..Request::default() };
+    let plan = rewind_slice::plan::plan(&schema, &request).unwrap();
+    let remap = remap::plan(&schema, &plan).unwrap();
+    assert_eq!(remap.owners.len(), 1);
+    assert_eq!(
+        (remap.owners[0].table.as_str(), remap.owners[0].kind),
+        ("docs", remap::KeyKind::Uuid)
+    );
+    let before = all_rows(&mut live, &schema).await;
+    let new = NewTenant { id: NEW, remap: &remap };
+    for _ in 0..2 {
+        let report = sqlite::copy_as(&mut live, &backup, &plan, "acme", new).await.unwrap();
+        assert_eq!(report.tables.iter().map(|t| t.inserted).sum::<u64>(), 3);
+    }
+    let root = remap::new_uuid(NEW, "docs", "a0000000-0000-4000-8000-000000000001");
+    assert_eq!(root, root.to_lowercase());
+    assert_eq!(
+        scalar(
+            &mut live,
+            &format!(
+                "SELECT count(*) FROM docs c JOIN docs p ON p.id = c.parent_id \
+            WHERE p.id = '{root}' AND c.site_id = '{NEW}' AND p.title = 'root'"
+            )
+        )
+        .await,
+        1
+    );
+    let now = all_rows(&mut live, &schema).await;
+    for (old, now) in before.iter().zip(&now) {
+        assert!(old.iter().all(|r| now.contains(r)));
+    }
+    let maps = sqlite::key_maps(&mut live, NEW).await.unwrap();
+    let expected = sqlite::digest_as(&mut b, &plan, "acme", new, &maps).await.unwrap();
+    assert_eq!(sqlite::digest(&mut live, &plan, NEW).await.unwrap(), expected);
 }
