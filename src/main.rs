@@ -56,6 +56,8 @@ enum Command {
     Sandbox(cmd::sandbox::Args),
     /// The incident and its restore, end to end, on a sandbox: init, incident, plan, run, verify.
     Demo(cmd::demo::Args),
+    /// DR drills: run one (select, restore, validate, clean up, score), its history, its report.
+    Drill(cmd::drill::Args),
     /// Scratch database instances of `pitr` steps: list them, drop a run's.
     Scratch(cmd::scratch::Args),
 }
@@ -98,5 +100,6 @@ fn dispatch(cli: &Cli) -> anyhow::Result<exit::Exit> {
         Command::Sandbox(args) => cmd::sandbox::run(args),
         Command::Demo(args) => cmd::demo::run(args),
         Command::Scratch(args) => cmd::scratch::run(args),
+        Command::Drill(args) => cmd::drill::run(before, args),
     }
 }

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod cancel;
 pub mod check;
 pub mod demo;
+pub mod drill;
 pub mod dry_run;
 pub mod log;
 pub mod plan;

@@ -46,6 +46,9 @@ enum Sub {
     /// What IDs are (site or app, and their state): IDs on stdin, one JSON line per known ID.
     /// A workflow's [preflight] resolver; it only reads.
     Resolve(ResolveArgs),
+    /// The newest recoverable instant (the newest journal entry of any store) and the sandbox
+    /// clock, as one JSON line: a DR drill's `[rpo]` probe. It only reads.
+    Recoverable(ResolveArgs),
     /// Stop every database server a `--clusters` sandbox started (prints their names).
     Stop(ResolveArgs),
     /// Start a stopped `--clusters` sandbox's database servers again.
@@ -219,6 +222,7 @@ pub fn run(args: &Args) -> Result<Exit> {
         Sub::Outbox(a) => outbox(a),
         Sub::DropScratch(a) => rt.block_on(drop_scratch(a)),
         Sub::Resolve(a) => rt.block_on(resolve(a)),
+        Sub::Recoverable(a) => recoverable(a),
         Sub::Stop(a) => rt.block_on(stop(a)),
         Sub::Start(a) => rt.block_on(start(a)),
     }
@@ -233,6 +237,19 @@ async fn stop(a: &ResolveArgs) -> Result<Exit> {
 async fn start(a: &ResolveArgs) -> Result<Exit> {
     let started = rewind_sandbox::clusters::start(&a.dir).await.map_err(lib_err)?;
     println!("{}", serde_json::json!({ "started": started }));
+    Ok(Exit::Ok)
+}
+
+fn recoverable(a: &ResolveArgs) -> Result<Exit> {
+    let m = rewind_sandbox::Manifest::load(&a.dir).map_err(lib_err)?;
+    let newest = m.stores.values().filter_map(|s| s.last_write).max().unwrap_or(m.started);
+    println!(
+        "{}",
+        serde_json::json!({
+            "newest": newest.to_restore_point().to_string(),
+            "now": m.now.to_restore_point().to_string(),
+        })
+    );
     Ok(Exit::Ok)
 }
 

@@ -9,6 +9,7 @@
 //! on tokio, sqlx, clap or any executor.
 
 mod diag;
+mod drill;
 pub mod duration_serde;
 mod fingerprint;
 mod ids;
@@ -25,6 +26,10 @@ mod time;
 mod workflow;
 
 pub use diag::{Diagnostic, Diagnostics, ErrorKind, Location};
+pub use drill::{
+    Cleanup, CommandSpec, Drill, DrillMode, DrillPoint, Objectives, Schedule, Selection, Selector,
+    Strategy,
+};
 pub use fingerprint::{Fingerprint, FingerprintError};
 pub use ids::{
     AttrName, ConnectionName, IdError, InstanceKey, PoolName, RunId, StepId, SubjectKey, TargetId,

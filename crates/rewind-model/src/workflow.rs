@@ -2,7 +2,7 @@
 //! policy and actions (DESIGN.md "Workflow file"). [`Workflow::parse`] reads and validates one;
 //! a `Workflow` value is always valid.
 
-mod parse;
+pub(crate) mod parse;
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;

@@ -479,6 +479,40 @@ pub trait Store: Send + Sync {
 
     /// The live runs holding any of `targets`.
     fn holders(&self, targets: &[String]) -> impl Future<Output = Result<Vec<Holder>>> + Send;
+
+    /// Records a drill that ended. A drill id is written once: a second record with the same
+    /// id is an error.
+    fn record_drill(&self, drill: &DrillRecord) -> impl Future<Output = Result<()>> + Send;
+
+    /// The drills recorded, of one name or all, oldest first.
+    fn drills(&self, name: Option<&str>) -> impl Future<Output = Result<Vec<DrillRecord>>> + Send;
+
+    /// One drill by id.
+    fn drill(&self, id: &str) -> impl Future<Output = Result<Option<DrillRecord>>> + Send;
+}
+
+/// A drill that ended, as history keeps it. The store does not read `result`: it is the
+/// drill's record as its owner (rewind-drill) encoded it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DrillRecord {
+    /// The drill's own id (a UUID).
+    pub id: String,
+    /// The drill file's `name`.
+    pub name: String,
+    /// The run it created, if it got that far.
+    pub run_id: Option<String>,
+    /// When it started, RFC 3339 UTC.
+    pub started_at: String,
+    /// When it started, Unix milliseconds (the order of history).
+    pub started_unix_ms: i64,
+    /// Whether it met every objective and every validation passed.
+    pub passed: bool,
+    /// Achieved recovery time, seconds (none when not every target was restored).
+    pub rto_s: Option<f64>,
+    /// Achieved recovery point, seconds (none when it was not measured).
+    pub rpo_s: Option<f64>,
+    /// The whole result, JSON.
+    pub result: String,
 }
 
 /// The store a URL names: `sqlite://PATH` (created if missing) or `postgres://...`.

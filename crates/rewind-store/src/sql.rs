@@ -13,8 +13,8 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyConnection, AnyPool, AssertSqlSafe, Connection as _, Row};
 
 use crate::{
-    AttemptRecord, Batch, EventRecord, Holder, Holding, InstanceRecord, InstanceRow, NewEvent,
-    NewInstance, NewRun, Result, RunRecord, Store, StoreError,
+    AttemptRecord, Batch, DrillRecord, EventRecord, Holder, Holding, InstanceRecord, InstanceRow,
+    NewEvent, NewInstance, NewRun, Result, RunRecord, Store, StoreError,
 };
 
 /// Most bind parameters in one statement: under SQLite's 32,766 and PostgreSQL's 65,535.
@@ -188,6 +188,22 @@ fn opt_u32(v: Option<i64>) -> Option<u32> {
 fn u32_of(row: &AnyRow, col: &'static str) -> Result<u32> {
     let v: i64 = row.try_get(col).map_err(q(col))?;
     u32::try_from(v).map_err(|_| StoreError::Corrupt { what: col, value: v.to_string() })
+}
+
+fn drill_record(row: &AnyRow) -> Result<DrillRecord> {
+    let get_s = |c: &'static str| -> Result<String> { row.try_get(c).map_err(q(c)) };
+    let get_f = |c: &'static str| -> Result<Option<f64>> { row.try_get(c).map_err(q(c)) };
+    Ok(DrillRecord {
+        id: get_s("id")?,
+        name: get_s("name")?,
+        run_id: row.try_get("run_id").map_err(q("run_id"))?,
+        started_at: get_s("started_at")?,
+        started_unix_ms: row.try_get("started_unix_ms").map_err(q("started_unix_ms"))?,
+        passed: row.try_get::<i64, _>("passed").map_err(q("passed"))? != 0,
+        rto_s: get_f("rto_s")?,
+        rpo_s: get_f("rpo_s")?,
+        result: get_s("result")?,
+    })
 }
 
 fn run_record(row: &AnyRow) -> Result<RunRecord> {
@@ -772,6 +788,53 @@ impl Store for SqlStore {
         }
         insert_events(self.backend, &mut tx, &run_id, std::slice::from_ref(event)).await?;
         tx.commit().await.map_err(q("commit resume"))
+    }
+
+    async fn record_drill(&self, d: &DrillRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO drills (id, name, run_id, started_at, started_unix_ms, passed, rto_s, rpo_s, result) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&d.id)
+        .bind(&d.name)
+        .bind(d.run_id.as_deref())
+        .bind(&d.started_at)
+        .bind(d.started_unix_ms)
+        .bind(i64::from(d.passed))
+        .bind(d.rto_s)
+        .bind(d.rpo_s)
+        .bind(&d.result)
+        .execute(&self.pool)
+        .await
+        .map_err(q("record drill"))?;
+        Ok(())
+    }
+
+    async fn drills(&self, name: Option<&str>) -> Result<Vec<DrillRecord>> {
+        let rows = match name {
+            Some(n) => {
+                sqlx::query("SELECT * FROM drills WHERE name = $1 ORDER BY started_unix_ms, id")
+                    .bind(n.to_owned())
+                    .fetch_all(&self.pool)
+                    .await
+            }
+            None => {
+                sqlx::query("SELECT * FROM drills ORDER BY started_unix_ms, id")
+                    .fetch_all(&self.pool)
+                    .await
+            }
+        }
+        .map_err(q("list drills"))?;
+        rows.iter().map(drill_record).collect()
+    }
+
+    async fn drill(&self, id: &str) -> Result<Option<DrillRecord>> {
+        let row = sqlx::query("SELECT * FROM drills WHERE id = $1")
+            .bind(id.to_owned())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("read drill"))?;
+        row.as_ref().map(drill_record).transpose()
     }
 
     async fn holders(&self, targets: &[String]) -> Result<Vec<Holder>> {

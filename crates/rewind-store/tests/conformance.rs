@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use rewind_model::{AttemptOutcome, EventKind, InstanceState as I, RunId, RunState};
 use rewind_store::{
-    AttemptRecord, Batch, Holder, Holding, InstanceUpdate, NewEvent, NewInstance, NewRun, RunEnd,
-    SqlStore, Store, StoreError,
+    AttemptRecord, Batch, DrillRecord, Holder, Holding, InstanceUpdate, NewEvent, NewInstance,
+    NewRun, RunEnd, SqlStore, Store, StoreError,
 };
 use rewind_testkit::{PgSchema, SqliteDb, postgres_url};
 
@@ -89,6 +89,7 @@ async fn suite(store: &SqlStore) {
     cancel_and_retry_are_logged(store).await;
     large_runs_are_chunked(store).await;
     live_real_runs_hold_their_targets(store).await;
+    drills_are_kept_in_order_and_read_back(store).await;
 }
 
 async fn live_real_runs_hold_their_targets(store: &SqlStore) {
@@ -523,6 +524,36 @@ async fn large_runs_are_chunked(store: &SqlStore) {
     assert!(rows.iter().all(|r| r.state == I::Running));
     assert_eq!(store.attempts(id).await.unwrap().len(), n as usize);
     assert_eq!(store.events(id).await.unwrap().len(), n as usize);
+}
+
+fn drill(id: &str, name: &str, at: i64, passed: bool) -> DrillRecord {
+    DrillRecord {
+        id: id.into(),
+        name: name.into(),
+        run_id: passed.then(|| run_id().to_string()),
+        started_at: "2026-11-24T10:00:00Z".into(),
+        started_unix_ms: at,
+        passed,
+        rto_s: passed.then_some(12.25),
+        rpo_s: Some(60.5),
+        result: "{\"drill\":\"x\",\"failures\":[\"rto: missed by 1s\"]}".into(),
+    }
+}
+
+async fn drills_are_kept_in_order_and_read_back(store: &SqlStore) {
+    let later = drill("d-2", "nightly", 2_000, false);
+    let first = drill("d-1", "nightly", 1_000, true);
+    let other = drill("d-3", "weekly", 1_500, true);
+    for d in [&later, &first, &other] {
+        store.record_drill(d).await.unwrap();
+    }
+    // Written once: the same id again is refused, and changes nothing.
+    assert!(store.record_drill(&drill("d-1", "nightly", 9, false)).await.is_err());
+    assert_eq!(store.drills(Some("nightly")).await.unwrap(), vec![first.clone(), later.clone()]);
+    assert_eq!(store.drills(None).await.unwrap(), vec![first.clone(), other, later.clone()]);
+    assert_eq!(store.drills(Some("none")).await.unwrap(), vec![]);
+    assert_eq!(store.drill("d-2").await.unwrap(), Some(later));
+    assert_eq!(store.drill("d-9").await.unwrap(), None);
 }
 
 #[tokio::test]

@@ -180,7 +180,7 @@ fn sql_spans(action: &Val<'_>) -> Vec<Span> {
         .collect()
 }
 
-fn type_name(v: &DeValue<'_>) -> &'static str {
+pub(crate) fn type_name(v: &DeValue<'_>) -> &'static str {
     match v {
         DeValue::String(_) => "a string",
         DeValue::Integer(_) => "an integer",

@@ -1,0 +1,22 @@
+//! DR drills (DESIGN.md "Drills"): what `rewind drill run` does around the run it creates.
+//!
+//! - [`select`]: the candidates, from the drill's selector (a command printing CSV or JSON Lines
+//!   targets, or one read-only query), and the sample ([`sample`]: seeded random, least recently
+//!   drilled from history, or an explicit list);
+//! - [`probe`]: the source's newest recoverable instant and its clock, asked of the `[rpo]`
+//!   command, and the restore point it implies ([`restore_point`]);
+//! - [`score`]: the achieved RTO and RPO against the objectives, with by how much each passed or
+//!   missed, and the [`DrillResult`] that history keeps;
+//! - [`report`]: the result as Markdown, JSON or JUnit XML, and the history's trend.
+//!
+//! The CLI creates and drives the run (a normal run, its own id) and records the result in the
+//! checkpoint store. This crate reads no clock: callers pass the times in.
+
+mod expand;
+pub mod report;
+mod result;
+mod select;
+
+pub use expand::{expand, run_command};
+pub use result::{CleanupStep, DrillResult, Measured, ObjectiveResult, TargetResult, score};
+pub use select::{Recoverable, SelectError, candidates, probe, restore_point, sample};
