@@ -26,8 +26,8 @@ use rewind_model::{
 use rewind_runtime::{DriveOptions, Ended, Lease, Mode, NoObserver, RunSpec, create_run, drive};
 use rewind_scheduler::Priority;
 use rewind_store::{
-    AttemptRecord, Batch, EventRecord, Holder, Holding, InstanceRecord, InstanceRow, NewEvent,
-    NewInstance, NewRun, RunRecord, Store, StoreError,
+    AttemptRecord, Batch, DrillRecord, EventRecord, Holder, Holding, InstanceRecord, InstanceRow,
+    NewEvent, NewInstance, NewRun, RunRecord, Store, StoreError,
 };
 
 /// One run, in memory.
@@ -229,6 +229,18 @@ impl Store for FakeStore {
 
     async fn holders(&self, _: &[String]) -> rewind_store::Result<Vec<Holder>> {
         Ok(Vec::new())
+    }
+
+    async fn record_drill(&self, _: &DrillRecord) -> rewind_store::Result<()> {
+        unimplemented_here("record_drill")
+    }
+
+    async fn drills(&self, _: Option<&str>) -> rewind_store::Result<Vec<DrillRecord>> {
+        unimplemented_here("drills")
+    }
+
+    async fn drill(&self, _: &str) -> rewind_store::Result<Option<DrillRecord>> {
+        unimplemented_here("drill")
     }
 }
 
