@@ -587,9 +587,7 @@ async fn copy_maybe_as(
     check_tables(plan, &src_schema, "source")?;
     check_tables(plan, &dst_schema, "destination")?;
     check_triggers(dst, plan).await?;
-    if let Some(n) = new
-        && n.remap.owners.iter().any(|o| o.kind == KeyKind::Integer)
-    {
+    if new.is_some() {
         // DDL commits implicitly: created before the copy's transaction begins.
         run(dst, CREATE_KEY_MAP).await?;
     }
@@ -714,6 +712,9 @@ async fn copy_in_sessions(
     let mut deleted = BTreeMap::new();
     for table in plan.tables.iter().rev() {
         deleted.insert(table.name.as_str(), delete_slice(dst, plan, table, tenant).await?);
+    }
+    if let Some((n, _)) = new {
+        claim_new_tenant(dst, n.id, deleted.values().sum()).await?;
     }
     let mut report = CopyReport::default();
     for table in &plan.tables {
@@ -1229,6 +1230,38 @@ const CREATE_KEY_MAP: &str = "CREATE TABLE IF NOT EXISTS rewind_key_map (\
     new_tenant VARCHAR(255) NOT NULL, tbl VARCHAR(64) NOT NULL, old_key VARCHAR(64) NOT NULL, \
     new_key VARCHAR(64) NOT NULL, PRIMARY KEY (new_tenant, tbl, old_key)) \
     CHARACTER SET utf8mb4 COLLATE utf8mb4_bin";
+
+/// Records (in [`remap::KEY_MAP`], in the copy's transaction) that a copy wrote `new_tenant`,
+/// or refuses it when the destination already had `deleted` rows of it that no earlier copy
+/// as it wrote ([`remap::refuse_existing`]).
+async fn claim_new_tenant(
+    dst: &mut MySqlConnection,
+    new_tenant: &str,
+    deleted: u64,
+) -> Result<(), SliceError> {
+    let context = "record the new tenant in rewind_key_map";
+    let claimed: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM rewind_key_map WHERE new_tenant = ? AND tbl = ? FOR UPDATE",
+    )
+    .bind(new_tenant)
+    .bind(remap::CLAIM_TABLE)
+    .fetch_one(&mut *dst)
+    .await
+    .map_err(db(context))?;
+    if deleted > 0 && claimed == 0 {
+        return Err(remap::refuse_existing(new_tenant, deleted));
+    }
+    sqlx::query(
+        "INSERT IGNORE INTO rewind_key_map (new_tenant, tbl, old_key, new_key) \
+         VALUES (?, ?, '', '')",
+    )
+    .bind(new_tenant)
+    .bind(remap::CLAIM_TABLE)
+    .execute(&mut *dst)
+    .await
+    .map_err(db(context))?;
+    Ok(())
+}
 
 /// The integer keys' maps of a new tenant, by table: old → new ([`key_maps`]).
 type KeyMaps = BTreeMap<String, HashMap<String, String>>;

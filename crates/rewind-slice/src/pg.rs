@@ -436,6 +436,9 @@ async fn copy_in_transactions(
         check_text_keys(src, plan, n, src_scope).await?;
     }
     let (deleted, before) = delete(dst, plan, scope, mode, &checks).await?;
+    if let Some(n) = new {
+        claim_new_tenant(dst, n.id, deleted.iter().sum()).await?;
+    }
     let remapping = match (new, &new_sql) {
         (Some(n), Some(new_sql)) => {
             stage_maps(src, dst, plan, n, src_scope, &dst_cols).await?;
@@ -1440,6 +1443,42 @@ async fn check_text_keys(
 const CREATE_KEY_MAP: &str = "CREATE TABLE IF NOT EXISTS rewind_key_map (\
     new_tenant text NOT NULL, tbl text NOT NULL, old_key text NOT NULL, new_key text NOT NULL, \
     PRIMARY KEY (new_tenant, tbl, old_key))";
+
+/// Records (in [`remap::KEY_MAP`], in the copy's transaction) that a copy wrote `new_tenant`,
+/// or refuses it when the destination already had `deleted` rows of it that no
+/// earlier copy as it wrote ([`remap::refuse_existing`]).
+async fn claim_new_tenant(
+    dst: &mut PgConnection,
+    new_tenant: &str,
+    deleted: u64,
+) -> Result<(), SliceError> {
+    let context = "record the new tenant in rewind_key_map";
+    sqlx::raw_sql(CREATE_KEY_MAP)
+        .execute(&mut *dst)
+        .await
+        .map_err(db("create the key map rewind_key_map"))?;
+    let claimed: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM rewind_key_map WHERE new_tenant = $1 AND tbl = $2)",
+    )
+    .bind(new_tenant)
+    .bind(remap::CLAIM_TABLE)
+    .fetch_one(&mut *dst)
+    .await
+    .map_err(db(context))?;
+    if deleted > 0 && !claimed {
+        return Err(remap::refuse_existing(new_tenant, deleted));
+    }
+    sqlx::query(
+        "INSERT INTO rewind_key_map (new_tenant, tbl, old_key, new_key) VALUES ($1, $2, '', '') \
+         ON CONFLICT (new_tenant, tbl, old_key) DO NOTHING",
+    )
+    .bind(new_tenant)
+    .bind(remap::CLAIM_TABLE)
+    .execute(&mut *dst)
+    .await
+    .map_err(db(context))?;
+    Ok(())
+}
 
 /// Integer keys of `tbl` for `new_tenant` that the map lacks get the next values of the
 /// sequence `$3`.

@@ -29,6 +29,22 @@ use crate::schema::{Engine, Schema};
 /// old_key)`.
 pub const KEY_MAP: &str = "rewind_key_map";
 
+/// The `tbl` of the [`KEY_MAP`] row that records a restore as a new tenant: `(new_tenant, '',
+/// '', '')`, written by every copy as a new tenant in its own transaction. No table is named
+/// `''`, so no integer key's map holds it.
+pub const CLAIM_TABLE: &str = "";
+
+/// The refusal of a copy as `new_tenant` whose id already has `rows` rows on the destination
+/// that no copy as it wrote ([`CLAIM_TABLE`]): they are another tenant's, which the copy would
+/// replace.
+pub fn refuse_existing(new_tenant: &str, rows: u64) -> SliceError {
+    SliceError::Refused(format!(
+        "restore as a new tenant: `as` {new_tenant:?} already has {rows} row(s) in the \
+         destination's slice that no restore as it wrote: it is another tenant, whose rows the \
+         copy would replace; choose an id no tenant has; nothing was written"
+    ))
+}
+
 /// The namespace of [`new_uuid`] (a fixed, random uuid: rewind's).
 pub const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6d1c_52a4_3b8e_4f0a_9e27_c4a1_d0b5_7e39);
 

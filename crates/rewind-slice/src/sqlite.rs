@@ -624,6 +624,8 @@ async fn copy_attached(
             }
         }
         Some((n, new_value)) => {
+            let deleted = report.tables.iter().map(|t| t.deleted).sum();
+            claim_new_tenant(&mut tx, n.id, deleted).await?;
             stage_maps(&mut tx, plan, *n, value, new_value).await?;
             for i in 0..plan.tables.len() {
                 report.tables[i].inserted =
@@ -1134,6 +1136,39 @@ async fn stage_maps(
             }
         }
     }
+    Ok(())
+}
+
+/// Records (in [`remap::KEY_MAP`], in the copy's transaction) that a copy wrote `new_tenant`,
+/// or refuses it when the destination already had `deleted` rows of it that no
+/// earlier copy as it wrote ([`remap::refuse_existing`]).
+async fn claim_new_tenant(
+    tx: &mut SqliteConnection,
+    new_tenant: &str,
+    deleted: u64,
+) -> Result<(), SliceError> {
+    let context = "record the new tenant in rewind_key_map";
+    run(tx, CREATE_KEY_MAP.into(), "create the key map rewind_key_map").await?;
+    let claimed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM main.rewind_key_map WHERE new_tenant = ?1 AND tbl = ?2",
+    )
+    .bind(new_tenant)
+    .bind(remap::CLAIM_TABLE)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db(context))?;
+    if deleted > 0 && claimed == 0 {
+        return Err(remap::refuse_existing(new_tenant, deleted));
+    }
+    sqlx::query(
+        "INSERT OR IGNORE INTO main.rewind_key_map (new_tenant, tbl, old_key, new_key) \
+         VALUES (?1, ?2, '', '')",
+    )
+    .bind(new_tenant)
+    .bind(remap::CLAIM_TABLE)
+    .execute(&mut *tx)
+    .await
+    .map_err(db(context))?;
     Ok(())
 }
 

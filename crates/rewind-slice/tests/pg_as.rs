@@ -230,7 +230,7 @@ async fn a_tenant_restored_as_a_new_tenant_equals_the_old_one_modulo_the_map() {
             "composite references follow to the new attachments"
         );
         assert_eq!(
-            scalar_i64(&mut live, &format!("SELECT count(*) FROM rewind_key_map WHERE new_tenant = '{NEW}'")).await,
+            scalar_i64(&mut live, &format!("SELECT count(*) FROM rewind_key_map WHERE new_tenant = '{NEW}' AND tbl <> ''")).await,
             2 + 6 + 12
         );
         // Nothing else changed: every table is its old rows plus the new tenant's.
@@ -450,6 +450,37 @@ async fn text_uuid_keys_are_remapped_as_lowercase_uuids() {
             pg::digest(&mut live, &plan, NEW).await.expect("digest"),
             pg::digest_as(&mut backup, &plan, old, new, &maps).await.expect("as")
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn as_an_existing_tenant_is_refused_and_leaves_its_rows_untouched() {
+    with_two_schemas("restore_as_existing_tenant", |backup_url, live_url| async move {
+        let mut backup = connect(&backup_url).await;
+        let mut live = connect(&live_url).await;
+        load(&mut backup).await;
+        load(&mut live).await;
+        let (plan, remap) = planned(&mut backup).await;
+        let mut tenants = Vec::new();
+        for k in TENANTS {
+            tenants.push(site(&mut backup, k).await);
+        }
+        let before = digests(&mut live, &plan, &tenants).await;
+        // `as` names tenant 2, which lives on the destination: its rows are not the copy's.
+        let other = NewTenant { id: &tenants[1], remap: &remap };
+        let e = pg::copy_as(&mut backup, &mut live, &plan, &tenants[0], other)
+            .await
+            .expect_err("as an existing tenant");
+        assert!(matches!(e, SliceError::Refused(_)), "{e}");
+        assert!(e.to_string().contains("already has"), "{e}");
+        assert_eq!(digests(&mut live, &plan, &tenants).await, before);
+        // A new tenant the copy made is replaced again, as before.
+        let new = NewTenant { id: NEW, remap: &remap };
+        for _ in 0..2 {
+            pg::copy_as(&mut backup, &mut live, &plan, &tenants[0], new).await.expect("copy as");
+        }
+        assert_eq!(digests(&mut live, &plan, &tenants).await, before);
     })
     .await;
 }

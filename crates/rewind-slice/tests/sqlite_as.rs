@@ -215,7 +215,10 @@ async fn a_tenant_restored_as_a_new_tenant_equals_the_old_one_modulo_the_map() {
         12
     );
     assert_eq!(scalar(&mut live, "SELECT count(*) FROM pragma_foreign_key_check").await, 0);
-    assert_eq!(scalar(&mut live, "SELECT count(*) FROM rewind_key_map").await, 2 + 6 + 12);
+    assert_eq!(
+        scalar(&mut live, "SELECT count(*) FROM rewind_key_map WHERE tbl <> ''").await,
+        2 + 6 + 12
+    );
     assert_eq!(scalar(&mut live, "SELECT count(*) FROM sqlite_temp_schema").await, 0);
 
     // Again: the same rows, the same keys.
@@ -320,4 +323,25 @@ async fn text_uuid_keys_are_remapped_as_lowercase_uuids() {
     let maps = sqlite::key_maps(&mut live, NEW).await.unwrap();
     let expected = sqlite::digest_as(&mut b, &plan, "acme", new, &maps).await.unwrap();
     assert_eq!(sqlite::digest(&mut live, &plan, NEW).await.unwrap(), expected);
+}
+
+#[tokio::test]
+async fn as_an_existing_tenant_is_refused_and_leaves_its_rows_untouched() {
+    let Files { _dir, backup, mut live, schema, plan, remap } = files().await;
+    let before = all_rows(&mut live, &schema).await;
+    // `as` names "beta", which lives on the destination: its rows are not the copy's.
+    let other = NewTenant { id: "beta", remap: &remap };
+    let e = sqlite::copy_as(&mut live, &backup, &plan, "acme", other).await.unwrap_err();
+    assert!(matches!(e, SliceError::Refused(_)), "{e}");
+    assert!(e.to_string().contains("already has"), "{e}");
+    assert_eq!(all_rows(&mut live, &schema).await, before);
+    // A new tenant the copy made is replaced again, as before.
+    let new = NewTenant { id: NEW, remap: &remap };
+    for _ in 0..2 {
+        sqlite::copy_as(&mut live, &backup, &plan, "acme", new).await.unwrap();
+    }
+    assert_eq!(
+        digests(&mut live, &plan).await[1],
+        sqlite::digest(&mut open(&backup).await, &plan, "beta").await.unwrap()
+    );
 }
