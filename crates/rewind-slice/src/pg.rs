@@ -1627,8 +1627,9 @@ async fn insert_remapped(
             }
         })
         .collect();
+    // The new keys are written as drawn, into `GENERATED ALWAYS` identity columns too.
     let insert = format!(
-        "INSERT INTO {} ({cols}) SELECT {} FROM {stage} AS s",
+        "INSERT INTO {} ({cols}) OVERRIDING SYSTEM VALUE SELECT {} FROM {stage} AS s",
         src_scope.table(&t.name),
         exprs.join(", ")
     );

@@ -484,3 +484,53 @@ async fn as_an_existing_tenant_is_refused_and_leaves_its_rows_untouched() {
     })
     .await;
 }
+
+/// Integer keys `GENERATED ALWAYS AS IDENTITY`, and a reference to one.
+const ALWAYS: &str = "
+CREATE TABLE orgs (id uuid PRIMARY KEY);
+CREATE TABLE boards (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  org_id uuid NOT NULL REFERENCES orgs, name text NOT NULL);
+CREATE TABLE cards (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  board_id bigint NOT NULL REFERENCES boards, title text);
+INSERT INTO orgs VALUES ('00000000-0000-4000-8000-000000000001'), ('00000000-0000-4000-8000-000000000002');
+INSERT INTO boards (org_id, name) VALUES ('00000000-0000-4000-8000-000000000001', 'a'),
+  ('00000000-0000-4000-8000-000000000002', 'b');
+INSERT INTO cards (board_id, title) VALUES (1, 'x'), (1, 'y'), (2, 'z');
+";
+
+#[tokio::test]
+async fn generated_always_identity_keys_are_restored_as_new() {
+    with_two_schemas("pg as identity always", |backup_url, live_url| async move {
+        let mut backup = connect(&backup_url).await;
+        let mut live = connect(&live_url).await;
+        exec(&mut backup, ALWAYS).await;
+        exec(&mut live, ALWAYS).await;
+        let schema = pg::schema(&mut backup).await.expect("schema");
+        let request = Request { root: Some("orgs".into()), ..Request::default() };
+        let plan = rewind_slice::plan::plan(&schema, &request).expect("plan");
+        let remap = remap::plan(&schema, &plan).expect("remap");
+        let old = "00000000-0000-4000-8000-000000000001";
+        let new = NewTenant { id: NEW, remap: &remap };
+        for _ in 0..2 {
+            let report = pg::copy_as(&mut backup, &mut live, &plan, old, new).await.expect("copy");
+            assert_eq!(report.tables.iter().map(|t| t.inserted).sum::<u64>(), 1 + 1 + 2);
+        }
+        let maps = pg::key_maps(&mut live, NEW).await.expect("maps");
+        assert_eq!(
+            pg::digest(&mut live, &plan, NEW).await.expect("digest"),
+            pg::digest_as(&mut backup, &plan, old, new, &maps).await.expect("as")
+        );
+        assert_eq!(
+            scalar_i64(
+                &mut live,
+                &format!(
+                    "SELECT count(*) FROM cards c JOIN boards b ON b.id = c.board_id \
+                WHERE b.org_id = '{NEW}' AND b.id > 2 AND c.id > 3"
+                )
+            )
+            .await,
+            2
+        );
+    })
+    .await;
+}
