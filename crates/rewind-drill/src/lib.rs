@@ -7,7 +7,9 @@
 //!   command, and the restore point it implies ([`restore_point`]);
 //! - [`score`]: the achieved RTO and RPO against the objectives, with by how much each passed or
 //!   missed, and the [`DrillResult`] that history keeps;
-//! - [`report`]: the result as Markdown, JSON or JUnit XML, and the history's trend.
+//! - [`report`]: the result as Markdown, JSON or JUnit XML, and the history's trend;
+//! - [`schedule`]: when drills are due (a sans-I/O planner), and [`serve`]: the loop of
+//!   `rewind serve --drills DIR` around it, with the clock and the drill run passed in.
 //!
 //! The CLI creates and drives the run (a normal run, its own id) and records the result in the
 //! checkpoint store. This crate reads no clock: callers pass the times in.
@@ -15,8 +17,13 @@
 mod expand;
 pub mod report;
 mod result;
+pub mod schedule;
 mod select;
+pub mod serve;
 
 pub use expand::{expand, run_command};
-pub use result::{CleanupStep, DrillResult, Measured, ObjectiveResult, TargetResult, score};
+pub use result::{
+    CleanupStep, DrillResult, Measured, ObjectiveResult, Scheduled, TargetResult, score,
+};
+pub use schedule::{Due, Planner, ScheduleError};
 pub use select::{Recoverable, SelectError, candidates, probe, restore_point, sample};

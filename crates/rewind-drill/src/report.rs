@@ -19,6 +19,13 @@ pub fn markdown(r: &DrillResult) -> String {
     let _ = writeln!(out, "| run | `{}` |", r.run_id.as_deref().unwrap_or("-"));
     let _ = writeln!(out, "| mode | {} |", r.mode);
     let _ = writeln!(out, "| started | {} |", r.started_at);
+    if let Some(s) = &r.scheduled {
+        let when = match s.late_s {
+            Some(l) if s.late => format!("late by {l:.0}s"),
+            _ => "on time".to_owned(),
+        };
+        let _ = writeln!(out, "| scheduled | {} ({when}) |", s.due_at);
+    }
     let _ = writeln!(out, "| restore point | {} |", r.restore_point.as_deref().unwrap_or("-"));
     let _ = writeln!(out, "| wall time | {:.1}s |", r.wall_s);
     let _ = writeln!(

@@ -46,6 +46,18 @@ pub struct CleanupStep {
     pub said: String,
 }
 
+/// A drill started by a schedule (`rewind serve --drills DIR`), not by hand.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Scheduled {
+    /// The slot it ran for, RFC 3339 UTC.
+    pub due_at: String,
+    /// It started later than its slot allows (the server was down, or busy with other drills).
+    pub late: bool,
+    /// By how much, seconds, when late.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late_s: Option<f64>,
+}
+
 /// What was measured of a drill, for [`score`].
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Measured {
@@ -97,6 +109,10 @@ pub struct DrillResult {
     pub failures: Vec<String>,
     /// The drill's wall time, seconds (selection to cleanup).
     pub wall_s: f64,
+    /// When a schedule started it: its slot, and whether (and by how much) it was late. Absent
+    /// for a drill run by hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled: Option<Scheduled>,
 }
 
 fn secs(d: Duration) -> String {

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use rewind_drill::report::{junit, markdown, trend};
-use rewind_drill::{CleanupStep, DrillResult, ObjectiveResult, TargetResult, sample};
+use rewind_drill::{CleanupStep, DrillResult, ObjectiveResult, Scheduled, TargetResult, sample};
 use rewind_model::{Drill, TargetSet, TargetsFormat};
 
 fn drill(select: &str) -> Drill {
@@ -108,6 +108,11 @@ fn result() -> DrillResult {
         cleanup: vec![CleanupStep { command: "drop".into(), ok: true, said: "{}".into() }],
         failures: vec!["rto 3.5s: missed by 2.5s".into()],
         wall_s: 3.6,
+        scheduled: Some(Scheduled {
+            due_at: "2026-01-01T05:00:00Z".into(),
+            late: true,
+            late_s: Some(7200.0),
+        }),
     }
 }
 
@@ -175,6 +180,7 @@ fn markdown_and_trend() {
     let md = markdown(&result());
     assert!(md.starts_with("# Drill `nightly <&> \"x\"`: FAILED"), "{md}");
     assert!(md.contains("| `t2` | no: step `v` failed: <no row> | - |"), "{md}");
+    assert!(md.contains("| scheduled | 2026-01-01T05:00:00Z (late by 7200s) |"), "{md}");
     assert_eq!(
         trend(&[Some(4.0), None, Some(3.0)]),
         "4.0s → 3.0s (-25%), min 3.0s, max 4.0s over 2 drills"
