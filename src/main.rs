@@ -58,6 +58,8 @@ enum Command {
     Demo(cmd::demo::Args),
     /// DR drills: run one (select, restore, validate, clean up, score), its history, its report.
     Drill(cmd::drill::Args),
+    /// Run the drill files' schedules (`--drills DIR`) until SIGTERM/SIGINT.
+    Serve(cmd::serve::Args),
     /// Scratch database instances of `pitr` steps: list them, drop a run's.
     Scratch(cmd::scratch::Args),
 }
@@ -101,5 +103,6 @@ fn dispatch(cli: &Cli) -> anyhow::Result<exit::Exit> {
         Command::Demo(args) => cmd::demo::run(args),
         Command::Scratch(args) => cmd::scratch::run(args),
         Command::Drill(args) => cmd::drill::run(before, args),
+        Command::Serve(args) => cmd::serve::run(&db(&args.db)?, args),
     }
 }

@@ -19,7 +19,7 @@ use rewind_runtime::{Ended, Lease, Mode, RunSpec};
 use rewind_scheduler::Priority;
 use rewind_store::{DrillRecord, SqlStore, Store};
 
-use crate::cmd::run::{drive_with, print_summary, refuse};
+use crate::cmd::run::{drive_with_signals, print_summary, refuse};
 use crate::exit::{Exit, refused};
 use crate::{inputs, safety, store};
 
@@ -105,7 +105,36 @@ struct Prepared {
 }
 
 fn run_drill(db: &str, args: &RunArgs) -> Result<Exit> {
-    let path = &args.file;
+    let opts = DrillOptions { seed: args.seed, json: args.json, signals: true, scheduled: None };
+    store::runtime()?.block_on(async {
+        let store = store::open(db).await?;
+        run_file(&store, &args.file, &opts).await
+    })
+}
+
+/// How a drill is run: by `drill run`, or by `serve` for a schedule.
+pub(crate) struct DrillOptions {
+    /// The sampling seed of a random strategy, overriding the drill's.
+    pub seed: Option<u64>,
+    /// Print the result as JSON, the last stdout line.
+    pub json: bool,
+    /// SIGINT/SIGTERM interrupt the run (checkpointed for `resume`); `serve` lets it finish.
+    pub signals: bool,
+    /// The schedule's slot and lateness, recorded in the result.
+    pub scheduled: Option<rewind_drill::Scheduled>,
+}
+
+/// A drill file and its workflow, read and checked: errors are refusals with their locations.
+pub(crate) struct Loaded {
+    pub drill: Drill,
+    dir: PathBuf,
+    workflow_path: PathBuf,
+    workflow: rewind_model::Workflow,
+    workflow_text: String,
+}
+
+/// Reads and checks a drill file and the workflow it names.
+pub(crate) fn load(path: &Path) -> Result<Loaded> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         refused(format!("rewind: cannot read drill file `{}`: {e}", path.display()))
     })?;
@@ -117,13 +146,18 @@ fn run_drill(db: &str, args: &RunArgs) -> Result<Exit> {
     let workflow_path = dir.join(&drill.workflow);
     let workflow = inputs::workflow(&workflow_path)?;
     let workflow_text = std::fs::read_to_string(&workflow_path)?;
+    Ok(Loaded { drill, dir, workflow_path, workflow, workflow_text })
+}
+
+/// Runs one drill file (read afresh) against the store, prints and records its result: the
+/// whole of `drill run`, and what `serve` does at each due time.
+pub(crate) async fn run_file(store: &SqlStore, path: &Path, opts: &DrillOptions) -> Result<Exit> {
+    let Loaded { drill, dir, workflow_path, workflow, workflow_text } = load(path)?;
     let workdir = workflow_path.parent().map_or_else(|| dir.clone(), Path::to_path_buf);
     let cwd = std::env::current_dir()?;
     let registry = crate::registry::registry();
     let vars = Vars::from_process();
-    let rt = store::runtime()?;
-    rt.block_on(async {
-        let store = store::open(db).await?;
+    {
         let started = Instant::now();
         let started_wall = SystemTime::now();
         let drill_id = uuid::Uuid::new_v4().to_string();
@@ -136,7 +170,7 @@ fn run_drill(db: &str, args: &RunArgs) -> Result<Exit> {
             let found = rewind_drill::candidates(&drill, &registry, &vars, &dir, &file).await?;
             let seed = match drill.select.strategy {
                 Strategy::Random { seed } => {
-                    Some(args.seed.or(seed).unwrap_or(unix_ms(started_wall).cast_unsigned()))
+                    Some(opts.seed.or(seed).unwrap_or(unix_ms(started_wall).cast_unsigned()))
                 }
                 _ => None,
             };
@@ -203,15 +237,15 @@ fn run_drill(db: &str, args: &RunArgs) -> Result<Exit> {
             waves: Vec::new(),
             halt_rate: 1.0,
         };
-        let run_id = rewind_runtime::create_run(&store, &prep.plan, &spec, &registry)
+        let run_id = rewind_runtime::create_run(store, &prep.plan, &spec, &registry)
             .await
             .map_err(refuse)?;
         println!("run {run_id}");
         std::io::stdout().flush()?;
         let run_started = started.elapsed();
         let driven = async {
-            let (lease, _) = Lease::acquire(&store, run_id).await.map_err(refuse)?;
-            drive_with(&store, lease, vars.clone()).await
+            let (lease, _) = Lease::acquire(store, run_id).await.map_err(refuse)?;
+            drive_with_signals(store, lease, vars.clone(), opts.signals).await
         }
         .await;
         let drive_end = started.elapsed();
@@ -254,7 +288,7 @@ fn run_drill(db: &str, args: &RunArgs) -> Result<Exit> {
             }
             Err(e) => failures.push(format!("run {run_id} could not be driven: {e:#}")),
         }
-        failures.extend(instance_failures(&store, run_id, &mut targets).await);
+        failures.extend(instance_failures(store, run_id, &mut targets).await);
         let cleanup = clean_up(&drill, &vars, &dir, &run_id.to_string()).await;
         failures.extend(
             cleanup
@@ -282,6 +316,7 @@ fn run_drill(db: &str, args: &RunArgs) -> Result<Exit> {
             cleanup,
             failures,
             wall_s: started.elapsed().as_secs_f64(),
+            scheduled: opts.scheduled.clone(),
         };
         store
             .record_drill(&DrillRecord {
@@ -296,10 +331,10 @@ fn run_drill(db: &str, args: &RunArgs) -> Result<Exit> {
                 result: serde_json::to_string(&result)?,
             })
             .await?;
-        print_result(&result, args.json)?;
+        print_result(&result, opts.json)?;
         driven?;
         Ok(if passed { Exit::Ok } else { Exit::Failed })
-    })
+    }
 }
 
 /// The last time each target was drilled (restored), Unix ms, from a drill's history.

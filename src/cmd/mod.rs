@@ -12,4 +12,5 @@ pub mod report;
 pub mod run;
 pub mod sandbox;
 pub mod scratch;
+pub mod serve;
 pub mod status;

@@ -359,13 +359,24 @@ async fn drive(store: &SqlStore, lease: Lease) -> Result<Exit> {
     Ok(exit_of(&summary))
 }
 
-/// Drives a run with live progress on stderr.
+/// Drives a run with live progress on stderr; SIGINT/SIGTERM interrupt it (resumable).
 pub(crate) async fn drive_with(store: &SqlStore, lease: Lease, vars: Vars) -> Result<Summary> {
+    drive_with_signals(store, lease, vars, true).await
+}
+
+/// Drives a run with live progress on stderr; `signals`: SIGINT/SIGTERM interrupt it (else the
+/// caller handles them, and the run goes on to its end).
+pub(crate) async fn drive_with_signals(
+    store: &SqlStore,
+    lease: Lease,
+    vars: Vars,
+    signals: bool,
+) -> Result<Summary> {
     let mut display = Display::new();
     let opts = DriveOptions {
         registry: crate::registry::registry(),
         observer: &mut display,
-        signals: true,
+        signals,
         progress_every: Duration::from_millis(200),
         tick: Duration::from_secs(1),
         vars,
