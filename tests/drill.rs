@@ -184,3 +184,39 @@ fn bad_drill_files_are_refused_with_located_errors() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("the [select] command"), "{}", text(&o));
 }
+
+/// `rewind serve --drills DIR`: a bad drill file refuses the server with its errors located; a
+/// good directory is served until SIGTERM, which (no drill running) exits 0 at once.
+#[test]
+fn serve_refuses_bad_files_and_stops_on_sigterm() {
+    use std::io::BufRead as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", tmp.path().join("r.db").display());
+    let bad = tmp.path().join("bad");
+    std::fs::create_dir(&bad).unwrap();
+    std::fs::write(bad.join("x.toml"), "name = \"x\"\nworkflow = 3\n").unwrap();
+    let o = rewind(tmp.path(), &["serve", "--drills", bad.to_str().unwrap(), "--db", &db]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("x.toml:2:12: error[invalid-type]"), "{}", text(&o));
+
+    let good = tmp.path().join("good");
+    std::fs::create_dir(&good).unwrap();
+    drill_file(&good, "nightly", &|t| t, &root().join("workflows/drill-isolated.toml"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rewind"))
+        .args(["serve", "--drills", good.to_str().unwrap(), "--db", &db])
+        .env_remove("REWIND_DB")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    err.read_line(&mut first).unwrap();
+    assert!(first.contains("1 scheduled drill(s)") && first.contains("T05:00:00Z"), "{first}");
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    assert_eq!(status.code(), Some(0), "{rest}");
+    assert!(rest.contains("SIGTERM: stopping"), "{rest}");
+}
