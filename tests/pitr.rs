@@ -11,27 +11,13 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
+use rewind_pitr::proc::{processes_in, servers_in};
 use rewind_pitr::source::pg::{Archiving, BackupFormat, SourceCluster};
 use rewind_pitr::{Registry, time};
 use support::*;
-
-/// Processes whose working directory is `dir` (a server and its children `chdir` there).
-fn processes_in(dir: &Path) -> Vec<u32> {
-    let want = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|c| c == want))
-        .collect()
-}
-
-fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
-}
 
 /// Drops the run's scratch instances however the test ends.
 struct DropScratch(Registry, String);
@@ -163,11 +149,15 @@ action = { kind = "sql", connection = "scratch", sql = "SELECT count(*) AS n, ma
     let rec = marker.recovered.clone().unwrap();
     assert_eq!(rec.recovered_to, commits[3], "the last commit at or before the restore point");
     let data: PathBuf = into.join("data");
-    let procs = processes_in(&data);
     let pid = marker.server_pid().expect("the server runs");
-    let postmasters: Vec<u32> =
-        procs.iter().copied().filter(|p| parent_of(*p) != Some(pid)).collect();
-    assert_eq!(postmasters, vec![pid], "one server in {}: {procs:?}", data.display());
+    let postmasters = servers_in(&data);
+    assert_eq!(
+        postmasters,
+        vec![pid],
+        "one server in {}: {:?}",
+        data.display(),
+        processes_in(&data)
+    );
 
     // The dependent step read it through the output's port.
     let report = env.report(&run);

@@ -440,7 +440,7 @@ impl Launch<'_> {
     async fn wait_ready(&self, pid: u32, log_from: u64, port: Option<u16>) -> Result<(), Error> {
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
-            let log = read_from(self.log, log_from);
+            let log = proc::read_from(self.log, log_from);
             let alive = proc::server_alive(pid, self.data_dir);
             if alive && log.contains("ready for connections") && self.answers(port) {
                 return Ok(());
@@ -513,17 +513,6 @@ impl Drop for Running {
             );
         }
     }
-}
-
-/// What `path` holds from byte `from` on (lossy).
-fn read_from(path: &Path, from: u64) -> String {
-    use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(path) else { return String::new() };
-    let mut buf = Vec::new();
-    if f.seek(SeekFrom::Start(from)).is_err() || f.read_to_end(&mut buf).is_err() {
-        return String::new();
-    }
-    String::from_utf8_lossy(&buf).into_owned()
 }
 
 /// The longest path a unix socket takes (`sun_path`, less its terminating NUL).

@@ -552,12 +552,12 @@ fn remove_if_there(p: &Path) -> Result<(), Error> {
 }
 
 /// Single-quoted for `sh`.
-fn sh_quote(s: &str) -> String {
+pub fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 /// Single-quoted for postgresql.conf, whose strings take `\` as an escape and end at a newline.
-fn conf_quote(s: &str) -> String {
+pub fn conf_quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('\'');
     for c in s.chars() {
@@ -691,7 +691,7 @@ async fn wait_for(ctx: &Ctx<'_>, bin: &Path, from: u64, what: Awaited) -> Result
     let began = Instant::now();
     let mut seen_alive = false;
     loop {
-        let log = read_log_from(&ctx.log, from);
+        let log = proc::read_from(&ctx.log, from);
         if let Some(line) = log.lines().find(|l| is_server_fatal(l)) {
             let msg = format!(
                 "PostgreSQL stopped: {}\n--- end of {}:\n{}",
@@ -755,15 +755,8 @@ fn is_server_fatal(line: &str) -> bool {
             && line.contains("does not exist"))
 }
 
-fn read_log_from(log: &Path, from: u64) -> String {
-    let Ok(bytes) = std::fs::read(log) else { return String::new() };
-    let from = usize::try_from(from).unwrap_or(usize::MAX).min(bytes.len());
-    String::from_utf8_lossy(&bytes[from..]).into_owned()
-}
-
 fn pid_of(data: &Path) -> Option<u32> {
-    let text = std::fs::read_to_string(data.join("postmaster.pid")).ok()?;
-    text.lines().next()?.trim().parse().ok()
+    proc::read_pid(&data.join("postmaster.pid"))
 }
 
 async fn pg_isready(ctx: &Ctx<'_>, bin: &Path) -> bool {

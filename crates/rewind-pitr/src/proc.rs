@@ -314,6 +314,35 @@ pub fn server_alive(pid: u32, data_dir: &Path) -> bool {
     cwd == want
 }
 
+/// What `path` holds from byte `from` on (lossy; empty when it cannot be read): a server's log
+/// since a start.
+pub fn read_from(path: &Path, from: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else { return String::new() };
+    let mut buf = Vec::new();
+    if f.seek(SeekFrom::Start(from)).is_err() || f.read_to_end(&mut buf).is_err() {
+        return String::new();
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// The pid on the first line of a pid file (`postmaster.pid`, `mariadbd.pid`), if readable.
+pub fn read_pid(file: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines().next()?.trim().parse().ok()
+}
+
+/// Creates `path` (and its parents) for `user`: mode 0755, so other users (the scratch
+/// instances, which read backups) can read it; handed to `user` when that is another user.
+pub fn mkdir_for(path: &Path, user: &RunAs) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(path)
+        .map_err(|e| Error::io(format!("cannot create {}", path.display()), e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| Error::io(format!("cannot chmod {}", path.display()), e))?;
+    user.own(path)
+}
+
 /// Processes whose working directory is `dir` (a server and its children `chdir` there).
 pub fn processes_in(dir: &Path) -> Vec<u32> {
     let want = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());

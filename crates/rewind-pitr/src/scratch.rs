@@ -90,8 +90,7 @@ impl Entry {
             Engine::Postgres => self.data_dir().join("postmaster.pid"),
             Engine::Mariadb => self.into.join(RUN).join("mariadbd.pid"),
         };
-        let text = std::fs::read_to_string(file).ok()?;
-        let pid: u32 = text.lines().next()?.trim().parse().ok()?;
+        let pid = proc::read_pid(&file)?;
         proc::server_alive(pid, &self.data_dir()).then_some(pid)
     }
 

@@ -14,6 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rewind_pitr::pg::{conf_quote, sh_quote};
 use rewind_pitr::proc::{RunAs, Tool};
 use serde::{Deserialize, Serialize};
 
@@ -256,10 +257,7 @@ pub fn check_reachable(dir: &Path) -> Result<()> {
 /// Creates `path` for the server's user (readable by others: the scratch instances, other users,
 /// read the backups; PostgreSQL tightens its data directory itself).
 fn mkdir_for(path: &Path, user: &RunAs) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::create_dir_all(path).at(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).at(path)?;
-    user.own(path).map_err(tool_err)
+    rewind_pitr::proc::mkdir_for(path, user).map_err(tool_err)
 }
 
 fn mkdir_shared(path: &Path) -> Result<()> {
@@ -361,21 +359,24 @@ async fn create_pg(bindir: &Path, s: &mut Server) -> Result<()> {
             }
             format!(
                 "test ! -f {w}/%f && cp %p {w}/%f.part && mv {w}/%f.part {w}/%f",
-                w = wal_archive.display()
+                w = sh_quote(&wal_archive.to_string_lossy().replace('%', "%%"))
             )
         }
         ServerBackup::Pgbackrest { stanza, config } => {
-            format!("pgbackrest --config={} --stanza={stanza} archive-push %p", config.display())
+            format!(
+                "pgbackrest --config={} --stanza={stanza} archive-push %p",
+                sh_quote(&config.to_string_lossy().replace('%', "%%"))
+            )
         }
         ServerBackup::Binlog { .. } => String::new(),
     };
     let conf = format!(
         "\n# rewind sandbox\nlisten_addresses = '127.0.0.1'\n\
-         unix_socket_directories = '{}'\nwal_level = replica\narchive_mode = on\n\
-         archive_command = '{}'\nmax_wal_senders = 4\nshared_buffers = 16MB\nfsync = off\n\
+         unix_socket_directories = {}\nwal_level = replica\narchive_mode = on\n\
+         archive_command = {}\nmax_wal_senders = 4\nshared_buffers = 16MB\nfsync = off\n\
          max_connections = 40\nlog_line_prefix = '%m [%p] '\n",
-        s.run_dir().display(),
-        archive_command.replace('\'', "''")
+        conf_quote(&s.run_dir().to_string_lossy()),
+        conf_quote(&archive_command)
     );
     let path = s.data_dir.join("postgresql.conf");
     let mut text = std::fs::read_to_string(&path).at(&path)?;

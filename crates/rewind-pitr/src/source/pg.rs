@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::Error;
-use crate::pg::bindir;
-use crate::proc::{RunAs, Tool};
+use crate::pg::{bindir, conf_quote, sh_quote};
+use crate::proc::{RunAs, Tool, mkdir_for};
 
 const TOOL_TIMEOUT: Duration = Duration::from_secs(3600);
 /// How long `switch_wal_and_wait` waits for the archiver.
@@ -55,23 +55,6 @@ pub struct SourceCluster {
     user: RunAs,
     bindir: PathBuf,
     archiving: Archiving,
-}
-
-fn mkdir_for(path: &Path, user: &RunAs) -> Result<(), Error> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(path)
-        .map_err(|e| Error::io(format!("cannot create {}", path.display()), e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
-        .map_err(|e| Error::io(format!("cannot chmod {}", path.display()), e))?;
-    user.own(path)
-}
-
-fn conf_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 impl SourceCluster {
