@@ -14,7 +14,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Result;
 use rewind_drill::{CleanupStep, DrillResult, Measured, TargetResult};
 use rewind_exec::Vars;
-use rewind_model::{Drill, InstanceState, Plan, RestorePoint, Strategy, TargetSet};
+use rewind_model::{
+    Drill, DrillMode, InstanceState, Plan, RestorePoint, Strategy, Target, TargetSet,
+};
 use rewind_runtime::{Ended, Lease, Mode, RunSpec};
 use rewind_scheduler::Priority;
 use rewind_store::{DrillRecord, SqlStore, Store};
@@ -174,12 +176,15 @@ pub(crate) async fn run_file(store: &SqlStore, path: &Path, opts: &DrillOptions)
                 }
                 _ => None,
             };
-            let sampled = rewind_drill::sample(
+            let mut sampled = rewind_drill::sample(
                 &drill,
                 found.targets(),
                 seed.unwrap_or(0),
                 &last_drilled(&history),
             )?;
+            if drill.mode == DrillMode::AsNew {
+                rewind_drill::assign_new_ids(&mut sampled, found.targets())?;
+            }
             let recoverable = rewind_drill::probe(&drill, &vars, &dir, started_wall).await?;
             let restore_point =
                 rewind_drill::restore_point(&drill, recoverable.as_ref(), started_wall)?;
@@ -259,6 +264,7 @@ pub(crate) async fn run_file(store: &SqlStore, path: &Path, opts: &DrillOptions)
             .iter()
             .map(|t| TargetResult {
                 id: t.id.to_string(),
+                new_id: new_id(t),
                 restored: false,
                 restored_s: None,
                 failure: None,
@@ -289,13 +295,17 @@ pub(crate) async fn run_file(store: &SqlStore, path: &Path, opts: &DrillOptions)
             Err(e) => failures.push(format!("run {run_id} could not be driven: {e:#}")),
         }
         failures.extend(instance_failures(store, run_id, &mut targets).await);
-        let cleanup = clean_up(&drill, &vars, &dir, &run_id.to_string()).await;
+        let sampled = prep.plan.targets().targets();
+        let cleanup = clean_up(&drill, &vars, &dir, &run_id.to_string(), sampled).await;
         failures.extend(
             cleanup
                 .iter()
                 .filter(|c| !c.ok)
                 .map(|c| format!("cleanup `{}` failed: {}", c.command, c.said)),
         );
+        if drill.mode == DrillMode::AsNew {
+            failures.extend(left_behind(&drill, &registry, &vars, &dir, path, sampled).await);
+        }
         let measured = Measured { rto: all_restored.then_some(drive_end), rpo: prep.rpo, failures };
         let (objectives, failures, passed) = rewind_drill::score(&drill.objectives, &measured);
         let result = DrillResult {
@@ -379,8 +389,49 @@ async fn instance_failures(
     out
 }
 
-/// Waits `keep`, then runs every cleanup command, whatever the drill's outcome.
-async fn clean_up(drill: &Drill, vars: &Vars, dir: &Path, run_id: &str) -> Vec<CleanupStep> {
+/// The id an `as-new` drill restored `t` as.
+fn new_id(t: &Target) -> Option<String> {
+    t.attrs.iter().find(|(k, _)| k.as_str() == rewind_drill::NEW_ID).map(|(_, v)| v.to_string())
+}
+
+/// After an `as-new` drill's cleanup: the selector asked again, every drill tenant it still
+/// returns is a failure (the cleanup left it behind).
+async fn left_behind(
+    drill: &Drill,
+    registry: &rewind_exec::Registry,
+    vars: &Vars,
+    dir: &Path,
+    path: &Path,
+    sampled: &[Target],
+) -> Vec<String> {
+    let file = format!("{} [select, after cleanup]", path.display());
+    let live = match rewind_drill::candidates(drill, registry, vars, dir, &file).await {
+        Ok(set) => set,
+        Err(e) => {
+            return vec![format!("cannot check that the cleanup removed the drill's tenants: {e}")];
+        }
+    };
+    let live: std::collections::HashSet<String> =
+        live.targets().iter().map(|t| t.id.to_string()).collect();
+    sampled
+        .iter()
+        .filter_map(|t| new_id(t).map(|n| (t, n)))
+        .filter(|(_, n)| live.contains(n))
+        .map(|(t, n)| {
+            format!("the cleanup left the drill tenant {n} (restored from {}) behind", t.id)
+        })
+        .collect()
+}
+
+/// Waits `keep`, then runs every cleanup command, whatever the drill's outcome: a command that
+/// names a tenant (`{{target.…}}`) once per sampled tenant, the others once.
+async fn clean_up(
+    drill: &Drill,
+    vars: &Vars,
+    dir: &Path,
+    run_id: &str,
+    sampled: &[Target],
+) -> Vec<CleanupStep> {
     if !drill.cleanup.keep.is_zero() {
         eprintln!(
             "rewind: keeping the restored copies for {} before cleanup",
@@ -390,18 +441,30 @@ async fn clean_up(drill: &Drill, vars: &Vars, dir: &Path, run_id: &str) -> Vec<C
     }
     let mut steps = Vec::new();
     for cmd in &drill.cleanup.commands {
-        let shown = std::iter::once(&cmd.program)
-            .chain(&cmd.args)
-            .map(|a| rewind_drill::expand(a, vars, Some(run_id)).unwrap_or_else(|_| a.clone()))
-            .collect::<Vec<_>>()
-            .join(" ");
-        let (ok, said) = match rewind_drill::run_command(cmd, vars, dir, Some(run_id)).await {
-            Ok(out) => {
-                (true, shorten(out.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("")))
-            }
-            Err(e) => (false, e),
+        let each: Vec<Option<&Target>> = if rewind_drill::per_target(cmd) {
+            sampled.iter().map(Some).collect()
+        } else {
+            vec![None]
         };
-        steps.push(CleanupStep { command: shown, ok, said });
+        for target in each {
+            let shown = std::iter::once(&cmd.program)
+                .chain(&cmd.args)
+                .map(|a| {
+                    rewind_drill::expand(a, vars, Some(run_id), target)
+                        .unwrap_or_else(|_| a.clone())
+                })
+                .collect::<Vec<_>>()
+                .join(" ");
+            let (ok, said) = match rewind_drill::run_command(cmd, vars, dir, Some(run_id), target)
+                .await
+            {
+                Ok(out) => {
+                    (true, shorten(out.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("")))
+                }
+                Err(e) => (false, e),
+            };
+            steps.push(CleanupStep { command: shown, ok, said });
+        }
     }
     steps
 }

@@ -1,15 +1,28 @@
-//! Filling a drill's commands (`${VAR}`, `{{run.id}}`) and running them.
+//! Filling a drill's commands (`${VAR}`, `{{run.id}}`, and in cleanup commands `{{target.id}}`
+//! and `{{target.attr.NAME}}`) and running them.
 
 use std::path::Path;
 use std::process::Stdio;
 
 use rewind_exec::Vars;
-use rewind_model::CommandSpec;
+use rewind_model::{CommandSpec, Target};
 
-/// `text` with every `${VAR}` read from `vars` and every `{{run.id}}` replaced by `run_id`.
-/// An unset variable, an unclosed `${` or a `{{run.id}}` before there is a run is an error naming
-/// it.
-pub fn expand(text: &str, vars: &Vars, run_id: Option<&str>) -> Result<String, String> {
+/// Whether a cleanup command names a tenant (`{{target.id}}`, `{{target.attr.NAME}}`): it is
+/// then run once per sampled tenant.
+pub fn per_target(cmd: &CommandSpec) -> bool {
+    std::iter::once(&cmd.program).chain(&cmd.args).any(|a| a.contains("{{target."))
+}
+
+/// `text` with every `${VAR}` read from `vars`, every `{{run.id}}` replaced by `run_id`, and
+/// every `{{target.id}}` / `{{target.attr.NAME}}` by `target`'s. An unset variable, an unclosed
+/// `${`, a `{{run.id}}` before there is a run, a `{{target.…}}` without a tenant, or an
+/// attribute the tenant lacks is an error naming it.
+pub fn expand(
+    text: &str,
+    vars: &Vars,
+    run_id: Option<&str>,
+    target: Option<&Target>,
+) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find("${") {
@@ -25,6 +38,29 @@ pub fn expand(text: &str, vars: &Vars, run_id: Option<&str>) -> Result<String, S
             run_id.ok_or_else(|| format!("{text:?} uses {{{{run.id}}}} before the run exists"))?;
         out = out.replace("{{run.id}}", id);
     }
+    if out.contains("{{target.") {
+        let t = target.ok_or_else(|| {
+            format!("{text:?} names a tenant ({{{{target.…}}}}), which only cleanup commands may")
+        })?;
+        out = out.replace("{{target.id}}", &t.id.to_string());
+        while let Some(i) = out.find("{{target.attr.") {
+            let after = &out[i + "{{target.attr.".len()..];
+            let end = after.find("}}").ok_or_else(|| format!("unclosed `{{{{` in {text:?}"))?;
+            let name = &after[..end];
+            let value = t
+                .attrs
+                .iter()
+                .find(|(k, _)| k.as_str() == name)
+                .map(|(_, v)| v.to_string())
+                .ok_or_else(|| format!("{text:?}: tenant {} has no attribute `{name}`", t.id))?;
+            out = format!("{}{value}{}", &out[..i], &after[end + 2..]);
+        }
+        if out.contains("{{target.") {
+            return Err(format!(
+                "{text:?}: unknown placeholder (use {{{{target.id}}}} or {{{{target.attr.NAME}}}})"
+            ));
+        }
+    }
     Ok(out)
 }
 
@@ -36,9 +72,11 @@ pub async fn run_command(
     vars: &Vars,
     dir: &Path,
     run_id: Option<&str>,
+    target: Option<&Target>,
 ) -> Result<String, String> {
-    let program = expand(&cmd.program, vars, run_id)?;
-    let args = cmd.args.iter().map(|a| expand(a, vars, run_id)).collect::<Result<Vec<_>, _>>()?;
+    let program = expand(&cmd.program, vars, run_id, target)?;
+    let args =
+        cmd.args.iter().map(|a| expand(a, vars, run_id, target)).collect::<Result<Vec<_>, _>>()?;
     let shown = std::iter::once(program.as_str())
         .chain(args.iter().map(String::as_str))
         .collect::<Vec<_>>()
@@ -67,15 +105,44 @@ mod tests {
     fn fills_variables_and_the_run_id() {
         let vars = Vars::default().with("SANDBOX", "/tmp/s");
         assert_eq!(
-            expand("${SANDBOX}/x --scratch {{run.id}}", &vars, Some("r1")).unwrap(),
+            expand("${SANDBOX}/x --scratch {{run.id}}", &vars, Some("r1"), None).unwrap(),
             "/tmp/s/x --scratch r1"
         );
         assert!(
-            expand("${REWIND_NO_SUCH_VAR_9}", &vars, None)
+            expand("${REWIND_NO_SUCH_VAR_9}", &vars, None, None)
                 .unwrap_err()
                 .contains("REWIND_NO_SUCH_VAR_9")
         );
-        assert!(expand("{{run.id}}", &vars, None).unwrap_err().contains("before the run exists"));
-        assert!(expand("${SANDBOX", &vars, None).unwrap_err().contains("unclosed"));
+        assert!(
+            expand("{{run.id}}", &vars, None, None).unwrap_err().contains("before the run exists")
+        );
+        assert!(expand("${SANDBOX", &vars, None, None).unwrap_err().contains("unclosed"));
+    }
+
+    #[test]
+    fn fills_a_tenant_only_where_there_is_one() {
+        let vars = Vars::default();
+        let set = rewind_model::TargetSet::parse(
+            "t.csv",
+            "id,kind,new_id\n7d1c52a4-3b8e-4f0a-9e27-c4a1d0b57e39,site,0b7c0f55-1f0e-4c1e-9b8e-3f7d1f2a9c10\n",
+            rewind_model::TargetsFormat::Csv,
+        )
+        .unwrap();
+        let t = &set.targets()[0];
+        assert_eq!(
+            expand("drop {{target.attr.new_id}} of {{target.id}}", &vars, None, Some(t)).unwrap(),
+            "drop 0b7c0f55-1f0e-4c1e-9b8e-3f7d1f2a9c10 of 7d1c52a4-3b8e-4f0a-9e27-c4a1d0b57e39"
+        );
+        assert!(
+            expand("{{target.attr.nope}}", &vars, None, Some(t)).unwrap_err().contains("`nope`")
+        );
+        assert!(expand("{{target.id}}", &vars, None, None).unwrap_err().contains("only cleanup"));
+        assert!(
+            expand("{{target.other}}", &vars, None, Some(t))
+                .unwrap_err()
+                .contains("unknown placeholder")
+        );
+        let cmd = CommandSpec { program: "x".into(), args: vec!["{{target.id}}".into()] };
+        assert!(per_target(&cmd));
     }
 }

@@ -21,9 +21,11 @@ pub mod schedule;
 mod select;
 pub mod serve;
 
-pub use expand::{expand, run_command};
+pub use expand::{expand, per_target, run_command};
 pub use result::{
     CleanupStep, DrillResult, Measured, ObjectiveResult, Scheduled, TargetResult, score,
 };
 pub use schedule::{Due, Planner, ScheduleError};
-pub use select::{Recoverable, SelectError, candidates, probe, restore_point, sample};
+pub use select::{
+    NEW_ID, Recoverable, SelectError, assign_new_ids, candidates, probe, restore_point, sample,
+};

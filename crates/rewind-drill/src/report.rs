@@ -49,7 +49,11 @@ pub fn markdown(r: &DrillResult) -> String {
         } else {
             format!("no: {}", t.failure.as_deref().unwrap_or(""))
         };
-        let _ = writeln!(out, "| `{}` | {state} | {} |", t.id, opt_s(t.restored_s));
+        let id = match &t.new_id {
+            Some(n) => format!("`{}` as `{n}`", t.id),
+            None => format!("`{}`", t.id),
+        };
+        let _ = writeln!(out, "| {id} | {state} | {} |", opt_s(t.restored_s));
     }
     if !r.cleanup.is_empty() {
         let _ = writeln!(out, "\n## Cleanup\n");
@@ -123,7 +127,11 @@ pub fn junit(r: &DrillResult) -> String {
     }
     for t in &r.targets {
         let why = t.failure.clone().unwrap_or_else(|| "not restored and validated".to_owned());
-        case(&format!("target {}", t.id), t.restored_s, (!t.restored).then_some(why.as_str()));
+        let name = match &t.new_id {
+            Some(n) => format!("target {} as {n}", t.id),
+            None => format!("target {}", t.id),
+        };
+        case(&name, t.restored_s, (!t.restored).then_some(why.as_str()));
     }
     let bad_cleanup: Vec<String> =
         r.cleanup.iter().filter(|c| !c.ok).map(|c| format!("{}: {}", c.command, c.said)).collect();

@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 pub struct TargetResult {
     /// The target's id.
     pub id: String,
+    /// `as-new`: the id it was restored as (removed by the cleanup).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_id: Option<String>,
     /// Restored and validated (every instance of the target succeeded).
     pub restored: bool,
     /// Seconds from the drill's start to the target restored, when it was.

@@ -29,7 +29,7 @@ pub async fn candidates(
 ) -> Result<TargetSet, SelectError> {
     let (text, format) = match &drill.select.selector {
         Selector::Command(cmd) => {
-            let out = run_command(cmd, vars, dir, None)
+            let out = run_command(cmd, vars, dir, None, None)
                 .await
                 .map_err(|e| SelectError(format!("the [select] command: {e}")))?;
             let format = if out.trim_start().starts_with('{') {
@@ -40,7 +40,7 @@ pub async fn candidates(
             (out, format)
         }
         Selector::Sql { connection, sql } => {
-            let url = expand(connection, vars, None)
+            let url = expand(connection, vars, None, None)
                 .map_err(|e| SelectError(format!("[select] connection: {e}")))?;
             let url = match registry.resolvers().resolve_blocking(url.clone()).await {
                 Some(r) => r.map_err(|e| SelectError(format!("[select] connection: {e}")))?,
@@ -147,6 +147,56 @@ pub fn sample(
     Ok(picked.into_iter().map(|i| candidates[i].clone()).collect())
 }
 
+/// The attribute an `as-new` drill gives each sampled tenant: the id it is restored as, which
+/// the drill's workflow reads as `{{target.attr.new_id}}`.
+pub const NEW_ID: &str = "new_id";
+
+/// Gives each sampled tenant of an `as-new` drill the id it is restored as (attribute
+/// [`NEW_ID`]): a fresh random uuid, or the one the selector gave. Every new id must be no
+/// tenant's the selector returned (a drill must never restore over a live tenant) and unique in
+/// the sample; a selector's `new_id` that breaks either is refused.
+pub fn assign_new_ids(sampled: &mut [Target], candidates: &[Target]) -> Result<(), SelectError> {
+    let attr = rewind_model::AttrName::new(NEW_ID).map_err(|e| SelectError(e.to_string()))?;
+    let live: std::collections::HashSet<String> =
+        candidates.iter().map(|t| t.id.to_string()).collect();
+    let mut given = std::collections::HashSet::new();
+    for t in sampled.iter_mut() {
+        let id = match t.attrs.get(&attr) {
+            Some(v) => {
+                let v = v.to_string();
+                let parsed = uuid::Uuid::parse_str(v.trim()).map_err(|_| {
+                    SelectError(format!(
+                        "[select]: tenant {}: its `{NEW_ID}` {v:?} is not a uuid",
+                        t.id
+                    ))
+                })?;
+                parsed.hyphenated().to_string()
+            }
+            None => loop {
+                let fresh = uuid::Uuid::new_v4().hyphenated().to_string();
+                if !live.contains(&fresh) && !given.contains(&fresh) {
+                    break fresh;
+                }
+            },
+        };
+        if live.contains(&id) {
+            return Err(SelectError(format!(
+                "[select]: tenant {}: its `{NEW_ID}` {id} is a live tenant's id; a drill restores \
+                 as a new tenant only under an id no tenant has",
+                t.id
+            )));
+        }
+        if !given.insert(id.clone()) {
+            return Err(SelectError(format!(
+                "[select]: tenant {}: its `{NEW_ID}` {id} is another sampled tenant's too",
+                t.id
+            )));
+        }
+        t.attrs.insert(attr.clone(), rewind_model::AttrValue::One(id));
+    }
+    Ok(())
+}
+
 /// What the `[rpo]` probe said: the newest recoverable instant, and the source's clock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Recoverable {
@@ -173,8 +223,9 @@ pub async fn probe(
     wall_now: SystemTime,
 ) -> Result<Option<Recoverable>, SelectError> {
     let Some(cmd) = &drill.rpo_probe else { return Ok(None) };
-    let out =
-        run_command(cmd, vars, dir, None).await.map_err(|e| SelectError(format!("[rpo]: {e}")))?;
+    let out = run_command(cmd, vars, dir, None, None)
+        .await
+        .map_err(|e| SelectError(format!("[rpo]: {e}")))?;
     let line = out.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
     let bad = |why: &str| {
         SelectError(format!(

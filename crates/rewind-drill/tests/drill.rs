@@ -81,9 +81,16 @@ fn result() -> DrillResult {
         rpo_s: Some(0.0),
         rpo_objective_s: Some(900.0),
         targets: vec![
-            TargetResult { id: "t1".into(), restored: true, restored_s: Some(3.0), failure: None },
+            TargetResult {
+                id: "t1".into(),
+                new_id: None,
+                restored: true,
+                restored_s: Some(3.0),
+                failure: None,
+            },
             TargetResult {
                 id: "t2".into(),
+                new_id: None,
                 restored: false,
                 restored_s: None,
                 failure: Some("step `v` failed: <no row>".into()),
@@ -186,4 +193,42 @@ fn markdown_and_trend() {
         "4.0s → 3.0s (-25%), min 3.0s, max 4.0s over 2 drills"
     );
     assert_eq!(trend(&[None]), "-");
+}
+
+#[test]
+fn as_new_ids_are_fresh_unique_and_never_a_live_tenants() {
+    let c = candidates(20);
+    let d = drill("sample = 5\nstrategy = \"random\"\nseed = 3");
+    let mut s = sample(&d, c.targets(), 3, &BTreeMap::new()).unwrap();
+    rewind_drill::assign_new_ids(&mut s, c.targets()).unwrap();
+    let live: Vec<String> = c.targets().iter().map(|t| t.id.to_string()).collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for t in &s {
+        let n = t.attrs.iter().find(|(k, _)| k.as_str() == "new_id").unwrap().1.to_string();
+        assert!(uuid::Uuid::parse_str(&n).is_ok(), "{n}");
+        assert!(!live.contains(&n), "{n} is a live tenant's id");
+        assert!(seen.insert(n));
+    }
+
+    // A selector's own new_id is kept when fresh, refused when it is a live tenant's or repeated.
+    let given = |new_ids: &[&str]| {
+        let mut text = "id,kind,new_id\n".to_owned();
+        for (i, n) in new_ids.iter().enumerate() {
+            text.push_str(&format!("00000000-0000-4000-8000-{i:012},site,{n}\n"));
+        }
+        TargetSet::parse("g.csv", &text, TargetsFormat::Csv).unwrap().targets().to_vec()
+    };
+    let mut ok = given(&["11111111-1111-4111-8111-111111111111"]);
+    rewind_drill::assign_new_ids(&mut ok, c.targets()).unwrap();
+    assert_eq!(
+        ok[0].attrs.iter().find(|(k, _)| k.as_str() == "new_id").unwrap().1.to_string(),
+        "11111111-1111-4111-8111-111111111111"
+    );
+    let mut live_one = given(&["00000000-0000-4000-8000-000000000007"]);
+    let e = rewind_drill::assign_new_ids(&mut live_one, c.targets()).unwrap_err().to_string();
+    assert!(e.contains("live tenant"), "{e}");
+    let mut twice =
+        given(&["11111111-1111-4111-8111-111111111111", "11111111-1111-4111-8111-111111111111"]);
+    let e = rewind_drill::assign_new_ids(&mut twice, c.targets()).unwrap_err().to_string();
+    assert!(e.contains("another sampled tenant"), "{e}");
 }
