@@ -224,19 +224,27 @@ impl Pair {
         }
     }
 
-    async fn copy_as(
+    /// Copies `tenant`'s slice from backup to live, as `new` when given.
+    async fn copy(
         &mut self,
         plan: &SlicePlan,
         tenant: &str,
-        new: NewTenant<'_>,
+        new: Option<NewTenant<'_>>,
     ) -> Result<CopyReport, SliceError> {
-        match (&mut self.backup, &mut self.live) {
-            (Conn::Sqlite(_), Conn::Sqlite(live)) => {
+        match (&mut self.backup, &mut self.live, new) {
+            (Conn::Sqlite(_), Conn::Sqlite(live), new) => {
                 let file = self.backup_file.as_ref().unwrap();
-                sqlite::copy_as(live, file, plan, tenant, new).await
+                match new {
+                    Some(n) => sqlite::copy_as(live, file, plan, tenant, n).await,
+                    None => sqlite::copy(live, file, plan, tenant).await,
+                }
             }
-            (Conn::Pg(src), Conn::Pg(dst)) => pg::copy_as(src, dst, plan, tenant, new).await,
-            (Conn::My(src), Conn::My(dst)) => mysql::copy_as(src, dst, plan, tenant, new).await,
+            (Conn::Pg(src), Conn::Pg(dst), Some(n)) => pg::copy_as(src, dst, plan, tenant, n).await,
+            (Conn::Pg(src), Conn::Pg(dst), None) => pg::copy(src, dst, plan, tenant).await,
+            (Conn::My(src), Conn::My(dst), Some(n)) => {
+                mysql::copy_as(src, dst, plan, tenant, n).await
+            }
+            (Conn::My(src), Conn::My(dst), None) => mysql::copy(src, dst, plan, tenant).await,
             _ => unreachable!("one engine per pair"),
         }
     }
@@ -370,7 +378,7 @@ async fn restore_as_with_declared_references(p: &mut Pair) {
         others_before.push(p.live.digest(&plan, t).await);
     }
     let new = NewTenant { id: NEW, remap: &remap };
-    let report = p.copy_as(&plan, OLD, new).await.unwrap();
+    let report = p.copy(&plan, OLD, Some(new)).await.unwrap();
     assert_eq!(report.tables.iter().map(|t| t.inserted).sum::<u64>(), 1 + 2 + 6 + 6 + 6);
     assert_eq!(report.tables.iter().map(|t| t.deleted).sum::<u64>(), 0);
 
@@ -417,7 +425,7 @@ async fn restore_as_with_declared_references(p: &mut Pair) {
     assert_eq!(p.live.digest(&plan, NEW).await, expected);
 
     // A retry writes the same rows.
-    let report = p.copy_as(&plan, OLD, new).await.unwrap();
+    let report = p.copy(&plan, OLD, Some(new)).await.unwrap();
     assert_eq!(report.tables.iter().map(|t| t.deleted).sum::<u64>(), 21);
     assert_eq!(p.whole().await, after);
 
@@ -436,7 +444,7 @@ async fn restore_as_with_declared_references(p: &mut Pair) {
     // Without the references, the same copy keeps every reference's old value: the new
     // tenant's issues point at the old tenant's projects (why `references` must be declared).
     let (plain, plain_remap) = planned(&schema, false);
-    p.copy_as(&plain, OLD, NewTenant { id: PLAIN, remap: &plain_remap }).await.unwrap();
+    p.copy(&plain, OLD, Some(NewTenant { id: PLAIN, remap: &plain_remap })).await.unwrap();
     assert_eq!(dangling(&mut p.live, PLAIN).await, [6, 4, 6, 6]);
     let to_old = p
         .live
@@ -448,19 +456,43 @@ async fn restore_as_with_declared_references(p: &mut Pair) {
     assert_eq!(to_old, 6);
 }
 
+/// A declared reference is no constraint: a restored row whose reference points at no row is
+/// copied as it is, as itself and as a new tenant (where its value, in no map, is kept); no
+/// engine's own reference check (PostgreSQL's and MariaDB's read the destination's catalog,
+/// SQLite's `pragma_foreign_key_check`) sees it.
+async fn a_declared_reference_is_never_checked(p: &mut Pair) {
+    let nowhere = "00000000-0000-4000-8000-00000000dead";
+    p.backup
+        .exec(&format!(
+            "INSERT INTO issues VALUES ('{}', '{OLD}', '{nowhere}', NULL, 'orphan')",
+            key(2, 0, 99)
+        ))
+        .await;
+    let schema = p.backup.schema().await;
+    let (plan, remap) = planned(&schema, true);
+    let report = p.copy(&plan, OLD, None).await.unwrap();
+    assert_eq!(report.tables.iter().map(|t| t.inserted).sum::<u64>(), 22);
+    let new = NewTenant { id: NEW, remap: &remap };
+    p.copy(&plan, OLD, Some(new)).await.unwrap();
+    for tenant in [OLD, NEW] {
+        let orphans = format!(
+            "SELECT count(*) FROM issues WHERE site_id = '{tenant}' AND project_id = '{nowhere}'"
+        );
+        assert_eq!(p.live.count(&orphans).await, 1, "{tenant}");
+    }
+    assert_eq!(dangling(&mut p.live, NEW).await, [1, 0, 0, 0]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Per engine.
 
-#[tokio::test]
-async fn sqlite_restores_as_a_new_tenant_through_declared_references() {
+async fn on_sqlite(body: impl AsyncFnOnce(&mut Pair)) {
     let dir = tempfile::tempdir().unwrap();
-    let open = |name: &str| {
-        let path = dir.path().join(name);
-        async move {
-            let opts =
-                sqlx::sqlite::SqliteConnectOptions::new().filename(&path).create_if_missing(true);
-            SqliteConnection::connect_with(&opts).await.unwrap()
-        }
+    let open = async |name: &str| {
+        let opts = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(dir.path().join(name))
+            .create_if_missing(true);
+        SqliteConnection::connect_with(&opts).await.unwrap()
     };
     let mut p = Pair {
         backup: Conn::Sqlite(open("backup.db").await),
@@ -468,12 +500,10 @@ async fn sqlite_restores_as_a_new_tenant_through_declared_references() {
         backup_file: Some(dir.path().join("backup.db")),
     };
     p.load("TEXT", "TEXT").await;
-    restore_as_with_declared_references(&mut p).await;
+    body(&mut p).await;
 }
 
-#[tokio::test]
-async fn postgres_restores_as_a_new_tenant_through_declared_references() {
-    let test = "postgres_restores_as_a_new_tenant_through_declared_references";
+async fn on_postgres(test: &str, body: impl AsyncFnOnce(&mut Pair)) {
     let Some(base) = rewind_testkit::postgres_url(test) else { return };
     let backup = rewind_testkit::PgSchema::create(&base).await;
     let live = rewind_testkit::PgSchema::create(&base).await;
@@ -484,7 +514,7 @@ async fn postgres_restores_as_a_new_tenant_through_declared_references() {
             backup_file: None,
         };
         p.load("text", "text").await;
-        restore_as_with_declared_references(&mut p).await;
+        body(&mut p).await;
     })
     .catch_unwind()
     .await;
@@ -495,9 +525,7 @@ async fn postgres_restores_as_a_new_tenant_through_declared_references() {
     }
 }
 
-#[tokio::test]
-async fn mariadb_restores_as_a_new_tenant_through_declared_references() {
-    let test = "mariadb_restores_as_a_new_tenant_through_declared_references";
+async fn on_mariadb(test: &str, body: impl AsyncFnOnce(&mut Pair)) {
     let Some(base) = rewind_testkit::mariadb_url(test) else { return };
     let backup = rewind_testkit::MyDb::create(&base).await;
     let live = rewind_testkit::MyDb::create(&base).await;
@@ -508,7 +536,7 @@ async fn mariadb_restores_as_a_new_tenant_through_declared_references() {
             backup_file: None,
         };
         p.load("VARCHAR(36)", "VARCHAR(100)").await;
-        restore_as_with_declared_references(&mut p).await;
+        body(&mut p).await;
     })
     .catch_unwind()
     .await;
@@ -517,4 +545,41 @@ async fn mariadb_restores_as_a_new_tenant_through_declared_references() {
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
+}
+
+#[tokio::test]
+async fn sqlite_restores_as_a_new_tenant_through_declared_references() {
+    on_sqlite(restore_as_with_declared_references).await;
+}
+
+#[tokio::test]
+async fn postgres_restores_as_a_new_tenant_through_declared_references() {
+    let test = "postgres_restores_as_a_new_tenant_through_declared_references";
+    on_postgres(test, restore_as_with_declared_references).await;
+}
+
+#[tokio::test]
+async fn mariadb_restores_as_a_new_tenant_through_declared_references() {
+    let test = "mariadb_restores_as_a_new_tenant_through_declared_references";
+    on_mariadb(test, restore_as_with_declared_references).await;
+}
+
+#[tokio::test]
+async fn sqlite_never_checks_a_declared_reference() {
+    on_sqlite(a_declared_reference_is_never_checked).await;
+}
+
+#[tokio::test]
+async fn postgres_never_checks_a_declared_reference() {
+    on_postgres(
+        "postgres_never_checks_a_declared_reference",
+        a_declared_reference_is_never_checked,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn mariadb_never_checks_a_declared_reference() {
+    on_mariadb("mariadb_never_checks_a_declared_reference", a_declared_reference_is_never_checked)
+        .await;
 }
