@@ -14,7 +14,7 @@ mod support;
 use std::collections::BTreeMap;
 
 use sqlx::{Connection, Executor};
-use support::{Env, RP, stderr, stdout, wait_for};
+use support::{Env, RP, StoreHold, TableLock, stderr, stdout, wait_for};
 
 const OLD: &str = "5b000000-0000-4000-8000-00000000000a";
 const OTHER: &str = "5b000000-0000-4000-8000-00000000000b";
@@ -261,27 +261,7 @@ fn copy_as_survives_kill_9_and_resume(engine: Engine, test: &str) {
     // The copy waits on a lock on live; once it is running, rewind's checkpoint store is held
     // so that its outcome cannot be recorded, the lock released, and rewind killed once the
     // copy committed.
-    let (unlock, unlocked) = std::sync::mpsc::channel::<()>();
-    let live_url = s.live.url.clone();
-    let locker = std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            match engine {
-                Engine::Sqlite => {
-                    let mut c = sqlx::SqliteConnection::connect(&live_url).await.unwrap();
-                    c.execute("BEGIN IMMEDIATE").await.unwrap();
-                    unlocked.recv().unwrap();
-                    c.execute("ROLLBACK").await.unwrap();
-                }
-                Engine::Postgres => {
-                    let mut c = sqlx::PgConnection::connect(&live_url).await.unwrap();
-                    c.execute("BEGIN; LOCK TABLE sites IN ACCESS EXCLUSIVE MODE").await.unwrap();
-                    unlocked.recv().unwrap();
-                    c.execute("COMMIT").await.unwrap();
-                }
-            }
-        });
-    });
+    let lock = TableLock::take(&s.live.url, "sites");
     let mut child = env
         .cmd(&run_args(w, t))
         .env("BACKUP_URL", &s.backup.url)
@@ -298,24 +278,13 @@ fn copy_as_survives_kill_9_and_resume(engine: Engine, test: &str) {
             .iter()
             .any(|s| s["step"] == "tracker.copy" && s["state"] == "running")
     });
-    let store_path = env.path("rewind.db");
-    let store = rt.block_on(async {
-        let url = format!("sqlite://{}", store_path.display());
-        let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
-        c.execute("BEGIN EXCLUSIVE").await.unwrap();
-        c
-    });
-    unlock.send(()).unwrap();
-    locker.join().unwrap();
+    let store = StoreHold::take(&env);
+    lock.release();
     let new_root = format!("SELECT id FROM sites WHERE id = '{NEW}'");
     wait_for("the copy committed", || rt.block_on(s.live.count(&new_root)) == 1);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    rt.block_on(async move {
-        let mut store = store;
-        store.execute("ROLLBACK").await.unwrap();
-        store.close().await.unwrap();
-    });
+    store.release();
     let o = rewind(&env, &s.backup, &s.live, &["resume", &run]);
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     let report = env.report(&run);
