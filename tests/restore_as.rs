@@ -258,6 +258,24 @@ fn copy_as_survives_kill_9_and_resume(engine: Engine, test: &str) {
     let (w, t) = (w.to_str().unwrap(), t.to_str().unwrap());
     let others = rt.block_on(s.live.rows("<>", NEW));
 
+    // `plan` shows what `as` changes, the declared references marked.
+    let o = rewind(
+        &env,
+        &s.backup,
+        &s.live,
+        &["plan", "--workflow", w, "--targets", t, "--restore-point", RP],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let plan = stdout(&o);
+    for line in [
+        "3. issues — tenant = issues.site_id (no foreign key)",
+        "as {{target.attr.new_id}}:",
+        "the new tenant id: sites.id, sites.site_id, projects.site_id, issues.site_id",
+        "following their parent: issues.project_id -> projects.id (declared), issues.parent_id -> issues.id (declared)",
+    ] {
+        assert!(plan.lines().any(|l| l.trim_start() == line), "{line:?} in\n{plan}");
+    }
+
     // The copy waits on a lock on live; once it is running, rewind's checkpoint store is held
     // so that its outcome cannot be recorded, the lock released, and rewind killed once the
     // copy committed.
