@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use sqlx::{Connection, Executor, Row};
-use support::{Env, RP, stderr, stdout, wait_for};
+use support::{Env, RP, StoreHold, TableLock, stderr, stdout, wait_for};
 
 /// Sites in the example data; the tenants deleted are 2, 7 and the last (which holds the
 /// highest keys, so a restore that did not advance sequences would collide).
@@ -338,27 +338,7 @@ fn restore_deleted_tenants(engine: Engine, test: &str) {
     // The copies' transactions commit, then rewind is killed before it records them: `resume`
     // copies again, over rows already restored.
     rt.block_on(p.live.delete_tenants(&deleted));
-    let (lock_tx, lock_rx) = std::sync::mpsc::channel::<()>();
-    let live_url = p.live.url.clone();
-    let locker = std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            match engine {
-                Engine::Postgres => {
-                    let mut c = sqlx::PgConnection::connect(&live_url).await.unwrap();
-                    c.execute("BEGIN; LOCK TABLE sites IN ACCESS EXCLUSIVE MODE").await.unwrap();
-                    lock_rx.recv().unwrap();
-                    c.execute("COMMIT").await.unwrap();
-                }
-                Engine::Mariadb => {
-                    let mut c = sqlx::MySqlConnection::connect(&live_url).await.unwrap();
-                    c.execute("LOCK TABLES sites WRITE").await.unwrap();
-                    lock_rx.recv().unwrap();
-                    c.execute("UNLOCK TABLES").await.unwrap();
-                }
-            }
-        });
-    });
+    let lock = TableLock::take(&p.live.url, "sites");
     let mut child = env
         .cmd(&run_args(w, t))
         .env("TRACKER_BACKUP_URL", &p.backup.url)
@@ -380,24 +360,12 @@ fn restore_deleted_tenants(engine: Engine, test: &str) {
     });
     // Hold rewind's checkpoint store so that no outcome can be recorded, then let the copies
     // through.
-    let store_path = env.path("rewind.db");
-    let store = rt.block_on(async {
-        let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", store_path.display()))
-            .await
-            .unwrap();
-        c.execute("BEGIN EXCLUSIVE").await.unwrap();
-        c
-    });
-    lock_tx.send(()).unwrap();
-    locker.join().unwrap();
+    let store = StoreHold::take(&env);
+    lock.release();
     wait_for("the copies committed", || rt.block_on(p.live.count_sites(&deleted)) == 3);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    rt.block_on(async move {
-        let mut store = store;
-        store.execute("ROLLBACK").await.unwrap();
-        store.close().await.unwrap();
-    });
+    store.release();
     let o = rewind(&env, &p, &["resume", &run]);
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     let attempts = copy_attempts(&env.report(&run));

@@ -217,3 +217,86 @@ pub fn is_alive(pid: i32) -> bool {
 pub fn exists(p: &Path) -> bool {
     p.exists()
 }
+
+/// A write lock on one table of a store, held on a thread of its own from [`TableLock::take`]
+/// (which returns once it is held) to [`TableLock::release`]: a copy into the store waits for
+/// it. The engine is the URL's: SQLite `BEGIN IMMEDIATE` (the whole file), PostgreSQL `LOCK
+/// TABLE … IN ACCESS EXCLUSIVE MODE`, MariaDB/MySQL `LOCK TABLES … WRITE`.
+pub struct TableLock {
+    release: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl TableLock {
+    pub fn take(url: &str, table: &str) -> Self {
+        use sqlx::{Connection, Executor};
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (held, is_held) = std::sync::mpsc::channel::<()>();
+        let (url, table) = (url.to_owned(), table.to_owned());
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async {
+                if url.starts_with("sqlite:") {
+                    let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                    c.execute("BEGIN IMMEDIATE").await.unwrap();
+                    held.send(()).unwrap();
+                    released.recv().unwrap();
+                    c.execute("ROLLBACK").await.unwrap();
+                } else if url.starts_with("postgres") {
+                    let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+                    let lock = format!("BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE");
+                    c.execute(sqlx::AssertSqlSafe(lock)).await.unwrap();
+                    held.send(()).unwrap();
+                    released.recv().unwrap();
+                    c.execute("COMMIT").await.unwrap();
+                } else {
+                    let mut c = sqlx::MySqlConnection::connect(&url).await.unwrap();
+                    let lock = format!("LOCK TABLES {table} WRITE");
+                    c.execute(sqlx::AssertSqlSafe(lock)).await.unwrap();
+                    held.send(()).unwrap();
+                    released.recv().unwrap();
+                    c.execute("UNLOCK TABLES").await.unwrap();
+                }
+            });
+        });
+        is_held.recv().unwrap();
+        Self { release, thread }
+    }
+
+    /// Lets the waiting writers through; returns once the lock is gone.
+    pub fn release(self) {
+        self.release.send(()).unwrap();
+        self.thread.join().unwrap();
+    }
+}
+
+/// The test folder's SQLite checkpoint store held by `BEGIN EXCLUSIVE` from [`StoreHold::take`]
+/// to [`StoreHold::release`]: a running rewind can record nothing meanwhile (an attempt that
+/// ends is not recorded as ended).
+pub struct StoreHold {
+    rt: tokio::runtime::Runtime,
+    conn: sqlx::SqliteConnection,
+}
+
+impl StoreHold {
+    pub fn take(env: &Env) -> Self {
+        use sqlx::{Connection, Executor};
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let url = format!("sqlite://{}", env.path("rewind.db").display());
+        let conn = rt.block_on(async {
+            let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            c.execute("BEGIN EXCLUSIVE").await.unwrap();
+            c
+        });
+        Self { rt, conn }
+    }
+
+    pub fn release(self) {
+        use sqlx::{Connection, Executor};
+        let Self { rt, mut conn } = self;
+        rt.block_on(async move {
+            conn.execute("ROLLBACK").await.unwrap();
+            conn.close().await.unwrap();
+        });
+    }
+}

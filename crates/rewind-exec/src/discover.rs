@@ -3,6 +3,10 @@
 //! tables of the tenant's slice, the path by which each reaches the root, the order, and the
 //! `WHERE` that selects each table's rows.
 //!
+//! With `as` (restore as a new tenant), the plan is followed by what the copy changes: the
+//! columns that become the new tenant id, the keys remapped and how, and the references that
+//! follow their parent (declared ones marked `(declared)`).
+//!
 //! The run plans from the source (`from`); before the run the source often does not exist yet
 //! (a point-in-time restore makes it), so the plan is read from the destination (`to`) instead,
 //! and says so. Catalogs are read over read-only sessions: PostgreSQL
@@ -87,7 +91,28 @@ pub async fn discover(ends: &SliceEnds, s: &SliceAction) -> Discovery {
                 return match rewind_slice::plan::plan(&schema, &request(s)) {
                     Ok(plan) => {
                         lines.extend(render(&plan, schema.engine));
-                        Discovery { lines, unplannable: None }
+                        let Some(new) = &s.as_tenant else {
+                            return Discovery { lines, unplannable: None };
+                        };
+                        match rewind_slice::remap::plan(&schema, &plan) {
+                            Ok(remap) => {
+                                lines.push(format!("  as {}:", new.as_str()));
+                                lines.extend(
+                                    remap
+                                        .describe(&schema, &plan)
+                                        .iter()
+                                        .map(|l| format!("    {l}")),
+                                );
+                                Discovery { lines, unplannable: None }
+                            }
+                            Err(e) => {
+                                let e =
+                                    format!("the slice cannot be restored as a new tenant: {e}");
+                                lines.push(format!("  the run would fail: {e}"));
+                                let why = format!("`{}`'s catalog says {e}", end.name);
+                                Discovery { lines, unplannable: Some(why) }
+                            }
+                        }
                     }
                     Err(e) => {
                         lines.push(format!("  the run would fail: {e}"));

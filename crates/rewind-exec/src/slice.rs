@@ -253,6 +253,16 @@ pub(crate) fn request(s: &SliceAction) -> rewind_slice::Request {
         tables: s.tables.clone(),
         tenant_column: s.tenant_column.clone(),
         exclude: s.exclude.clone(),
+        references: s
+            .references
+            .iter()
+            .map(|r| rewind_slice::plan::Reference {
+                child: r.child.clone(),
+                columns: r.columns.clone(),
+                parent: r.parent.clone(),
+                parent_columns: r.parent_columns.clone(),
+            })
+            .collect(),
     }
 }
 

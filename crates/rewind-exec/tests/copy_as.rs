@@ -247,3 +247,158 @@ async fn mariadb_copy_as_a_new_tenant_then_compare() {
     live.drop_database().await;
     scratch.drop_database().await;
 }
+
+/// A workflow of `copy` then `compare` as a new tenant, on a slice of `tables` by `site_id`
+/// under the root `sites`, with `references` (a TOML array, or empty: none).
+fn declared_workflow(references: &str) -> Workflow {
+    let references =
+        if references.is_empty() { String::new() } else { format!(", references = {references}") };
+    let action = |kind: &str| {
+        format!(
+            r#"{{ kind = "{kind}", from = "scratch", to = "live", root = "sites", tables = ["projects", "issues"], tenant_column = "site_id", tenant = "{{{{target.id}}}}", as = "{{{{target.attr.new_id}}}}"{references} }}"#
+        )
+    };
+    let text = format!(
+        "name = \"t\"\ntarget_kind = \"site\"\n[connections]\nlive = \"${{LIVE}}\"\nscratch = \"${{SCRATCH}}\"\n\
+         [[steps]]\nid = \"tracker.copy\"\nestimate = \"1m\"\naction = {}\n\
+         [[steps]]\nid = \"tracker.compare\"\nestimate = \"1m\"\naction = {}\n",
+        action("copy"),
+        action("compare")
+    );
+    Workflow::parse("t.toml", &text).unwrap_or_else(|d| panic!("{d}"))
+}
+
+/// Every row of every table of a SQLite file, as text.
+async fn sqlite_dump(url: &str) -> Vec<String> {
+    use sqlx::Row;
+    let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY 1",
+    )
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    for t in tables {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT * FROM \"{t}\"")))
+            .fetch_all(&mut c)
+            .await
+            .unwrap();
+        for r in rows {
+            let cells: Vec<String> = (0..r.len())
+                .map(|i| r.try_get::<Option<String>, _>(i).unwrap().unwrap_or_default())
+                .collect();
+            out.push(format!("{t}: {}", cells.join("|")));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The reference-less tracker (text uuid keys, a `site_id` everywhere), but for `notes`,
+/// whose key to `issues` is a catalog FOREIGN KEY.
+fn declared_schema() -> String {
+    format!(
+        "CREATE TABLE sites (id TEXT PRIMARY KEY, site_id TEXT NOT NULL, name TEXT NOT NULL);
+         CREATE TABLE projects (id TEXT PRIMARY KEY, site_id TEXT NOT NULL, name TEXT);
+         CREATE TABLE issues (id TEXT PRIMARY KEY, site_id TEXT NOT NULL, project_id TEXT NOT NULL, title TEXT);
+         CREATE TABLE notes (id TEXT PRIMARY KEY, issue_id TEXT NOT NULL REFERENCES issues(id), body TEXT);
+         INSERT INTO sites VALUES ('{OLD}', '{OLD}', 'a'), ('{OTHER}', '{OTHER}', 'b');
+         INSERT INTO projects VALUES ('20000000-0000-4000-8000-000000000001', '{OLD}', 'pa'),
+           ('20000000-0000-4000-8000-000000000002', '{OTHER}', 'pb');
+         INSERT INTO issues VALUES
+           ('10000000-0000-4000-8000-000000000001', '{OLD}', '20000000-0000-4000-8000-000000000001', 'one'),
+           ('10000000-0000-4000-8000-000000000002', '{OLD}', '20000000-0000-4000-8000-000000000001', 'two'),
+           ('10000000-0000-4000-8000-000000000003', '{OTHER}', '20000000-0000-4000-8000-000000000002', 'other');"
+    )
+}
+
+#[tokio::test]
+async fn sqlite_declared_references_follow_through_copy_and_compare_as() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = format!("sqlite://{}?mode=rwc", dir.path().join("live.db").display());
+    let scratch = format!("sqlite://{}?mode=rwc", dir.path().join("scratch.db").display());
+    for url in [&live, &scratch] {
+        sqlite_exec(url, &declared_schema()).await;
+    }
+    let wf = declared_workflow(r#"["issues(project_id) -> projects(id)"]"#);
+
+    // `plan` and `--dry-run` show the declared reference and what `as` changes.
+    let a = attempt(&wf, 0, NEW, &live, &scratch);
+    let ends = rewind_exec::discover::slice_ends(&a).unwrap().unwrap();
+    let (rewind_model::Action::Copy(s) | rewind_model::Action::Compare(s)) = &*a.action else {
+        panic!()
+    };
+    let shown = rewind_exec::discover::discover(&ends, s).await;
+    assert_eq!(shown.unplannable, None);
+    let text = shown.lines.join("\n");
+    for line in [
+        "  as {{target.attr.new_id}}:",
+        "    the new tenant id: sites.id, sites.site_id, projects.site_id, issues.site_id",
+        "    keys remapped: projects.id (text holding uuids, derived), issues.id (text holding uuids, derived)",
+        "    following their parent: issues.project_id -> projects.id (declared)",
+    ] {
+        assert!(shown.lines.iter().any(|l| l == line), "{line:?} in\n{text}");
+    }
+
+    let r = run(attempt(&wf, 0, NEW, &live, &scratch)).await;
+    assert_eq!(r.outcome, Outcome::Succeeded, "{r:?}");
+    assert_eq!(r.output.as_ref().unwrap()["rows"], 4);
+    let mut c = sqlx::SqliteConnection::connect(&live).await.unwrap();
+    let count = async |c: &mut sqlx::SqliteConnection, sql: &str| -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned())).fetch_one(c).await.unwrap()
+    };
+    let followed = format!(
+        "SELECT count(*) FROM issues i JOIN projects p ON p.id = i.project_id AND p.site_id = '{NEW}' \
+         WHERE i.site_id = '{NEW}'"
+    );
+    assert_eq!(count(&mut c, &followed).await, 2, "both new issues point at the new project");
+    let root = format!("SELECT count(*) FROM sites WHERE id = '{NEW}' AND site_id = '{NEW}'");
+    assert_eq!(count(&mut c, &root).await, 1);
+    let r = run(attempt(&wf, 1, NEW, &live, &scratch)).await;
+    assert_eq!(r.outcome, Outcome::Succeeded, "{r:?}");
+    assert_eq!(r.output.as_ref().unwrap()["matching"], true);
+
+    // A restored reference pointed back at the old project: the compare fails, naming issues.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "UPDATE issues SET project_id = '20000000-0000-4000-8000-000000000001' \
+         WHERE id = (SELECT min(id) FROM issues WHERE site_id = '{NEW}')"
+    )))
+    .execute(&mut c)
+    .await
+    .unwrap();
+    let r = run(attempt(&wf, 1, NEW, &live, &scratch)).await;
+    assert_eq!(r.outcome, Outcome::Failed { retryable: false }, "{r:?}");
+    assert!(r.error.as_deref().unwrap().contains("the restored slice differs: issues:"), "{r:?}");
+    drop(c);
+
+    // A reference the catalog cannot have, or has already, is refused before anything is
+    // written, naming it as written; the compare refuses it alike.
+    let before = sqlite_dump(&live).await;
+    for (references, needle) in [
+        (
+            r#"["issues(project_id) -> project(id)"]"#,
+            "the reference `issues(project_id) -> project(id)` names a table `project` that does not exist",
+        ),
+        (
+            r#"["issues(projectid) -> projects(id)"]"#,
+            "the reference `issues(projectid) -> projects(id)` names a column `issues`.`projectid` that does not exist",
+        ),
+        (
+            r#"["issues(project_id) -> projects(id)", "notes( issue_id )->issues(id)"]"#,
+            "the reference `notes(issue_id) -> issues(id)` is declared already: the catalog has it as the foreign key `fk0`",
+        ),
+    ] {
+        let wf = declared_workflow(references);
+        for step in [0, 1] {
+            let r =
+                run(attempt(&wf, step, "00000000-0000-4000-8000-0000000000ee", &live, &scratch))
+                    .await;
+            assert_eq!(r.outcome, Outcome::Failed { retryable: false }, "{r:?}");
+            let e = r.error.as_deref().unwrap();
+            assert!(e.contains("the slice cannot be planned from `scratch`"), "{e}");
+            assert!(e.contains(needle), "{e}");
+        }
+        assert_eq!(sqlite_dump(&live).await, before, "nothing was written");
+    }
+}

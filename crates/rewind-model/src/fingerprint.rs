@@ -375,6 +375,7 @@ fn v1_action(j: &mut Json, a: &Action) {
                 tenant,
                 as_tenant,
                 source_restore_point,
+                references,
             } = s;
             j.field_str(false, "from", from.as_str());
             j.field_str(false, "to", to.as_str());
@@ -399,6 +400,12 @@ fn v1_action(j: &mut Json, a: &Action) {
                 j.field_str(false, "as", as_tenant.as_str());
             }
             j.field_opt_str("source_restore_point", source_restore_point.as_deref());
+            // `references` only when given, each in its canonical spelling (whitespace does
+            // not count): workflows without it keep their fingerprints.
+            if !references.is_empty() {
+                j.key(false, "references");
+                j.strs(&references.iter().map(ToString::to_string).collect::<Vec<_>>());
+            }
         }
         Action::Audit(a) => {
             let AuditAction { require } = a;

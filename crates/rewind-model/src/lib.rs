@@ -51,6 +51,6 @@ pub use template::{
 pub use time::{RestorePoint, RestorePointError};
 pub use workflow::{
     Action, AttributeUse, AuditAction, Backoff, CommandAction, Condition, Connection,
-    DEFAULT_RETENTION, PitrAction, PitrMethod, Policy, Pool, Preflight, Scope, SliceAction,
-    SqlAction, Statement, Step, Workflow,
+    DEFAULT_RETENTION, PitrAction, PitrMethod, Policy, Pool, Preflight, Reference, Scope,
+    SliceAction, SqlAction, Statement, Step, Workflow,
 };

@@ -410,6 +410,121 @@ pub struct SliceAction {
     /// A query on the source whose first column of the first row is the restore point the
     /// source reached; reported as `restore_point`, so the run's pin applies.
     pub source_restore_point: Option<String>,
+    /// `references`: foreign keys the catalog lacks (a schema whose references are logical,
+    /// without FOREIGN KEY constraints), each counted like the catalog's for discovery, order
+    /// and `as` (where a reference follows its parent's new key), but never checked as a
+    /// constraint. Empty: the catalog's alone.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub references: Vec<Reference>,
+}
+
+/// One item of `references`: `columns` of `child` hold the values of `parent_columns` of
+/// `parent`, written `"child(column, …) -> parent(column, …)"` (whitespace free). Parsed by
+/// [`Reference::from_str`]: both tables and every column an identifier, as many columns on each
+/// side, none twice on one side.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reference {
+    /// The referring table.
+    pub child: String,
+    /// Its columns, in pair order.
+    pub columns: Vec<String>,
+    /// The referred table.
+    pub parent: String,
+    /// Its columns, one per column of `columns`.
+    pub parent_columns: Vec<String>,
+}
+
+impl Reference {
+    /// Whether `other` is the same reference, its column pairs perhaps in another order.
+    pub fn same_as(&self, other: &Self) -> bool {
+        let pairs = |r: &Self| {
+            let mut p: Vec<(String, String)> =
+                r.columns.iter().cloned().zip(r.parent_columns.iter().cloned()).collect();
+            p.sort();
+            p
+        };
+        self.child == other.child && self.parent == other.parent && pairs(self) == pairs(other)
+    }
+}
+
+/// `issues(project_id) -> projects(id)`, `a(x, y) -> b(p, q)`: the canonical spelling.
+impl fmt::Display for Reference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}({}) -> {}({})",
+            self.child,
+            self.columns.join(", "),
+            self.parent,
+            self.parent_columns.join(", ")
+        )
+    }
+}
+
+impl Serialize for Reference {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Parses `"child(column, …) -> parent(column, …)"`; the error says what is wrong, without the
+/// text itself (the caller quotes it).
+impl std::str::FromStr for Reference {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text.trim().is_empty() {
+            return Err("it is empty".to_owned());
+        }
+        let Some((left, right)) = text.split_once("->") else {
+            return Err("it has no `->` between the referring and the referred table".to_owned());
+        };
+        if right.contains("->") {
+            return Err("it has more than one `->`".to_owned());
+        }
+        let (child, columns) = reference_side(left, "referring")?;
+        let (parent, parent_columns) = reference_side(right, "referred")?;
+        if columns.len() != parent_columns.len() {
+            return Err(format!(
+                "{} column(s) of `{child}` refer to {} column(s) of `{parent}`: each column \
+                 refers to one",
+                columns.len(),
+                parent_columns.len()
+            ));
+        }
+        Ok(Self { child, columns, parent, parent_columns })
+    }
+}
+
+/// One side of a reference, `table(column, …)`; `role` names it in errors.
+fn reference_side(text: &str, role: &str) -> Result<(String, Vec<String>), String> {
+    let text = text.trim();
+    let shape = || format!("the {role} side {text:?} is not `table(column, …)`");
+    let (Some(open), true) = (text.find('('), text.ends_with(')')) else {
+        return Err(shape());
+    };
+    let table = text[..open].trim();
+    let inner = &text[open + 1..text.len() - 1];
+    if inner.contains(['(', ')']) {
+        return Err(shape());
+    }
+    if !parse::is_identifier(table) {
+        return Err(parse::identifier_rule("table", table));
+    }
+    let mut columns: Vec<String> = Vec::new();
+    for column in inner.split(',').map(str::trim) {
+        if column.is_empty() {
+            return Err(format!("the {role} side {text:?} has an empty column name"));
+        }
+        if !parse::is_identifier(column) {
+            return Err(parse::identifier_rule("column", column));
+        }
+        if columns.iter().any(|c| c == column) {
+            return Err(format!("the {role} side {text:?} names column `{column}` twice"));
+        }
+        columns.push(column.to_owned());
+    }
+    Ok((table.to_owned(), columns))
 }
 
 impl SliceAction {

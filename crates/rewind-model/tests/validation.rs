@@ -1290,3 +1290,128 @@ fn copy_and_compare_take_as_a_template_and_it_changes_the_fingerprint_only_when_
     };
     assert_ne!(fingerprint(&with), fingerprint(&without));
 }
+
+/// A copy step whose action is a table of its own, `references` one item per line.
+fn references_step(kind: &str, references: &[&str]) -> String {
+    let items: String = references.iter().map(|r| format!("  {r:?},\n")).collect();
+    format!(
+        "{SLICE_HEADER}\n[[steps]]\nid = \"c\"\nestimate = \"1m\"\n[steps.action]\nkind = \"{kind}\"\nfrom = \"scratch\"\nto = \"live\"\nroot = \"sites\"\ntenant = \"{{{{target.id}}}}\"\nreferences = [\n{items}]\n"
+    )
+}
+
+#[test]
+fn references_parse_into_typed_references_whitespace_free() {
+    for kind in ["copy", "compare"] {
+        let text = references_step(
+            kind,
+            &[
+                "issues(project_id) -> projects(id)",
+                "memberships(group_id)->groups(id)",
+                " a ( x ,y ) ->  b(p, q) ",
+            ],
+        );
+        let wf = Workflow::parse("w.toml", &text).unwrap_or_else(|d| panic!("{d}"));
+        let (rewind_model::Action::Copy(s) | rewind_model::Action::Compare(s)) =
+            &wf.steps[0].action
+        else {
+            panic!()
+        };
+        let shown: Vec<String> = s.references.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "issues(project_id) -> projects(id)",
+                "memberships(group_id) -> groups(id)",
+                "a(x, y) -> b(p, q)"
+            ]
+        );
+        let r = &s.references[2];
+        assert_eq!((r.child.as_str(), r.parent.as_str()), ("a", "b"));
+        assert_eq!(
+            (r.columns.clone(), r.parent_columns.clone()),
+            (vec!["x".to_owned(), "y".to_owned()], vec!["p".to_owned(), "q".to_owned()])
+        );
+    }
+}
+
+#[test]
+fn a_bad_reference_is_located_on_its_own_line_and_quoted() {
+    let cases: &[(&str, &str)] = &[
+        ("issues(project_id) projects(id)", "has no `->`"),
+        ("a(x) -> b(y) -> c(z)", "more than one `->`"),
+        ("issues(project_id, site_id) -> projects(id)", "2 column(s) of `issues` refer to 1"),
+        ("issues -> projects(id)", "is not `table(column, …)`"),
+        ("issues(project_id) -> projects()", "has an empty column name"),
+        ("issues(project id) -> projects(id)", "column name \"project id\" is not valid"),
+        ("issues(a, a) -> projects(id, x)", "names column `a` twice"),
+        ("is-sues(a) -> projects(id)", "table name \"is-sues\" is not valid"),
+        ("", "it is empty"),
+        ("  ", "it is empty"),
+    ];
+    for (bad, needle) in cases {
+        for kind in ["copy", "compare"] {
+            let text =
+                references_step(kind, &["comments(issue_id) -> issues(id)", bad, "x(a) -> y(b)"]);
+            let marker = format!("  {bad:?},");
+            check(&text, K::InvalidValue, &marker, Some("c"), needle);
+            check(&text, K::InvalidValue, &marker, Some("c"), &format!("{bad:?}"));
+        }
+    }
+    check(
+        &references_step("copy", &["a(x, y) -> b(p, q)", "a(y,x) -> b(q,p)"]),
+        K::InvalidValue,
+        "\"a(y,x) -> b(q,p)\"",
+        Some("c"),
+        "lists \"a(y,x) -> b(q,p)\" twice",
+    );
+    check(
+        &references_step("copy", &[]),
+        K::InvalidValue,
+        "references = [",
+        Some("c"),
+        "`references` is empty",
+    );
+    // A bad reference refuses the workflow: nothing runs on it.
+    let text = references_step("copy", &["issues(project_id) -> "]);
+    let diags = Workflow::parse("w.toml", &text).unwrap_err();
+    assert_eq!(diags.iter().count(), 1, "{diags}");
+}
+
+#[test]
+fn references_take_part_in_the_fingerprint() {
+    let fingerprint = |text: &str| {
+        let wf = Workflow::parse("w.toml", text).unwrap_or_else(|d| panic!("{d}"));
+        let targets = rewind_model::TargetSet::parse(
+            "t.csv",
+            "id,kind,shard\n6f1c2a3e-0b4d-4e5f-8a9b-0c1d2e3f4a5b,site,1\n",
+            rewind_model::TargetsFormat::Csv,
+        )
+        .unwrap();
+        rewind_model::Plan::build(wf, targets, "2022-04-05T07:33:00Z".parse().unwrap()).unwrap()
+    };
+    let one = fingerprint(&references_step("copy", &["issues(project_id) -> projects(id)"]));
+    // Layout does not count: the same references spelled otherwise.
+    let same = fingerprint(&references_step("copy", &["issues( project_id )->projects(id)"]));
+    assert_eq!(one.fingerprint(), same.fingerprint());
+    // A run stored with one set of references does not load with another: a changed
+    // reference, one more, or none.
+    let stored = one.fingerprint().to_string();
+    for changed in [
+        references_step("copy", &["issues(project_id) -> projects(key)"]),
+        references_step(
+            "copy",
+            &["issues(project_id) -> projects(id)", "issues(parent_id) -> issues(id)"],
+        ),
+        references_step("copy", &["issues(parent_id) -> issues(id)"]),
+        slice_step(
+            "c",
+            "target",
+            r#"{ kind = "copy", from = "scratch", to = "live", root = "sites", tenant = "{{target.id}}" }"#,
+        ),
+    ] {
+        let p = fingerprint(&changed);
+        assert_ne!(p.fingerprint(), one.fingerprint(), "{changed}");
+        let e = p.check_fingerprint(&stored).unwrap_err();
+        assert!(e.contains("its fingerprint is now"), "{e}");
+    }
+}

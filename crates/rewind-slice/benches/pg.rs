@@ -143,6 +143,7 @@ fn plan(schema: &Schema) -> SlicePlan {
                     parent: parent.to_owned(),
                     parent_columns: fk.parent_columns.clone(),
                     nullable: false,
+                    declared: false,
                 };
                 (vec![via], path)
             }
@@ -166,6 +167,8 @@ fn plan(schema: &Schema) -> SlicePlan {
         }),
         tables,
         deferred: Vec::new(),
+        tenant_column: None,
+        references: Vec::new(),
     }
 }
 

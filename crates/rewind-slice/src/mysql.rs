@@ -173,6 +173,7 @@ async fn read_foreign_keys(
                 parent,
                 parent_columns: vec![parent_column],
                 deferrable: false,
+                declared: false,
             }),
         }
     }

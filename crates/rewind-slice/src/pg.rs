@@ -169,6 +169,7 @@ async fn read_foreign_keys(
                     parent,
                     parent_columns: Vec::new(),
                     deferrable,
+                    declared: false,
                 });
                 t.foreign_keys.last_mut().unwrap_or_else(|| unreachable!("just pushed"))
             }

@@ -23,16 +23,27 @@
 //! A table reached by `tenant_column` is one step from the tenant id, like a child of the
 //! root (distance 1); tables reached through foreign keys may rank it as a parent.
 //!
+//! **Declared references.** `Request::references` are foreign keys the catalog lacks (a schema
+//! whose references are logical). [`declare`] adds each to its child table's foreign keys
+//! ([`ForeignKey::declared`], named `declared:child(columns)->parent(columns)`), refusing one
+//! whose table or column does not exist, whose sides differ in length, or that the catalog
+//! already has; [`plan`] plans from that schema. A declared reference counts like a catalog
+//! key for discovery, for which key decides a row, for the order and for a restore as a new
+//! tenant ([`crate::remap`]), but it is no constraint: nothing checks, defers or sets it.
+//!
 //! **Order.** Inserts run parents first, deletes children first, over the foreign keys
 //! between slice tables. A reference cycle between tables is broken, on engines that cannot
 //! defer every reference ([`Engine::defers_every_reference`]), by deferring a `DEFERRABLE`
 //! constraint of the cycle, else by inserting a nullable key of the cycle as NULL and setting
 //! it after every table is inserted ([`SliceTable::set_after`]); a cycle with neither is
-//! refused, naming its tables. Self-references need nothing: a table's rows go in by one
-//! statement, and its references are checked when the statement ends.
+//! refused, naming its tables. A declared reference of the cycle is taken first, and needs
+//! neither: no constraint stands behind it. Self-references need nothing: a table's rows go in
+//! by one statement, and its references are checked when the statement ends.
 
+use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::fmt;
 
 use petgraph::graphmap::DiGraphMap;
 use serde::Serialize;
@@ -52,6 +63,64 @@ pub struct Request {
     pub tenant_column: Option<String>,
     /// Tables left out, with what is reached only through them.
     pub exclude: Vec<String>,
+    /// Foreign keys the catalog lacks, added to it by [`declare`] before planning.
+    pub references: Vec<Reference>,
+}
+
+/// A reference the workflow declares: `columns` of `child` hold `parent_columns` of `parent`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reference {
+    pub child: String,
+    pub columns: Vec<String>,
+    pub parent: String,
+    pub parent_columns: Vec<String>,
+}
+
+/// As the workflow writes it: `issues(project_id) -> projects(id)`.
+impl fmt::Display for Reference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}({}) -> {}({})",
+            self.child,
+            self.columns.join(", "),
+            self.parent,
+            self.parent_columns.join(", ")
+        )
+    }
+}
+
+impl Serialize for Reference {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl Reference {
+    /// The name of its [`ForeignKey`]: `declared:child(a,b)->parent(p,q)`.
+    pub fn constraint_name(&self) -> String {
+        format!(
+            "declared:{}({})->{}({})",
+            self.child,
+            self.columns.join(","),
+            self.parent,
+            self.parent_columns.join(",")
+        )
+    }
+
+    /// Whether `fk`, a foreign key of the child table, is this reference: the same parent and
+    /// the same column pairs, in any order.
+    fn is(&self, fk: &ForeignKey) -> bool {
+        let pairs = |columns: &[String], parent_columns: &[String]| {
+            let mut p: Vec<(String, String)> =
+                columns.iter().cloned().zip(parent_columns.iter().cloned()).collect();
+            p.sort();
+            p
+        };
+        fk.parent == self.parent
+            && fk.columns.len() == self.columns.len()
+            && pairs(&fk.columns, &fk.parent_columns) == pairs(&self.columns, &self.parent_columns)
+    }
 }
 
 /// A planned slice.
@@ -65,6 +134,13 @@ pub struct SlicePlan {
     /// Constraints the copy defers (`SET CONSTRAINTS … DEFERRED`) to break reference cycles:
     /// (table, constraint name).
     pub deferred: Vec<(String, String)>,
+    /// The request's `tenant_column`: it holds the tenant in the tables reached by it, and,
+    /// with a root, in the root too when the root has that column ([`crate::remap`]).
+    pub tenant_column: Option<String>,
+    /// The request's declared references, as the plan was made with them ([`declare`]):
+    /// whatever reads the schema's foreign keys for this plan ([`crate::remap::plan`]) declares
+    /// them again on the schema it is given.
+    pub references: Vec<Reference>,
 }
 
 impl SlicePlan {
@@ -127,6 +203,8 @@ pub enum Via {
         parent_columns: Vec<String>,
         /// Some column of the key may be NULL.
         nullable: bool,
+        /// A reference the workflow declares ([`ForeignKey::declared`]).
+        declared: bool,
     },
 }
 
@@ -160,13 +238,86 @@ pub enum PlanError {
         tables.iter().map(|t| format!("`{t}`")).collect::<Vec<_>>().join(", ")
     )]
     UnbreakableCycle { tables: Vec<String> },
+    #[error("the reference `{reference}` names a table `{table}` that does not exist")]
+    ReferenceUnknownTable { reference: String, table: String },
+    #[error("the reference `{reference}` names a column `{table}`.`{column}` that does not exist")]
+    ReferenceUnknownColumn { reference: String, table: String, column: String },
+    #[error(
+        "the reference `{reference}` pairs {columns} column(s) of the referring table with {parent_columns} of the referred one; each column refers to one"
+    )]
+    ReferenceColumnCount { reference: String, columns: usize, parent_columns: usize },
+    #[error(
+        "the reference `{reference}` is declared already: the catalog has it as the foreign key `{constraint}`; leave it out of `references`"
+    )]
+    ReferenceDeclaredAlready { reference: String, constraint: String },
 }
 
-/// Plans the slice `request` asks for in `schema` (see the module for the rules).
+/// `schema` with `references` added to their child tables' foreign keys
+/// ([`ForeignKey::declared`], named by [`Reference::constraint_name`], not deferrable), in
+/// order; borrowed when there is nothing to add. A reference already declared in `schema` is
+/// not added twice, so a schema that went through `declare` plans the same through [`plan`].
 ///
 /// # Errors
-/// A [`PlanError`] naming the table, column or cycle at fault.
+/// A [`PlanError`] naming the reference as written: a table or column that does not exist,
+/// sides of different lengths (or none), or a foreign key the catalog already has.
+pub fn declare<'s>(
+    schema: &'s Schema,
+    references: &[Reference],
+) -> Result<Cow<'s, Schema>, PlanError> {
+    let mut out = Cow::Borrowed(schema);
+    for r in references {
+        let reference = r.to_string();
+        if r.columns.is_empty() || r.columns.len() != r.parent_columns.len() {
+            return Err(PlanError::ReferenceColumnCount {
+                reference,
+                columns: r.columns.len(),
+                parent_columns: r.parent_columns.len(),
+            });
+        }
+        for (table, columns) in [(&r.child, &r.columns), (&r.parent, &r.parent_columns)] {
+            let Some(t) = schema.tables.get(table) else {
+                return Err(PlanError::ReferenceUnknownTable { reference, table: table.clone() });
+            };
+            if let Some(column) = columns.iter().find(|c| t.column(c).is_none()) {
+                return Err(PlanError::ReferenceUnknownColumn {
+                    reference,
+                    table: table.clone(),
+                    column: column.clone(),
+                });
+            }
+        }
+        let child = out.tables.get(&r.child);
+        match child.and_then(|t| t.foreign_keys.iter().find(|fk| r.is(fk))) {
+            Some(fk) if fk.declared => continue,
+            Some(fk) => {
+                return Err(PlanError::ReferenceDeclaredAlready {
+                    reference,
+                    constraint: fk.name.clone(),
+                });
+            }
+            None => {}
+        }
+        if let Some(child) = out.to_mut().tables.get_mut(&r.child) {
+            child.foreign_keys.push(ForeignKey {
+                name: r.constraint_name(),
+                columns: r.columns.clone(),
+                parent: r.parent.clone(),
+                parent_columns: r.parent_columns.clone(),
+                deferrable: false,
+                declared: true,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Plans the slice `request` asks for in `schema`, its references declared ([`declare`]; see
+/// the module for the rules).
+///
+/// # Errors
+/// A [`PlanError`] naming the table, column, reference or cycle at fault.
 pub fn plan(schema: &Schema, request: &Request) -> Result<SlicePlan, PlanError> {
+    let schema = &*declare(schema, &request.references)?;
     let root = match &request.root {
         Some(name) => {
             Some(schema.tables.get(name).ok_or_else(|| PlanError::UnknownRoot(name.clone()))?)
@@ -186,7 +337,14 @@ pub fn plan(schema: &Schema, request: &Request) -> Result<SlicePlan, PlanError> 
         .filter_map(|name| members.get(name.as_str()))
         .map(|member| slice_table(&members, member, &order))
         .collect();
-    Ok(SlicePlan { engine: schema.engine, root: root_key, tables, deferred: order.deferred })
+    Ok(SlicePlan {
+        engine: schema.engine,
+        root: root_key,
+        tables,
+        deferred: order.deferred,
+        tenant_column: request.tenant_column.clone(),
+        references: request.references.clone(),
+    })
 }
 
 /// A planned table before ordering.
@@ -374,6 +532,7 @@ fn parent_vias(members: &Members<'_>, cycle_of: &BTreeMap<&str, usize>, name: &s
             parent: fk.parent.clone(),
             parent_columns: fk.parent_columns.clone(),
             nullable,
+            declared: fk.declared,
         });
         if !nullable {
             break;
@@ -384,7 +543,7 @@ fn parent_vias(members: &Members<'_>, cycle_of: &BTreeMap<&str, usize>, name: &s
 
 /// A foreign key between two planned tables (not a self-reference), by their indexes in the
 /// name order of [`Members`].
-struct Reference<'s> {
+struct Edge<'s> {
     child: usize,
     parent: usize,
     table: &'s Table,
@@ -392,7 +551,7 @@ struct Reference<'s> {
 }
 
 /// Every foreign key between two distinct planned tables.
-fn references<'s>(members: &Members<'s>) -> Vec<Reference<'s>> {
+fn edges<'s>(members: &Members<'s>) -> Vec<Edge<'s>> {
     let index: BTreeMap<&str, usize> =
         members.keys().enumerate().map(|(i, name)| (*name, i)).collect();
     let mut out = Vec::new();
@@ -400,7 +559,7 @@ fn references<'s>(members: &Members<'s>) -> Vec<Reference<'s>> {
         for fk in &member.table.foreign_keys {
             match index.get(fk.parent.as_str()) {
                 Some(&parent) if parent != child => {
-                    out.push(Reference { child, parent, table: member.table, fk })
+                    out.push(Edge { child, parent, table: member.table, fk })
                 }
                 _ => {}
             }
@@ -410,7 +569,7 @@ fn references<'s>(members: &Members<'s>) -> Vec<Reference<'s>> {
 }
 
 /// The strongly connected components of `n` nodes over the `live` references.
-fn components(n: usize, refs: &[Reference<'_>], live: &[bool]) -> Vec<Vec<usize>> {
+fn components(n: usize, refs: &[Edge<'_>], live: &[bool]) -> Vec<Vec<usize>> {
     let mut graph = DiGraphMap::<usize, ()>::new();
     for i in 0..n {
         graph.add_node(i);
@@ -428,7 +587,7 @@ fn components(n: usize, refs: &[Reference<'_>], live: &[bool]) -> Vec<Vec<usize>
 /// Each planned table's strongly connected component over every foreign key between planned
 /// tables: two tables share one exactly when they are in a reference cycle.
 fn component_of<'s>(members: &Members<'s>) -> BTreeMap<&'s str, usize> {
-    let refs = references(members);
+    let refs = edges(members);
     let names: Vec<&'s str> = members.keys().copied().collect();
     let mut out = BTreeMap::new();
     for (ci, comp) in components(names.len(), &refs, &vec![true; refs.len()]).iter().enumerate() {
@@ -448,7 +607,7 @@ struct Order {
 /// engine that cannot defer every reference, cycles broken first ([`break_cycles`]).
 fn order(engine: Engine, members: &Members<'_>) -> Result<Order, PlanError> {
     let names: Vec<&str> = members.keys().copied().collect();
-    let refs = references(members);
+    let refs = edges(members);
     let mut live = vec![true; refs.len()];
     let mut order = Order { tables: Vec::new(), deferred: Vec::new(), set_after: BTreeMap::new() };
     if !engine.defers_every_reference() {
@@ -500,15 +659,16 @@ fn order(engine: Engine, members: &Members<'_>) -> Result<Order, PlanError> {
 }
 
 /// Takes references out of the order until no cycle is left: in the cycle of the smallest
-/// table name, a `DEFERRABLE` key (deferred to commit) else a key with a nullable column (its
-/// nullable columns set after every insert); among those, one that does not decide its
-/// table's rows (`via[0]`) first, then by constraint name. Then every reference taken out is
-/// put back, last first, if the order stays without a cycle: no cycle is broken twice (one
-/// nullable key can break several cycles through it).
+/// table name, a declared reference (no constraint: it needs nothing), else a `DEFERRABLE` key
+/// (deferred to commit), else a key with a nullable column (its nullable columns set after
+/// every insert); among those, one that does not decide its table's rows (`via[0]`) first,
+/// then by constraint name. Then every reference taken out is put back, last first, if the
+/// order stays without a cycle: no cycle is broken twice (one nullable key can break several
+/// cycles through it).
 fn break_cycles(
     members: &Members<'_>,
     names: &[&str],
-    refs: &[Reference<'_>],
+    refs: &[Edge<'_>],
     live: &mut [bool],
     order: &mut Order,
 ) -> Result<(), PlanError> {
@@ -520,7 +680,7 @@ fn break_cycles(
         let Some(cycle) = comps.into_iter().filter(|c| c.len() > 1).min() else {
             break;
         };
-        let deciding = |r: &Reference<'_>| {
+        let deciding = |r: &Edge<'_>| {
             members.get(names[r.child]).and_then(|m| m.via.first()).is_some_and(
                 |v| matches!(v, Via::Parent { constraint, .. } if *constraint == r.fk.name),
             )
@@ -529,8 +689,10 @@ fn break_cycles(
             .iter()
             .enumerate()
             .filter(|(i, r)| live[*i] && cycle.contains(&r.child) && cycle.contains(&r.parent))
-            .filter(|(_, r)| r.fk.deferrable || is_nullable(r.table, r.fk))
-            .min_by_key(|(_, r)| (!r.fk.deferrable, deciding(r), r.fk.name.as_str(), r.child));
+            .filter(|(_, r)| r.fk.declared || r.fk.deferrable || is_nullable(r.table, r.fk))
+            .min_by_key(|(_, r)| {
+                (!r.fk.declared, !r.fk.deferrable, deciding(r), r.fk.name.as_str(), r.child)
+            });
         let Some((i, _)) = best else {
             return Err(PlanError::UnbreakableCycle {
                 tables: cycle.iter().map(|&i| names[i].to_owned()).collect(),
@@ -547,6 +709,9 @@ fn break_cycles(
     }
     for i in broken.into_iter().filter(|&i| !live[i]) {
         let r = &refs[i];
+        if r.fk.declared {
+            continue;
+        }
         if r.fk.deferrable {
             order.deferred.push((r.table.name.clone(), r.fk.name.clone()));
         } else {
@@ -649,11 +814,12 @@ impl SlicePlan {
                 Via::TenantColumn { column } => {
                     return format!("{} — tenant = {}.{column} (no foreign key)", t.name, t.name);
                 }
-                Via::Parent { columns, parent, parent_columns, nullable, .. } => {
+                Via::Parent { columns, parent, parent_columns, nullable, declared, .. } => {
                     by.push(format!(
-                        "{} → {}{}",
+                        "{} → {}{}{}",
                         key_ref(&t.name, columns),
                         key_ref(parent, parent_columns),
+                        if *declared { " (declared)" } else { "" },
                         if *nullable { " when set" } else { "" }
                     ));
                 }
@@ -668,7 +834,7 @@ impl SlicePlan {
 }
 
 /// `table.column`, or `table(a, b)` for a composite key.
-fn key_ref(table: &str, columns: &[String]) -> String {
+pub(crate) fn key_ref(table: &str, columns: &[String]) -> String {
     match columns {
         [one] => format!("{table}.{one}"),
         _ => format!("{table}({})", columns.join(", ")),

@@ -1,8 +1,10 @@
 //! Restore as a new tenant (`as`): which columns of a slice change, and where each one's new
 //! value comes from. Pure: no I/O; each engine stages and rewrites the rows ([`crate::pg`]).
 //!
-//! - The tenant's own columns (the root's key; without a root, or for a table reached by it,
-//!   `tenant_column`) become the new tenant id, where they hold the old one.
+//! - The tenant's own columns become the new tenant id, where they hold the old one: the
+//!   root's key; `tenant_column` in a table reached by it (without a root, every table); and,
+//!   with a root and `tenant_column`, the root's `tenant_column` when the root has that column
+//!   (a `sites` root whose `id` and `site_id` both hold the tenant: both become the new id).
 //! - Every other table's primary key gets new values, unless a column of it already changes
 //!   (it follows a parent or holds the tenant): `(comment_id, seq)` stays unique with the
 //!   comment's new id and the old `seq`. A key of its own is one column: a uuid key's new value
@@ -17,7 +19,12 @@
 //! - Every foreign key between tables of the slice follows its parent's new value, column by
 //!   column (composite and self-references included). A value the map does not have (a
 //!   nullable reference to a row of another tenant) is kept: it still points where it did.
+//!   The foreign keys are those of the schema given to [`plan`]: a reference the workflow
+//!   declares ([`crate::plan::declare`]) follows its parent like a catalog key; a reference
+//!   neither the catalog nor the workflow knows keeps the old value (it then points at the old
+//!   tenant's row).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::SliceError;
@@ -162,6 +169,61 @@ impl RemapPlan {
     pub fn source(&self, table: usize, column: &str) -> Option<Source> {
         self.columns.get(table).and_then(|c| c.get(column)).copied()
     }
+
+    /// What a restore as a new tenant changes, as `rewind plan` and `--dry-run` print it
+    /// under the slice of `plan` (made from `schema`): the columns that become the new
+    /// tenant id, the keys that get new values and how, and the references that follow their
+    /// parent's new value (a declared one marked `(declared)`), each in plan order.
+    pub fn describe(&self, schema: &Schema, plan: &SlicePlan) -> Vec<String> {
+        let list = |items: Vec<String>| {
+            if items.is_empty() { "none".to_owned() } else { items.join(", ") }
+        };
+        let mut tenant = Vec::new();
+        for (t, columns) in plan.tables.iter().zip(&self.columns) {
+            for c in &t.columns {
+                if columns.get(&c.name) == Some(&Source::Tenant) {
+                    tenant.push(format!("{}.{}", t.name, c.name));
+                }
+            }
+        }
+        let keys: Vec<String> = self
+            .owners
+            .iter()
+            .map(|o| {
+                let how = match o.kind {
+                    KeyKind::Integer => format!("integer, mapped in {KEY_MAP}"),
+                    KeyKind::Uuid if is_text(plan.engine, &o.data_type) => {
+                        "text holding uuids, derived".to_owned()
+                    }
+                    KeyKind::Uuid => "uuid, derived".to_owned(),
+                };
+                format!("{}.{} ({how})", o.table, o.column)
+            })
+            .collect();
+        let schema =
+            crate::plan::declare(schema, &plan.references).unwrap_or(Cow::Borrowed(schema));
+        let mut following = Vec::new();
+        for (t, columns) in plan.tables.iter().zip(&self.columns) {
+            let Some(table) = schema.tables.get(&t.name) else { continue };
+            for fk in &table.foreign_keys {
+                let follows = plan.table(&fk.parent).is_some()
+                    && fk.columns.iter().any(|c| columns.contains_key(c));
+                if follows {
+                    following.push(format!(
+                        "{} -> {}{}",
+                        crate::plan::key_ref(&t.name, &fk.columns),
+                        crate::plan::key_ref(&fk.parent, &fk.parent_columns),
+                        if fk.declared { " (declared)" } else { "" }
+                    ));
+                }
+            }
+        }
+        vec![
+            format!("the new tenant id: {}", list(tenant)),
+            format!("keys remapped: {}", list(keys)),
+            format!("following their parent: {}", list(following)),
+        ]
+    }
 }
 
 /// The key kind a column type of `engine` can be remapped as, if any.
@@ -196,14 +258,16 @@ pub fn key_kind(engine: Engine, data_type: &str) -> Option<KeyKind> {
     }
 }
 
-/// Plans what a restore as a new tenant changes in `plan` (made from `schema`), or refuses a
-/// key that cannot be remapped, naming its table and column. `needs_sequence`: whether an
-/// integer key must be fed by a sequence the catalog names (PostgreSQL); on other engines the
-/// copy checks its own way of drawing values.
+/// Plans what a restore as a new tenant changes in `plan` (made from `schema`, whose foreign
+/// keys it follows, the plan's declared references included: [`crate::plan::declare`]), or
+/// refuses a key that cannot be remapped, naming its table and column. An integer key must be
+/// fed by a sequence the catalog names on PostgreSQL; on other engines the copy checks its own
+/// way of drawing values.
 ///
 /// # Errors
 /// [`SliceError::Refused`] naming the table and column of a key that cannot be remapped.
 pub fn plan(schema: &Schema, plan: &SlicePlan) -> Result<RemapPlan, SliceError> {
+    let schema = &*crate::plan::declare(schema, &plan.references)?;
     let mut r = Resolver { schema, plan, own: BTreeMap::new(), owners: Vec::new() };
     for t in &plan.tables {
         r.own_key(&t.name, &mut BTreeSet::new())?;
@@ -230,13 +294,18 @@ struct Resolver<'a> {
 }
 
 impl Resolver<'_> {
-    /// Whether `column` of `table` holds the tenant id.
+    /// Whether `column` of `table` holds the tenant id: a via of the table says so, or it is
+    /// the root's `tenant_column`.
     fn is_tenant(&self, table: &str, column: &str) -> bool {
         let Some(t) = self.plan.table(table) else { return false };
-        t.via.iter().any(|v| match v {
-            Via::Root { column: c } | Via::TenantColumn { column: c } => c == column,
-            Via::Parent { .. } => false,
-        })
+        let root_tenant_column = self.plan.root.as_ref().is_some_and(|r| r.table == table)
+            && self.plan.tenant_column.as_deref() == Some(column)
+            && t.columns.iter().any(|c| c.name == column);
+        root_tenant_column
+            || t.via.iter().any(|v| match v {
+                Via::Root { column: c } | Via::TenantColumn { column: c } => c == column,
+                Via::Parent { .. } => false,
+            })
     }
 
     /// Where `column` of `table` gets its new value from, following foreign keys into the

@@ -101,7 +101,8 @@ pub struct Column {
 /// A foreign key: `columns` of the child reference `parent_columns` of `parent`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ForeignKey {
-    /// The constraint's name (SQLite: `fk<id>`, as it has none).
+    /// The constraint's name (SQLite: `fk<id>`, as it has none; a declared reference:
+    /// `declared:child(columns)->parent(columns)`).
     pub name: String,
     pub columns: Vec<String>,
     pub parent: String,
@@ -109,4 +110,8 @@ pub struct ForeignKey {
     /// PostgreSQL `DEFERRABLE` (initially deferred or not); SQLite `DEFERRABLE INITIALLY
     /// DEFERRED`. MySQL: never.
     pub deferrable: bool,
+    /// A reference the workflow declares (`references`, added by [`crate::plan::declare`]),
+    /// not a constraint of the catalog: it counts for discovery, order and remap, and is
+    /// never checked, deferred or set after the inserts. `false` for every key a catalog gives.
+    pub declared: bool,
 }

@@ -199,6 +199,7 @@ fn resolve_key(tables: &BTreeMap<String, Table>, child: &str, key: RawKey) -> Fo
         parent: parent_name,
         parent_columns,
         deferrable: false,
+        declared: false,
     }
 }
 
@@ -1340,6 +1341,8 @@ mod tests {
             }),
             tables: Vec::new(),
             deferred: Vec::new(),
+            tenant_column: None,
+            references: Vec::new(),
         };
         assert!(matches!(Tenant::parse(&plan("BIGINT"), "-42"), Ok(Tenant::Integer(-42))));
         assert!(matches!(Tenant::parse(&plan("BIGINT"), "4x"), Err(SliceError::BadTenant { .. })));

@@ -238,6 +238,7 @@ fn parent(constraint: &str, columns: &[&str], parent: &str, parent_columns: &[&s
         parent: parent.to_owned(),
         parent_columns: parent_columns.iter().map(|c| (*c).to_owned()).collect(),
         nullable: false,
+        declared: false,
     }
 }
 
@@ -302,6 +303,8 @@ fn sites_plan(schema: &Schema) -> SlicePlan {
             ),
         ],
         deferred: Vec::new(),
+        tenant_column: None,
+        references: Vec::new(),
     }
 }
 
@@ -640,6 +643,8 @@ async fn a_tenant_id_of_the_wrong_type_is_refused_for_good() {
                 triggers: Vec::new(),
             }],
             deferred: Vec::new(),
+            tenant_column: None,
+            references: Vec::new(),
         };
         let err = mysql::digest(&mut c, &by_user, "2x").await.unwrap_err();
         assert!(matches!(&err, SliceError::BadTenant { tenant, .. } if tenant == "2x"), "{err}");
@@ -904,6 +909,8 @@ async fn orgs_plan(url: &str, tag: &str) -> SlicePlan {
             ),
         ],
         deferred: Vec::new(),
+        tenant_column: None,
+        references: Vec::new(),
     }
 }
 

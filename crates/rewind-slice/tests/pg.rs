@@ -93,6 +93,7 @@ fn plan_of(
                         parent: fk.parent.clone(),
                         parent_columns: fk.parent_columns.clone(),
                         nullable: fk.columns.iter().any(|c| t.column(c).expect("col").nullable),
+                        declared: false,
                     }
                 })
                 .collect()
@@ -128,6 +129,8 @@ fn plan_of(
         }),
         tables: planned,
         deferred: deferred.iter().map(|(t, c)| (t.to_string(), c.to_string())).collect(),
+        tenant_column: None,
+        references: Vec::new(),
     }
 }
 

@@ -4,7 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use rewind_slice::plan::{PlanError, RootKey, plan as slice_plan};
+use rewind_slice::plan::{PlanError, Reference, RootKey, declare, plan as slice_plan};
+use rewind_slice::remap;
 use rewind_slice::sql::{Dialect, Scope, selector};
 use rewind_slice::{Column, Engine, ForeignKey, Request, Schema, SlicePlan, Table, Via};
 
@@ -57,6 +58,7 @@ impl T {
             parent: parent.to_owned(),
             parent_columns: names(parent_columns),
             deferrable: false,
+            declared: false,
         });
         self
     }
@@ -102,6 +104,7 @@ fn parent(
         parent: parent.to_owned(),
         parent_columns: names(parent_columns),
         nullable,
+        declared: false,
     }
 }
 
@@ -688,6 +691,232 @@ fn describe_shows_paths_keys_order_and_triggers() {
             "deletes run in the reverse order",
         ]
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Declared references.
+
+fn reference(child: &str, columns: &[&str], parent: &str, parent_columns: &[&str]) -> Reference {
+    Reference {
+        child: child.to_owned(),
+        columns: names(columns),
+        parent: parent.to_owned(),
+        parent_columns: names(parent_columns),
+    }
+}
+
+/// The example's shape with no foreign key at all: sites ← projects ← issues (a nullable
+/// parent issue) ← comments, and epics ⇄ issues in a cycle (both keys NOT NULL), all logical.
+fn logical(engine: Engine) -> Schema {
+    build(
+        engine,
+        vec![
+            t("sites").col("id", "uuid").col("site_id", "uuid").pk(&["id"]),
+            t("projects").col("id", "uuid").col("site_id", "uuid").pk(&["id"]),
+            t("issues")
+                .col("id", "uuid")
+                .col("project_id", "uuid")
+                .null("parent_id", "uuid")
+                .null("epic_id", "uuid")
+                .pk(&["id"]),
+            t("epics").col("id", "uuid").col("lead_issue_id", "uuid").pk(&["id"]),
+            t("comments").col("id", "uuid").col("issue_id", "uuid").pk(&["id"]),
+        ],
+    )
+}
+
+fn logical_references() -> Vec<Reference> {
+    vec![
+        reference("projects", &["site_id"], "sites", &["id"]),
+        reference("issues", &["project_id"], "projects", &["id"]),
+        reference("issues", &["parent_id"], "issues", &["id"]),
+        reference("comments", &["issue_id"], "issues", &["id"]),
+        reference("epics", &["lead_issue_id"], "issues", &["id"]),
+        reference("issues", &["epic_id"], "epics", &["id"]),
+    ]
+}
+
+#[test]
+fn declared_references_are_discovered_ranked_and_ordered_like_foreign_keys() {
+    let schema = logical(Engine::Postgres);
+    assert_eq!(order(&slice_plan(&schema, &root("sites")).unwrap()), ["sites"], "no key: alone");
+    let request = Request { references: logical_references(), ..root("sites") };
+    let plan = slice_plan(&schema, &request).unwrap();
+    assert_eq!(order(&plan), ["sites", "projects", "issues", "comments", "epics"]);
+    let declared = |constraint: &str, columns: &[&str], to: &str, nullable: bool| Via::Parent {
+        constraint: constraint.to_owned(),
+        columns: names(columns),
+        parent: to.to_owned(),
+        parent_columns: names(&["id"]),
+        nullable,
+        declared: true,
+    };
+    assert_eq!(
+        plan.table("issues").unwrap().via,
+        [declared("declared:issues(project_id)->projects(id)", &["project_id"], "projects", false)]
+    );
+    assert_eq!(plan.table("comments").unwrap().path, ["comments", "issues", "projects", "sites"]);
+    // The cycle issues ⇄ epics has no constraint behind it: nothing to defer or set after.
+    assert!(plan.deferred.is_empty());
+    assert!(plan.tables.iter().all(|t| t.set_after.is_empty()), "{plan:?}");
+    assert_eq!(plan.references, request.references);
+    let lines = plan.describe();
+    assert!(
+        lines.contains(
+            &"3. issues ← projects ← sites, by issues.project_id → projects.id (declared)"
+                .to_owned()
+        ),
+        "{lines:#?}"
+    );
+    // A schema declared once plans the same.
+    let declared_schema = declare(&schema, &request.references).unwrap();
+    assert_eq!(slice_plan(&declared_schema, &request).unwrap(), plan);
+    assert_eq!(
+        declared_schema.tables["issues"]
+            .foreign_keys
+            .iter()
+            .map(|fk| fk.name.as_str())
+            .collect::<Vec<_>>(),
+        [
+            "declared:issues(project_id)->projects(id)",
+            "declared:issues(parent_id)->issues(id)",
+            "declared:issues(epic_id)->epics(id)"
+        ]
+    );
+    assert!(
+        declared_schema.tables["issues"]
+            .foreign_keys
+            .iter()
+            .all(|fk| fk.declared && !fk.deferrable)
+    );
+    assert!(matches!(declare(&schema, &[]).unwrap(), std::borrow::Cow::Borrowed(_)));
+}
+
+#[test]
+fn a_declared_reference_is_the_first_to_break_a_cycle_on_postgres() {
+    // epics.lead_issue_id is a catalog key, nullable and DEFERRABLE; issues.epic_id is
+    // declared: breaking it needs nothing, so the catalog key is neither deferred nor set.
+    let mut schema = cycle(Engine::Postgres, false, true, true);
+    if let Some(issues) = schema.tables.get_mut("issues") {
+        issues.foreign_keys.retain(|fk| fk.parent != "epics");
+    }
+    let request = Request {
+        references: vec![reference("issues", &["epic_id"], "epics", &["id"])],
+        ..root("sites")
+    };
+    let plan = slice_plan(&schema, &request).unwrap();
+    assert!(plan.deferred.is_empty(), "{:?}", plan.deferred);
+    assert!(plan.tables.iter().all(|t| t.set_after.is_empty()));
+    assert_parents_first(&schema, &plan);
+    // Without the declaration there is no cycle, and no declared key in any via.
+    let plain = slice_plan(&schema, &root("sites")).unwrap();
+    assert!(
+        plain
+            .tables
+            .iter()
+            .flat_map(|t| &t.via)
+            .all(|v| !matches!(v, Via::Parent { declared: true, .. }))
+    );
+}
+
+#[test]
+fn a_declared_reference_is_refused_naming_it_as_written() {
+    let mut schema = logical(Engine::Sqlite);
+    if let Some(comments) = schema.tables.get_mut("comments") {
+        comments.foreign_keys.push(ForeignKey {
+            name: "fk0".into(),
+            columns: names(&["issue_id"]),
+            parent: "issues".into(),
+            parent_columns: names(&["id"]),
+            deferrable: false,
+            declared: false,
+        });
+    }
+    let refused = |r: Reference| {
+        let request = Request { references: vec![r], ..root("sites") };
+        plan_err(&schema, &request)
+    };
+    let cases = [
+        (
+            reference("issue", &["project_id"], "projects", &["id"]),
+            "the reference `issue(project_id) -> projects(id)` names a table `issue` that does not exist",
+        ),
+        (
+            reference("issues", &["project_id"], "project", &["id"]),
+            "the reference `issues(project_id) -> project(id)` names a table `project` that does not exist",
+        ),
+        (
+            reference("issues", &["projectid"], "projects", &["id"]),
+            "the reference `issues(projectid) -> projects(id)` names a column `issues`.`projectid` that does not exist",
+        ),
+        (
+            reference("issues", &["project_id"], "projects", &["key"]),
+            "names a column `projects`.`key` that does not exist",
+        ),
+        (
+            reference("issues", &["project_id", "epic_id"], "projects", &["id"]),
+            "the reference `issues(project_id, epic_id) -> projects(id)` pairs 2 column(s) of the referring table with 1",
+        ),
+        (
+            reference("issues", &[], "projects", &[]),
+            "the reference `issues() -> projects()` pairs 0 column(s)",
+        ),
+        (
+            reference("comments", &["issue_id"], "issues", &["id"]),
+            "the reference `comments(issue_id) -> issues(id)` is declared already: the catalog has it as the foreign key `fk0`",
+        ),
+    ];
+    for (r, needle) in cases {
+        let e = refused(r).to_string();
+        assert!(e.contains(needle), "{e}");
+    }
+    assert!(matches!(
+        refused(reference("comments", &["issue_id"], "issues", &["id"])),
+        PlanError::ReferenceDeclaredAlready { .. }
+    ));
+}
+
+#[test]
+fn as_a_new_tenant_declared_references_follow_and_the_roots_tenant_column_is_the_tenant() {
+    let schema = logical(Engine::Postgres);
+    let request = Request {
+        references: logical_references(),
+        tenant_column: Some("site_id".into()),
+        ..root("sites")
+    };
+    let plan = slice_plan(&schema, &request).unwrap();
+    // The remap reads the catalog as given: it declares the plan's references itself.
+    let r = remap::plan(&schema, &plan).unwrap();
+    let changed = |table: &str| {
+        let i = plan.tables.iter().position(|t| t.name == table).unwrap();
+        r.columns[i].clone()
+    };
+    assert_eq!(changed("sites").get("id"), Some(&remap::Source::Tenant));
+    assert_eq!(
+        changed("sites").get("site_id"),
+        Some(&remap::Source::Tenant),
+        "the root's tenant column"
+    );
+    assert_eq!(changed("projects").get("site_id"), Some(&remap::Source::Tenant));
+    let issues = changed("issues");
+    let owner =
+        |table: &str| r.owners.iter().position(|o| o.table == table).map(remap::Source::Key);
+    assert_eq!(issues.get("project_id").copied(), owner("projects"));
+    assert_eq!(issues.get("parent_id").copied(), owner("issues"));
+    assert_eq!(issues.get("epic_id").copied(), owner("epics"));
+    assert_eq!(changed("comments").get("issue_id").copied(), owner("issues"));
+    assert_eq!(
+        r.describe(&schema, &plan),
+        [
+            "the new tenant id: sites.id, sites.site_id, projects.site_id",
+            "keys remapped: projects.id (uuid, derived), issues.id (uuid, derived), comments.id (uuid, derived), epics.id (uuid, derived)",
+            "following their parent: projects.site_id -> sites.id (declared), issues.project_id -> projects.id (declared), issues.parent_id -> issues.id (declared), issues.epic_id -> epics.id (declared), comments.issue_id -> issues.id (declared), epics.lead_issue_id -> issues.id (declared)",
+        ]
+    );
+    // Without `tenant_column` the root's `site_id` is an ordinary column.
+    let plan = slice_plan(&schema, &Request { tenant_column: None, ..request }).unwrap();
+    let r = remap::plan(&schema, &plan).unwrap();
+    assert_eq!(r.columns[0].get("site_id"), None);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -187,6 +187,7 @@ fn fk(schema: &Schema, child: &str, columns: &[&str]) -> Via {
         parent: key.parent.clone(),
         parent_columns: key.parent_columns.clone(),
         nullable,
+        declared: false,
     }
 }
 
@@ -247,6 +248,8 @@ fn sites_plan(schema: &Schema) -> SlicePlan {
             ),
         ],
         deferred: Vec::new(),
+        tenant_column: None,
+        references: Vec::new(),
     }
 }
 
@@ -471,6 +474,8 @@ async fn bad_tenant_for_an_integer_root() {
             table(s, "issues", vec![fk(s, "issues", &["project_id"])], &["issues", "projects"]),
         ],
         deferred: Vec::new(),
+        tenant_column: None,
+        references: Vec::new(),
     };
     let mut live = open(&f.live).await;
     for bad in ["abc", "1.5", "", "99999999999999999999"] {
@@ -779,6 +784,8 @@ async fn an_untyped_integer_root_key_is_matched() {
             table(&schema, "teams", vec![fk(&schema, "teams", &["org_id"])], &["teams", "orgs"]),
         ],
         deferred: Vec::new(),
+        tenant_column: None,
+        references: Vec::new(),
     };
     let mut live = open(&live_path).await;
     exec(&mut live, "DELETE FROM teams WHERE org_id = 5; DELETE FROM orgs WHERE id = 5").await;

@@ -12,8 +12,8 @@ use toml::de::{DeTable, DeValue};
 
 use super::{
     Action, AuditAction, Backoff, CommandAction, Condition, Connection, DEFAULT_RETENTION,
-    PitrAction, PitrMethod, Policy, Pool, Preflight, Scope, SliceAction, SqlAction, Statement,
-    Step, Workflow,
+    PitrAction, PitrMethod, Policy, Pool, Preflight, Reference, Scope, SliceAction, SqlAction,
+    Statement, Step, Workflow,
 };
 use crate::diag::{Diagnostics, ErrorKind as K, Sink, suggestion};
 use crate::ids::{AttrName, ConnectionName, PoolName, StepId, TargetKind};
@@ -66,6 +66,7 @@ const SLICE_KEYS: &[&str] = &[
     "tenant",
     "as",
     "source_restore_point",
+    "references",
 ];
 const AUDIT_KEYS: &[&str] = &["kind", "require"];
 const PITR_KEYS: &[&str] = &[
@@ -312,6 +313,45 @@ impl Parser<'_> {
             }
         }
         ok.then_some(names)
+    }
+
+    /// `references` of a copy or compare: a non-empty list, each item a [`Reference`], none
+    /// twice.
+    fn references(&mut self, v: &Val<'_>, step: Option<&StepId>) -> Option<Vec<Reference>> {
+        let list = self.strings(v, "references", step)?;
+        if list.is_empty() {
+            self.err(&v.span(), K::InvalidValue, step, "`references` is empty: leave it out");
+            return None;
+        }
+        let mut ok = true;
+        let mut out: Vec<Reference> = Vec::new();
+        for (text, span) in list {
+            match text.parse::<Reference>() {
+                Ok(r) if out.iter().any(|o| o.same_as(&r)) => {
+                    self.err(
+                        &span,
+                        K::InvalidValue,
+                        step,
+                        format!("`references` lists {text:?} twice"),
+                    );
+                    ok = false;
+                }
+                Ok(r) => out.push(r),
+                Err(why) => {
+                    self.err(
+                        &span,
+                        K::InvalidValue,
+                        step,
+                        format!(
+                            "`references` item {text:?} is not a reference: {why}; write \
+                             \"child(column, …) -> parent(column, …)\""
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
     }
 
     fn integer(&mut self, v: &Val<'_>, key: &str, step: Option<&StepId>) -> Option<i64> {
@@ -1293,6 +1333,10 @@ impl Parser<'_> {
                     None => Some(None),
                     Some(q) => self.sql_text(q, "source_restore_point", s).map(Some),
                 };
+                let references = match t.get("references") {
+                    None => Some(Vec::new()),
+                    Some(rv) => self.references(rv, s),
+                };
                 let slice = SliceAction {
                     from: from?,
                     to: to?,
@@ -1303,6 +1347,7 @@ impl Parser<'_> {
                     tenant: tenant?,
                     as_tenant: as_tenant?,
                     source_restore_point: source_restore_point?,
+                    references: references?,
                 };
                 Some(if kind == "copy" { Action::Copy(slice) } else { Action::Compare(slice) })
             }
@@ -1862,7 +1907,7 @@ fn parse_scope(raw: &str) -> Result<Scope, String> {
 }
 
 /// A table or column name rewind may quote into SQL: `[A-Za-z_][A-Za-z0-9_]*`.
-fn is_identifier(k: &str) -> bool {
+pub(super) fn is_identifier(k: &str) -> bool {
     let b = k.as_bytes();
     !b.is_empty()
         && b.len() <= 63
@@ -1870,7 +1915,7 @@ fn is_identifier(k: &str) -> bool {
         && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
 }
 
-fn identifier_rule(what: &str, name: &str) -> String {
+pub(super) fn identifier_rule(what: &str, name: &str) -> String {
     format!(
         "{what} name {name:?} is not valid: use letters, digits and '_', starting with a letter or '_' (at most 63)"
     )
