@@ -127,6 +127,10 @@ struct LedgerLine<'a> {
     store: &'a str,
     site: &'a str,
     table: &'a str,
+    /// The written row's id: with `op`, what `verify --remapped` replays to know which rows a
+    /// site had in a table at an instant.
+    id: &'a str,
+    op: Op,
     rows: u64,
     digest: String,
 }
@@ -452,6 +456,8 @@ impl Engine {
             store: &name,
             site: &w.site,
             table,
+            id: &w.id,
+            op,
             rows: applied.digest.rows,
             digest: applied.digest.hex(),
         };
