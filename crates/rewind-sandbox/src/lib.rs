@@ -34,6 +34,7 @@ mod media_restore;
 mod model;
 mod outbox;
 mod pitr;
+mod remapped;
 mod rng;
 mod schema;
 mod scratch;
@@ -52,11 +53,12 @@ pub use media_restore::{
 };
 pub use outbox::{OutboxReport, OutboxRequest, outbox};
 pub use pitr::{PitrOptions, PitrOut, PitrReport, pitr};
-pub use schema::{ColType, PRODUCTS, REGIONS, Store, StoreKind, Table};
+pub use remapped::{RowFault, RowProblem};
+pub use schema::{ColType, PRODUCTS, REGIONS, Reference, Store, StoreKind, Table};
 pub use scratch::{DropReport, ScratchTag, destroy, drop_scratch, resolve_url};
 pub use system::{
     IncidentOptions, IncidentSummary, InitOptions, RunSummary, incident, init, sites,
 };
 pub use tenants::{Tenant, tenants};
 pub use time::SimTime;
-pub use verify::{Problem, Role, StoreCheck, VerifyOptions, VerifyReport, verify};
+pub use verify::{AsNew, Problem, Role, StoreCheck, VerifyOptions, VerifyReport, verify};

@@ -177,7 +177,7 @@ async fn count(url: &str, table: &str, site: &str) -> (i64, i64) {
 }
 
 async fn verify_problems(sb: &Sb) -> usize {
-    let o = VerifyOptions { restore_point: sb.restore_point(), sites: None };
+    let o = VerifyOptions::new(sb.restore_point());
     verify(&sb.dir, &o).await.unwrap().problems.len()
 }
 
