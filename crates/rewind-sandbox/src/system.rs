@@ -184,7 +184,8 @@ fn schema_name(prefix: &str, store: &Store) -> String {
     format!("{prefix}_{}", store.ident())
 }
 
-async fn connect(
+/// Connects to the relational stores of `stores` (media has none), by name.
+pub(crate) async fn connect(
     layout: &Layout,
     backend: &Backend,
     stores: &[Store],

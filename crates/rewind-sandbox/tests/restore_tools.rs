@@ -498,6 +498,11 @@ async fn media_restore_is_checked_idempotent_and_recovers_from_a_crash() {
 // ---------------------------------------------------------------------------------------------
 // The outbox
 
+/// Runs a future on a runtime of its own (a plain thread's).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+}
+
 fn request(site: TargetId, text: &str, key: Option<&str>) -> OutboxRequest {
     OutboxRequest {
         system: "customer-comms".into(),
@@ -520,12 +525,12 @@ async fn the_outbox_queues_each_key_once_even_under_concurrent_appends() {
 
     // Refused, nothing written.
     let unknown: TargetId = "6f1c2a3e-0b4d-4e5f-8a9b-0c1d2e3f4a5b".parse().unwrap();
-    assert!(outbox(&sb.dir, &request(unknown, "hello", None)).unwrap_err().is_refusal());
+    assert!(outbox(&sb.dir, &request(unknown, "hello", None)).await.unwrap_err().is_refusal());
     let mut bad = request(site, "hello", None);
     bad.system = "Billing".into();
-    let e = outbox(&sb.dir, &bad).unwrap_err();
+    let e = outbox(&sb.dir, &bad).await.unwrap_err();
     assert!(e.is_refusal() && e.to_string().contains("`Billing`"), "{e}");
-    assert!(outbox(&sb.dir, &request(site, " ", None)).unwrap_err().is_refusal());
+    assert!(outbox(&sb.dir, &request(site, " ", None)).await.unwrap_err().is_refusal());
     assert!(!sb.dir.join("outbox").exists());
 
     // One key, many attempts at once: queued exactly once.
@@ -534,7 +539,8 @@ async fn the_outbox_queues_each_key_once_even_under_concurrent_appends() {
         .map(|_| {
             let dir = dir.clone();
             std::thread::spawn(move || {
-                outbox(&dir, &request(site, "your site is back", Some("run-1/notify"))).unwrap()
+                block_on(outbox(&dir, &request(site, "your site is back", Some("run-1/notify"))))
+                    .unwrap()
             })
         })
         .collect();
@@ -555,7 +561,7 @@ async fn the_outbox_queues_each_key_once_even_under_concurrent_appends() {
             std::thread::spawn(move || {
                 for i in 0..25 {
                     let text = format!("request {w}-{i} with \"quotes\"; and a newline\n");
-                    assert!(outbox(&dir, &request(site, &text, None)).unwrap().queued);
+                    assert!(block_on(outbox(&dir, &request(site, &text, None))).unwrap().queued);
                 }
             })
         })
@@ -569,16 +575,15 @@ async fn the_outbox_queues_each_key_once_even_under_concurrent_appends() {
         l.iter().map(|v| v["key"].as_str().unwrap()).collect();
     assert_eq!(keys.len(), 101);
     // Without an idempotency key, the same request is the same key.
-    let same =
-        outbox(&sb.dir, &request(site, "request 0-0 with \"quotes\"; and a newline\n", None));
-    assert!(!same.unwrap().queued);
+    let same = request(site, "request 0-0 with \"quotes\"; and a newline\n", None);
+    assert!(!outbox(&sb.dir, &same).await.unwrap().queued);
 
     // A line cut short by a crash is dropped, and the file stays valid JSON Lines.
     use std::io::Write as _;
     let mut f = std::fs::File::options().append(true).open(&file).unwrap();
     f.write_all(b"{\"system\":\"customer-comms\",\"si").unwrap();
     drop(f);
-    assert!(outbox(&sb.dir, &request(site, "after the crash", None)).unwrap().queued);
+    assert!(outbox(&sb.dir, &request(site, "after the crash", None)).await.unwrap().queued);
     let l = lines();
     assert_eq!(l.len(), 102);
     assert_eq!(l[101]["request"], "after the crash");
