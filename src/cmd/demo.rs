@@ -278,10 +278,9 @@ async fn demo(
         print_summary(&summary);
 
         step("verify (independent of the restore)");
-        let report =
-            rewind_sandbox::verify(&sandbox, &VerifyOptions { restore_point, sites: None })
-                .await
-                .map_err(lib_err)?;
+        let report = rewind_sandbox::verify(&sandbox, &VerifyOptions::new(restore_point))
+            .await
+            .map_err(lib_err)?;
         let verified = report.ok();
         print!("{}", crate::cmd::sandbox::render(&report));
 

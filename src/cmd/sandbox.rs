@@ -1,6 +1,6 @@
 //! `rewind sandbox init | incident | pitr | verify | sites | restore-media | check-media | outbox |
-//! drop-scratch`: the multi-tenant system restores run against (crate `rewind-sandbox`). This
-//! module only parses, prints and maps errors to exit codes.
+//! drop-scratch | drop-tenant | ...`: the multi-tenant system restores run against (crate
+//! `rewind-sandbox`). This module only parses, prints and maps errors to exit codes.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Result, anyhow};
 use rewind_model::TargetId;
 use rewind_sandbox::{
-    IncidentOptions, InitOptions, OutboxRequest, PitrOptions, PitrOut, ScratchTag, SimTime,
+    AsNew, IncidentOptions, InitOptions, OutboxRequest, PitrOptions, PitrOut, ScratchTag, SimTime,
     VerifyOptions, VerifyReport,
 };
 
@@ -43,6 +43,9 @@ enum Sub {
     Outbox(OutboxArgs),
     /// Remove the scratch copies pitr --scratch TAG made (of one store, or all); prints JSON.
     DropScratch(DropScratchArgs),
+    /// Remove a new site a restore as new wrote (rows, media, key maps) from every store, for
+    /// drill cleanup; refuses any site without the catalog's claim of it. Prints JSON.
+    DropTenant(DropTenantArgs),
     /// What IDs are (site or app, and their state): IDs on stdin, one JSON line per known ID.
     /// A workflow's [preflight] resolver; it only reads.
     Resolve(ResolveArgs),
@@ -146,7 +149,19 @@ struct MediaSiteArgs {
     /// The tag of the scratch copies (pitr --scratch TAG).
     #[arg(long, value_name = "TAG")]
     scratch: String,
-    /// The site (UUID).
+    /// The site (UUID) whose media the scratch copy holds.
+    #[arg(long, value_name = "ID")]
+    site: String,
+    /// Restore (check) the site's media as this new site: new object ids, the same content.
+    #[arg(long = "as", value_name = "NEW")]
+    as_new: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct DropTenantArgs {
+    /// The sandbox directory.
+    dir: PathBuf,
+    /// The new site to remove (UUID): one a restore as new wrote and claimed in the catalog.
     #[arg(long, value_name = "ID")]
     site: String,
 }
@@ -183,12 +198,16 @@ struct VerifyArgs {
     /// The sandbox directory.
     dir: PathBuf,
     /// The instant restored sites must be at, RFC 3339 UTC.
-    #[arg(long)]
+    #[arg(long, visible_alias = "at")]
     restore_point: String,
-    /// Targets file (.csv or .jsonl) of the sites that were restored (default: every deleted
-    /// site).
+    /// Targets file (.csv or .jsonl) of the sites that were restored in place (default: every
+    /// deleted site; none with --remapped).
     #[arg(long)]
     sites: Option<PathBuf>,
+    /// Targets file of sites restored as new sites (`sites --as-new`): each target's `new_id`
+    /// must hold the target's state at the restore point, every id remapped.
+    #[arg(long, value_name = "MAP")]
+    remapped: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -204,6 +223,10 @@ struct SitesArgs {
     /// Write to this file (.csv or .jsonl) instead of printing CSV.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Give each site a `new_id` attribute: a fresh random id, no site's, to restore it as a
+    /// new site (Restore 1); the file is also `verify --remapped`'s map.
+    #[arg(long)]
+    as_new: bool,
 }
 
 pub fn run(args: &Args) -> Result<Exit> {
@@ -217,10 +240,11 @@ pub fn run(args: &Args) -> Result<Exit> {
         Sub::Pitr(a) => rt.block_on(pitr(a)),
         Sub::Verify(a) => rt.block_on(verify(a)),
         Sub::Sites(a) => sites(a),
-        Sub::RestoreMedia(a) => restore_media(a),
+        Sub::RestoreMedia(a) => rt.block_on(restore_media(a)),
         Sub::CheckMedia(a) => check_media(a),
-        Sub::Outbox(a) => outbox(a),
+        Sub::Outbox(a) => rt.block_on(outbox(a)),
         Sub::DropScratch(a) => rt.block_on(drop_scratch(a)),
+        Sub::DropTenant(a) => rt.block_on(drop_tenant(a)),
         Sub::Resolve(a) => rt.block_on(resolve(a)),
         Sub::Recoverable(a) => recoverable(a),
         Sub::Stop(a) => rt.block_on(stop(a)),
@@ -398,10 +422,38 @@ fn target_ids(path: &Path) -> Result<Vec<TargetId>> {
     Ok(set.targets().iter().map(|t| t.id).collect())
 }
 
+/// The (old, new) pairs of a `sites --as-new` targets file: every target needs a `new_id`.
+fn as_new_map(path: &Path) -> Result<Vec<AsNew>> {
+    let set = inputs::targets(path)?;
+    let mut out = Vec::new();
+    for t in set.targets() {
+        let new = t.attrs.iter().find(|(k, _)| k.as_str() == "new_id").map(|(_, v)| v.to_string());
+        let Some(new) = new else {
+            return Err(refused(format!(
+                "rewind: sandbox: --remapped {}:{}: target {} has no `new_id` (make the map with \
+                 `rewind sandbox sites --as-new`)",
+                path.display(),
+                t.line,
+                t.id
+            )));
+        };
+        let new = new.parse::<TargetId>().map_err(|e| {
+            refused(format!(
+                "rewind: sandbox: --remapped {}:{}: new_id `{new}`: {e}",
+                path.display(),
+                t.line
+            ))
+        })?;
+        out.push(AsNew { old: t.id, new });
+    }
+    Ok(out)
+}
+
 async fn verify(a: &VerifyArgs) -> Result<Exit> {
     let restore_point = inputs::restore_point(&a.restore_point)?;
     let sites = a.sites.as_deref().map(target_ids).transpose()?;
-    let o = VerifyOptions { restore_point, sites };
+    let as_new = a.remapped.as_deref().map(as_new_map).transpose()?.unwrap_or_default();
+    let o = VerifyOptions { restore_point, sites, as_new };
     let r = rewind_sandbox::verify(&a.dir, &o).await.map_err(lib_err)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
@@ -425,33 +477,45 @@ async fn verify(a: &VerifyArgs) -> Result<Exit> {
 const SHOWN: usize = 50;
 
 pub(crate) fn render(r: &VerifyReport) -> String {
-    let mut out = format!(
-        "verify: restore point {}, {} restored sites, {} other sites\n",
-        r.restore_point, r.restored_sites, r.other_sites
-    );
-    let mut rows = vec![[
-        "STORE".to_owned(),
-        "RESTORED OK".to_owned(),
-        "OTHERS OK".to_owned(),
-        "ROWS".to_owned(),
-        "RESULT".to_owned(),
-    ]];
+    let as_new = r.as_new_sites > 0;
+    let mut out = if as_new {
+        format!(
+            "verify: restore point {}, {} sites restored as new, {} restored in place, {} other \
+             sites\n",
+            r.restore_point, r.as_new_sites, r.restored_sites, r.other_sites
+        )
+    } else {
+        format!(
+            "verify: restore point {}, {} restored sites, {} other sites\n",
+            r.restore_point, r.restored_sites, r.other_sites
+        )
+    };
+    let ok_of = |n: usize, bad: usize| format!("{}/{n}", n - bad.min(n));
+    let mut rows = vec![vec!["STORE".to_owned(), "RESTORED OK".to_owned()]];
+    if as_new {
+        rows[0].push("AS NEW OK".to_owned());
+    }
+    rows[0].extend(["OTHERS OK".to_owned(), "ROWS".to_owned(), "RESULT".to_owned()]);
     for s in &r.stores {
-        rows.push([
-            s.store.clone(),
-            format!("{}/{}", s.restored - s.restored_bad.min(s.restored), s.restored),
-            format!("{}/{}", s.others - s.others_bad.min(s.others), s.others),
+        let mut row = vec![s.store.clone(), ok_of(s.restored, s.restored_bad)];
+        if as_new {
+            row.push(ok_of(s.as_new, s.as_new_bad));
+        }
+        row.extend([
+            ok_of(s.others, s.others_bad),
             thousands(s.rows as usize),
             if s.ok() { "ok".to_owned() } else { "FAILED".to_owned() },
         ]);
+        rows.push(row);
     }
+    let cols = rows[0].len();
     let widths: Vec<usize> =
-        (0..5).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+        (0..cols).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
     for row in &rows {
         let mut line = String::from(" ");
         for (c, cell) in row.iter().enumerate() {
             let pad = widths[c] - cell.chars().count();
-            if (1..4).contains(&c) {
+            if (1..cols - 1).contains(&c) {
                 line.push_str(&format!(" {}{cell}", " ".repeat(pad)));
             } else {
                 line.push_str(&format!(" {cell}{}", " ".repeat(pad)));
@@ -460,7 +524,12 @@ pub(crate) fn render(r: &VerifyReport) -> String {
         out.push_str(line.trim_end());
         out.push('\n');
     }
-    if r.ok() {
+    if r.ok() && as_new {
+        out.push_str(
+            "verify: ok: every site restored as new holds its old site's state at the restore \
+             point, every id remapped; nothing else changed\n",
+        );
+    } else if r.ok() {
         out.push_str(
             "verify: ok: every restored site is at the restore point; nothing else changed\n",
         );
@@ -488,15 +557,24 @@ pub(crate) fn render(r: &VerifyReport) -> String {
 fn sites(a: &SitesArgs) -> Result<Exit> {
     let list = rewind_sandbox::sites(&a.dir, a.deleted).map_err(lib_err)?;
     let sites: Vec<rewind_sandbox::Site> = list.into_iter().map(|(s, _)| s).collect();
+    let new_ids = if a.as_new {
+        let m = rewind_sandbox::Manifest::load(&a.dir).map_err(lib_err)?;
+        Some(rewind_sandbox::new_site_ids(&m, sites.len()))
+    } else {
+        None
+    };
+    let new_ids = new_ids.as_deref();
     match &a.out {
-        None => print!("{}", rewind_sandbox::targets::csv(&sites)),
+        None => print!("{}", rewind_sandbox::targets::csv_with(&sites, new_ids)),
         Some(path) => {
             rewind_sandbox::refuse_own_path(&a.dir, "--out", path).map_err(lib_err)?;
             let name = path.display().to_string();
             let text = match rewind_model::TargetsFormat::from_file_name(&name) {
-                Some(rewind_model::TargetsFormat::Csv) => rewind_sandbox::targets::csv(&sites),
+                Some(rewind_model::TargetsFormat::Csv) => {
+                    rewind_sandbox::targets::csv_with(&sites, new_ids)
+                }
                 Some(rewind_model::TargetsFormat::JsonLines) => {
-                    rewind_sandbox::targets::jsonl(&sites)
+                    rewind_sandbox::targets::jsonl_with(&sites, new_ids)
                 }
                 None => {
                     return Err(refused(format!(
@@ -520,28 +598,43 @@ fn site_id(raw: &str) -> Result<TargetId> {
     raw.parse::<TargetId>().map_err(|e| refused(format!("rewind: sandbox: --site: {e}")))
 }
 
-fn restore_media(a: &MediaSiteArgs) -> Result<Exit> {
+fn new_site_id(raw: Option<&str>) -> Result<Option<TargetId>> {
+    raw.map(|r| r.parse::<TargetId>().map_err(|e| refused(format!("rewind: sandbox: --as: {e}"))))
+        .transpose()
+}
+
+async fn restore_media(a: &MediaSiteArgs) -> Result<Exit> {
     let (tag, site) = (scratch_tag(&a.scratch)?, site_id(&a.site)?);
-    let r = rewind_sandbox::restore_media(&a.dir, &tag, &site).map_err(lib_err)?;
+    let r = match new_site_id(a.as_new.as_deref())? {
+        Some(new) => rewind_sandbox::restore_media_as(&a.dir, &tag, &site, &new).await,
+        None => rewind_sandbox::restore_media(&a.dir, &tag, &site),
+    }
+    .map_err(lib_err)?;
     println!("{}", serde_json::to_string(&r)?);
     Ok(Exit::Ok)
 }
 
 fn check_media(a: &MediaSiteArgs) -> Result<Exit> {
     let (tag, site) = (scratch_tag(&a.scratch)?, site_id(&a.site)?);
-    let r = rewind_sandbox::check_media(&a.dir, &tag, &site).map_err(lib_err)?;
+    let new = new_site_id(a.as_new.as_deref())?;
+    let r = match &new {
+        Some(new) => rewind_sandbox::check_media_as(&a.dir, &tag, &site, new),
+        None => rewind_sandbox::check_media(&a.dir, &tag, &site),
+    }
+    .map_err(lib_err)?;
     println!("{}", serde_json::to_string(&r)?);
     if r.matching {
         Ok(Exit::Ok)
     } else {
-        Err(anyhow!(
-            "check-media: site {site}'s live media differs from scratch {tag}: {}",
-            r.differences.join("; ")
-        ))
+        let whose = match new {
+            Some(n) => format!("new site {n}'s live media differs from site {site}'s in"),
+            None => format!("site {site}'s live media differs from"),
+        };
+        Err(anyhow!("check-media: {whose} scratch {tag}: {}", r.differences.join("; ")))
     }
 }
 
-fn outbox(a: &OutboxArgs) -> Result<Exit> {
+async fn outbox(a: &OutboxArgs) -> Result<Exit> {
     let req = OutboxRequest {
         system: a.system.clone(),
         site: a.site.as_deref().map(site_id).transpose()?,
@@ -549,7 +642,7 @@ fn outbox(a: &OutboxArgs) -> Result<Exit> {
         key: std::env::var("REWIND_IDEMPOTENCY_KEY").ok(),
         at: std::time::SystemTime::now(),
     };
-    let r = rewind_sandbox::outbox(&a.dir, &req).map_err(lib_err)?;
+    let r = rewind_sandbox::outbox(&a.dir, &req).await.map_err(lib_err)?;
     println!("{}", serde_json::to_string(&r)?);
     Ok(Exit::Ok)
 }
@@ -558,6 +651,13 @@ async fn drop_scratch(a: &DropScratchArgs) -> Result<Exit> {
     let tag = scratch_tag(&a.scratch)?;
     let r =
         rewind_sandbox::drop_scratch(&a.dir, &tag, a.store.as_deref()).await.map_err(lib_err)?;
+    println!("{}", serde_json::to_string(&r)?);
+    Ok(Exit::Ok)
+}
+
+async fn drop_tenant(a: &DropTenantArgs) -> Result<Exit> {
+    let site = site_id(&a.site)?;
+    let r = rewind_sandbox::drop_tenant(&a.dir, &site).await.map_err(lib_err)?;
     println!("{}", serde_json::to_string(&r)?);
     Ok(Exit::Ok)
 }

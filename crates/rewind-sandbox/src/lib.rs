@@ -21,6 +21,7 @@
 //! sandbox (`init --clusters`), whose servers commit in real time: there the history's last part
 //! and the incident are stamped with the wall clock.
 
+mod as_new;
 mod backup;
 pub mod clusters;
 mod digest;
@@ -34,6 +35,7 @@ mod media_restore;
 mod model;
 mod outbox;
 mod pitr;
+mod remapped;
 mod rng;
 mod schema;
 mod scratch;
@@ -44,19 +46,22 @@ mod time;
 mod value;
 mod verify;
 
+pub use as_new::{DropTenantReport, Removed, claimed, drop_tenant, new_site_ids};
 pub use error::{Error, Error as SandboxError, Result};
 pub use loss::{StoreLoss, data_loss};
 pub use manifest::{Backend, Deletion, Incident, Manifest, Site, StoreState, refuse_own_path};
 pub use media_restore::{
-    MAX_DIFFERENCES, MediaCheckReport, MediaRestoreReport, check_media, restore_media,
+    MAX_DIFFERENCES, MediaCheckReport, MediaRestoreReport, check_media, check_media_as,
+    restore_media, restore_media_as,
 };
 pub use outbox::{OutboxReport, OutboxRequest, outbox};
 pub use pitr::{PitrOptions, PitrOut, PitrReport, pitr};
-pub use schema::{ColType, PRODUCTS, REGIONS, Store, StoreKind, Table};
+pub use remapped::{RowFault, RowProblem};
+pub use schema::{ColType, PRODUCTS, REGIONS, Reference, Store, StoreKind, Table};
 pub use scratch::{DropReport, ScratchTag, destroy, drop_scratch, resolve_url};
 pub use system::{
     IncidentOptions, IncidentSummary, InitOptions, RunSummary, incident, init, sites,
 };
 pub use tenants::{Tenant, tenants};
 pub use time::SimTime;
-pub use verify::{Problem, Role, StoreCheck, VerifyOptions, VerifyReport, verify};
+pub use verify::{AsNew, Problem, Role, StoreCheck, VerifyOptions, VerifyReport, verify};

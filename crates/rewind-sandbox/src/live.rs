@@ -425,6 +425,125 @@ impl Db {
         Ok(out)
     }
 
+    /// True when the store has a table of that name (one the sandbox did not create, such as
+    /// the `rewind_key_map` a restore as a new tenant writes).
+    pub(crate) async fn has_table(&self, name: &str) -> Result<bool> {
+        let ctx = || format!("looking for table `{name}` in `{}`", self.what());
+        let n: i64 = match self {
+            Db::Sqlite { pool, .. } => {
+                sqlx::query_scalar(
+                    "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?",
+                )
+                .bind(name)
+                .fetch_one(pool)
+                .await
+            }
+            Db::Postgres { pool, schema } => {
+                sqlx::query_scalar(
+                    "SELECT count(*) FROM information_schema.tables WHERE table_schema = $1 \
+                     AND table_name = $2",
+                )
+                .bind(schema)
+                .bind(name)
+                .fetch_one(pool)
+                .await
+            }
+            Db::Mysql { pool, database } => {
+                sqlx::query_scalar(
+                    "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? \
+                     AND table_name = ?",
+                )
+                .bind(database)
+                .bind(name)
+                .fetch_one(pool)
+                .await
+            }
+        }
+        .ctx(ctx)?;
+        Ok(n > 0)
+    }
+
+    /// Rows of `table` whose `column` is `value`, and (with `and_empty`) whose column
+    /// `and_empty` is the empty string.
+    pub(crate) async fn count_where(
+        &self,
+        table: &str,
+        column: &str,
+        value: &str,
+        and_empty: Option<&str>,
+    ) -> Result<u64> {
+        let d = self.dialect();
+        let mark = if d == Dialect::Postgres { "$1" } else { "?" };
+        let mut sql = format!(
+            "SELECT count(*) FROM {} WHERE {} = {mark}",
+            self.qualified(table),
+            d.quote(column)
+        );
+        if let Some(c) = and_empty {
+            sql.push_str(&format!(" AND {} = ''", d.quote(c)));
+        }
+        let ctx = || format!("counting `{table}` rows of {value} in `{}`", self.what());
+        let n: i64 = match self {
+            Db::Sqlite { pool, .. } => {
+                sqlx::query_scalar(AssertSqlSafe(sql)).bind(value).fetch_one(pool).await
+            }
+            Db::Postgres { pool, .. } => {
+                sqlx::query_scalar(AssertSqlSafe(sql)).bind(value).fetch_one(pool).await
+            }
+            Db::Mysql { pool, .. } => {
+                sqlx::query_scalar(AssertSqlSafe(sql)).bind(value).fetch_one(pool).await
+            }
+        }
+        .ctx(ctx)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Deletes, in one transaction, every row of `site` from the tables of `kind` (`site_id =
+    /// site`) and from `extra` tables by their own column (`rewind_key_map`'s `new_tenant`);
+    /// returns the rows deleted per table, tables without any left out.
+    pub(crate) async fn delete_site(
+        &self,
+        kind: StoreKind,
+        site: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<Vec<(String, u64)>> {
+        let d = self.dialect();
+        let mark = if d == Dialect::Postgres { "$1" } else { "?" };
+        let mut targets: Vec<(String, String)> =
+            kind.tables().iter().map(|t| (t.name.to_owned(), "site_id".to_owned())).collect();
+        targets.extend(extra.iter().map(|(t, c)| ((*t).to_owned(), (*c).to_owned())));
+        let ctx = || format!("removing site {site} from `{}`", self.what());
+        let mut out = Vec::new();
+        macro_rules! run {
+            ($pool:expr) => {{
+                let mut tx = $pool.begin().await.ctx(ctx)?;
+                for (table, column) in &targets {
+                    let sql = format!(
+                        "DELETE FROM {} WHERE {} = {mark}",
+                        self.qualified(table),
+                        d.quote(column)
+                    );
+                    let n = sqlx::query(AssertSqlSafe(sql))
+                        .bind(site)
+                        .execute(&mut *tx)
+                        .await
+                        .ctx(ctx)?
+                        .rows_affected();
+                    if n > 0 {
+                        out.push((table.clone(), n));
+                    }
+                }
+                tx.commit().await.ctx(ctx)?;
+            }};
+        }
+        match self {
+            Db::Sqlite { pool, .. } => run!(pool),
+            Db::Postgres { pool, .. } => run!(pool),
+            Db::Mysql { pool, .. } => run!(pool),
+        }
+        Ok(out)
+    }
+
     /// Closes the connections (a SQLite scratch file is complete on disk afterwards).
     pub(crate) async fn close(&self) {
         match self {

@@ -57,17 +57,11 @@ impl MediaDir {
 
     /// Writes an object's current version.
     pub(crate) fn put(&self, row: &Row) -> Result<()> {
-        let table = &StoreKind::Media.tables()[0];
-        let mut obj = Map::new();
-        for ((name, _), v) in table.columns.iter().zip(row) {
-            obj.insert((*name).to_owned(), serde_json::to_value(v).unwrap_or(Value::Null));
-        }
         let path = self.object(text(row, 1), text(row, 0));
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).at(parent)?;
         }
-        let body = Value::Object(obj).to_string();
-        std::fs::write(&path, body).at(&path)
+        std::fs::write(&path, object_json(row)).at(&path)
     }
 
     /// Removes an object (and its site's directory once empty).
@@ -144,6 +138,16 @@ impl MediaDir {
         }
         Ok(out)
     }
+}
+
+/// An object file's content: the row as a JSON object keyed by column.
+pub(crate) fn object_json(row: &Row) -> String {
+    let table = &StoreKind::Media.tables()[0];
+    let mut obj = Map::new();
+    for ((name, _), v) in table.columns.iter().zip(row) {
+        obj.insert((*name).to_owned(), serde_json::to_value(v).unwrap_or(Value::Null));
+    }
+    Value::Object(obj).to_string()
 }
 
 /// An object file's row, in the column order of `objects`.

@@ -6,6 +6,12 @@
 //! addressed, never deleted) are copied first, each checked and renamed into place; the site's
 //! new `objects/<site>/` is built aside in `stores/media/.staging/` and swapped in by two renames.
 //! Whatever a crash leaves behind, the next run rebuilds from the scratch copy.
+//!
+//! [`restore_media_as`] restores a site's objects as a new site's (Restore 1): each object gets
+//! the id `copy … as` gives a row of a table `objects` (uuid v5 of the new site, the table and
+//! the old id: `rewind_slice::remap::new_uuid_of`) and the new site id; its content, addressed
+//! by its SHA-256, is the same, so a blob is copied only when the live store lacks it (the old
+//! site's were removed with it). [`check_media_as`] compares the result the same way.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -17,8 +23,9 @@ use serde::Serialize;
 use crate::digest::sha256_hex;
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::{Layout, Manifest};
-use crate::media::{MediaDir, SHA_COL, SIZE_COL, parse_object};
+use crate::media::{MediaDir, SHA_COL, SIZE_COL, object_json, parse_object};
 use crate::scratch::{self, MEDIA_MARKER, META_FILE, ScratchTag, read_media_meta};
+use crate::value::Val;
 
 /// What `restore-media` did.
 #[derive(Clone, Debug, Serialize)]
@@ -27,6 +34,9 @@ pub struct MediaRestoreReport {
     pub store: &'static str,
     /// The site restored.
     pub site: TargetId,
+    /// The new site it was restored as (`--as`).
+    #[serde(rename = "as", skip_serializing_if = "Option::is_none")]
+    pub restored_as: Option<TargetId>,
     /// The instant of the scratch copy (its `rewind-meta.json`).
     pub restore_point: RestorePoint,
     /// Objects the site has now (those of the scratch copy).
@@ -44,6 +54,9 @@ pub struct MediaCheckReport {
     pub store: &'static str,
     /// The site checked.
     pub site: TargetId,
+    /// The new site checked against the site's scratch objects (`--as`).
+    #[serde(rename = "as", skip_serializing_if = "Option::is_none")]
+    pub restored_as: Option<TargetId>,
     /// Objects of the site in the scratch copy.
     pub objects: u64,
     /// True when the live objects equal the scratch's byte for byte and every blob is right.
@@ -130,6 +143,30 @@ fn open(dir: &Path, tag: &ScratchTag, site: &TargetId) -> Result<SiteScratch> {
     Ok(SiteScratch { root, restore_point, objects })
 }
 
+impl SiteScratch {
+    /// The objects as the site restored as `new` has them: new object ids (the rule of `copy …
+    /// as` for a table `objects`), the new site id, the same content.
+    fn into_new_site(self, new: &TargetId) -> Result<Self> {
+        let new_txt = new.to_string();
+        let mut objects = BTreeMap::new();
+        for (name, obj) in self.objects {
+            let path = self.root.join("objects").join(&name);
+            let text = String::from_utf8_lossy(&obj.bytes).into_owned();
+            let mut row = parse_object(&path, &text)?;
+            let old = row[0].as_text().unwrap_or_default();
+            let old = uuid::Uuid::parse_str(old).map_err(|_| {
+                Error::corrupt(&path, None, "the object's id is not a uuid: it cannot be remapped")
+            })?;
+            let id = rewind_slice::remap::new_uuid_of(&new_txt, "objects", old).hyphenated();
+            row[0] = Val::Text(id.to_string());
+            row[1] = Val::Text(new_txt.clone());
+            let bytes = object_json(&row).into_bytes();
+            objects.insert(format!("{id}.json"), Object { bytes, ..obj });
+        }
+        Ok(Self { objects, ..self })
+    }
+}
+
 /// The file's content when it is exactly the content of `sha` (`size` bytes); otherwise what is
 /// wrong with it.
 fn check_blob(path: &Path, sha: &str, size: u64) -> std::result::Result<Vec<u8>, String> {
@@ -153,8 +190,37 @@ fn check_blob(path: &Path, sha: &str, size: u64) -> std::result::Result<Vec<u8>,
 /// need (never deleting one). Refused, with nothing written, for an unknown site, a missing
 /// scratch copy or one pitr did not make, or a scratch blob that does not match its hash.
 pub fn restore_media(dir: &Path, tag: &ScratchTag, site: &TargetId) -> Result<MediaRestoreReport> {
+    restore(dir, tag, site, None)
+}
+
+/// Restores the site's media objects from the scratch copy as the new site `new`'s
+/// ([`SiteScratch::into_new_site`]), like [`restore_media`]. Refused besides when `new` is a site of
+/// the sandbox or no restore as new claimed it in the catalog (restore the catalog record
+/// first): only a new site a restore wrote receives media this way, so `drop-tenant` can remove
+/// it again.
+pub async fn restore_media_as(
+    dir: &Path,
+    tag: &ScratchTag,
+    site: &TargetId,
+    new: &TargetId,
+) -> Result<MediaRestoreReport> {
+    open(dir, tag, site)?;
+    crate::as_new::require_claimed(dir, new, "restore-media --as").await?;
+    restore(dir, tag, site, Some(new))
+}
+
+fn restore(
+    dir: &Path,
+    tag: &ScratchTag,
+    site: &TargetId,
+    new_site: Option<&TargetId>,
+) -> Result<MediaRestoreReport> {
     let s = open(dir, tag, site)?;
     let scratch = MediaDir::new(&s.root);
+    let s = match new_site {
+        Some(n) => s.into_new_site(n)?,
+        None => s,
+    };
     // Every blob the site needs, checked in the scratch copy before anything is written.
     let mut needed: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for (name, obj) in &s.objects {
@@ -169,7 +235,7 @@ pub fn restore_media(dir: &Path, tag: &ScratchTag, site: &TargetId) -> Result<Me
 
     let layout = Layout::new(dir);
     let live = MediaDir::new(&layout.media());
-    let site_txt = site.to_string();
+    let site_txt = new_site.unwrap_or(site).to_string();
     let staging = layout.media().join(".staging");
     std::fs::create_dir_all(&staging).at(&staging)?;
     // One restore of a site at a time (a retried step may overlap a stray earlier attempt).
@@ -237,6 +303,7 @@ pub fn restore_media(dir: &Path, tag: &ScratchTag, site: &TargetId) -> Result<Me
     Ok(MediaRestoreReport {
         store: "media",
         site: *site,
+        restored_as: new_site.copied(),
         restore_point: s.restore_point,
         objects: s.objects.len() as u64,
         blobs_copied,
@@ -248,9 +315,40 @@ pub fn restore_media(dir: &Path, tag: &ScratchTag, site: &TargetId) -> Result<Me
 /// for byte, and every blob present with the right SHA-256 and size. Refused like
 /// [`restore_media`]; writes nothing.
 pub fn check_media(dir: &Path, tag: &ScratchTag, site: &TargetId) -> Result<MediaCheckReport> {
+    check(dir, tag, site, None)
+}
+
+/// Compares the new site `new`'s live media objects with the site's in the scratch copy as a
+/// restore as new writes them (new ids, the new site id; [`restore_media_as`]), and checks
+/// their content. Refused like [`restore_media`], and when `new` is a site of the sandbox;
+/// writes nothing.
+pub fn check_media_as(
+    dir: &Path,
+    tag: &ScratchTag,
+    site: &TargetId,
+    new: &TargetId,
+) -> Result<MediaCheckReport> {
+    if Manifest::load(dir)?.site(new).is_some() {
+        return Err(Error::refused(format!(
+            "check-media --as {new}: that is a site of the sandbox, not a new site"
+        )));
+    }
+    check(dir, tag, site, Some(new))
+}
+
+fn check(
+    dir: &Path,
+    tag: &ScratchTag,
+    site: &TargetId,
+    new: Option<&TargetId>,
+) -> Result<MediaCheckReport> {
     let s = open(dir, tag, site)?;
+    let s = match new {
+        Some(n) => s.into_new_site(n)?,
+        None => s,
+    };
     let live = MediaDir::new(&Layout::new(dir).media());
-    let site_txt = site.to_string();
+    let site_txt = new.unwrap_or(site).to_string();
     let live_files = live.site_files(&site_txt)?;
     let mut differences = Vec::new();
     let names: BTreeSet<&String> = s.objects.keys().chain(live_files.keys()).collect();
@@ -276,6 +374,7 @@ pub fn check_media(dir: &Path, tag: &ScratchTag, site: &TargetId) -> Result<Medi
     Ok(MediaCheckReport {
         store: "media",
         site: *site,
+        restored_as: new.copied(),
         objects: s.objects.len() as u64,
         matching: differences.is_empty(),
         restore_point: s.restore_point,

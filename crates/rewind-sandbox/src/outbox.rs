@@ -22,8 +22,9 @@ use crate::time::SimTime;
 pub struct OutboxRequest {
     /// The outside system: `[a-z][a-z0-9-]*`, at most 64 characters.
     pub system: String,
-    /// The site the request is about (a site of the sandbox), or `None` for a request about
-    /// the whole batch (a status page, say).
+    /// The site the request is about (a site of the sandbox, or a new site a restore as new
+    /// claimed in the catalog), or `None` for a request about the whole batch (a status page,
+    /// say).
     pub site: Option<TargetId>,
     /// What is asked of the system (free text, not empty).
     pub request: String,
@@ -88,14 +89,18 @@ fn content_key(system: &str, site: &str, request: &str) -> String {
 }
 
 /// Appends the request to `DIR/outbox/<system>.jsonl` unless a line with its key is there.
-pub fn outbox(dir: &Path, req: &OutboxRequest) -> Result<OutboxReport> {
+/// Only a request about a new site (not one of the sandbox's) reads a store: the catalog's
+/// claim of it ([`crate::claimed`]).
+pub async fn outbox(dir: &Path, req: &OutboxRequest) -> Result<OutboxReport> {
     check_system(&req.system)?;
     let m = Manifest::load(dir)?;
     if let Some(site) = &req.site
         && m.site(site).is_none()
+        && !crate::as_new::claimed(dir, site).await?
     {
         return Err(Error::refused(format!(
-            "--site {site}: no such site in sandbox `{}` (`rewind sandbox sites` lists them)",
+            "--site {site}: no such site in sandbox `{}` (`rewind sandbox sites` lists them), \
+             nor a new site a restore as new claimed in its catalog",
             dir.display()
         )));
     }

@@ -18,6 +18,9 @@ pub enum ColType {
 pub struct Table {
     /// Table name (same in SQLite and PostgreSQL).
     pub name: &'static str,
+    /// True when the row's `id` is the site id itself (`catalog.sites`, one row per site): a
+    /// restore as a new site gives it the new site id, not a new row id.
+    pub id_is_site: bool,
     /// Columns in order; `id` and `site_id` come first.
     pub columns: &'static [(&'static str, ColType)],
 }
@@ -27,6 +30,7 @@ use ColType::{Int, Text};
 const CATALOG: &[Table] = &[
     Table {
         name: "sites",
+        id_is_site: true,
         columns: &[
             ("id", Text),
             ("site_id", Text),
@@ -42,6 +46,7 @@ const CATALOG: &[Table] = &[
     },
     Table {
         name: "licences",
+        id_is_site: false,
         columns: &[
             ("id", Text),
             ("site_id", Text),
@@ -55,6 +60,7 @@ const CATALOG: &[Table] = &[
 
 const CONTACTS: &[Table] = &[Table {
     name: "contacts",
+    id_is_site: false,
     columns: &[
         ("id", Text),
         ("site_id", Text),
@@ -68,6 +74,7 @@ const CONTACTS: &[Table] = &[Table {
 const IDENTITY: &[Table] = &[
     Table {
         name: "users",
+        id_is_site: false,
         columns: &[
             ("id", Text),
             ("site_id", Text),
@@ -79,10 +86,12 @@ const IDENTITY: &[Table] = &[
     },
     Table {
         name: "groups",
+        id_is_site: false,
         columns: &[("id", Text), ("site_id", Text), ("name", Text), ("updated_at", Text)],
     },
     Table {
         name: "memberships",
+        id_is_site: false,
         columns: &[
             ("id", Text),
             ("site_id", Text),
@@ -93,6 +102,7 @@ const IDENTITY: &[Table] = &[
     },
     Table {
         name: "permissions",
+        id_is_site: false,
         columns: &[
             ("id", Text),
             ("site_id", Text),
@@ -107,6 +117,7 @@ const IDENTITY: &[Table] = &[
 const TRACKER: &[Table] = &[
     Table {
         name: "projects",
+        id_is_site: false,
         columns: &[
             ("id", Text),
             ("site_id", Text),
@@ -117,6 +128,7 @@ const TRACKER: &[Table] = &[
     },
     Table {
         name: "issues",
+        id_is_site: false,
         columns: &[
             ("id", Text),
             ("site_id", Text),
@@ -130,6 +142,7 @@ const TRACKER: &[Table] = &[
     },
     Table {
         name: "comments",
+        id_is_site: false,
         columns: &[
             ("id", Text),
             ("site_id", Text),
@@ -144,6 +157,7 @@ const TRACKER: &[Table] = &[
 const WIKI: &[Table] = &[
     Table {
         name: "spaces",
+        id_is_site: false,
         columns: &[
             ("id", Text),
             ("site_id", Text),
@@ -154,6 +168,7 @@ const WIKI: &[Table] = &[
     },
     Table {
         name: "pages",
+        id_is_site: false,
         columns: &[
             ("id", Text),
             ("site_id", Text),
@@ -168,6 +183,7 @@ const WIKI: &[Table] = &[
 
 const MEDIA: &[Table] = &[Table {
     name: "objects",
+    id_is_site: false,
     columns: &[
         ("id", Text),
         ("site_id", Text),
@@ -182,6 +198,7 @@ const MEDIA: &[Table] = &[Table {
 
 const FLAGS: &[Table] = &[Table {
     name: "flags",
+    id_is_site: false,
     columns: &[
         ("id", Text),
         ("site_id", Text),
@@ -194,6 +211,7 @@ const FLAGS: &[Table] = &[Table {
 const APPS: &[Table] = &[
     Table {
         name: "installations",
+        id_is_site: false,
         columns: &[
             ("id", Text),
             ("site_id", Text),
@@ -205,6 +223,7 @@ const APPS: &[Table] = &[
     },
     Table {
         name: "webhooks",
+        id_is_site: false,
         columns: &[
             ("id", Text),
             ("site_id", Text),
@@ -215,6 +234,48 @@ const APPS: &[Table] = &[
         ],
     },
 ];
+
+/// A reference between two tables of one store that no FOREIGN KEY declares (the sandbox's
+/// tables declare none): `child.column` holds the `id` of a row of `parent`, of the same site.
+/// A restore as a new site must make it follow the parent's new id; `verify --remapped` checks
+/// it does, and a restore workflow declares it on its `copy` and `compare` steps (`references =
+/// ["issues(project_id) -> projects(id)", ...]`, [`Reference::declaration`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reference {
+    /// The referencing table.
+    pub child: &'static str,
+    /// Its column holding the parent's id.
+    pub column: &'static str,
+    /// The referenced table (by its `id`).
+    pub parent: &'static str,
+}
+
+impl Reference {
+    /// As a workflow's `references` declares it: `issues(project_id) -> projects(id)`.
+    pub fn declaration(&self) -> String {
+        format!("{}({}) -> {}(id)", self.child, self.column, self.parent)
+    }
+}
+
+impl fmt::Display for Reference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.declaration())
+    }
+}
+
+const fn reference(child: &'static str, column: &'static str, parent: &'static str) -> Reference {
+    Reference { child, column, parent }
+}
+
+const IDENTITY_REFERENCES: &[Reference] = &[
+    reference("memberships", "group_id", "groups"),
+    reference("memberships", "user_id", "users"),
+    reference("permissions", "group_id", "groups"),
+];
+const TRACKER_REFERENCES: &[Reference] =
+    &[reference("issues", "project_id", "projects"), reference("comments", "issue_id", "issues")];
+const WIKI_REFERENCES: &[Reference] = &[reference("pages", "space_id", "spaces")];
+const APPS_REFERENCES: &[Reference] = &[reference("webhooks", "installation_id", "installations")];
 
 /// The regions sites live in; each has its own identity store.
 pub const REGIONS: &[&str] = &["us-east", "eu-west", "ap-southeast"];
@@ -267,6 +328,18 @@ impl StoreKind {
             StoreKind::Media => MEDIA,
             StoreKind::Flags => FLAGS,
             StoreKind::Apps => APPS,
+        }
+    }
+
+    /// The references between the kind's tables (none is declared by a FOREIGN KEY). The
+    /// catalog's `sites.id` is the site id itself ([`Table::id_is_site`]), not a reference.
+    pub fn references(self) -> &'static [Reference] {
+        match self {
+            StoreKind::Identity => IDENTITY_REFERENCES,
+            StoreKind::Tracker => TRACKER_REFERENCES,
+            StoreKind::Wiki => WIKI_REFERENCES,
+            StoreKind::Apps => APPS_REFERENCES,
+            StoreKind::Catalog | StoreKind::Contacts | StoreKind::Media | StoreKind::Flags => &[],
         }
     }
 
@@ -359,6 +432,25 @@ mod tests {
                 assert_eq!(t.columns[1], ("site_id", ColType::Text), "{}", t.name);
             }
         }
+        // Every reference joins two tables of its kind, by a text column of the child.
+        for kind in StoreKind::ALL {
+            for r in kind.references() {
+                let child = &kind.tables()[kind.table_index(r.child).unwrap()];
+                assert!(kind.table_index(r.parent).is_some(), "{r}");
+                assert!(child.columns.contains(&(r.column, ColType::Text)), "{r}");
+            }
+        }
+        assert_eq!(
+            StoreKind::Tracker.references()[1].declaration(),
+            "comments(issue_id) -> issues(id)"
+        );
+        let keyed: Vec<&str> = StoreKind::ALL
+            .iter()
+            .flat_map(|k| k.tables())
+            .filter(|t| t.id_is_site)
+            .map(|t| t.name)
+            .collect();
+        assert_eq!(keyed, ["sites"]);
         let names: Vec<String> = Store::all(2).iter().map(|s| s.name().to_owned()).collect();
         assert_eq!(
             names,

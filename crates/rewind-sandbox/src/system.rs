@@ -127,6 +127,10 @@ struct LedgerLine<'a> {
     store: &'a str,
     site: &'a str,
     table: &'a str,
+    /// The written row's id: with `op`, what `verify --remapped` replays to know which rows a
+    /// site had in a table at an instant.
+    id: &'a str,
+    op: Op,
     rows: u64,
     digest: String,
 }
@@ -180,7 +184,8 @@ fn schema_name(prefix: &str, store: &Store) -> String {
     format!("{prefix}_{}", store.ident())
 }
 
-async fn connect(
+/// Connects to the relational stores of `stores` (media has none), by name.
+pub(crate) async fn connect(
     layout: &Layout,
     backend: &Backend,
     stores: &[Store],
@@ -452,6 +457,8 @@ impl Engine {
             store: &name,
             site: &w.site,
             table,
+            id: &w.id,
+            op,
             rows: applied.digest.rows,
             digest: applied.digest.hex(),
         };

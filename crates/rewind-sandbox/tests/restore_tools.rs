@@ -13,8 +13,9 @@ use std::time::Duration;
 use rewind_model::{RestorePoint, TargetId};
 use rewind_sandbox::{
     Backend, IncidentOptions, InitOptions, Manifest, OutboxRequest, PitrOptions, PitrOut,
-    ScratchTag, SimTime, VerifyOptions, check_media, data_loss, drop_scratch, incident, init,
-    outbox, pitr, resolve_url, restore_media, verify,
+    ScratchTag, SimTime, VerifyOptions, check_media, check_media_as, claimed, data_loss,
+    drop_scratch, drop_tenant, incident, init, new_site_ids, outbox, pitr, resolve_url,
+    restore_media, restore_media_as, verify,
 };
 use sha2::{Digest as _, Sha256};
 use sqlx::Connection as _;
@@ -177,7 +178,7 @@ async fn count(url: &str, table: &str, site: &str) -> (i64, i64) {
 }
 
 async fn verify_problems(sb: &Sb) -> usize {
-    let o = VerifyOptions { restore_point: sb.restore_point(), sites: None };
+    let o = VerifyOptions::new(sb.restore_point());
     verify(&sb.dir, &o).await.unwrap().problems.len()
 }
 
@@ -498,6 +499,11 @@ async fn media_restore_is_checked_idempotent_and_recovers_from_a_crash() {
 // ---------------------------------------------------------------------------------------------
 // The outbox
 
+/// Runs a future on a runtime of its own (a plain thread's).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+}
+
 fn request(site: TargetId, text: &str, key: Option<&str>) -> OutboxRequest {
     OutboxRequest {
         system: "customer-comms".into(),
@@ -520,12 +526,12 @@ async fn the_outbox_queues_each_key_once_even_under_concurrent_appends() {
 
     // Refused, nothing written.
     let unknown: TargetId = "6f1c2a3e-0b4d-4e5f-8a9b-0c1d2e3f4a5b".parse().unwrap();
-    assert!(outbox(&sb.dir, &request(unknown, "hello", None)).unwrap_err().is_refusal());
+    assert!(outbox(&sb.dir, &request(unknown, "hello", None)).await.unwrap_err().is_refusal());
     let mut bad = request(site, "hello", None);
     bad.system = "Billing".into();
-    let e = outbox(&sb.dir, &bad).unwrap_err();
+    let e = outbox(&sb.dir, &bad).await.unwrap_err();
     assert!(e.is_refusal() && e.to_string().contains("`Billing`"), "{e}");
-    assert!(outbox(&sb.dir, &request(site, " ", None)).unwrap_err().is_refusal());
+    assert!(outbox(&sb.dir, &request(site, " ", None)).await.unwrap_err().is_refusal());
     assert!(!sb.dir.join("outbox").exists());
 
     // One key, many attempts at once: queued exactly once.
@@ -534,7 +540,8 @@ async fn the_outbox_queues_each_key_once_even_under_concurrent_appends() {
         .map(|_| {
             let dir = dir.clone();
             std::thread::spawn(move || {
-                outbox(&dir, &request(site, "your site is back", Some("run-1/notify"))).unwrap()
+                block_on(outbox(&dir, &request(site, "your site is back", Some("run-1/notify"))))
+                    .unwrap()
             })
         })
         .collect();
@@ -555,7 +562,7 @@ async fn the_outbox_queues_each_key_once_even_under_concurrent_appends() {
             std::thread::spawn(move || {
                 for i in 0..25 {
                     let text = format!("request {w}-{i} with \"quotes\"; and a newline\n");
-                    assert!(outbox(&dir, &request(site, &text, None)).unwrap().queued);
+                    assert!(block_on(outbox(&dir, &request(site, &text, None))).unwrap().queued);
                 }
             })
         })
@@ -569,19 +576,162 @@ async fn the_outbox_queues_each_key_once_even_under_concurrent_appends() {
         l.iter().map(|v| v["key"].as_str().unwrap()).collect();
     assert_eq!(keys.len(), 101);
     // Without an idempotency key, the same request is the same key.
-    let same =
-        outbox(&sb.dir, &request(site, "request 0-0 with \"quotes\"; and a newline\n", None));
-    assert!(!same.unwrap().queued);
+    let same = request(site, "request 0-0 with \"quotes\"; and a newline\n", None);
+    assert!(!outbox(&sb.dir, &same).await.unwrap().queued);
 
     // A line cut short by a crash is dropped, and the file stays valid JSON Lines.
     use std::io::Write as _;
     let mut f = std::fs::File::options().append(true).open(&file).unwrap();
     f.write_all(b"{\"system\":\"customer-comms\",\"si").unwrap();
     drop(f);
-    assert!(outbox(&sb.dir, &request(site, "after the crash", None)).unwrap().queued);
+    assert!(outbox(&sb.dir, &request(site, "after the crash", None)).await.unwrap().queued);
     let l = lines();
     assert_eq!(l.len(), 102);
     assert_eq!(l[101]["request"], "after the crash");
+}
+
+// ---------------------------------------------------------------------------------------------
+// New sites: the catalog's claim, media restored as one, the outbox, drop-tenant
+
+/// Runs statements on a store through its URL (one string parameter, `$1` or `?`).
+async fn exec(url: &str, statements: &[(&str, Option<&str>)]) {
+    if url.starts_with("sqlite:") {
+        let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+        for (sql, p) in statements {
+            let q = sqlx::query(sqlx::AssertSqlSafe(sql.replace("$1", "?")));
+            let q = match p {
+                Some(v) => q.bind(*v),
+                None => q,
+            };
+            q.execute(&mut c).await.unwrap();
+        }
+    } else {
+        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+        for (sql, p) in statements {
+            let q = sqlx::query(sqlx::AssertSqlSafe((*sql).to_owned()));
+            let q = match p {
+                Some(v) => q.bind(*v),
+                None => q,
+            };
+            q.execute(&mut c).await.unwrap();
+        }
+    }
+}
+
+/// What `copy … as` writes on the destination when it restores a tenant as `new`: its claim.
+async fn claim(url: &str, new: &str) {
+    exec(
+        url,
+        &[
+            (
+                "CREATE TABLE IF NOT EXISTS rewind_key_map (new_tenant text NOT NULL, tbl text \
+                 NOT NULL, old_key text NOT NULL, new_key text NOT NULL, PRIMARY KEY \
+                 (new_tenant, tbl, old_key))",
+                None,
+            ),
+            ("INSERT INTO rewind_key_map VALUES ($1, '', '', '')", Some(new)),
+        ],
+    )
+    .await;
+}
+
+async fn new_sites_are_claimed_restored_and_dropped(postgres: bool) {
+    let Some(sb) = sandbox(postgres).await else { return };
+    let t = tag("as-new-1");
+    sb.pitr("media", &t).await;
+    let old = sb
+        .deleted()
+        .into_iter()
+        .find(|d| sb.dir.join(format!("scratch/as-new-1/media/objects/{d}")).is_dir())
+        .expect("a deleted site with media");
+    let new = new_site_ids(&sb.manifest(), 3);
+    assert_eq!(new.len(), 3);
+    let known: Vec<TargetId> = sb.manifest().sites.iter().map(|s| s.id).collect();
+    assert!(new.iter().all(|n| !known.contains(n)) && new[0] != new[1]);
+    let (new, stranger) = (new[0], new[1]);
+    let catalog = sb.url("store=catalog");
+    let contacts = sb.url("store=contacts");
+
+    // Not claimed yet: no media restore as it, no outbox request about it.
+    assert!(!claimed(&sb.dir, &new).await.unwrap());
+    let e = restore_media_as(&sb.dir, &t, &old, &new).await.unwrap_err();
+    assert!(e.is_refusal() && e.to_string().contains("no restore as new claimed it"), "{e}");
+    assert!(outbox(&sb.dir, &request(new, "allocate", None)).await.unwrap_err().is_refusal());
+    let e = restore_media_as(&sb.dir, &t, &old, &known[0]).await.unwrap_err();
+    assert!(e.to_string().contains("is a site of the sandbox"), "{e}");
+
+    claim(&catalog, &new.to_string()).await;
+    assert!(claimed(&sb.dir, &new).await.unwrap());
+    assert!(outbox(&sb.dir, &request(new, "allocate", None)).await.unwrap().queued);
+    let r = restore_media_as(&sb.dir, &t, &old, &new).await.unwrap();
+    assert!(r.objects > 0 && r.blobs_copied > 0, "{r:?}");
+    assert_eq!(r.restored_as, Some(new));
+    let again = restore_media_as(&sb.dir, &t, &old, &new).await.unwrap();
+    assert_eq!((again.objects, again.blobs_copied), (r.objects, 0), "blobs are there now");
+    let c = check_media_as(&sb.dir, &t, &old, &new).unwrap();
+    assert!(c.matching, "{c:?}");
+    assert!(!check_media(&sb.dir, &t, &old).unwrap().matching, "the old site is still deleted");
+    // A new object's id is copy-as's id of the old one.
+    let names: Vec<String> = std::fs::read_dir(sb.dir.join(format!("stores/media/objects/{new}")))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let old_names: Vec<String> =
+        std::fs::read_dir(sb.dir.join(format!("scratch/as-new-1/media/objects/{old}")))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+    let derived = |n: &String| {
+        let id = uuid::Uuid::parse_str(n.trim_end_matches(".json")).unwrap();
+        format!("{}.json", rewind_slice::remap::new_uuid_of(&new.to_string(), "objects", id))
+    };
+    let mut want: Vec<String> = old_names.iter().map(derived).collect();
+    let mut got = names.clone();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want);
+    // Tampering with one object is seen.
+    let first = sb.dir.join(format!("stores/media/objects/{new}/{}", names[0]));
+    let text = std::fs::read_to_string(&first).unwrap();
+    std::fs::write(&first, text.replace("\"version\":", "\"version\":1")).unwrap();
+    assert!(!check_media_as(&sb.dir, &t, &old, &new).unwrap().matching);
+
+    // A row of the new site elsewhere, and a stranger's data without a claim.
+    let row = "INSERT INTO contacts VALUES ('0b7c0f55-1f0e-4c1e-9b8e-3f7d1f2a9c10', $1, 'A B', \
+               'a@b.example', 'admin', '2022-04-05T07:30:00Z')";
+    exec(&contacts, &[(row, Some(&new.to_string()))]).await;
+    let row2 = row.replace("0b7c0f55", "0b7c0f56");
+    exec(&contacts, &[(&row2, Some(&stranger.to_string()))]).await;
+    let e = drop_tenant(&sb.dir, &stranger).await.unwrap_err();
+    assert!(e.is_refusal() && e.to_string().contains("no claim"), "{e}");
+    assert_eq!(count(&contacts, "contacts", &stranger.to_string()).await.0, 1, "not removed");
+    for site in [known[0], old] {
+        let e = drop_tenant(&sb.dir, &site).await.unwrap_err();
+        assert!(e.is_refusal() && e.to_string().contains("is a site of the sandbox"), "{e}");
+    }
+
+    let r = drop_tenant(&sb.dir, &new).await.unwrap();
+    assert_eq!(r.stores, ["catalog", "contacts", "media"]);
+    assert!(r.objects > 0 && r.blobs > 0, "the contents only its objects used go too");
+    let removed: Vec<(&str, &str, u64)> =
+        r.removed.iter().map(|x| (x.store.as_str(), x.table.as_str(), x.rows)).collect();
+    assert_eq!(removed, [("contacts", "contacts", 1), ("catalog", "rewind_key_map", 1)]);
+    assert!(!sb.dir.join(format!("stores/media/objects/{new}")).exists());
+    assert!(!claimed(&sb.dir, &new).await.unwrap());
+    assert_eq!(count(&contacts, "contacts", &new.to_string()).await.0, 0);
+    // Idempotent.
+    let r = drop_tenant(&sb.dir, &new).await.unwrap();
+    assert!(r.stores.is_empty() && r.removed.is_empty() && r.objects == 0);
+}
+
+#[tokio::test]
+async fn sqlite_new_sites_are_claimed_restored_and_dropped() {
+    new_sites_are_claimed_restored_and_dropped(false).await;
+}
+
+#[tokio::test]
+async fn postgres_new_sites_are_claimed_restored_and_dropped() {
+    new_sites_are_claimed_restored_and_dropped(true).await;
 }
 
 // ---------------------------------------------------------------------------------------------
