@@ -1,0 +1,265 @@
+//! Restore 1 made real, end to end through the binary: a small sandbox loses sites to the
+//! incident; `sandbox sites --deleted --as-new` gives each a new id; `rewind run
+//! workflows/restore-1.toml` restores every deleted site as a NEW site (new ids everywhere,
+//! every reference remapped), and `sandbox verify --remapped` judges it independently. A
+//! restored row tampered with (a comment pointing at the old issue id) fails verify, named;
+//! `sandbox drop-tenant` removes a new site and refuses a customer's. SQLite.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use rewind_sandbox::{Manifest, resolve_url};
+use serde_json::Value;
+use sqlx::Connection as _;
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn json(&self) -> Value {
+        let last = self.stdout.lines().last().unwrap_or_default();
+        serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {}", self.stdout))
+    }
+}
+
+fn rewind_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Out {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rewind"));
+    cmd.args(args)
+        .current_dir(dir)
+        .env_remove("REWIND_IDEMPOTENCY_KEY")
+        .env("REWIND_NOW", "2022-04-06T07:33:00Z");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let o = cmd.output().expect("run rewind");
+    Out {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+fn workflow() -> String {
+    format!("{}/workflows/restore-1.toml", env!("CARGO_MANIFEST_DIR"))
+}
+
+struct Drill {
+    tmp: tempfile::TempDir,
+    sb: PathBuf,
+    rp: String,
+}
+
+impl Drill {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let sb = tmp.path().join("sb");
+        let d = sb.to_str().unwrap().to_owned();
+        let me = Self { tmp, sb, rp: String::new() };
+        me.ok(&["sandbox", "init", &d, "--sites", "24", "--shards", "2", "--seed", "3"]);
+        me.ok(&["sandbox", "incident", &d, "--delete", "6"]);
+        let at = Manifest::load(&me.sb).unwrap().incident.unwrap().at;
+        Self { rp: at.minus(Duration::from_secs(300)).to_string(), ..me }
+    }
+
+    fn d(&self) -> &str {
+        self.sb.to_str().unwrap()
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.tmp.path().join(name).to_str().unwrap().to_owned()
+    }
+
+    fn run(&self, args: &[&str]) -> Out {
+        rewind_in(self.tmp.path(), args, &[("SANDBOX", self.d())])
+    }
+
+    fn ok(&self, args: &[&str]) -> Out {
+        let o = self.run(args);
+        assert_eq!(o.code, 0, "rewind {args:?} failed:\n{}\n{}", o.stdout, o.stderr);
+        o
+    }
+
+    fn verify(&self, map: &str) -> Out {
+        self.run(&["sandbox", "verify", self.d(), "--at", &self.rp, "--remapped", map])
+    }
+
+    fn url(&self, store: &str) -> String {
+        resolve_url(&format!("sandbox://{}?store={store}", self.d())).unwrap().unwrap()
+    }
+}
+
+/// The map's (old id, new id, shard, products) per line.
+fn map_rows(path: &str) -> Vec<(String, String, String, String)> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("id,kind,region,shard,products,new_id"));
+    lines
+        .map(|l| {
+            let c: Vec<&str> = l.split(',').collect();
+            (c[0].to_owned(), c[5].to_owned(), c[3].to_owned(), c[4].to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn restore_1_restores_every_deleted_site_as_a_new_site_and_verify_follows_the_id_maps() {
+    let dr = Drill::new();
+    let map = dr.path("restore-1.csv");
+    dr.ok(&["sandbox", "sites", dr.d(), "--deleted", "--as-new", "--out", &map]);
+    let rows = map_rows(&map);
+    assert_eq!(rows.len(), 6);
+    let known: BTreeSet<String> =
+        Manifest::load(&dr.sb).unwrap().sites.iter().map(|s| s.id.to_string()).collect();
+    assert!(rows.iter().all(|(_, new, _, _)| !known.contains(new)), "new ids are no site's");
+
+    // Restore 1 needs each target's new id: the plain deleted list is refused, located.
+    let plain = dr.path("deleted.csv");
+    dr.ok(&["sandbox", "sites", dr.d(), "--deleted", "--out", &plain]);
+    let wf = workflow();
+    let p = dr.run(&["plan", "--workflow", &wf, "--targets", &plain, "--restore-point", &dr.rp]);
+    assert_eq!(p.code, 2, "{}\n{}", p.stdout, p.stderr);
+    assert!(p.stderr.contains("new_id"), "{}", p.stderr);
+
+    let db = format!("sqlite://{}", dr.path("rewind.db"));
+    let args =
+        ["--db", &db, "run", "--workflow", &wf, "--targets", &map, "--restore-point", &dr.rp];
+    let run = dr.run(&[&args[..], &["--confirm", "6"]].concat());
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let run_id = run.stdout.lines().next().unwrap().strip_prefix("run ").unwrap().to_owned();
+    assert!(!dr.sb.join("scratch").join(&run_id).exists(), "its scratch copies are dropped");
+
+    // The independent check: every new site holds its old site's state at the restore point.
+    let v = dr.verify(&map);
+    assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
+    assert!(v.stdout.contains("AS NEW OK"), "{}", v.stdout);
+    let j = dr.run(&["sandbox", "verify", dr.d(), "--at", &dr.rp, "--remapped", &map, "--json"]);
+    let j: Value = serde_json::from_str(&j.stdout).unwrap();
+    assert_eq!((j["ok"].as_bool(), j["as_new_sites"].as_u64()), (Some(true), Some(6)), "{j}");
+    // Judged as an in-place restore, the same sandbox fails: the old sites are still deleted,
+    // and without the map the new sites' rows belong to no site.
+    let plain_verify = dr.run(&["sandbox", "verify", dr.d(), "--restore-point", &dr.rp]);
+    assert_eq!(plain_verify.code, 1);
+    assert!(plain_verify.stdout.contains("(unknown site)"), "{}", plain_verify.stdout);
+
+    // Requests to the systems outside the sandbox name the new sites.
+    let cloud = std::fs::read_to_string(dr.sb.join("outbox/cloud-id.jsonl")).unwrap();
+    let asked: BTreeSet<String> = cloud
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["site"].as_str().unwrap().to_owned())
+        .collect();
+    let new_ids: BTreeSet<String> = rows.iter().map(|r| r.1.clone()).collect();
+    assert_eq!(asked, new_ids);
+
+    // Tampering: a restored comment points at its issue's OLD id (a reference not followed).
+    let (old, new, shard, _) =
+        rows.iter().find(|r| r.3.contains("tracker")).expect("a deleted site with the tracker");
+    let store = format!("tracker-{shard}");
+    let tag = "tamper";
+    dr.ok(&["sandbox", "pitr", dr.d(), "--store", &store, "--at", &dr.rp, "--scratch", tag]);
+    let scratch =
+        resolve_url(&format!("sandbox://{}?scratch={tag}&store={store}", dr.d())).unwrap().unwrap();
+    let live = dr.url(&store);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (comment, new_issue, old_issue) = rt.block_on(async {
+        let mut s = sqlx::SqliteConnection::connect(&scratch).await.unwrap();
+        let olds: Vec<String> = sqlx::query_scalar("SELECT id FROM issues WHERE site_id = ?")
+            .bind(old)
+            .fetch_all(&mut s)
+            .await
+            .unwrap();
+        let mut l = sqlx::SqliteConnection::connect(&live).await.unwrap();
+        let (comment, issue): (String, String) =
+            sqlx::query_as("SELECT id, issue_id FROM comments WHERE site_id = ? LIMIT 1")
+                .bind(new)
+                .fetch_one(&mut l)
+                .await
+                .expect("a restored comment");
+        let derive = |o: &String| {
+            let u = uuid::Uuid::parse_str(o).unwrap();
+            rewind_slice::remap::new_uuid_of(new, "issues", u).hyphenated().to_string()
+        };
+        let old_issue = olds.iter().find(|o| derive(o) == issue).expect("its old issue").clone();
+        sqlx::query("UPDATE comments SET issue_id = ? WHERE id = ?")
+            .bind(&old_issue)
+            .bind(&comment)
+            .execute(&mut l)
+            .await
+            .unwrap();
+        (comment, issue, old_issue)
+    });
+    let v = dr.verify(&map);
+    assert_eq!(v.code, 1, "{}\n{}", v.stdout, v.stderr);
+    let named = v.stdout.lines().find(|l| l.contains(&comment)).unwrap_or_else(|| {
+        panic!("the tampered comment {comment} is not named:\n{}", v.stdout);
+    });
+    for part in [
+        store.as_str(),
+        &format!("site {new} (restored as new)"),
+        &format!("comments row {comment}: dangling reference issue_id = {old_issue}"),
+        "not remapped",
+    ] {
+        assert!(named.contains(part), "{part:?} not in: {named}");
+    }
+    let j = dr.run(&["sandbox", "verify", dr.d(), "--at", &dr.rp, "--remapped", &map, "--json"]);
+    let j: Value = serde_json::from_str(&j.stdout).unwrap();
+    let p = &j["problems"][0];
+    assert_eq!((p["store"].as_str(), p["site"].as_str()), (Some(&*store), Some(&**new)), "{j}");
+    assert_eq!(p["restored_from"].as_str(), Some(&**old));
+    assert_eq!(p["rows"][0]["table"], "comments");
+    assert_eq!(p["rows"][0]["row"].as_str(), Some(&*comment));
+    assert_eq!(p["rows"][0]["fault"], "dangling-reference");
+    rt.block_on(async {
+        let mut l = sqlx::SqliteConnection::connect(&live).await.unwrap();
+        sqlx::query("UPDATE comments SET issue_id = ? WHERE id = ?")
+            .bind(&new_issue)
+            .bind(&comment)
+            .execute(&mut l)
+            .await
+            .unwrap();
+    });
+    assert_eq!(dr.verify(&map).code, 0, "put back");
+
+    // drop-tenant: a drill's cleanup removes a new site everywhere, and never a customer's.
+    let live_site = Manifest::load(&dr.sb)
+        .unwrap()
+        .sites
+        .iter()
+        .map(|s| s.id.to_string())
+        .find(|id| rows.iter().all(|r| &r.0 != id))
+        .unwrap();
+    for customer in [live_site.as_str(), old.as_str()] {
+        let o = dr.run(&["sandbox", "drop-tenant", dr.d(), "--site", customer]);
+        assert_eq!(o.code, 2, "{}\n{}", o.stdout, o.stderr);
+        assert!(o.stderr.contains("is a site of the sandbox"), "{}", o.stderr);
+    }
+    let o = dr.ok(&["sandbox", "drop-tenant", dr.d(), "--site", new]);
+    let r = o.json();
+    assert_eq!(r["site"].as_str(), Some(&**new));
+    let stores: Vec<&str> =
+        r["stores"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    for s in ["catalog", "contacts", store.as_str(), "media", "flags"] {
+        assert!(stores.contains(&s), "{s} not in {stores:?}");
+    }
+    assert!(r["removed"].as_array().unwrap().iter().any(|x| x["table"] == "rewind_key_map"));
+    assert!(!dr.sb.join(format!("stores/media/objects/{new}")).exists());
+    let again = dr.ok(&["sandbox", "drop-tenant", dr.d(), "--site", new]).json();
+    assert_eq!(
+        (again["stores"].as_array().unwrap().len(), &again["removed"]),
+        (0, &Value::Array(vec![]))
+    );
+    // The other new sites are intact, and nothing else changed.
+    let rest = dr.path("rest.csv");
+    let text = std::fs::read_to_string(&map).unwrap();
+    let kept: Vec<&str> = text.lines().filter(|l| !l.ends_with(new.as_str())).collect();
+    std::fs::write(&rest, kept.join("\n") + "\n").unwrap();
+    let v = dr.verify(&rest);
+    assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
+}
