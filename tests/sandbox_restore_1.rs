@@ -263,3 +263,23 @@ fn restore_1_restores_every_deleted_site_as_a_new_site_and_verify_follows_the_id
     let v = dr.verify(&rest);
     assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
 }
+
+#[test]
+fn the_sandbox_references_are_declared_by_restore_1_and_documented() {
+    // schema.rs is the one list; the workflow declares each on its copies and compares, and the
+    // docs list each.
+    let root = env!("CARGO_MANIFEST_DIR");
+    let workflow = std::fs::read_to_string(format!("{root}/workflows/restore-1.toml")).unwrap();
+    let docs = std::fs::read_to_string(format!("{root}/docs/sandbox.md")).unwrap();
+    let mut n = 0;
+    for kind in rewind_sandbox::StoreKind::ALL {
+        for r in kind.references() {
+            let d = format!("\"{}\"", r.declaration());
+            assert_eq!(workflow.matches(&d).count(), 2, "{d}: on the copy and on its compare");
+            assert!(docs.contains(&format!("`{}`", r.declaration())), "{d} not in docs/sandbox.md");
+            n += 1;
+        }
+    }
+    assert_eq!(n, 7);
+    assert_eq!(workflow.matches("references = [").count(), 8, "4 copies, 4 compares");
+}
