@@ -220,3 +220,76 @@ fn serve_refuses_bad_files_and_stops_on_sigterm() {
     assert_eq!(status.code(), Some(0), "{rest}");
     assert!(rest.contains("SIGTERM: stopping"), "{rest}");
 }
+
+/// The shipped as-new drill: 5 live sites restored as new sites beside them (fresh ids, no live
+/// site's), validated remap-aware, then removed; the live sites untouched and no new site left
+/// (`sandbox verify` finds no row of an unknown site). A cleanup that forgets the new sites
+/// fails the drill, naming each one left behind.
+#[test]
+fn as_new_drills_restore_beside_the_live_sites_and_leave_nothing_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sandbox = tmp.path().join("sb");
+    let db = format!("sqlite://{}", tmp.path().join("rewind.db").display());
+    let sb = sandbox.to_str().unwrap();
+    let init = rewind(&sandbox, &["sandbox", "init", sb, "--sites", "20", "--shards", "2"]);
+    assert!(init.status.success(), "{}", text(&init));
+    let live_sites = || {
+        let o = rewind(&sandbox, &["sandbox", "sites", sb, "--live"]);
+        assert!(o.status.success(), "{}", text(&o));
+        String::from_utf8_lossy(&o.stdout).lines().skip(1).map(str::to_owned).collect::<Vec<_>>()
+    };
+    let before = live_sites();
+    assert_eq!(before.len(), 20);
+    let shipped = std::fs::read_to_string(root().join("drills/nightly-as-new.toml")).unwrap();
+    let workflow = root().join("workflows/drill-as-new.toml");
+    let shipped = shipped.replace(
+        "\"../workflows/drill-as-new.toml\"",
+        &format!("{:?}", workflow.display().to_string()),
+    );
+    let file = tmp.path().join("as-new.toml");
+    std::fs::write(&file, &shipped).unwrap();
+
+    let o = rewind(&sandbox, &["drill", "run", file.to_str().unwrap(), "--json", "--db", &db]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let r = last_json(&o);
+    assert_eq!((r["mode"].as_str(), r["passed"].as_bool()), (Some("as-new"), Some(true)));
+    let targets = r["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 5);
+    let live_ids: Vec<&str> = before.iter().map(|l| l.split(',').next().unwrap()).collect();
+    for t in targets {
+        let new_id = t["new_id"].as_str().unwrap();
+        assert!(!live_ids.contains(&new_id), "{new_id} is a live site's id");
+        assert!(live_ids.contains(&t["id"].as_str().unwrap()));
+        assert_eq!(t["restored"], true);
+    }
+    // One drop-tenant per new site, then the scratch copies.
+    let cleanup = r["cleanup"].as_array().unwrap();
+    assert_eq!(cleanup.len(), 6, "{cleanup:?}");
+    assert!(cleanup.iter().all(|c| c["ok"] == true), "{cleanup:?}");
+    no_scratch_left(&sandbox, &r);
+    assert_eq!(live_sites(), before);
+    // Every live site as it was, and no row of any other (new) site anywhere.
+    let v = rewind(&sandbox, &["sandbox", "verify", sb, "--restore-point", "2022-04-05T07:38:00Z"]);
+    assert!(v.status.success(), "{}", text(&v));
+
+    // A cleanup that forgets the new sites: exit 1, each one left behind named.
+    let forgetful = tmp.path().join("forgetful.toml");
+    let text_without_drop: String =
+        shipped.lines().filter(|l| !l.contains("drop-tenant")).collect::<Vec<_>>().join("\n");
+    std::fs::write(&forgetful, text_without_drop).unwrap();
+    let o = rewind(&sandbox, &["drill", "run", forgetful.to_str().unwrap(), "--json", "--db", &db]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let r = last_json(&o);
+    let left: Vec<&str> = r["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f.as_str())
+        .filter(|f| f.contains("the cleanup left the drill tenant"))
+        .collect();
+    assert_eq!(left.len(), 5, "{}", r["failures"]);
+    assert_eq!(live_sites().len(), 25);
+    let v = rewind(&sandbox, &["sandbox", "verify", sb, "--restore-point", "2022-04-05T07:38:00Z"]);
+    assert!(!v.status.success(), "{}", text(&v));
+    assert!(text(&v).contains("(unknown site)"), "{}", text(&v));
+}

@@ -218,8 +218,12 @@ struct SitesArgs {
     /// The sandbox directory.
     dir: PathBuf,
     /// Only the sites the incident deleted, in deletion order.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "live")]
     deleted: bool,
+    /// The sites the live catalog holds now (no deleted site; a new site a restore as new
+    /// wrote, until it is dropped): what a DR drill samples from.
+    #[arg(long)]
+    live: bool,
     /// Write to this file (.csv or .jsonl) instead of printing CSV.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -239,7 +243,7 @@ pub fn run(args: &Args) -> Result<Exit> {
         Sub::Incident(a) => rt.block_on(incident(a)),
         Sub::Pitr(a) => rt.block_on(pitr(a)),
         Sub::Verify(a) => rt.block_on(verify(a)),
-        Sub::Sites(a) => sites(a),
+        Sub::Sites(a) => rt.block_on(sites(a)),
         Sub::RestoreMedia(a) => rt.block_on(restore_media(a)),
         Sub::CheckMedia(a) => check_media(a),
         Sub::Outbox(a) => rt.block_on(outbox(a)),
@@ -554,9 +558,13 @@ pub(crate) fn render(r: &VerifyReport) -> String {
     out
 }
 
-fn sites(a: &SitesArgs) -> Result<Exit> {
-    let list = rewind_sandbox::sites(&a.dir, a.deleted).map_err(lib_err)?;
-    let sites: Vec<rewind_sandbox::Site> = list.into_iter().map(|(s, _)| s).collect();
+async fn sites(a: &SitesArgs) -> Result<Exit> {
+    let sites: Vec<rewind_sandbox::Site> = if a.live {
+        rewind_sandbox::live_sites(&a.dir).await.map_err(lib_err)?
+    } else {
+        let list = rewind_sandbox::sites(&a.dir, a.deleted).map_err(lib_err)?;
+        list.into_iter().map(|(s, _)| s).collect()
+    };
     let new_ids = if a.as_new {
         let m = rewind_sandbox::Manifest::load(&a.dir).map_err(lib_err)?;
         Some(rewind_sandbox::new_site_ids(&m, sites.len()))

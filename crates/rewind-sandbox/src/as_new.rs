@@ -252,3 +252,37 @@ fn drop_media(media: &MediaDir, site: &str) -> Result<(u64, u64)> {
     }
     Ok((files.len() as u64, blobs))
 }
+
+/// The sites the live catalog holds now, in id order: the sandbox's sites that are not deleted,
+/// and any new site a restore as new wrote (a drill's, until its cleanup drops it). What a DR
+/// drill samples from (`sites --live`), and how it sees that its cleanup left no new site
+/// behind. Reads only.
+pub async fn live_sites(dir: &Path) -> Result<Vec<crate::manifest::Site>> {
+    let m = Manifest::load(dir)?;
+    let db = catalog(dir, &m).await?;
+    let rows = db.read_all(&StoreKind::Catalog.tables()[0]).await;
+    db.close().await;
+    let text = |row: &[crate::value::Val], i: usize| {
+        row.get(i).and_then(|v| v.as_text()).unwrap_or_default().to_owned()
+    };
+    let mut sites = Vec::new();
+    for row in rows? {
+        // sites: id, site_id, url, cloud_id, region, shard, products (`;`-joined), ...
+        let id = text(&row, 0);
+        let Ok(id) = id.parse::<TargetId>() else {
+            return Err(Error::refused(format!(
+                "the live catalog holds a site id {id:?} that is not a uuid"
+            )));
+        };
+        let products = text(&row, 6);
+        sites.push(crate::manifest::Site {
+            id,
+            url: text(&row, 2),
+            region: text(&row, 4),
+            shard: text(&row, 5),
+            products: products.split(';').filter(|p| !p.is_empty()).map(str::to_owned).collect(),
+        });
+    }
+    sites.sort_by_key(|s| s.id);
+    Ok(sites)
+}

@@ -46,7 +46,7 @@ mod time;
 mod value;
 mod verify;
 
-pub use as_new::{DropTenantReport, Removed, claimed, drop_tenant, new_site_ids};
+pub use as_new::{DropTenantReport, Removed, claimed, drop_tenant, live_sites, new_site_ids};
 pub use error::{Error, Error as SandboxError, Result};
 pub use loss::{StoreLoss, data_loss};
 pub use manifest::{Backend, Deletion, Incident, Manifest, Site, StoreState, refuse_own_path};
