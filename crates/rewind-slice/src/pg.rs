@@ -1445,6 +1445,32 @@ const CREATE_KEY_MAP: &str = "CREATE TABLE IF NOT EXISTS rewind_key_map (\
     new_tenant text NOT NULL, tbl text NOT NULL, old_key text NOT NULL, new_key text NOT NULL, \
     PRIMARY KEY (new_tenant, tbl, old_key))";
 
+/// Creates [`remap::KEY_MAP`] in the copy's transaction if the destination lacks it. Two
+/// copies as new tenants that both find it missing would both create it, and the second
+/// `CREATE TABLE IF NOT EXISTS` fails on the catalog's unique index (23505) instead of seeing
+/// the first's table: while the table is missing, the creation is serialized by a
+/// transaction-scoped advisory lock on the schema's key map, so the second waits for the first
+/// to commit (or roll back) and then finds the table (or creates it). Once it exists no lock is
+/// taken.
+async fn ensure_key_map(dst: &mut PgConnection) -> Result<(), SliceError> {
+    let context = "create the key map rewind_key_map";
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('rewind_key_map') IS NOT NULL")
+        .fetch_one(&mut *dst)
+        .await
+        .map_err(db(context))?;
+    if exists {
+        return Ok(());
+    }
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended(current_schema() || '.rewind_key_map', 0))",
+    )
+    .execute(&mut *dst)
+    .await
+    .map_err(db(context))?;
+    sqlx::raw_sql(CREATE_KEY_MAP).execute(&mut *dst).await.map_err(db(context))?;
+    Ok(())
+}
+
 /// Records (in [`remap::KEY_MAP`], in the copy's transaction) that a copy wrote `new_tenant`,
 /// or refuses it when the destination already had `deleted` rows of it that no
 /// earlier copy as it wrote ([`remap::refuse_existing`]).
@@ -1454,10 +1480,7 @@ async fn claim_new_tenant(
     deleted: u64,
 ) -> Result<(), SliceError> {
     let context = "record the new tenant in rewind_key_map";
-    sqlx::raw_sql(CREATE_KEY_MAP)
-        .execute(&mut *dst)
-        .await
-        .map_err(db("create the key map rewind_key_map"))?;
+    ensure_key_map(dst).await?;
     let claimed: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM rewind_key_map WHERE new_tenant = $1 AND tbl = $2)",
     )
@@ -1521,10 +1544,7 @@ async fn stage_maps(
                     )));
                 };
                 if !key_map_ready {
-                    sqlx::raw_sql(CREATE_KEY_MAP)
-                        .execute(&mut *dst)
-                        .await
-                        .map_err(db("create the key map rewind_key_map"))?;
+                    ensure_key_map(dst).await?;
                     key_map_ready = true;
                 }
                 sqlx::query(ALLOCATE_KEYS)

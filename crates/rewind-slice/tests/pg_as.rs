@@ -534,3 +534,47 @@ async fn generated_always_identity_keys_are_restored_as_new() {
     })
     .await;
 }
+
+/// Two copies as new tenants at once into a destination without `rewind_key_map`: both create
+/// it in their own transaction; neither fails on the catalog's unique index (the creation is
+/// serialized while the table is missing), and both new tenants are there.
+#[tokio::test]
+async fn concurrent_copies_as_new_tenants_both_create_the_key_map_and_succeed() {
+    with_two_schemas("restore_as_concurrent_key_map", |backup_url, live_url| async move {
+        let mut backup = connect(&backup_url).await;
+        let mut live = connect(&live_url).await;
+        load(&mut backup).await;
+        load(&mut live).await;
+        let (plan, remap) = planned(&mut backup).await;
+        let old = site(&mut backup, 1).await;
+        for round in 0..5 {
+            exec(&mut live, "DROP TABLE IF EXISTS rewind_key_map").await;
+            let ids = [
+                format!("5f0c2b8e-9a4d-4c1e-8b7a-0d3e6f1a2b{round}a"),
+                format!("5f0c2b8e-9a4d-4c1e-8b7a-0d3e6f1a2b{round}b"),
+            ];
+            let copy = |id: String| {
+                let (backup_url, live_url, plan, remap, old) =
+                    (&backup_url, &live_url, &plan, &remap, &old);
+                async move {
+                    let mut src = connect(backup_url).await;
+                    let mut dst = connect(live_url).await;
+                    let new = NewTenant { id: &id, remap };
+                    pg::copy_as(&mut src, &mut dst, plan, old, new).await
+                }
+            };
+            let (a, b) = tokio::join!(copy(ids[0].clone()), copy(ids[1].clone()));
+            a.unwrap_or_else(|e| panic!("round {round}, first copy: {e}"));
+            b.unwrap_or_else(|e| panic!("round {round}, second copy: {e}"));
+            for id in &ids {
+                let n = scalar_i64(
+                    &mut live,
+                    &format!("SELECT count(*) FROM sites WHERE id = '{id}'::uuid"),
+                )
+                .await;
+                assert_eq!(n, 1, "round {round}: {id}");
+            }
+        }
+    })
+    .await;
+}
