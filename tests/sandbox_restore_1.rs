@@ -283,3 +283,89 @@ fn the_sandbox_references_are_declared_by_restore_1_and_documented() {
     assert_eq!(n, 7);
     assert_eq!(workflow.matches("references = [").count(), 8, "4 copies, 4 compares");
 }
+
+/// Restore 1 on a PostgreSQL-backed sandbox (its stores are schemas on `REWIND_TEST_POSTGRES`,
+/// dropped afterwards): every deleted site restored as a new site, copies `as` running in
+/// parallel into stores that have no `rewind_key_map` yet, and verify follows the id maps.
+#[test]
+fn restore_1_on_a_postgresql_sandbox_passes_verify() {
+    let Some(url) = std::env::var("REWIND_TEST_POSTGRES").ok().filter(|u| !u.is_empty()) else {
+        eprintln!("note: REWIND_TEST_POSTGRES is not set; skipping the PostgreSQL variant");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let sb = tmp.path().join("sb");
+    let d = sb.to_str().unwrap();
+    let env = [("SANDBOX", d)];
+    let init = rewind_in(
+        tmp.path(),
+        &[
+            "sandbox",
+            "init",
+            d,
+            "--sites",
+            "24",
+            "--shards",
+            "2",
+            "--seed",
+            "5",
+            "--postgres",
+            &url,
+        ],
+        &env,
+    );
+    let prefix = Manifest::load(&sb).ok().and_then(|m| match m.backend {
+        rewind_sandbox::Backend::Postgres { schema_prefix, .. } => Some(schema_prefix),
+        _ => None,
+    });
+    // Drops this sandbox's schemas whatever the outcome.
+    struct Schemas(String, Option<String>);
+    impl Drop for Schemas {
+        fn drop(&mut self) {
+            let Some(prefix) = self.1.clone() else { return };
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let Ok(mut c) = sqlx::PgConnection::connect(&self.0).await else { return };
+                let names: Vec<String> =
+                    sqlx::query_scalar("SELECT nspname::text FROM pg_namespace")
+                        .fetch_all(&mut c)
+                        .await
+                        .unwrap_or_default();
+                for n in names.iter().filter(|n| n.starts_with(&format!("{prefix}_"))) {
+                    let sql = format!("DROP SCHEMA \"{n}\" CASCADE");
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut c).await;
+                }
+            });
+        }
+    }
+    let _schemas = Schemas(url.clone(), prefix);
+    assert_eq!(init.code, 0, "{}\n{}", init.stdout, init.stderr);
+    let ok = |args: &[&str]| {
+        let o = rewind_in(tmp.path(), args, &env);
+        assert_eq!(o.code, 0, "rewind {args:?}:\n{}\n{}", o.stdout, o.stderr);
+        o
+    };
+    ok(&["sandbox", "incident", d, "--delete", "6"]);
+    let at = Manifest::load(&sb).unwrap().incident.unwrap().at;
+    let rp = at.minus(Duration::from_secs(300)).to_string();
+    let map = tmp.path().join("map.csv");
+    let map = map.to_str().unwrap();
+    ok(&["sandbox", "sites", d, "--deleted", "--as-new", "--out", map]);
+    let db = format!("sqlite://{}", tmp.path().join("rewind.db").display());
+    let wf = workflow();
+    let run = ok(&[
+        "--db",
+        &db,
+        "run",
+        "--workflow",
+        &wf,
+        "--targets",
+        map,
+        "--restore-point",
+        &rp,
+        "--confirm",
+        "6",
+    ]);
+    assert!(run.stdout.contains("succeeded"), "{}", run.stdout);
+    ok(&["sandbox", "verify", d, "--at", &rp, "--remapped", map]);
+}
