@@ -42,24 +42,34 @@ pub fn expand(
         let t = target.ok_or_else(|| {
             format!("{text:?} names a tenant ({{{{target.…}}}}), which only cleanup commands may")
         })?;
-        out = out.replace("{{target.id}}", &t.id.to_string());
-        while let Some(i) = out.find("{{target.attr.") {
-            let after = &out[i + "{{target.attr.".len()..];
+        // One pass, left to right: a value filled in is never read again for placeholders (a
+        // tenant's attribute may hold any text, `{{target.…}}` included).
+        let mut filled = String::with_capacity(out.len());
+        let mut rest = out.as_str();
+        while let Some(i) = rest.find("{{target.") {
+            filled.push_str(&rest[..i]);
+            let after = &rest[i + 2..];
             let end = after.find("}}").ok_or_else(|| format!("unclosed `{{{{` in {text:?}"))?;
             let name = &after[..end];
-            let value = t
-                .attrs
-                .iter()
-                .find(|(k, _)| k.as_str() == name)
-                .map(|(_, v)| v.to_string())
-                .ok_or_else(|| format!("{text:?}: tenant {} has no attribute `{name}`", t.id))?;
-            out = format!("{}{value}{}", &out[..i], &after[end + 2..]);
+            let value = if name == "target.id" {
+                t.id.to_string()
+            } else if let Some(attr) = name.strip_prefix("target.attr.") {
+                t.attrs
+                    .iter()
+                    .find(|(k, _)| k.as_str() == attr)
+                    .map(|(_, v)| v.to_string())
+                    .ok_or_else(|| format!("{text:?}: tenant {} has no attribute `{attr}`", t.id))?
+            } else {
+                return Err(format!(
+                    "{text:?}: unknown placeholder {{{{{name}}}}} (use {{{{target.id}}}} or \
+                     {{{{target.attr.NAME}}}})"
+                ));
+            };
+            filled.push_str(&value);
+            rest = &after[end + 2..];
         }
-        if out.contains("{{target.") {
-            return Err(format!(
-                "{text:?}: unknown placeholder (use {{{{target.id}}}} or {{{{target.attr.NAME}}}})"
-            ));
-        }
+        filled.push_str(rest);
+        out = filled;
     }
     Ok(out)
 }
@@ -141,6 +151,17 @@ mod tests {
             expand("{{target.other}}", &vars, None, Some(t))
                 .unwrap_err()
                 .contains("unknown placeholder")
+        );
+        // A value holding a placeholder is filled in as it is, not expanded again.
+        let tricky = rewind_model::TargetSet::parse(
+            "t.csv",
+            "id,kind,name\n7d1c52a4-3b8e-4f0a-9e27-c4a1d0b57e39,site,{{target.attr.name}}\n",
+            rewind_model::TargetsFormat::Csv,
+        )
+        .unwrap();
+        assert_eq!(
+            expand("x {{target.attr.name}} y", &vars, None, Some(&tricky.targets()[0])).unwrap(),
+            "x {{target.attr.name}} y"
         );
         let cmd = CommandSpec { program: "x".into(), args: vec!["{{target.id}}".into()] };
         assert!(per_target(&cmd));

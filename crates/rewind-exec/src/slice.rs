@@ -228,11 +228,34 @@ pub(crate) fn slice_kind(
     }
 }
 
-/// A restore as a new tenant (`as`) is refused when the new id is the tenant's own.
+/// A restore as a new tenant (`as`) is refused when the new id is empty, is the tenant's own
+/// (also in another spelling of the same uuid: `{…}`, upper case, no hyphens, which a text key
+/// would store as a second tenant beside the first), or is a uuid not written in its canonical
+/// form (lowercase, hyphenated), which other checks comparing text would not recognise.
 fn refuse_as(tenant: &str, new: &str) -> Result<(), String> {
-    if new == tenant {
+    if new.trim().is_empty() {
         return Err(format!(
-            "`as` is the tenant {tenant:?} itself: a restore as a new tenant needs another id; nothing was written"
+            "`as` is empty for the tenant {tenant:?}: a restore as a new tenant needs the new \
+             id (is the target's attribute set?); nothing was written"
+        ));
+    }
+    let same_uuid = match (uuid::Uuid::parse_str(tenant.trim()), uuid::Uuid::parse_str(new.trim()))
+    {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if new == tenant || same_uuid {
+        return Err(format!(
+            "`as` {new:?} is the tenant {tenant:?} itself: a restore as a new tenant needs another id; nothing was written"
+        ));
+    }
+    if let Ok(u) = uuid::Uuid::parse_str(new.trim())
+        && new != u.hyphenated().to_string()
+    {
+        return Err(format!(
+            "`as` {new:?} is a uuid not in its canonical form: write it as {:?} (lowercase, \
+             hyphenated), the form every check and key derivation compares; nothing was written",
+            u.hyphenated().to_string()
         ));
     }
     Ok(())
@@ -567,5 +590,29 @@ async fn compare(
         Ok(out)
     } else {
         Err(permanent(format!("the restored slice differs: {}", problems.join("; "))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refuse_as;
+
+    #[test]
+    fn as_must_be_another_tenant_in_canonical_form() {
+        let t = "7d1c52a4-3b8e-4f0a-9e27-c4a1d0b57e39";
+        assert!(refuse_as(t, "0b7c0f55-1f0e-4c1e-9b8e-3f7d1f2a9c10").is_ok());
+        assert!(refuse_as("42", "43").is_ok(), "non-uuid ids are compared as written");
+        for bad in [
+            "",
+            "  ",
+            t,
+            "7D1C52A4-3B8E-4F0A-9E27-C4A1D0B57E39",
+            "{7d1c52a4-3b8e-4f0a-9e27-c4a1d0b57e39}",
+            "7d1c52a43b8e4f0a9e27c4a1d0b57e39",
+        ] {
+            assert!(refuse_as(t, bad).is_err(), "{bad:?} must be refused");
+        }
+        let e = refuse_as(t, "0B7C0F55-1F0E-4C1E-9B8E-3F7D1F2A9C10").unwrap_err();
+        assert!(e.contains("canonical"), "{e}");
     }
 }
