@@ -250,6 +250,20 @@ pub enum PlanError {
         "the reference `{reference}` is declared already: the catalog has it as the foreign key `{constraint}`; leave it out of `references`"
     )]
     ReferenceDeclaredAlready { reference: String, constraint: String },
+    #[error(
+        "the reference `{reference}` points at {} of `{table}`, which does not include its primary key ({}): a declared reference must name the parent's primary key (or columns that include it)",
+        columns.join(", "), if key.is_empty() { "it has none".to_owned() } else { key.join(", ") }
+    )]
+    ReferenceNotParentKey {
+        reference: String,
+        table: String,
+        columns: Vec<String>,
+        key: Vec<String>,
+    },
+    #[error(
+        "the reference `{reference}` gives `{table}`.`{column}` a second parent: `{other}` already points it at another table or column"
+    )]
+    ReferenceConflict { reference: String, table: String, column: String, other: String },
 }
 
 /// `schema` with `references` added to their child tables' foreign keys
@@ -286,7 +300,38 @@ pub fn declare<'s>(
                 });
             }
         }
+        // The parent's columns must include its primary key (so they name one row): a typo
+        // naming another column of the parent would map the references through the wrong
+        // table's keys, or through none.
+        let parent_key =
+            schema.tables.get(&r.parent).map(|t| t.primary_key.clone()).unwrap_or_default();
+        if parent_key.is_empty() || !parent_key.iter().all(|k| r.parent_columns.contains(k)) {
+            return Err(PlanError::ReferenceNotParentKey {
+                reference,
+                table: r.parent.clone(),
+                columns: r.parent_columns.clone(),
+                key: parent_key,
+            });
+        }
         let child = out.tables.get(&r.child);
+        // A column of the child that some other reference (declared or the catalog's) already
+        // points elsewhere: which parent it follows would be a matter of order.
+        if let Some((column, other)) = child.and_then(|t| {
+            t.foreign_keys.iter().filter(|fk| !r.is(fk)).find_map(|fk| {
+                fk.columns.iter().zip(&fk.parent_columns).find_map(|(c, pc)| {
+                    let i = r.columns.iter().position(|rc| rc == c)?;
+                    (fk.parent != r.parent || r.parent_columns.get(i) != Some(pc))
+                        .then(|| (c.clone(), fk.name.clone()))
+                })
+            })
+        }) {
+            return Err(PlanError::ReferenceConflict {
+                reference,
+                table: r.child.clone(),
+                column,
+                other,
+            });
+        }
         match child.and_then(|t| t.foreign_keys.iter().find(|fk| r.is(fk))) {
             Some(fk) if fk.declared => continue,
             Some(fk) => {

@@ -2,9 +2,9 @@
 //! value comes from. Pure: no I/O; each engine stages and rewrites the rows ([`crate::pg`]).
 //!
 //! - The tenant's own columns become the new tenant id, where they hold the old one: the
-//!   root's key; `tenant_column` in a table reached by it (without a root, every table); and,
-//!   with a root and `tenant_column`, the root's `tenant_column` when the root has that column
-//!   (a `sites` root whose `id` and `site_id` both hold the tenant: both become the new id).
+//!   root's key, and `tenant_column` in every planned table that has it, however its rows are
+//!   found (a `sites` root whose `id` and `site_id` both hold the tenant: both become the new
+//!   id; an `issues` table reached through `project_id` still says whose it is in `site_id`).
 //! - Every other table's primary key gets new values, unless a column of it already changes
 //!   (it follows a parent or holds the tenant): `(comment_id, seq)` stays unique with the
 //!   comment's new id and the old `seq`. A key of its own is one column: a uuid key's new value
@@ -268,6 +268,24 @@ pub fn key_kind(engine: Engine, data_type: &str) -> Option<KeyKind> {
 /// [`SliceError::Refused`] naming the table and column of a key that cannot be remapped.
 pub fn plan(schema: &Schema, plan: &SlicePlan) -> Result<RemapPlan, SliceError> {
     let schema = &*crate::plan::declare(schema, &plan.references)?;
+    // A declared reference out of the slice to a table outside it would keep the old tenant's
+    // parent ids in the new tenant's rows: the workflow said they are references, so they must
+    // follow, and they cannot.
+    for t in &plan.tables {
+        let Some(table) = schema.tables.get(&t.name) else { continue };
+        if let Some(fk) =
+            table.foreign_keys.iter().find(|fk| fk.declared && plan.table(&fk.parent).is_none())
+        {
+            return Err(SliceError::Refused(format!(
+                "restore as a new tenant: the declared reference `{}` points at `{}`, which is \
+                 not in the slice: its values would keep the old tenant's ids; add `{}` to \
+                 the slice or leave the reference out; nothing was written",
+                fk.name.trim_start_matches("declared:"),
+                fk.parent,
+                fk.parent
+            )));
+        }
+    }
     let mut r = Resolver { schema, plan, own: BTreeMap::new(), owners: Vec::new() };
     for t in &plan.tables {
         r.own_key(&t.name, &mut BTreeSet::new())?;
@@ -295,13 +313,13 @@ struct Resolver<'a> {
 
 impl Resolver<'_> {
     /// Whether `column` of `table` holds the tenant id: a via of the table says so, or it is
-    /// the root's `tenant_column`.
+    /// the request's `tenant_column` (in any planned table that has it, however its rows are
+    /// found: a table reached through a reference still says whose it is in that column).
     fn is_tenant(&self, table: &str, column: &str) -> bool {
         let Some(t) = self.plan.table(table) else { return false };
-        let root_tenant_column = self.plan.root.as_ref().is_some_and(|r| r.table == table)
-            && self.plan.tenant_column.as_deref() == Some(column)
+        let tenant_column = self.plan.tenant_column.as_deref() == Some(column)
             && t.columns.iter().any(|c| c.name == column);
-        root_tenant_column
+        tenant_column
             || t.via.iter().any(|v| match v {
                 Via::Root { column: c } | Via::TenantColumn { column: c } => c == column,
                 Via::Parent { .. } => false,

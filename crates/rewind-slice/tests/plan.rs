@@ -919,6 +919,76 @@ fn as_a_new_tenant_declared_references_follow_and_the_roots_tenant_column_is_the
     assert_eq!(r.columns[0].get("site_id"), None);
 }
 
+/// Review findings: `tenant_column` is the tenant in every planned table that has it (also one
+/// reached through a reference); a declared reference must name its parent's key, must not give
+/// a column a second parent, and under `as` must not leave the slice.
+#[test]
+fn declared_references_under_as_never_keep_the_old_tenant() {
+    let schema = build(
+        Engine::Sqlite,
+        vec![
+            t("sites").col("id", "text").col("site_id", "text").pk(&["id"]),
+            t("projects").col("id", "text").col("site_id", "text").pk(&["id"]),
+            t("issues")
+                .col("id", "text")
+                .col("site_id", "text")
+                .col("project_id", "text")
+                .pk(&["id"]),
+        ],
+    );
+    let request = Request {
+        tables: names(&["projects", "issues"]),
+        tenant_column: Some("site_id".into()),
+        references: vec![
+            reference("projects", &["site_id"], "sites", &["id"]),
+            reference("issues", &["project_id"], "projects", &["id"]),
+        ],
+        ..root("sites")
+    };
+    let plan = slice_plan(&schema, &request).unwrap();
+    let r = remap::plan(&schema, &plan).unwrap();
+    let i = plan.tables.iter().position(|t| t.name == "issues").unwrap();
+    assert_eq!(
+        r.columns[i].get("site_id"),
+        Some(&remap::Source::Tenant),
+        "issues are reached through project_id, and their site_id still holds the tenant"
+    );
+
+    // The parent's key, not another of its columns (a typo).
+    let typo = Request {
+        references: vec![reference("issues", &["project_id"], "projects", &["site_id"])],
+        ..request.clone()
+    };
+    let e = slice_plan(&schema, &typo).unwrap_err().to_string();
+    assert!(
+        e.contains("issues(project_id) -> projects(site_id)") && e.contains("primary key"),
+        "{e}"
+    );
+    // One column, two parents.
+    let twice = Request {
+        references: vec![
+            reference("issues", &["project_id"], "projects", &["id"]),
+            reference("issues", &["project_id"], "sites", &["id"]),
+        ],
+        ..request.clone()
+    };
+    let e = slice_plan(&schema, &twice).unwrap_err().to_string();
+    assert!(e.contains("second parent") && e.contains("`issues`.`project_id`"), "{e}");
+    // Under `as`, a declared reference out of the slice: refused, naming it.
+    let outside = Request {
+        root: None,
+        tables: names(&["issues"]),
+        references: vec![reference("issues", &["project_id"], "projects", &["id"])],
+        ..request
+    };
+    let plan = slice_plan(&schema, &outside).unwrap();
+    let e = remap::plan(&schema, &plan).unwrap_err().to_string();
+    assert!(
+        e.contains("issues(project_id)->projects(id)") && e.contains("not in the slice"),
+        "{e}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The selectors on a real SQLite database.
 
