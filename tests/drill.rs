@@ -234,7 +234,7 @@ fn as_new_drills_restore_beside_the_live_sites_and_leave_nothing_behind() {
     let init = rewind(&sandbox, &["sandbox", "init", sb, "--sites", "20", "--shards", "2"]);
     assert!(init.status.success(), "{}", text(&init));
     let live_sites = || {
-        let o = rewind(&sandbox, &["sandbox", "sites", sb, "--live"]);
+        let o = rewind(&sandbox, &["sandbox", "sites", sb, "--live", "--with-new"]);
         assert!(o.status.success(), "{}", text(&o));
         String::from_utf8_lossy(&o.stdout).lines().skip(1).map(str::to_owned).collect::<Vec<_>>()
     };
@@ -289,6 +289,9 @@ fn as_new_drills_restore_beside_the_live_sites_and_leave_nothing_behind() {
         .collect();
     assert_eq!(left.len(), 5, "{}", r["failures"]);
     assert_eq!(live_sites().len(), 25);
+    // What a drill samples from: the sandbox's own sites only, never a drill's new ones.
+    let own = rewind(&sandbox, &["sandbox", "sites", sb, "--live"]);
+    assert_eq!(String::from_utf8_lossy(&own.stdout).lines().skip(1).count(), 20, "{}", text(&own));
     let v = rewind(&sandbox, &["sandbox", "verify", sb, "--restore-point", "2022-04-05T07:38:00Z"]);
     assert!(!v.status.success(), "{}", text(&v));
     assert!(text(&v).contains("(unknown site)"), "{}", text(&v));

@@ -304,7 +304,10 @@ pub(crate) async fn run_file(store: &SqlStore, path: &Path, opts: &DrillOptions)
                 .map(|c| format!("cleanup `{}` failed: {}", c.command, c.said)),
         );
         if drill.mode == DrillMode::AsNew {
-            failures.extend(left_behind(&drill, &registry, &vars, &dir, path, sampled).await);
+            failures.extend(
+                left_behind(&drill, &registry, &vars, &dir, path, &run_id.to_string(), sampled)
+                    .await,
+            );
         }
         let measured = Measured { rto: all_restored.then_some(drive_end), rpo: prep.rpo, failures };
         let (objectives, failures, passed) = rewind_drill::score(&drill.objectives, &measured);
@@ -394,18 +397,20 @@ fn new_id(t: &Target) -> Option<String> {
     t.attrs.iter().find(|(k, _)| k.as_str() == rewind_drill::NEW_ID).map(|(_, v)| v.to_string())
 }
 
-/// After an `as-new` drill's cleanup: the selector asked again, every drill tenant it still
-/// returns is a failure (the cleanup left it behind).
+/// After an `as-new` drill's cleanup: the tenants that remain (`[cleanup] remaining`, else
+/// the selector asked again); every drill tenant among them is a failure (the cleanup left it
+/// behind).
 async fn left_behind(
     drill: &Drill,
     registry: &rewind_exec::Registry,
     vars: &Vars,
     dir: &Path,
     path: &Path,
+    run_id: &str,
     sampled: &[Target],
 ) -> Vec<String> {
-    let file = format!("{} [select, after cleanup]", path.display());
-    let live = match rewind_drill::candidates(drill, registry, vars, dir, &file).await {
+    let file = format!("{} [cleanup, remaining]", path.display());
+    let live = match rewind_drill::remaining(drill, registry, vars, dir, &file, run_id).await {
         Ok(set) => set,
         Err(e) => {
             return vec![format!("cannot check that the cleanup removed the drill's tenants: {e}")];

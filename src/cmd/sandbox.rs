@@ -220,10 +220,14 @@ struct SitesArgs {
     /// Only the sites the incident deleted, in deletion order.
     #[arg(long, conflicts_with = "live")]
     deleted: bool,
-    /// The sites the live catalog holds now (no deleted site; a new site a restore as new
-    /// wrote, until it is dropped): what a DR drill samples from.
+    /// The sandbox's sites the live catalog holds now (no deleted site): what its backups can
+    /// restore, so what a DR drill samples from.
     #[arg(long)]
     live: bool,
+    /// With --live: also the catalog's other sites, such as new sites a restore as new wrote
+    /// (an as-new drill's cleanup check).
+    #[arg(long, requires = "live")]
+    with_new: bool,
     /// Write to this file (.csv or .jsonl) instead of printing CSV.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -560,7 +564,7 @@ pub(crate) fn render(r: &VerifyReport) -> String {
 
 async fn sites(a: &SitesArgs) -> Result<Exit> {
     let sites: Vec<rewind_sandbox::Site> = if a.live {
-        rewind_sandbox::live_sites(&a.dir).await.map_err(lib_err)?
+        rewind_sandbox::live_sites(&a.dir, a.with_new).await.map_err(lib_err)?
     } else {
         let list = rewind_sandbox::sites(&a.dir, a.deleted).map_err(lib_err)?;
         list.into_iter().map(|(s, _)| s).collect()

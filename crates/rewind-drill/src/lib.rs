@@ -27,5 +27,6 @@ pub use result::{
 };
 pub use schedule::{Due, Planner, ScheduleError};
 pub use select::{
-    NEW_ID, Recoverable, SelectError, assign_new_ids, candidates, probe, restore_point, sample,
+    NEW_ID, Recoverable, SelectError, assign_new_ids, candidates, probe, remaining, restore_point,
+    sample,
 };

@@ -71,6 +71,30 @@ pub async fn candidates(
     Ok(set)
 }
 
+/// The tenants that exist after an `as-new` drill's cleanup: `[cleanup] remaining`'s output
+/// (a targets file, CSV or JSON Lines by its first character), or, without it, the selector's.
+pub async fn remaining(
+    drill: &Drill,
+    registry: &Registry,
+    vars: &Vars,
+    dir: &Path,
+    file: &str,
+    run_id: &str,
+) -> Result<TargetSet, SelectError> {
+    let Some(cmd) = &drill.cleanup.remaining else {
+        return candidates(drill, registry, vars, dir, file).await;
+    };
+    let out = run_command(cmd, vars, dir, Some(run_id), None)
+        .await
+        .map_err(|e| SelectError(format!("[cleanup] remaining: {e}")))?;
+    let format = if out.trim_start().starts_with('{') {
+        TargetsFormat::JsonLines
+    } else {
+        TargetsFormat::Csv
+    };
+    TargetSet::parse(file, &out, format).map_err(|d| SelectError(d.to_string()))
+}
+
 /// splitmix64: small, seeded, and the same on every platform.
 struct Rng(u64);
 

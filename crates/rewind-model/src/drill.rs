@@ -48,7 +48,7 @@ const STRATEGIES: &[&str] = &["random", "least-recently-drilled", "list"];
 const MODES: &[&str] = &["isolated", "as-new"];
 const COMMAND_KEYS: &[&str] = &["program", "args"];
 const OBJECTIVE_KEYS: &[&str] = &["rto", "rpo"];
-const CLEANUP_KEYS: &[&str] = &["keep", "commands"];
+const CLEANUP_KEYS: &[&str] = &["keep", "commands", "remaining"];
 
 /// A valid drill file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -182,6 +182,10 @@ pub struct Cleanup {
     pub keep: Duration,
     /// What removes them, in order; run also when the drill failed.
     pub commands: Vec<CommandSpec>,
+    /// `as-new`: a command printing the tenants that exist after the cleanup (a targets file,
+    /// like a selector's); a drill tenant among them fails the drill. Without it the selector
+    /// is asked again.
+    pub remaining: Option<CommandSpec>,
 }
 
 /// `schedule` and `timezone`: validated, kept for a scheduler.
@@ -442,7 +446,7 @@ impl P<'_> {
             );
         }
         let cleanup = match doc.get("cleanup") {
-            None => Some(Cleanup { keep: Duration::ZERO, commands: Vec::new() }),
+            None => Some(Cleanup { keep: Duration::ZERO, commands: Vec::new(), remaining: None }),
             Some(v) => self.table(v, "cleanup").and_then(|t| self.cleanup(t)),
         };
         let schedule = self.schedule(doc);
@@ -632,7 +636,15 @@ impl P<'_> {
                 }
             }
         }
-        ok.then_some(Cleanup { keep: keep?, commands })
+        let remaining = match t.get("remaining") {
+            None => Some(None),
+            Some(v) => self.table(v, "remaining").and_then(|c| {
+                self.known_keys(c, COMMAND_KEYS, "[cleanup] remaining");
+                self.command(c, &v.span(), "[cleanup] remaining").map(Some)
+            }),
+        };
+        let remaining = remaining?;
+        ok.then_some(Cleanup { keep: keep?, commands, remaining })
     }
 
     fn schedule(&mut self, doc: &DeTable<'_>) -> Option<Option<Schedule>> {

@@ -118,8 +118,9 @@ pub struct DropTenantReport {
 /// Removes a tenant a restore as new wrote from every store: its rows (`site_id`), its media
 /// objects and the contents only they used, and its `rewind_key_map` rows, the catalog's claim
 /// last (so an interrupted drop can be run again). Refused, nothing removed, for a site of the
-/// sandbox and for a tenant that has data but no claim in the catalog: it must never remove a
-/// customer's site. A tenant with neither claim nor data has nothing to drop (a second call).
+/// sandbox, for a new site that was activated (handed to its customer: Restore 1's sites), and
+/// for a tenant that has data but no claim in the catalog: it must never remove a customer's
+/// site. A tenant with neither claim nor data has nothing to drop (a second call).
 pub async fn drop_tenant(dir: &Path, site: &TargetId) -> Result<DropTenantReport> {
     let m = Manifest::load(dir)?;
     if m.site(site).is_some() {
@@ -127,6 +128,12 @@ pub async fn drop_tenant(dir: &Path, site: &TargetId) -> Result<DropTenantReport
             "drop-tenant: {site} is a site of the sandbox: drop-tenant removes only a new site \
              a restore as new wrote (one with a claim in the catalog's {KEY_MAP}); nothing \
              removed"
+        )));
+    }
+    if crate::outbox::activated(dir, site)? {
+        return Err(Error::refused(format!(
+            "drop-tenant: {site} was restored as a new site and handed to its customer (routing \
+             was asked to activate it): it is a customer's site now; nothing removed"
         )));
     }
     if let Backend::Clusters { servers } = &m.backend {
@@ -253,11 +260,12 @@ fn drop_media(media: &MediaDir, site: &str) -> Result<(u64, u64)> {
     Ok((files.len() as u64, blobs))
 }
 
-/// The sites the live catalog holds now, in id order: the sandbox's sites that are not deleted,
-/// and any new site a restore as new wrote (a drill's, until its cleanup drops it). What a DR
-/// drill samples from (`sites --live`), and how it sees that its cleanup left no new site
-/// behind. Reads only.
-pub async fn live_sites(dir: &Path) -> Result<Vec<crate::manifest::Site>> {
+/// The sites the live catalog holds now, in id order: the sandbox's sites that are not deleted
+/// (what its backups can restore, so what a DR drill samples from: `sites --live`), and with
+/// `with_new` also every other site of the catalog, such as a new site a restore as new wrote
+/// (Restore 1's, or a drill's until its cleanup drops it: how a drill sees that its cleanup
+/// left no new site behind, `sites --live --with-new`). Reads only.
+pub async fn live_sites(dir: &Path, with_new: bool) -> Result<Vec<crate::manifest::Site>> {
     let m = Manifest::load(dir)?;
     let db = catalog(dir, &m).await?;
     let rows = db.read_all(&StoreKind::Catalog.tables()[0]).await;
@@ -282,6 +290,9 @@ pub async fn live_sites(dir: &Path) -> Result<Vec<crate::manifest::Site>> {
             shard: text(&row, 5),
             products: products.split(';').filter(|p| !p.is_empty()).map(str::to_owned).collect(),
         });
+    }
+    if !with_new {
+        sites.retain(|s| m.site(&s.id).is_some());
     }
     sites.sort_by_key(|s| s.id);
     Ok(sites)

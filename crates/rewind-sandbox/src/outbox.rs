@@ -176,3 +176,26 @@ mod tests {
         assert_ne!(content_key("ab", "", "c"), content_key("a", "b", "c"));
     }
 }
+
+#[derive(Deserialize)]
+struct SiteRequest {
+    site: Option<String>,
+    request: String,
+}
+
+/// Whether `site` was handed to its customer: the routing system was asked to `activate` it
+/// (Restore 1's `catalog.activate`). A new site that was is a customer's site, which no drill
+/// cleanup may remove.
+pub(crate) fn activated(dir: &Path, site: &TargetId) -> Result<bool> {
+    let path = dir.join("outbox").join("routing.jsonl");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e).at(&path),
+    };
+    let site = site.to_string();
+    Ok(text.lines().filter_map(|l| serde_json::from_str::<SiteRequest>(l).ok()).any(|r| {
+        r.site.as_deref().is_some_and(|s| s.eq_ignore_ascii_case(&site))
+            && r.request.trim() == "activate"
+    }))
+}
