@@ -23,13 +23,6 @@ struct Out {
     stderr: String,
 }
 
-impl Out {
-    fn json(&self) -> Value {
-        let last = self.stdout.lines().last().unwrap_or_default();
-        serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {}", self.stdout))
-    }
-}
-
 fn rewind_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Out {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rewind"));
     cmd.args(args)
