@@ -21,6 +21,9 @@ use crate::observer::Display;
 use crate::output::{human_s, thousands};
 use crate::{inputs, store};
 
+/// Regions of the synthetic sites unless `--regions` or `--groups region=K` says otherwise.
+const DEFAULT_REGIONS: usize = 3;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum PolicyArg {
     /// Longest remaining path first (rewind's scheduler).
@@ -39,9 +42,12 @@ pub struct Args {
     /// Number of synthetic sites.
     #[arg(long)]
     sites: usize,
-    /// Distinct values of every grouping attribute (shards).
+    /// Distinct values of every grouping attribute but `region` (shards).
     #[arg(long, default_value_t = 24)]
     shards: usize,
+    /// Distinct values of the `region` grouping attribute (the sandbox has 3).
+    #[arg(long, default_value_t = DEFAULT_REGIONS)]
+    regions: usize,
     /// Distinct values of one grouping attribute (repeatable), e.g. region=3.
     #[arg(long = "groups", value_name = "ATTR=K")]
     groups: Vec<String>,
@@ -100,6 +106,8 @@ struct BenchResult {
     file: String,
     sites: usize,
     shards: usize,
+    /// Regions of the synthetic sites (`--regions`, or `--groups region=K`).
+    regions: usize,
     groups: BTreeMap<String, usize>,
     seed: u64,
     fail_rate: f64,
@@ -151,8 +159,8 @@ fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
 }
 
 pub fn run(args: &Args) -> Result<Exit> {
-    if args.sites == 0 || args.shards == 0 {
-        return Err(refused("rewind: --sites and --shards must be at least 1"));
+    if args.sites == 0 || args.shards == 0 || args.regions == 0 {
+        return Err(refused("rewind: --sites, --shards and --regions must be at least 1"));
     }
     if !(0.0..=1.0).contains(&args.fail_rate) {
         return Err(refused(format!(
@@ -219,6 +227,10 @@ pub fn run(args: &Args) -> Result<Exit> {
         }
         spec.groups_of.insert(attr, k);
     }
+    // `--shards` is not the number of regions: `region` has its own count (`--groups region=K`
+    // still wins).
+    let region = AttrName::new("region").map_err(|e| refused(format!("rewind: {e}")))?;
+    let regions = *spec.groups_of.entry(region).or_insert(args.regions);
 
     let rt = store::runtime()?;
     let mut benches = Vec::new();
@@ -234,6 +246,7 @@ pub fn run(args: &Args) -> Result<Exit> {
             file: path.display().to_string(),
             sites: args.sites,
             shards: args.shards,
+            regions,
             groups: plan.groups().iter().fold(BTreeMap::new(), |mut m, g| {
                 *m.entry(g.attr.to_string()).or_default() += 1;
                 m
@@ -576,6 +589,7 @@ mod tests {
             file: String::new(),
             sites: 1,
             shards: 1,
+            regions: 1,
             groups: BTreeMap::new(),
             seed: 1,
             fail_rate: 0.0,
