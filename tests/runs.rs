@@ -711,6 +711,8 @@ action = { kind = "command", program = "sleep", args = ["1"] }
     let err = stderr(&o);
     let lines: Vec<&str> = err.lines().filter(|l| l.contains(" instances done")).collect();
     assert!(lines[0].contains("0/2 instances done") && lines[0].ends_with("ETA 2d by estimates"));
+    // Only run-scope steps: the target is restored with the run, never at its start.
+    assert!(lines[0].contains("] 0/1 targets restored (0.0%)"), "{err}");
     let after = lines.iter().find(|l| !l.contains(" 0/2 instances done")).unwrap();
     assert!(after.contains("1/2 instances done"), "a line as soon as one finished: {err}");
     assert!(after.contains("by observed durations"), "{err}");
