@@ -39,7 +39,7 @@ impl Display {
         let c = &p.counts;
         let clock =
             if p.simulated { format!("{} simulated", human(p.clock)) } else { human(p.clock) };
-        let eta = p.eta.map(|e| format!(", ETA {}", human(e))).unwrap_or_default();
+        let eta = eta(p).map(|e| format!(", {e}")).unwrap_or_default();
         format!(
             "[{clock}] {}/{} targets restored ({:.1}%), {}/{} instances done, {} running, {} failed, {} blocked{eta}",
             thousands(p.restored_targets),
@@ -89,7 +89,7 @@ impl Observer for Display {
             Some(bar) => {
                 bar.set_length(p.counts.total() as u64);
                 bar.set_position(p.counts.finished() as u64);
-                let eta = p.eta.map(|e| format!(" | ETA {}", human(e))).unwrap_or_default();
+                let eta = eta(p).map(|e| format!(" | {e}")).unwrap_or_default();
                 bar.set_message(format!(
                     "{}/{} targets ({:.1}%) | {} failed{eta}",
                     thousands(p.restored_targets),
@@ -99,7 +99,9 @@ impl Observer for Display {
                 ));
             }
             None => {
-                if self.last_line.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
+                // The first line once the ETA learned from observed durations comes at once.
+                let learned = self.last.as_ref().is_some_and(|l| l.eta_basis != p.eta_basis);
+                if learned || self.last_line.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
                     self.last_line = Some(Instant::now());
                     self.print(&Self::line(p));
                 }
@@ -119,6 +121,18 @@ impl Observer for Display {
     fn note(&mut self, message: &str) {
         self.print(&format!("rewind: {message}"));
     }
+}
+
+/// `ETA 3m 10s`, and for a real run what it is based on: `ETA 1d by estimates` until an
+/// instance finished, then `ETA 4.2s by observed durations`. A simulation's clock is the
+/// estimates: no basis is shown.
+fn eta(p: &Progress) -> Option<String> {
+    let e = p.eta?;
+    Some(if p.simulated {
+        format!("ETA {}", human(e))
+    } else {
+        format!("ETA {} {}", human(e), p.eta_basis.words())
+    })
 }
 
 /// An observer for commands that drive nothing (`cancel`): notes go to stderr as they come.

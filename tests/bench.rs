@@ -85,6 +85,31 @@ fn json_carries_every_figure_for_both_policies() {
     );
 }
 
+/// Issue 15: `--shards 24` also made 24 regions. Regions have their own `--regions` (default 3,
+/// as in the sandbox); `--groups region=K` still sets them.
+#[test]
+fn regions_are_not_shards() {
+    let env = Env::sqlite();
+    let w = wf("restore-2.toml");
+    let counts = |extra: &[&str]| {
+        let mut args = vec!["--workflow", w.as_str(), "--sites", "60", "--policy", "fifo"];
+        args.extend_from_slice(extra);
+        let v = bench(&env, &args);
+        let b = &v["benches"][0];
+        (b["groups"]["shard"].as_u64(), b["groups"]["region"].as_u64(), b["regions"].as_u64())
+    };
+    assert_eq!(counts(&["--shards", "6"]), (Some(6), Some(3), Some(3)));
+    assert_eq!(counts(&["--shards", "6", "--regions", "2"]), (Some(6), Some(2), Some(2)));
+    assert_eq!(counts(&["--shards", "4", "--regions", "1"]), (Some(4), Some(1), Some(1)));
+    assert_eq!(counts(&["--shards", "4", "--groups", "region=2"]), (Some(4), Some(2), Some(2)));
+    let o = env
+        .cmd(&["bench", "--workflow", &w, "--sites", "5", "--regions", "0"])
+        .env("REWIND_BENCH_QUIET", "1")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
 #[test]
 fn the_same_seed_gives_the_same_schedule() {
     let env = Env::sqlite();

@@ -134,10 +134,18 @@ fn plan_previews_restore_2_over_883_sites_and_touches_nothing() {
         "resource pools",
         "critical path  ",
         "lower bound    3d (set by pool db_restore)",
-        "stores touched",
+        "what each store receives (by the connection each action writes to)",
     ] {
         assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
     }
+    let stores = out.split("what each store receives").nth(1).unwrap();
+    let names: Vec<&str> =
+        stores.lines().skip(2).filter_map(|l| l.split_whitespace().next()).collect();
+    for not_a_store in ["validate", "licensing", "preflight", "audit", "report", "scratch"] {
+        assert!(!names.contains(&not_a_store), "{not_a_store} is a step prefix: {stores}");
+    }
+    assert!(names.contains(&"catalog") && names.contains(&"identity"), "{stores}");
+    assert!(stores.contains("(commands: not known)"), "{stores}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "plan writes nothing");
 }
 
@@ -195,13 +203,36 @@ fn plan_json_carries_the_same_data() {
     assert_eq!(cp[0]["key"], "preflight");
     let total: f64 = cp.iter().map(|c| c["estimate_s"].as_f64().unwrap()).sum();
     assert_eq!(total, v["critical_path_s"].as_f64().unwrap());
-    assert!(
-        v["stores"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|s| s["store"] == "catalog" && s["targets"] == 883)
+    let stores = v["stores"].as_array().unwrap();
+    let catalog = stores.iter().find(|s| s["store"] == "catalog").unwrap();
+    assert_eq!(catalog["targets"], 883);
+    assert_eq!(catalog["kind"], "connection");
+    // Issue 15: by connection, not by step-id prefix: licensing's copy writes to the catalog,
+    // `preflight` and `audit.batch` are SQL on it; `validate.*` compare, writing nothing.
+    let steps = |s: &serde_json::Value| -> Vec<String> {
+        s["steps"].as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(
+        steps(catalog),
+        ["preflight", "catalog.undelete", "licensing.restore", "audit.batch"],
+        "{catalog}"
     );
+    let identity = stores.iter().find(|s| s["store"] == "identity").unwrap();
+    assert_eq!(
+        steps(identity),
+        ["identity.users.restore", "identity.groups.restore", "identity.permissions.restore"]
+    );
+    let nothing = stores.iter().find(|s| s["kind"] == "nothing").unwrap();
+    assert!(steps(nothing).contains(&"validate.catalog".to_owned()), "{nothing}");
+    assert!(steps(nothing).contains(&"audit.restore_point".to_owned()), "{nothing}");
+    let unknown = stores.iter().find(|s| s["kind"] == "unknown").unwrap();
+    assert!(steps(unknown).contains(&"catalog.pitr".to_owned()), "{unknown}");
+    for s in stores {
+        let name = s["store"].as_str().unwrap();
+        for prefix in ["validate", "licensing", "preflight", "audit", "report", "scratch"] {
+            assert_ne!(name, prefix, "a step-id prefix is not a store: {s}");
+        }
+    }
 }
 
 #[test]

@@ -678,3 +678,49 @@ action = {{ kind = "command", program = "{program}", args = ["ledger", "ok"] }}
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(env.status(&password_only)["state"], "succeeded");
 }
+
+/// Issue 15: a real run's first progress line said `ETA 1d` from production estimates while
+/// the steps take seconds. Until something finished the ETA is by estimates, and says so; from
+/// the first finished instance on it learns from observed durations (a line at once), and the
+/// estimate-based lower bound is labelled as such wherever a real run's is shown.
+#[test]
+fn a_real_runs_eta_learns_from_observed_durations() {
+    let env = Env::sqlite();
+    let w = env.write(
+        "slow-estimates.toml",
+        r#"name = "slow-estimates"
+target_kind = "site"
+[[steps]]
+id = "first"
+scope = "run"
+estimate = "1d"
+action = { kind = "command", program = "sleep", args = ["0.3"] }
+[[steps]]
+id = "second"
+scope = "run"
+needs = ["first"]
+estimate = "1d"
+action = { kind = "command", program = "sleep", args = ["1"] }
+"#,
+        false,
+    );
+    let t = env.write("sites.csv", &targets_csv(&["ok"]), false);
+    let (w, t) = (w.display().to_string(), t.display().to_string());
+    let o = env.rewind(&run_args(&w, &t));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let err = stderr(&o);
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains(" instances done")).collect();
+    assert!(lines[0].contains("0/2 instances done") && lines[0].ends_with("ETA 2d by estimates"));
+    // Only run-scope steps: the target is restored with the run, never at its start.
+    assert!(lines[0].contains("] 0/1 targets restored (0.0%)"), "{err}");
+    let after = lines.iter().find(|l| !l.contains(" 0/2 instances done")).unwrap();
+    assert!(after.contains("1/2 instances done"), "a line as soon as one finished: {err}");
+    assert!(after.contains("by observed durations"), "{err}");
+    assert!(!after.contains("ETA 1d") && !after.contains("ETA 2d"), "{err}");
+    let run = stdout(&o).lines().next().unwrap()[4..].to_owned();
+    assert!(stdout(&o).contains("(lower bound by estimates 2d)"), "{}", stdout(&o));
+    let status = stdout(&env.rewind(&["status", &run]));
+    assert!(status.contains("(lower bound by estimates 2d)"), "{status}");
+    let report = stdout(&env.rewind(&["report", &run]));
+    assert!(report.contains("(lower bound by estimates 2d)"), "{report}");
+}

@@ -21,6 +21,9 @@ use crate::observer::Display;
 use crate::output::{human_s, thousands};
 use crate::{inputs, store};
 
+/// Regions of the synthetic sites unless `--regions` or `--groups region=K` says otherwise.
+const DEFAULT_REGIONS: usize = 3;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum PolicyArg {
     /// Longest remaining path first (rewind's scheduler).
@@ -39,9 +42,12 @@ pub struct Args {
     /// Number of synthetic sites.
     #[arg(long)]
     sites: usize,
-    /// Distinct values of every grouping attribute (shards).
+    /// Distinct values of every grouping attribute but `region` (shards).
     #[arg(long, default_value_t = 24)]
     shards: usize,
+    /// Distinct values of the `region` grouping attribute (the sandbox has 3).
+    #[arg(long, default_value_t = DEFAULT_REGIONS)]
+    regions: usize,
     /// Distinct values of one grouping attribute (repeatable), e.g. region=3.
     #[arg(long = "groups", value_name = "ATTR=K")]
     groups: Vec<String>,
@@ -100,6 +106,8 @@ struct BenchResult {
     file: String,
     sites: usize,
     shards: usize,
+    /// Regions of the synthetic sites (`--regions`, or `--groups region=K`).
+    regions: usize,
     groups: BTreeMap<String, usize>,
     seed: u64,
     fail_rate: f64,
@@ -151,8 +159,8 @@ fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
 }
 
 pub fn run(args: &Args) -> Result<Exit> {
-    if args.sites == 0 || args.shards == 0 {
-        return Err(refused("rewind: --sites and --shards must be at least 1"));
+    if args.sites == 0 || args.shards == 0 || args.regions == 0 {
+        return Err(refused("rewind: --sites, --shards and --regions must be at least 1"));
     }
     if !(0.0..=1.0).contains(&args.fail_rate) {
         return Err(refused(format!(
@@ -219,6 +227,10 @@ pub fn run(args: &Args) -> Result<Exit> {
         }
         spec.groups_of.insert(attr, k);
     }
+    // `--shards` is not the number of regions: `region` has its own count (`--groups region=K`
+    // still wins).
+    let region = AttrName::new("region").map_err(|e| refused(format!("rewind: {e}")))?;
+    let regions = *spec.groups_of.entry(region).or_insert(args.regions);
 
     let rt = store::runtime()?;
     let mut benches = Vec::new();
@@ -234,6 +246,7 @@ pub fn run(args: &Args) -> Result<Exit> {
             file: path.display().to_string(),
             sites: args.sites,
             shards: args.shards,
+            regions,
             groups: plan.groups().iter().fold(BTreeMap::new(), |mut m, g| {
                 *m.entry(g.attr.to_string()).or_default() += 1;
                 m
@@ -510,24 +523,95 @@ fn markdown(out: &Output) -> String {
     o
 }
 
-/// How much faster the last workflow is than the first, per policy.
+/// How the last workflow compares with the first, per policy: "makespan 7.70× longer" when the
+/// last takes longer, "7.70× shorter" when it takes less, never a ratio below 1 called shorter.
 fn speedups(out: &Output) -> String {
     let mut o = String::new();
     if let [first, .., last] = out.benches.as_slice() {
         o.push('\n');
         for (a, b) in first.runs.iter().zip(&last.runs) {
-            let mean = match (a.ttr_mean_s, b.ttr_mean_s) {
-                (Some(x), Some(y)) if y > 0.0 => format!("{:.2}×", x / y),
+            let mean = match (b.ttr_mean_s, a.ttr_mean_s) {
+                (Some(x), Some(y)) => compared(x, y),
                 _ => "-".into(),
             };
             o.push_str(&format!(
-                "{} vs {} ({}): makespan {:.2}× shorter, mean site restore {mean} shorter\n",
+                "{} vs {} ({}): makespan {}, mean site restore {mean}\n",
                 last.workflow,
                 first.workflow,
                 a.policy,
-                a.makespan_s / b.makespan_s.max(f64::MIN_POSITIVE),
+                compared(b.makespan_s, a.makespan_s),
             ));
         }
     }
     o
+}
+
+/// `x` against `y` in words, the ratio always at least 1: `7.70× longer`, `7.70× shorter`, `the
+/// same`; `-` when either is not positive.
+fn compared(x: f64, y: f64) -> String {
+    if !(x > 0.0 && y > 0.0) {
+        return "-".into();
+    }
+    let (ratio, word) = if x >= y { (x / y, "longer") } else { (y / x, "shorter") };
+    if format!("{ratio:.2}") == "1.00" { "the same".into() } else { format!("{ratio:.2}× {word}") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratios_are_phrased_the_right_way_round() {
+        // Issue 15: "restore-1 vs restore-2: makespan 0.13× shorter" when it was 7.7× longer.
+        assert_eq!(compared(77.0, 10.0), "7.70× longer");
+        assert_eq!(compared(10.0, 77.0), "7.70× shorter");
+        assert_eq!(compared(10.0, 10.001), "the same");
+        assert_eq!(compared(0.0, 10.0), "-");
+        let run = |makespan_s: f64, mean: f64| RunResult {
+            policy: "fifo",
+            makespan_s,
+            ratio: 1.0,
+            restored: 1,
+            failed: 0,
+            blocked: 0,
+            ttr_mean_s: Some(mean),
+            ttr_p50_s: None,
+            ttr_p95_s: None,
+            restored_by_hour: Vec::new(),
+            wall_s: 0.0,
+            instances_per_s: 0.0,
+            peak_rss_bytes: None,
+            checkpoints: 0,
+            finish_s: Vec::new(),
+        };
+        let bench = |workflow: &str, r: RunResult| BenchResult {
+            workflow: workflow.into(),
+            file: String::new(),
+            sites: 1,
+            shards: 1,
+            regions: 1,
+            groups: BTreeMap::new(),
+            seed: 1,
+            fail_rate: 0.0,
+            capacity: BTreeMap::new(),
+            instances: 1,
+            runnable: 1,
+            lower_bound_s: 1.0,
+            bound_by: String::new(),
+            critical_path_s: 1.0,
+            runs: vec![r],
+        };
+        let out = Output {
+            benches: vec![bench("restore-2", run(10.0, 4.0)), bench("restore-1", run(77.0, 40.0))],
+        };
+        assert_eq!(
+            speedups(&out),
+            "\nrestore-1 vs restore-2 (fifo): makespan 7.70× longer, mean site restore 10.00× longer\n"
+        );
+        let out = Output { benches: out.benches.into_iter().rev().collect() };
+        assert_eq!(
+            speedups(&out),
+            "\nrestore-2 vs restore-1 (fifo): makespan 7.70× shorter, mean site restore 10.00× shorter\n"
+        );
+    }
 }

@@ -179,7 +179,7 @@ pub fn render(s: &PlanSummary) -> String {
     };
     out.push_str(&format!("\nlower bound    {} ({bound})\n", human_s(s.lower_bound_s)));
 
-    out.push_str("\nstores touched\n");
+    out.push_str("\nwhat each store receives (by the connection each action writes to)\n");
     let mut rows = vec![vec![
         "STORE".into(),
         "STEPS".into(),

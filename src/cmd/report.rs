@@ -108,8 +108,9 @@ fn markdown(v: &RunView, rep: &Report) -> String {
     } else {
         String::new()
     };
+    let by = if rep.simulated { "" } else { " by estimates" };
     line(format!(
-        "| makespan | {} (lower bound {}{ratio}) |",
+        "| makespan | {} (lower bound{by} {}{ratio}) |",
         human_s(rep.makespan_s),
         human_s(rep.lower_bound_s)
     ));

@@ -52,5 +52,5 @@ pub use time::{RestorePoint, RestorePointError};
 pub use workflow::{
     Action, AttributeUse, AuditAction, Backoff, CommandAction, Condition, Connection,
     DEFAULT_RETENTION, PitrAction, PitrMethod, Policy, Pool, Preflight, Reference, Scope,
-    SliceAction, SqlAction, Statement, Step, Workflow,
+    SliceAction, SqlAction, Statement, Step, Workflow, WritesTo,
 };

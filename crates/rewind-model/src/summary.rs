@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::plan::Plan;
 use crate::time::RestorePoint;
+use crate::workflow::WritesTo;
 
 /// A plan preview: everything a responder should see before anything runs.
 #[derive(Clone, Debug, Serialize)]
@@ -36,7 +37,9 @@ pub struct PlanSummary {
     pub lower_bound_s: f64,
     /// What sets the lower bound: `critical_path` or `pool:<name>`.
     pub bound_by: String,
-    /// Per store (the part of a step id before its first `.`): what will be touched.
+    /// Per store an action writes to (a `copy`'s `to`, a `sql`'s connection, a `pitr`'s scratch
+    /// instance), then the commands (what they write to is not known) and the read-only steps:
+    /// what each will receive.
     pub stores: Vec<StoreSummary>,
 }
 
@@ -105,8 +108,11 @@ pub struct CriticalStep {
 /// What one store will receive.
 #[derive(Clone, Debug, Serialize)]
 pub struct StoreSummary {
-    /// Store name.
+    /// The connection written to, `pitr scratch INTO`, `(commands: not known)` or `(nothing:
+    /// reads and checks)`.
     pub store: String,
+    /// `connection`, `scratch`, `unknown` (commands) or `nothing` (`compare`, `audit`).
+    pub kind: String,
     /// Its steps.
     pub steps: Vec<String>,
     /// Instances that will run against it.
@@ -184,13 +190,17 @@ impl Plan {
             })
             .collect();
 
-        // Stores in order of first step.
-        let mut order: Vec<&str> = Vec::new();
+        // Stores in order of first step that writes to them; commands (whose writes rewind
+        // cannot see) and read-only steps last.
+        let mut order: Vec<WritesTo> = Vec::new();
         for s in &wf.steps {
-            if !order.contains(&s.id.store()) {
-                order.push(s.id.store());
+            let w = s.action.writes_to();
+            if !order.contains(&w) {
+                order.push(w);
             }
         }
+        order.sort_by_key(|w| matches!(w, WritesTo::Unknown | WritesTo::Nothing));
+        order.sort_by_key(|w| matches!(w, WritesTo::Nothing));
         let n_targets = self.targets().len();
         let stores = order
             .into_iter()
@@ -199,7 +209,9 @@ impl Plan {
                 let mut instances = 0;
                 let mut step_ids = Vec::new();
                 let mut actions: Vec<String> = Vec::new();
-                for (i, s) in wf.steps.iter().enumerate().filter(|(_, s)| s.id.store() == store) {
+                for (i, s) in
+                    wf.steps.iter().enumerate().filter(|(_, s)| s.action.writes_to() == store)
+                {
                     step_ids.push(s.id.to_string());
                     let a = s.action.describe();
                     if !actions.contains(&a) {
@@ -216,7 +228,8 @@ impl Plan {
                     }
                 }
                 StoreSummary {
-                    store: store.to_owned(),
+                    store: store.name(),
+                    kind: store.kind().to_owned(),
                     steps: step_ids,
                     instances,
                     targets: covered.iter().filter(|c| **c).count(),

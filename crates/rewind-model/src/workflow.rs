@@ -256,6 +256,19 @@ impl Action {
         }
     }
 
+    /// The store the action writes to, as `rewind plan` groups them: a `copy` its `to`
+    /// connection, a `sql` its connection, a `pitr` its scratch instance; a command writes to
+    /// nothing rewind knows of, and a `compare` or an audit writes nothing.
+    pub fn writes_to(&self) -> WritesTo {
+        match self {
+            Self::Sql(s) => WritesTo::Connection(s.connection.to_string()),
+            Self::Copy(c) => WritesTo::Connection(c.to.to_string()),
+            Self::Pitr(p) => WritesTo::Scratch(format!("pitr scratch {}", p.into)),
+            Self::Command(_) => WritesTo::Unknown,
+            Self::Compare(_) | Self::Audit(_) => WritesTo::Nothing,
+        }
+    }
+
     /// One line saying what the action touches (`command examples/bin/restore-step`,
     /// `sql on catalog`, `copy tracker_scratch -> tracker (3 tables)`).
     pub fn describe(&self) -> String {
@@ -268,6 +281,41 @@ impl Action {
             }
             Self::Audit(_) => "audit of restore points".to_owned(),
             Self::Pitr(p) => format!("pitr {} {} into {}", p.engine(), p.method.name(), p.into),
+        }
+    }
+}
+
+/// Where an action writes ([`Action::writes_to`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WritesTo {
+    /// A connection of the workflow, by name.
+    Connection(String),
+    /// A `pitr` action's scratch instance, by its `into` template.
+    Scratch(String),
+    /// A command: what it writes to is not known to rewind.
+    Unknown,
+    /// Only reads or checks (`compare`, `audit`).
+    Nothing,
+}
+
+impl WritesTo {
+    /// The name `rewind plan` shows: the connection, `pitr scratch INTO`, `(commands: not
+    /// known)`, `(nothing: reads and checks)`.
+    pub fn name(&self) -> String {
+        match self {
+            Self::Connection(c) | Self::Scratch(c) => c.clone(),
+            Self::Unknown => "(commands: not known)".to_owned(),
+            Self::Nothing => "(nothing: reads and checks)".to_owned(),
+        }
+    }
+
+    /// `connection`, `scratch`, `unknown` or `nothing`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Connection(_) => "connection",
+            Self::Scratch(_) => "scratch",
+            Self::Unknown => "unknown",
+            Self::Nothing => "nothing",
         }
     }
 }

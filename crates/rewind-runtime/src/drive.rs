@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use crate::RuntimeError;
 use crate::exec::{Event, Exec, RealExec, Signal, Signals, SimExec};
 use crate::lease::{Lease, identity, now_unix_ms};
-use crate::progress::{Observer, Progress, eta};
+use crate::progress::{Observed, Observer, Progress, eta};
 use crate::view::load_plan;
 
 /// A simulation commits at least this often (wall time)...
@@ -552,9 +552,9 @@ struct Driver<'p, 'o, S: Store> {
     last_commit: Instant,
     last_check: Instant,
     last_progress: Option<Instant>,
-    /// Real durations of succeeded attempts, and their estimates: the ETA's speed.
-    observed: Duration,
-    estimated: Duration,
+    /// Real durations of succeeded attempts, and their estimates, per step: what the ETA
+    /// learns from (real runs only).
+    observed: Observed,
 }
 
 impl<'p, 'o, S: Store> Driver<'p, 'o, S> {
@@ -632,8 +632,7 @@ impl<'p, 'o, S: Store> Driver<'p, 'o, S> {
             last_commit: Instant::now(),
             last_check: Instant::now(),
             last_progress: None,
-            observed: Duration::ZERO,
-            estimated: Duration::ZERO,
+            observed: Observed::new(plan.workflow().steps.len()),
         })
     }
 
@@ -897,8 +896,8 @@ impl<'p, 'o, S: Store> Driver<'p, 'o, S> {
         }
         if !self.simulated && outcome == Outcome::Succeeded {
             let started = self.batch.batch.attempts.last().map_or(secs(now), |a| a.started_s);
-            self.observed += duration(secs(now) - started);
-            self.estimated += self.plan.estimate(iid);
+            let step = self.plan.instance(iid).step as usize;
+            self.observed.add(step, duration(secs(now) - started), self.plan.estimate(iid));
         }
         self.sched.on_outcome(iid, outcome, now);
         let changes = self.sched.take_changes();
@@ -981,12 +980,8 @@ impl<'p, 'o, S: Store> Driver<'p, 'o, S> {
             return;
         }
         self.last_progress = Some(Instant::now());
-        let speed = if last || self.estimated.is_zero() {
-            1.0
-        } else {
-            self.observed.as_secs_f64() / self.estimated.as_secs_f64()
-        };
-        let p = progress(self.plan, &self.sched, now, self.simulated, speed);
+        let observed = (!self.simulated).then_some(&self.observed);
+        let p = progress(self.plan, &self.sched, now, self.simulated, observed);
         self.observer.progress(&p);
     }
 
@@ -1085,14 +1080,16 @@ fn progress(
     sched: &Scheduler<'_>,
     now: Duration,
     simulated: bool,
-    speed: f64,
+    observed: Option<&Observed>,
 ) -> Progress {
+    let (eta, eta_basis) = eta(plan, sched, observed);
     Progress {
         clock: now,
         counts: sched.counts(),
         restored_targets: sched.restored_targets(),
         targets: plan.targets().len(),
-        eta: eta(plan, sched, speed),
+        eta,
+        eta_basis,
         simulated,
     }
 }
