@@ -64,8 +64,15 @@ pub(crate) async fn settle(
     observer: &mut dyn Observer,
 ) -> Result<Vec<NewEvent>, RuntimeError> {
     let run = run.to_string();
-    let look = move || scan(&run, &instances);
-    let mut left = blocking(look.clone()).await;
+    let scan_all = move || scan(&run, &instances);
+    let mut left = blocking(scan_all.clone()).await;
+    // A process on its way out (signalled, its memory already released) no longer shows its
+    // environment, though its /proc entry still says it runs: once found, a process is followed
+    // by its pid until /proc says it is gone or a zombie.
+    let look = move |before: Vec<Orphan>| {
+        let scan_all = scan_all.clone();
+        move || still_there(scan_all(), &before)
+    };
     if left.is_empty() {
         return Ok(Vec::new());
     }
@@ -82,7 +89,7 @@ pub(crate) async fn settle(
     for (sig, wait) in phases {
         if let Some(sig) = sig {
             // Read again right before signalling: only what is still there is signalled.
-            let look = look.clone();
+            let look = look(left.clone());
             left = blocking(move || {
                 let now = look();
                 signal(&now, sig);
@@ -96,7 +103,7 @@ pub(crate) async fn settle(
         let deadline = tokio::time::Instant::now() + wait;
         while !left.is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(POLL).await;
-            left = blocking(look.clone()).await;
+            left = blocking(look(left.clone())).await;
             for o in &left {
                 seen.entry(o.pid).or_insert_with(|| (o.clone(), None));
             }
@@ -173,6 +180,25 @@ fn scan(run: &str, instances: &BTreeSet<String>) -> Vec<Orphan> {
         }
     }
     out
+}
+
+/// `found` (a fresh scan), plus each process of `before` that the scan no longer finds but whose
+/// /proc entry still says it runs in the same process group (an exiting process whose
+/// environment is already unreadable).
+fn still_there(mut found: Vec<Orphan>, before: &[Orphan]) -> Vec<Orphan> {
+    for o in before {
+        if found.iter().any(|f| f.pid == o.pid) {
+            continue;
+        }
+        if let Some((state, pgid)) = stat(o.pid)
+            && state != 'Z'
+            && state != 'X'
+            && pgid == o.pgid
+        {
+            found.push(o.clone());
+        }
+    }
+    found
 }
 
 /// A process's state letter and process group, from `/proc/PID/stat`.
