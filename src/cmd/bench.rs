@@ -23,12 +23,14 @@ use crate::{inputs, store};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum PolicyArg {
-    /// Longest remaining path first (rewind's scheduler).
+    /// Sites back one after another, the run's end near its lower bound (the default policy).
+    Customers,
+    /// Longest remaining path first.
     CriticalPath,
     /// Ready order, no priorities: the baseline.
     Fifo,
-    /// Both, side by side.
-    Both,
+    /// All three, side by side.
+    All,
 }
 
 #[derive(Debug, clap::Args)]
@@ -51,8 +53,8 @@ pub struct Args {
     /// Seed of the synthetic sites, simulated failures and retry jitter.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Scheduling policy; by default both, to show what the critical-path policy buys.
-    #[arg(long, value_enum, default_value = "both")]
+    /// Scheduling policy; by default all three, to show what each buys.
+    #[arg(long, value_enum, default_value = "all")]
     policy: PolicyArg,
     /// Probability that a simulated attempt fails.
     #[arg(long, default_value_t = 0.0)]
@@ -163,9 +165,10 @@ pub fn run(args: &Args) -> Result<Exit> {
     let rp: RestorePoint = inputs::restore_point(&args.restore_point)?;
     let caps = args.capacities.iter().map(|c| parse_capacity(c)).collect::<Result<Vec<_>>>()?;
     let policies: Vec<Priority> = match args.policy {
+        PolicyArg::Customers => vec![Priority::Customers],
         PolicyArg::CriticalPath => vec![Priority::CriticalPath],
         PolicyArg::Fifo => vec![Priority::Fifo],
-        PolicyArg::Both => vec![Priority::CriticalPath, Priority::Fifo],
+        PolicyArg::All => Priority::ALL.to_vec(),
     };
 
     // Read and check every input before simulating anything.
@@ -263,7 +266,7 @@ pub fn run(args: &Args) -> Result<Exit> {
                 waves: Vec::new(),
                 halt_rate: 1.0,
             };
-            let name = if policy == Priority::Fifo { "fifo" } else { "critical-path" };
+            let name = policy.name();
             eprintln!(
                 "bench: {} ({name}): {} instances over {} sites",
                 bench.workflow,
