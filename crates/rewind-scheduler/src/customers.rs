@@ -23,15 +23,22 @@
 //! bound minus their remaining path) goes first when it must, and otherwise the sites closest to
 //! their due time, that is closest to done in the order, advance first.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::time::Duration;
 
 use rewind_model::{AttrName, InstanceId, Plan, Subject};
 
+use crate::{Config, Outcome, Priority, Scheduler};
+
 /// Per instance: `(primary, secondary)` heap keys, greatest first.
 pub(crate) fn keys(plan: &Plan) -> Vec<(u64, u32)> {
-    let Schedule { latest_start, order } = schedule(plan);
-    let pos = positions(&order);
+    let s = schedule(plan);
+    to_keys(plan, &s.latest_start, &s.order)
+}
+
+fn to_keys(plan: &Plan, latest_start: &[i64], order: &[u32]) -> Vec<(u64, u32)> {
+    let pos = positions(order);
     (0..plan.len())
         .map(|i| {
             let id = InstanceId::new(i);
@@ -47,10 +54,38 @@ pub(crate) fn keys(plan: &Plan) -> Vec<(u64, u32)> {
             };
             // Greatest first: the earliest latest start has the greatest primary key.
             let primary =
-                (i64::MAX as i128 - i128::from(latest_start[i])).clamp(0, u64::MAX as i128);
+                (i128::from(i64::MAX) - i128::from(latest_start[i])).clamp(0, i128::from(u64::MAX));
             (primary as u64, u32::MAX - first)
         })
         .collect()
+}
+
+/// A trial run on estimates (no failures) with the given keys, or under critical-path when
+/// `keys` is `None`: its makespan and the area under its restored curve up to `horizon`.
+fn trial(plan: &Plan, keys: Option<Vec<(u64, u32)>>, horizon: Duration) -> (Duration, f64) {
+    let mut s = match keys {
+        Some(k) => Scheduler::with_keys(plan, k),
+        None => {
+            Scheduler::new(plan, Config { priority: Priority::CriticalPath, ..Config::default() })
+        }
+    };
+    let mut now = Duration::ZERO;
+    let mut running = BinaryHeap::new();
+    loop {
+        for d in s.poll(now) {
+            running.push(Reverse((now + plan.estimate(d.id), d.id)));
+        }
+        s.changes.clear();
+        let Some(Reverse((t, id))) = running.pop() else { break };
+        now = t;
+        s.on_outcome(id, Outcome::Succeeded, now);
+    }
+    let area = s
+        .restored_at
+        .iter()
+        .map(|f| f.map_or(0.0, |f| horizon.saturating_sub(f).as_secs_f64()))
+        .sum();
+    (now, area)
 }
 
 /// What the policy derives from a plan (public for tests and reports).
@@ -167,7 +202,46 @@ pub fn schedule(plan: &Plan) -> Schedule {
         due[t] = d.min(lb.max(nanos(ef[t])));
     }
 
-    // 3. Latest starts, backwards (edges go from lower to higher ids).
+    // 3. Latest starts; 4. the makespan kept (see the module's documentation).
+    let ls = latest_starts(plan, &due, lb);
+    let fine = |m: Duration, reference: Duration| m.as_secs_f64() <= KEEP * reference.as_secs_f64();
+    let horizon = plan.lower_bound().makespan;
+    let (m, area) = trial(plan, Some(to_keys(plan, &ls, &order)), horizon);
+    if fine(m, horizon) {
+        return Schedule { latest_start: ls, order };
+    }
+    let (reference, _) = trial(plan, None, horizon);
+    if fine(m, reference) {
+        return Schedule { latest_start: ls, order };
+    }
+    // Pull the due times towards the lower bound (0: every target due at the lower bound, that
+    // is longest remaining path first) until the makespan holds; of those that hold, the one
+    // with the greatest area under the curve; if none does, the shortest makespan.
+    let mut best = (false, m, area, ls);
+    for alpha in [0.75, 0.5, 0.25, 0.0] {
+        let pulled: Vec<i64> = due.iter().map(|&d| lb - ((lb - d) as f64 * alpha) as i64).collect();
+        let ls = latest_starts(plan, &pulled, lb);
+        let (m, area) = trial(plan, Some(to_keys(plan, &ls, &order)), horizon);
+        let ok = fine(m, reference);
+        let better = match (ok, best.0) {
+            (true, false) => true,
+            (true, true) => area > best.2,
+            (false, false) => m < best.1,
+            (false, true) => false,
+        };
+        if better {
+            best = (ok, m, area, ls);
+        }
+    }
+    Schedule { latest_start: best.3, order }
+}
+
+/// The makespan a schedule may reach, relative to the lower bound or to critical-path's.
+const KEEP: f64 = 1.03;
+
+/// Latest starts, one backwards pass (edges go from lower to higher ids).
+fn latest_starts(plan: &Plan, due: &[i64], lb: i64) -> Vec<i64> {
+    let n = plan.len();
     let mut latest_start = vec![0i64; n];
     for i in (0..n).rev() {
         let id = InstanceId::new(i);
@@ -178,5 +252,5 @@ pub fn schedule(plan: &Plan) -> Schedule {
         let deadline = plan.dependents(id).map(|d| latest_start[d.index()]).fold(own, i64::min);
         latest_start[i] = deadline.saturating_sub(nanos(plan.estimate(id)));
     }
-    Schedule { latest_start, order }
+    latest_start
 }

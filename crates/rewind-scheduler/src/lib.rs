@@ -347,6 +347,32 @@ impl<'p> Scheduler<'p> {
         rows: impl IntoIterator<Item = Restored>,
         now: Duration,
     ) -> Self {
+        let keys = match config.priority {
+            Priority::Customers => customers::keys(plan),
+            _ => Vec::new(),
+        };
+        Self::restore_with_keys(plan, config, rows, now, keys)
+    }
+
+    /// A fresh scheduler with the given customers keys (for the policy's own trial runs).
+    fn with_keys(plan: &'p Plan, keys: Vec<(u64, u32)>) -> Self {
+        let config = Config { priority: Priority::Customers, ..Config::default() };
+        let rows = (0..plan.len()).map(|i| Restored {
+            state: if plan.instances()[i].skipped { State::Skipped } else { State::Pending },
+            attempts: 0,
+            failures: 0,
+            retry_at: None,
+        });
+        Self::restore_with_keys(plan, config, rows, Duration::ZERO, keys)
+    }
+
+    fn restore_with_keys(
+        plan: &'p Plan,
+        config: Config,
+        rows: impl IntoIterator<Item = Restored>,
+        now: Duration,
+        keys: Vec<(u64, u32)>,
+    ) -> Self {
         let n = plan.len();
         let pools = plan.workflow().resources.len();
         let mut s = Self {
@@ -373,10 +399,7 @@ impl<'p> Scheduler<'p> {
             restored_at: vec![None; plan.targets().len()],
             clock: now,
             gate: None,
-            keys: match config.priority {
-                Priority::Customers => customers::keys(plan),
-                _ => Vec::new(),
-            },
+            keys,
         };
         let mut retry_at = Vec::with_capacity(n);
         for r in rows.into_iter().take(n) {
