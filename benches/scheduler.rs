@@ -57,6 +57,9 @@ fn scheduler(c: &mut Criterion) {
         let p = plan(sites);
         let runnable = p.instances().iter().filter(|i| !i.skipped).count() as u64;
         g.throughput(Throughput::Elements(runnable));
+        g.bench_function(format!("restore-2/{sites}-sites/customers"), |b| {
+            b.iter(|| black_box(simulate(&p, Priority::Customers)))
+        });
         g.bench_function(format!("restore-2/{sites}-sites/critical-path"), |b| {
             b.iter(|| black_box(simulate(&p, Priority::CriticalPath)))
         });

@@ -26,12 +26,14 @@ const DEFAULT_REGIONS: usize = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum PolicyArg {
-    /// Longest remaining path first (rewind's scheduler).
+    /// Sites back one after another, the run's end near its lower bound (the default policy).
+    Customers,
+    /// Longest remaining path first.
     CriticalPath,
     /// Ready order, no priorities: the baseline.
     Fifo,
-    /// Both, side by side.
-    Both,
+    /// All three, side by side.
+    All,
 }
 
 #[derive(Debug, clap::Args)]
@@ -57,8 +59,8 @@ pub struct Args {
     /// Seed of the synthetic sites, simulated failures and retry jitter.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Scheduling policy; by default both, to show what the critical-path policy buys.
-    #[arg(long, value_enum, default_value = "both")]
+    /// Scheduling policy; by default all three, to show what each buys.
+    #[arg(long, value_enum, default_value = "all")]
     policy: PolicyArg,
     /// Probability that a simulated attempt fails.
     #[arg(long, default_value_t = 0.0)]
@@ -89,6 +91,9 @@ struct RunResult {
     ttr_mean_s: Option<f64>,
     ttr_p50_s: Option<f64>,
     ttr_p95_s: Option<f64>,
+    /// Area under the % restored curve up to the lower bound, over the same area for the ideal
+    /// curve (every site back at its own earliest finish); `None` when the ideal area is zero.
+    area_fraction: Option<f64>,
     /// % of sites restored at hour 0, 1, 2, ... up to the end of the run.
     restored_by_hour: Vec<f64>,
     wall_s: f64,
@@ -117,6 +122,8 @@ struct BenchResult {
     lower_bound_s: f64,
     bound_by: String,
     critical_path_s: f64,
+    /// Mean of the sites' earliest possible restore times (own critical path, pools unlimited).
+    ideal_mean_s: f64,
     runs: Vec<RunResult>,
 }
 
@@ -171,9 +178,10 @@ pub fn run(args: &Args) -> Result<Exit> {
     let rp: RestorePoint = inputs::restore_point(&args.restore_point)?;
     let caps = args.capacities.iter().map(|c| parse_capacity(c)).collect::<Result<Vec<_>>>()?;
     let policies: Vec<Priority> = match args.policy {
+        PolicyArg::Customers => vec![Priority::Customers],
         PolicyArg::CriticalPath => vec![Priority::CriticalPath],
         PolicyArg::Fifo => vec![Priority::Fifo],
-        PolicyArg::Both => vec![Priority::CriticalPath, Priority::Fifo],
+        PolicyArg::All => Priority::ALL.to_vec(),
     };
 
     // Read and check every input before simulating anything.
@@ -241,6 +249,10 @@ pub fn run(args: &Args) -> Result<Exit> {
         let plan = Plan::build(wf, targets, rp).map_err(|d| refused(inputs::render(&d, &path)))?;
         let lb = plan.lower_bound();
         let summary = plan.summary();
+        let ideal: Vec<f64> = rewind_scheduler::customers::earliest_finish(&plan)
+            .iter()
+            .map(Duration::as_secs_f64)
+            .collect();
         let mut bench = BenchResult {
             workflow: plan.workflow().name.clone(),
             file: path.display().to_string(),
@@ -259,6 +271,7 @@ pub fn run(args: &Args) -> Result<Exit> {
             lower_bound_s: lb.makespan.as_secs_f64(),
             bound_by: summary.bound_by.clone(),
             critical_path_s: lb.critical_path.as_secs_f64(),
+            ideal_mean_s: ideal.iter().sum::<f64>() / ideal.len().max(1) as f64,
             runs: Vec::new(),
         };
         for &policy in &policies {
@@ -276,14 +289,15 @@ pub fn run(args: &Args) -> Result<Exit> {
                 waves: Vec::new(),
                 halt_rate: 1.0,
             };
-            let name = if policy == Priority::Fifo { "fifo" } else { "critical-path" };
+            let name = policy.name();
             eprintln!(
                 "bench: {} ({name}): {} instances over {} sites",
                 bench.workflow,
                 thousands(plan.len()),
                 thousands(args.sites)
             );
-            let run = rt.block_on(simulate(&plan, &spec, name, lb.makespan.as_secs_f64()))?;
+            let mut run = rt.block_on(simulate(&plan, &spec, name, lb.makespan.as_secs_f64()))?;
+            run.area_fraction = area_fraction(&run.finish_s, &ideal, lb.makespan.as_secs_f64());
             bench.runs.push(run);
         }
         benches.push(bench);
@@ -311,6 +325,15 @@ pub fn run(args: &Args) -> Result<Exit> {
         print!("{}", human(&out));
     }
     Ok(Exit::Ok)
+}
+
+/// The area under the % restored curve from 0 to `horizon` (the lower bound on the makespan),
+/// over the same area for the ideal curve, in which every site is back at its own earliest
+/// possible time. A site back at `f` adds `horizon - f` (nothing if after the horizon or never).
+fn area_fraction(finish_s: &[f64], ideal_s: &[f64], horizon: f64) -> Option<f64> {
+    let area = |v: &[f64]| v.iter().map(|f| (horizon - f).max(0.0)).sum::<f64>();
+    let ideal = area(ideal_s);
+    (ideal > 0.0).then(|| area(finish_s) / ideal)
 }
 
 /// The restored-over-time curve: a step at each site's restore time.
@@ -376,6 +399,7 @@ async fn simulate(
         ttr_mean_s: mean,
         ttr_p50_s: percentile(&finish_s, 50.0),
         ttr_p95_s: percentile(&finish_s, 95.0),
+        area_fraction: None,
         restored_by_hour,
         wall_s: wall,
         instances_per_s: if wall > 0.0 { plan.len() as f64 / wall } else { 0.0 },
@@ -387,6 +411,10 @@ async fn simulate(
 
 fn opt(v: Option<f64>) -> String {
     v.map_or_else(|| "-".into(), human_s)
+}
+
+fn frac(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |f| format!("{f:.3}"))
 }
 
 fn mib(v: Option<u64>) -> String {
@@ -445,6 +473,7 @@ fn human(out: &Output) -> String {
         o.push_str(&format!("{:<22}{}\n", "site restore mean", col(&|r| opt(r.ttr_mean_s))));
         o.push_str(&format!("{:<22}{}\n", "site restore p50", col(&|r| opt(r.ttr_p50_s))));
         o.push_str(&format!("{:<22}{}\n", "site restore p95", col(&|r| opt(r.ttr_p95_s))));
+        o.push_str(&format!("{:<22}{}\n", "area / ideal", col(&|r| frac(r.area_fraction))));
         o.push_str(&format!(
             "{:<22}{}\n",
             "sites restored",
@@ -470,12 +499,12 @@ fn human(out: &Output) -> String {
 
 fn markdown(out: &Output) -> String {
     let mut o = String::new();
-    o.push_str("| workflow | policy | instances | makespan | × lower bound | mean site restore | p50 | p95 | engine wall | instances/s |\n");
-    o.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    o.push_str("| workflow | policy | instances | makespan | × lower bound | mean site restore | p50 | p95 | area / ideal | engine wall | instances/s |\n");
+    o.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for b in &out.benches {
         for r in &b.runs {
             o.push_str(&format!(
-                "| `{}` | {} | {} | {} | {:.3} | {} | {} | {} | {:.2} s | {} |\n",
+                "| `{}` | {} | {} | {} | {:.3} | {} | {} | {} | {} | {:.2} s | {} |\n",
                 b.workflow,
                 r.policy,
                 thousands(b.instances),
@@ -484,21 +513,23 @@ fn markdown(out: &Output) -> String {
                 opt(r.ttr_mean_s),
                 opt(r.ttr_p50_s),
                 opt(r.ttr_p95_s),
+                frac(r.area_fraction),
                 r.wall_s,
                 thousands(r.instances_per_s as usize)
             ));
         }
     }
     o.push_str(
-        "\n| workflow | lower bound | set by | critical path (one site) |\n|---|---:|---|---:|\n",
+        "\n| workflow | lower bound | set by | critical path (one site) | ideal mean site restore |\n|---|---:|---|---:|---:|\n",
     );
     for b in &out.benches {
         o.push_str(&format!(
-            "| `{}` | {} | {} | {} |\n",
+            "| `{}` | {} | {} | {} | {} |\n",
             b.workflow,
             human_s(b.lower_bound_s),
             b.bound_by,
-            human_s(b.critical_path_s)
+            human_s(b.critical_path_s),
+            human_s(b.ideal_mean_s)
         ));
     }
     let shares = [10.0, 25.0, 50.0, 75.0, 90.0, 100.0];

@@ -264,7 +264,7 @@ async fn demo(
             cwd,
             mode: Mode::Real,
             max_running: None,
-            priority: Priority::CriticalPath,
+            priority: Priority::default(),
             vars: vars.clone(),
             waves: Vec::new(),
             halt_rate: 1.0,

@@ -237,7 +237,7 @@ pub(crate) async fn run_file(store: &SqlStore, path: &Path, opts: &DrillOptions)
             cwd,
             mode: Mode::Real,
             max_running: None,
-            priority: Priority::CriticalPath,
+            priority: Priority::default(),
             vars: vars.clone(),
             waves: Vec::new(),
             halt_rate: 1.0,

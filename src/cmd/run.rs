@@ -43,6 +43,10 @@ pub struct Args {
     /// Most instances running at once across all pools (default: only the pools limit).
     #[arg(long, value_name = "N")]
     max_parallel: Option<u32>,
+    /// Which ready instance starts first: customers (sites back one after another, the run's end
+    /// near its lower bound), critical-path (longest remaining path) or fifo (ready order).
+    #[arg(long, value_name = "POLICY", default_value = "customers")]
+    policy: Priority,
     /// A real run over more than N targets is refused unless --confirm gives their exact count.
     #[arg(long, value_name = "N", default_value_t = 50)]
     max_targets: u32,
@@ -202,7 +206,7 @@ pub fn run(db: &str, args: &Args) -> Result<Exit> {
             Mode::Real
         },
         max_running: args.max_parallel,
-        priority: Priority::CriticalPath,
+        priority: args.policy,
         vars,
         waves: boundaries,
         halt_rate,

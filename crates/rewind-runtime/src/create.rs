@@ -57,10 +57,7 @@ pub struct RunSpec {
 
 /// The name of a priority, as stored.
 pub(crate) fn priority_name(p: Priority) -> &'static str {
-    match p {
-        Priority::CriticalPath => "critical-path",
-        Priority::Fifo => "fifo",
-    }
+    p.name()
 }
 
 /// Writes a new run of `plan`: its snapshot and every instance (pending, or skipped by `when`),

@@ -248,8 +248,9 @@ fn wall_now() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
+/// A stored priority; runs stored before the `customers` policy keep their critical path.
 pub(crate) fn parse_priority(s: &str) -> Priority {
-    if s == "fifo" { Priority::Fifo } else { Priority::CriticalPath }
+    s.parse().unwrap_or(Priority::CriticalPath)
 }
 
 /// What templates of each step read from dependencies, and the shared per-step data of attempts.

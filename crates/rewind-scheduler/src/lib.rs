@@ -14,6 +14,7 @@
 //! simulation drive this same code, so a simulated schedule is the real schedule. It must not
 //! depend on tokio, sqlx or any executor.
 
+pub mod customers;
 mod state;
 
 use std::cmp::{Ordering, Reverse};
@@ -28,11 +29,47 @@ pub use state::{Counts, State};
 /// Which ready instance goes first.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Priority {
-    /// Longest remaining path first, ties to earlier targets (DESIGN.md "Scheduling").
+    /// For the customers (the default): earliest latest-start first. Each target is due when it
+    /// would be back if targets were restored one after another (group by group) at the pools'
+    /// throughput, never before its own critical path; the run's end is due at the lower bound.
+    /// An instance's latest start is the earliest deadline among its target's due time and its
+    /// dependents' latest starts, minus its estimate (see [`customers`]).
     #[default]
+    Customers,
+    /// Longest remaining path first, ties to earlier targets.
     CriticalPath,
     /// In the order instances became ready: a baseline to measure what priorities buy.
     Fifo,
+}
+
+impl Priority {
+    /// Every policy, the default first.
+    pub const ALL: [Self; 3] = [Self::Customers, Self::CriticalPath, Self::Fifo];
+
+    /// Its name, as on the command line and in the checkpoint store.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Customers => "customers",
+            Self::CriticalPath => "critical-path",
+            Self::Fifo => "fifo",
+        }
+    }
+}
+
+impl std::fmt::Display for Priority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Priority {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL.into_iter().find(|p| p.name() == s).ok_or_else(|| {
+            format!("unknown policy {s:?}: expected customers, critical-path or fifo")
+        })
+    }
 }
 
 /// Scheduler settings.
@@ -238,6 +275,8 @@ pub struct Scheduler<'p> {
     clock: Duration,
     /// Staged waves, if the run has them.
     gate: Option<Gate>,
+    /// Per instance, under [`Priority::Customers`]: its heap keys, computed once from the plan.
+    keys: Vec<(u64, u32)>,
 }
 
 /// Staged waves: which wave each instance belongs to and which waves are open.
@@ -308,6 +347,32 @@ impl<'p> Scheduler<'p> {
         rows: impl IntoIterator<Item = Restored>,
         now: Duration,
     ) -> Self {
+        let keys = match config.priority {
+            Priority::Customers => customers::keys(plan),
+            _ => Vec::new(),
+        };
+        Self::restore_with_keys(plan, config, rows, now, keys)
+    }
+
+    /// A fresh scheduler with the given customers keys (for the policy's own trial runs).
+    fn with_keys(plan: &'p Plan, keys: Vec<(u64, u32)>) -> Self {
+        let config = Config { priority: Priority::Customers, ..Config::default() };
+        let rows = (0..plan.len()).map(|i| Restored {
+            state: if plan.instances()[i].skipped { State::Skipped } else { State::Pending },
+            attempts: 0,
+            failures: 0,
+            retry_at: None,
+        });
+        Self::restore_with_keys(plan, config, rows, Duration::ZERO, keys)
+    }
+
+    fn restore_with_keys(
+        plan: &'p Plan,
+        config: Config,
+        rows: impl IntoIterator<Item = Restored>,
+        now: Duration,
+        keys: Vec<(u64, u32)>,
+    ) -> Self {
         let n = plan.len();
         let pools = plan.workflow().resources.len();
         let mut s = Self {
@@ -334,6 +399,7 @@ impl<'p> Scheduler<'p> {
             restored_at: vec![None; plan.targets().len()],
             clock: now,
             gate: None,
+            keys,
         };
         let mut retry_at = Vec::with_capacity(n);
         for r in rows.into_iter().take(n) {
@@ -723,6 +789,10 @@ impl<'p> Scheduler<'p> {
                 secondary: u32::MAX - self.plan.target_order(id),
                 id: id.index() as u32,
             },
+            Priority::Customers => {
+                let (primary, secondary) = self.keys[id.index()];
+                Entry { primary, secondary, id: id.index() as u32 }
+            }
             Priority::Fifo => {
                 self.fifo_seq += 1;
                 Entry { primary: u64::MAX - self.fifo_seq, secondary: 0, id: id.index() as u32 }

@@ -119,7 +119,9 @@ fn longest_remaining_path_first_ties_to_earlier_targets() {
     ]
     .concat();
     let p = plan("", &steps);
-    let mut s = Scheduler::new(&p, Config { max_running: Some(1), ..Config::default() });
+    let config =
+        Config { max_running: Some(1), priority: Priority::CriticalPath, ..Config::default() };
+    let mut s = Scheduler::new(&p, config);
     let mut order = Vec::new();
     let mut now = Duration::ZERO;
     while !s.is_finished() {
@@ -370,7 +372,8 @@ fn skipped_instances_count_as_satisfied() {
         &[step("a", "target", &[], "when = { shard = \"s2\" }"), step("b", "target", &["a"], "")]
             .concat(),
     );
-    let mut s = Scheduler::new(&p, Config::default());
+    let mut s =
+        Scheduler::new(&p, Config { priority: Priority::CriticalPath, ..Config::default() });
     assert_eq!(s.counts().skipped, 2);
     let first = keys(&p, &s.poll(Duration::ZERO));
     assert_eq!(first, [format!("a/{T3}"), format!("b/{T1}"), format!("b/{T2}")]);
