@@ -614,6 +614,7 @@ mod tests {
             peak_rss_bytes: None,
             checkpoints: 0,
             finish_s: Vec::new(),
+            area_fraction: None,
         };
         let bench = |workflow: &str, r: RunResult| BenchResult {
             workflow: workflow.into(),
@@ -630,6 +631,7 @@ mod tests {
             lower_bound_s: 1.0,
             bound_by: String::new(),
             critical_path_s: 1.0,
+            ideal_mean_s: 1.0,
             runs: vec![r],
         };
         let out = Output {
