@@ -9,74 +9,8 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-
+use support::clusters::{Stop, missing_tool, processes_under};
 use support::{Env, stderr, stdout};
-
-/// The programs `--clusters` runs; the first missing one, if any.
-fn missing_tool() -> Option<String> {
-    let on_path = |p: &str| {
-        std::env::var_os("PATH")
-            .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(p).is_file()))
-    };
-    let pg_bin = std::env::var_os("REWIND_PG_BINDIR").map(PathBuf::from).or_else(|| {
-        std::fs::read_dir("/usr/lib/postgresql").ok()?.filter_map(|e| e.ok()).find_map(|e| {
-            let bin = e.path().join("bin");
-            bin.join("initdb").is_file().then_some(bin)
-        })
-    });
-    if pg_bin.is_none() {
-        return Some("initdb (PostgreSQL server binaries)".into());
-    }
-    for p in ["pgbackrest", "mariadb-install-db", "mariadb-backup", "mariadb", "runuser"] {
-        if !on_path(p) {
-            return Some(p.into());
-        }
-    }
-    if !on_path("mariadbd") && !Path::new("/usr/sbin/mariadbd").is_file() {
-        return Some("mariadbd".into());
-    }
-    None
-}
-
-/// Processes whose working directory is under `dir` (servers chdir to their data directory).
-fn processes_under(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()) {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !name.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        if let Ok(cwd) = std::fs::read_link(e.path().join("cwd"))
-            && cwd.starts_with(dir)
-        {
-            let cmd = std::fs::read_to_string(e.path().join("cmdline")).unwrap_or_default();
-            out.push(format!("{name}: {}", cmd.replace('\0', " ")));
-        }
-    }
-    out
-}
-
-/// However the test ends: drops the demo's scratch instances and stops the sandbox's servers.
-struct Stop(PathBuf);
-
-impl Drop for Stop {
-    fn drop(&mut self) {
-        let Ok(rt) = tokio::runtime::Runtime::new() else { return };
-        rt.block_on(async {
-            let registry = rewind_pitr::Registry::at(self.0.join("scratch-registry"));
-            if let Ok(listed) = registry.list(None) {
-                for l in listed {
-                    let _ = registry.drop_run(&l.entry.owner.run).await;
-                }
-            }
-            let sandbox = self.0.join("sandbox");
-            if sandbox.join("sandbox.json").exists() {
-                let _ = rewind_sandbox::clusters::stop(&sandbox).await;
-            }
-        });
-    }
-}
 
 /// The value after `label` on the line that starts with it.
 fn field<'a>(text: &'a str, label: &str) -> &'a str {
@@ -102,7 +36,7 @@ fn demo_on_real_servers_passes_verify_and_leaves_no_server_running() {
         std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let dir = env.path("demo");
-    let _stop = Stop(dir.clone());
+    let _stop = Stop { registry: dir.join("scratch-registry"), sandbox: dir.join("sandbox") };
     let d = dir.to_str().unwrap();
     // Real time: the restore point is now, not the tests' fixed 2022 clock.
     let o = env

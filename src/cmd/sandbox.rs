@@ -49,9 +49,11 @@ enum Sub {
     /// What IDs are (site or app, and their state): IDs on stdin, one JSON line per known ID.
     /// A workflow's [preflight] resolver; it only reads.
     Resolve(ResolveArgs),
-    /// The newest recoverable instant (the newest journal entry of any store) and the sandbox
-    /// clock, as one JSON line: a DR drill's `[rpo]` probe. It only reads.
-    Recoverable(ResolveArgs),
+    /// The newest recoverable instant and the sandbox clock, as one JSON line: a DR drill's
+    /// `[rpo]` probe. The newest journal entry of any store; on a `--clusters` sandbox, the newest
+    /// instant every server's backups recover to exactly (read from its archive), with each
+    /// server's own under `servers`. It only reads.
+    Recoverable(RecoverableArgs),
     /// Stop every database server a `--clusters` sandbox started (prints their names).
     Stop(ResolveArgs),
     /// Start a stopped `--clusters` sandbox's database servers again.
@@ -62,6 +64,16 @@ enum Sub {
 struct ResolveArgs {
     /// The sandbox directory.
     dir: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct RecoverableArgs {
+    /// The sandbox directory.
+    dir: PathBuf,
+    /// Refuse a sandbox without database servers (made without `init --clusters`): for a probe
+    /// whose drill restores the servers' backups.
+    #[arg(long)]
+    clusters: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -254,7 +266,7 @@ pub fn run(args: &Args) -> Result<Exit> {
         Sub::DropScratch(a) => rt.block_on(drop_scratch(a)),
         Sub::DropTenant(a) => rt.block_on(drop_tenant(a)),
         Sub::Resolve(a) => rt.block_on(resolve(a)),
-        Sub::Recoverable(a) => recoverable(a),
+        Sub::Recoverable(a) => rt.block_on(recoverable(a)),
         Sub::Stop(a) => rt.block_on(stop(a)),
         Sub::Start(a) => rt.block_on(start(a)),
     }
@@ -272,16 +284,40 @@ async fn start(a: &ResolveArgs) -> Result<Exit> {
     Ok(Exit::Ok)
 }
 
-fn recoverable(a: &ResolveArgs) -> Result<Exit> {
+/// The newest journal entry of any store; on a clusters sandbox, the newest instant every
+/// server's backups recover to exactly (read from the archives), with each server's own.
+async fn recoverable(a: &RecoverableArgs) -> Result<Exit> {
     let m = rewind_sandbox::Manifest::load(&a.dir).map_err(lib_err)?;
-    let newest = m.stores.values().filter_map(|s| s.last_write).max().unwrap_or(m.started);
-    println!(
-        "{}",
-        serde_json::json!({
-            "newest": newest.to_restore_point().to_string(),
-            "now": m.now.to_restore_point().to_string(),
-        })
-    );
+    let now = m.now.to_restore_point().to_string();
+    let line = match rewind_sandbox::clusters::recoverable(&a.dir).await.map_err(lib_err)? {
+        Some(r) => {
+            let servers: serde_json::Map<String, serde_json::Value> = r
+                .servers
+                .iter()
+                .map(|s| {
+                    let t = s.newest.map(|t| t.to_restore_point().to_string());
+                    (s.name.clone(), serde_json::json!(t))
+                })
+                .collect();
+            serde_json::json!({
+                "newest": r.newest.to_restore_point().to_string(),
+                "now": now,
+                "servers": servers,
+            })
+        }
+        None if a.clusters => {
+            return Err(refused(format!(
+                "rewind: sandbox: {} has no database servers (it was made without `init \
+                 --clusters`): --clusters reads what the servers' archives reach",
+                a.dir.display()
+            )));
+        }
+        None => {
+            let newest = m.stores.values().filter_map(|s| s.last_write).max().unwrap_or(m.started);
+            serde_json::json!({ "newest": newest.to_restore_point().to_string(), "now": now })
+        }
+    };
+    println!("{line}");
     Ok(Exit::Ok)
 }
 

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use rewind_testkit::PgSchema;
 
+pub mod clusters;
+
 /// A test's own folder and checkpoint store.
 pub struct Env {
     pub dir: tempfile::TempDir,

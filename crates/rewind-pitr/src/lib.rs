@@ -20,6 +20,7 @@ mod binlog;
 pub mod mariadb;
 pub mod pg;
 pub mod proc;
+pub mod reach;
 pub mod scratch;
 pub mod source;
 pub mod time;

@@ -157,7 +157,20 @@ fn read_backup_end(backup: &Path) -> Option<SystemTime> {
     None
 }
 
-fn plan(backup: &Path, binlogs: &Path, target: SystemTime) -> Result<Plan, Error> {
+/// A backup and the binlogs from its position on, read: its consistent point, its end, and
+/// each binlog file's event headers.
+pub(crate) struct Loaded {
+    /// The backup's binlog file, position and GTID.
+    pub start: (String, u64, String),
+    /// When the backup ended, from its own description (whole seconds), if it says.
+    pub backup_end: Option<SystemTime>,
+    /// The binlog files from the backup's on, in order, without gaps; never empty.
+    pub scans: Vec<Scan>,
+}
+
+/// Reads the backup's coordinates and the binlogs after them; refuses a missing backup, binlog
+/// directory or binlog file, and a gap in the binlog files.
+pub(crate) fn load(backup: &Path, binlogs: &Path) -> Result<Loaded, Error> {
     if !backup.is_dir() {
         return Err(Error::Permanent(format!(
             "mariadb: the base backup {} does not exist (or is not a directory)",
@@ -211,7 +224,46 @@ fn plan(backup: &Path, binlogs: &Path, target: SystemTime) -> Result<Plan, Error
             .map_err(|e| Error::Permanent(format!("cannot read binlog {}: {e}", p.display())))?;
         scans.push(s);
     }
-    decide(backup, scans, (start_file, start_pos, gtid), backup_end, target)
+    if start_pos > scans[0].len {
+        return Err(Error::Permanent(format!(
+            "the backup's position {start_file}:{start_pos} is past the end of that binlog \
+             ({} bytes): the binlog is not the one the backup was taken against",
+            scans[0].len
+        )));
+    }
+    Ok(Loaded { start: (start_file, start_pos, gtid), backup_end, scans })
+}
+
+/// What the binlogs after a backup allow ([`crate::reach`]), by the rules [`decide`] applies:
+/// an instant's second must come after every commit in the backup, after the first event of
+/// the backup's binlog when that is before its position, and after the backup's end (asked
+/// always: [`decide`] asks it only when no commit is replayed, so this may be a second later);
+/// it must hold no commit after the backup's position, and an event must be stamped after it.
+pub(crate) fn reach(l: &Loaded) -> crate::reach::BinlogReach {
+    let start_pos = l.start.1;
+    let first_scan = &l.scans[0];
+    let mut first = l.backup_end.map_or(i64::MIN, |e| time::unix_floor(e) + 1);
+    for c in first_scan.commits.iter().filter(|c| c.end <= start_pos) {
+        first = first.max(i64::from(c.time) + 1);
+    }
+    if let Some((at, t)) = first_scan.first_event
+        && at < start_pos
+    {
+        first = first.max(i64::from(t) + 1);
+    }
+    let after = l.scans.iter().enumerate().flat_map(|(i, s)| {
+        s.commits.iter().filter(move |c| i > 0 || c.end > start_pos).map(|c| i64::from(c.time))
+    });
+    let busy: std::collections::BTreeSet<i64> = after.collect();
+    let newest_commit =
+        l.scans.iter().flat_map(|s| s.commits.iter().map(|c| c.time)).max().map(time::from_unix);
+    let last_event = l.scans.last().and_then(|s| s.last_event).map(|(_, t)| i64::from(t));
+    crate::reach::BinlogReach { first, busy, last_event, newest_commit }
+}
+
+fn plan(backup: &Path, binlogs: &Path, target: SystemTime) -> Result<Plan, Error> {
+    let Loaded { start, backup_end, scans } = load(backup, binlogs)?;
+    decide(backup, scans, start, backup_end, target)
 }
 
 /// The pre-check's judgement, on scanned binlogs.
@@ -225,13 +277,6 @@ fn decide(
     let s = time::unix_floor(target);
     let shown = time::rfc3339(target);
     let first = &scans[0];
-    if start_pos > first.len {
-        return Err(Error::Permanent(format!(
-            "the backup's position {start_file}:{start_pos} is past the end of that binlog \
-             ({} bytes): the binlog is not the one the backup was taken against",
-            first.len
-        )));
-    }
     // Inside the backup: nothing stamped in the instant's second or after it.
     let in_backup = first.commits.iter().filter(|c| c.end <= start_pos);
     if let Some(c) = in_backup.clone().find(|c| i64::from(c.time) >= s) {
@@ -853,5 +898,47 @@ mod tests {
         let p = decide(Path::new("/bk"), one(), info(), None, at(1009, 500)).expect("plan").0;
         assert_eq!(p.next, (Point { file: "binlog.000002".into(), at: 250, time: 1010 }, "event"));
         assert_eq!(p.last.map(|(l, _)| l.time), Some(1008));
+    }
+
+    /// For every bound on a 100 ms grid: the instant `reach` gives is one the pre-check
+    /// accepts, and the pre-check accepts no later instant at or before the bound.
+    #[test]
+    fn reach_agrees_with_the_pre_check() {
+        let mut begun_late = scan("binlog.000005", 300, &[(200, 1006)], Some((200, 1006)));
+        begun_late.first_event = Some((4, 1004));
+        let cases = [
+            (one(), info(), None),
+            (one(), info(), Some(at(1001, 0))),
+            (vec![begun_late], ("binlog.000005".to_string(), 150, String::new()), None),
+        ];
+        for (scans, start, backup_end) in cases {
+            let loaded = Loaded { start: start.clone(), backup_end, scans: scans.clone() };
+            let r = reach(&loaded).into_reach();
+            let ok = |t: SystemTime| {
+                decide(Path::new("/bk"), scans.clone(), start.clone(), backup_end, t).is_ok()
+            };
+            let grid = |from: u64, to: u64| (from..=to).step_by(100).map(|ms| at(0, ms));
+            for b in (995_000..1_012_000).step_by(100) {
+                let bound = at(0, b);
+                match r.newest_at_or_before(Some(bound)) {
+                    Some(t) => {
+                        assert!(t <= bound, "{t:?} after the bound {bound:?}");
+                        assert!(ok(t), "reach gave {t:?} (bound {b} ms), the pre-check refuses it");
+                        let t_ms = u64::try_from(
+                            t.duration_since(SystemTime::UNIX_EPOCH).expect("epoch").as_millis(),
+                        )
+                        .expect("ms");
+                        for later in grid(t_ms.div_ceil(100) * 100, b).filter(|l| *l > t) {
+                            assert!(!ok(later), "{later:?} is accepted and later than {t:?}");
+                        }
+                    }
+                    None => {
+                        for t in grid(995_000, b) {
+                            assert!(!ok(t), "reach found nothing by {b} ms, {t:?} is accepted");
+                        }
+                    }
+                }
+            }
+        }
     }
 }

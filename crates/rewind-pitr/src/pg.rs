@@ -108,7 +108,7 @@ pub(crate) async fn check(ctx: &Ctx<'_>) -> Result<Plan, Error> {
     }
 }
 
-fn require_dir(p: &Path, what: &str) -> Result<(), Error> {
+pub(crate) fn require_dir(p: &Path, what: &str) -> Result<(), Error> {
     match std::fs::metadata(p) {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => Err(Error::Permanent(format!("the {what} {} is not a directory", p.display()))),
@@ -206,7 +206,9 @@ async fn check_archive(base: &Path, wal: &Path, target: SystemTime) -> Result<Pl
 
 /// The label of a base backup, and its tar files when it is tar-format.
 #[allow(clippy::type_complexity)]
-async fn read_base(base: &Path) -> Result<(Option<(PathBuf, Option<PathBuf>)>, String), Error> {
+pub(crate) async fn read_base(
+    base: &Path,
+) -> Result<(Option<(PathBuf, Option<PathBuf>)>, String), Error> {
     let label = base.join("backup_label");
     if label.is_file() {
         let text = std::fs::read_to_string(&label)
@@ -278,7 +280,7 @@ async fn read_base(base: &Path) -> Result<(Option<(PathBuf, Option<PathBuf>)>, S
 }
 
 /// `FIELD: value` from a backup label or history file.
-fn label_field(text: &str, field: &str) -> Option<String> {
+pub(crate) fn label_field(text: &str, field: &str) -> Option<String> {
     text.lines().find_map(|l| {
         l.strip_prefix(field).and_then(|r| r.strip_prefix(':')).map(|v| v.trim().to_string())
     })
@@ -289,7 +291,7 @@ fn label_field(text: &str, field: &str) -> Option<String> {
 /// offsets are read: an abbreviation names several zones (`IST` is India's, Israel's and
 /// Ireland's summer time, `CST` Chicago's, Shanghai's and Havana's), and a time read hours off
 /// would move the backup's end.
-fn parse_label_time(s: &str) -> Option<SystemTime> {
+pub(crate) fn parse_label_time(s: &str) -> Option<SystemTime> {
     let s = s.trim();
     if let Some(t) = time::parse_pg(s) {
         return Some(t);
@@ -304,7 +306,7 @@ fn parse_label_time(s: &str) -> Option<SystemTime> {
 /// STOP TIME (`None`: in a zone abbreviation, not read). Matched by START WAL LOCATION (and
 /// LABEL when both have one).
 #[allow(clippy::type_complexity)]
-fn backup_history(
+pub(crate) fn backup_history(
     wal: &Path,
     label: &str,
     start_lsn: &str,

@@ -311,6 +311,21 @@ async fn binlog_refusals_leave_nothing_running() {
     refused(recover(&req, std::future::pending()).await, "before the backup's end");
     nothing_left(&f, "run-2", &req.into);
 
+    // `reach` reads the same binlogs: the newest instant is the end of the quiet second
+    // before row 5 (row 5's second has its commit, and no event is stamped after it), and a
+    // recovery there has rows 1..=4.
+    let source = f.request("reach", "run-2", at(f.quiet[3], 500)).source;
+    let r = rewind_pitr::reach::reach(&source, None).await.expect("reach");
+    assert_eq!(r.newest_commit, Some(at(f.stamp[4], 0)), "{r:#?}");
+    assert_eq!(r.newest(), Some(at(f.quiet[4], 999)), "{r:#?}");
+    assert_eq!(r.newest_at_or_before(Some(at(f.stamp[3], 500))), Some(at(f.quiet[3], 999)));
+    assert_eq!(r.newest_at_or_before(Some(at(f.quiet[1], 500))), None, "before the backup");
+    let req = f.request("reach", "run-2", at(f.quiet[4], 999));
+    let rec = recover(&req, std::future::pending()).await.expect("recovered to its reach");
+    assert_eq!(ids(&rec).await, vec![1, 2, 3, 4]);
+    f.registry().drop_run("run-2").await.expect("drop");
+    nothing_left(&f, "run-2", &req.into);
+
     // A missing backup, missing binlogs, a gap in the binlogs.
     let mut req = f.request("nob", "run-2", at(f.quiet[3], 500));
     req.source =

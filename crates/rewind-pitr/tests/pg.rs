@@ -225,6 +225,26 @@ async fn recovers_between_commits(s: &Scenario, run: &str) -> (Request, Recovere
     (req, rec)
 }
 
+/// `reach` reads the backups: the newest commit is the last one archived (the marker
+/// `switch_wal_and_wait` commits), the newest instant just before it, and a recovery there has
+/// every row (the last replayed commit is row 5's).
+async fn recovers_to_its_reach(s: &Scenario, run: &str) {
+    let r = rewind_pitr::reach::reach(&s.source, None).await.expect("reach");
+    eprintln!("{run}: reach {r:#?}");
+    let last = s.commits[4].1;
+    let newest_commit = r.newest_commit.expect("a newest commit");
+    assert!(newest_commit > last, "the marker commit after row 5: {r:#?}");
+    let newest = r.newest().expect("a newest instant");
+    assert!(newest < newest_commit && newest >= last, "{r:#?}");
+    assert!(newest_commit.duration_since(newest).expect("before") <= Duration::from_millis(2));
+    assert!(r.newest_at_or_before(Some(s.between(0))).is_none(), "before the backup's end");
+    let req = s.request(run, newest);
+    let rec = recover(&req).await.expect("recovered to the newest reachable instant");
+    assert_eq!(ids(&rec), vec![1, 2, 3, 4, 5]);
+    assert_eq!(rec.recovered_to, last, "{:#?}", rec.evidence);
+    req.registry.drop_run(run).await.expect("dropped");
+}
+
 fn assert_permanent(r: Result<Recovered, Error>, needle: &str) -> String {
     match r {
         Err(Error::Permanent(m)) => {
@@ -315,6 +335,8 @@ async fn archive_refuses_what_the_backups_do_not_cover() {
         wal_archive: dir.path().join("nowhere"),
     };
     assert_permanent(recover(&req).await, "nowhere");
+
+    recovers_to_its_reach(&s, "run-reach").await;
 }
 
 #[tokio::test]
@@ -347,6 +369,8 @@ async fn pgbackrest_recovers_and_refuses() {
     let mut req = s.request("run-br-nostanza", s.between(3));
     req.source = Source::Pgbackrest { stanza: "nosuch".into(), config: s.src.pgbackrest_conf() };
     assert_permanent(recover(&req).await, "nosuch");
+
+    recovers_to_its_reach(&s, "run-br-reach").await;
 }
 
 #[tokio::test]

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{DbContext, Error, IoContext, Result};
 use crate::schema::{Store, StoreKind};
+use crate::time::SimTime;
 
 /// How long a server may take to start, stop, back up.
 const TOOL_TIMEOUT: Duration = Duration::from_secs(300);
@@ -742,6 +743,78 @@ pub fn servers(dir: &Path) -> Result<Vec<Server>> {
         crate::manifest::Backend::Clusters { servers } => servers,
         _ => Vec::new(),
     })
+}
+
+/// How far one server's backups reach.
+#[derive(Clone, Debug)]
+pub struct ServerReach {
+    /// The server's name.
+    pub name: String,
+    /// What its backups reach (read from them: `rewind_pitr::reach`).
+    pub reach: rewind_pitr::reach::Reach,
+    /// The newest instant a recovery of it alone can be pinned to, at or before the sandbox
+    /// clock.
+    pub newest: Option<SimTime>,
+}
+
+/// What a clusters sandbox's backups reach together (`sandbox recoverable`).
+#[derive(Clone, Debug)]
+pub struct Recoverable {
+    /// The newest instant, at or before the sandbox clock, that every server's backups recover
+    /// to exactly: a restore point for all of them at once.
+    pub newest: SimTime,
+    /// Each server's own.
+    pub servers: Vec<ServerReach>,
+}
+
+/// The newest instant every server of the sandbox at `dir` can be recovered to exactly from its
+/// backups (read from the archives themselves, not from the ledger): `None` for a sandbox
+/// without servers. Refused, naming what each server reaches, when there is no such instant up
+/// to the sandbox clock (a server whose newest commits are not archived yet).
+pub async fn recoverable(dir: &Path) -> Result<Option<Recoverable>> {
+    let m = crate::manifest::Manifest::load(dir)?;
+    let crate::manifest::Backend::Clusters { servers } = &m.backend else { return Ok(None) };
+    let bound = m.now.to_restore_point().system_time();
+    let mut out = Vec::new();
+    for s in servers {
+        let reach = rewind_pitr::reach::reach(&s.backup, Some(&s.user)).await.map_err(|e| {
+            Error::Server(format!("reading the backups of server `{}`: {e}", s.name))
+        })?;
+        let newest = reach.newest_at_or_before(Some(bound)).map(sim_time);
+        out.push(ServerReach { name: s.name.clone(), reach, newest });
+    }
+    let reaches: Vec<&rewind_pitr::reach::Reach> = out.iter().map(|s| &s.reach).collect();
+    match rewind_pitr::reach::newest_common(&reaches, Some(bound)) {
+        Some(t) => Ok(Some(Recoverable { newest: sim_time(t), servers: out })),
+        None => {
+            let each: Vec<String> = out
+                .iter()
+                .map(|s| {
+                    let r = &s.reach;
+                    let at = |t: Option<std::time::SystemTime>, none: &str| {
+                        t.map_or_else(|| none.to_owned(), |t| sim_time(t).to_string())
+                    };
+                    format!(
+                        "{} reaches {} (backup ended by {}, newest archived commit {})",
+                        s.name,
+                        at(s.newest.map(|t| t.to_restore_point().system_time()), "nothing"),
+                        at(r.from, "unknown"),
+                        at(r.newest_commit, "none after the backup")
+                    )
+                })
+                .collect();
+            Err(Error::refused(format!(
+                "no instant up to the sandbox clock {} is recoverable from every server's \
+                 backups: {}; a time target needs an archived commit after it",
+                m.now,
+                each.join("; ")
+            )))
+        }
+    }
+}
+
+fn sim_time(t: std::time::SystemTime) -> SimTime {
+    SimTime::from_restore_point(rewind_model::RestorePoint::from_system_time(t))
 }
 
 /// `rewind sandbox stop DIR`: stops every server the sandbox started; the names of those that

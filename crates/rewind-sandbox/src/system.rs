@@ -821,6 +821,12 @@ async fn init_on_servers(
     );
     let mut write_rng = Rng::derive(opts.seed, "live-writes");
     e.simulate(events, to, &mut write_rng).await?;
+    // The history ends with a second in which nothing commits, then every server commits a
+    // marker and archives its log: the archives reach the end of the history (`recoverable`),
+    // in a second that a binlog restore point can be in.
+    e.quiet_second().await?;
+    crate::clusters::seal(servers).await?;
+    e.manifest.now = wall_now().max(e.last_stamp);
     e.finish(start).await
 }
 
@@ -946,8 +952,9 @@ fn victims(seed: u64, n: usize, delete: u32) -> Vec<usize> {
 
 /// The incident on a clusters sandbox, in real time: two seconds of writes, a quiet second
 /// (the recommended restore point in its middle), then the deletions spread over `opts.over`
-/// while other sites keep writing, and `opts.then` more; finally every server commits a marker
-/// and archives its log, so the restore point is reachable from the backups.
+/// while other sites keep writing, and `opts.then` more; finally another quiet second, and every
+/// server commits a marker and archives its log, so the restore point, and the end of the
+/// incident, are reachable from the backups.
 async fn incident_realtime(dir: &Path, opts: &IncidentOptions) -> Result<IncidentSummary> {
     let mut e = Engine::open(dir).await?;
     e.realtime = true;
@@ -974,6 +981,9 @@ async fn incident_realtime(dir: &Path, opts: &IncidentOptions) -> Result<Inciden
     let end = last.plus(opts.then);
     heartbeat(&mut ev_rng, n, at.minus(every), end, every, &victim_set, &mut events);
     let deleted = e.simulate(events, end, &mut write_rng).await?;
+    // As at the end of `init`: a quiet second, then the seal, so the archives reach the end of
+    // the incident too (a binlog pins no instant in a second of the busy `then` part).
+    e.quiet_second().await?;
     crate::clusters::seal(&e.servers()).await?;
     e.manifest.now = wall_now().max(e.last_stamp);
     let first = deleted.first().map_or(at, |d| d.at);
