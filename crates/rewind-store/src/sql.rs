@@ -306,6 +306,51 @@ fn chunk(binds: usize) -> usize {
     (MAX_BINDS / binds).max(1)
 }
 
+/// Below this many rows, a bulk statement has the exact number of rows it writes.
+const EXACT_BELOW: usize = 8;
+
+/// The largest power of two not above `n` (`n` ≥ 1).
+fn floor_pow2(n: usize) -> usize {
+    1 << (usize::BITS - 1 - n.leading_zeros())
+}
+
+/// Splits `rows` (of `binds` parameters each) into the bulk statements that write them. On
+/// SQLite, where statements are cached by their text, the statements take few shapes: a run of
+/// the largest power-of-two size under [`MAX_BINDS`], then the rest by powers of two down to
+/// [`EXACT_BELOW`] rows, then the last few rows exactly. So a commit reuses statements prepared
+/// by earlier ones instead of parsing and planning a statement of thousands of parameters each
+/// time (a tenth of a simulation's time went there), and the cache holds about twenty shapes per
+/// table. On PostgreSQL, nothing is cached: the fewest statements.
+fn statements<T>(backend: Backend, rows: &[T], binds: usize) -> Vec<&[T]> {
+    let mut rest = rows;
+    shapes(backend, rows.len(), binds)
+        .into_iter()
+        .map(|n| {
+            let (head, tail) = rest.split_at(n);
+            rest = tail;
+            head
+        })
+        .collect()
+}
+
+/// The row counts of [`statements`].
+fn shapes(backend: Backend, len: usize, binds: usize) -> Vec<usize> {
+    let max = chunk(binds);
+    let big = if backend.caches() { floor_pow2(max) } else { max };
+    let mut out = Vec::new();
+    let mut rest = len;
+    while rest > 0 {
+        let n = match rest {
+            n if n >= big => big,
+            n if n < EXACT_BELOW || !backend.caches() => n,
+            n => floor_pow2(n),
+        };
+        out.push(n);
+        rest -= n;
+    }
+    out
+}
+
 impl Store for SqlStore {
     async fn create_run(
         &self,
@@ -346,38 +391,41 @@ impl Store for SqlStore {
         .await
         .map_err(q("insert run"))?;
         let id = run.id.to_string();
-        let per = chunk(7);
+        let per = floor_pow2(chunk(7));
         // A real run's targets, to lock.
         let mut targets: Vec<String> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         loop {
-            let rows: Vec<NewInstance> = (&mut *instances).take(per).collect();
-            if rows.is_empty() {
+            let mut chunk: Vec<NewInstance> = (&mut *instances).take(per).collect();
+            if chunk.is_empty() {
                 break;
             }
             if !run.simulated {
-                for t in rows.iter().filter_map(|i| i.target.as_ref()) {
+                for t in chunk.iter().filter_map(|i| i.target.as_ref()) {
                     if seen.insert(t.clone()) {
                         targets.push(t.clone());
                     }
                 }
             }
-            let sql = format!(
-                "INSERT INTO instances (run_id, idx, key, step, target, grp, state) VALUES {}",
-                self.backend.values(rows.len(), 7)
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(self.backend.caches());
-            for i in rows {
-                query = query
-                    .bind(id.clone())
-                    .bind(i64::from(i.idx))
-                    .bind(i.key)
-                    .bind(i.step)
-                    .bind(i.target)
-                    .bind(i.group)
-                    .bind(i.state.as_str());
+            for n in shapes(self.backend, chunk.len(), 7) {
+                let rows: Vec<NewInstance> = chunk.drain(..n).collect();
+                let sql = format!(
+                    "INSERT INTO instances (run_id, idx, key, step, target, grp, state) VALUES {}",
+                    self.backend.values(rows.len(), 7)
+                );
+                let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(self.backend.caches());
+                for i in rows {
+                    query = query
+                        .bind(id.clone())
+                        .bind(i64::from(i.idx))
+                        .bind(i.key)
+                        .bind(i.step)
+                        .bind(i.target)
+                        .bind(i.group)
+                        .bind(i.state.as_str());
+                }
+                query.execute(&mut *tx).await.map_err(q("insert instances"))?;
             }
-            query.execute(&mut *tx).await.map_err(q("insert instances"))?;
         }
         if !targets.is_empty() {
             let held = holders(&mut tx, &targets, None).await?;
@@ -581,7 +629,7 @@ impl Store for SqlStore {
             instances.insert(u.idx, u);
         }
         let instances: Vec<_> = instances.into_values().collect();
-        for rows in instances.chunks(chunk(8)) {
+        for rows in statements(self.backend, &instances, 8) {
             let sql = format!(
                 "UPDATE instances SET state = v.column2, attempts = v.column3, failures = v.column4, \
                  retry_at_s = v.column5, finished_s = v.column6, output = COALESCE(v.column7, instances.output), \
@@ -609,7 +657,7 @@ impl Store for SqlStore {
             attempts.insert((a.idx, a.attempt), a);
         }
         let attempts: Vec<_> = attempts.into_values().collect();
-        for rows in attempts.chunks(chunk(10)) {
+        for rows in statements(self.backend, &attempts, 10) {
             let sql = format!(
                 "INSERT INTO attempts (run_id, idx, attempt, started_s, ended_s, outcome, exit_code, error, \
                  stdout_tail, stderr_tail) VALUES {} \
@@ -882,7 +930,7 @@ async fn insert_events(
     run_id: &str,
     events: &[NewEvent],
 ) -> Result<()> {
-    for rows in events.chunks(chunk(6)) {
+    for rows in statements(backend, events, 6) {
         let sql = format!(
             "INSERT INTO events (run_id, at_s, wall, kind, key, detail) VALUES {}",
             backend.values(rows.len(), 6)
@@ -904,6 +952,18 @@ async fn insert_events(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn bulk_statements_take_few_shapes_on_sqlite() {
+        use super::{Backend, shapes};
+        // 8 binds a row: at most 3,750 rows a statement, 2,048 on SQLite.
+        assert_eq!(shapes(Backend::Sqlite, 5000, 8), vec![2048, 2048, 512, 256, 128, 8]);
+        assert_eq!(shapes(Backend::Sqlite, 7, 8), vec![7]);
+        assert_eq!(shapes(Backend::Sqlite, 13, 8), vec![8, 5]);
+        assert_eq!(shapes(Backend::Sqlite, 0, 8), Vec::<usize>::new());
+        assert_eq!(shapes(Backend::Postgres, 5000, 8), vec![3750, 1250]);
+        assert_eq!(shapes(Backend::Postgres, 13, 8), vec![13]);
+    }
+
     #[test]
     fn value_lists_per_backend() {
         use super::Backend;
