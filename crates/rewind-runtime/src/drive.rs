@@ -1,9 +1,10 @@
 //! The drive loop: scheduler ⇄ executors ⇄ checkpoint store.
 //!
 //! Each turn: start what the scheduler says (a real action only once its start is durable);
-//! wait for outcomes; feed them to the scheduler; commit everything that changed in one
-//! transaction; only then start the next turn. Dependents are started by the next turn's `poll`,
-//! so they never start before their dependencies' success is durable. A simulation has no side
+//! wait for outcomes; feed them to the scheduler; then the next turn commits everything that
+//! changed, the outcomes and the starts they released, in one transaction before it starts
+//! anything (or before it waits, when nothing starts). Dependents are started by the next turn's
+//! `poll`, so they never start before their dependencies' success is durable. A simulation has no side
 //! effects to protect: its virtual instants are group-committed every few milliseconds of wall
 //! time, so a 3-million-instance simulation is not one commit per virtual instant.
 //!
@@ -668,13 +669,21 @@ impl<'p, 'o, S: Store> Driver<'p, 'o, S> {
             }
             // A simulation's attempts have no side effects: it commits every few milliseconds of
             // wall time instead of every virtual instant (its scheduling is the same either way).
-            if self.simulated
-                && self.batch.batch.instances.len() < SIM_COMMIT_CHANGES
-                && self.last_commit.elapsed() < SIM_COMMIT_EVERY
-            {
-                continue;
+            if self.simulated {
+                if self.batch.batch.instances.len() < SIM_COMMIT_CHANGES
+                    && self.last_commit.elapsed() < SIM_COMMIT_EVERY
+                {
+                    continue;
+                }
+                self.commit(now).await?;
+            } else if check_cancel {
+                // A tick: renew the lease, even with nothing else to write.
+                self.commit(now).await?;
             }
-            self.commit(now).await?;
+            // Otherwise a real run's outcomes are not committed here but with the next turn's
+            // starts, in one transaction: `dispatch` commits before it starts anything, `gather`
+            // before it waits, `finish` at the end. So an outcome is still durable before any
+            // dependent starts (its start is in the same commit), at one commit per hop, not two.
             self.report_progress(now, false);
         }
         self.finish().await
