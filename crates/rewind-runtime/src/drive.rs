@@ -684,7 +684,11 @@ impl<'p, 'o, S: Store> Driver<'p, 'o, S> {
             // starts, in one transaction: `dispatch` commits before it starts anything, `gather`
             // before it waits, `finish` at the end. So an outcome is still durable before any
             // dependent starts (its start is in the same commit), at one commit per hop, not two.
-            self.report_progress(now, false);
+            // Progress tells what is durable: a real run's is reported after that commit
+            // (`commit`), never of outcomes still in the batch.
+            if self.simulated || self.batch.batch.is_empty() {
+                self.report_progress(now, false);
+            }
         }
         self.finish().await
     }
@@ -982,6 +986,10 @@ impl<'p, 'o, S: Store> Driver<'p, 'o, S> {
         self.store.commit(self.id, &self.lease.owner, &batch).await?;
         self.commits += 1;
         self.last_commit = Instant::now();
+        if !self.simulated {
+            // What it shows is durable now (see `run`).
+            self.report_progress(clock, false);
+        }
         Ok(())
     }
 
