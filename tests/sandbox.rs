@@ -73,17 +73,7 @@ struct Sandbox {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         let Some((url, prefix)) = self.postgres.clone() else { return };
-        rt().block_on(async {
-            let Ok(mut c) = sqlx::PgConnection::connect(&url).await else { return };
-            let names: Vec<String> = sqlx::query_scalar("SELECT nspname::text FROM pg_namespace")
-                .fetch_all(&mut c)
-                .await
-                .unwrap_or_default();
-            for n in names.iter().filter(|n| n.starts_with(&format!("{prefix}_"))) {
-                let sql = format!("DROP SCHEMA \"{n}\" CASCADE");
-                let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut c).await;
-            }
-        });
+        rt().block_on(rewind_testkit::drop_schemas_with_prefix(&url, &prefix));
     }
 }
 

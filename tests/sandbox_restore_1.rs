@@ -303,18 +303,7 @@ fn restore_1_on_a_postgresql_sandbox_passes_verify() {
         fn drop(&mut self) {
             let Some(prefix) = self.1.clone() else { return };
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
-                let Ok(mut c) = sqlx::PgConnection::connect(&self.0).await else { return };
-                let names: Vec<String> =
-                    sqlx::query_scalar("SELECT nspname::text FROM pg_namespace")
-                        .fetch_all(&mut c)
-                        .await
-                        .unwrap_or_default();
-                for n in names.iter().filter(|n| n.starts_with(&format!("{prefix}_"))) {
-                    let sql = format!("DROP SCHEMA \"{n}\" CASCADE");
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut c).await;
-                }
-            });
+            rt.block_on(rewind_testkit::drop_schemas_with_prefix(&self.0, &prefix));
         }
     }
     let _schemas = Schemas(url.clone(), prefix);

@@ -34,18 +34,7 @@ impl Drop for Sb {
         // Its own thread and runtime: the test's runtime cannot block inside itself.
         let cleanup = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
-                let Ok(mut c) = sqlx::PgConnection::connect(&url).await else { return };
-                let names: Vec<String> =
-                    sqlx::query_scalar("SELECT nspname::text FROM pg_namespace")
-                        .fetch_all(&mut c)
-                        .await
-                        .unwrap_or_default();
-                for n in names.iter().filter(|n| n.starts_with(&format!("{prefix}_"))) {
-                    let sql = format!("DROP SCHEMA \"{n}\" CASCADE");
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut c).await;
-                }
-            });
+            rt.block_on(rewind_testkit::drop_schemas_with_prefix(&url, &prefix));
         });
         let _ = cleanup.join();
     }

@@ -209,6 +209,21 @@ impl PgDatabase {
     }
 }
 
+/// Drops every schema on the PostgreSQL server at `url` whose name starts with `{prefix}_`:
+/// the schemas of a sandbox made with `rewind sandbox init --postgres` (its manifest's
+/// `schema_prefix`), live stores and scratch copies alike. Best effort: a test's cleanup.
+pub async fn drop_schemas_with_prefix(url: &str, prefix: &str) {
+    let Ok(mut c) = sqlx::PgConnection::connect(url).await else { return };
+    let names: Vec<String> = sqlx::query_scalar("SELECT nspname::text FROM pg_namespace")
+        .fetch_all(&mut c)
+        .await
+        .unwrap_or_default();
+    for n in names.iter().filter(|n| n.starts_with(&format!("{prefix}_"))) {
+        let sql = format!("DROP SCHEMA \"{n}\" CASCADE");
+        let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut c).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
