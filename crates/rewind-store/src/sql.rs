@@ -351,6 +351,14 @@ fn shapes(backend: Backend, len: usize, binds: usize) -> Vec<usize> {
     out
 }
 
+/// A run's row with its lease: `runs` holds what is written once or rarely (the workflow and
+/// targets texts among it, hundreds of kilobytes for a large workflow), `run_leases` the few
+/// columns every checkpoint writes. SQLite rewrites a whole row on any update, overflow pages
+/// included: with the clock in `runs`, a commit of a 2,000-step workflow's run cost 0.35 ms
+/// more than the same commit on the small row (migration 0005).
+const RUN_SELECT: &str = "SELECT runs.*, run_leases.owner, run_leases.heartbeat_unix_ms, \
+     run_leases.clock_s FROM runs JOIN run_leases ON run_leases.run_id = runs.id";
+
 impl Store for SqlStore {
     async fn create_run(
         &self,
@@ -391,6 +399,11 @@ impl Store for SqlStore {
         .await
         .map_err(q("insert run"))?;
         let id = run.id.to_string();
+        sqlx::query("INSERT INTO run_leases (run_id) VALUES ($1)")
+            .bind(id.clone())
+            .execute(&mut *tx)
+            .await
+            .map_err(q("insert run lease"))?;
         let per = floor_pow2(chunk(7));
         // A real run's targets, to lock.
         let mut targets: Vec<String> = Vec::new();
@@ -452,7 +465,7 @@ impl Store for SqlStore {
     }
 
     async fn run(&self, id: RunId) -> Result<Option<RunRecord>> {
-        let row = sqlx::query("SELECT * FROM runs WHERE id = $1")
+        let row = sqlx::query(AssertSqlSafe(format!("{RUN_SELECT} WHERE runs.id = $1")))
             .bind(id.to_string())
             .fetch_optional(&self.pool)
             .await
@@ -461,10 +474,12 @@ impl Store for SqlStore {
     }
 
     async fn runs(&self) -> Result<Vec<RunRecord>> {
-        let rows = sqlx::query("SELECT * FROM runs ORDER BY created_at DESC, id DESC")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(q("list runs"))?;
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "{RUN_SELECT} ORDER BY runs.created_at DESC, runs.id DESC"
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("list runs"))?;
         rows.iter().map(run_record).collect()
     }
 
@@ -607,7 +622,7 @@ impl Store for SqlStore {
             // worker thread at once (sqlx binds the `?`s across its statements in order), so the
             // commit is three round trips (begin, the statements, commit) instead of six.
             let mut sql = String::from(
-                "UPDATE runs SET clock_s = ?, heartbeat_unix_ms = ? WHERE id = ? AND owner = ?",
+                "UPDATE run_leases SET clock_s = ?, heartbeat_unix_ms = ? WHERE run_id = ? AND owner = ?",
             );
             let mut query_sql = |part: Option<String>| {
                 if let Some(part) = part {
@@ -651,30 +666,29 @@ impl Store for SqlStore {
             return tx.commit().await.map_err(q("commit checkpoint"));
         }
         // The lease first: a process that lost the run writes nothing.
-        let done = match &batch.end {
-            None => sqlx::query("UPDATE runs SET clock_s = $1, heartbeat_unix_ms = $2 WHERE id = $3 AND owner = $4")
-                .bind(batch.clock_s)
-                .bind(batch.heartbeat_unix_ms)
-                .bind(run_id.clone())
-                .bind(owner.to_owned()),
-            Some(end) => sqlx::query(
-                "UPDATE runs SET clock_s = $1, heartbeat_unix_ms = $2, state = $3, finished_s = $4, reason = $5 \
-                 WHERE id = $6 AND owner = $7",
-            )
-            .persistent(self.backend.caches())
-            .bind(batch.clock_s)
-            .bind(batch.heartbeat_unix_ms)
-            .bind(end.state.as_str())
-            .bind(end.finished_s)
-            .bind(end.reason.clone())
-            .bind(run_id.clone())
-            .bind(owner.to_owned()),
-        }
+        let done = sqlx::query(
+            "UPDATE run_leases SET clock_s = $1, heartbeat_unix_ms = $2 WHERE run_id = $3 AND owner = $4",
+        )
+        .persistent(self.backend.caches())
+        .bind(batch.clock_s)
+        .bind(batch.heartbeat_unix_ms)
+        .bind(run_id.clone())
+        .bind(owner.to_owned())
         .execute(&mut *tx)
         .await
         .map_err(q("update run"))?;
         if done.rows_affected() != 1 {
             return Err(StoreError::LeaseLost { run: id, owner: owner.to_owned() });
+        }
+        if let Some(end) = &batch.end {
+            sqlx::query("UPDATE runs SET state = $1, finished_s = $2, reason = $3 WHERE id = $4")
+                .bind(end.state.as_str())
+                .bind(end.finished_s)
+                .bind(end.reason.clone())
+                .bind(run_id.clone())
+                .execute(&mut *tx)
+                .await
+                .map_err(q("end run"))?;
         }
         if let Some(wave) = batch.wave {
             sqlx::query("UPDATE runs SET wave = $1 WHERE id = $2")
@@ -721,8 +735,8 @@ impl Store for SqlStore {
     ) -> Result<bool> {
         let done = match expected {
             Some(h) => sqlx::query(
-                "UPDATE runs SET owner = $1, heartbeat_unix_ms = $2 \
-                 WHERE id = $3 AND owner = $4 AND heartbeat_unix_ms IS NOT DISTINCT FROM $5",
+                "UPDATE run_leases SET owner = $1, heartbeat_unix_ms = $2 \
+                 WHERE run_id = $3 AND owner = $4 AND heartbeat_unix_ms IS NOT DISTINCT FROM $5",
             )
             .bind(owner.to_owned())
             .bind(now_unix_ms)
@@ -730,7 +744,7 @@ impl Store for SqlStore {
             .bind(h.owner.clone())
             .bind(h.heartbeat_unix_ms),
             None => sqlx::query(
-                "UPDATE runs SET owner = $1, heartbeat_unix_ms = $2 WHERE id = $3 AND owner IS NULL",
+                "UPDATE run_leases SET owner = $1, heartbeat_unix_ms = $2 WHERE run_id = $3 AND owner IS NULL",
             )
             .bind(owner.to_owned())
             .bind(now_unix_ms)
@@ -744,7 +758,7 @@ impl Store for SqlStore {
     }
 
     async fn release(&self, id: RunId, owner: &str) -> Result<()> {
-        sqlx::query("UPDATE runs SET owner = NULL WHERE id = $1 AND owner = $2")
+        sqlx::query("UPDATE run_leases SET owner = NULL WHERE run_id = $1 AND owner = $2")
             .bind(id.to_string())
             .bind(owner.to_owned())
             .execute(&self.pool)

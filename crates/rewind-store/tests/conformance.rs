@@ -670,7 +670,7 @@ async fn sqlite_retry_waits_for_another_writer_instead_of_failing() {
     // Another process is writing.
     let mut other = <sqlx::SqliteConnection as sqlx::Connection>::connect(&db.url).await.unwrap();
     sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut other).await.unwrap();
-    sqlx::query("UPDATE runs SET clock_s = 2.0 WHERE id = ?1")
+    sqlx::query("UPDATE run_leases SET clock_s = 2.0 WHERE run_id = ?1")
         .bind(id.to_string())
         .execute(&mut other)
         .await
@@ -726,5 +726,66 @@ async fn lock_errors_are_recognised_by_their_code() {
     assert!(e.is_locked(), "55P03 is a lock: {e}");
     sqlx::raw_sql("ROLLBACK").execute(&mut a).await.unwrap();
     drop((a, b));
+    schema.drop_schema().await;
+}
+
+/// A store made by the release before migration 0005 (lease and clock in `runs`) opens with its
+/// runs' owner, heartbeat and clock intact, and the owner goes on committing.
+async fn upgrades_keep_the_lease(url: &str, dir: &str) {
+    let mut migrator = sqlx::migrate::Migrator::new(std::path::Path::new(dir)).await.unwrap();
+    migrator.migrations = migrator.migrations.iter().filter(|m| m.version < 5).cloned().collect();
+    migrator.set_locking(false);
+    assert_eq!(migrator.migrations.len(), 4);
+    let id = run_id();
+    {
+        sqlx::any::install_default_drivers();
+        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(url).await.unwrap();
+        migrator.run_direct(None, &mut conn, false).await.unwrap();
+        sqlx::query(
+            "INSERT INTO runs (id, workflow, workflow_file, workflow_text, targets_file, targets_text, \
+             workdir, cwd, restore_point, fingerprint, simulated, seed, fail_rate, priority, instances, \
+             targets, lower_bound_s, state, created_at, started_unix_ms, clock_s, owner, heartbeat_unix_ms) \
+             VALUES ($1, 'w', 'w.toml', 'name = \"w\"', 't.csv', 'id,kind', '/tmp', '/tmp', \
+             '2022-04-05T07:33:00Z', 'sha256:00', 1, 1, 0, 'fifo', 0, 0, 0, 'running', \
+             '2026-11-24T10:00:00Z', 1, 12.5, 'host:1:abc', 1700000000123)",
+        )
+        .bind(id.to_string())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        <sqlx::AnyConnection as sqlx::Connection>::close(conn).await.unwrap();
+    }
+    let store = SqlStore::open(url).await.unwrap();
+    let run = store.run(id).await.unwrap().unwrap();
+    assert_eq!(run.owner.as_deref(), Some("host:1:abc"));
+    assert_eq!(run.heartbeat_unix_ms, Some(1_700_000_000_123));
+    assert!((run.clock_s - 12.5).abs() < f64::EPSILON);
+    let batch = Batch { clock_s: 13.0, heartbeat_unix_ms: 1_700_000_000_200, ..Batch::default() };
+    store.commit(id, "host:1:abc", &batch).await.unwrap();
+    assert!(matches!(store.commit(id, "other", &batch).await, Err(StoreError::LeaseLost { .. })));
+    let run = store.run(id).await.unwrap().unwrap();
+    assert!((run.clock_s - 13.0).abs() < f64::EPSILON);
+    assert_eq!(store.runs().await.unwrap().len(), 1);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn sqlite_upgrade_keeps_the_lease() {
+    let db = SqliteDb::new();
+    // The file must exist before a plain connection opens it.
+    std::fs::File::create(db.path()).unwrap();
+    upgrades_keep_the_lease(&db.url, concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite"))
+        .await;
+}
+
+#[tokio::test]
+async fn postgres_upgrade_keeps_the_lease() {
+    let Some(base) = postgres_url("postgres_upgrade_keeps_the_lease") else { return };
+    let schema = PgSchema::create(&base).await;
+    upgrades_keep_the_lease(
+        &schema.url,
+        concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres"),
+    )
+    .await;
     schema.drop_schema().await;
 }
