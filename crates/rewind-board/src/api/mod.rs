@@ -114,7 +114,7 @@ async fn unknown() -> ApiError {
 }
 
 pub(crate) fn run_id(raw: &str) -> ApiResult<RunId> {
-    raw.parse().map_err(|e| ApiError::BadRequest(format!("run id {raw:?}: {e}")))
+    raw.parse().map_err(|e| ApiError::BadRequest(format!("{e}")))
 }
 
 /// The query parameters, each at most once and each one of `allowed`.
