@@ -297,11 +297,14 @@ impl Computed {
     }
 }
 
+/// One run's latest computed data; its lock is held while it is computed.
+type Slot = Arc<tokio::sync::Mutex<Option<Arc<Computed>>>>;
+
 /// The plans and computed data, per run id.
 #[derive(Default)]
 pub(crate) struct Cache {
     plans: Mutex<HashMap<RunId, Arc<Plan>>>,
-    computed: Mutex<HashMap<RunId, Arc<tokio::sync::Mutex<Option<Arc<Computed>>>>>>,
+    computed: Mutex<HashMap<RunId, Slot>>,
 }
 
 impl AppState {
