@@ -615,8 +615,10 @@ impl Store for SqlStore {
 
     async fn run_marker(&self, id: RunId) -> Result<Option<RunMarker>> {
         let row = sqlx::query(
-            "SELECT state, clock_s, finished_s, owner, heartbeat_unix_ms, cancel_requested, \
-             (SELECT MAX(seq) FROM events WHERE run_id = $1) AS last_seq FROM runs WHERE id = $1",
+            "SELECT runs.state, run_leases.clock_s, runs.finished_s, run_leases.owner, \
+             run_leases.heartbeat_unix_ms, runs.cancel_requested, \
+             (SELECT MAX(seq) FROM events WHERE run_id = $1) AS last_seq \
+             FROM runs JOIN run_leases ON run_leases.run_id = runs.id WHERE runs.id = $1",
         )
         .bind(id.to_string())
         .fetch_optional(&self.pool)
