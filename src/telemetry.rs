@@ -16,7 +16,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Result;
-use opentelemetry::trace::{Span as _, SpanKind, Status, TraceId, Tracer as _, TracerProvider as _};
+use opentelemetry::trace::{
+    Span as _, SpanKind, Status, TraceId, Tracer as _, TracerProvider as _,
+};
 use opentelemetry::{KeyValue, global};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::error::OTelSdkResult;
@@ -78,7 +80,11 @@ pub fn endpoint(flag: Option<&str>) -> Result<Option<String>> {
     let url = url::Url::parse(raw.trim()).map_err(|e| bad(&e.to_string()))?;
     match url.scheme() {
         "http" => {}
-        "https" => return Err(bad("https is not supported: this build sends plain HTTP; run a local collector")),
+        "https" => {
+            return Err(bad(
+                "https is not supported: this build sends plain HTTP; run a local collector",
+            ));
+        }
         other => return Err(bad(&format!("the scheme is {other:?}, not http"))),
     }
     if url.host_str().is_none_or(str::is_empty) {
@@ -169,7 +175,11 @@ static RUN_IDS: Mutex<Option<Arc<RunTraceIds>>> = Mutex::new(None);
 
 /// Installs what the flags ask for. `endpoint` comes from [`endpoint`]; `command` names the
 /// command in the run span.
-pub fn init(format: LogFormat, endpoint: Option<String>, command: &'static str) -> Result<Telemetry> {
+pub fn init(
+    format: LogFormat,
+    endpoint: Option<String>,
+    command: &'static str,
+) -> Result<Telemetry> {
     JSON.store(format == LogFormat::Json, Ordering::Relaxed);
     let _ = COMMAND.set(command);
     let traces = match endpoint {
@@ -193,6 +203,10 @@ pub fn init(format: LogFormat, endpoint: Option<String>, command: &'static str) 
             .with_tracer(t.provider.tracer("rewind"))
             .with_location(false)
             .with_threads(false)
+            .with_target(false)
+            // Built when first needed (the first attempt's parent, or the end), after the drive
+            // named it for its workflow: entering it does not build it.
+            .with_context_activation(false)
     });
     // rewind's own lines only: the libraries' (sqlx, hyper) stay out of the log and the traces.
     let only_ours =

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use tracing::Instrument;
 use rewind_exec::Vars;
 use rewind_model::{EventKind, RunId, RunState};
 use rewind_runtime::{
@@ -13,6 +12,7 @@ use rewind_runtime::{
 };
 use rewind_scheduler::Priority;
 use rewind_store::{Batch, NewEvent, SqlStore, Store, StoreError};
+use tracing::Instrument;
 
 use crate::exit::{Exit, refused};
 use crate::observer::Display;
