@@ -39,10 +39,10 @@ pub fn finish(result: anyhow::Result<Exit>) -> ExitCode {
                 return ExitCode::from(BROKEN_PIPE);
             }
             if let Some(r) = e.downcast_ref::<Refused>() {
-                eprintln!("{r}");
+                crate::telemetry::error(&r.to_string());
                 ExitCode::from(2)
             } else {
-                eprintln!("rewind: error: {e:#}");
+                crate::telemetry::error(&format!("rewind: error: {e:#}"));
                 ExitCode::from(1)
             }
         }

@@ -12,6 +12,7 @@ mod output;
 mod registry;
 mod safety;
 mod store;
+mod telemetry;
 
 use std::process::ExitCode;
 
@@ -25,6 +26,17 @@ struct Cli {
     /// that uses a store takes `--db` itself and shows it in its help.
     #[arg(long, value_name = "URL", hide = true)]
     db: Option<String>,
+
+    /// Export traces of `run`, `resume`, `retry` and `drill run` over OTLP/HTTP to this collector
+    /// (its base URL, such as http://127.0.0.1:4318; spans go to /v1/traces)
+    /// [env: OTEL_EXPORTER_OTLP_ENDPOINT]
+    #[arg(long, value_name = "URL", global = true)]
+    otlp_endpoint: Option<String>,
+
+    /// The format of the log lines on stderr: text, or json (one object per line). stdout does
+    /// not change.
+    #[arg(long, value_name = "FORMAT", global = true, default_value = "text")]
+    log_format: telemetry::LogFormat,
 
     #[command(subcommand)]
     command: Command,
@@ -68,7 +80,37 @@ enum Command {
 fn main() -> ExitCode {
     exit::quiet_broken_pipe();
     let cli = Cli::parse();
-    exit::finish(dispatch(&cli))
+    let telemetry = match start_telemetry(&cli) {
+        Ok(t) => t,
+        Err(e) => return exit::finish(Err(e)),
+    };
+    let code = exit::finish(dispatch(&cli));
+    telemetry.finish();
+    code
+}
+
+/// The log format, and traces for the commands that drive a run. `--otlp-endpoint` given to
+/// another command is refused; the variable is then ignored.
+fn start_telemetry(cli: &Cli) -> anyhow::Result<telemetry::Telemetry> {
+    let drives = match &cli.command {
+        Command::Run(_) => Some("run"),
+        Command::Resume(_) => Some("resume"),
+        Command::Retry(_) => Some("retry"),
+        Command::Drill(args) if args.drives() => Some("drill run"),
+        _ => None,
+    };
+    let endpoint = match drives {
+        Some(_) => telemetry::endpoint(cli.otlp_endpoint.as_deref())?,
+        None if cli.otlp_endpoint.is_some() => {
+            // The log format first, so the refusal is in it.
+            telemetry::init(cli.log_format, None, "")?;
+            return Err(exit::refused(
+                "rewind: --otlp-endpoint applies to `run`, `resume`, `retry` and `drill run`, the commands that drive a run",
+            ));
+        }
+        None => None,
+    };
+    telemetry::init(cli.log_format, endpoint, drives.unwrap_or(""))
 }
 
 fn dispatch(cli: &Cli) -> anyhow::Result<exit::Exit> {

@@ -4,6 +4,7 @@ use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
+use rewind_model::RunId;
 use rewind_runtime::{Observer, Progress};
 
 use crate::output::{human, thousands};
@@ -11,17 +12,19 @@ use crate::output::{human, thousands};
 /// How often plain (non-terminal) output prints a progress line.
 const LOG_EVERY: Duration = Duration::from_secs(5);
 
-/// Shows progress on stderr.
+/// Shows progress on stderr (as JSON lines with `--log-format json`).
 pub struct Display {
+    run: Option<RunId>,
     bar: Option<ProgressBar>,
     last_line: Option<Instant>,
     last: Option<Progress>,
 }
 
 impl Display {
-    /// A bar when stderr is a terminal, log lines otherwise.
-    pub fn new() -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
+    /// A bar when stderr is a terminal (and logs are text), log lines otherwise; `run` is named
+    /// in JSON log lines.
+    pub fn new(run: Option<RunId>) -> Self {
+        let bar = (std::io::stderr().is_terminal() && !crate::telemetry::json()).then(|| {
             let bar = ProgressBar::new(0);
             bar.set_style(
                 ProgressStyle::with_template(
@@ -32,7 +35,7 @@ impl Display {
             bar.enable_steady_tick(Duration::from_millis(200));
             bar
         });
-        Self { bar, last_line: None, last: None }
+        Self { run, bar, last_line: None, last: None }
     }
 
     fn line(p: &Progress) -> String {
@@ -53,8 +56,8 @@ impl Display {
         )
     }
 
-    fn print(&self, text: &str) {
-        match &self.bar {
+    fn print(bar: Option<&ProgressBar>, text: &str) {
+        match bar {
             Some(bar) => bar.println(text),
             None => {
                 let mut err = std::io::stderr().lock();
@@ -76,9 +79,7 @@ impl Display {
             bar.finish_and_clear();
         }
         if let Some(p) = &self.last {
-            let line = Self::line(p);
-            let mut err = std::io::stderr().lock();
-            let _ = writeln!(err, "{line}");
+            crate::telemetry::progress(self.run, p, &Self::line(p), |t| Self::print(None, t));
         }
     }
 }
@@ -103,7 +104,9 @@ impl Observer for Display {
                 let learned = self.last.as_ref().is_some_and(|l| l.eta_basis != p.eta_basis);
                 if learned || self.last_line.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
                     self.last_line = Some(Instant::now());
-                    self.print(&Self::line(p));
+                    crate::telemetry::progress(self.run, p, &Self::line(p), |t| {
+                        Self::print(None, t);
+                    });
                 }
             }
         }
@@ -115,11 +118,16 @@ impl Observer for Display {
             Some(d) => format!("; retrying in {}", human(d)),
             None => "; no retries left".to_owned(),
         };
-        self.print(&format!("failed: {key} attempt {attempt}: {error}{next}"));
+        let text = format!("failed: {key} attempt {attempt}: {error}{next}");
+        let bar = self.bar.as_ref();
+        crate::telemetry::failure(self.run, key, attempt, error, retry_in, &text, |t| {
+            Self::print(bar, t);
+        });
     }
 
     fn note(&mut self, message: &str) {
-        self.print(&format!("rewind: {message}"));
+        let bar = self.bar.as_ref();
+        crate::telemetry::note(self.run, &format!("rewind: {message}"), |t| Self::print(bar, t));
     }
 }
 
@@ -145,6 +153,6 @@ impl Observer for Notes {
     fn failure(&mut self, _: &str, _: u32, _: &str, _: Option<Duration>) {}
 
     fn note(&mut self, message: &str) {
-        eprintln!("rewind: {message}");
+        crate::telemetry::info(None, &format!("rewind: {message}"));
     }
 }

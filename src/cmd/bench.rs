@@ -358,7 +358,7 @@ async fn simulate(
     let store = SqlStore::open(&url).await?;
     let id = rewind_runtime::create_run(&store, plan, spec, &Registry::builtin()).await?;
     let (lease, _) = Lease::acquire(&store, id).await?;
-    let mut display = Display::new();
+    let mut display = Display::new(None);
     let quiet = std::env::var_os("REWIND_BENCH_QUIET").is_some();
     let mut none = NoObserver;
     let observer: &mut dyn rewind_runtime::Observer = if quiet { &mut none } else { &mut display };

@@ -31,6 +31,13 @@ pub struct Args {
     command: Sub,
 }
 
+impl Args {
+    /// `drill run`: the one that drives a run (and may export its traces).
+    pub fn drives(&self) -> bool {
+        matches!(self.command, Sub::Run(_))
+    }
+}
+
 #[derive(Debug, clap::Subcommand)]
 enum Sub {
     /// Run a drill: select, restore (a normal run), validate, clean up, score; exit 0 passed,
@@ -206,7 +213,7 @@ pub(crate) async fn run_file(store: &SqlStore, path: &Path, opts: &DrillOptions)
         if let Some(said) =
             safety::preflight(&prep.plan, &registry, &workdir, cwd.clone(), &vars).await?
         {
-            eprintln!("rewind: {said}");
+            crate::telemetry::info(None, &format!("rewind: {said}"));
         }
         let n = prep.plan.targets().len();
         let strategy = match drill.select.strategy {
@@ -438,9 +445,12 @@ async fn clean_up(
     sampled: &[Target],
 ) -> Vec<CleanupStep> {
     if !drill.cleanup.keep.is_zero() {
-        eprintln!(
-            "rewind: keeping the restored copies for {} before cleanup",
-            humantime::format_duration(drill.cleanup.keep)
+        crate::telemetry::info(
+            None,
+            &format!(
+                "rewind: keeping the restored copies for {} before cleanup",
+                humantime::format_duration(drill.cleanup.keep)
+            ),
         );
         tokio::time::sleep(drill.cleanup.keep).await;
     }

@@ -12,6 +12,7 @@ use rewind_runtime::{
 };
 use rewind_scheduler::Priority;
 use rewind_store::{Batch, NewEvent, SqlStore, Store, StoreError};
+use tracing::Instrument;
 
 use crate::exit::{Exit, refused};
 use crate::observer::Display;
@@ -174,7 +175,7 @@ pub fn run(db: &str, args: &Args) -> Result<Exit> {
         let checked =
             rt.block_on(safety::preflight(&plan, &registry, &workdir, cwd.clone(), &vars))?;
         if let Some(said) = checked {
-            eprintln!("rewind: {said}");
+            crate::telemetry::info(None, &format!("rewind: {said}"));
         }
         // A slice a reachable catalog cannot plan (a typo in `root`) is refused before the run.
         let found = crate::cmd::dry_run::slices(&plan, &make, &rt, true)?;
@@ -256,16 +257,16 @@ pub fn resume(db: &str, args: &ResumeArgs) -> Result<Exit> {
                 let next = record.wave + 1;
                 let event = operator(serde_json::json!({"accept_failures": true, "halted_wave": record.wave, "opens_wave": next}));
                 store.accept_wave(id, next, &event).await.map(|()| {
-                    eprintln!("rewind: run {id}: the failures of wave {} are accepted; wave {next} starts", record.wave);
+                    crate::telemetry::info(Some(id), &format!("rewind: run {id}: the failures of wave {} are accepted; wave {next} starts", record.wave));
                 })
             }
             RunState::Halted => {
                 let event = operator(serde_json::json!({"accept_failures": false, "halted_wave": record.wave}));
                 store.reset_failed(id, &event).await.map(|reset| {
-                    eprintln!(
+                    crate::telemetry::info(Some(id), &format!(
                         "rewind: run {id}: {reset} failed or blocked instance(s) run again; wave {} is judged again when they end",
                         record.wave
-                    );
+                    ));
                 })
             }
             // It ended between the read and the lease.
@@ -298,7 +299,10 @@ pub fn retry(db: &str, args: &RunIdArgs) -> Result<Exit> {
                 return Err(refuse(e.into()));
             }
         };
-        eprintln!("rewind: run {id}: {reset} failed or blocked instance(s) reset to pending");
+        crate::telemetry::info(
+            Some(id),
+            &format!("rewind: run {id}: {reset} failed or blocked instance(s) reset to pending"),
+        );
         drive(&store, lease).await
     })
 }
@@ -376,17 +380,22 @@ pub(crate) async fn drive_with_signals(
     vars: Vars,
     signals: bool,
 ) -> Result<Summary> {
-    let mut display = Display::new();
+    let run = lease.run;
+    let mut display = Display::new(Some(run));
+    let span = crate::telemetry::run_span(run);
+    let mut traced = crate::telemetry::Traced::new(&mut display, span.clone());
     let opts = DriveOptions {
         registry: crate::registry::registry(),
-        observer: &mut display,
+        observer: &mut traced,
         signals,
         progress_every: Duration::from_millis(200),
         tick: Duration::from_secs(1),
         vars,
     };
-    let result = rewind_runtime::drive(store, lease, opts).await;
-    display.finish();
+    let result = rewind_runtime::drive(store, lease, opts).instrument(span.clone()).await;
+    drop(traced);
+    span.in_scope(|| display.finish());
+    crate::telemetry::end_run_span(&span, result.as_ref().map(|s| &s.ended));
     result.map_err(refuse)
 }
 

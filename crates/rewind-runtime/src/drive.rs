@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use crate::RuntimeError;
 use crate::exec::{Event, Exec, RealExec, Signal, Signals, SimExec};
 use crate::lease::{Lease, identity, now_unix_ms};
-use crate::progress::{Observed, Observer, Progress, eta};
+use crate::progress::{AttemptEnd, DriveStart, Observed, Observer, Progress, eta};
 use crate::view::load_plan;
 
 /// A simulation commits at least this often (wall time)...
@@ -557,6 +557,8 @@ struct Driver<'p, 'o, S: Store> {
     /// Real durations of succeeded attempts, and their estimates, per step: what the ETA
     /// learns from (real runs only).
     observed: Observed,
+    /// The wall instant a real run's clock counts from.
+    origin: SystemTime,
 }
 
 impl<'p, 'o, S: Store> Driver<'p, 'o, S> {
@@ -635,6 +637,7 @@ impl<'p, 'o, S: Store> Driver<'p, 'o, S> {
             last_check: Instant::now(),
             last_progress: None,
             observed: Observed::new(plan.workflow().steps.len()),
+            origin: started_wall,
         })
     }
 
@@ -697,11 +700,19 @@ impl<'p, 'o, S: Store> Driver<'p, 'o, S> {
     /// resume, and makes both durable before anything runs.
     async fn start(&mut self) -> Result<(), RuntimeError> {
         let now0 = self.exec.now();
+        self.observer.drive_started(&DriveStart {
+            run: self.id,
+            workflow: &self.plan.workflow().name,
+            simulated: self.simulated,
+            resumed: self.resumed,
+            clock: now0,
+            origin: self.origin,
+        });
         if !self.open_attempts.is_empty() {
             let attempts = self.store.attempts(self.id).await?;
             let by_key: HashMap<(u32, u32), &AttemptRecord> =
                 attempts.iter().map(|a| ((a.idx, a.attempt), a)).collect();
-            for &(idx, attempt) in &self.open_attempts {
+            for (idx, attempt) in self.open_attempts.clone() {
                 let started_s = by_key.get(&(idx, attempt)).map_or(secs(now0), |a| a.started_s);
                 self.batch.batch.attempts.push(AttemptRecord {
                     idx,
@@ -717,6 +728,7 @@ impl<'p, 'o, S: Store> Driver<'p, 'o, S> {
                     stderr_tail: None,
                 });
                 let iid = InstanceId::new(idx as usize);
+                self.tell_attempt(iid);
                 self.batch.batch.instances.push(InstanceUpdate {
                     idx,
                     state: State::Pending,
@@ -903,6 +915,7 @@ impl<'p, 'o, S: Store> Driver<'p, 'o, S> {
             ExecOutcome::Cancelled => Outcome::Interrupted,
         };
         self.batch.attempt_end(iid, attempt, now, report, outcome);
+        self.tell_attempt(iid);
         if let (Outcome::Succeeded, Some(out)) = (outcome, &report.output)
             && self.inputs.read_steps.contains(&(self.plan.instance(iid).step as usize))
         {
@@ -926,6 +939,24 @@ impl<'p, 'o, S: Store> Driver<'p, 'o, S> {
             self.observer.failure(&self.plan.key(iid).to_string(), attempt, error, retry_in);
         }
         self.batch.changes(self.plan, &self.sched, changes, Some((iid, report)));
+    }
+
+    /// Tells the observer of the attempt of `iid` that was just recorded (the batch's last).
+    fn tell_attempt(&mut self, iid: InstanceId) {
+        let Some(a) = self.batch.batch.attempts.last() else { return };
+        let key = self.plan.key(iid);
+        let pools = &self.plan.workflow().resources;
+        let pool = self.plan.pool_of(iid).and_then(|p| pools.get(p)).map(|p| p.name.as_str());
+        self.observer.attempt_ended(&AttemptEnd {
+            key: &key,
+            attempt: a.attempt,
+            pool,
+            started: duration(a.started_s),
+            ended: duration(a.ended_s.unwrap_or(a.started_s)),
+            outcome: a.outcome.unwrap_or(AttemptOutcome::Interrupted),
+            exit_code: a.exit_code,
+            error: a.error.as_deref(),
+        });
     }
 
     /// A signal or a stop request: the first stops dispatching and lets running attempts

@@ -33,7 +33,7 @@ pub use drive::{DriveOptions, Ended, StopReason, Summary, check_runnable, drive}
 pub use exec::Signal;
 pub use lease::{Identity, LEASE, Lease, hostname, identity, is_stale, me, now_unix_ms, username};
 pub use offline::cancel_offline;
-pub use progress::{EtaBasis, NoObserver, Observer, Progress};
+pub use progress::{AttemptEnd, DriveStart, EtaBasis, NoObserver, Observer, Progress};
 pub use view::{AttemptView, InstanceView, RunView, TargetView, is_driven, load_plan, shown_state};
 
 /// Why the runtime could not do what was asked.

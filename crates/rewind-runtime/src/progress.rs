@@ -1,8 +1,8 @@
 //! Progress of a run, for whoever displays it.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use rewind_model::{InstanceId, Plan};
+use rewind_model::{AttemptOutcome, InstanceId, InstanceKey, Plan, RunId};
 use rewind_scheduler::{Counts, Scheduler, State};
 
 /// A snapshot of a run's progress, taken after a durable commit.
@@ -50,6 +50,50 @@ pub trait Observer: Send {
     fn stop_requested(&mut self) -> bool {
         false
     }
+    /// A drive begins: told once, before any attempt of this drive ends. For tracing.
+    fn drive_started(&mut self, _drive: &DriveStart<'_>) {}
+    /// An attempt ended (it is in the batch the next commit makes durable). Every attempt that
+    /// ends during the drive is told once, including those its previous orchestrator left open
+    /// (ended as interrupted at the start). For tracing.
+    fn attempt_ended(&mut self, _attempt: &AttemptEnd<'_>) {}
+}
+
+/// What a drive is about, for [`Observer::drive_started`].
+#[derive(Clone, Copy, Debug)]
+pub struct DriveStart<'a> {
+    /// The run.
+    pub run: RunId,
+    /// The workflow's `name`.
+    pub workflow: &'a str,
+    /// Virtual-time simulation: the run's clock is the simulated one.
+    pub simulated: bool,
+    /// The run had attempts before this drive (`resume`, `retry`, a take-over).
+    pub resumed: bool,
+    /// The run's clock when this drive began.
+    pub clock: Duration,
+    /// The wall instant a real run's clock counts from (the run's creation).
+    pub origin: SystemTime,
+}
+
+/// How one attempt ended, for [`Observer::attempt_ended`].
+#[derive(Clone, Copy, Debug)]
+pub struct AttemptEnd<'a> {
+    /// The instance (its step and subject).
+    pub key: &'a InstanceKey,
+    /// The attempt number, from 1.
+    pub attempt: u32,
+    /// The resource pool its step draws from.
+    pub pool: Option<&'a str>,
+    /// When it started, on the run's clock (virtual for simulations).
+    pub started: Duration,
+    /// When it ended, on the run's clock.
+    pub ended: Duration,
+    /// How it ended.
+    pub outcome: AttemptOutcome,
+    /// A command's exit code.
+    pub exit_code: Option<i32>,
+    /// What went wrong.
+    pub error: Option<&'a str>,
 }
 
 /// An observer that shows nothing.
