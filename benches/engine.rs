@@ -50,7 +50,8 @@ impl Input {
             cwd: "/tmp".into(),
             mode: Mode::Simulated { seed: 1, fail_rate: 0.0 },
             max_running: None,
-            priority: Priority::CriticalPath,
+            // The default policy, as `rewind run` drives.
+            priority: Priority::default(),
             vars: Vars::from_process(),
             waves: Vec::new(),
             halt_rate: 1.0,

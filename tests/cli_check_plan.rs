@@ -133,7 +133,7 @@ fn plan_previews_restore_2_over_883_sites_and_touches_nothing() {
         "tracker.db.pitr               group:shard",
         "resource pools",
         "critical path  ",
-        "lower bound    3d (set by pool db_restore)",
+        "lower bound by estimates  3d (set by pool db_restore)",
         "what each store receives (by the connection each action writes to)",
     ] {
         assert!(out.contains(needle), "missing {needle:?} in:\n{out}");

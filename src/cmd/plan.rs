@@ -177,7 +177,7 @@ pub fn render(s: &PlanSummary) -> String {
     } else {
         format!("set by {}", s.bound_by.replace(':', " "))
     };
-    out.push_str(&format!("\nlower bound    {} ({bound})\n", human_s(s.lower_bound_s)));
+    out.push_str(&format!("\nlower bound by estimates  {} ({bound})\n", human_s(s.lower_bound_s)));
 
     out.push_str("\nwhat each store receives (by the connection each action writes to)\n");
     let mut rows = vec![vec![
