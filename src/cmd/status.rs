@@ -3,9 +3,9 @@
 
 use anyhow::Result;
 use rewind_model::RunState;
-use rewind_runtime::{RunView, is_stale, now_unix_ms};
+use rewind_runtime::{RunView, shown_state};
 use rewind_scheduler::State;
-use rewind_store::{RunRecord, Store};
+use rewind_store::Store;
 use serde_json::json;
 
 use crate::exit::Exit;
@@ -42,13 +42,6 @@ pub fn run(db: &str, args: &Args) -> Result<Exit> {
             }
         }
     })
-}
-
-/// `running` for a run no live process drives is shown as `interrupted`.
-pub fn shown_state(r: &RunRecord) -> &str {
-    let driven =
-        r.owner.as_deref().is_some_and(|o| !is_stale(o, r.heartbeat_unix_ms, now_unix_ms()));
-    if r.state == RunState::Running && !driven { "interrupted" } else { r.state.as_str() }
 }
 
 async fn all(store: &impl Store, db: &str, json: bool) -> Result<Exit> {

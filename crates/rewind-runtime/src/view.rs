@@ -10,7 +10,15 @@ use serde::Serialize;
 
 use crate::RuntimeError;
 use crate::lease::{is_stale, now_unix_ms};
-use rewind_model::RunId;
+use rewind_model::{RunId, RunState};
+
+/// How a run is shown (`status`, the board, `/metrics`): its stored state, except that a
+/// `running` run no live process drives (no owner, or a stale lease) is `interrupted`.
+pub fn shown_state(r: &RunRecord) -> &'static str {
+    let driven =
+        r.owner.as_deref().is_some_and(|o| !is_stale(o, r.heartbeat_unix_ms, now_unix_ms()));
+    if r.state == RunState::Running && !driven { "interrupted" } else { r.state.as_str() }
+}
 
 /// Rebuilds a run's plan from its stored snapshot and checks it is the plan the run was created
 /// with (same fingerprint).
