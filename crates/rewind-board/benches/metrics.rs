@@ -25,22 +25,23 @@ fn read(path: &str) -> String {
     std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
 }
 
-/// Stops a drive after `n` turns.
-struct StopAfter(usize);
+/// Stops a drive once this share of its instances has finished.
+struct StopAt(f64, bool);
 
-impl Observer for StopAfter {
-    fn progress(&mut self, _: &Progress) {}
+impl Observer for StopAt {
+    fn progress(&mut self, p: &Progress) {
+        self.1 = p.counts.finished() as f64 >= self.0 * p.counts.total() as f64;
+    }
     fn failure(&mut self, _: &str, _: u32, _: &str, _: Option<Duration>) {}
     fn note(&mut self, _: &str) {}
     fn stop_requested(&mut self) -> bool {
-        self.0 = self.0.saturating_sub(1);
-        self.0 == 0
+        self.1
     }
 }
 
-/// A restore-2 run over the 883 example sites, driven for `turns` turns (usize::MAX: to its
-/// end), with a 2% failure rate so attempts are retried.
-async fn run(store: &SqlStore, turns: usize) -> RunId {
+/// A restore-2 run over the 883 example sites, driven until `share` of its instances finished
+/// (above 1: to its end), with a 2% failure rate so attempts are retried.
+async fn run(store: &SqlStore, share: f64) -> RunId {
     let (workflow, targets) = (read("workflows/restore-2.toml"), read("examples/sites-883.csv"));
     let wf = Workflow::parse("restore-2.toml", &workflow).unwrap();
     let t = TargetSet::parse("sites-883.csv", &targets, TargetsFormat::Csv).unwrap();
@@ -64,9 +65,9 @@ async fn run(store: &SqlStore, turns: usize) -> RunId {
     let (lease, _) = Lease::acquire(store, id).await.unwrap();
     let opts = DriveOptions {
         registry: Registry::builtin(),
-        observer: &mut StopAfter(turns),
+        observer: &mut StopAt(share, false),
         signals: false,
-        progress_every: Duration::from_secs(3600),
+        progress_every: Duration::ZERO,
         tick: Duration::from_secs(3600),
         vars: Vars::from_process(),
     };
@@ -91,8 +92,8 @@ fn metrics(c: &mut Criterion) {
     let url = format!("sqlite://{}/bench.db", dir.path().display());
     let (store, half, done) = rt.block_on(async {
         let store = rewind_store::open(&url).await.unwrap();
-        let half = run(&store, 3_000).await;
-        let done = run(&store, usize::MAX).await;
+        let half = run(&store, 0.5).await;
+        let done = run(&store, 2.0).await;
         (store, half, done)
     });
     let (attempts, rows) = rt.block_on(async {
@@ -122,6 +123,12 @@ fn metrics(c: &mut Criterion) {
                 black_box(encode(&cold.collect(&store).await.unwrap(), false).unwrap())
             })
         })
+    });
+    g.bench_function("store.instance_states (unfinished run)", |b| {
+        b.iter(|| rt.block_on(async { black_box(store.instance_states(half).await.unwrap()) }))
+    });
+    g.bench_function("store.attempts (unfinished run)", |b| {
+        b.iter(|| rt.block_on(async { black_box(store.attempts(half).await.unwrap()) }))
     });
     let addr = rt.block_on(async {
         let served = rewind_store::open(&url).await.unwrap();

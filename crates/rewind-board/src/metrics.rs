@@ -107,8 +107,8 @@ impl Cache {
         {
             return Ok(sample.clone());
         }
-        let rows = store.instance_states(id).await?;
-        let attempts = store.attempts(id).await?;
+        // Two reads on two of the pool's connections at once.
+        let (rows, attempts) = tokio::try_join!(store.instance_states(id), store.attempts(id))?;
         let sample = Arc::new(RunSample::measure(shape, &rows, &attempts));
         if done {
             lock(&self.finished).insert(id, (stamp, sample.clone()));
