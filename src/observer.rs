@@ -18,6 +18,8 @@ pub struct Display {
     bar: Option<ProgressBar>,
     last_line: Option<Instant>,
     last: Option<Progress>,
+    /// Whether `last` was printed as a line (then `finish` does not print it again).
+    last_printed: bool,
 }
 
 impl Display {
@@ -35,7 +37,7 @@ impl Display {
             bar.enable_steady_tick(Duration::from_millis(200));
             bar
         });
-        Self { run, bar, last_line: None, last: None }
+        Self { run, bar, last_line: None, last: None, last_printed: false }
     }
 
     fn line(p: &Progress) -> String {
@@ -78,7 +80,7 @@ impl Display {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
-        if let Some(p) = &self.last {
+        if let Some(p) = self.last.as_ref().filter(|_| !self.last_printed) {
             crate::telemetry::progress(self.run, p, &Self::line(p), |t| Self::print(None, t));
         }
     }
@@ -86,6 +88,7 @@ impl Display {
 
 impl Observer for Display {
     fn progress(&mut self, p: &Progress) {
+        self.last_printed = false;
         match &self.bar {
             Some(bar) => {
                 bar.set_length(p.counts.total() as u64);
@@ -104,6 +107,7 @@ impl Observer for Display {
                 let learned = self.last.as_ref().is_some_and(|l| l.eta_basis != p.eta_basis);
                 if learned || self.last_line.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
                     self.last_line = Some(Instant::now());
+                    self.last_printed = true;
                     crate::telemetry::progress(self.run, p, &Self::line(p), |t| {
                         Self::print(None, t);
                     });

@@ -727,3 +727,33 @@ action = { kind = "command", program = "sleep", args = ["1"] }
     let report = stdout(&env.rewind(&["report", &run]));
     assert!(report.contains("(lower bound by estimates 2d)"), "{report}");
 }
+
+#[test]
+fn the_last_progress_line_is_printed_once() {
+    let env = Env::sqlite();
+    let w = env.write(
+        "two.toml",
+        r#"name = "two"
+target_kind = "site"
+[[steps]]
+id = "a"
+estimate = "1m"
+action = { kind = "command", program = "true" }
+"#,
+        false,
+    );
+    let t = env.write("sites.csv", &targets_csv(&["one", "two"]), false);
+    let (w, t) = (w.display().to_string(), t.display().to_string());
+    for sim in [false, true] {
+        let mut args = run_args(&w, &t);
+        if sim {
+            args.push("--simulate");
+        }
+        let o = env.rewind(&args);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let err = stderr(&o);
+        let done: Vec<&str> =
+            err.lines().filter(|l| l.contains("2/2 instances done")).collect();
+        assert_eq!(done.len(), 1, "simulated: {sim}: {err}");
+    }
+}
