@@ -105,6 +105,7 @@ fn store(c: &mut Criterion) {
                     priority: "critical-path".into(),
                     waves: Vec::new(),
                     halt_rate: 0.05,
+                    started_by: None,
                     instances: u64::from(n),
                     targets: 1,
                     lower_bound_s: 0.0,

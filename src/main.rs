@@ -58,7 +58,8 @@ enum Command {
     Demo(cmd::demo::Args),
     /// DR drills: run one (select, restore, validate, clean up, score), its history, its report.
     Drill(cmd::drill::Args),
-    /// Run the drill files' schedules (`--drills DIR`) until SIGTERM/SIGINT.
+    /// Serve the board, the JSON API and metrics over HTTP; with `--drills DIR`, also run the
+    /// drill files' schedules. Until SIGTERM/SIGINT.
     Serve(cmd::serve::Args),
     /// Scratch database instances of `pitr` steps: list them, drop a run's.
     Scratch(cmd::scratch::Args),

@@ -203,7 +203,7 @@ fn serve_refuses_bad_files_and_stops_on_sigterm() {
     std::fs::create_dir(&good).unwrap();
     drill_file(&good, "nightly", &|t| t, &root().join("workflows/drill-isolated.toml"));
     let mut child = Command::new(env!("CARGO_BIN_EXE_rewind"))
-        .args(["serve", "--drills", good.to_str().unwrap(), "--db", &db])
+        .args(["serve", "--drills", good.to_str().unwrap(), "--db", &db, "--listen", "127.0.0.1:0"])
         .env_remove("REWIND_DB")
         .stderr(std::process::Stdio::piped())
         .spawn()

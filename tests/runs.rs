@@ -104,6 +104,9 @@ fn kill_9_then_resume_never_reruns_a_succeeded_instance() {
         before.iter().filter(|(_, s)| *s == "running").map(|(k, _)| k).collect();
     assert_eq!(was_running.iter().filter(|k| k.starts_with("b/")).count(), 2, "{before:?}");
     assert_eq!(env.status(&run)["shown_state"], "interrupted", "no live driver");
+    // Who started it: `user@host` of the process that created the run.
+    let by = env.status(&run)["started_by"].as_str().unwrap().to_owned();
+    assert!(by.split_once('@').is_some_and(|(u, h)| !u.is_empty() && !h.is_empty()), "{by}");
 
     env.write("gate", "", false);
     let o = env.rewind(&["resume", &run]);

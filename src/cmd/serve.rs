@@ -1,11 +1,18 @@
-//! `rewind serve --drills DIR [--db URL]` (DESIGN.md): runs the drill files' schedules.
+//! `rewind serve [--listen ADDR] [--drills DIR] [--token-file F] [--db URL]` (DESIGN.md): the
+//! HTTP server (rewind-board: the board, `/api/v1/`, server-sent events, `/metrics`) on
+//! `--listen`, and with `--drills DIR` the drill files' schedules, in one process.
 //!
-//! At start every `DIR/*.toml` drill (and the workflow it names) is read and checked: any error
+//! The server reads the store and never drives a run. A non-loopback `--listen` needs
+//! `--token-file` (refused otherwise, exit 2); with a token every request carries it. One line
+//! on stdout names the URL served. SIGTERM/SIGINT stop both: the server ends its event streams
+//! and lets open requests finish; a running drill is let finish.
+//!
+//! With `--drills DIR`, at start every `DIR/*.toml` drill (and the workflow it names) is read and checked: any error
 //! refuses the whole server (exit 2), every error located. Then, until SIGTERM or SIGINT: sleep
 //! until the next due time, run the due drills one after the other (each exactly as `rewind
 //! drill run FILE` runs it, the file read afresh), record each with its slot and lateness, and
 //! log a line per start and end to stderr. A signal ends a sleep at once; a running drill is let
-//! finish, its cleanup included, then the server exits 0. The HTTP board is another issue's.
+//! finish, its cleanup included, then the server exits 0.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,6 +36,67 @@ pub struct Args {
     /// Run the schedules of the drill files in DIR (`*.toml`, each with `schedule`).
     #[arg(long, value_name = "DIR")]
     drills: Option<PathBuf>,
+    /// Where to serve HTTP. An address other than loopback needs --token-file.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// A file holding the bearer token (one line) every request must carry as
+    /// `Authorization: Bearer TOKEN`; also enables `POST /api/v1/runs/{id}/cancel`.
+    #[arg(long, value_name = "F")]
+    token_file: Option<PathBuf>,
+}
+
+/// The token in `path`: its one line, trimmed; an empty, unreadable or world-readable file is
+/// refused, naming it.
+fn read_token(path: &Path) -> Result<String> {
+    let name = path.display();
+    let meta = std::fs::metadata(path)
+        .map_err(|e| refused(format!("rewind serve: --token-file {name}: cannot read it: {e}")))?;
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        if meta.permissions().mode() & 0o004 != 0 {
+            return Err(refused(format!(
+                "rewind serve: --token-file {name} is readable by every user of this machine; \
+                 `chmod 600 {name}` (or 640) and start again"
+            )));
+        }
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| refused(format!("rewind serve: --token-file {name}: cannot read it: {e}")))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(refused(format!(
+            "rewind serve: --token-file {name} is empty; put the token on its one line"
+        )));
+    }
+    if token.lines().count() > 1 || token.chars().any(|c| c.is_control() || c == ' ') {
+        return Err(refused(format!(
+            "rewind serve: --token-file {name}: the token is one line without spaces"
+        )));
+    }
+    Ok(token.to_owned())
+}
+
+/// The addresses `--listen` names; refused when one is not loopback and no token is given.
+async fn listen_addrs(listen: &str, token: bool) -> Result<Vec<std::net::SocketAddr>> {
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host(listen)
+        .await
+        .map_err(|e| {
+            refused(format!(
+                "rewind serve: --listen {listen}: not an address (HOST:PORT, e.g. 127.0.0.1:8080): {e}"
+            ))
+        })?
+        .collect();
+    if addrs.is_empty() {
+        return Err(refused(format!("rewind serve: --listen {listen}: names no address")));
+    }
+    if !token && let Some(a) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+        return Err(refused(format!(
+            "rewind serve: --listen {listen} ({a}) is reachable from other machines, and without \
+             a token anyone who reaches it reads every run; give --token-file F (a file holding a \
+             bearer token, mode 600), or listen on loopback (127.0.0.1:PORT)"
+        )));
+    }
+    Ok(addrs)
 }
 
 /// The wall clock, sleeping on tokio's timer.
@@ -76,14 +144,14 @@ fn load_dir(dir: &Path) -> Result<Vec<(PathBuf, rewind_model::Drill)>> {
     Ok(drills)
 }
 
-/// `rewind serve`
-pub fn run(db: &str, args: &Args) -> Result<Exit> {
-    let Some(dir) = &args.drills else {
-        return Err(refused(
-            "rewind serve: nothing to serve: give --drills DIR (the drill files whose schedules \
-             to run)",
-        ));
-    };
+/// The drill schedules of `--drills DIR`, read and checked.
+struct Schedules {
+    dir: PathBuf,
+    scheduled: Vec<(PathBuf, String, rewind_model::Schedule)>,
+    paths: BTreeMap<String, PathBuf>,
+}
+
+fn schedules(dir: &Path) -> Result<Schedules> {
     let drills = load_dir(dir)?;
     let mut scheduled = Vec::new();
     for (path, drill) in &drills {
@@ -98,26 +166,25 @@ pub fn run(db: &str, args: &Args) -> Result<Exit> {
     }
     if scheduled.is_empty() {
         return Err(refused(format!(
-            "rewind serve: no drill file in {} has a `schedule`; nothing to serve",
+            "rewind serve: no drill file in {} has a `schedule`; nothing to schedule (leave --drills out to serve HTTP only)",
             dir.display()
         )));
     }
-    let paths: BTreeMap<String, PathBuf> =
-        scheduled.iter().map(|(p, n, _)| (n.clone(), p.clone())).collect();
+    let paths = scheduled.iter().map(|(p, n, _)| (n.clone(), p.clone())).collect();
+    Ok(Schedules { dir: dir.to_owned(), scheduled, paths })
+}
+
+/// `rewind serve`
+pub fn run(db: &str, args: &Args) -> Result<Exit> {
+    let token = args.token_file.as_deref().map(read_token).transpose()?;
+    let schedules = args.drills.as_deref().map(schedules).transpose()?;
     store::runtime()?.block_on(async {
+        let addrs = listen_addrs(&args.listen, token.is_some()).await?;
         let store = store::open(db).await?;
-        let mut last: BTreeMap<String, SystemTime> = BTreeMap::new();
-        for rec in store.drills(None).await.map_err(|e| refused(format!("rewind: {e}")))? {
-            let at = UNIX_EPOCH + Duration::from_millis(rec.started_unix_ms.max(0).cast_unsigned());
-            let e = last.entry(rec.name).or_insert(at);
-            *e = (*e).max(at);
-        }
-        let mut planner = Planner::new(
-            scheduled.iter().map(|(_, n, s)| (n.as_str(), s)),
-            &last,
-            SystemTime::now(),
-        )
-        .map_err(|e| refused(format!("rewind serve: {e}")))?;
+        let listener = tokio::net::TcpListener::bind(&addrs[..]).await.map_err(|e| {
+            refused(format!("rewind serve: --listen {}: cannot listen there: {e}", args.listen))
+        })?;
+        let local = listener.local_addr()?;
         let (tx, rx) = watch::channel(false);
         let io = |e: std::io::Error| anyhow::anyhow!("installing signal handlers: {e}");
         let mut int = signal(SignalKind::interrupt()).map_err(io)?;
@@ -130,27 +197,67 @@ pub fn run(db: &str, args: &Args) -> Result<Exit> {
             eprintln!("rewind serve: {name}: stopping (a running drill is let finish)");
             let _ = tx.send(true);
         });
-        eprintln!(
-            "rewind serve: {} scheduled drill(s) from {}: {}; next due {}",
-            scheduled.len(),
-            dir.display(),
-            planner.drills().collect::<Vec<_>>().join(", "),
-            planner.next_wake().map_or_else(|| "never".to_owned(), rfc3339)
-        );
-        let store = &store;
-        let paths = &paths;
-        let stopped = rewind_drill::serve::serve(
-            &mut planner,
-            &WallClock,
-            |due: Due| async move { run_due(store, paths, due).await },
-            rx,
-        )
-        .await;
-        if stopped == Stopped::NothingAhead {
-            eprintln!("rewind serve: no schedule has a time ahead; stopping");
+        let mut state = rewind_board::AppState::new(store.clone());
+        if let Some(t) = token {
+            state = state.with_token(t);
         }
+        let mut stop = rx.clone();
+        let http = tokio::spawn(rewind_board::serve(listener, state, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }));
+        let host =
+            if local.ip().is_unspecified() { "localhost".to_owned() } else { local.to_string() };
+        let host =
+            if local.ip().is_unspecified() { format!("{host}:{}", local.port()) } else { host };
+        println!("serving http://{host}/");
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        if let Some(sch) = &schedules {
+            run_schedules(&store, sch, rx).await?;
+        }
+        let served = http.await.map_err(|e| anyhow::anyhow!("the HTTP server stopped: {e}"))?;
+        served.map_err(|e| anyhow::anyhow!("the HTTP server failed: {e}"))?;
         Ok(Exit::Ok)
     })
+}
+
+/// Runs the drill schedules until `stop` (or until no schedule has a time ahead).
+async fn run_schedules(
+    store: &rewind_store::SqlStore,
+    sch: &Schedules,
+    stop: watch::Receiver<bool>,
+) -> Result<()> {
+    let mut last: BTreeMap<String, SystemTime> = BTreeMap::new();
+    for rec in store.drills(None).await.map_err(|e| refused(format!("rewind: {e}")))? {
+        let at = UNIX_EPOCH + Duration::from_millis(rec.started_unix_ms.max(0).cast_unsigned());
+        let e = last.entry(rec.name).or_insert(at);
+        *e = (*e).max(at);
+    }
+    let mut planner = Planner::new(
+        sch.scheduled.iter().map(|(_, n, s)| (n.as_str(), s)),
+        &last,
+        SystemTime::now(),
+    )
+    .map_err(|e| refused(format!("rewind serve: {e}")))?;
+    eprintln!(
+        "rewind serve: {} scheduled drill(s) from {}: {}; next due {}",
+        sch.scheduled.len(),
+        sch.dir.display(),
+        planner.drills().collect::<Vec<_>>().join(", "),
+        planner.next_wake().map_or_else(|| "never".to_owned(), rfc3339)
+    );
+    let paths = &sch.paths;
+    let stopped = rewind_drill::serve::serve(
+        &mut planner,
+        &WallClock,
+        |due: Due| async move { run_due(store, paths, due).await },
+        stop,
+    )
+    .await;
+    if stopped == Stopped::NothingAhead {
+        eprintln!("rewind serve: no schedule has a time ahead; the server keeps serving HTTP");
+    }
+    Ok(())
 }
 
 /// Runs one due drill as `drill run` does, with its slot recorded; logs its start and end.

@@ -3,9 +3,9 @@
 
 use anyhow::Result;
 use rewind_model::RunState;
-use rewind_runtime::{RunView, is_stale, now_unix_ms};
+use rewind_runtime::{RunView, shown_state};
 use rewind_scheduler::State;
-use rewind_store::{RunRecord, Store};
+use rewind_store::Store;
 use serde_json::json;
 
 use crate::exit::Exit;
@@ -44,13 +44,6 @@ pub fn run(db: &str, args: &Args) -> Result<Exit> {
     })
 }
 
-/// `running` for a run no live process drives is shown as `interrupted`.
-pub fn shown_state(r: &RunRecord) -> &str {
-    let driven =
-        r.owner.as_deref().is_some_and(|o| !is_stale(o, r.heartbeat_unix_ms, now_unix_ms()));
-    if r.state == RunState::Running && !driven { "interrupted" } else { r.state.as_str() }
-}
-
 async fn all(store: &impl Store, db: &str, json: bool) -> Result<Exit> {
     let runs = store.runs().await?;
     if json {
@@ -62,6 +55,7 @@ async fn all(store: &impl Store, db: &str, json: bool) -> Result<Exit> {
                     "workflow": r.spec.workflow,
                     "state": r.state,
                     "driven_by": r.owner,
+                    "started_by": r.spec.started_by,
                     "simulated": r.spec.simulated,
                     "created_at": r.spec.created_at,
                     "restore_point": r.spec.restore_point,
@@ -115,6 +109,9 @@ fn one(v: &RunView) {
         shown_state(r),
         r.reason.as_ref().map(|x| format!(" ({x})")).unwrap_or_default()
     );
+    if let Some(who) = &r.spec.started_by {
+        println!("started by     {who}");
+    }
     match (&r.owner, shown_state(r)) {
         (Some(o), "running") => println!("driven by      {o}"),
         (_, "interrupted") => {
@@ -208,6 +205,7 @@ fn one_json(v: &RunView) {
         "shown_state": shown_state(r),
         "reason": r.reason,
         "driven_by": r.owner,
+        "started_by": r.spec.started_by,
         "cancel_requested": r.cancel_requested,
         "simulated": r.spec.simulated,
         "restore_point": r.spec.restore_point,

@@ -1,30 +1,102 @@
 //! `rewind serve`'s HTTP side: the operator board (server-rendered pages), the JSON API under
 //! `/api/v1/`, server-sent events and `/metrics`. It reads the checkpoint store (SQLite or
-//! PostgreSQL) while runs are driven by other processes; it never drives a run and never writes.
+//! PostgreSQL) while runs are driven by other processes; it never drives a run. It writes
+//! nothing, but for `POST /api/v1/runs/{id}/cancel` (a cancel request, as `rewind cancel`
+//! makes), which exists only when a bearer token is configured.
 //!
-//! Each room is a module with its own routes, merged here: `api` (JSON, the status feed, events),
-//! `metrics` (Prometheus exposition), `pages` (the board).
+//! Each room is a module with its own routes, merged here: `api` (JSON, the status feed, events,
+//! server-sent events), `metrics` (Prometheus exposition), `pages` (the board). With a token,
+//! every route asks for `Authorization: Bearer TOKEN` (compared in constant time).
 
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use rewind_store::SqlStore;
+use tokio::sync::watch;
 
 pub mod api;
 pub mod metrics;
 pub mod pages;
 
-/// What every handler shares: the store it reads.
+pub use api::ApiError;
+
+/// What every handler shares: the store it reads, the token if any, the caches and pollers.
 #[derive(Clone)]
 pub struct AppState {
     /// The checkpoint store, opened by the caller.
     pub store: Arc<SqlStore>,
+    /// The bearer token every request must carry, when one is configured.
+    token: Option<Arc<str>>,
+    /// Plans and computed run data, per run id.
+    cache: Arc<api::Cache>,
+    /// The server-sent-events pollers.
+    feeds: Arc<api::Feeds>,
+    /// Set when the server shuts down: event streams end so the shutdown is not held up.
+    stop: watch::Receiver<bool>,
+    stop_tx: Arc<watch::Sender<bool>>,
 }
 
 impl AppState {
-    /// A state reading `store`.
+    /// A state reading `store`, with no token (read-only, no auth).
     pub fn new(store: SqlStore) -> Self {
-        Self { store: Arc::new(store) }
+        let (stop_tx, stop) = watch::channel(false);
+        Self {
+            store: Arc::new(store),
+            token: None,
+            cache: Arc::default(),
+            feeds: Arc::default(),
+            stop,
+            stop_tx: Arc::new(stop_tx),
+        }
+    }
+
+    /// Requires `Authorization: Bearer token` on every request, and enables the write
+    /// endpoint (cancel).
+    pub fn with_token(mut self, token: impl Into<Arc<str>>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Whether a token is configured.
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// Ends every event stream (call it when the server starts shutting down: a graceful
+    /// shutdown waits for open connections).
+    pub fn shutdown(&self) {
+        self.stop_tx.send_replace(true);
+    }
+}
+
+/// Equal in time independent of where the two differ (lengths are not secret).
+fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+async fn auth(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(token) = &s.token else { return next.run(req).await };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(g) if same(g.trim().as_bytes(), token.as_bytes()) => next.run(req).await,
+        Some(_) => ApiError::Unauthorized("the bearer token is wrong".into()).into_response(),
+        None => ApiError::Unauthorized(
+            "this server needs `Authorization: Bearer TOKEN` (the token in its --token-file)"
+                .into(),
+        )
+        .into_response(),
     }
 }
 
@@ -34,14 +106,33 @@ pub fn router(state: AppState) -> Router {
         .merge(api::routes())
         .merge(metrics::routes())
         .merge(pages::routes())
+        .layer(middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state)
 }
 
-/// Serves `router(state)` on `listener` until `shutdown` completes.
+/// Serves `router(state)` on `listener` until `shutdown` completes; then event streams end and
+/// open requests are let finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    let s = state.clone();
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            s.shutdown();
+        })
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(super::same(b"abc", b"abc"));
+        assert!(!super::same(b"abc", b"abd"));
+        assert!(!super::same(b"abc", b"abcd"));
+        assert!(!super::same(b"", b"a"));
+    }
 }

@@ -90,6 +90,7 @@ pub async fn create_run<S: Store>(
     let now = now_unix_ms();
     let created_at = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
     let lb = plan.lower_bound();
+    let who = identity().await;
     let run = NewRun {
         id,
         workflow: plan.workflow().name.clone(),
@@ -113,6 +114,7 @@ pub async fn create_run<S: Store>(
         started_unix_ms: now,
         waves: spec.waves.clone(),
         halt_rate: spec.halt_rate,
+        started_by: Some(format!("{}@{}", who.user, who.host)),
     };
     let targets = plan.targets().targets();
     let mut instances = plan.ids().map(|i| {
@@ -147,8 +149,8 @@ pub async fn create_run<S: Store>(
                 "fail_rate": fail_rate,
                 "waves": spec.waves,
                 "halt_on_failure_rate": spec.halt_rate,
-                "user": identity().await.user,
-                "host": identity().await.host,
+                "user": who.user,
+                "host": who.host,
             })
             .to_string(),
         ),

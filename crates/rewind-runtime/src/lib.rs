@@ -34,7 +34,7 @@ pub use exec::Signal;
 pub use lease::{Identity, LEASE, Lease, hostname, identity, is_stale, me, now_unix_ms, username};
 pub use offline::cancel_offline;
 pub use progress::{EtaBasis, NoObserver, Observer, Progress};
-pub use view::{AttemptView, InstanceView, RunView, TargetView, load_plan};
+pub use view::{AttemptView, InstanceView, RunView, TargetView, is_driven, load_plan, shown_state};
 
 /// Why the runtime could not do what was asked.
 #[derive(Debug, thiserror::Error)]

@@ -2,14 +2,18 @@
 //! per-target and per-instance views that `status` and `report` print.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 
+use rewind_model::RunState;
 use rewind_model::{Plan, RestorePoint, Subject, TargetSet, TargetsFormat, Workflow};
-use rewind_scheduler::{Counts, State};
+use rewind_scheduler::{Config, Counts, Restored, Scheduler, State};
 use rewind_store::{AttemptRecord, InstanceRecord, RunRecord, Store, StoreError};
 use serde::Serialize;
 
 use crate::RuntimeError;
 use crate::lease::{is_stale, now_unix_ms};
+use crate::progress::{EtaBasis, Observed, eta};
 use rewind_model::RunId;
 
 /// Rebuilds a run's plan from its stored snapshot and checks it is the plan the run was created
@@ -32,6 +36,21 @@ pub fn load_plan(rec: &RunRecord) -> Result<Plan, RuntimeError> {
     let plan = Plan::build(wf, targets, rp).map_err(|d| snapshot(d.to_string()))?;
     plan.check_fingerprint(&rec.spec.fingerprint).map_err(snapshot)?;
     Ok(plan)
+}
+
+/// Whether a live process drives the run (its owner's heartbeat is fresh).
+pub fn is_driven(r: &RunRecord) -> bool {
+    r.owner.as_deref().is_some_and(|o| !is_stale(o, r.heartbeat_unix_ms, now_unix_ms()))
+}
+
+/// The state to show for a run: `interrupted` for a `running` run that no live process drives,
+/// else its stored state.
+pub fn shown_state(r: &RunRecord) -> &'static str {
+    if r.state == RunState::Running && !is_driven(r) { "interrupted" } else { r.state.as_str() }
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX)
 }
 
 /// One instance, as `status --json` and the report show it.
@@ -114,8 +133,8 @@ pub type AttemptView = AttemptRecord;
 pub struct RunView {
     /// The run.
     pub record: RunRecord,
-    /// Its plan.
-    pub plan: Plan,
+    /// Its plan (shared: a plan is immutable per run, so a server caches it).
+    pub plan: Arc<Plan>,
     /// Its instances, by index.
     pub instances: Vec<InstanceRecord>,
     /// Its attempts, by instance and attempt.
@@ -126,7 +145,18 @@ impl RunView {
     /// Reads a run back.
     pub async fn load<S: Store>(store: &S, id: RunId) -> Result<Self, RuntimeError> {
         let record = store.run(id).await?.ok_or(RuntimeError::NoSuchRun(id))?;
-        let plan = load_plan(&record)?;
+        let plan = Arc::new(load_plan(&record)?);
+        Self::load_with(store, record, plan).await
+    }
+
+    /// Reads a run's instances and attempts back, with its record and plan already at hand
+    /// (`plan` must be `load_plan(&record)`, for example from a cache by run id).
+    pub async fn load_with<S: Store>(
+        store: &S,
+        record: RunRecord,
+        plan: Arc<Plan>,
+    ) -> Result<Self, RuntimeError> {
+        let id = record.spec.id;
         let instances = store.instances(id).await?;
         let attempts = store.attempts(id).await?;
         if instances.len() != plan.len() {
@@ -155,10 +185,38 @@ impl RunView {
 
     /// Whether a live process drives the run.
     pub fn is_driven(&self) -> bool {
-        self.record
-            .owner
-            .as_deref()
-            .is_some_and(|o| !is_stale(o, self.record.heartbeat_unix_ms, now_unix_ms()))
+        is_driven(&self.record)
+    }
+
+    /// Time left and what it is based on, by the same rule as a driven run's progress: the
+    /// scheduler restored from the recorded states and, for a real run, the estimates scaled by
+    /// the observed durations of the attempts that succeeded.
+    pub fn eta(&self) -> (Option<Duration>, EtaBasis) {
+        let restored = self.instances.iter().map(|r| Restored {
+            state: r.state,
+            attempts: r.attempts,
+            failures: r.failures,
+            retry_at: r.retry_at_s.map(secs),
+        });
+        let sched =
+            Scheduler::restore(&self.plan, Config::default(), restored, secs(self.record.clock_s));
+        if self.record.spec.simulated {
+            return eta(&self.plan, &sched, None);
+        }
+        let mut observed = Observed::new(self.plan.workflow().steps.len());
+        for a in &self.attempts {
+            let (Some(end), Some(rewind_model::AttemptOutcome::Succeeded)) = (a.ended_s, a.outcome)
+            else {
+                continue;
+            };
+            let id = rewind_model::InstanceId::new(a.idx as usize);
+            if a.idx as usize >= self.plan.len() {
+                continue;
+            }
+            let step = self.plan.instance(id).step as usize;
+            observed.add(step, secs(end - a.started_s), self.plan.estimate(id));
+        }
+        eta(&self.plan, &sched, Some(&observed))
     }
 
     /// The makespan so far (the run's clock) or at its end.

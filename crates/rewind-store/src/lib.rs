@@ -196,6 +196,8 @@ pub struct NewRun {
     pub waves: Vec<u32>,
     /// A wave whose share of failed targets exceeds this halts the run (0 to 1).
     pub halt_rate: f64,
+    /// Who started it, `user@host` (none for runs stored before this was recorded).
+    pub started_by: Option<String>,
 }
 
 /// A stored run.
@@ -352,6 +354,26 @@ pub struct EventRecord {
     pub event: NewEvent,
 }
 
+/// A cheap summary of where a run is: two reads of it that compare equal saw the same run
+/// (every commit advances the clock or appends an event; every end changes the state).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunMarker {
+    /// Its state.
+    pub state: RunState,
+    /// Its clock.
+    pub clock_s: f64,
+    /// When it ended.
+    pub finished_s: Option<f64>,
+    /// The driving process, if any.
+    pub owner: Option<String>,
+    /// Its owner's last heartbeat.
+    pub heartbeat_unix_ms: Option<i64>,
+    /// `rewind cancel` asked it to stop.
+    pub cancel_requested: bool,
+    /// Its latest event's sequence number (0 when none).
+    pub last_seq: i64,
+}
+
 /// How a run ended.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunEnd {
@@ -424,6 +446,39 @@ pub trait Store: Send + Sync {
 
     /// A run's events, in order.
     fn events(&self, id: RunId) -> impl Future<Output = Result<Vec<EventRecord>>> + Send;
+
+    /// Up to `limit` of a run's events with a sequence number above `after`, in order. (The
+    /// default reads every event; [`SqlStore`] asks the database for the page.)
+    fn events_after(
+        &self,
+        id: RunId,
+        after: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<EventRecord>>> + Send {
+        async move {
+            let all = self.events(id).await?;
+            Ok(all.into_iter().filter(|e| e.seq > after).take(limit as usize).collect())
+        }
+    }
+
+    /// What changes whenever a run does: its state, clock, lease and latest event sequence
+    /// number. `None` when there is no such run. (The default reads the run and its events;
+    /// [`SqlStore`] reads one row.)
+    fn run_marker(&self, id: RunId) -> impl Future<Output = Result<Option<RunMarker>>> + Send {
+        async move {
+            let Some(r) = self.run(id).await? else { return Ok(None) };
+            let last_seq = self.events(id).await?.last().map_or(0, |e| e.seq);
+            Ok(Some(RunMarker {
+                state: r.state,
+                clock_s: r.clock_s,
+                finished_s: r.finished_s,
+                owner: r.owner,
+                heartbeat_unix_ms: r.heartbeat_unix_ms,
+                cancel_requested: r.cancel_requested,
+                last_seq,
+            }))
+        }
+    }
 
     /// Writes a batch in one transaction and renews `owner`'s lease. Fails, writing nothing, if
     /// `owner` no longer holds the run. A batch that ends the run (other than `halted`)

@@ -14,7 +14,7 @@ use sqlx::{Any, AnyConnection, AnyPool, AssertSqlSafe, Connection as _, Row};
 
 use crate::{
     AttemptRecord, Batch, DrillRecord, EventRecord, Holder, Holding, InstanceRecord, InstanceRow,
-    InstanceUpdate, NewEvent, NewInstance, NewRun, Result, RunRecord, Store, StoreError,
+    InstanceUpdate, NewEvent, NewInstance, NewRun, Result, RunMarker, RunRecord, Store, StoreError,
 };
 
 /// Most bind parameters in one statement: under SQLite's 32,766 and PostgreSQL's 65,535.
@@ -175,6 +175,23 @@ async fn migrate(pool: &AnyPool, backend: Backend) -> std::result::Result<(), sq
     }
 }
 
+fn event_records(rows: &[AnyRow]) -> Result<Vec<EventRecord>> {
+    rows.iter()
+        .map(|row| {
+            Ok(EventRecord {
+                seq: row.try_get("seq").map_err(q("seq"))?,
+                event: NewEvent {
+                    at_s: row.try_get("at_s").map_err(q("at_s"))?,
+                    wall: row.try_get("wall").map_err(q("wall"))?,
+                    kind: parse_name::<EventKind>(row, "kind")?,
+                    key: row.try_get("key").map_err(q("key"))?,
+                    detail: row.try_get("detail").map_err(q("detail"))?,
+                },
+            })
+        })
+        .collect()
+}
+
 /// A stored name read back as the model's enum; anything else is corrupt, never a default.
 fn parse_name<T: std::str::FromStr>(row: &AnyRow, col: &'static str) -> Result<T> {
     let text: String = row.try_get(col).map_err(q(col))?;
@@ -247,6 +264,7 @@ fn run_record(row: &AnyRow) -> Result<RunRecord> {
                 .collect::<Result<Vec<u32>>>()?
         },
         halt_rate: get_f("halt_rate")?,
+        started_by: row.try_get("started_by").map_err(q("started_by"))?,
     };
     Ok(RunRecord {
         spec,
@@ -362,8 +380,8 @@ impl Store for SqlStore {
         sqlx::query(
             "INSERT INTO runs (id, workflow, workflow_file, workflow_text, targets_file, targets_text, workdir, cwd, \
              restore_point, fingerprint, simulated, seed, fail_rate, max_running, priority, instances, targets, \
-             lower_bound_s, state, created_at, started_unix_ms, waves, halt_rate) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, 'running', $19, $20, $21, $22)",
+             lower_bound_s, state, created_at, started_unix_ms, waves, halt_rate, started_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, 'running', $19, $20, $21, $22, $23)",
         )
         .bind(run.id.to_string())
         .bind(&run.workflow)
@@ -387,6 +405,7 @@ impl Store for SqlStore {
         .bind(run.started_unix_ms)
         .bind(run.waves.iter().map(u32::to_string).collect::<Vec<_>>().join(","))
         .bind(run.halt_rate)
+        .bind(run.started_by.clone())
         .execute(&mut *tx)
         .await
         .map_err(q("insert run"))?;
@@ -562,20 +581,48 @@ impl Store for SqlStore {
         .fetch_all(&self.pool)
         .await
         .map_err(q("read events"))?;
-        rows.iter()
-            .map(|row| {
-                Ok(EventRecord {
-                    seq: row.try_get("seq").map_err(q("seq"))?,
-                    event: NewEvent {
-                        at_s: row.try_get("at_s").map_err(q("at_s"))?,
-                        wall: row.try_get("wall").map_err(q("wall"))?,
-                        kind: parse_name::<EventKind>(row, "kind")?,
-                        key: row.try_get("key").map_err(q("key"))?,
-                        detail: row.try_get("detail").map_err(q("detail"))?,
-                    },
-                })
-            })
-            .collect()
+        event_records(&rows)
+    }
+
+    async fn events_after(&self, id: RunId, after: i64, limit: u32) -> Result<Vec<EventRecord>> {
+        let rows = sqlx::query(
+            "SELECT seq, at_s, wall, kind, key, detail FROM events WHERE run_id = $1 AND seq > $2 \
+             ORDER BY seq LIMIT $3",
+        )
+        .bind(id.to_string())
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("read events"))?;
+        event_records(&rows)
+    }
+
+    async fn run_marker(&self, id: RunId) -> Result<Option<RunMarker>> {
+        let row = sqlx::query(
+            "SELECT state, clock_s, finished_s, owner, heartbeat_unix_ms, cancel_requested, \
+             (SELECT MAX(seq) FROM events WHERE run_id = $1) AS last_seq FROM runs WHERE id = $1",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(q("read run marker"))?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(RunMarker {
+            state: parse_name::<RunState>(&row, "state")?,
+            clock_s: row.try_get("clock_s").map_err(q("clock_s"))?,
+            finished_s: row.try_get("finished_s").map_err(q("finished_s"))?,
+            owner: row.try_get("owner").map_err(q("owner"))?,
+            heartbeat_unix_ms: row.try_get("heartbeat_unix_ms").map_err(q("heartbeat_unix_ms"))?,
+            cancel_requested: row
+                .try_get::<i64, _>("cancel_requested")
+                .map_err(q("cancel_requested"))?
+                != 0,
+            last_seq: row
+                .try_get::<Option<i64>, _>("last_seq")
+                .map_err(q("last_seq"))?
+                .unwrap_or(0),
+        }))
     }
 
     async fn commit(&self, id: RunId, owner: &str, batch: &Batch) -> Result<()> {

@@ -40,6 +40,7 @@ fn new_run(id: RunId) -> NewRun {
         started_unix_ms: 1_700_000_000_000,
         waves: vec![1, 2],
         halt_rate: 0.25,
+        started_by: Some("ops@host-1".to_owned()),
     }
 }
 
@@ -327,6 +328,31 @@ async fn creates_and_reads_back(store: &SqlStore) {
     assert_eq!(store.events(id).await.unwrap()[0].event.kind, EventKind::RunCreated);
     assert!(store.runs().await.unwrap().iter().any(|r| r.spec.id == id));
     assert_eq!(store.run(run_id()).await.unwrap(), None);
+
+    // A page of the events after a sequence number, and the marker a poller compares.
+    let before = store.run_marker(id).await.unwrap().unwrap();
+    let first = store.events(id).await.unwrap()[0].seq;
+    assert_eq!((before.state, before.last_seq), (RunState::Running, first));
+    let batch = Batch {
+        clock_s: 2.0,
+        heartbeat_unix_ms: 1,
+        events: vec![event(EventKind::RunStarted, 1.0), event(EventKind::WaveOpened, 2.0)],
+        ..Batch::default()
+    };
+    assert!(store.claim(id, "me", None, 1).await.unwrap());
+    store.commit(id, "me", &batch).await.unwrap();
+    let page = store.events_after(id, first, 1).await.unwrap();
+    assert_eq!(page.len(), 1, "the limit holds");
+    assert_eq!(page[0].event.at_s, 1.0);
+    let rest = store.events_after(id, page[0].seq, 10).await.unwrap();
+    assert_eq!(rest.iter().map(|e| e.event.at_s).collect::<Vec<_>>(), [2.0]);
+    let after = store.run_marker(id).await.unwrap().unwrap();
+    assert_eq!(
+        (after.clock_s, after.last_seq, after.owner.as_deref()),
+        (2.0, rest[0].seq, Some("me"))
+    );
+    assert_ne!(after, before);
+    assert_eq!(store.run_marker(run_id()).await.unwrap(), None);
 }
 
 async fn commits_batches_in_one_transaction(store: &SqlStore) {
