@@ -106,14 +106,15 @@
 
     if (document.body.getAttribute('data-follow') !== '1' || !window.EventSource) return;
     var es = new EventSource('/api/v1/runs/' + encodeURIComponent(run) + '/stream');
-    var timer = setInterval(refreshSections, 15000);
+    var timer = setInterval(refreshSections, 5000);
     es.onopen = function () { liveBadge(true); };
     es.onerror = function () { if (es.readyState !== EventSource.CLOSED) liveBadge(false); };
     es.addEventListener('progress', function (ev) {
       var p = JSON.parse(ev.data);
       setText('pct', percent(p.percent_restored));
       setText('restored', p.targets_restored + ' / ' + p.targets_total);
-      setText('eta', p.eta_s === null || p.eta_s === undefined ? '\u2014' : secs(p.eta_s));
+      setText('eta', p.state === 'succeeded' ? 'done'
+        : (p.state === 'running' && typeof p.eta_s === 'number' ? secs(p.eta_s) : '\u2014'));
       setText('clock', secs(p.clock_s));
       var st = document.getElementById('state');
       if (st && p.state) { st.textContent = p.state; st.className = 'badge ' + p.state; }
@@ -128,10 +129,11 @@
       (d.targets || []).forEach(function (t) {
         var c = cells.get(t.target);
         if (!c) return;
-        c.className = 'c ' + t.state;
+        // The API says `restored` where the grid's classes say `succeeded`.
+        c.className = 'c ' + (t.state === 'restored' ? 'succeeded' : t.state);
         if (typeof t.restored_at_s === 'number') c.setAttribute('data-at', t.restored_at_s);
         else c.removeAttribute('data-at');
-        c.title = c.title.replace(/^[a-z]+/, t.state);
+        c.title = c.title.replace(/^[a-z]+/, t.state === 'restored' ? 'succeeded' : t.state);
       });
       redraw();
     });
@@ -188,7 +190,7 @@
         pc.appendChild(document.createTextNode(' '));
         pc.appendChild(el('span', 'v', percent(p)));
         cell(tr, (r.targets_restored || 0) + ' / ' + (r.targets_total || 0), 'num');
-        cell(tr, r.state !== 'running' ? 'done' : (typeof r.eta_s === 'number' ? secs(r.eta_s) : '\u2014'), 'num eta');
+        cell(tr, r.state === 'succeeded' ? 'done' : (r.state === 'running' && typeof r.eta_s === 'number' ? secs(r.eta_s) : '\u2014'), 'num eta');
         cell(tr, r.started_by || '\u2014', 'by');
         cell(tr, r.created_at || '');
         var id = el('a'); id.href = href; id.appendChild(el('code', '', String(r.run_id).slice(0, 8)));

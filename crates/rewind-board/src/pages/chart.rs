@@ -227,7 +227,7 @@ pub(super) fn gantt(bars: &[StepBar], capacities: &[(String, u32)], clock: f64) 
     html! {
         svg #gantt .gantt viewBox=(format!("0 0 {W} {height:.0}")) role="img"
             aria-label="steps by pool: one bar per step from its first start to its last end" {
-            @for k in 0..=4 {
+            @for k in (0..=4).filter(|k| *k == 0 || xmax > 1e-6) {
                 @let t = xmax * f64::from(k) / 4.0;
                 line.gl x1=(x(t)) x2=(x(t)) y1=(GANTT_AXIS - 4.0) y2=(height) {}
                 text.xlab style=(anchor(k)) x=(x(t)) y="14" { (secs(t)) }

@@ -78,6 +78,16 @@ impl From<rewind_store::StoreError> for PageError {
     }
 }
 
+impl From<crate::ApiError> for PageError {
+    fn from(e: crate::ApiError) -> Self {
+        match e {
+            crate::ApiError::BadRequest(m) => Self::BadRequest(m),
+            crate::ApiError::NotFound(m) => Self::NotFound(m),
+            e => Self::Internal(e.to_string()),
+        }
+    }
+}
+
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
         let (status, title) = match &self {

@@ -4,7 +4,7 @@
 
 use axum::extract::{Path, State as AxState};
 use maud::{Markup, html};
-use rewind_runtime::{RunView, TargetView};
+use rewind_runtime::{RunView, TargetView, shown_state};
 use rewind_scheduler::State;
 
 use super::{Live, Page, PageError, chart, layout_live, load, parse_run_id, percent, secs, share};
@@ -94,17 +94,24 @@ pub(super) fn short(id: &str) -> &str {
 fn header(view: &RunView, id: &str, restored: usize, total: usize, clock: f64) -> Markup {
     let rec = &view.record;
     let ended = rec.state.is_ended();
+    let shown = shown_state(rec);
+    let eta = match view.eta() {
+        _ if ended => "done".to_owned(),
+        (Some(d), _) if d < std::time::Duration::MAX && shown == "running" => secs(d.as_secs_f64()),
+        _ => "—".to_owned(),
+    };
     html! {
         div.head {
             h1 {
                 (rec.spec.workflow) " "
-                span #state class=(format!("badge {}", rec.state)) { (rec.state) }
+                span #state class=(format!("badge {shown}")) { (shown) }
                 @if rec.spec.simulated { " " span.badge.sim { "simulated" } }
             }
             p.meta {
                 "run " code { (id) }
                 " · restore point " b { (rec.spec.restore_point) }
                 " · created " (rec.spec.created_at)
+                @if let Some(by) = &rec.spec.started_by { " by " b { (by) } }
                 " · lower bound " (secs(rec.spec.lower_bound_s))
                 @if let Some(r) = &rec.reason { " · " (r) }
             }
@@ -112,7 +119,7 @@ fn header(view: &RunView, id: &str, restored: usize, total: usize, clock: f64) -
         div.stats {
             div.stat.big { div.v #pct { (percent(share(restored, total))) } div.l { "restored" } }
             div.stat { div.v #restored { (restored) " / " (total) } div.l { "targets restored" } }
-            div.stat { div.v #eta { @if ended { "done" } @else { "—" } } div.l { "ETA" } }
+            div.stat { div.v #eta { (eta) } div.l { "ETA" } }
             div.stat {
                 div.v #clock { (secs(clock)) }
                 div.l #clock-label { @if ended { "makespan" } @else { "elapsed" } }

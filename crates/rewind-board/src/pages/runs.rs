@@ -2,37 +2,17 @@
 
 use axum::extract::State as AxState;
 use maud::{Markup, html};
-use rewind_model::RunState;
-use rewind_runtime::RunView;
-use rewind_store::{RunRecord, Store};
 
 use super::run::short;
-use super::{Page, PageError, layout, percent, share};
+use super::{Page, PageError, layout, percent, secs};
 use crate::AppState;
-
-/// What the list shows of one run.
-struct Row {
-    rec: RunRecord,
-    restored: usize,
-    total: usize,
-}
+use crate::api::RunRow;
 
 pub(super) async fn page(AxState(st): AxState<AppState>) -> Result<Markup, PageError> {
-    let mut rows = Vec::new();
-    for rec in st.store.runs().await? {
-        let total = usize::try_from(rec.spec.targets).unwrap_or(usize::MAX);
-        // A succeeded run restored every target; others are counted from their instances.
-        let restored = if rec.state == RunState::Succeeded {
-            total
-        } else {
-            match RunView::load(st.store.as_ref(), rec.spec.id).await {
-                Ok(v) => v.targets().iter().filter(|t| t.state == "succeeded").count(),
-                Err(_) => 0,
-            }
-        };
-        rows.push(Row { rec, restored, total });
-    }
-    rows.sort_by(|a, b| b.rec.spec.started_unix_ms.cmp(&a.rec.spec.started_unix_ms));
+    // The rows `GET /api/v1/runs` and the `runs` event carry, so the script updates what it
+    // was rendered from.
+    let mut rows = st.run_rows().await?;
+    rows.sort_by(|a, b| b.created_at.cmp(&a.created_at));
     Ok(layout(
         "Runs",
         Page::Runs,
@@ -51,19 +31,28 @@ pub(super) async fn page(AxState(st): AxState<AppState>) -> Result<Markup, PageE
     ))
 }
 
-fn row(r: &Row) -> Markup {
-    let id = r.rec.spec.id.to_string();
-    let p = share(r.restored, r.total);
+fn row(r: &RunRow) -> Markup {
+    let id = &r.run_id;
+    let p = r.percent_restored;
     html! {
         tr data-run=(id) {
-            td { a href=(format!("/runs/{id}")) { b { (r.rec.spec.workflow) } } @if r.rec.spec.simulated { " " span.badge.sim { "simulated" } } }
-            td { span class=(format!("badge {}", r.rec.state)) { (r.rec.state) } }
+            td { a href=(format!("/runs/{id}")) { b { (r.workflow) } } @if r.simulated { " " span.badge.sim { "simulated" } } }
+            td { span class=(format!("badge {}", r.state)) { (r.state) } }
             td.pct { span.meter { span.fill style=(format!("width:{p:.1}%")) {} } " " span.v { (percent(p)) } }
-            td.num { (r.restored) " / " (r.total) }
-            td.num.eta { @if r.rec.state.is_ended() { "done" } @else { "—" } }
-            td.by { "—" }
-            td { (r.rec.spec.created_at) }
-            td { a href=(format!("/runs/{id}")) { code { (short(&id)) } } }
+            td.num { (r.targets_restored) " / " (r.targets_total) }
+            td.num.eta { (eta(r)) }
+            td.by { (r.started_by.as_deref().unwrap_or("—")) }
+            td { (r.created_at) }
+            td { a href=(format!("/runs/{id}")) { code { (short(id)) } } }
         }
+    }
+}
+
+/// `done` for an ended run, the time left for a running one, `—` when unknown.
+pub(super) fn eta(r: &RunRow) -> String {
+    match (r.state, r.eta_s) {
+        ("succeeded", _) => "done".to_owned(),
+        ("running", Some(s)) => secs(s),
+        _ => "—".to_owned(),
     }
 }
