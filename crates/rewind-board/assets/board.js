@@ -106,7 +106,18 @@
 
     if (document.body.getAttribute('data-follow') !== '1' || !window.EventSource) return;
     var es = new EventSource('/api/v1/runs/' + encodeURIComponent(run) + '/stream');
-    var timer = setInterval(refreshSections, 5000);
+    // The sections the stream does not carry are redrawn from the server after a change, at most
+    // every 2 s (the last change is always followed by a redraw).
+    var refreshed = 0, queued = false;
+    function refreshSoon() {
+      if (queued) return;
+      queued = true;
+      setTimeout(function () {
+        queued = false;
+        refreshed = Date.now();
+        refreshSections();
+      }, Math.max(0, 2000 - (Date.now() - refreshed)));
+    }
     es.onopen = function () { liveBadge(true); };
     es.onerror = function () { if (es.readyState !== EventSource.CLOSED) liveBadge(false); };
     es.addEventListener('progress', function (ev) {
@@ -123,6 +134,7 @@
       if (typeof p.clock_s === 'number') clock = p.clock_s;
       if (p.targets_total) total = p.targets_total;
       redraw();
+      refreshSoon();
     });
     es.addEventListener('targets', function (ev) {
       var d = JSON.parse(ev.data);
@@ -139,7 +151,6 @@
     });
     es.addEventListener('end', function () {
       es.close();
-      clearInterval(timer);
       document.body.setAttribute('data-follow', '0');
       var e = document.getElementById('live');
       if (e) { e.textContent = 'ended'; e.className = 'live'; }
