@@ -752,8 +752,7 @@ action = { kind = "command", program = "true" }
         let o = env.rewind(&args);
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
         let err = stderr(&o);
-        let done: Vec<&str> =
-            err.lines().filter(|l| l.contains("2/2 instances done")).collect();
+        let done: Vec<&str> = err.lines().filter(|l| l.contains("2/2 instances done")).collect();
         assert_eq!(done.len(), 1, "simulated: {sim}: {err}");
     }
 }

@@ -380,6 +380,51 @@ fn a_token_is_required_when_configured_and_enables_cancel() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 409);
     spec.check("/api/v1/runs/{id}/cancel", "post", 409, "application/json", &r.json().unwrap());
+    // A browser: a page load goes to the login form; the right token there gives a session
+    // cookie (not the token) that reads pages, the API and streams, and never writes.
+    let browser = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r =
+        browser.get(format!("{}/runs/{run}", s.url)).header("Accept", "text/html").send().unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    assert_eq!(r.headers()["location"], "/login");
+    let r = browser.get(format!("{}/login", s.url)).send().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(r.text().unwrap().contains("name=\"token\""));
+    let r = browser
+        .post(format!("{}/login", s.url))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body("token=wrong")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert!(r.headers().get("set-cookie").is_none());
+    let r = browser
+        .post(format!("{}/login", s.url))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body("token=s3cret-token")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict"), "{set}");
+    assert!(!set.contains("s3cret-token"), "{set}");
+    let session = set.split(';').next().unwrap().to_owned();
+    for path in [format!("/runs/{run}"), "/api/v1/runs".to_owned(), "/metrics".to_owned()] {
+        let r = browser.get(format!("{}{path}", s.url)).header("Cookie", &session).send().unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{path}");
+    }
+    let r = browser
+        .post(format!("{}/api/v1/runs/{run}/cancel", s.url))
+        .header("Cookie", &session)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401, "the session cookie never writes");
+    let r =
+        browser.get(format!("{}/api/v1/runs", s.url)).header("Cookie", "rewind_session=00").send();
+    assert_eq!(r.unwrap().status().as_u16(), 401);
     drop(s);
 
     // Files that cannot hold a token are refused, named.

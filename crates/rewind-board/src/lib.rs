@@ -6,19 +6,18 @@
 //!
 //! Each room is a module with its own routes, merged here: `api` (JSON, the status feed, events,
 //! server-sent events), `metrics` (Prometheus exposition), `pages` (the board). With a token,
-//! every route asks for `Authorization: Bearer TOKEN` (compared in constant time).
+//! every route asks for `Authorization: Bearer TOKEN`, or for reading, the session cookie a
+//! browser gets from `/login` (`auth`).
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::http::header;
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::middleware;
 use rewind_store::SqlStore;
 use tokio::sync::watch;
 
 pub mod api;
+mod auth;
 pub mod metrics;
 pub mod pages;
 
@@ -73,40 +72,14 @@ impl AppState {
     }
 }
 
-/// Equal in time independent of where the two differ (lengths are not secret).
-fn same(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
-}
-
-async fn auth(State(s): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(token) = &s.token else { return next.run(req).await };
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(g) if same(g.trim().as_bytes(), token.as_bytes()) => next.run(req).await,
-        Some(_) => ApiError::Unauthorized("the bearer token is wrong".into()).into_response(),
-        None => ApiError::Unauthorized(
-            "this server needs `Authorization: Bearer TOKEN` (the token in its --token-file)"
-                .into(),
-        )
-        .into_response(),
-    }
-}
-
 /// Every route of the server.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(api::routes())
         .merge(metrics::routes())
         .merge(pages::routes())
-        .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .merge(auth::routes())
+        .layer(middleware::from_fn_with_state(state.clone(), auth::check))
         .with_state(state)
 }
 
@@ -124,15 +97,4 @@ pub async fn serve(
             s.shutdown();
         })
         .await
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn tokens_compare_whole() {
-        assert!(super::same(b"abc", b"abc"));
-        assert!(!super::same(b"abc", b"abd"));
-        assert!(!super::same(b"abc", b"abcd"));
-        assert!(!super::same(b"", b"a"));
-    }
 }
