@@ -146,6 +146,14 @@ fn failures_waves_and_drills_are_shown() {
     assert!(page.contains("id=\"failures\""), "{page}");
     assert!(page.contains("class=\"c failed\"") || page.contains("class=\"c blocked\""), "{page}");
     assert!(page.contains("badge failed"), "{page}");
+    // The page is rendered once per version of the run: after a retry this board (which holds
+    // the page it rendered) shows what a board without a cache shows.
+    assert_eq!(board.page(&format!("/runs/{id}")), page);
+    let o = env.rewind(&["retry", &id]);
+    assert!(o.status.code().is_some_and(|c| c == 0 || c == 1), "{}", stderr(&o));
+    let again = board.page(&format!("/runs/{id}"));
+    assert_ne!(again, page, "the retried run's page is rendered again");
+    assert_eq!(again, Board::start(&env.db).page(&format!("/runs/{id}")));
 
     let staged = simulate(&env, &targets, &["--waves", "5,20"], 0);
     let page = board.page(&format!("/runs/{staged}"));

@@ -34,6 +34,8 @@ pub struct AppState {
     cache: Arc<api::Cache>,
     /// The server-sent-events pollers.
     feeds: Arc<api::Feeds>,
+    /// Rendered run pages.
+    rendered: Arc<pages::Rendered>,
     /// Set when the server shuts down: event streams end so the shutdown is not held up.
     stop: watch::Receiver<bool>,
     stop_tx: Arc<watch::Sender<bool>>,
@@ -48,6 +50,7 @@ impl AppState {
             token: None,
             cache: Arc::default(),
             feeds: Arc::default(),
+            rendered: Arc::default(),
             stop,
             stop_tx: Arc::new(stop_tx),
         }

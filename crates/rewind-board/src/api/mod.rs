@@ -7,7 +7,7 @@
 //! drill, 401 without the bearer token, 403 for a write without a token configured.
 
 mod sse;
-mod view;
+pub(crate) mod view;
 
 use std::collections::BTreeMap;
 

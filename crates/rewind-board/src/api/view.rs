@@ -309,7 +309,7 @@ pub(crate) struct Cache {
 
 impl AppState {
     /// The run's plan, built once per run id.
-    async fn plan(&self, r: &RunRecord) -> Result<Arc<Plan>, ApiError> {
+    pub(crate) async fn plan(&self, r: &RunRecord) -> Result<Arc<Plan>, ApiError> {
         let id = r.spec.id;
         if let Some(p) = self.cache.plans.lock().map_err(poisoned)?.get(&id) {
             return Ok(p.clone());

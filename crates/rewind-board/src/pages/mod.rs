@@ -17,7 +17,11 @@ mod run;
 mod runs;
 mod target;
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use axum::Router;
+use axum::body::Bytes;
 use axum::http::StatusCode;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
@@ -25,8 +29,10 @@ use axum::routing::get;
 use maud::{DOCTYPE, Markup, html};
 use rewind_model::RunId;
 use rewind_runtime::{RunView, RuntimeError};
+use rewind_store::Store as _;
 
 use crate::AppState;
+use crate::api::view::Key;
 
 /// The board's stylesheet.
 pub const CSS: &str = include_str!("../../assets/board.css");
@@ -116,7 +122,59 @@ pub(crate) fn parse_run_id(id: &str) -> Result<RunId, PageError> {
 
 /// Loads a run for a page.
 pub(crate) async fn load(state: &AppState, id: RunId) -> Result<RunView, PageError> {
-    Ok(RunView::load(state.store.as_ref(), id).await?)
+    let rec = state.store.run(id).await?.ok_or(RuntimeError::NoSuchRun(id))?;
+    let plan = state.plan(&rec).await?;
+    Ok(RunView::load_with(state.store.as_ref(), rec, plan).await?)
+}
+
+/// Rendered run pages, per run id, with the version of the run each shows
+/// ([`crate::api::view::Key`]: state, clock, latest event). Every open board re-fetches its run
+/// page while the run changes: one render per version serves them all.
+#[derive(Default)]
+pub(crate) struct Rendered {
+    pages: std::sync::Mutex<HashMap<RunId, RenderSlot>>,
+}
+
+/// One run's latest rendered page; its lock is held while it renders.
+type RenderSlot = Arc<tokio::sync::Mutex<Option<(Key, Bytes)>>>;
+
+/// Pages kept at most (a page of 883 sites is about 200 KB).
+const RENDERED_KEPT: usize = 32;
+
+impl Rendered {
+    fn slot(&self, id: RunId) -> RenderSlot {
+        let mut pages = self.pages.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if pages.len() >= RENDERED_KEPT && !pages.contains_key(&id) {
+            pages.clear();
+        }
+        pages.entry(id).or_default().clone()
+    }
+
+    /// The page of run `id` as of now: from the cache when the run has not changed since it
+    /// was rendered, else rendered by `render` (off the async threads) and kept.
+    pub(crate) async fn get(
+        &self,
+        state: &AppState,
+        id: RunId,
+        render: fn(&RunView) -> Markup,
+    ) -> Result<Bytes, PageError> {
+        let marker = state.store.run_marker(id).await?.ok_or(RuntimeError::NoSuchRun(id))?;
+        let key = Key::of_marker(&marker);
+        let slot = self.slot(id);
+        let mut slot = slot.lock().await;
+        if let Some((k, page)) = slot.as_ref()
+            && *k == key
+        {
+            return Ok(page.clone());
+        }
+        // Read after the marker: at least as new as it; a commit in between is seen next time.
+        let view = load(state, id).await?;
+        let page = tokio::task::spawn_blocking(move || Bytes::from(render(&view).into_string()))
+            .await
+            .map_err(|e| PageError::Internal(e.to_string()))?;
+        *slot = Some((key, page.clone()));
+        Ok(page)
+    }
 }
 
 /// Which navigation entry is current.

@@ -2,12 +2,14 @@
 //! "% restored over time" curve, the per-target grid, the Gantt of steps and pools, failures with
 //! their stderr tails, waves, and a link to the audit log.
 
+use axum::body::Bytes;
 use axum::extract::{Path, State as AxState};
+use axum::response::Html;
 use maud::{Markup, html};
 use rewind_runtime::{RunView, TargetView, shown_state};
 use rewind_scheduler::State;
 
-use super::{Live, Page, PageError, chart, layout_live, load, parse_run_id, percent, secs, share};
+use super::{Live, Page, PageError, chart, layout_live, parse_run_id, percent, secs, share};
 use crate::AppState;
 
 /// Instance states, in the order the header counts them.
@@ -31,10 +33,9 @@ const FAILURES_SHOWN: usize = 25;
 pub(super) async fn page(
     AxState(st): AxState<AppState>,
     Path(id): Path<String>,
-) -> Result<Markup, PageError> {
+) -> Result<Html<Bytes>, PageError> {
     let run = parse_run_id(&id)?;
-    let view = load(&st, run).await?;
-    Ok(render(&view))
+    Ok(Html(st.rendered.get(&st, run, render).await?))
 }
 
 /// The page of `view`.
