@@ -514,8 +514,13 @@ impl World {
     }
 }
 
+/// `PROPTEST_CASES` when set (scripts/fuzz), else `default`.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(ProptestConfig { cases: cases(512), ..ProptestConfig::default() })]
 
     #[test]
     fn protocol_invariants_hold_under_random_interleavings(
