@@ -66,6 +66,10 @@ pub enum StoreError {
         /// Why (`succeeded; a finished run is never run again`).
         why: String,
     },
+    /// A coordinator's dispatch write refused: another coordinator took the run over since it
+    /// read its lease epoch. Nothing was written; the coordinator must stop driving the run.
+    #[error(transparent)]
+    Fenced(#[from] rewind_dispatch::Fenced),
     /// A stored value cannot be read back.
     #[error("checkpoint store: corrupt value in {what}: {value:?}")]
     Corrupt {
@@ -492,7 +496,8 @@ pub trait Store: Send + Sync {
 
     /// Takes the run's lease for `owner` if it is exactly as `expected` was read: no owner, or
     /// the same owner with the same heartbeat (compare-and-set on both, so an owner that
-    /// heartbeats after it was judged stale keeps its run).
+    /// heartbeats after it was judged stale keeps its run). Taking it bumps the lease's epoch,
+    /// which fences the dispatch writes of every earlier holder (`SqlStore::lease_epoch`).
     fn claim(
         &self,
         id: RunId,

@@ -2,6 +2,8 @@
 //! common to both (`$N` parameters, `ON CONFLICT`, `UPDATE ... FROM (VALUES ...)`); only the
 //! migrations differ in column types.
 
+mod dispatch;
+
 use std::collections::BTreeMap;
 use std::sync::Once;
 use std::time::Duration;
@@ -784,7 +786,7 @@ impl Store for SqlStore {
     ) -> Result<bool> {
         let done = match expected {
             Some(h) => sqlx::query(
-                "UPDATE run_leases SET owner = $1, heartbeat_unix_ms = $2 \
+                "UPDATE run_leases SET owner = $1, heartbeat_unix_ms = $2, epoch = epoch + 1 \
                  WHERE run_id = $3 AND owner = $4 AND heartbeat_unix_ms IS NOT DISTINCT FROM $5",
             )
             .bind(owner.to_owned())
@@ -793,7 +795,8 @@ impl Store for SqlStore {
             .bind(h.owner.clone())
             .bind(h.heartbeat_unix_ms),
             None => sqlx::query(
-                "UPDATE run_leases SET owner = $1, heartbeat_unix_ms = $2 WHERE run_id = $3 AND owner IS NULL",
+                "UPDATE run_leases SET owner = $1, heartbeat_unix_ms = $2, epoch = epoch + 1 \
+                 WHERE run_id = $3 AND owner IS NULL",
             )
             .bind(owner.to_owned())
             .bind(now_unix_ms)
