@@ -149,11 +149,17 @@ fn failures_waves_and_drills_are_shown() {
     // The page is rendered once per version of the run: after a retry this board (which holds
     // the page it rendered) shows what a board without a cache shows.
     assert_eq!(board.page(&format!("/runs/{id}")), page);
+    let log = board.page(&format!("/runs/{id}/events"));
     let o = env.rewind(&["retry", &id]);
     assert!(o.status.code().is_some_and(|c| c == 0 || c == 1), "{}", stderr(&o));
     let again = board.page(&format!("/runs/{id}"));
     assert_ne!(again, page, "the retried run's page is rendered again");
-    assert_eq!(again, Board::start(&env.db).page(&format!("/runs/{id}")));
+    let fresh = Board::start(&env.db);
+    assert_eq!(again, fresh.page(&format!("/runs/{id}")));
+    // The audit log read again only from its last event on: the retry's events are there.
+    let log_again = board.page(&format!("/runs/{id}/events"));
+    assert_ne!(log_again, log);
+    assert_eq!(log_again, fresh.page(&format!("/runs/{id}/events")));
 
     let staged = simulate(&env, &targets, &["--waves", "5,20"], 0);
     let page = board.page(&format!("/runs/{staged}"));

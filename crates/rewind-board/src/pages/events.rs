@@ -4,7 +4,6 @@
 use axum::extract::{Path, Query, State as AxState};
 use maud::{Markup, html};
 use rewind_model::RunId;
-use rewind_store::Store;
 use serde::Deserialize;
 
 use super::run::short;
@@ -25,16 +24,12 @@ pub(super) async fn page(
     Query(paging): Query<Paging>,
 ) -> Result<Markup, PageError> {
     let run: RunId = parse_run_id(&id)?;
-    let rec = st
-        .store
-        .run(run)
-        .await?
-        .ok_or_else(|| PageError::NotFound(format!("no run {run} in this checkpoint store")))?;
     let page = paging.page.unwrap_or(1);
     if page == 0 {
         return Err(PageError::BadRequest("`page` counts from 1".to_owned()));
     }
-    let events = st.store.events(run).await?;
+    let (view, events) = st.rendered.events(&st, run).await?;
+    let rec = &view.record;
     let pages = events.len().div_ceil(PER_PAGE).max(1);
     if page > pages {
         return Err(PageError::NotFound(format!(

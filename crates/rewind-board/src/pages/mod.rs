@@ -29,7 +29,7 @@ use axum::routing::get;
 use maud::{DOCTYPE, Markup, html};
 use rewind_model::RunId;
 use rewind_runtime::{RunView, RuntimeError};
-use rewind_store::Store as _;
+use rewind_store::{EventRecord, Store as _};
 
 use crate::AppState;
 use crate::api::view::Key;
@@ -127,53 +127,112 @@ pub(crate) async fn load(state: &AppState, id: RunId) -> Result<RunView, PageErr
     Ok(RunView::load_with(state.store.as_ref(), rec, plan).await?)
 }
 
-/// Rendered run pages, per run id, with the version of the run each shows
-/// ([`crate::api::view::Key`]: state, clock, latest event). Every open board re-fetches its run
-/// page while the run changes: one render per version serves them all.
+/// What the pages read about a run, per run id, as of one version of the run
+/// ([`crate::api::view::Key`]: state, clock, latest event): the loaded run (instances and
+/// attempts, the plan from the server's per-run cache), its rendered run page, and its audit log.
+/// Every open board re-fetches its run page while the run changes: one load and one render per
+/// version serve them all, and a target page renders from the loaded run.
 #[derive(Default)]
 pub(crate) struct Rendered {
-    pages: std::sync::Mutex<HashMap<RunId, RenderSlot>>,
+    runs: std::sync::Mutex<HashMap<RunId, RenderSlot>>,
 }
 
-/// One run's latest rendered page; its lock is held while it renders.
-type RenderSlot = Arc<tokio::sync::Mutex<Option<(Key, Bytes)>>>;
+/// One run's latest version; its lock is held while it loads or renders.
+type RenderSlot = Arc<tokio::sync::Mutex<Option<Version>>>;
 
-/// Pages kept at most (a page of 883 sites is about 200 KB).
-const RENDERED_KEPT: usize = 32;
+/// One version of a run, as the pages read it.
+struct Version {
+    key: Key,
+    view: Arc<RunView>,
+    page: Option<Bytes>,
+    /// The run's events, read once and then only those after the last (the log only grows).
+    events: Option<Arc<Vec<EventRecord>>>,
+}
+
+/// Runs kept at most (a loaded run of 883 sites, 27,529 instances, is a few MB).
+const RUNS_KEPT: usize = 16;
 
 impl Rendered {
     fn slot(&self, id: RunId) -> RenderSlot {
-        let mut pages = self.pages.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if pages.len() >= RENDERED_KEPT && !pages.contains_key(&id) {
-            pages.clear();
+        let mut runs = self.runs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if runs.len() >= RUNS_KEPT && !runs.contains_key(&id) {
+            runs.clear();
         }
-        pages.entry(id).or_default().clone()
+        runs.entry(id).or_default().clone()
     }
 
-    /// The page of run `id` as of now: from the cache when the run has not changed since it
-    /// was rendered, else rendered by `render` (off the async threads) and kept.
-    pub(crate) async fn get(
+    /// Run `id`'s current version, loaded unless the slot holds it; `f` reads it under the lock.
+    async fn with<T>(
+        &self,
+        state: &AppState,
+        id: RunId,
+        f: impl AsyncFnOnce(&mut Version) -> Result<T, PageError>,
+    ) -> Result<T, PageError> {
+        let marker = state.store.run_marker(id).await?.ok_or(RuntimeError::NoSuchRun(id))?;
+        let key = Key::of_marker(&marker);
+        let slot = self.slot(id);
+        let mut slot = slot.lock().await;
+        if slot.as_ref().is_none_or(|v| v.key != key) {
+            // Read after the marker: at least as new as it; a commit in between is seen next time.
+            let view = Arc::new(load(state, id).await?);
+            let events = slot.take().and_then(|v| v.events);
+            *slot = Some(Version { key, view, page: None, events });
+        }
+        let Some(version) = slot.as_mut() else {
+            return Err(PageError::Internal("the run's version was not kept".to_owned()));
+        };
+        f(version).await
+    }
+
+    /// The loaded run `id`, as of now.
+    pub(crate) async fn view(
+        &self,
+        state: &AppState,
+        id: RunId,
+    ) -> Result<Arc<RunView>, PageError> {
+        self.with(state, id, async |v| Ok(v.view.clone())).await
+    }
+
+    /// The run page of `id`, rendered by `render` (off the async threads) once per version.
+    pub(crate) async fn page(
         &self,
         state: &AppState,
         id: RunId,
         render: fn(&RunView) -> Markup,
     ) -> Result<Bytes, PageError> {
-        let marker = state.store.run_marker(id).await?.ok_or(RuntimeError::NoSuchRun(id))?;
-        let key = Key::of_marker(&marker);
-        let slot = self.slot(id);
-        let mut slot = slot.lock().await;
-        if let Some((k, page)) = slot.as_ref()
-            && *k == key
-        {
-            return Ok(page.clone());
-        }
-        // Read after the marker: at least as new as it; a commit in between is seen next time.
-        let view = load(state, id).await?;
-        let page = tokio::task::spawn_blocking(move || Bytes::from(render(&view).into_string()))
-            .await
-            .map_err(|e| PageError::Internal(e.to_string()))?;
-        *slot = Some((key, page.clone()));
-        Ok(page)
+        self.with(state, id, async |v| {
+            if let Some(page) = &v.page {
+                return Ok(page.clone());
+            }
+            let view = v.view.clone();
+            let page =
+                tokio::task::spawn_blocking(move || Bytes::from(render(&view).into_string()))
+                    .await
+                    .map_err(|e| PageError::Internal(e.to_string()))?;
+            v.page = Some(page.clone());
+            Ok(page)
+        })
+        .await
+    }
+
+    /// The run's loaded record and its events, oldest first (only new events are read).
+    pub(crate) async fn events(
+        &self,
+        state: &AppState,
+        id: RunId,
+    ) -> Result<(Arc<RunView>, Arc<Vec<EventRecord>>), PageError> {
+        self.with(state, id, async |v| {
+            let mut all = v.events.as_ref().map_or_else(Vec::new, |e| e.as_ref().clone());
+            let last = all.last().map_or(i64::MIN, |e| e.seq);
+            let fresh = state.store.events_after(id, last, u32::MAX).await?;
+            if v.events.is_none() || !fresh.is_empty() {
+                all.extend(fresh);
+                v.events = Some(Arc::new(all));
+            }
+            let events = v.events.clone().unwrap_or_default();
+            Ok((v.view.clone(), events))
+        })
+        .await
     }
 }
 

@@ -35,7 +35,7 @@ pub(super) async fn page(
     Path(id): Path<String>,
 ) -> Result<Html<Bytes>, PageError> {
     let run = parse_run_id(&id)?;
-    Ok(Html(st.rendered.get(&st, run, render).await?))
+    Ok(Html(st.rendered.page(&st, run, render).await?))
 }
 
 /// The page of `view`.

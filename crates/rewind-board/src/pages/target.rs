@@ -10,7 +10,7 @@ use rewind_runtime::RunView;
 use rewind_store::AttemptRecord;
 
 use super::run::short;
-use super::{Page, PageError, layout, load, parse_run_id, secs};
+use super::{Page, PageError, layout, parse_run_id, secs};
 use crate::AppState;
 
 pub(super) async fn page(
@@ -18,7 +18,7 @@ pub(super) async fn page(
     Path((id, target)): Path<(String, String)>,
 ) -> Result<Markup, PageError> {
     let run = parse_run_id(&id)?;
-    let view = load(&st, run).await?;
+    let view = st.rendered.view(&st, run).await?;
     render(&view, &target)
 }
 
