@@ -222,10 +222,10 @@ impl Rendered {
         id: RunId,
     ) -> Result<(Arc<RunView>, Arc<Vec<EventRecord>>), PageError> {
         self.with(state, id, async |v| {
-            let mut all = v.events.as_ref().map_or_else(Vec::new, |e| e.as_ref().clone());
-            let last = all.last().map_or(i64::MIN, |e| e.seq);
+            let last = v.events.as_ref().and_then(|e| e.last()).map_or(i64::MIN, |e| e.seq);
             let fresh = state.store.events_after(id, last, u32::MAX).await?;
             if v.events.is_none() || !fresh.is_empty() {
+                let mut all = v.events.as_ref().map_or_else(Vec::new, |e| e.as_ref().clone());
                 all.extend(fresh);
                 v.events = Some(Arc::new(all));
             }
