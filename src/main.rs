@@ -27,7 +27,8 @@ struct Cli {
     #[arg(long, value_name = "URL", hide = true)]
     db: Option<String>,
 
-    /// Export traces of `run`, `resume`, `retry` and `drill run` over OTLP/HTTP to this collector
+    /// Export traces of `run`, `resume`, `retry`, `drill run` and the drills of `serve --drills`
+    /// over OTLP/HTTP to this collector
     /// (its base URL, such as http://127.0.0.1:4318; spans go to /v1/traces)
     /// [env: OTEL_EXPORTER_OTLP_ENDPOINT]
     #[arg(long, value_name = "URL", global = true)]
@@ -97,6 +98,7 @@ fn start_telemetry(cli: &Cli) -> anyhow::Result<telemetry::Telemetry> {
         Command::Resume(_) => Some("resume"),
         Command::Retry(_) => Some("retry"),
         Command::Drill(args) if args.drives() => Some("drill run"),
+        Command::Serve(args) if args.drives() => Some("serve"),
         _ => None,
     };
     let endpoint = match drives {
@@ -105,7 +107,7 @@ fn start_telemetry(cli: &Cli) -> anyhow::Result<telemetry::Telemetry> {
             // The log format first, so the refusal is in it.
             telemetry::init(cli.log_format, None, "")?;
             return Err(exit::refused(
-                "rewind: --otlp-endpoint applies to `run`, `resume`, `retry` and `drill run`, the commands that drive a run",
+                "rewind: --otlp-endpoint applies to `run`, `resume`, `retry`, `drill run` and `serve --drills`, the commands that drive a run",
             ));
         }
         None => None,

@@ -411,3 +411,102 @@ fn json_logs_are_one_object_per_line_with_the_runs_fields() {
     assert_eq!(l["level"], "ERROR");
     assert!(!l["message"].as_str().unwrap().starts_with("rewind: "), "{l}");
 }
+
+/// `rewind serve --drills DIR --log-format json --otlp-endpoint URL`: every stderr line is a JSON
+/// object (the scheduler's and the drill's own), the stdout line stays as it is, and a scheduled
+/// drill's run is exported as `drill run`'s is, named for `serve`.
+#[test]
+fn serve_logs_json_and_exports_its_drills_traces() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let sandbox = tmp.path().join("sb");
+    let sb = sandbox.to_str().unwrap();
+    let db = format!("sqlite://{}", tmp.path().join("rewind.db").display());
+    let rewind = |args: &[&str]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_rewind"));
+        c.args(args).env("SANDBOX", &sandbox).env_remove("REWIND_DB");
+        c
+    };
+    let init = rewind(&["sandbox", "init", sb, "--sites", "20", "--shards", "2"]).output().unwrap();
+    assert!(init.status.success(), "{}", stderr(&init));
+    // The shipped drill, due every second.
+    let drills = tmp.path().join("drills");
+    std::fs::create_dir(&drills).unwrap();
+    let shipped = std::fs::read_to_string(root.join("drills/nightly-sample.toml")).unwrap();
+    let workflow = root.join("workflows/drill-isolated.toml");
+    let text = shipped
+        .replace(
+            "\"../workflows/drill-isolated.toml\"",
+            &format!("{:?}", workflow.display().to_string()),
+        )
+        .replace("schedule = \"0 5 * * *\"", "schedule = \"* * * * * *\"");
+    assert!(text.contains("* * * * * *"));
+    std::fs::write(drills.join("often.toml"), text).unwrap();
+
+    let collector = Collector::start();
+    let mut child = rewind(&[
+        "--log-format",
+        "json",
+        "--otlp-endpoint",
+        &collector.url,
+        "serve",
+        "--drills",
+        drills.to_str().unwrap(),
+        "--db",
+        &db,
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert!(first.starts_with("serving http://127.0.0.1:"), "stdout does not change: {first}");
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut lines: Vec<serde_json::Value> = Vec::new();
+    // Up to the first drill's end.
+    while !lines.iter().any(|l| l["message"].as_str().unwrap().contains("end drill")) {
+        let mut line = String::new();
+        assert!(err.read_line(&mut line).unwrap() > 0, "serve ended early: {lines:?}");
+        lines.push(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}")));
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).unwrap();
+    for line in rest.lines() {
+        lines.push(serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")));
+    }
+    assert_eq!(status.code(), Some(0), "{lines:?}");
+    for l in &lines {
+        assert!(l["timestamp"].is_string() && l["level"].is_string(), "{l}");
+    }
+    let said = |what: &str| lines.iter().any(|l| l["message"].as_str().unwrap().contains(what));
+    assert!(said("1 scheduled drill(s)"), "{lines:?}");
+    assert!(said("start drill `nightly-sample`"), "{lines:?}");
+    assert!(said("end drill `nightly-sample`: passed"), "{lines:?}");
+    assert!(said("SIGTERM: stopping"), "{lines:?}");
+    // The drill's run: its progress lines carry its id, and its spans reached the collector.
+    let run = lines
+        .iter()
+        .find_map(|l| l["run_id"].as_str())
+        .expect("the drill's run logs its id")
+        .to_owned();
+    let spans = collector.spans();
+    let trace = uuid::Uuid::parse_str(&run).unwrap().as_bytes().to_vec();
+    let (roots, attempts): (Vec<&Span>, Vec<&Span>) =
+        spans.iter().filter(|s| s.trace_id == trace).partition(|s| s.parent_span_id.is_empty());
+    assert_eq!(roots.len(), 1, "{spans:?}");
+    assert_eq!(roots[0].name, "run drill-isolated");
+    assert_eq!(attr(roots[0], "rewind.command").as_deref(), Some("serve"));
+    assert_eq!(attr(roots[0], "cicd.pipeline.run.id").as_deref(), Some(run.as_str()));
+    assert!(!attempts.is_empty());
+    assert!(attempts.iter().all(|a| a.parent_span_id == roots[0].span_id));
+}

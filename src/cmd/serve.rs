@@ -10,8 +10,10 @@
 //! With `--drills DIR`, at start every `DIR/*.toml` drill (and the workflow it names) is read and checked: any error
 //! refuses the whole server (exit 2), every error located. Then, until SIGTERM or SIGINT: sleep
 //! until the next due time, run the due drills one after the other (each exactly as `rewind
-//! drill run FILE` runs it, the file read afresh), record each with its slot and lateness, and
-//! log a line per start and end to stderr. A signal ends a sleep at once; a running drill is let
+//! drill run FILE` runs it, the file read afresh, its traces exported with `--otlp-endpoint`),
+//! record each with its slot and lateness, and log a line per start and end to stderr. Every
+//! stderr line (the server's own errors included) goes through `telemetry`, so `--log-format
+//! json` makes it a JSON object; the stdout line stays as it is. A signal ends a sleep at once; a running drill is let
 //! finish, its cleanup included, then the server exits 0.
 
 use std::collections::BTreeMap;
@@ -43,6 +45,14 @@ pub struct Args {
     /// `Authorization: Bearer TOKEN`; also enables `POST /api/v1/runs/{id}/cancel`.
     #[arg(long, value_name = "F")]
     token_file: Option<PathBuf>,
+}
+
+impl Args {
+    /// With `--drills`: the scheduled drills drive runs (their traces are exported as `drill
+    /// run`'s are).
+    pub fn drives(&self) -> bool {
+        self.drills.is_some()
+    }
 }
 
 /// The token in `path`: its one line, trimmed; an empty, unreadable or world-readable file is
@@ -157,10 +167,13 @@ fn schedules(dir: &Path) -> Result<Schedules> {
     for (path, drill) in &drills {
         match &drill.schedule {
             Some(s) => scheduled.push((path.clone(), drill.name.clone(), s.clone())),
-            None => eprintln!(
-                "rewind serve: {}: drill `{}` has no `schedule`; run it with `rewind drill run`",
-                path.display(),
-                drill.name
+            None => crate::telemetry::info(
+                None,
+                &format!(
+                    "rewind serve: {}: drill `{}` has no `schedule`; run it with `rewind drill run`",
+                    path.display(),
+                    drill.name
+                ),
             ),
         }
     }
@@ -194,10 +207,14 @@ pub fn run(db: &str, args: &Args) -> Result<Exit> {
                 _ = int.recv() => "SIGINT",
                 _ = term.recv() => "SIGTERM",
             };
-            eprintln!("rewind serve: {name}: stopping (a running drill is let finish)");
+            crate::telemetry::info(
+                None,
+                &format!("rewind serve: {name}: stopping (a running drill is let finish)"),
+            );
             let _ = tx.send(true);
         });
-        let mut state = rewind_board::AppState::new(store.clone());
+        let mut state = rewind_board::AppState::new(store.clone())
+            .with_log(|line| crate::telemetry::warn(None, line));
         if let Some(t) = token {
             state = state.with_token(t);
         }
@@ -239,12 +256,15 @@ async fn run_schedules(
         SystemTime::now(),
     )
     .map_err(|e| refused(format!("rewind serve: {e}")))?;
-    eprintln!(
-        "rewind serve: {} scheduled drill(s) from {}: {}; next due {}",
-        sch.scheduled.len(),
-        sch.dir.display(),
-        planner.drills().collect::<Vec<_>>().join(", "),
-        planner.next_wake().map_or_else(|| "never".to_owned(), rfc3339)
+    crate::telemetry::info(
+        None,
+        &format!(
+            "rewind serve: {} scheduled drill(s) from {}: {}; next due {}",
+            sch.scheduled.len(),
+            sch.dir.display(),
+            planner.drills().collect::<Vec<_>>().join(", "),
+            planner.next_wake().map_or_else(|| "never".to_owned(), rfc3339)
+        ),
     );
     let paths = &sch.paths;
     let stopped = rewind_drill::serve::serve(
@@ -255,7 +275,10 @@ async fn run_schedules(
     )
     .await;
     if stopped == Stopped::NothingAhead {
-        eprintln!("rewind serve: no schedule has a time ahead; the server keeps serving HTTP");
+        crate::telemetry::warn(
+            None,
+            "rewind serve: no schedule has a time ahead; the server keeps serving HTTP",
+        );
     }
     Ok(())
 }
@@ -271,7 +294,10 @@ async fn run_due(
     let late = due.late.map_or_else(String::new, |l| {
         format!(", late by {}", humantime::format_duration(Duration::from_secs(l.as_secs())))
     });
-    eprintln!("rewind serve: start drill `{}` for {}{late}", due.drill, rfc3339(due.slot));
+    crate::telemetry::info(
+        None,
+        &format!("rewind serve: start drill `{}` for {}{late}", due.drill, rfc3339(due.slot)),
+    );
     let opts = DrillOptions {
         seed: None,
         json: false,
@@ -286,16 +312,23 @@ async fn run_due(
         Some(path) => run_file(store, path, &opts).await,
         None => Err(anyhow::anyhow!("no file for drill `{}`", due.drill)),
     };
-    let how = match ended {
-        Ok(Exit::Ok) => "passed".to_owned(),
-        Ok(Exit::Failed) => "FAILED (an objective missed or a validation failed)".to_owned(),
-        Ok(other) => format!("ended {other:?}"),
-        Err(e) => format!("not run or not recorded: {e:#}"),
+    let (passed, how) = match ended {
+        Ok(Exit::Ok) => (true, "passed".to_owned()),
+        Ok(Exit::Failed) => {
+            (false, "FAILED (an objective missed or a validation failed)".to_owned())
+        }
+        Ok(other) => (false, format!("ended {other:?}")),
+        Err(e) => (false, format!("not run or not recorded: {e:#}")),
     };
-    eprintln!(
+    let line = format!(
         "rewind serve: end drill `{}`: {how} in {:.1}s",
         due.drill,
         clock.elapsed().as_secs_f64()
     );
+    if passed {
+        crate::telemetry::info(None, &line);
+    } else {
+        crate::telemetry::warn(None, &line);
+    }
     started
 }

@@ -39,7 +39,12 @@ pub struct AppState {
     /// Set when the server shuts down: event streams end so the shutdown is not held up.
     stop: watch::Receiver<bool>,
     stop_tx: Arc<watch::Sender<bool>>,
+    /// Where the server's own lines go (a poller that cannot read the store); stderr by default.
+    log: Log,
 }
+
+/// A sink for the server's log lines (each one line, no newline).
+pub type Log = Arc<dyn Fn(&str) + Send + Sync>;
 
 impl AppState {
     /// A state reading `store`, with no token (read-only, no auth).
@@ -53,7 +58,20 @@ impl AppState {
             rendered: Arc::default(),
             stop,
             stop_tx: Arc::new(stop_tx),
+            log: Arc::new(|line| eprintln!("{line}")),
         }
+    }
+
+    /// Sends the server's log lines to `log` instead of stderr (`rewind serve` formats them as
+    /// its `--log-format` says).
+    pub fn with_log(mut self, log: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        self.log = Arc::new(log);
+        self
+    }
+
+    /// Writes one log line.
+    pub(crate) fn log(&self, line: &str) {
+        (self.log)(line);
     }
 
     /// Requires `Authorization: Bearer token` on every request, and enables the write
