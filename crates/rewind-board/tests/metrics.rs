@@ -574,3 +574,34 @@ async fn promtool_checks_the_rules_and_a_scrape() {
         "promtool check metrics:\n{said}\n{body}"
     );
 }
+
+/// The server's read of a changed run (`RunView::refresh`: instance states first, then only the
+/// instances that changed and their attempts) is the same as reading the run in full, after
+/// every slice of a simulated run with failures and retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refreshed_read_is_a_full_read() {
+    let db = SqliteDb::new();
+    let store = rewind_store::open(&db.url).await.unwrap();
+    let input = Input::new("refresh", TRUE, 8, Mode::Simulated { seed: 7, fail_rate: 0.3 });
+    let id = input.create(&store, &Vars::from_process()).await;
+    let mut prev = RunView::load(&store, id).await.unwrap();
+    let mut slices = 0;
+    loop {
+        drive(&store, id, Some(3), Vars::from_process()).await;
+        let rec = store.run(id).await.unwrap().unwrap();
+        let ended = rec.state.is_ended();
+        let refreshed = RunView::refresh(&prev, &store, rec).await.unwrap();
+        let full = RunView::load(&store, id).await.unwrap();
+        assert_eq!(refreshed.instances, full.instances, "slice {slices}");
+        assert_eq!(refreshed.attempts, full.attempts, "slice {slices}");
+        assert_eq!(refreshed.record.state, full.record.state);
+        prev = refreshed;
+        slices += 1;
+        if ended {
+            break;
+        }
+        assert!(slices < 500, "the run never ended");
+    }
+    assert!(slices > 3, "the run ended in {slices} slice(s)");
+    assert!(prev.attempts.iter().any(|a| a.attempt > 1), "no retry was read");
+}

@@ -169,6 +169,53 @@ impl RunView {
         Ok(Self { record, plan, instances, attempts })
     }
 
+    /// The run as of now, given `prev`, an earlier read of it, and its record as of now: the
+    /// instance states are read (a light read), and only the instances whose state, attempts,
+    /// failures or retry time changed are read again, with their attempts; the rest, and the
+    /// plan, are `prev`'s. (An attempt row changes only with its instance's state or attempt
+    /// count.) A change to more than a quarter of the instances is read in full.
+    pub async fn refresh<S: Store>(
+        prev: &Self,
+        store: &S,
+        record: RunRecord,
+    ) -> Result<Self, RuntimeError> {
+        let id = record.spec.id;
+        let plan = prev.plan.clone();
+        let rows = store.instance_states(id).await?;
+        if rows.len() != prev.instances.len() {
+            return Self::load_with(store, record, plan).await;
+        }
+        let changed: Vec<u32> = rows
+            .iter()
+            .zip(&prev.instances)
+            .filter(|(r, p)| {
+                r.idx != p.idx
+                    || r.state != p.state
+                    || r.attempts != p.attempts
+                    || r.failures != p.failures
+                    || r.retry_at_s != p.retry_at_s
+            })
+            .map(|(r, _)| r.idx)
+            .collect();
+        if changed.len() > prev.instances.len() / 4 {
+            return Self::load_with(store, record, plan).await;
+        }
+        let mut instances = prev.instances.clone();
+        let mut attempts = prev.attempts.clone();
+        if !changed.is_empty() {
+            for i in store.instances_at(id, &changed).await? {
+                let Some(slot) = instances.get_mut(i.idx as usize) else {
+                    return Self::load_with(store, record, plan).await;
+                };
+                *slot = i;
+            }
+            attempts.retain(|a| changed.binary_search(&a.idx).is_err());
+            attempts.extend(store.attempts_at(id, &changed).await?);
+            attempts.sort_by_key(|a| (a.idx, a.attempt));
+        }
+        Ok(Self { record, plan, instances, attempts })
+    }
+
     /// State of one instance row.
     pub fn state(&self, i: usize) -> State {
         self.instances[i].state

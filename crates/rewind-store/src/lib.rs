@@ -448,6 +448,32 @@ pub trait Store: Send + Sync {
     /// A run's attempts, by instance and attempt.
     fn attempts(&self, id: RunId) -> impl Future<Output = Result<Vec<AttemptRecord>>> + Send;
 
+    /// The instances of run `id` at indexes `idxs` (sorted, no repeats), by index: what a
+    /// reader that holds the rest re-reads when those changed.
+    fn instances_at(
+        &self,
+        id: RunId,
+        idxs: &[u32],
+    ) -> impl Future<Output = Result<Vec<InstanceRecord>>> + Send {
+        async move {
+            let all = self.instances(id).await?;
+            Ok(all.into_iter().filter(|i| idxs.binary_search(&i.idx).is_ok()).collect())
+        }
+    }
+
+    /// The attempts of the instances of run `id` at indexes `idxs` (sorted, no repeats), by
+    /// instance and attempt.
+    fn attempts_at(
+        &self,
+        id: RunId,
+        idxs: &[u32],
+    ) -> impl Future<Output = Result<Vec<AttemptRecord>>> + Send {
+        async move {
+            let all = self.attempts(id).await?;
+            Ok(all.into_iter().filter(|a| idxs.binary_search(&a.idx).is_ok()).collect())
+        }
+    }
+
     /// A run's events, in order.
     fn events(&self, id: RunId) -> impl Future<Output = Result<Vec<EventRecord>>> + Send;
 

@@ -371,6 +371,69 @@ fn shapes(backend: Backend, len: usize, binds: usize) -> Vec<usize> {
     out
 }
 
+/// The instance columns a reader gets, for one run (`$1`).
+const INSTANCES_SELECT: &str = "SELECT idx, key, step, target, grp, state, attempts, failures, \
+     retry_at_s, finished_s, output, error FROM instances WHERE run_id = $1";
+
+/// The attempt columns a reader gets, for one run (`$1`).
+const ATTEMPTS_SELECT: &str = "SELECT idx, attempt, started_s, ended_s, outcome, exit_code, \
+     error, stdout_tail, stderr_tail FROM attempts WHERE run_id = $1";
+
+/// Indexes per `IN (…)` list of `instances_at`/`attempts_at`.
+const AT_MOST_IDXS: usize = 500;
+
+/// `1, 2, 3`: instance indexes written into a statement (numbers, never text from a user).
+fn idx_list(idxs: &[u32]) -> String {
+    idxs.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+}
+
+fn instance_records(rows: &[sqlx::any::AnyRow]) -> Result<Vec<InstanceRecord>> {
+    rows.iter()
+        .map(|row| {
+            Ok(InstanceRecord {
+                idx: u32_of(row, "idx")?,
+                key: row.try_get("key").map_err(q("key"))?,
+                step: row.try_get("step").map_err(q("step"))?,
+                target: row.try_get("target").map_err(q("target"))?,
+                group: row.try_get("grp").map_err(q("grp"))?,
+                state: parse_name::<InstanceState>(row, "state")?,
+                attempts: u32_of(row, "attempts")?,
+                failures: u32_of(row, "failures")?,
+                retry_at_s: row.try_get("retry_at_s").map_err(q("retry_at_s"))?,
+                finished_s: row.try_get("finished_s").map_err(q("finished_s"))?,
+                output: row.try_get("output").map_err(q("output"))?,
+                error: row.try_get("error").map_err(q("error"))?,
+            })
+        })
+        .collect()
+}
+
+fn attempt_records(rows: &[sqlx::any::AnyRow]) -> Result<Vec<AttemptRecord>> {
+    rows.iter()
+        .map(|row| {
+            let exit: Option<i64> = row.try_get("exit_code").map_err(q("exit_code"))?;
+            Ok(AttemptRecord {
+                idx: u32_of(row, "idx")?,
+                attempt: u32_of(row, "attempt")?,
+                started_s: row.try_get("started_s").map_err(q("started_s"))?,
+                ended_s: row.try_get("ended_s").map_err(q("ended_s"))?,
+                outcome: row
+                    .try_get::<Option<String>, _>("outcome")
+                    .map_err(q("outcome"))?
+                    .map(|o| {
+                        o.parse::<AttemptOutcome>()
+                            .map_err(|_| StoreError::Corrupt { what: "attempts.outcome", value: o })
+                    })
+                    .transpose()?,
+                exit_code: exit.and_then(|e| i32::try_from(e).ok()),
+                error: row.try_get("error").map_err(q("error"))?,
+                stdout_tail: row.try_get("stdout_tail").map_err(q("stdout_tail"))?,
+                stderr_tail: row.try_get("stderr_tail").map_err(q("stderr_tail"))?,
+            })
+        })
+        .collect()
+}
+
 /// A run's row with its lease: `runs` holds what is written once or rarely (the workflow and
 /// targets texts among it, hundreds of kilobytes for a large workflow), `run_leases` the few
 /// columns every checkpoint writes. SQLite rewrites a whole row on any update, overflow pages
@@ -505,32 +568,26 @@ impl Store for SqlStore {
     }
 
     async fn instances(&self, id: RunId) -> Result<Vec<InstanceRecord>> {
-        let rows = sqlx::query(
-            "SELECT idx, key, step, target, grp, state, attempts, failures, retry_at_s, finished_s, output, error \
-             FROM instances WHERE run_id = $1 ORDER BY idx",
-        )
-        .bind(id.to_string())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(q("read instances"))?;
-        rows.iter()
-            .map(|row| {
-                Ok(InstanceRecord {
-                    idx: u32_of(row, "idx")?,
-                    key: row.try_get("key").map_err(q("key"))?,
-                    step: row.try_get("step").map_err(q("step"))?,
-                    target: row.try_get("target").map_err(q("target"))?,
-                    group: row.try_get("grp").map_err(q("grp"))?,
-                    state: parse_name::<InstanceState>(row, "state")?,
-                    attempts: u32_of(row, "attempts")?,
-                    failures: u32_of(row, "failures")?,
-                    retry_at_s: row.try_get("retry_at_s").map_err(q("retry_at_s"))?,
-                    finished_s: row.try_get("finished_s").map_err(q("finished_s"))?,
-                    output: row.try_get("output").map_err(q("output"))?,
-                    error: row.try_get("error").map_err(q("error"))?,
-                })
-            })
-            .collect()
+        let rows = sqlx::query(AssertSqlSafe(format!("{INSTANCES_SELECT} ORDER BY idx")))
+            .bind(id.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("read instances"))?;
+        instance_records(&rows)
+    }
+
+    async fn instances_at(&self, id: RunId, idxs: &[u32]) -> Result<Vec<InstanceRecord>> {
+        let mut out = Vec::with_capacity(idxs.len());
+        for chunk in idxs.chunks(AT_MOST_IDXS) {
+            let sql = format!("{INSTANCES_SELECT} AND idx IN ({}) ORDER BY idx", idx_list(chunk));
+            let rows = sqlx::query(AssertSqlSafe(sql))
+                .bind(id.to_string())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(q("read instances"))?;
+            out.extend(instance_records(&rows)?);
+        }
+        Ok(out)
     }
 
     async fn instance_states(&self, id: RunId) -> Result<Vec<InstanceRow>> {
@@ -555,39 +612,27 @@ impl Store for SqlStore {
     }
 
     async fn attempts(&self, id: RunId) -> Result<Vec<AttemptRecord>> {
-        let rows = sqlx::query(
-            "SELECT idx, attempt, started_s, ended_s, outcome, exit_code, error, stdout_tail, stderr_tail \
-             FROM attempts WHERE run_id = $1 ORDER BY idx, attempt",
-        )
-        .bind(id.to_string())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(q("read attempts"))?;
-        rows.iter()
-            .map(|row| {
-                let exit: Option<i64> = row.try_get("exit_code").map_err(q("exit_code"))?;
-                Ok(AttemptRecord {
-                    idx: u32_of(row, "idx")?,
-                    attempt: u32_of(row, "attempt")?,
-                    started_s: row.try_get("started_s").map_err(q("started_s"))?,
-                    ended_s: row.try_get("ended_s").map_err(q("ended_s"))?,
-                    outcome: row
-                        .try_get::<Option<String>, _>("outcome")
-                        .map_err(q("outcome"))?
-                        .map(|o| {
-                            o.parse::<AttemptOutcome>().map_err(|_| StoreError::Corrupt {
-                                what: "attempts.outcome",
-                                value: o,
-                            })
-                        })
-                        .transpose()?,
-                    exit_code: exit.and_then(|e| i32::try_from(e).ok()),
-                    error: row.try_get("error").map_err(q("error"))?,
-                    stdout_tail: row.try_get("stdout_tail").map_err(q("stdout_tail"))?,
-                    stderr_tail: row.try_get("stderr_tail").map_err(q("stderr_tail"))?,
-                })
-            })
-            .collect()
+        let rows = sqlx::query(AssertSqlSafe(format!("{ATTEMPTS_SELECT} ORDER BY idx, attempt")))
+            .bind(id.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("read attempts"))?;
+        attempt_records(&rows)
+    }
+
+    async fn attempts_at(&self, id: RunId, idxs: &[u32]) -> Result<Vec<AttemptRecord>> {
+        let mut out = Vec::new();
+        for chunk in idxs.chunks(AT_MOST_IDXS) {
+            let sql =
+                format!("{ATTEMPTS_SELECT} AND idx IN ({}) ORDER BY idx, attempt", idx_list(chunk));
+            let rows = sqlx::query(AssertSqlSafe(sql))
+                .bind(id.to_string())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(q("read attempts"))?;
+            out.extend(attempt_records(&rows)?);
+        }
+        Ok(out)
     }
 
     async fn events(&self, id: RunId) -> Result<Vec<EventRecord>> {

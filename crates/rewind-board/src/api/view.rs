@@ -297,8 +297,9 @@ impl Computed {
     }
 }
 
-/// One run's latest computed data; its lock is held while it is computed.
-type Slot = Arc<tokio::sync::Mutex<Option<Arc<Computed>>>>;
+/// One run's latest computed data and the read it was computed from; its lock is held while it
+/// is computed.
+type Slot = Arc<tokio::sync::Mutex<Option<(Arc<Computed>, Arc<RunView>)>>>;
 
 /// The plans and computed data, per run id.
 #[derive(Default)]
@@ -324,27 +325,50 @@ impl AppState {
         Ok(plan)
     }
 
-    /// The run's data as of `key` (read from the store unless the cache has it); concurrent
-    /// callers for one run wait for one computation.
+    /// The run's data as of `key`, and the read of the run it was computed from (read from the
+    /// store unless the cache has it: after a change, only the instances that changed are read
+    /// again, `RunView::refresh`); concurrent callers for one run wait for one computation.
+    pub(crate) async fn computed_view(
+        &self,
+        r: &RunRecord,
+        key: Key,
+    ) -> Result<(Arc<Computed>, Arc<RunView>), ApiError> {
+        let slot =
+            self.cache.computed.lock().map_err(poisoned)?.entry(r.spec.id).or_default().clone();
+        let mut slot = slot.lock().await;
+        if let Some((c, v)) = slot.as_ref().filter(|(c, _)| c.key == key) {
+            return Ok((c.clone(), v.clone()));
+        }
+        let view = match slot.as_ref() {
+            Some((_, prev)) => RunView::refresh(prev, &*self.store, r.clone()).await,
+            None => RunView::load_with(&*self.store, r.clone(), self.plan(r).await?).await,
+        }
+        .map_err(ApiError::from)?;
+        let view = Arc::new(view);
+        let v = view.clone();
+        let c = tokio::task::spawn_blocking(move || Arc::new(Computed::build(&v, key)))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        *slot = Some((c.clone(), view.clone()));
+        Ok((c, view))
+    }
+
+    /// The run's data as of `key` (see [`AppState::computed_view`]).
     pub(crate) async fn computed(
         &self,
         r: &RunRecord,
         key: Key,
     ) -> Result<Arc<Computed>, ApiError> {
-        let slot =
-            self.cache.computed.lock().map_err(poisoned)?.entry(r.spec.id).or_default().clone();
-        let mut slot = slot.lock().await;
-        if let Some(c) = slot.as_ref().filter(|c| c.key == key) {
-            return Ok(c.clone());
-        }
-        let plan = self.plan(r).await?;
-        let view =
-            RunView::load_with(&*self.store, r.clone(), plan).await.map_err(ApiError::from)?;
-        let c = tokio::task::spawn_blocking(move || Arc::new(Computed::build(&view, key)))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        *slot = Some(c.clone());
-        Ok(c)
+        Ok(self.computed_view(r, key).await?.0)
+    }
+
+    /// Run `id`'s version of now and the read of it the API's data comes from: the pages render
+    /// from the same read.
+    pub(crate) async fn run_view(&self, id: RunId) -> Result<(Key, Arc<RunView>), ApiError> {
+        let marker = self.store.run_marker(id).await?.ok_or_else(|| no_run(id))?;
+        let rec = self.store.run(id).await?.ok_or_else(|| no_run(id))?;
+        let key = Key::of_marker(&marker);
+        Ok((key, self.computed_view(&rec, key).await?.1))
     }
 
     /// One run's record and data, as of now; `NotFound` for an unknown run.

@@ -120,16 +120,9 @@ pub(crate) fn parse_run_id(id: &str) -> Result<RunId, PageError> {
         .map_err(|e| PageError::BadRequest(format!("`{id}` is not a run id (a UUID): {e}")))
 }
 
-/// Loads a run for a page.
-pub(crate) async fn load(state: &AppState, id: RunId) -> Result<RunView, PageError> {
-    let rec = state.store.run(id).await?.ok_or(RuntimeError::NoSuchRun(id))?;
-    let plan = state.plan(&rec).await?;
-    Ok(RunView::load_with(state.store.as_ref(), rec, plan).await?)
-}
-
 /// What the pages read about a run, per run id, as of one version of the run
-/// ([`crate::api::view::Key`]: state, clock, latest event): the loaded run (instances and
-/// attempts, the plan from the server's per-run cache), its rendered run page, and its audit log.
+/// ([`crate::api::view::Key`]: state, clock, latest event): the API's read of that version
+/// (`AppState::run_view`), its rendered run page, and its audit log.
 /// Every open board re-fetches its run page while the run changes: one load and one render per
 /// version serve them all, and a target page renders from the loaded run.
 #[derive(Default)]
@@ -168,13 +161,11 @@ impl Rendered {
         id: RunId,
         f: impl AsyncFnOnce(&mut Version) -> Result<T, PageError>,
     ) -> Result<T, PageError> {
-        let marker = state.store.run_marker(id).await?.ok_or(RuntimeError::NoSuchRun(id))?;
-        let key = Key::of_marker(&marker);
+        // The API's read of the run's current version: one read per version for both.
+        let (key, view) = state.run_view(id).await?;
         let slot = self.slot(id);
         let mut slot = slot.lock().await;
         if slot.as_ref().is_none_or(|v| v.key != key) {
-            // Read after the marker: at least as new as it; a commit in between is seen next time.
-            let view = Arc::new(load(state, id).await?);
             let events = slot.take().and_then(|v| v.events);
             *slot = Some(Version { key, view, page: None, events });
         }
