@@ -338,6 +338,12 @@ fn every_endpoint_answers_as_docs_openapi_json_says_on_sqlite() {
     let called = every_endpoint(&spec, &s, &run);
     assert_eq!(called, spec.paths(), "every path of docs/openapi.json is served and checked");
     assert_eq!(routes(), spec.paths(), "every route is in docs/openapi.json");
+    // Without a token, a request for another host name (DNS rebinding) is refused.
+    let c = client(None);
+    let r = c.get(format!("{}/api/v1/runs", s.url)).header("Host", "evil.example").send().unwrap();
+    assert_eq!(r.status().as_u16(), 421);
+    let r = c.get(format!("{}/api/v1/runs", s.url)).header("Host", "localhost:1").send().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
     assert_eq!(s.stop(), Some(0));
 }
 
@@ -428,8 +434,11 @@ fn a_token_is_required_when_configured_and_enables_cancel() {
     drop(s);
 
     // Files that cannot hold a token are refused, named.
-    for (content, mode, says) in [("", 0o600, "is empty"), ("t\n", 0o644, "readable by every user")]
-    {
+    for (content, mode, says) in [
+        ("", 0o600, "is empty"),
+        ("t\n", 0o644, "readable by every user"),
+        ("tökén\n", 0o600, "visible ASCII"),
+    ] {
         std::fs::write(&token_file, content).unwrap();
         std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(mode)).unwrap();
         let o = rewind(

@@ -83,6 +83,13 @@ fn read_token(path: &Path) -> Result<String> {
             "rewind serve: --token-file {name}: the token is one line without spaces"
         )));
     }
+    // An HTTP header carries visible ASCII: another character could never be sent as a bearer.
+    if !token.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(refused(format!(
+            "rewind serve: --token-file {name}: the token must be visible ASCII (it is sent in an \
+             HTTP header); e.g. `openssl rand -hex 32`"
+        )));
+    }
     Ok(token.to_owned())
 }
 

@@ -78,7 +78,7 @@ async fn run(store: &SqlStore, share: f64) -> RunId {
 async fn http_get(addr: SocketAddr) -> usize {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
-    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n").await.unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").await.unwrap();
     let mut raw = Vec::new();
     conn.read_to_end(&mut raw).await.unwrap();
     assert!(raw.starts_with(b"HTTP/1.0 200") || raw.starts_with(b"HTTP/1.1 200"));

@@ -56,6 +56,19 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
+/// Whether a `Host` header names this machine's loopback: `localhost`, a loopback IP address,
+/// with or without a port.
+fn loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host }
+        }),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Paths anyone may load: the login form and the board's stylesheet.
 fn open(path: &str) -> bool {
     path == "/login" || path == "/assets/board.css"
@@ -63,7 +76,23 @@ fn open(path: &str) -> bool {
 
 /// The middleware in front of every route.
 pub(crate) async fn check(State(s): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(token) = s.token.clone() else { return next.run(req).await };
+    let Some(token) = s.token.clone() else {
+        // Without a token the server listens on loopback only, and answers only requests that
+        // name a loopback host: a page elsewhere whose name was made to resolve to 127.0.0.1
+        // (DNS rebinding) would otherwise read the board as its own origin.
+        let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+        if host.is_some_and(|h| !loopback_host(h)) {
+            return (
+                StatusCode::MISDIRECTED_REQUEST,
+                axum::Json(serde_json::json!({
+                    "error": "this server answers requests for localhost, 127.0.0.1 or [::1] \
+                              only (no --token-file)"
+                })),
+            )
+                .into_response();
+        }
+        return next.run(req).await;
+    };
     if open(req.uri().path()) {
         return next.run(req).await;
     }
@@ -174,6 +203,18 @@ mod tests {
         assert_eq!(s.len(), 64);
         assert!(!s.contains("secret"));
         assert_ne!(s, super::session("secret2"));
+    }
+
+    #[test]
+    fn only_loopback_hosts_without_a_token() {
+        for ok in
+            ["localhost", "LOCALHOST:8080", "127.0.0.1", "127.0.0.1:8080", "[::1]:80", "[::1]"]
+        {
+            assert!(super::loopback_host(ok), "{ok}");
+        }
+        for bad in ["evil.example", "evil.example:8080", "10.0.0.1:8080", "localhost.evil:80", ""] {
+            assert!(!super::loopback_host(bad), "{bad}");
+        }
     }
 
     #[test]

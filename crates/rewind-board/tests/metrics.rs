@@ -149,7 +149,7 @@ async fn get(addr: SocketAddr, path: &str, accept: Option<&str>) -> (String, Str
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
     let accept = accept.map(|a| format!("Accept: {a}\r\n")).unwrap_or_default();
-    conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n{accept}\r\n").as_bytes())
+    conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{accept}\r\n").as_bytes())
         .await
         .unwrap();
     let mut raw = String::new();

@@ -171,9 +171,10 @@ impl RunView {
 
     /// The run as of now, given `prev`, an earlier read of it, and its record as of now: the
     /// instance states are read (a light read), and only the instances whose state, attempts,
-    /// failures or retry time changed are read again, with their attempts; the rest, and the
-    /// plan, are `prev`'s. (An attempt row changes only with its instance's state or attempt
-    /// count.) A change to more than a quarter of the instances is read in full.
+    /// failures, retry time or finish time changed are read again, with their attempts; the
+    /// rest, and the plan, are `prev`'s. (An attempt row is written only with a change of its
+    /// instance's state; an instance blocked again after a retry has a new finish time.) A
+    /// change to more than a quarter of the instances is read in full.
     pub async fn refresh<S: Store>(
         prev: &Self,
         store: &S,
@@ -194,6 +195,7 @@ impl RunView {
                     || r.attempts != p.attempts
                     || r.failures != p.failures
                     || r.retry_at_s != p.retry_at_s
+                    || r.finished_s != p.finished_s
             })
             .map(|(r, _)| r.idx)
             .collect();

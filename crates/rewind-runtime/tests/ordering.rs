@@ -119,6 +119,7 @@ impl Store for FakeStore {
                     attempts: i.attempts,
                     failures: i.failures,
                     retry_at_s: i.retry_at_s,
+                    finished_s: i.finished_s,
                     output: i.output.clone(),
                 })
                 .collect()

@@ -286,6 +286,8 @@ pub struct InstanceRow {
     pub failures: u32,
     /// When a waiting retry may start.
     pub retry_at_s: Option<f64>,
+    /// When it reached a terminal state.
+    pub finished_s: Option<f64>,
     /// JSON output.
     pub output: Option<String>,
 }

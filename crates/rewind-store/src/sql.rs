@@ -593,7 +593,8 @@ impl Store for SqlStore {
     async fn instance_states(&self, id: RunId) -> Result<Vec<InstanceRow>> {
         use futures::TryStreamExt;
         let mut rows = sqlx::query(
-            "SELECT idx, state, attempts, failures, retry_at_s, output FROM instances WHERE run_id = $1 ORDER BY idx",
+            "SELECT idx, state, attempts, failures, retry_at_s, finished_s, output FROM instances \
+             WHERE run_id = $1 ORDER BY idx",
         )
         .bind(id.to_string())
         .fetch(&self.pool);
@@ -605,6 +606,7 @@ impl Store for SqlStore {
                 attempts: u32_of(&row, "attempts")?,
                 failures: u32_of(&row, "failures")?,
                 retry_at_s: row.try_get("retry_at_s").map_err(q("retry_at_s"))?,
+                finished_s: row.try_get("finished_s").map_err(q("finished_s"))?,
                 output: row.try_get("output").map_err(q("output"))?,
             });
         }

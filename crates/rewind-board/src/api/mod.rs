@@ -392,8 +392,10 @@ async fn drill(
     q: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> ApiResult<Json<Value>> {
     params(q, &[])?;
-    uuid::Uuid::parse_str(&id)
-        .map_err(|e| ApiError::BadRequest(format!("drill id {id:?} is not a UUID: {e}")))?;
+    // Stored in the hyphenated lower-case form: `ABC…`, `{…}` and `urn:uuid:…` name the same.
+    let id = uuid::Uuid::parse_str(&id)
+        .map_err(|e| ApiError::BadRequest(format!("drill id {id:?} is not a UUID: {e}")))?
+        .to_string();
     let d = s
         .store
         .drill(&id)

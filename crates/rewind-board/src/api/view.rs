@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rewind_model::{Plan, RunId, RunState};
-use rewind_runtime::{RunView, is_driven, load_plan, shown_state};
+use rewind_runtime::{RunView, is_driven, is_stale, load_plan, now_unix_ms, shown_state};
 use rewind_scheduler::State;
 use rewind_store::{RunMarker, RunRecord, Store};
 use serde::Serialize;
@@ -24,20 +24,33 @@ pub(crate) struct Key {
     clock: u64,
     finished: Option<u64>,
     last_seq: i64,
+    /// Whether a live process drives the run (a run whose driver died shows `interrupted`
+    /// while nothing else about it changes).
+    driven: bool,
 }
 
 impl Key {
-    pub(crate) fn of(state: RunState, clock_s: f64, finished_s: Option<f64>, seq: i64) -> Self {
+    pub(crate) fn of(r: &RunRecord, seq: i64) -> Self {
         Self {
-            state,
-            clock: clock_s.to_bits(),
-            finished: finished_s.map(f64::to_bits),
-            last_seq: if state.holds_targets() { seq } else { -1 },
+            state: r.state,
+            clock: r.clock_s.to_bits(),
+            finished: r.finished_s.map(f64::to_bits),
+            last_seq: if r.state.holds_targets() { seq } else { -1 },
+            driven: is_driven(r),
         }
     }
 
     pub(crate) fn of_marker(m: &RunMarker) -> Self {
-        Self::of(m.state, m.clock_s, m.finished_s, m.last_seq)
+        Self {
+            state: m.state,
+            clock: m.clock_s.to_bits(),
+            finished: m.finished_s.map(f64::to_bits),
+            last_seq: if m.state.holds_targets() { m.last_seq } else { -1 },
+            driven: m
+                .owner
+                .as_deref()
+                .is_some_and(|o| !is_stale(o, m.heartbeat_unix_ms, now_unix_ms())),
+        }
     }
 }
 
@@ -297,6 +310,9 @@ impl Computed {
     }
 }
 
+/// Runs whose read the cache keeps at most.
+const KEPT: usize = 32;
+
 /// One run's latest computed data and the read it was computed from; its lock is held while it
 /// is computed.
 type Slot = Arc<tokio::sync::Mutex<Option<(Arc<Computed>, Arc<RunView>)>>>;
@@ -333,9 +349,29 @@ impl AppState {
         r: &RunRecord,
         key: Key,
     ) -> Result<(Arc<Computed>, Arc<RunView>), ApiError> {
-        let slot =
-            self.cache.computed.lock().map_err(poisoned)?.entry(r.spec.id).or_default().clone();
+        let slot = self.slot(r.spec.id)?;
         let mut slot = slot.lock().await;
+        self.compute(&mut slot, r, key).await
+    }
+
+    /// Run `id`'s slot (at most [`KEPT`] runs are kept: a read of a 27,529-instance run is a few
+    /// megabytes).
+    fn slot(&self, id: RunId) -> Result<Slot, ApiError> {
+        let mut all = self.cache.computed.lock().map_err(poisoned)?;
+        if all.len() >= KEPT && !all.contains_key(&id) {
+            all.clear();
+            self.cache.plans.lock().map_err(poisoned)?.clear();
+        }
+        Ok(all.entry(id).or_default().clone())
+    }
+
+    /// The data of `r` as of `key`, from `slot` when it holds that version.
+    async fn compute(
+        &self,
+        slot: &mut Option<(Arc<Computed>, Arc<RunView>)>,
+        r: &RunRecord,
+        key: Key,
+    ) -> Result<(Arc<Computed>, Arc<RunView>), ApiError> {
         if let Some((c, v)) = slot.as_ref().filter(|(c, _)| c.key == key) {
             return Ok((c.clone(), v.clone()));
         }
@@ -362,21 +398,33 @@ impl AppState {
         Ok(self.computed_view(r, key).await?.0)
     }
 
-    /// Run `id`'s version of now and the read of it the API's data comes from: the pages render
-    /// from the same read.
-    pub(crate) async fn run_view(&self, id: RunId) -> Result<(Key, Arc<RunView>), ApiError> {
+    /// Run `id` as of now: its record, its version, its data and the read of it the data comes
+    /// from (the pages render from the same read). The marker and the record are read once the
+    /// run's slot is held, so a request that waited for another never stores an older version
+    /// over a newer one.
+    async fn now(
+        &self,
+        id: RunId,
+    ) -> Result<(RunRecord, Key, Arc<Computed>, Arc<RunView>), ApiError> {
+        let slot = self.slot(id)?;
+        let mut slot = slot.lock().await;
         let marker = self.store.run_marker(id).await?.ok_or_else(|| no_run(id))?;
+        // Read after the marker: at least as new as it; a commit in between is seen next time.
         let rec = self.store.run(id).await?.ok_or_else(|| no_run(id))?;
         let key = Key::of_marker(&marker);
-        Ok((key, self.computed_view(&rec, key).await?.1))
+        let (c, v) = self.compute(&mut slot, &rec, key).await?;
+        Ok((rec, key, c, v))
+    }
+
+    /// Run `id`'s version of now and the read of it the API's data comes from.
+    pub(crate) async fn run_view(&self, id: RunId) -> Result<(Key, Arc<RunView>), ApiError> {
+        let (_, key, _, view) = self.now(id).await?;
+        Ok((key, view))
     }
 
     /// One run's record and data, as of now; `NotFound` for an unknown run.
     pub async fn run_data(&self, id: RunId) -> Result<(RunRecord, Arc<Computed>), ApiError> {
-        let marker = self.store.run_marker(id).await?.ok_or_else(|| no_run(id))?;
-        let rec = self.store.run(id).await?.ok_or_else(|| no_run(id))?;
-        // Read after the marker: at least as new as it; a commit in between is seen next time.
-        let c = self.computed(&rec, Key::of_marker(&marker)).await?;
+        let (rec, _, c, _) = self.now(id).await?;
         Ok((rec, c))
     }
 
@@ -393,7 +441,7 @@ impl AppState {
             } else {
                 -1
             };
-            let c = self.computed(&r, Key::of(r.state, r.clock_s, r.finished_s, seq)).await?;
+            let c = self.computed(&r, Key::of(&r, seq)).await?;
             rows.push(c.row(&r));
         }
         Ok(rows)

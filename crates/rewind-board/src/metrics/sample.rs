@@ -308,7 +308,15 @@ mod tests {
     }
 
     fn row(idx: u32, state: InstanceState) -> InstanceRow {
-        InstanceRow { idx, state, attempts: 0, failures: 0, retry_at_s: None, output: None }
+        InstanceRow {
+            idx,
+            state,
+            attempts: 0,
+            failures: 0,
+            retry_at_s: None,
+            finished_s: None,
+            output: None,
+        }
     }
 
     fn attempt(
