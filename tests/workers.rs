@@ -46,17 +46,8 @@ fn workflow(env: &Env, sites: usize, steps: usize, mode: &str) -> (String, Strin
 }
 
 fn start_run(env: &Env, w: &str, t: &str) -> Guard {
-    let args = [
-        "run",
-        "--workflow",
-        w,
-        "--targets",
-        t,
-        "--restore-point",
-        RP,
-        "--dispatch",
-        "workers",
-    ];
+    let args =
+        ["run", "--workflow", w, "--targets", t, "--restore-point", RP, "--dispatch", "workers"];
     let mut c = env.cmd(&args);
     c.env("REWIND_LEASE_MS", LEASE_MS);
     let out = std::fs::File::create(env.path("run.out")).unwrap();

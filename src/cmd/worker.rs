@@ -73,8 +73,9 @@ pub fn run(db: &str, args: &Args) -> Result<Exit> {
     store::runtime()?.block_on(async {
         let store = store::open(db).await?;
         let mut note = |s: &str| eprintln!("rewind worker: {s}");
-        let summary =
-            rewind_runtime::work(&store, opts, &mut note).await.map_err(crate::cmd::run::refuse)?;
+        let summary = rewind_runtime::work(&store, db, opts, &mut note)
+            .await
+            .map_err(crate::cmd::run::refuse)?;
         eprintln!(
             "rewind worker: stopped: {} report(s) accepted, {} stale, {} handed back",
             summary.reported, summary.stale, summary.handed_back

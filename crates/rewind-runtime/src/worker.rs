@@ -24,8 +24,11 @@ use crate::lease::{hostname, now_unix_ms};
 use crate::remote::{Payload, WireReport, ms};
 use crate::view::load_plan;
 
-/// How often a worker with free slots looks for queued attempts.
+/// How often a worker with free slots looks for queued attempts when it has no `LISTEN`
+/// connection...
 const CLAIM_POLL: Duration = Duration::from_millis(100);
+/// ...and when it has one (woken by `NOTIFY` otherwise).
+const CLAIM_FALLBACK: Duration = Duration::from_secs(1);
 
 /// How a worker runs.
 pub struct WorkerOptions {
@@ -67,9 +70,17 @@ struct RunCtx {
 /// Runs a worker until SIGTERM/SIGINT (then drains) or until another process registers its name.
 pub async fn work(
     store: &SqlStore,
+    url: &str,
     opts: WorkerOptions,
     note: &mut dyn FnMut(&str),
 ) -> Result<WorkerSummary, RuntimeError> {
+    let listener = match rewind_store::DispatchListener::connect(url).await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            note(&format!("cannot LISTEN for new attempts ({e}); polling every {CLAIM_POLL:?}"));
+            None
+        }
+    };
     if let Ok(Err(e)) = tokio::task::spawn_blocking(rewind_exec::ready_watchdog).await {
         note(&format!("the watchdog cannot start ({e}): steps fail until it can"));
     }
@@ -95,6 +106,7 @@ pub async fn work(
         set: JoinSet::new(),
         held: HashMap::new(),
         summary: WorkerSummary::default(),
+        listener,
         opts,
     };
     w.run(note).await
@@ -109,13 +121,17 @@ struct Worker<'s> {
     /// Attempts running: their claim epoch and stop handle.
     held: HashMap<AttemptKey, (i64, StopHandle)>,
     summary: WorkerSummary,
+    listener: Option<rewind_store::DispatchListener>,
     opts: WorkerOptions,
 }
 
 impl Worker<'_> {
     async fn run(&mut self, note: &mut dyn FnMut(&str)) -> Result<WorkerSummary, RuntimeError> {
         let mut signals = Signals::new(self.opts.signals)?;
-        let mut claim = tokio::time::interval(CLAIM_POLL);
+        let every = if self.listener.is_some() { CLAIM_FALLBACK } else { CLAIM_POLL };
+        let mut claim = tokio::time::interval(every);
+        // Claim at once: at start, after a wake-up, a finished attempt or a full batch.
+        let mut claim_now = true;
         claim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let beat_every =
             Duration::from_millis(u64::try_from(self.lease_ms / 3).unwrap_or(1).max(1));
@@ -127,23 +143,42 @@ impl Worker<'_> {
                 break;
             }
             let free = (self.opts.slots as usize).saturating_sub(self.set.len());
+            if claim_now && deadline.is_none() && free > 0 {
+                let n = u32::try_from(free).unwrap_or(u32::MAX);
+                let claimed = self
+                    .store
+                    .dispatch_claim(
+                        &self.session,
+                        &self.opts.queues,
+                        n,
+                        now_unix_ms(),
+                        self.lease_ms,
+                    )
+                    .await?;
+                // A full batch: more may be queued.
+                claim_now = claimed.len() == free;
+                for c in claimed {
+                    self.start(c).await?;
+                }
+                continue;
+            }
             let until = deadline;
+            let listening = self.listener.is_some();
             tokio::select! {
-                _ = claim.tick(), if deadline.is_none() && free > 0 => {
-                    let n = u32::try_from(free).unwrap_or(u32::MAX);
-                    let claimed = self
-                        .store
-                        .dispatch_claim(&self.session, &self.opts.queues, n, now_unix_ms(), self.lease_ms)
-                        .await?;
-                    for c in claimed {
-                        self.start(c).await?;
+                _ = claim.tick() => claim_now = true,
+                woke = async { match &mut self.listener { Some(l) => l.recv().await, None => std::future::pending().await } }, if listening => {
+                    if let Err(e) = woke {
+                        note(&format!("LISTEN: {e}; reconnecting (polling every {CLAIM_FALLBACK:?} meanwhile)"));
+                        tokio::time::sleep(Duration::from_millis(200)).await;
                     }
+                    claim_now = true;
                 }
                 Some(joined) = self.set.join_next(), if !self.set.is_empty() => {
                     match joined {
                         Ok((key, epoch, report)) => self.report(key, epoch, &report, note).await?,
                         Err(e) => note(&format!("an attempt's task was lost: {e}")),
                     }
+                    claim_now = true;
                 }
                 _ = beat.tick() => {
                     match self.store.worker_heartbeat(&self.session, now_unix_ms(), self.lease_ms).await? {

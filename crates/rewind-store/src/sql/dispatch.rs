@@ -17,6 +17,27 @@ use sqlx::{Any, AssertSqlSafe, Row};
 use super::{Backend, SqlStore, chunk, q};
 use crate::{Result, StoreError};
 
+/// The channel [`SqlStore::dispatch_enqueue`] notifies on PostgreSQL (payload: the run id).
+pub const NOTIFY_CHANNEL: &str = "rewind_dispatch";
+
+/// Wake-ups of a worker: a PostgreSQL `LISTEN` on [`NOTIFY_CHANNEL`].
+pub struct DispatchListener(sqlx::postgres::PgListener);
+
+impl DispatchListener {
+    /// Listens on the PostgreSQL server at `url` (which must be one).
+    pub async fn connect(url: &str) -> Result<Self> {
+        let mut l = sqlx::postgres::PgListener::connect(url).await.map_err(q("listen: connect"))?;
+        l.listen(NOTIFY_CHANNEL).await.map_err(q("listen"))?;
+        Ok(Self(l))
+    }
+
+    /// The next wake-up: the run whose attempts were enqueued (an error when the connection
+    /// failed; it reconnects on the next call).
+    pub async fn recv(&mut self) -> Result<String> {
+        self.0.recv().await.map(|n| n.payload().to_owned()).map_err(q("listen: receive"))
+    }
+}
+
 /// The columns a [`DispatchRow`] is read from.
 const ROW_COLUMNS: &str = "run_id, idx, attempt, queue, state, epoch, worker, incarnation, \
      lease_until_ms, enqueued_unix_ms, payload, outcome";
@@ -137,6 +158,16 @@ impl SqlStore {
             }
             written +=
                 query.execute(&mut *tx).await.map_err(q("enqueue attempts"))?.rows_affected();
+        }
+        // One wake-up per enqueue transaction, delivered at its commit (workers LISTEN on it;
+        // they poll too, so a missed one only delays).
+        if self.backend == Backend::Postgres && written > 0 {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(NOTIFY_CHANNEL)
+                .bind(run.clone())
+                .execute(&mut *tx)
+                .await
+                .map_err(q("notify workers"))?;
         }
         tx.commit().await.map_err(q("commit enqueue"))?;
         Ok(written)
