@@ -185,3 +185,63 @@ fn a_sigtermed_worker_hands_back_and_exits_0() {
     env.write("gate", "", false);
     assert_succeeded_once(&env, &mut run, 2);
 }
+
+/// A worker runs an attempt as a local run would: the outputs of dependencies reach its
+/// templates, a failed attempt is retried (on whichever worker claims it), its queue is rendered
+/// from the target.
+#[test]
+fn outputs_retries_and_queues_travel_through_workers() {
+    let Some(env) = Env::postgres("outputs_retries_and_queues_travel") else { return };
+    env.write("step.sh", STEP_SH, true);
+    let wf = r#"name = "travel"
+target_kind = "site"
+
+[defaults]
+timeout = "2m"
+retries = 2
+backoff = { initial = "50ms", max = "100ms", factor = 2.0, jitter = false }
+
+[[steps]]
+id = "a"
+estimate = "1s"
+queue = "q-{{target.attr.mode}}"
+action = { kind = "command", program = "./step.sh", args = ["ledger", "ok"] }
+
+[[steps]]
+id = "b"
+needs = ["a"]
+estimate = "1s"
+action = { kind = "command", program = "./step.sh", args = ["ledger", "flaky"] }
+
+[[steps]]
+id = "c"
+needs = ["a"]
+estimate = "1s"
+action = { kind = "command", program = "/bin/sh", args = ["-c", "echo \"$0 {{needs.a.pid}}\" >> seen", "{{target.id}}"] }
+"#;
+    let w = env.write("travel.toml", wf, false).display().to_string();
+    let t = env.write("sites.csv", &targets_csv(&["ok", "ok"]), false).display().to_string();
+    let mut run = start_run(&env, &w, &t);
+    // Steps `b` and `c` go to `default`; `a` to `q-ok`: both queues must be served.
+    wait_for("the note about queue q-ok", || {
+        env.read("run.err").contains("queue q-ok: no live worker")
+    });
+    let _a = start_worker(&env, "a", &["--queue", "q-ok"]);
+    let _b = start_worker(&env, "b", &[]);
+    assert_eq!(wait_exit(&mut run.0), 0, "run: {}", env.read("run.err"));
+    let ledger = env.ledger();
+    // `flaky` fails its first two attempts: the third succeeds.
+    for n in 1..=2 {
+        let b = format!("b/{}", site(n));
+        let starts = ledger.iter().filter(|e| e.what == "start" && e.instance == b).count();
+        assert_eq!(starts, 3, "{b}: {ledger:?}");
+    }
+    // `c` saw the pid `a` reported for its own site.
+    let seen = env.read("seen");
+    for n in 1..=2 {
+        let a = format!("a/{}", site(n));
+        let pid = ledger.iter().find(|e| e.what == "start" && e.instance == a).unwrap().pid;
+        let line = format!("{} {}", site(n), pid.unwrap());
+        assert!(seen.lines().any(|l| l == line), "{line:?} not in {seen:?}");
+    }
+}
