@@ -245,3 +245,54 @@ action = { kind = "command", program = "/bin/sh", args = ["-c", "echo \"$0 {{nee
         assert!(seen.lines().any(|l| l == line), "{line:?} not in {seen:?}");
     }
 }
+
+/// The dispatch rows of the test's store: (instance, attempt, state).
+fn dispatch_rows(env: &Env) -> Vec<(u32, u32, String)> {
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = rewind_store::SqlStore::open(&env.db).await.unwrap();
+        let rows = store.dispatch_rows().await.unwrap();
+        rows.into_iter().map(|r| (r.key.idx, r.key.attempt, r.state.to_string())).collect()
+    })
+}
+
+/// A cancelled run withdraws the attempts no worker claimed: none runs afterwards.
+#[test]
+fn a_cancelled_run_withdraws_its_unclaimed_attempts() {
+    let Some(env) = Env::postgres("a_cancelled_run_withdraws") else { return };
+    let (w, t) = workflow(&env, 3, 1, "ok");
+    let mut run = start_run(&env, &w, &t);
+    wait_for("the attempts to be dispatched", || dispatch_rows(&env).len() == 3);
+    let id = env.run_id_of("run");
+    let o = env.rewind(&["cancel", &id]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(wait_exit(&mut run.0), 3, "run: {}", env.read("run.err"));
+    assert!(dispatch_rows(&env).is_empty(), "{:?}", dispatch_rows(&env));
+}
+
+/// A coordinator killed with attempts queued: `resume --dispatch workers` runs them as new
+/// attempts and withdraws the old ones, so each instance runs once.
+#[test]
+fn a_resumed_coordinator_withdraws_the_dead_ones_queued_attempts() {
+    let Some(env) = Env::postgres("a_resumed_coordinator_withdraws") else { return };
+    let (w, t) = workflow(&env, 3, 1, "ok");
+    let mut run = start_run(&env, &w, &t);
+    wait_for("the attempts to be dispatched", || dispatch_rows(&env).len() == 3);
+    let id = env.run_id_of("run");
+    run.0.kill().unwrap();
+    run.0.wait().unwrap();
+    let mut c = env.cmd(&["resume", &id, "--dispatch", "workers"]);
+    c.env("REWIND_LEASE_MS", LEASE_MS);
+    let out = std::fs::File::create(env.path("resume.out")).unwrap();
+    let err = std::fs::File::create(env.path("resume.err")).unwrap();
+    let mut resume = Guard(c.stdout(out).stderr(err).spawn().unwrap());
+    wait_for("the new attempts", || {
+        let rows = dispatch_rows(&env);
+        rows.len() == 3 && rows.iter().all(|r| r.1 == 2)
+    });
+    let _a = start_worker(&env, "a", &[]);
+    assert_eq!(wait_exit(&mut resume.0), 0, "resume: {}", env.read("resume.err"));
+    let ledger = env.ledger();
+    assert_eq!(ledger.iter().filter(|e| e.what == "start").count(), 3, "{ledger:?}");
+    assert!(ledger.iter().all(|e| e.attempt == 2), "{ledger:?}");
+    assert_eq!(env.status(&id)["state"], "succeeded");
+}

@@ -178,16 +178,18 @@ async fn drive_held<S: Store>(
     }
     let mut driver = Driver::new(store, lease, &plan, &rec, rows, opts, wall0)?;
     if let (Some(remote), false) = (remote, rec.spec.simulated) {
-        driver.exec = Exec::Remote(
-            crate::remote::RemoteExec::new(
-                remote,
-                id,
-                &lease.owner,
-                rec.spec.started_unix_ms,
-                driver.tick,
-            )
-            .await?,
-        );
+        let mut r = crate::remote::RemoteExec::new(
+            remote,
+            id,
+            &lease.owner,
+            rec.spec.started_unix_ms,
+            driver.tick,
+        )
+        .await?;
+        // The attempts a dead coordinator left open run again as new attempts: those no worker
+        // claimed yet must not run too.
+        r.withdraw(&driver.open_attempts).await?;
+        driver.exec = Exec::Remote(r);
     }
     driver.run().await
 }
@@ -1092,6 +1094,9 @@ impl<'p, 'o, S: Store> Driver<'p, 'o, S> {
 
     /// How the drive ended, written with the last commit.
     async fn finish(mut self) -> Result<Summary, RuntimeError> {
+        if let Exec::Remote(r) = &mut self.exec {
+            r.withdraw(&[]).await?;
+        }
         let now = self.exec.now();
         // A cancel asked for while the run was halting wins: the operator wants it over.
         if self.halted.is_some()

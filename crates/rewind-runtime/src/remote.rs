@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rewind_dispatch::{DispatchState, Fence, NewDispatch};
+use rewind_dispatch::{AttemptKey, DispatchState, Fence, NewDispatch};
 use rewind_exec::{Attempt, Outcome, Report};
 use rewind_model::{InstanceId, RunId, StepId, Template};
 use rewind_store::SqlStore;
@@ -138,6 +138,8 @@ pub(crate) struct RemoteExec {
     last_worker_check: Option<Instant>,
     /// Queues already said to have no live worker (said again once served, then not).
     unserved: BTreeSet<String>,
+    /// Attempts this drive stopped waiting for: withdrawn if no worker claimed them yet.
+    abandoned: Vec<AttemptKey>,
 }
 
 impl RemoteExec {
@@ -167,6 +169,7 @@ impl RemoteExec {
             tick,
             last_worker_check: None,
             unserved: BTreeSet::new(),
+            abandoned: Vec::new(),
         })
     }
 
@@ -315,10 +318,29 @@ impl RemoteExec {
         Ok(out)
     }
 
+    /// Withdraws `attempts` (instance, attempt) of the run that no worker claimed yet, and those
+    /// [`RemoteExec::stop_all`] stopped waiting for: a queued row of an attempt that is over
+    /// must never run. (A claimed one runs on; its report is forgotten.)
+    pub(crate) async fn withdraw(&mut self, attempts: &[(u32, u32)]) -> Result<(), RuntimeError> {
+        let run = self.fence.run;
+        let mut keys = std::mem::take(&mut self.abandoned);
+        keys.extend(attempts.iter().map(|&(idx, attempt)| AttemptKey { run, idx, attempt }));
+        if !keys.is_empty() {
+            self.store.dispatch_withdraw(self.fence, &keys).await?;
+        }
+        Ok(())
+    }
+
     /// Stops waiting for every dispatched attempt: they end now as stopped (a worker may still
     /// be running them; its report is then forgotten).
     pub(crate) fn stop_all(&mut self) -> Vec<Event> {
         let mut out = self.ready();
+        let run = self.fence.run;
+        self.abandoned.extend(self.inflight.iter().map(|(&idx, &(attempt, _))| AttemptKey {
+            run,
+            idx,
+            attempt,
+        }));
         out.extend(self.inflight.drain().map(|(idx, (attempt, _))| Event::Done {
             id: InstanceId::new(idx as usize),
             attempt,

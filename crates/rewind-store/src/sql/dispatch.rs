@@ -491,6 +491,32 @@ impl SqlStore {
         Ok(gone)
     }
 
+    /// The coordinator holding `fence` withdraws attempts of its run that no worker claimed:
+    /// their queued rows go (claimed and ended rows are kept: a worker runs or ran them).
+    /// Returns how many went; [`StoreError::Fenced`] (nothing removed) if the run was taken over.
+    /// The `DELETE` judges the state under the row lock, so a concurrent claim wins or loses
+    /// whole.
+    pub async fn dispatch_withdraw(&self, fence: Fence, keys: &[AttemptKey]) -> Result<u64> {
+        let mut tx = self.begin_write("begin withdraw").await?;
+        self.check_fence(&mut tx, fence).await?;
+        let mut gone = 0;
+        for k in keys.iter().filter(|k| k.run == fence.run) {
+            gone += sqlx::query(
+                "DELETE FROM dispatch WHERE run_id = $1 AND idx = $2 AND attempt = $3 \
+                 AND state = 'queued'",
+            )
+            .bind(k.run.to_string())
+            .bind(i64_of(k.idx))
+            .bind(i64_of(k.attempt))
+            .execute(&mut *tx)
+            .await
+            .map_err(q("withdraw attempt"))?
+            .rows_affected();
+        }
+        tx.commit().await.map_err(q("commit withdraw"))?;
+        Ok(gone)
+    }
+
     /// Every dispatch row, by key.
     pub async fn dispatch_rows(&self) -> Result<Vec<DispatchRow>> {
         let rows = sqlx::query(AssertSqlSafe(format!("SELECT {ROW_COLUMNS} FROM dispatch")))
