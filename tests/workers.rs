@@ -126,6 +126,16 @@ fn two_workers_run_every_instance_once() {
     assert_succeeded_once(&env, &mut run, 24);
     let starts = env.ledger().iter().filter(|e| e.what == "start").count();
     assert_eq!(starts, 24, "no attempt ran twice");
+    // `status` lists the workers.
+    let o = env.rewind(&["status"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    for name in ["a", "b"] {
+        assert!(
+            out.lines().any(|l| l.starts_with(&format!("{name} ")) && l.contains("live")),
+            "{out}"
+        );
+    }
 }
 
 #[test]
@@ -177,6 +187,8 @@ fn a_sigtermed_worker_hands_back_and_exits_0() {
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     assert_eq!(wait_exit(&mut a.0), 0, "worker a: {}", env.read("a.err"));
     assert!(env.read("a.err").contains("handed back 2 attempt(s)"), "{}", env.read("a.err"));
+    let status = stdout(&env.rewind(&["status"]));
+    assert!(status.lines().any(|l| l.starts_with("a ") && l.contains("stopping")), "{status}");
     wait_for("worker a's step processes to stop", || first.iter().all(|&p| !pid_alive(p)));
     let _b = start_worker(&env, "b", &[]);
     wait_for("worker b to run the handed-back attempts", || {
