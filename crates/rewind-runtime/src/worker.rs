@@ -138,6 +138,7 @@ impl Worker<'_> {
         let mut beat = tokio::time::interval(beat_every);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut deadline: Option<tokio::time::Instant> = None;
+        let mut last_beat = now_unix_ms();
         loop {
             if deadline.is_some() && self.set.is_empty() {
                 break;
@@ -154,11 +155,15 @@ impl Worker<'_> {
                         now_unix_ms(),
                         self.lease_ms,
                     )
-                    .await?;
+                    .await;
+                let claimed = claimed.unwrap_or_else(|e| {
+                    note(&format!("claim: {e}; trying again"));
+                    Vec::new()
+                });
                 // A full batch: more may be queued.
-                claim_now = claimed.len() == free;
+                claim_now = !claimed.is_empty() && claimed.len() == free;
                 for c in claimed {
-                    self.start(c).await?;
+                    self.start(c).await;
                 }
                 continue;
             }
@@ -175,14 +180,27 @@ impl Worker<'_> {
                 }
                 Some(joined) = self.set.join_next(), if !self.set.is_empty() => {
                     match joined {
-                        Ok((key, epoch, report)) => self.report(key, epoch, &report, note).await?,
+                        Ok((key, epoch, report)) => self.report(key, epoch, &report, note).await,
                         Err(e) => note(&format!("an attempt's task was lost: {e}")),
                     }
                     claim_now = true;
                 }
                 _ = beat.tick() => {
-                    match self.store.worker_heartbeat(&self.session, now_unix_ms(), self.lease_ms).await? {
-                        Beat::Held(held) => {
+                    let now = now_unix_ms();
+                    match self.store.worker_heartbeat(&self.session, now, self.lease_ms).await {
+                        Err(e) => {
+                            // The leases this worker counted on end at the last good beat plus
+                            // a lease: after that the rescuer may have given them away.
+                            let passed = now > last_beat + self.lease_ms;
+                            note(&format!("heartbeat: {e}{}", if passed { "; the leases have passed: stopping the attempts" } else { "" }));
+                            if passed {
+                                for (_, stop) in self.held.values() {
+                                    stop.stop();
+                                }
+                            }
+                        }
+                        Ok(Beat::Held(held)) => {
+                            last_beat = now;
                             for (key, (epoch, stop)) in &self.held {
                                 if !held.contains(&(*key, *epoch)) {
                                     note(&format!("attempt {key}: lease lost; stopping it"));
@@ -190,7 +208,7 @@ impl Worker<'_> {
                                 }
                             }
                         }
-                        Beat::Superseded => {
+                        Ok(Beat::Superseded) => {
                             note("another process registered this worker's name; stopping");
                             for (_, stop) in self.held.values() {
                                 stop.stop();
@@ -256,25 +274,37 @@ impl Worker<'_> {
     }
 
     /// Starts a claimed attempt on its own task (or ends it at once when it must not run).
-    async fn start(&mut self, c: Claimed) -> Result<(), RuntimeError> {
+    async fn start(&mut self, c: Claimed) {
         let key = c.key;
         let (stop, stop_signal) = StopHandle::new();
         self.held.insert(key, (c.epoch, stop));
         let refuse = |report: Report| async move { (key, c.epoch, report) };
-        let rec_state = self.store.run(key.run).await?.map(|r| r.state);
-        if rec_state != Some(RunState::Running) || self.store.cancel_requested(key.run).await? {
-            let report = Report {
-                outcome: Outcome::Cancelled,
-                ..Report::failed("the run is cancelled or over; not run", false)
-            };
-            self.set.spawn(refuse(report));
-            return Ok(());
+        let live = async {
+            let state = self.store.run(key.run).await?.map(|r| r.state);
+            Ok::<_, RuntimeError>(
+                state == Some(RunState::Running) && !self.store.cancel_requested(key.run).await?,
+            )
+        };
+        match live.await {
+            Ok(true) => {}
+            Ok(false) => {
+                let report = Report {
+                    outcome: Outcome::Cancelled,
+                    ..Report::failed("the run is cancelled or over; not run", false)
+                };
+                self.set.spawn(refuse(report));
+                return;
+            }
+            Err(e) => {
+                self.set.spawn(refuse(Report::failed(format!("worker: {e}"), true)));
+                return;
+            }
         }
         let ctx = match self.ctx(key.run).await {
             Ok(ctx) => ctx,
             Err(e) => {
                 self.set.spawn(refuse(Report::failed(format!("worker: {e}"), true)));
-                return Ok(());
+                return;
             }
         };
         let payload: Payload = match serde_json::from_str(&c.payload) {
@@ -282,14 +312,14 @@ impl Worker<'_> {
             Err(e) => {
                 let report = Report::failed(format!("worker: unreadable payload: {e}"), false);
                 self.set.spawn(refuse(report));
-                return Ok(());
+                return;
             }
         };
         if key.idx as usize >= ctx.plan.len() {
             let report =
                 Report::failed(format!("worker: no instance {} in the run", key.idx), false);
             self.set.spawn(refuse(report));
-            return Ok(());
+            return;
         }
         let id = InstanceId::new(key.idx as usize);
         let attempt = ctx.inputs.remote_attempt(&ctx.plan, id, key.attempt, payload.needs);
@@ -308,7 +338,6 @@ impl Worker<'_> {
             };
             (key, epoch, report)
         });
-        Ok(())
     }
 
     async fn report(
@@ -317,16 +346,25 @@ impl Worker<'_> {
         epoch: i64,
         report: &Report,
         note: &mut dyn FnMut(&str),
-    ) -> Result<(), RuntimeError> {
+    ) {
         if self.held.remove(&key).is_none() {
             // Handed back: its report is not sent.
-            return Ok(());
+            return;
         }
-        let text = serde_json::to_string(&WireReport::of(report))
-            .map_err(|e| RuntimeError::Internal(format!("encoding a report: {e}")))?;
-        match self.store.dispatch_complete(&self.session, key, epoch, &text, now_unix_ms()).await? {
-            Completion::Accepted | Completion::AlreadyRecorded => self.summary.reported += 1,
-            Completion::Stale { current } => {
+        let text = match serde_json::to_string(&WireReport::of(report)) {
+            Ok(t) => t,
+            Err(e) => {
+                note(&format!("attempt {key}: its report cannot be encoded: {e}"));
+                return;
+            }
+        };
+        match self.store.dispatch_complete(&self.session, key, epoch, &text, now_unix_ms()).await {
+            // Unreported, the attempt is rescued when its lease ends and runs again.
+            Err(e) => note(&format!(
+                "attempt {key}: report not delivered ({e}); it runs again once its lease ends"
+            )),
+            Ok(Completion::Accepted | Completion::AlreadyRecorded) => self.summary.reported += 1,
+            Ok(Completion::Stale { current }) => {
                 self.summary.stale += 1;
                 let now = current.map_or("gone".to_owned(), |(s, e)| format!("{s} at epoch {e}"));
                 note(&format!(
@@ -334,6 +372,5 @@ impl Worker<'_> {
                 ));
             }
         }
-        Ok(())
     }
 }
