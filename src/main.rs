@@ -76,6 +76,9 @@ enum Command {
     Serve(cmd::serve::Args),
     /// Scratch database instances of `pitr` steps: list them, drop a run's.
     Scratch(cmd::scratch::Args),
+    /// Execute attempts of `run --dispatch workers` runs from a PostgreSQL store's queues,
+    /// until SIGTERM/SIGINT (then drain).
+    Worker(cmd::worker::Args),
 }
 
 fn main() -> ExitCode {
@@ -149,5 +152,6 @@ fn dispatch(cli: &Cli) -> anyhow::Result<exit::Exit> {
         Command::Scratch(args) => cmd::scratch::run(args),
         Command::Drill(args) => cmd::drill::run(before, args),
         Command::Serve(args) => cmd::serve::run(&db(&args.db)?, args),
+        Command::Worker(args) => cmd::worker::run(&db(&args.db)?, args),
     }
 }

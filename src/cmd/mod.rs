@@ -14,3 +14,4 @@ pub mod sandbox;
 pub mod scratch;
 pub mod serve;
 pub mod status;
+pub mod worker;

@@ -65,6 +65,33 @@ pub struct Args {
     /// listed separately; run nothing and write nothing.
     #[arg(long, conflicts_with = "simulate")]
     dry_run: bool,
+    /// Who executes the attempts: local (this process) or workers (`rewind worker` processes
+    /// on a PostgreSQL store).
+    #[arg(long, value_name = "WHERE", default_value = "local")]
+    dispatch: Dispatch,
+}
+
+/// `--dispatch`: where attempts execute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Dispatch {
+    /// In this process.
+    Local,
+    /// On `rewind worker` processes (PostgreSQL store only).
+    Workers,
+}
+
+impl Dispatch {
+    /// Refuses `workers` on a store other than PostgreSQL.
+    fn check(self, db: &str) -> Result<()> {
+        let pg = db.starts_with("postgres://") || db.starts_with("postgresql://");
+        if self == Self::Workers && !pg {
+            return Err(refused(format!(
+                "rewind: --dispatch workers needs a PostgreSQL checkpoint store (workers on other hosts claim attempts from it), not {}; use --db postgres://... or --dispatch local",
+                store::describe(db)
+            )));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -85,6 +112,10 @@ pub struct ResumeArgs {
     /// (without it, a halted run's failed and blocked instances run again first).
     #[arg(long)]
     accept_failures: bool,
+    /// Who executes the attempts: local (this process) or workers (`rewind worker` processes
+    /// on a PostgreSQL store).
+    #[arg(long, value_name = "WHERE", default_value = "local")]
+    dispatch: Dispatch,
 }
 
 /// The default `--halt-on-failure-rate`.
@@ -128,6 +159,7 @@ fn absolute(p: &Path) -> Result<PathBuf> {
 
 /// `rewind run`
 pub fn run(db: &str, args: &Args) -> Result<Exit> {
+    args.dispatch.check(db)?;
     if !(0.0..=1.0).contains(&args.fail_rate) {
         return Err(refused(format!(
             "rewind: --fail-rate {} must be between 0 and 1",
@@ -222,12 +254,13 @@ pub fn run(db: &str, args: &Args) -> Result<Exit> {
         out.flush()?;
         drop(out);
         let (lease, _) = Lease::acquire(&store, id).await.map_err(refuse)?;
-        drive(&store, lease).await
+        drive(&store, lease, args.dispatch).await
     })
 }
 
 /// `rewind resume RUN_ID [--accept-failures]`
 pub fn resume(db: &str, args: &ResumeArgs) -> Result<Exit> {
+    args.dispatch.check(db)?;
     store::runtime()?.block_on(async {
         let store = store::open(db).await?;
         let id = store::run_id(&args.run_id)?;
@@ -276,7 +309,7 @@ pub fn resume(db: &str, args: &ResumeArgs) -> Result<Exit> {
             lease.release(&store).await?;
             return Err(refuse(e.into()));
         }
-        drive(&store, lease).await
+        drive(&store, lease, args.dispatch).await
     })
 }
 
@@ -303,7 +336,7 @@ pub fn retry(db: &str, args: &RunIdArgs) -> Result<Exit> {
             Some(id),
             &format!("rewind: run {id}: {reset} failed or blocked instance(s) reset to pending"),
         );
-        drive(&store, lease).await
+        drive(&store, lease, Dispatch::Local).await
     })
 }
 
@@ -361,8 +394,11 @@ pub(crate) fn refuse(e: RuntimeError) -> anyhow::Error {
     }
 }
 
-async fn drive(store: &SqlStore, lease: Lease) -> Result<Exit> {
-    let summary = drive_with(store, lease, Vars::from_process()).await?;
+async fn drive(store: &SqlStore, lease: Lease, dispatch: Dispatch) -> Result<Exit> {
+    let summary = match dispatch {
+        Dispatch::Local => drive_with(store, lease, Vars::from_process()).await?,
+        Dispatch::Workers => drive_inner(store, lease, Vars::from_process(), true, true).await?,
+    };
     print_summary(&summary);
     Ok(exit_of(&summary))
 }
@@ -380,6 +416,16 @@ pub(crate) async fn drive_with_signals(
     vars: Vars,
     signals: bool,
 ) -> Result<Summary> {
+    drive_inner(store, lease, vars, signals, false).await
+}
+
+async fn drive_inner(
+    store: &SqlStore,
+    lease: Lease,
+    vars: Vars,
+    signals: bool,
+    workers: bool,
+) -> Result<Summary> {
     let run = lease.run;
     let mut display = Display::new(Some(run));
     let span = crate::telemetry::run_span(run);
@@ -392,7 +438,11 @@ pub(crate) async fn drive_with_signals(
         tick: Duration::from_secs(1),
         vars,
     };
-    let result = rewind_runtime::drive(store, lease, opts).instrument(span.clone()).await;
+    let result = if workers {
+        rewind_runtime::drive_dispatched(store, lease, opts).instrument(span.clone()).await
+    } else {
+        rewind_runtime::drive(store, lease, opts).instrument(span.clone()).await
+    };
     drop(traced);
     span.in_scope(|| display.finish());
     crate::telemetry::end_run_span(&span, result.as_ref().map(|s| &s.ended));

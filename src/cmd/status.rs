@@ -44,7 +44,7 @@ pub fn run(db: &str, args: &Args) -> Result<Exit> {
     })
 }
 
-async fn all(store: &impl Store, db: &str, json: bool) -> Result<Exit> {
+async fn all(store: &rewind_store::SqlStore, db: &str, json: bool) -> Result<Exit> {
     let runs = store.runs().await?;
     if json {
         let list: Vec<_> = runs
@@ -92,7 +92,55 @@ async fn all(store: &impl Store, db: &str, json: bool) -> Result<Exit> {
             if r.spec.simulated { format!("{clock} sim") } else { clock }
         );
     }
+    workers(store).await?;
     Ok(Exit::Ok)
+}
+
+/// The registered workers (`rewind worker`), when there are any: name, host, queues, slots,
+/// attempts held, last heartbeat, and whether it is live (a heartbeat within three lease
+/// periods), stopping (draining after SIGTERM) or gone.
+async fn workers(store: &rewind_store::SqlStore) -> Result<()> {
+    let workers = store.workers().await?;
+    if workers.is_empty() {
+        return Ok(());
+    }
+    let rows = store.dispatch_rows().await?;
+    let now = rewind_runtime::now_unix_ms();
+    let live_ms = 3 * i64::try_from(rewind_runtime::dispatch_lease().as_millis()).unwrap_or(0);
+    println!();
+    println!(
+        "{:<24}  {:<9}  {:<20}  {:<20}  {:>5}  {:>4}  {:>14}",
+        "WORKER", "STATE", "HOST", "QUEUES", "SLOTS", "HELD", "HEARTBEAT"
+    );
+    for w in &workers {
+        let held = rows
+            .iter()
+            .filter(|r| {
+                r.state == rewind_dispatch::DispatchState::Claimed
+                    && r.worker.as_deref() == Some(w.name.as_str())
+                    && r.incarnation == Some(w.incarnation)
+            })
+            .count();
+        let age = now - w.heartbeat_unix_ms;
+        let state = if age > live_ms {
+            "gone"
+        } else if w.stopping {
+            "stopping"
+        } else {
+            "live"
+        };
+        println!(
+            "{:<24}  {:<9}  {:<20}  {:<20}  {:>5}  {:>4}  {:>14}",
+            w.name,
+            state,
+            w.host,
+            w.queues.join(","),
+            w.slots,
+            held,
+            format!("{} ago", human_s(age.max(0) as f64 / 1000.0))
+        );
+    }
+    Ok(())
 }
 
 fn one(v: &RunView) {

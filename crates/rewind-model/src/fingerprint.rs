@@ -303,8 +303,19 @@ fn v1_policy(j: &mut Json, p: &Policy) {
 }
 
 fn v1_step(j: &mut Json, s: &Step) {
-    let Step { id, description, scope, needs, resource, estimate, when, action, policy, line: _ } =
-        s;
+    let Step {
+        id,
+        description,
+        scope,
+        needs,
+        resource,
+        estimate,
+        when,
+        action,
+        policy,
+        queue,
+        line: _,
+    } = s;
     j.raw("{");
     j.field_str(true, "id", id.as_str());
     if let Some(d) = description {
@@ -332,6 +343,10 @@ fn v1_step(j: &mut Json, s: &Step) {
     v1_action(j, action);
     j.key(false, "policy");
     v1_policy(j, policy);
+    // Added with workers (issue 17): only when set, so existing fingerprints do not change.
+    if let Some(q) = queue {
+        j.field_str(false, "queue", q.as_str());
+    }
     j.raw("}");
 }
 

@@ -196,6 +196,10 @@ pub struct Step {
     pub action: Action,
     /// Timeout and retries (the workflow's defaults, overridden by the step).
     pub policy: Policy,
+    /// The worker queue its attempts go to under `run --dispatch workers` (a template; `None`:
+    /// the queue `default`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<Template>,
     /// Line of the step's `[[steps]]` table in the workflow file.
     #[serde(skip)]
     pub line: u32,
@@ -704,6 +708,7 @@ impl Workflow {
     /// Every template a step renders: its action's and those of the connections it uses.
     pub fn step_templates<'a>(&'a self, step: &'a Step) -> Vec<&'a Template> {
         let mut out = step.action.templates();
+        out.extend(step.queue.as_ref());
         out.extend(
             step.action
                 .connections()

@@ -67,3 +67,18 @@ fn a_stored_fingerprint_is_checked_with_its_own_version() {
     assert_eq!(compute(0), None);
     assert_eq!(compute(Fingerprint::CURRENT + 1), None);
 }
+
+#[test]
+fn a_queue_changes_the_fingerprint_only_when_set() {
+    let text = fixture("every-field.toml");
+    let with_queue = text.replacen("[[steps]]\n", "[[steps]]\nqueue = \"east\"\n", 1);
+    assert_ne!(text, with_queue, "the fixture has a [[steps]] table");
+    let fp = |wf: &str| {
+        let wf = Workflow::parse("every-field.toml", wf).unwrap();
+        let format = TargetsFormat::from_file_name("every-field.jsonl").unwrap();
+        let t =
+            TargetSet::parse("every-field.jsonl", &fixture("every-field.jsonl"), format).unwrap();
+        Plan::build(wf, t, RP.parse().unwrap()).unwrap().fingerprint().to_string()
+    };
+    assert_ne!(fp(&text), fp(&with_queue));
+}

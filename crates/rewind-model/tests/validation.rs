@@ -1415,3 +1415,27 @@ fn references_take_part_in_the_fingerprint() {
         assert!(e.contains("its fingerprint is now"), "{e}");
     }
 }
+
+#[test]
+fn a_step_queue_is_a_template_defaulting_to_none() {
+    let text = with_header(&format!(
+        "{}{}",
+        step("a", "queue = \"us-{{target.attr.region}}\""),
+        step("b", "")
+    ));
+    let wf = Workflow::parse("w.toml", &text).unwrap();
+    assert_eq!(wf.steps[0].queue.as_ref().map(|q| q.as_str()), Some("us-{{target.attr.region}}"));
+    assert!(wf.steps[1].queue.is_none());
+}
+
+#[test]
+fn bad_queues_are_refused_where_they_are() {
+    let text = with_header(&step("a", "queue = \"\"  # Q"));
+    check(&text, K::InvalidValue, "# Q", Some("a"), "`queue` is empty");
+    let text = with_header(&step("a", "queue = \"east\\nwest\"  # Q"));
+    check(&text, K::InvalidValue, "# Q", Some("a"), "newline");
+    let text = with_header(&step("a", "queue = 3  # Q"));
+    check(&text, K::InvalidType, "# Q", Some("a"), "`queue` must be a string");
+    let text = with_header(&step("a", "queue = \"{{target.attr\"  # Q"));
+    check(&text, K::UnresolvedTemplate, "# Q", Some("a"), "");
+}

@@ -127,7 +127,21 @@ pub async fn drive<S: Store>(
     lease: Lease,
     opts: DriveOptions<'_>,
 ) -> Result<Summary, RuntimeError> {
-    let result = drive_held(store, &lease, opts).await;
+    let result = drive_held(store, &lease, opts, None).await;
+    let released = lease.release(store).await;
+    let summary = result?;
+    released?;
+    Ok(summary)
+}
+
+/// [`drive`], with attempts run by workers (`run --dispatch workers`): the store is `dispatch`
+/// too (PostgreSQL), written through its dispatch protocol. A simulation runs as [`drive`] does.
+pub async fn drive_dispatched(
+    store: &rewind_store::SqlStore,
+    lease: Lease,
+    opts: DriveOptions<'_>,
+) -> Result<Summary, RuntimeError> {
+    let result = drive_held(store, &lease, opts, Some(store.clone())).await;
     let released = lease.release(store).await;
     let summary = result?;
     released?;
@@ -138,6 +152,7 @@ async fn drive_held<S: Store>(
     store: &S,
     lease: &Lease,
     opts: DriveOptions<'_>,
+    remote: Option<rewind_store::SqlStore>,
 ) -> Result<Summary, RuntimeError> {
     let wall0 = Instant::now();
     let id = lease.run;
@@ -161,7 +176,21 @@ async fn drive_held<S: Store>(
             }
         }
     }
-    let driver = Driver::new(store, lease, &plan, &rec, rows, opts, wall0)?;
+    let mut driver = Driver::new(store, lease, &plan, &rec, rows, opts, wall0)?;
+    if let (Some(remote), false) = (remote, rec.spec.simulated) {
+        let mut r = crate::remote::RemoteExec::new(
+            remote,
+            id,
+            &lease.owner,
+            rec.spec.started_unix_ms,
+            driver.tick,
+        )
+        .await?;
+        // The attempts a dead coordinator left open run again as new attempts: those no worker
+        // claimed yet must not run too.
+        r.withdraw(&driver.open_attempts).await?;
+        driver.exec = Exec::Remote(r);
+    }
     driver.run().await
 }
 
@@ -255,7 +284,7 @@ pub(crate) fn parse_priority(s: &str) -> Priority {
 }
 
 /// What templates of each step read from dependencies, and the shared per-step data of attempts.
-struct Inputs {
+pub(crate) struct Inputs {
     run: RunId,
     workdir: std::path::PathBuf,
     cwd: std::path::PathBuf,
@@ -269,7 +298,7 @@ struct Inputs {
 }
 
 impl Inputs {
-    fn new(plan: &Plan, rec: &rewind_store::RunRecord, vars: Vars) -> Self {
+    pub(crate) fn new(plan: &Plan, rec: &rewind_store::RunRecord, vars: Vars) -> Self {
         let wf = plan.workflow();
         // The outputs each step reads: those its templates name, and for an audit, every
         // dependency's (with one instance per dependent).
@@ -308,7 +337,7 @@ impl Inputs {
         }
     }
 
-    fn attempt(
+    pub(crate) fn attempt(
         &self,
         plan: &Plan,
         id: InstanceId,
@@ -352,6 +381,22 @@ impl Inputs {
             vars: self.vars.clone(),
             resolvers: Resolvers::default(),
         }
+    }
+}
+
+impl Inputs {
+    /// The attempt a worker runs for a dispatched one: as [`Inputs::attempt`] on the
+    /// coordinator, with the dependency outputs its payload carries.
+    pub(crate) fn remote_attempt(
+        &self,
+        plan: &Plan,
+        id: InstanceId,
+        attempt: u32,
+        needs: std::collections::BTreeMap<rewind_model::StepId, Option<Value>>,
+    ) -> Attempt {
+        let mut a = self.attempt(plan, id, attempt, &HashMap::new());
+        a.needs = needs.into_iter().map(|(k, v)| (k, v.map(Arc::new))).collect();
+        a
     }
 }
 
@@ -848,16 +893,28 @@ impl<'p, 'o, S: Store> Driver<'p, 'o, S> {
                     });
                 }
             }
-            Exec::Real(_) => {
+            Exec::Real(_) | Exec::Remote(_) => {
                 if dispatches.is_empty() {
                     return Ok(());
                 }
                 self.commit(now).await?;
                 for d in dispatches {
                     let attempt = self.inputs.attempt(self.plan, d.id, d.attempt, &self.outputs);
-                    if let Exec::Real(r) = &mut self.exec {
-                        r.start(d.id, d.attempt, attempt);
+                    match &mut self.exec {
+                        Exec::Real(r) => r.start(d.id, d.attempt, attempt),
+                        Exec::Remote(r) => {
+                            r.start(
+                                d.id,
+                                d.attempt,
+                                &attempt,
+                                self.plan.step_of(d.id).queue.as_ref(),
+                            );
+                        }
+                        Exec::Sim(_) => {}
                     }
+                }
+                if let Exec::Remote(r) = &mut self.exec {
+                    r.flush().await?;
                 }
             }
         }
@@ -900,6 +957,7 @@ impl<'p, 'o, S: Store> Driver<'p, 'o, S> {
             Event::Done { id, attempt, report } => self.attempt_ended(id, attempt, &report, now),
             Event::Wake => {}
             Event::Tick => return true,
+            Event::Note(note) => self.observer.note(&note),
             Event::Signal(sig) => self.stop(StopReason::Signal(sig), now),
             Event::Stop => self.stop(StopReason::StopRequest, now),
         }
@@ -1036,6 +1094,9 @@ impl<'p, 'o, S: Store> Driver<'p, 'o, S> {
 
     /// How the drive ended, written with the last commit.
     async fn finish(mut self) -> Result<Summary, RuntimeError> {
+        if let Exec::Remote(r) = &mut self.exec {
+            r.withdraw(&[]).await?;
+        }
         let now = self.exec.now();
         // A cancel asked for while the run was halting wins: the operator wants it over.
         if self.halted.is_some()

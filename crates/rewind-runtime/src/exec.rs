@@ -55,6 +55,8 @@ pub(crate) enum Event {
     Stop,
     /// Time to look at the cancel flag and renew the lease.
     Tick,
+    /// Something the operator should know (workers: a queue without a live worker).
+    Note(String),
 }
 
 /// SIGINT and SIGTERM, when the caller wants them handled.
@@ -300,6 +302,7 @@ impl RealExec {
 pub(crate) enum Exec {
     Sim(SimExec),
     Real(RealExec),
+    Remote(crate::remote::RemoteExec),
 }
 
 impl Exec {
@@ -307,6 +310,7 @@ impl Exec {
         match self {
             Self::Sim(s) => s.now,
             Self::Real(r) => r.now(),
+            Self::Remote(r) => r.now(),
         }
     }
 
@@ -314,6 +318,7 @@ impl Exec {
         match self {
             Self::Sim(s) => s.heap.len(),
             Self::Real(r) => r.set.len(),
+            Self::Remote(r) => r.running(),
         }
     }
 
@@ -322,6 +327,7 @@ impl Exec {
         match self {
             Self::Sim(s) => Ok(s.pop_due()),
             Self::Real(r) => r.ready(),
+            Self::Remote(r) => Ok(r.ready()),
         }
     }
 
@@ -338,6 +344,7 @@ impl Exec {
                 None => s.advance(wake),
             }),
             Self::Real(r) => r.wait(wake, signals).await,
+            Self::Remote(r) => r.wait(wake, signals).await,
         }
     }
 
@@ -350,6 +357,7 @@ impl Exec {
                 r.stop.stop();
                 Vec::new()
             }
+            Self::Remote(r) => r.stop_all(),
         }
     }
 }

@@ -21,7 +21,9 @@ mod lease;
 mod offline;
 mod orphans;
 mod progress;
+mod remote;
 mod view;
+mod worker;
 
 use std::time::Duration;
 
@@ -29,12 +31,16 @@ use rewind_model::RunId;
 use rewind_store::StoreError;
 
 pub use create::{Mode, RunSpec, create_run};
-pub use drive::{DriveOptions, Ended, StopReason, Summary, check_runnable, drive};
+pub use drive::{
+    DriveOptions, Ended, StopReason, Summary, check_runnable, drive, drive_dispatched,
+};
 pub use exec::Signal;
 pub use lease::{Identity, LEASE, Lease, hostname, identity, is_stale, me, now_unix_ms, username};
 pub use offline::cancel_offline;
 pub use progress::{AttemptEnd, DriveStart, EtaBasis, NoObserver, Observer, Progress};
+pub use remote::{DEFAULT_QUEUE, Payload, WireReport, dispatch_lease};
 pub use view::{AttemptView, InstanceView, RunView, TargetView, is_driven, load_plan, shown_state};
+pub use worker::{WorkerOptions, WorkerSummary, work};
 
 /// Why the runtime could not do what was asked.
 #[derive(Debug, thiserror::Error)]

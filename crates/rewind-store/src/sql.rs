@@ -3,6 +3,7 @@
 //! migrations differ in column types.
 
 mod dispatch;
+pub use dispatch::{DispatchListener, NOTIFY_CHANNEL};
 
 use std::collections::BTreeMap;
 use std::sync::Once;

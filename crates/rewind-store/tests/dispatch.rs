@@ -531,3 +531,38 @@ async fn sqlite_lease_epoch_follows_takeovers() {
     assert!(matches!(e, Err(StoreError::Fenced(Fenced { epoch: 1, .. }))), "{e:?}");
     assert!(store.dispatch_rows().await.unwrap().is_empty());
 }
+
+/// An enqueue that writes rows wakes a listener (once, at its commit); one that writes nothing
+/// does not notify.
+#[tokio::test]
+async fn postgres_enqueue_notifies_listeners() {
+    let Some(base) = postgres_url("postgres_enqueue_notifies_listeners") else { return };
+    let schema = PgSchema::create(&base).await;
+    let mut listener = rewind_store::DispatchListener::connect(&schema.url).await.unwrap();
+    let (store, run) = queued(&schema, 3).await;
+    // Other tests' runs notify on the same channel (one per database): only this run counts.
+    loop {
+        let woke = tokio::time::timeout(std::time::Duration::from_secs(30), listener.recv())
+            .await
+            .expect("a wake-up for the enqueue")
+            .unwrap();
+        if woke == run.to_string() {
+            break;
+        }
+    }
+    // The same rows again: nothing written, no notification; a new row: one.
+    let fence = store.lease_epoch(run, "coordinator").await.unwrap().unwrap();
+    let again = NewDispatch { idx: 0, attempt: 1, queue: "q".into(), payload: "{}".into() };
+    assert_eq!(store.dispatch_enqueue(fence, &[again], T0).await.unwrap(), 0);
+    let new = NewDispatch { idx: 9, attempt: 1, queue: "q".into(), payload: "{}".into() };
+    assert_eq!(store.dispatch_enqueue(fence, &[new], T0).await.unwrap(), 1);
+    let mut seen = 0;
+    while let Ok(woke) =
+        tokio::time::timeout(std::time::Duration::from_millis(500), listener.recv()).await
+    {
+        seen += usize::from(woke.unwrap() == run.to_string());
+    }
+    assert_eq!(seen, 1, "one notification for the enqueue that wrote a row");
+    drop(listener);
+    schema.drop_schema().await;
+}

@@ -50,6 +50,7 @@ const STEP_KEYS: &[&str] = &[
     "timeout",
     "retries",
     "backoff",
+    "queue",
 ];
 const ACTION_KINDS: &[&str] = &["command", "sql", "copy", "compare", "audit", "pitr"];
 const COMMAND_KEYS: &[&str] = &["kind", "program", "args", "env"];
@@ -160,6 +161,7 @@ struct Draft {
     templates: Vec<(Template, Span)>,
     policy: Policy,
     description: Option<String>,
+    queue: Option<Template>,
 }
 
 /// The spans of the `sql` strings of a `sql` action (its `sql`, or each of its `statements`),
@@ -463,6 +465,7 @@ impl Parser<'_> {
                 when: d.when,
                 action: d.action,
                 policy: d.policy,
+                queue: d.queue,
             })
             .collect::<Vec<Step>>();
         let need_idx = steps
@@ -1027,6 +1030,30 @@ impl Parser<'_> {
 
         let policy = self.policy(t, *defaults, s);
         let description = t.get("description").and_then(|v| self.string(v, "description", s));
+        let queue = match t.get("queue") {
+            None => None,
+            Some(v) => match self.string(v, "queue", s) {
+                Some(raw) if raw.trim().is_empty() => {
+                    self.err(&v.span(), K::InvalidValue, s, "`queue` is empty: name a worker queue, e.g. \"us-east\" (without the key, the queue is \"default\")");
+                    ok = false;
+                    None
+                }
+                Some(raw) if raw.chars().any(char::is_control) => {
+                    self.err(&v.span(), K::InvalidValue, s, "`queue` contains a newline or another control character: a queue name is one line");
+                    ok = false;
+                    None
+                }
+                Some(raw) => {
+                    let q = self.template(&raw, v.span(), s, &mut templates);
+                    ok &= q.is_some();
+                    q
+                }
+                None => {
+                    ok = false;
+                    None
+                }
+            },
+        };
 
         if !ok {
             return None;
@@ -1046,6 +1073,7 @@ impl Parser<'_> {
             templates,
             policy,
             description,
+            queue,
         })
     }
 

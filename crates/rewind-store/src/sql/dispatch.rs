@@ -17,6 +17,27 @@ use sqlx::{Any, AssertSqlSafe, Row};
 use super::{Backend, SqlStore, chunk, q};
 use crate::{Result, StoreError};
 
+/// The channel [`SqlStore::dispatch_enqueue`] notifies on PostgreSQL (payload: the run id).
+pub const NOTIFY_CHANNEL: &str = "rewind_dispatch";
+
+/// Wake-ups of a worker: a PostgreSQL `LISTEN` on [`NOTIFY_CHANNEL`].
+pub struct DispatchListener(sqlx::postgres::PgListener);
+
+impl DispatchListener {
+    /// Listens on the PostgreSQL server at `url` (which must be one).
+    pub async fn connect(url: &str) -> Result<Self> {
+        let mut l = sqlx::postgres::PgListener::connect(url).await.map_err(q("listen: connect"))?;
+        l.listen(NOTIFY_CHANNEL).await.map_err(q("listen"))?;
+        Ok(Self(l))
+    }
+
+    /// The next wake-up: the run whose attempts were enqueued (an error when the connection
+    /// failed; it reconnects on the next call).
+    pub async fn recv(&mut self) -> Result<String> {
+        self.0.recv().await.map(|n| n.payload().to_owned()).map_err(q("listen: receive"))
+    }
+}
+
 /// The columns a [`DispatchRow`] is read from.
 const ROW_COLUMNS: &str = "run_id, idx, attempt, queue, state, epoch, worker, incarnation, \
      lease_until_ms, enqueued_unix_ms, payload, outcome";
@@ -137,6 +158,16 @@ impl SqlStore {
             }
             written +=
                 query.execute(&mut *tx).await.map_err(q("enqueue attempts"))?.rows_affected();
+        }
+        // One wake-up per enqueue transaction, delivered at its commit (workers LISTEN on it;
+        // they poll too, so a missed one only delays).
+        if self.backend == Backend::Postgres && written > 0 {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(NOTIFY_CHANNEL)
+                .bind(run.clone())
+                .execute(&mut *tx)
+                .await
+                .map_err(q("notify workers"))?;
         }
         tx.commit().await.map_err(q("commit enqueue"))?;
         Ok(written)
@@ -457,6 +488,32 @@ impl SqlStore {
             .rows_affected();
         }
         tx.commit().await.map_err(q("commit forget"))?;
+        Ok(gone)
+    }
+
+    /// The coordinator holding `fence` withdraws attempts of its run that no worker claimed:
+    /// their queued rows go (claimed and ended rows are kept: a worker runs or ran them).
+    /// Returns how many went; [`StoreError::Fenced`] (nothing removed) if the run was taken over.
+    /// The `DELETE` judges the state under the row lock, so a concurrent claim wins or loses
+    /// whole.
+    pub async fn dispatch_withdraw(&self, fence: Fence, keys: &[AttemptKey]) -> Result<u64> {
+        let mut tx = self.begin_write("begin withdraw").await?;
+        self.check_fence(&mut tx, fence).await?;
+        let mut gone = 0;
+        for k in keys.iter().filter(|k| k.run == fence.run) {
+            gone += sqlx::query(
+                "DELETE FROM dispatch WHERE run_id = $1 AND idx = $2 AND attempt = $3 \
+                 AND state = 'queued'",
+            )
+            .bind(k.run.to_string())
+            .bind(i64_of(k.idx))
+            .bind(i64_of(k.attempt))
+            .execute(&mut *tx)
+            .await
+            .map_err(q("withdraw attempt"))?
+            .rows_affected();
+        }
+        tx.commit().await.map_err(q("commit withdraw"))?;
         Ok(gone)
     }
 
