@@ -150,6 +150,7 @@ fn failures_waves_and_drills_are_shown() {
     // the page it rendered) shows what a board without a cache shows.
     assert_eq!(board.page(&format!("/runs/{id}")), page);
     let log = board.page(&format!("/runs/{id}/events"));
+    let list = board.page("/api/v1/runs");
     let o = env.rewind(&["retry", &id]);
     assert!(o.status.code().is_some_and(|c| c == 0 || c == 1), "{}", stderr(&o));
     let again = board.page(&format!("/runs/{id}"));
@@ -160,6 +161,10 @@ fn failures_waves_and_drills_are_shown() {
     let log_again = board.page(&format!("/runs/{id}/events"));
     assert_ne!(log_again, log);
     assert_eq!(log_again, fresh.page(&format!("/runs/{id}/events")));
+    // The runs list's kept figures follow the change too.
+    let list_again = board.page("/api/v1/runs");
+    assert_ne!(list_again, list);
+    assert_eq!(list_again, fresh.page("/api/v1/runs"));
 
     let staged = simulate(&env, &targets, &["--waves", "5,20"], 0);
     let page = board.page(&format!("/runs/{staged}"));

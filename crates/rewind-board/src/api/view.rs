@@ -277,6 +277,32 @@ impl Computed {
 
     /// The list row, with the state and driver as `record` says now.
     pub fn row(&self, r: &RunRecord) -> RunRow {
+        self.figures().row(r)
+    }
+
+    /// What a runs-list row needs of this data.
+    fn figures(&self) -> Figures {
+        Figures {
+            key: self.key,
+            targets_total: self.targets_total,
+            targets_restored: self.targets_restored,
+            eta_s: self.eta_s,
+        }
+    }
+}
+
+/// What a runs-list row needs of a run's data, kept per run beside the bounded cache of whole
+/// reads: listing many runs does not read each again while it has not changed.
+#[derive(Clone, Copy, Debug)]
+struct Figures {
+    key: Key,
+    targets_total: usize,
+    targets_restored: usize,
+    eta_s: Option<f64>,
+}
+
+impl Figures {
+    fn row(&self, r: &RunRecord) -> RunRow {
         RunRow {
             run_id: r.spec.id.to_string(),
             workflow: r.spec.workflow.clone(),
@@ -293,7 +319,9 @@ impl Computed {
                 .filter(|_| r.state != RunState::Failed && r.state != RunState::Cancelled),
         }
     }
+}
 
+impl Computed {
     /// The summary, as `record` says now.
     pub fn summary(&self, r: &RunRecord) -> RunSummary {
         RunSummary {
@@ -322,6 +350,7 @@ type Slot = Arc<tokio::sync::Mutex<Option<(Arc<Computed>, Arc<RunView>)>>>;
 pub(crate) struct Cache {
     plans: Mutex<HashMap<RunId, Arc<Plan>>>,
     computed: Mutex<HashMap<RunId, Slot>>,
+    rows: Mutex<HashMap<RunId, Figures>>,
 }
 
 impl AppState {
@@ -406,6 +435,8 @@ impl AppState {
         &self,
         id: RunId,
     ) -> Result<(RunRecord, Key, Arc<Computed>, Arc<RunView>), ApiError> {
+        // An unknown run takes no slot (and evicts none).
+        self.store.run_marker(id).await?.ok_or_else(|| no_run(id))?;
         let slot = self.slot(id)?;
         let mut slot = slot.lock().await;
         let marker = self.store.run_marker(id).await?.ok_or_else(|| no_run(id))?;
@@ -441,8 +472,17 @@ impl AppState {
             } else {
                 -1
             };
-            let c = self.computed(&r, Key::of(&r, seq)).await?;
-            rows.push(c.row(&r));
+            let key = Key::of(&r, seq);
+            let kept = self.cache.rows.lock().map_err(poisoned)?.get(&r.spec.id).copied();
+            let figures = match kept.filter(|f| f.key == key) {
+                Some(f) => f,
+                None => {
+                    let f = self.computed(&r, key).await?.figures();
+                    self.cache.rows.lock().map_err(poisoned)?.insert(r.spec.id, f);
+                    f
+                }
+            };
+            rows.push(figures.row(&r));
         }
         Ok(rows)
     }
