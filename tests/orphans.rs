@@ -29,8 +29,10 @@ echo "start $REWIND_INSTANCE $REWIND_ATTEMPT $$" >> "$log"
 trap 'echo "end $REWIND_INSTANCE $REWIND_ATTEMPT $$" >> "$log"' EXIT
 trap 'exit 143' TERM
 if [ -n "$ESCAPE" ]; then
-  setsid sleep 60 >/dev/null 2>&1 &
-  echo $! > escaped.pid.tmp && mv escaped.pid.tmp escaped.pid
+  # The pid is written by the escaped process itself, once it is in its own session: written
+  # from `$!`, the test could stop rewind (and the watchdog the group) before `setsid` ran.
+  setsid sh -c 'echo $$ > escaped.pid.tmp && mv escaped.pid.tmp escaped.pid && exec sleep 60' \
+    >/dev/null 2>&1 &
 fi
 if [ -n "$HOLD" ]; then
   while :; do sleep 0.05; done
