@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use rewind_model::{EventKind, RunState};
-use rewind_runtime::{Lease, RuntimeError, cancel_offline, is_stale, now_unix_ms};
+use rewind_runtime::{Lease, RuntimeError, cancel_offline, is_driven};
 use rewind_store::Store;
 
 use crate::cmd::run::operator_event;
@@ -35,7 +35,7 @@ pub fn run(db: &str, args: &Args) -> Result<Exit> {
         }
         let event = operator_event(EventKind::OperatorCancel, record.clock_s, serde_json::json!({}));
         store.request_cancel(id, &event).await?;
-        let driven = record.owner.as_deref().is_some_and(|o| !is_stale(o, record.heartbeat_unix_ms, now_unix_ms()));
+        let driven = is_driven(&record);
         if !driven {
             // Nobody drives it: cancel it here.
             match Lease::acquire(&store, id).await {

@@ -39,7 +39,10 @@ pub use lease::{Identity, LEASE, Lease, hostname, identity, is_stale, me, now_un
 pub use offline::cancel_offline;
 pub use progress::{AttemptEnd, DriveStart, EtaBasis, NoObserver, Observer, Progress};
 pub use remote::{DEFAULT_QUEUE, Payload, WireReport, dispatch_lease};
-pub use view::{AttemptView, InstanceView, RunView, TargetView, is_driven, load_plan, shown_state};
+pub use view::{
+    AttemptView, InstanceView, RunView, TargetView, driven_by, is_driven, load_plan, shown,
+    shown_state,
+};
 pub use worker::{WorkerOptions, WorkerSummary, work};
 
 /// Why the runtime could not do what was asked.

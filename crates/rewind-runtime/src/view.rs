@@ -40,13 +40,24 @@ pub fn load_plan(rec: &RunRecord) -> Result<Plan, RuntimeError> {
 
 /// Whether a live process drives the run (its owner's heartbeat is fresh).
 pub fn is_driven(r: &RunRecord) -> bool {
-    r.owner.as_deref().is_some_and(|o| !is_stale(o, r.heartbeat_unix_ms, now_unix_ms()))
+    driven_by(r.owner.as_deref(), r.heartbeat_unix_ms)
+}
+
+/// Whether `owner`, whose last heartbeat was at `heartbeat_unix_ms`, is a live driver: the one
+/// rule behind [`is_driven`], for readers that hold a run's lease columns without its record.
+pub fn driven_by(owner: Option<&str>, heartbeat_unix_ms: Option<i64>) -> bool {
+    owner.is_some_and(|o| !is_stale(o, heartbeat_unix_ms, now_unix_ms()))
+}
+
+/// The state shown for a run stored in `state`: `interrupted` for `running` with no live driver.
+pub fn shown(state: RunState, driven: bool) -> &'static str {
+    if state == RunState::Running && !driven { "interrupted" } else { state.as_str() }
 }
 
 /// The state to show for a run: `interrupted` for a `running` run that no live process drives,
 /// else its stored state.
 pub fn shown_state(r: &RunRecord) -> &'static str {
-    if r.state == RunState::Running && !is_driven(r) { "interrupted" } else { r.state.as_str() }
+    shown(r.state, is_driven(r))
 }
 
 fn secs(s: f64) -> Duration {

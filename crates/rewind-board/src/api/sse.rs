@@ -114,14 +114,8 @@ async fn poll_run(s: AppState, id: RunId, tx: watch::Sender<Option<Arc<Snapshot>
         // What the stream shows besides the data: the shown state and the driver, which change
         // with the heartbeat's age alone.
         let key = Key::of_marker(&marker);
-        let driven = marker.owner.as_deref().is_some_and(|o| {
-            !rewind_runtime::is_stale(o, marker.heartbeat_unix_ms, rewind_runtime::now_unix_ms())
-        });
-        let shown = if marker.state == rewind_model::RunState::Running && !driven {
-            "interrupted"
-        } else {
-            marker.state.as_str()
-        };
+        let driven = rewind_runtime::driven_by(marker.owner.as_deref(), marker.heartbeat_unix_ms);
+        let shown = rewind_runtime::shown(marker.state, driven);
         let seen = (key, shown, marker.owner.clone().filter(|_| driven));
         if last.as_ref() == Some(&seen) {
             continue;

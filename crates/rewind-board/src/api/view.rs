@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rewind_model::{Plan, RunId, RunState};
-use rewind_runtime::{RunView, is_driven, is_stale, load_plan, now_unix_ms, shown_state};
+use rewind_runtime::{RunView, driven_by, is_driven, load_plan, shown_state};
 use rewind_scheduler::State;
 use rewind_store::{RunMarker, RunRecord, Store};
 use serde::Serialize;
@@ -46,10 +46,7 @@ impl Key {
             clock: m.clock_s.to_bits(),
             finished: m.finished_s.map(f64::to_bits),
             last_seq: if m.state.holds_targets() { m.last_seq } else { -1 },
-            driven: m
-                .owner
-                .as_deref()
-                .is_some_and(|o| !is_stale(o, m.heartbeat_unix_ms, now_unix_ms())),
+            driven: driven_by(m.owner.as_deref(), m.heartbeat_unix_ms),
         }
     }
 }
