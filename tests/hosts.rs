@@ -1,0 +1,703 @@
+//! Workers on separate hosts (issue 17): each `rewind worker` runs in a network namespace and a
+//! UTS namespace of its own (its own hostname), made by the test, and reaches the checkpoint
+//! store over a bridge: a PostgreSQL cluster the test starts and binds on the bridge's address
+//! only. The coordinator (`rewind run --dispatch workers`) runs in the root namespace.
+//!
+//! Every test asserts through the store: the `workers` table shows each host, every instance has
+//! exactly one succeeded attempt, the attempt counts, and `stale_outcomes`. The steps report the
+//! host they ran on as their output, so the store also says where each instance ran.
+//!
+//! Needs root, `ip` (iproute2), `unshare` (util-linux), `runuser` and PostgreSQL's server
+//! programs. Without them the tests fail when `REWIND_TEST_POSTGRES` is set (CI sets it) and are
+//! skipped, saying why, otherwise.
+
+#![allow(clippy::unwrap_used)] // a panic in a test is a failed test
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use rewind_model::{AttemptOutcome, InstanceState, RunId};
+use rewind_store::{SqlStore, Store};
+use support::*;
+
+/// The lease of dispatched attempts in these tests: a lost worker's attempts are rescued after
+/// it.
+const LEASE_MS: &str = "1000";
+
+/// The step of these tests. `step.sh LEDGER MODE`: logs its start and end to LEDGER with its pid
+/// and the host it runs on (`start|end INSTANCE ATTEMPT KEY PID HOST`); MODE `gate` waits for the
+/// file `$GATE` first. Its output names the host, so the store records where it ran.
+const HOST_STEP_SH: &str = r#"#!/bin/sh
+ledger="$1"; mode="${2:-ok}"; host=$(hostname)
+echo "start $REWIND_INSTANCE $REWIND_ATTEMPT $REWIND_IDEMPOTENCY_KEY $$ $host" >> "$ledger"
+case "$mode" in
+  gate) while [ ! -e "$GATE" ]; do sleep 0.02; done ;;
+esac
+echo "end $REWIND_INSTANCE $REWIND_ATTEMPT $REWIND_IDEMPOTENCY_KEY $$ $host" >> "$ledger"
+printf '{"restore_point":"%s","host":"%s"}\n' "$REWIND_RESTORE_POINT" "$host"
+"#;
+
+// ---------------------------------------------------------------------------------------------
+// The lab: a bridge, a PostgreSQL cluster on it, hosts (network + UTS namespaces) plugged into it.
+// ---------------------------------------------------------------------------------------------
+
+/// Distinguishes the labs of one test process (names are `<pid>x<counter>`).
+static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
+
+/// Runs a setup command; panics with its stderr if it fails.
+fn sh(program: &str, args: &[&str]) -> String {
+    let o = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        o.status.success(),
+        "{program} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&o.stderr).trim()
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Runs a teardown command, ignoring failure (the resource may be gone already).
+fn sh_quiet(program: &str, args: &[&str]) {
+    let _ = Command::new(program).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status();
+}
+
+fn on_path(p: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(p).is_file()))
+}
+
+/// What the lab needs and this machine lacks, if anything.
+fn missing() -> Option<String> {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("Uid:")).map(|l| {
+                l.split_whitespace().nth(1).unwrap_or_default().to_owned() // effective uid
+            })
+        })
+        .unwrap_or_default();
+    if uid != "0" {
+        return Some(format!("root (network namespaces; running as uid {uid})"));
+    }
+    for p in ["ip", "unshare", "runuser", "hostname"] {
+        if !on_path(p) {
+            return Some(format!("`{p}` (apt-get install -y iproute2 util-linux hostname)"));
+        }
+    }
+    let bin = rewind_pitr::pg::bindir(None);
+    for p in ["initdb", "pg_ctl"] {
+        if !bin.join(p).is_file() {
+            return Some(format!("{} (apt-get install -y postgresql)", bin.join(p).display()));
+        }
+    }
+    None
+}
+
+/// A bridge in the root namespace with the first address of its /24; deleted on drop.
+struct Bridge {
+    name: String,
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        sh_quiet("ip", &["link", "del", &self.name]);
+    }
+}
+
+/// A scratch PostgreSQL cluster listening only on the bridge's address, trusting its subnet;
+/// stopped (immediately) and removed on drop.
+struct Cluster {
+    bin: PathBuf,
+    data: PathBuf,
+    /// Removed after the server stopped (fields drop in order).
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn pg_ctl(bin: &Path, args: &[&str]) -> Vec<String> {
+        let mut a = vec!["-u".to_owned(), "postgres".into(), "--".into()];
+        a.push(bin.join("pg_ctl").display().to_string());
+        a.extend(args.iter().map(|s| (*s).to_owned()));
+        a
+    }
+
+    fn start(ip: &str, subnet: &str) -> Self {
+        let bin = rewind_pitr::pg::bindir(None);
+        let dir = tempfile::Builder::new().prefix("rewind-hosts-pg-").tempdir().unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            // The server runs as `postgres`: it must reach its data directory.
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let data = dir.path().join("data");
+        let d = data.display().to_string();
+        sh("install", &["-d", "-o", "postgres", "-g", "postgres", "-m", "0700", &d]);
+        let initdb = bin.join("initdb").display().to_string();
+        sh(
+            "runuser",
+            &[
+                "-u",
+                "postgres",
+                "--",
+                &initdb,
+                "-D",
+                &d,
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+        );
+        let conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str(&format!(
+            "\n# rewind tests/hosts.rs\nlisten_addresses = '{ip}'\nport = 5432\n\
+             unix_socket_directories = '{d}'\nfsync = off\nshared_buffers = 16MB\n\
+             max_connections = 60\n"
+        ));
+        std::fs::write(&conf, text).unwrap();
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            format!("local all all trust\nhost all all {subnet} trust\n"),
+        )
+        .unwrap();
+        // Constructed before it starts: a start that fails half-way is still stopped.
+        let cluster = Self { bin, data, _dir: dir };
+        let log = cluster.data.join("server.log").display().to_string();
+        let args = Self::pg_ctl(&cluster.bin, &["-D", &d, "-l", &log, "-w", "-t", "60", "start"]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        sh("runuser", &args);
+        cluster
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let d = self.data.display().to_string();
+        let args = Self::pg_ctl(&self.bin, &["-D", &d, "-m", "immediate", "-w", "stop"]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        sh_quiet("runuser", &args);
+    }
+}
+
+/// A bridge, a PostgreSQL cluster bound on it, and the test's folder using that store.
+/// Hosts are made with [`Lab::host`].
+struct Lab {
+    /// The test's folder; `env.db` is the cluster.
+    env: Env,
+    /// Names of this lab's links and namespaces start with `rw?<id>`.
+    id: String,
+    /// The first three octets of the subnet.
+    net: String,
+    hosts: AtomicU32,
+    // Dropped in this order: the server first, then the bridge.
+    _cluster: Cluster,
+    bridge: Bridge,
+}
+
+impl Lab {
+    /// The lab, or `None` (said on stderr) when this machine cannot make one and
+    /// `REWIND_TEST_POSTGRES` is unset; panics when it is set (CI must run these tests).
+    fn new(test: &str) -> Option<Self> {
+        if let Some(what) = missing() {
+            let required = std::env::var("REWIND_TEST_POSTGRES").is_ok_and(|u| !u.is_empty());
+            assert!(!required, "{test}: REWIND_TEST_POSTGRES is set but this test needs {what}");
+            eprintln!("note: {test}: skipped: needs {what}");
+            return None;
+        }
+        let pid = std::process::id();
+        let n = NEXT_LAB.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{pid}x{n}");
+        let net = free_subnet(pid, n);
+        let bridge = Bridge { name: format!("rwb{id}") };
+        sh("ip", &["link", "add", &bridge.name, "type", "bridge"]);
+        let ip = format!("{net}.1");
+        sh("ip", &["addr", "add", &format!("{ip}/24"), "dev", &bridge.name]);
+        sh("ip", &["link", "set", &bridge.name, "up"]);
+        let cluster = Cluster::start(&ip, &format!("{net}.0/24"));
+        let env = Env::with_db(&format!("postgres://postgres@{ip}:5432/postgres"));
+        Some(Self { env, id, net, hosts: AtomicU32::new(0), _cluster: cluster, bridge })
+    }
+
+    /// A new host named `hostname`: a network namespace with a veth pair onto the bridge (the
+    /// next address of the subnet). Processes started on it run in a UTS namespace of their own
+    /// with that hostname.
+    fn host(&self, hostname: &str) -> Host {
+        let i = self.hosts.fetch_add(1, Ordering::Relaxed);
+        let ns = format!("rwh{}h{i}", self.id);
+        let host = Host {
+            veth: format!("rwv{}h{i}", self.id),
+            ns,
+            hostname: hostname.to_owned(),
+            ip: format!("{}.{}", self.net, i + 2),
+        };
+        let peer = format!("rwp{}h{i}", self.id);
+        sh("ip", &["netns", "add", &host.ns]);
+        sh("ip", &["link", "add", &host.veth, "type", "veth", "peer", "name", &peer]);
+        sh("ip", &["link", "set", &peer, "netns", &host.ns]);
+        sh("ip", &["link", "set", &host.veth, "master", &self.bridge.name]);
+        sh("ip", &["link", "set", &host.veth, "up"]);
+        let in_ns = |args: &[&str]| {
+            let mut a = vec!["netns", "exec", &host.ns, "ip"];
+            a.extend_from_slice(args);
+            sh("ip", &a);
+        };
+        in_ns(&["addr", "add", &format!("{}/24", host.ip), "dev", &peer]);
+        in_ns(&["link", "set", &peer, "up"]);
+        in_ns(&["link", "set", "lo", "up"]);
+        host
+    }
+
+    /// The store, for the assertions.
+    fn store(&self) -> Db {
+        Db::open(&self.env.db)
+    }
+}
+
+/// A /24 of 10.0.0.0/8 that no interface of the root namespace uses (other tests' bridges),
+/// starting from one derived from the process and lab.
+fn free_subnet(pid: u32, n: u32) -> String {
+    let used = sh("ip", &["-o", "-4", "addr", "show"]);
+    let start = (pid % 150) * 256 + n * 37;
+    (0..150 * 256)
+        .map(|k| {
+            let v = (start + k) % (150 * 256);
+            format!("10.{}.{}", 100 + v / 256, v % 256)
+        })
+        .find(|net| !used.contains(&format!(" {net}.")))
+        .expect("a free /24 in 10.100.0.0/16 .. 10.249.0.0/16")
+}
+
+/// A host: a network namespace plugged into the lab's bridge; deleted (with its link) on drop.
+struct Host {
+    ns: String,
+    /// The root namespace's end of its link (on the bridge).
+    veth: String,
+    hostname: String,
+    ip: String,
+}
+
+impl Host {
+    /// Starts any `rewind` command on this host (in its network namespace, in a UTS namespace
+    /// with its hostname), with the lab's store and the test's folder (see [`Env::cmd`]), stdout
+    /// and stderr to `<log>.out` / `<log>.err` there. The process is the returned guard's (`ip
+    /// netns exec`, `unshare` and `sh` all exec).
+    fn spawn(&self, env: &Env, args: &[&str], log: &str) -> Proc {
+        self.spawn_with(env, args, log, &[])
+    }
+
+    /// [`Host::spawn`] with more environment variables.
+    fn spawn_with(&self, env: &Env, args: &[&str], log: &str, vars: &[(&str, &str)]) -> Proc {
+        let rewind = env!("CARGO_BIN_EXE_rewind");
+        // The environment `env.cmd` gives a local `rewind`.
+        let local = env.cmd(&[]);
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns, "unshare", "--uts", "--", "sh", "-c"])
+            .arg("hostname \"$0\" && exec \"$@\"")
+            .arg(&self.hostname)
+            .arg(rewind)
+            .args(args)
+            .current_dir(env.dir.path())
+            .env("REWIND_LEASE_MS", LEASE_MS);
+        for (k, v) in local.get_envs() {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        cmd.envs(vars.iter().copied());
+        let out = std::fs::File::create(env.path(&format!("{log}.out"))).unwrap();
+        let err = std::fs::File::create(env.path(&format!("{log}.err"))).unwrap();
+        Proc(cmd.stdout(out).stderr(err).spawn().unwrap())
+    }
+
+    /// `rewind worker --name NAME --slots 3 EXTRA…` on this host; logs `NAME.out` / `NAME.err`.
+    fn worker(&self, env: &Env, name: &str, extra: &[&str]) -> Proc {
+        let mut args = vec!["worker", "--name", name, "--slots", "3"];
+        args.extend_from_slice(extra);
+        self.spawn(env, &args, name)
+    }
+
+    /// Cuts this host off the network (its link on the bridge goes down): its connections hang.
+    fn cut(&self) {
+        sh("ip", &["link", "set", &self.veth, "down"]);
+    }
+
+    /// Plugs it back in: its connections carry on.
+    fn reconnect(&self) {
+        sh("ip", &["link", "set", &self.veth, "up"]);
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        sh_quiet("ip", &["link", "del", &self.veth]);
+        sh_quiet("ip", &["netns", "del", &self.ns]);
+    }
+}
+
+/// A process killed (SIGKILL) when the test ends, however it ends.
+struct Proc(Child);
+
+impl Proc {
+    fn pid(&self) -> i32 {
+        i32::try_from(self.0.id()).unwrap()
+    }
+
+    fn sigterm(&self) {
+        sh("kill", &["-TERM", &self.pid().to_string()]);
+    }
+
+    fn kill9(&mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `rewind run … --dispatch workers` in the root namespace (logs `run.out` / `run.err`).
+fn start_run(env: &Env, w: &str, t: &str) -> Proc {
+    let args =
+        ["run", "--workflow", w, "--targets", t, "--restore-point", RP, "--dispatch", "workers"];
+    let mut c = env.cmd(&args);
+    c.env("REWIND_LEASE_MS", LEASE_MS);
+    let out = std::fs::File::create(env.path("run.out")).unwrap();
+    let err = std::fs::File::create(env.path("run.err")).unwrap();
+    Proc(c.stdout(out).stderr(err).spawn().unwrap())
+}
+
+/// A workflow of `modes.len()` steps per site (`s0`, `s1`, … each needing the one before), step
+/// `i` running `step.sh ledger modes[i]`; and `sites` targets.
+fn workflow(env: &Env, sites: usize, modes: &[&str]) -> (String, String) {
+    env.write("step.sh", HOST_STEP_SH, true);
+    let mut wf = String::from(
+        "name = \"hosts\"\ntarget_kind = \"site\"\n\n[defaults]\ntimeout = \"2m\"\nretries = 0\n",
+    );
+    for (i, mode) in modes.iter().enumerate() {
+        let needs = if i == 0 { String::new() } else { format!("needs = [\"s{}\"]\n", i - 1) };
+        wf.push_str(&format!(
+            "\n[[steps]]\nid = \"s{i}\"\n{needs}estimate = \"1s\"\naction = {{ kind = \"command\", program = \"./step.sh\", args = [\"ledger\", \"{mode}\"], env = {{ GATE = \"gate\" }} }}\n"
+        ));
+    }
+    let w = env.write("hosts.toml", &wf, false);
+    let t = env.write("sites.csv", &targets_csv(&vec!["ok"; sites]), false);
+    (w.display().to_string(), t.display().to_string())
+}
+
+/// One line of the ledger `step.sh` writes.
+#[derive(Debug)]
+struct Line {
+    what: String,
+    attempt: u32,
+    pid: i32,
+    host: String,
+}
+
+/// The ledger, line by line.
+fn ledger(env: &Env) -> Vec<Line> {
+    env.read("ledger")
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some(Line {
+                what: (*f.first()?).to_owned(),
+                attempt: f.get(2)?.parse().ok()?,
+                pid: f.get(4)?.parse().ok()?,
+                host: (*f.get(5)?).to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// Steps started on `host` so far.
+fn starts_on(env: &Env, host: &str) -> usize {
+    ledger(env).iter().filter(|l| l.what == "start" && l.host == host).count()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading the store.
+// ---------------------------------------------------------------------------------------------
+
+/// The lab's store, on a runtime of its own.
+struct Db {
+    rt: tokio::runtime::Runtime,
+    store: SqlStore,
+}
+
+/// One instance as the store has it: its key, state, attempts (with outcomes) and the host its
+/// output names.
+#[derive(Debug)]
+struct Ran {
+    key: String,
+    state: InstanceState,
+    attempts: Vec<Option<AttemptOutcome>>,
+    host: Option<String>,
+}
+
+impl Db {
+    fn open(url: &str) -> Self {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let store = rt.block_on(SqlStore::open(url)).unwrap();
+        Self { rt, store }
+    }
+
+    /// (name, host, stopping) of every registered worker.
+    fn workers(&self) -> Vec<(String, String, bool)> {
+        let rows = self.rt.block_on(self.store.workers()).unwrap();
+        rows.into_iter().map(|w| (w.name, w.host, w.stopping)).collect()
+    }
+
+    /// (worker, attempt, instance index) of every refused outcome.
+    fn stale(&self) -> Vec<(String, u32, u32)> {
+        let rows = self.rt.block_on(self.store.stale_outcomes()).unwrap();
+        rows.into_iter().map(|s| (s.worker, s.key.attempt, s.key.idx)).collect()
+    }
+
+    fn instances(&self, run: &str) -> Vec<Ran> {
+        let id: RunId = run.parse().unwrap();
+        let instances = self.rt.block_on(self.store.instances(id)).unwrap();
+        let attempts = self.rt.block_on(self.store.attempts(id)).unwrap();
+        instances
+            .into_iter()
+            .map(|i| {
+                let host = i.output.as_deref().and_then(|o| {
+                    let v: serde_json::Value = serde_json::from_str(o).ok()?;
+                    v["host"].as_str().map(str::to_owned)
+                });
+                let mut mine: Vec<_> = attempts.iter().filter(|a| a.idx == i.idx).collect();
+                mine.sort_by_key(|a| a.attempt);
+                Ran {
+                    key: i.key,
+                    state: i.state,
+                    attempts: mine.into_iter().map(|a| a.outcome).collect(),
+                    host,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Every instance succeeded, with exactly one succeeded attempt.
+fn assert_each_succeeded_once(ran: &[Ran], instances: usize) {
+    assert_eq!(ran.len(), instances, "{ran:#?}");
+    for r in ran {
+        assert_eq!(r.state, InstanceState::Succeeded, "{r:?}");
+        let ok = r.attempts.iter().filter(|a| **a == Some(AttemptOutcome::Succeeded)).count();
+        assert_eq!(ok, 1, "{}: one succeeded attempt: {r:?}", r.key);
+    }
+}
+
+/// Both workers are registered with their hosts' names.
+fn assert_workers_on(store: &Db, expect: &[(&str, &str)]) {
+    let workers = store.workers();
+    for (name, host) in expect {
+        assert!(
+            workers.iter().any(|(n, h, _)| n == name && h == host),
+            "worker {name} on {host}: {workers:?}"
+        );
+    }
+}
+
+/// The run exits 0 and its state is `succeeded`.
+fn assert_run_succeeded(env: &Env, run: &mut Proc) -> String {
+    let code = wait_exit(&mut run.0);
+    assert_eq!(code, 0, "run: {}", env.read("run.err"));
+    let id = env.run_id_of("run");
+    assert_eq!(env.status(&id)["state"], "succeeded");
+    id
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tests.
+// ---------------------------------------------------------------------------------------------
+
+/// Two workers on two hosts finish a run; each host ran some of it.
+#[test]
+fn two_workers_on_two_hosts_finish_a_run() {
+    let Some(lab) = Lab::new("two_workers_on_two_hosts_finish_a_run") else { return };
+    let env = &lab.env;
+    let (host_a, host_b) = (lab.host("host-a"), lab.host("host-b"));
+    // `s0` waits for the gate: each worker's 3 slots fill, so each host runs 3 of the 6.
+    let (w, t) = workflow(env, 6, &["gate", "ok"]);
+    let mut run = start_run(env, &w, &t);
+    let _a = host_a.worker(env, "a", &[]);
+    wait_for("worker a to fill its slots", || starts_on(env, "host-a") == 3);
+    let _b = host_b.worker(env, "b", &[]);
+    wait_for("worker b to take the rest", || starts_on(env, "host-b") == 3);
+    // `status --json` shows each worker on its host, holding its three attempts.
+    let o = env.rewind(&["status", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let status: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let shown: Vec<_> = status["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (w["name"].clone(), w["host"].clone(), w["state"].clone(), w["attempts_held"].clone())
+        })
+        .collect();
+    let json = |v: &str| serde_json::Value::from(v);
+    assert_eq!(
+        shown,
+        [
+            (json("a"), json("host-a"), json("live"), 3.into()),
+            (json("b"), json("host-b"), json("live"), 3.into())
+        ],
+        "{status}"
+    );
+    env.write("gate", "", false);
+    let id = assert_run_succeeded(env, &mut run);
+
+    let store = lab.store();
+    assert_workers_on(&store, &[("a", "host-a"), ("b", "host-b")]);
+    let ran = store.instances(&id);
+    assert_each_succeeded_once(&ran, 12);
+    assert!(ran.iter().all(|r| r.attempts.len() == 1), "one attempt each: {ran:#?}");
+    let mut by_host = BTreeMap::new();
+    for r in ran.iter().filter(|r| r.key.starts_with("s0/")) {
+        *by_host.entry(r.host.clone().unwrap_or_default()).or_insert(0) += 1;
+    }
+    assert_eq!(by_host, BTreeMap::from([("host-a".into(), 3), ("host-b".into(), 3)]));
+    assert!(ran.iter().all(|r| matches!(r.host.as_deref(), Some("host-a" | "host-b"))));
+    assert!(store.stale().is_empty(), "{:?}", store.stale());
+}
+
+/// kill -9 of the worker on host A mid-attempt: its attempts run again on host B after their
+/// lease, none succeeded twice.
+#[test]
+fn a_killed_workers_attempts_run_again_on_another_host() {
+    let Some(lab) = Lab::new("a_killed_workers_attempts_run_again_on_another_host") else {
+        return;
+    };
+    let env = &lab.env;
+    let (host_a, host_b) = (lab.host("host-a"), lab.host("host-b"));
+    let (w, t) = workflow(env, 3, &["gate"]);
+    let mut run = start_run(env, &w, &t);
+    let mut a = host_a.worker(env, "a", &[]);
+    wait_for("worker a to start all three", || starts_on(env, "host-a") == 3);
+    let first: Vec<i32> = ledger(env).iter().map(|l| l.pid).collect();
+    a.kill9();
+    // Its step processes die with it (the watchdog): none may reach its end.
+    wait_for("worker a's step processes to die", || first.iter().all(|&p| !is_alive(p)));
+    let _b = host_b.worker(env, "b", &[]);
+    wait_for("worker b to run the rescued attempts", || starts_on(env, "host-b") == 3);
+    env.write("gate", "", false);
+    let id = assert_run_succeeded(env, &mut run);
+
+    let store = lab.store();
+    assert_workers_on(&store, &[("a", "host-a"), ("b", "host-b")]);
+    let ran = store.instances(&id);
+    assert_each_succeeded_once(&ran, 3);
+    for r in &ran {
+        assert_eq!(
+            r.attempts,
+            [Some(AttemptOutcome::Interrupted), Some(AttemptOutcome::Succeeded)],
+            "{r:?}"
+        );
+        assert_eq!(r.host.as_deref(), Some("host-b"), "{r:?}");
+    }
+    let ends: Vec<_> = ledger(env).into_iter().filter(|l| l.what == "end").collect();
+    assert!(ends.iter().all(|l| l.host == "host-b" && l.attempt == 2), "{ends:?}");
+    assert!(store.stale().is_empty(), "a killed worker reports nothing: {:?}", store.stale());
+}
+
+/// A worker cut off from the database while it runs an attempt, for longer than the lease, then
+/// plugged back in: the attempt is rescued and runs again on host B, and A's late outcome is
+/// refused (recorded in `stale_outcomes`); the instance succeeded once.
+#[test]
+fn a_partitioned_workers_late_outcome_is_refused() {
+    let Some(lab) = Lab::new("a_partitioned_workers_late_outcome_is_refused") else { return };
+    let env = &lab.env;
+    let (host_a, host_b) = (lab.host("host-a"), lab.host("host-b"));
+    let (w, t) = workflow(env, 1, &["gate"]);
+    let mut run = start_run(env, &w, &t);
+    // A's store operations wait out the partition (rather than fail after 5 s and stop its
+    // attempts, whose reports then never arrive): its report reaches the store once it is back.
+    let a = host_a.spawn_with(
+        env,
+        &["worker", "--name", "a"],
+        "a",
+        &[("REWIND_DB_BUSY_TIMEOUT", "60s")],
+    );
+    wait_for("worker a to start the attempt", || starts_on(env, "host-a") == 1);
+    host_a.cut();
+    // B starts only now, so the attempt reaches it only through the rescuer: A's lease must end.
+    let _b = host_b.worker(env, "b", &[]);
+    wait_for("worker b to run the rescued attempt", || starts_on(env, "host-b") == 1);
+    // Both steps end: B's is the one recorded; A's outcome cannot reach the store yet.
+    env.write("gate", "", false);
+    let id = assert_run_succeeded(env, &mut run);
+    wait_for("worker a's step to end", || {
+        ledger(env).iter().any(|l| l.what == "end" && l.host == "host-a")
+    });
+    let store = lab.store();
+    assert!(store.stale().is_empty(), "{:?}", store.stale());
+    host_a.reconnect();
+    wait_for("worker a's late report", || !store.stale().is_empty());
+
+    let stale = store.stale();
+    assert_eq!(stale, [("a".to_owned(), 1, 0)], "A's attempt 1 was refused");
+    assert!(env.read("a.err").contains("report refused as stale"), "{}", env.read("a.err"));
+    assert!(is_alive(a.pid()), "worker a carries on after the partition: {}", env.read("a.err"));
+    assert_workers_on(&store, &[("a", "host-a"), ("b", "host-b")]);
+    let ran = store.instances(&id);
+    assert_each_succeeded_once(&ran, 1);
+    assert_eq!(
+        ran[0].attempts,
+        [Some(AttemptOutcome::Interrupted), Some(AttemptOutcome::Succeeded)],
+        "{ran:?}"
+    );
+    assert_eq!(ran[0].host.as_deref(), Some("host-b"), "B's outcome is the one recorded");
+}
+
+/// SIGTERM to the worker on host A while it runs attempts: it claims nothing more, finishes
+/// them and exits 0; the rest of the run completes on host B.
+#[test]
+fn a_sigtermed_worker_finishes_and_the_run_completes_on_another_host() {
+    let Some(lab) = Lab::new("a_sigtermed_worker_finishes_and_the_run_completes") else {
+        return;
+    };
+    let env = &lab.env;
+    let (host_a, host_b) = (lab.host("host-a"), lab.host("host-b"));
+    let (w, t) = workflow(env, 2, &["gate", "ok"]);
+    let mut run = start_run(env, &w, &t);
+    let mut a = host_a.worker(env, "a", &["--grace", "60s"]);
+    wait_for("worker a to start both", || starts_on(env, "host-a") == 2);
+    let _b = host_b.worker(env, "b", &[]);
+    a.sigterm();
+    wait_for("worker a to stop claiming", || env.read("a.err").contains("claiming nothing more"));
+    env.write("gate", "", false);
+    assert_eq!(wait_exit(&mut a.0), 0, "worker a: {}", env.read("a.err"));
+    let said = env.read("a.err");
+    assert!(said.contains("2 report(s) accepted, 0 stale, 0 handed back"), "{said}");
+    let id = assert_run_succeeded(env, &mut run);
+
+    let store = lab.store();
+    let workers = store.workers();
+    assert!(workers.contains(&("a".into(), "host-a".into(), true)), "{workers:?}");
+    assert!(workers.contains(&("b".into(), "host-b".into(), false)), "{workers:?}");
+    let ran = store.instances(&id);
+    assert_each_succeeded_once(&ran, 4);
+    for r in &ran {
+        assert_eq!(r.attempts.len(), 1, "{r:?}");
+        let on = if r.key.starts_with("s0/") { "host-a" } else { "host-b" };
+        assert_eq!(r.host.as_deref(), Some(on), "{r:?}");
+    }
+    assert!(store.stale().is_empty(), "{:?}", store.stale());
+}
