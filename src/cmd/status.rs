@@ -65,7 +65,8 @@ async fn all(store: &rewind_store::SqlStore, db: &str, json: bool) -> Result<Exi
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        let workers = rewind_runtime::workers_shown(store).await?;
+        println!("{}", serde_json::to_string_pretty(&json!({ "runs": list, "workers": workers }))?);
         return Ok(Exit::Ok);
     }
     if runs.is_empty() {
@@ -73,6 +74,7 @@ async fn all(store: &rewind_store::SqlStore, db: &str, json: bool) -> Result<Exi
             "no runs in the checkpoint store at {} (another one: --db URL or REWIND_DB)",
             store::describe(db)
         );
+        workers(store).await?;
         return Ok(Exit::Ok);
     }
     println!(
@@ -96,48 +98,29 @@ async fn all(store: &rewind_store::SqlStore, db: &str, json: bool) -> Result<Exi
     Ok(Exit::Ok)
 }
 
-/// The registered workers (`rewind worker`), when there are any: name, host, queues, slots,
-/// attempts held, last heartbeat, and whether it is live (a heartbeat within three lease
-/// periods), stopping (draining after SIGTERM) or gone.
+/// The registered workers (`rewind worker`), when there are any: name, state (`live`, a
+/// heartbeat within three lease periods; `stopping`, draining after SIGTERM; `gone`), host,
+/// queues, slots, attempts held, last heartbeat.
 async fn workers(store: &rewind_store::SqlStore) -> Result<()> {
-    let workers = store.workers().await?;
+    let workers = rewind_runtime::workers_shown(store).await?;
     if workers.is_empty() {
         return Ok(());
     }
-    let rows = store.dispatch_rows().await?;
-    let now = rewind_runtime::now_unix_ms();
-    let live_ms = 3 * i64::try_from(rewind_runtime::dispatch_lease().as_millis()).unwrap_or(0);
     println!();
     println!(
         "{:<24}  {:<9}  {:<20}  {:<20}  {:>5}  {:>4}  {:>14}",
         "WORKER", "STATE", "HOST", "QUEUES", "SLOTS", "HELD", "HEARTBEAT"
     );
     for w in &workers {
-        let held = rows
-            .iter()
-            .filter(|r| {
-                r.state == rewind_dispatch::DispatchState::Claimed
-                    && r.worker.as_deref() == Some(w.name.as_str())
-                    && r.incarnation == Some(w.incarnation)
-            })
-            .count();
-        let age = now - w.heartbeat_unix_ms;
-        let state = if age > live_ms {
-            "gone"
-        } else if w.stopping {
-            "stopping"
-        } else {
-            "live"
-        };
         println!(
             "{:<24}  {:<9}  {:<20}  {:<20}  {:>5}  {:>4}  {:>14}",
             w.name,
-            state,
+            w.state.as_str(),
             w.host,
             w.queues.join(","),
             w.slots,
-            held,
-            format!("{} ago", human_s(age.max(0) as f64 / 1000.0))
+            w.attempts_held,
+            format!("{} ago", human_s(w.heartbeat_age_s))
         );
     }
     Ok(())
