@@ -1,7 +1,13 @@
 //! Workers on separate hosts (issue 17): each `rewind worker` runs in a network namespace and a
 //! UTS namespace of its own (its own hostname), made by the test, and reaches the checkpoint
 //! store over a bridge: a PostgreSQL cluster the test starts and binds on the bridge's address
-//! only. The coordinator (`rewind run --dispatch workers`) runs in the root namespace.
+//! only. The coordinator (`rewind run --dispatch workers`) runs in the root namespace;
+//! [`Host::spawn`] starts any `rewind` command on a host (a coordinator too).
+//!
+//! Two hosts finish a run; kill -9 of a worker mid-attempt; a worker partitioned (its link on
+//! the bridge down) past its lease whose late outcome is refused; one partitioned past what its
+//! store operations wait, which stops its attempts and carries on once plugged back in; SIGTERM
+//! drain.
 //!
 //! Every test asserts through the store: the `workers` table shows each host, every instance has
 //! exactly one succeeded attempt, the attempt counts, and `stale_outcomes`. The steps report the
@@ -664,6 +670,71 @@ fn a_partitioned_workers_late_outcome_is_refused() {
         "{ran:?}"
     );
     assert_eq!(ran[0].host.as_deref(), Some("host-b"), "B's outcome is the one recorded");
+}
+
+/// A worker cut off for longer than its store operations wait (5 s, the default): once its
+/// leases have passed since its last good heartbeat it stops their attempts (B runs them by
+/// then), and its report is not delivered. Plugged back in, it carries on: it runs the attempt
+/// B hands back, and the run succeeds with one succeeded attempt.
+#[test]
+fn a_worker_cut_off_past_its_leases_stops_its_attempts_and_carries_on() {
+    let Some(lab) = Lab::new("a_worker_cut_off_past_its_leases_stops_its_attempts") else {
+        return;
+    };
+    let env = &lab.env;
+    let (host_a, host_b) = (lab.host("host-a"), lab.host("host-b"));
+    let (w, t) = workflow(env, 1, &["gate"]);
+    let mut run = start_run(env, &w, &t);
+    let a = host_a.worker(env, "a", &[]);
+    wait_for("worker a to start the attempt", || starts_on(env, "host-a") == 1);
+    let first = ledger(env)[0].pid;
+    host_a.cut();
+    let mut b = host_b.worker(env, "b", &["--grace", "100ms"]);
+    wait_for("worker b to run the rescued attempt", || starts_on(env, "host-b") == 1);
+    wait_for("worker a to stop its attempt", || {
+        env.read("a.err").contains("the leases have passed: stopping the attempts")
+    });
+    wait_for("worker a's step process to stop", || !is_alive(first));
+    wait_for("worker a to give up its report", || {
+        env.read("a.err").contains("report not delivered")
+    });
+    host_a.reconnect();
+    // A heartbeats again (live), then B hands its attempt back: A claims and runs it.
+    let store = lab.store();
+    wait_for("worker a's heartbeat", || {
+        let now = rewind_runtime::now_unix_ms();
+        let rows = store.rt.block_on(store.store.workers()).unwrap();
+        rows.iter().any(|w| w.name == "a" && now - w.heartbeat_unix_ms < 500)
+    });
+    b.sigterm();
+    assert_eq!(wait_exit(&mut b.0), 0, "worker b: {}", env.read("b.err"));
+    wait_for("worker a to run the handed-back attempt", || starts_on(env, "host-a") == 2);
+    env.write("gate", "", false);
+    let id = assert_run_succeeded(env, &mut run);
+
+    assert!(is_alive(a.pid()), "worker a carries on: {}", env.read("a.err"));
+    assert!(store.stale().is_empty(), "nothing reached the store late: {:?}", store.stale());
+    let ran = store.instances(&id);
+    assert_each_succeeded_once(&ran, 1);
+    // Attempt 1 (A's, cut off) was rescued; attempt 2 went B, back, then A.
+    assert_eq!(
+        ran[0].attempts,
+        [Some(AttemptOutcome::Interrupted), Some(AttemptOutcome::Succeeded)],
+        "{ran:?}"
+    );
+    assert_eq!(ran[0].host.as_deref(), Some("host-a"), "{ran:?}");
+    let lines: Vec<_> = ledger(env).into_iter().map(|l| (l.what, l.attempt, l.host)).collect();
+    let at = |w: &str, n: u32, h: &str| (w.to_owned(), n, h.to_owned());
+    assert_eq!(
+        lines,
+        [
+            at("start", 1, "host-a"),
+            at("start", 2, "host-b"),
+            at("start", 2, "host-a"),
+            at("end", 2, "host-a")
+        ],
+        "A's first attempt and B's were stopped before their end"
+    );
 }
 
 /// SIGTERM to the worker on host A while it runs attempts: it claims nothing more, finishes
