@@ -377,11 +377,14 @@ impl Drop for Proc {
     }
 }
 
+/// `run … --dispatch workers` of workflow `w` over targets `t`.
+fn run_args<'a>(w: &'a str, t: &'a str) -> [&'a str; 9] {
+    ["run", "--workflow", w, "--targets", t, "--restore-point", RP, "--dispatch", "workers"]
+}
+
 /// `rewind run … --dispatch workers` in the root namespace (logs `run.out` / `run.err`).
 fn start_run(env: &Env, w: &str, t: &str) -> Proc {
-    let args =
-        ["run", "--workflow", w, "--targets", t, "--restore-point", RP, "--dispatch", "workers"];
-    let mut c = env.cmd(&args);
+    let mut c = env.cmd(&run_args(w, t));
     c.env("REWIND_LEASE_MS", LEASE_MS);
     let out = std::fs::File::create(env.path("run.out")).unwrap();
     let err = std::fs::File::create(env.path("run.err")).unwrap();
@@ -585,16 +588,16 @@ fn two_workers_on_two_hosts_finish_a_run() {
 }
 
 /// kill -9 of the worker on host A mid-attempt: its attempts run again on host B after their
-/// lease, none succeeded twice.
+/// lease, none succeeded twice. The coordinator runs on a third host.
 #[test]
 fn a_killed_workers_attempts_run_again_on_another_host() {
     let Some(lab) = Lab::new("a_killed_workers_attempts_run_again_on_another_host") else {
         return;
     };
     let env = &lab.env;
-    let (host_a, host_b) = (lab.host("host-a"), lab.host("host-b"));
+    let (host_a, host_b, host_c) = (lab.host("host-a"), lab.host("host-b"), lab.host("host-c"));
     let (w, t) = workflow(env, 3, &["gate"]);
-    let mut run = start_run(env, &w, &t);
+    let mut run = host_c.spawn(env, &run_args(&w, &t), "run");
     let mut a = host_a.worker(env, "a", &[]);
     wait_for("worker a to start all three", || starts_on(env, "host-a") == 3);
     let first: Vec<i32> = ledger(env).iter().map(|l| l.pid).collect();
@@ -605,6 +608,8 @@ fn a_killed_workers_attempts_run_again_on_another_host() {
     wait_for("worker b to run the rescued attempts", || starts_on(env, "host-b") == 3);
     env.write("gate", "", false);
     let id = assert_run_succeeded(env, &mut run);
+    let by = env.status(&id)["started_by"].as_str().unwrap_or_default().to_owned();
+    assert!(by.ends_with("@host-c"), "the run was started on host-c: {by}");
 
     let store = lab.store();
     assert_workers_on(&store, &[("a", "host-a"), ("b", "host-b")]);
