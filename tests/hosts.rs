@@ -2,7 +2,7 @@
 //! UTS namespace of its own (its own hostname), made by the test, and reaches the checkpoint
 //! store over a bridge: a PostgreSQL cluster the test starts and binds on the bridge's address
 //! only. The coordinator (`rewind run --dispatch workers`) runs in the root namespace;
-//! [`Host::spawn`] starts any `rewind` command on a host (a coordinator too).
+//! `Host::spawn` (tests/support/lab.rs) starts any `rewind` command on a host (a coordinator too).
 //!
 //! Two hosts finish a run; kill -9 of a worker mid-attempt; a worker partitioned (its link on
 //! the bridge down) past its lease whose late outcome is refused; one partitioned past what its
@@ -19,20 +19,16 @@
 
 #![allow(clippy::unwrap_used)] // a panic in a test is a failed test
 
+#[path = "support/lab.rs"]
+mod lab;
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 
+use lab::{LEASE_MS, Lab, Proc, wait_up_to};
 use rewind_model::{AttemptOutcome, InstanceState, RunId};
 use rewind_store::{SqlStore, Store};
 use support::*;
-
-/// The lease of dispatched attempts in these tests: a lost worker's attempts are rescued after
-/// it.
-const LEASE_MS: &str = "1000";
 
 /// The step of these tests. `step.sh LEDGER MODE`: logs its start and end to LEDGER with its pid
 /// and the host it runs on (`start|end INSTANCE ATTEMPT KEY PID HOST`); MODE `gate` waits for the
@@ -46,336 +42,6 @@ esac
 echo "end $REWIND_INSTANCE $REWIND_ATTEMPT $REWIND_IDEMPOTENCY_KEY $$ $host" >> "$ledger"
 printf '{"restore_point":"%s","host":"%s"}\n' "$REWIND_RESTORE_POINT" "$host"
 "#;
-
-// ---------------------------------------------------------------------------------------------
-// The lab: a bridge, a PostgreSQL cluster on it, hosts (network + UTS namespaces) plugged into it.
-// ---------------------------------------------------------------------------------------------
-
-/// Distinguishes the labs of one test process (names are `<pid>x<counter>`).
-static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
-
-/// Runs a setup command; panics with its stderr if it fails.
-fn sh(program: &str, args: &[&str]) -> String {
-    let o = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    assert!(
-        o.status.success(),
-        "{program} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&o.stderr).trim()
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// Runs a teardown command, ignoring failure (the resource may be gone already).
-fn sh_quiet(program: &str, args: &[&str]) {
-    let _ = Command::new(program).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status();
-}
-
-fn on_path(p: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(p).is_file()))
-}
-
-/// What the lab needs and this machine lacks, if anything.
-fn missing() -> Option<String> {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| l.strip_prefix("Uid:")).map(|l| {
-                l.split_whitespace().nth(1).unwrap_or_default().to_owned() // effective uid
-            })
-        })
-        .unwrap_or_default();
-    if uid != "0" {
-        return Some(format!("root (network namespaces; running as uid {uid})"));
-    }
-    for p in ["ip", "unshare", "runuser", "hostname"] {
-        if !on_path(p) {
-            return Some(format!("`{p}` (apt-get install -y iproute2 util-linux hostname)"));
-        }
-    }
-    let bin = rewind_pitr::pg::bindir(None);
-    for p in ["initdb", "pg_ctl"] {
-        if !bin.join(p).is_file() {
-            return Some(format!("{} (apt-get install -y postgresql)", bin.join(p).display()));
-        }
-    }
-    None
-}
-
-/// A bridge in the root namespace with the first address of its /24; deleted on drop.
-struct Bridge {
-    name: String,
-}
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        sh_quiet("ip", &["link", "del", &self.name]);
-    }
-}
-
-/// A scratch PostgreSQL cluster listening only on the bridge's address, trusting its subnet;
-/// stopped (immediately) and removed on drop.
-struct Cluster {
-    bin: PathBuf,
-    data: PathBuf,
-    /// Removed after the server stopped (fields drop in order).
-    _dir: tempfile::TempDir,
-}
-
-impl Cluster {
-    fn pg_ctl(bin: &Path, args: &[&str]) -> Vec<String> {
-        let mut a = vec!["-u".to_owned(), "postgres".into(), "--".into()];
-        a.push(bin.join("pg_ctl").display().to_string());
-        a.extend(args.iter().map(|s| (*s).to_owned()));
-        a
-    }
-
-    fn start(ip: &str, subnet: &str) -> Self {
-        let bin = rewind_pitr::pg::bindir(None);
-        let dir = tempfile::Builder::new().prefix("rewind-hosts-pg-").tempdir().unwrap();
-        {
-            use std::os::unix::fs::PermissionsExt;
-            // The server runs as `postgres`: it must reach its data directory.
-            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
-        let data = dir.path().join("data");
-        let d = data.display().to_string();
-        sh("install", &["-d", "-o", "postgres", "-g", "postgres", "-m", "0700", &d]);
-        let initdb = bin.join("initdb").display().to_string();
-        sh(
-            "runuser",
-            &[
-                "-u",
-                "postgres",
-                "--",
-                &initdb,
-                "-D",
-                &d,
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-sync",
-            ],
-        );
-        let conf = data.join("postgresql.conf");
-        let mut text = std::fs::read_to_string(&conf).unwrap();
-        text.push_str(&format!(
-            "\n# rewind tests/hosts.rs\nlisten_addresses = '{ip}'\nport = 5432\n\
-             unix_socket_directories = '{d}'\nfsync = off\nshared_buffers = 16MB\n\
-             max_connections = 60\n"
-        ));
-        std::fs::write(&conf, text).unwrap();
-        std::fs::write(
-            data.join("pg_hba.conf"),
-            format!("local all all trust\nhost all all {subnet} trust\n"),
-        )
-        .unwrap();
-        // Constructed before it starts: a start that fails half-way is still stopped.
-        let cluster = Self { bin, data, _dir: dir };
-        let log = cluster.data.join("server.log").display().to_string();
-        let args = Self::pg_ctl(&cluster.bin, &["-D", &d, "-l", &log, "-w", "-t", "60", "start"]);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        sh("runuser", &args);
-        cluster
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let d = self.data.display().to_string();
-        let args = Self::pg_ctl(&self.bin, &["-D", &d, "-m", "immediate", "-w", "stop"]);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        sh_quiet("runuser", &args);
-    }
-}
-
-/// A bridge, a PostgreSQL cluster bound on it, and the test's folder using that store.
-/// Hosts are made with [`Lab::host`].
-struct Lab {
-    /// The test's folder; `env.db` is the cluster.
-    env: Env,
-    /// Names of this lab's links and namespaces start with `rw?<id>`.
-    id: String,
-    /// The first three octets of the subnet.
-    net: String,
-    hosts: AtomicU32,
-    // Dropped in this order: the server first, then the bridge.
-    _cluster: Cluster,
-    bridge: Bridge,
-}
-
-impl Lab {
-    /// The lab, or `None` (said on stderr) when this machine cannot make one and
-    /// `REWIND_TEST_POSTGRES` is unset; panics when it is set (CI must run these tests).
-    fn new(test: &str) -> Option<Self> {
-        if let Some(what) = missing() {
-            let required = std::env::var("REWIND_TEST_POSTGRES").is_ok_and(|u| !u.is_empty());
-            assert!(!required, "{test}: REWIND_TEST_POSTGRES is set but this test needs {what}");
-            eprintln!("note: {test}: skipped: needs {what}");
-            return None;
-        }
-        let pid = std::process::id();
-        let n = NEXT_LAB.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{pid}x{n}");
-        let net = free_subnet(pid, n);
-        let bridge = Bridge { name: format!("rwb{id}") };
-        sh("ip", &["link", "add", &bridge.name, "type", "bridge"]);
-        let ip = format!("{net}.1");
-        sh("ip", &["addr", "add", &format!("{ip}/24"), "dev", &bridge.name]);
-        sh("ip", &["link", "set", &bridge.name, "up"]);
-        let cluster = Cluster::start(&ip, &format!("{net}.0/24"));
-        let env = Env::with_db(&format!("postgres://postgres@{ip}:5432/postgres"));
-        Some(Self { env, id, net, hosts: AtomicU32::new(0), _cluster: cluster, bridge })
-    }
-
-    /// A new host named `hostname`: a network namespace with a veth pair onto the bridge (the
-    /// next address of the subnet). Processes started on it run in a UTS namespace of their own
-    /// with that hostname.
-    fn host(&self, hostname: &str) -> Host {
-        let i = self.hosts.fetch_add(1, Ordering::Relaxed);
-        let ns = format!("rwh{}h{i}", self.id);
-        let host = Host {
-            veth: format!("rwv{}h{i}", self.id),
-            ns,
-            hostname: hostname.to_owned(),
-            ip: format!("{}.{}", self.net, i + 2),
-        };
-        let peer = format!("rwp{}h{i}", self.id);
-        sh("ip", &["netns", "add", &host.ns]);
-        sh("ip", &["link", "add", &host.veth, "type", "veth", "peer", "name", &peer]);
-        sh("ip", &["link", "set", &peer, "netns", &host.ns]);
-        sh("ip", &["link", "set", &host.veth, "master", &self.bridge.name]);
-        sh("ip", &["link", "set", &host.veth, "up"]);
-        let in_ns = |args: &[&str]| {
-            let mut a = vec!["netns", "exec", &host.ns, "ip"];
-            a.extend_from_slice(args);
-            sh("ip", &a);
-        };
-        in_ns(&["addr", "add", &format!("{}/24", host.ip), "dev", &peer]);
-        in_ns(&["link", "set", &peer, "up"]);
-        in_ns(&["link", "set", "lo", "up"]);
-        host
-    }
-
-    /// The store, for the assertions.
-    fn store(&self) -> Db {
-        Db::open(&self.env.db)
-    }
-}
-
-/// A /24 of 10.0.0.0/8 that no interface of the root namespace uses (other tests' bridges),
-/// starting from one derived from the process and lab.
-fn free_subnet(pid: u32, n: u32) -> String {
-    let used = sh("ip", &["-o", "-4", "addr", "show"]);
-    let start = (pid % 150) * 256 + n * 37;
-    (0..150 * 256)
-        .map(|k| {
-            let v = (start + k) % (150 * 256);
-            format!("10.{}.{}", 100 + v / 256, v % 256)
-        })
-        .find(|net| !used.contains(&format!(" {net}.")))
-        .expect("a free /24 in 10.100.0.0/16 .. 10.249.0.0/16")
-}
-
-/// A host: a network namespace plugged into the lab's bridge; deleted (with its link) on drop.
-struct Host {
-    ns: String,
-    /// The root namespace's end of its link (on the bridge).
-    veth: String,
-    hostname: String,
-    ip: String,
-}
-
-impl Host {
-    /// Starts any `rewind` command on this host (in its network namespace, in a UTS namespace
-    /// with its hostname), with the lab's store and the test's folder (see [`Env::cmd`]), stdout
-    /// and stderr to `<log>.out` / `<log>.err` there. The process is the returned guard's (`ip
-    /// netns exec`, `unshare` and `sh` all exec).
-    fn spawn(&self, env: &Env, args: &[&str], log: &str) -> Proc {
-        self.spawn_with(env, args, log, &[])
-    }
-
-    /// [`Host::spawn`] with more environment variables.
-    fn spawn_with(&self, env: &Env, args: &[&str], log: &str, vars: &[(&str, &str)]) -> Proc {
-        let rewind = env!("CARGO_BIN_EXE_rewind");
-        // The environment `env.cmd` gives a local `rewind`.
-        let local = env.cmd(&[]);
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ns, "unshare", "--uts", "--", "sh", "-c"])
-            .arg("hostname \"$0\" && exec \"$@\"")
-            .arg(&self.hostname)
-            .arg(rewind)
-            .args(args)
-            .current_dir(env.dir.path())
-            .env("REWIND_LEASE_MS", LEASE_MS);
-        for (k, v) in local.get_envs() {
-            match v {
-                Some(v) => cmd.env(k, v),
-                None => cmd.env_remove(k),
-            };
-        }
-        cmd.envs(vars.iter().copied());
-        let out = std::fs::File::create(env.path(&format!("{log}.out"))).unwrap();
-        let err = std::fs::File::create(env.path(&format!("{log}.err"))).unwrap();
-        Proc(cmd.stdout(out).stderr(err).spawn().unwrap())
-    }
-
-    /// `rewind worker --name NAME --slots 3 EXTRA…` on this host; logs `NAME.out` / `NAME.err`.
-    fn worker(&self, env: &Env, name: &str, extra: &[&str]) -> Proc {
-        let mut args = vec!["worker", "--name", name, "--slots", "3"];
-        args.extend_from_slice(extra);
-        self.spawn(env, &args, name)
-    }
-
-    /// Cuts this host off the network (its link on the bridge goes down): its connections hang.
-    fn cut(&self) {
-        sh("ip", &["link", "set", &self.veth, "down"]);
-    }
-
-    /// Plugs it back in: its connections carry on.
-    fn reconnect(&self) {
-        sh("ip", &["link", "set", &self.veth, "up"]);
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        sh_quiet("ip", &["link", "del", &self.veth]);
-        sh_quiet("ip", &["netns", "del", &self.ns]);
-    }
-}
-
-/// A process killed (SIGKILL) when the test ends, however it ends.
-struct Proc(Child);
-
-impl Proc {
-    fn pid(&self) -> i32 {
-        i32::try_from(self.0.id()).unwrap()
-    }
-
-    fn sigterm(&self) {
-        sh("kill", &["-TERM", &self.pid().to_string()]);
-    }
-
-    fn kill9(&mut self) {
-        self.0.kill().unwrap();
-        self.0.wait().unwrap();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// `run … --dispatch workers` of workflow `w` over targets `t`.
 fn run_args<'a>(w: &'a str, t: &'a str) -> [&'a str; 9] {
@@ -573,7 +239,7 @@ fn two_workers_on_two_hosts_finish_a_run() {
     env.write("gate", "", false);
     let id = assert_run_succeeded(env, &mut run);
 
-    let store = lab.store();
+    let store = Db::open(&lab.env.db);
     assert_workers_on(&store, &[("a", "host-a"), ("b", "host-b")]);
     let ran = store.instances(&id);
     assert_each_succeeded_once(&ran, 12);
@@ -611,7 +277,7 @@ fn a_killed_workers_attempts_run_again_on_another_host() {
     let by = env.status(&id)["started_by"].as_str().unwrap_or_default().to_owned();
     assert!(by.ends_with("@host-c"), "the run was started on host-c: {by}");
 
-    let store = lab.store();
+    let store = Db::open(&lab.env.db);
     assert_workers_on(&store, &[("a", "host-a"), ("b", "host-b")]);
     let ran = store.instances(&id);
     assert_each_succeeded_once(&ran, 3);
@@ -657,10 +323,12 @@ fn a_partitioned_workers_late_outcome_is_refused() {
     wait_for("worker a's step to end", || {
         ledger(env).iter().any(|l| l.what == "end" && l.host == "host-a")
     });
-    let store = lab.store();
+    let store = Db::open(&lab.env.db);
     assert!(store.stale().is_empty(), "{:?}", store.stale());
     host_a.reconnect();
-    wait_for("worker a's late report", || !store.stale().is_empty());
+    // Its connections carry on where they hung (TCP retransmits, backing off meanwhile).
+    let long = std::time::Duration::from_secs(90);
+    wait_up_to("worker a's late report", long, || !store.stale().is_empty());
 
     let stale = store.stale();
     assert_eq!(stale, [("a".to_owned(), 1, 0)], "A's attempt 1 was refused");
@@ -679,8 +347,9 @@ fn a_partitioned_workers_late_outcome_is_refused() {
 
 /// A worker cut off for longer than its store operations wait (5 s, the default): once its
 /// leases have passed since its last good heartbeat it stops their attempts (B runs them by
-/// then), and its report is not delivered. Plugged back in, it carries on: it runs the attempt
-/// B hands back, and the run succeeds with one succeeded attempt.
+/// then). Plugged back in, it carries on: it runs the attempt B hands back, and the run
+/// succeeds with one succeeded attempt. (The report of the attempt it stopped is delivered late,
+/// and refused, or not at all, as the partition's timing has it.)
 #[test]
 fn a_worker_cut_off_past_its_leases_stops_its_attempts_and_carries_on() {
     let Some(lab) = Lab::new("a_worker_cut_off_past_its_leases_stops_its_attempts") else {
@@ -696,32 +365,31 @@ fn a_worker_cut_off_past_its_leases_stops_its_attempts_and_carries_on() {
     host_a.cut();
     let mut b = host_b.worker(env, "b", &["--grace", "100ms"]);
     wait_for("worker b to run the rescued attempt", || starts_on(env, "host-b") == 1);
-    wait_for("worker a to stop its attempt", || {
+    let long = std::time::Duration::from_secs(90);
+    wait_up_to("worker a to stop its attempt", long, || {
         env.read("a.err").contains("the leases have passed: stopping the attempts")
     });
     wait_for("worker a's step process to stop", || !is_alive(first));
-    wait_for("worker a to give up its report", || {
-        env.read("a.err").contains("report not delivered")
-    });
     host_a.reconnect();
-    // A heartbeats again (live), then B hands its attempt back: A claims and runs it.
-    let store = lab.store();
-    wait_for("worker a's heartbeat", || {
+    // A heartbeats again, then B hands its attempt back: A claims and runs it.
+    let store = Db::open(&lab.env.db);
+    wait_up_to("worker a's heartbeat", long, || {
         let now = rewind_runtime::now_unix_ms();
         let rows = store.rt.block_on(store.store.workers()).unwrap();
         rows.iter().any(|w| w.name == "a" && now - w.heartbeat_unix_ms < 500)
     });
     b.sigterm();
     assert_eq!(wait_exit(&mut b.0), 0, "worker b: {}", env.read("b.err"));
-    wait_for("worker a to run the handed-back attempt", || starts_on(env, "host-a") == 2);
+    wait_up_to("worker a to run the handed-back attempt", long, || starts_on(env, "host-a") == 2);
     env.write("gate", "", false);
     let id = assert_run_succeeded(env, &mut run);
 
     assert!(is_alive(a.pid()), "worker a carries on: {}", env.read("a.err"));
-    assert!(store.stale().is_empty(), "nothing reached the store late: {:?}", store.stale());
+    let stale = store.stale();
+    assert!(stale.iter().all(|s| *s == ("a".to_owned(), 1, 0)), "only A's stopped one: {stale:?}");
     let ran = store.instances(&id);
     assert_each_succeeded_once(&ran, 1);
-    // Attempt 1 (A's, cut off) was rescued; attempt 2 went B, back, then A.
+    // Attempt 1 (A's, cut off) was rescued; attempt 2 went to B, back, then to A.
     assert_eq!(
         ran[0].attempts,
         [Some(AttemptOutcome::Interrupted), Some(AttemptOutcome::Succeeded)],
@@ -764,7 +432,7 @@ fn a_sigtermed_worker_finishes_and_the_run_completes_on_another_host() {
     assert!(said.contains("2 report(s) accepted, 0 stale, 0 handed back"), "{said}");
     let id = assert_run_succeeded(env, &mut run);
 
-    let store = lab.store();
+    let store = Db::open(&lab.env.db);
     let workers = store.workers();
     assert!(workers.contains(&("a".into(), "host-a".into(), true)), "{workers:?}");
     assert!(workers.contains(&("b".into(), "host-b".into(), false)), "{workers:?}");
