@@ -25,7 +25,7 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use lab::{LEASE_MS, Lab, Proc, wait_up_to};
+use lab::{Lab, Proc, wait_up_to};
 use rewind_model::{AttemptOutcome, InstanceState, RunId};
 use rewind_store::{SqlStore, Store};
 use support::*;
@@ -46,15 +46,6 @@ printf '{"restore_point":"%s","host":"%s"}\n' "$REWIND_RESTORE_POINT" "$host"
 /// `run … --dispatch workers` of workflow `w` over targets `t`.
 fn run_args<'a>(w: &'a str, t: &'a str) -> [&'a str; 9] {
     ["run", "--workflow", w, "--targets", t, "--restore-point", RP, "--dispatch", "workers"]
-}
-
-/// `rewind run … --dispatch workers` in the root namespace (logs `run.out` / `run.err`).
-fn start_run(env: &Env, w: &str, t: &str) -> Proc {
-    let mut c = env.cmd(&run_args(w, t));
-    c.env("REWIND_LEASE_MS", LEASE_MS);
-    let out = std::fs::File::create(env.path("run.out")).unwrap();
-    let err = std::fs::File::create(env.path("run.err")).unwrap();
-    Proc(c.stdout(out).stderr(err).spawn().unwrap())
 }
 
 /// A workflow of `modes.len()` steps per site (`s0`, `s1`, … each needing the one before), step
@@ -210,7 +201,7 @@ fn two_workers_on_two_hosts_finish_a_run() {
     let (host_a, host_b) = (lab.host("host-a"), lab.host("host-b"));
     // `s0` waits for the gate: each worker's 3 slots fill, so each host runs 3 of the 6.
     let (w, t) = workflow(env, 6, &["gate", "ok"]);
-    let mut run = start_run(env, &w, &t);
+    let mut run = lab.local(&run_args(&w, &t), "run");
     let _a = host_a.worker(env, "a", &[]);
     wait_for("worker a to fill its slots", || starts_on(env, "host-a") == 3);
     let _b = host_b.worker(env, "b", &[]);
@@ -303,7 +294,7 @@ fn a_partitioned_workers_late_outcome_is_refused() {
     let env = &lab.env;
     let (host_a, host_b) = (lab.host("host-a"), lab.host("host-b"));
     let (w, t) = workflow(env, 1, &["gate"]);
-    let mut run = start_run(env, &w, &t);
+    let mut run = lab.local(&run_args(&w, &t), "run");
     // A's store operations wait out the partition (rather than fail after 5 s and stop its
     // attempts, whose reports then never arrive): its report reaches the store once it is back.
     let a = host_a.spawn_with(
@@ -358,7 +349,7 @@ fn a_worker_cut_off_past_its_leases_stops_its_attempts_and_carries_on() {
     let env = &lab.env;
     let (host_a, host_b) = (lab.host("host-a"), lab.host("host-b"));
     let (w, t) = workflow(env, 1, &["gate"]);
-    let mut run = start_run(env, &w, &t);
+    let mut run = lab.local(&run_args(&w, &t), "run");
     let a = host_a.worker(env, "a", &[]);
     wait_for("worker a to start the attempt", || starts_on(env, "host-a") == 1);
     let first = ledger(env)[0].pid;
@@ -420,7 +411,7 @@ fn a_sigtermed_worker_finishes_and_the_run_completes_on_another_host() {
     let env = &lab.env;
     let (host_a, host_b) = (lab.host("host-a"), lab.host("host-b"));
     let (w, t) = workflow(env, 2, &["gate", "ok"]);
-    let mut run = start_run(env, &w, &t);
+    let mut run = lab.local(&run_args(&w, &t), "run");
     let mut a = host_a.worker(env, "a", &["--grace", "60s"]);
     wait_for("worker a to start both", || starts_on(env, "host-a") == 2);
     let _b = host_b.worker(env, "b", &[]);

@@ -77,6 +77,65 @@ pub fn missing() -> Option<String> {
     None
 }
 
+/// The environment variable naming the lab (`<pid>x<n>`) of every process a lab starts (and
+/// their children, the steps): [`sweep`] finds a dead test process's leftovers by it.
+pub const LAB_VAR: &str = "REWIND_TEST_LAB";
+
+/// Where the clusters' folders are made (in the temporary folder): `<this><pid>-<random>`.
+const CLUSTER_DIR: &str = "rewind-hosts-pg-";
+
+/// Removes what the labs of test processes no longer running left behind (a test process killed
+/// with SIGKILL runs no `Drop`): their namespaces, bridges and links, and their clusters (stopped,
+/// their folders removed). Each name carries the pid of the process that made it.
+fn sweep() {
+    let dead = |name: &str, prefix: &str, sep: char| {
+        name.strip_prefix(prefix)
+            .and_then(|rest| rest.split(sep).next())
+            .and_then(|pid| pid.parse::<i32>().ok())
+            .is_some_and(|pid| !crate::support::is_alive(pid))
+    };
+    // Processes first (workers, coordinators, their steps): they hold namespaces and connections.
+    for e in std::fs::read_dir("/proc").into_iter().flatten().filter_map(Result::ok) {
+        let Ok(environ) = std::fs::read(e.path().join("environ")) else { continue };
+        let lab = environ.split(|b| *b == 0).find_map(|v| {
+            let v = std::str::from_utf8(v).ok()?;
+            v.strip_prefix(LAB_VAR)?.strip_prefix('=').map(str::to_owned)
+        });
+        if lab.is_some_and(|lab| dead(&lab, "", 'x')) {
+            sh_quiet("kill", &["-KILL", &e.file_name().to_string_lossy()]);
+        }
+    }
+    for line in sh("ip", &["netns", "list"]).lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        if dead(name, "rwh", 'x') {
+            sh_quiet("ip", &["netns", "del", name]);
+        }
+    }
+    for line in sh("ip", &["-o", "link", "show"]).lines() {
+        // `12: rwv123x0h0@if11: <BROADCAST,…`
+        let name =
+            line.split(": ").nth(1).unwrap_or_default().split('@').next().unwrap_or_default();
+        if dead(name, "rwb", 'x') || dead(name, "rwv", 'x') {
+            sh_quiet("ip", &["link", "del", name]);
+        }
+    }
+    let Ok(dirs) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for e in dirs.filter_map(Result::ok) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if dead(&name, CLUSTER_DIR, '-') {
+            let data = e.path().join("data");
+            if data.join("postmaster.pid").exists() {
+                let bin = rewind_pitr::pg::bindir(None);
+                let d = data.display().to_string();
+                let args = Cluster::pg_ctl(&bin, &["-D", &d, "-m", "immediate", "-w", "stop"]);
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                sh_quiet("runuser", &args);
+            }
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// A bridge in the root namespace with the first address of its /24; deleted on drop.
 struct Bridge {
     name: String,
@@ -107,7 +166,8 @@ impl Cluster {
 
     fn start(ip: &str, subnet: &str) -> Self {
         let bin = rewind_pitr::pg::bindir(None);
-        let dir = tempfile::Builder::new().prefix("rewind-hosts-pg-").tempdir().unwrap();
+        let prefix = format!("{CLUSTER_DIR}{}-", std::process::id());
+        let dir = tempfile::Builder::new().prefix(&prefix).tempdir().unwrap();
         {
             use std::os::unix::fs::PermissionsExt;
             // The server runs as `postgres`: it must reach its data directory.
@@ -194,6 +254,9 @@ impl Lab {
         }
         let pid = std::process::id();
         let n = NEXT_LAB.fetch_add(1, Ordering::Relaxed);
+        if n == 0 {
+            sweep();
+        }
         let id = format!("{pid}x{n}");
         let net = free_subnet(pid, n);
         let bridge = Bridge { name: format!("rwb{id}") };
@@ -206,6 +269,16 @@ impl Lab {
         Some(Self { env, id, net, hosts: AtomicU32::new(0), _cluster: cluster, bridge })
     }
 
+    /// Starts any `rewind` command in the root namespace (this machine's hostname), with the
+    /// lab's store and the test's folder, stdout and stderr to `<log>.out` / `<log>.err` there.
+    pub fn local(&self, args: &[&str], log: &str) -> Proc {
+        let mut c = self.env.cmd(args);
+        c.env("REWIND_LEASE_MS", LEASE_MS).env(LAB_VAR, &self.id);
+        let out = std::fs::File::create(self.env.path(&format!("{log}.out"))).unwrap();
+        let err = std::fs::File::create(self.env.path(&format!("{log}.err"))).unwrap();
+        Proc(c.stdout(out).stderr(err).spawn().unwrap())
+    }
+
     /// A new host named `hostname`: a network namespace with a veth pair onto the bridge (the
     /// next address of the subnet). Processes started on it run in a UTS namespace of their own
     /// with that hostname.
@@ -213,6 +286,7 @@ impl Lab {
         let i = self.hosts.fetch_add(1, Ordering::Relaxed);
         let ns = format!("rwh{}h{i}", self.id);
         let host = Host {
+            lab: self.id.clone(),
             veth: format!("rwv{}h{i}", self.id),
             ns,
             hostname: hostname.to_owned(),
@@ -252,6 +326,8 @@ fn free_subnet(pid: u32, n: u32) -> String {
 
 /// A host: a network namespace plugged into the lab's bridge; deleted (with its link) on drop.
 pub struct Host {
+    /// The lab's id (`<pid>x<n>`), in [`LAB_VAR`] of every process started here.
+    lab: String,
     ns: String,
     /// The root namespace's end of its link (on the bridge).
     veth: String,
@@ -280,7 +356,8 @@ impl Host {
             .arg(rewind)
             .args(args)
             .current_dir(env.dir.path())
-            .env("REWIND_LEASE_MS", LEASE_MS);
+            .env("REWIND_LEASE_MS", LEASE_MS)
+            .env(LAB_VAR, &self.lab);
         for (k, v) in local.get_envs() {
             match v {
                 Some(v) => cmd.env(k, v),
