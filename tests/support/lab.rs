@@ -6,7 +6,8 @@
 //!
 //! Names (links, namespaces, subnet) are unique per test process and lab, so tests run in
 //! parallel. Every resource has its own guard, dropped also when the test panics: processes are
-//! killed, namespaces and links deleted, the cluster stopped.
+//! killed, namespaces and links deleted, the cluster stopped. What a test process killed with
+//! SIGKILL left behind (no `Drop` ran) is swept by the next lab (`sweep`).
 //!
 //! Include it with `#[path = "support/lab.rs"] mod lab;` beside `mod support;`.
 
