@@ -58,8 +58,9 @@ fn status_in_an_empty_folder_names_the_store_it_opened() {
     assert!(text(&o).starts_with(&want), "{}", text(&o));
 }
 
-/// `status --json` (all runs): `{"runs": [...], "workers": [...]}`, each worker with the fields
-/// of `GET /api/v1/workers`; the text form lists the same workers after the runs.
+/// `status RUN --json` has a `workers` array, each worker with the fields of
+/// `GET /api/v1/workers`; `status --json` (all runs) stays an array of runs; the text form lists
+/// the workers after the runs, and also when there are none.
 #[test]
 fn status_json_lists_the_runs_and_the_workers() {
     let dir = tempfile::tempdir().unwrap();
@@ -69,7 +70,7 @@ fn status_json_lists_the_runs_and_the_workers() {
         serde_json::from_slice(&o.stdout).unwrap()
     };
     let empty = json(&rewind(dir.path(), &["--db", &url, "status", "--json"]));
-    assert_eq!(empty, serde_json::json!({ "runs": [], "workers": [] }));
+    assert_eq!(empty, serde_json::json!([]));
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let store = rewind_store::SqlStore::open(&url).await.unwrap();
@@ -88,7 +89,44 @@ fn status_json_lists_the_runs_and_the_workers() {
         }
         store.close().await;
     });
-    let shown = json(&rewind(dir.path(), &["--db", &url, "status", "--json"]));
+    // All runs: still an array (of none), whatever workers there are.
+    assert_eq!(
+        json(&rewind(dir.path(), &["--db", &url, "status", "--json"])),
+        serde_json::json!([])
+    );
+    let o = rewind(dir.path(), &["--db", &url, "status"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    std::fs::write(
+        dir.path().join("w.toml"),
+        "name = \"one\"\ntarget_kind = \"site\"\n\n[[steps]]\nid = \"s\"\nestimate = \"1s\"\n\
+         action = { kind = \"command\", program = \"true\" }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("t.csv"),
+        "id,kind\n00000000-0000-4000-8000-000000000001,site\n",
+    )
+    .unwrap();
+    let o = rewind(
+        dir.path(),
+        &[
+            "--db",
+            &url,
+            "run",
+            "--workflow",
+            "w.toml",
+            "--targets",
+            "t.csv",
+            "--restore-point",
+            "2022-04-05T07:33:00Z",
+            "--simulate",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let id = stdout.lines().next().and_then(|l| l.strip_prefix("run ")).unwrap().to_owned();
+    let shown = json(&rewind(dir.path(), &["--db", &url, "status", &id, "--json"]));
     let workers: Vec<(&str, &str, &str, u64, u64)> = shown["workers"]
         .as_array()
         .unwrap()
@@ -113,10 +151,7 @@ fn status_json_lists_the_runs_and_the_workers() {
         ]
     );
     assert_eq!(shown["workers"][1]["queues"], serde_json::json!(["us-east"]));
-    assert_eq!(shown["runs"], serde_json::json!([]));
-    let o = rewind(dir.path(), &["--db", &url, "status"]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(shown["run_id"], serde_json::json!(id));
     assert!(out.starts_with("no runs in the checkpoint store"), "{out}");
     for (name, state) in [("w-gone", "gone"), ("w-live", "live"), ("w-stopping", "stopping")] {
         let line = out

@@ -206,8 +206,13 @@ fn two_workers_on_two_hosts_finish_a_run() {
     wait_for("worker a to fill its slots", || starts_on(env, "host-a") == 3);
     let _b = host_b.worker(env, "b", &[]);
     wait_for("worker b to take the rest", || starts_on(env, "host-b") == 3);
-    // `status --json` shows each worker on its host, holding its three attempts.
+    // `status RUN --json` shows each worker on its host, holding its three attempts (the
+    // all-runs form stays the array of runs it always was).
     let o = env.rewind(&["status", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let runs: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let id = runs[0]["run_id"].as_str().unwrap_or_else(|| panic!("{runs}")).to_owned();
+    let o = env.rewind(&["status", &id, "--json"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let status: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let shown: Vec<_> = status["workers"]

@@ -265,7 +265,7 @@ fn two_live_runs_cannot_hold_the_same_target() {
     wait_for("the first run's steps", || env.ledger().len() >= 2);
     let runs = env.rewind(&["status", "--json"]);
     let holder: Value = serde_json::from_slice(&runs.stdout).unwrap();
-    let holder = holder["runs"][0]["run_id"].as_str().unwrap().to_owned();
+    let holder = holder[0]["run_id"].as_str().unwrap().to_owned();
     // Sites 2 and 3: site 2 is held by the live first run.
     let second = env.write(
         "second.csv",
@@ -276,11 +276,7 @@ fn two_live_runs_cannot_hold_the_same_target() {
     assert!(err.contains("1 target is already held by a live run"), "{err}");
     assert!(err.contains(&format!("run {holder} holds {}", site(2))), "{err}");
     let runs: Value = serde_json::from_slice(&env.rewind(&["status", "--json"]).stdout).unwrap();
-    assert_eq!(
-        runs["runs"].as_array().unwrap().len(),
-        1,
-        "the refused run was not written: {runs}"
-    );
+    assert_eq!(runs.as_array().unwrap().len(), 1, "the refused run was not written: {runs}");
     // The first run ends: its targets are free again.
     std::fs::write(env.path("gate"), "").unwrap();
     assert_eq!(wait_exit(&mut a), 0);

@@ -34,7 +34,8 @@ pub fn run(db: &str, args: &Args) -> Result<Exit> {
                     .await
                     .map_err(|e| crate::exit::refused(format!("rewind: {e}")))?;
                 if args.json {
-                    one_json(&view)
+                    let workers = rewind_runtime::workers_shown(&store).await?;
+                    one_json(&view, &workers)
                 } else {
                     one(&view)
                 }
@@ -65,8 +66,9 @@ async fn all(store: &rewind_store::SqlStore, db: &str, json: bool) -> Result<Exi
                 })
             })
             .collect();
-        let workers = rewind_runtime::workers_shown(store).await?;
-        println!("{}", serde_json::to_string_pretty(&json!({ "runs": list, "workers": workers }))?);
+        // An array, as it always was: scripts index it. The workers are in the one-run form
+        // (`status RUN --json`) and in `GET /api/v1/workers`.
+        println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(Exit::Ok);
     }
     if runs.is_empty() {
@@ -211,7 +213,9 @@ fn one(v: &RunView) {
     }
 }
 
-fn one_json(v: &RunView) {
+/// The one-run JSON; `workers`: every registered worker, as `GET /api/v1/workers` shows them
+/// (whether the run's queues are served is the question this answers).
+fn one_json(v: &RunView, workers: &[rewind_runtime::WorkerView]) {
     let r = &v.record;
     let failures: Vec<_> = v
         .failures()
@@ -246,6 +250,7 @@ fn one_json(v: &RunView) {
         "restored_targets": restored,
         "targets": targets,
         "failures": failures,
+        "workers": workers,
     });
     println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
 }
