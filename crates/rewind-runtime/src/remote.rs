@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use crate::RuntimeError;
 use crate::exec::{Event, Signals};
-use crate::lease::now_unix_ms;
+use crate::lease::store_now_ms;
 
 /// The queue of steps without `queue`.
 pub const DEFAULT_QUEUE: &str = "default";
@@ -209,13 +209,18 @@ impl RemoteExec {
         self.inflight.insert(idx, (attempt, queue));
     }
 
+    /// Waits for an attempt a previous coordinator of the run dispatched (its row is stored).
+    pub(crate) fn adopt(&mut self, idx: u32, attempt: u32, queue: String) {
+        self.inflight.insert(idx, (attempt, queue));
+    }
+
     /// Writes the attempts started since the last flush, fenced by the run lease's epoch.
     pub(crate) async fn flush(&mut self) -> Result<(), RuntimeError> {
         if self.pending.is_empty() {
             return Ok(());
         }
         let items = std::mem::take(&mut self.pending);
-        self.store.dispatch_enqueue(self.fence, &items, now_unix_ms()).await?;
+        self.store.dispatch_enqueue(self.fence, &items, store_now_ms()).await?;
         Ok(())
     }
 
@@ -254,7 +259,7 @@ impl RemoteExec {
     /// (`done`: the worker's report; `lost`: interrupted, it runs again) and every ended row is
     /// forgotten.
     async fn poll_once(&mut self) -> Result<Vec<Event>, RuntimeError> {
-        let now = now_unix_ms();
+        let now = store_now_ms();
         self.store.dispatch_rescue(now).await?;
         let finished = self.store.dispatch_finished(self.fence.run).await?;
         let mut out = Vec::new();
