@@ -137,7 +137,10 @@ fn assert_each_ran_once(env: &Env, id: &str, instances: usize) {
 
 /// Lines of `NAME.err` saying it took run `id`.
 fn takes(env: &Env, name: &str, id: &str) -> usize {
-    env.read(&format!("{name}.err")).lines().filter(|l| l.contains(&format!("took run {id}"))).count()
+    env.read(&format!("{name}.err"))
+        .lines()
+        .filter(|l| l.contains(&format!("took run {id}")))
+        .count()
 }
 
 /// The run's lease: (owner, heartbeat, epoch).

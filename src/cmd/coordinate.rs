@@ -77,7 +77,10 @@ impl Observer for Notes {
         let retry = retry_in
             .map(|d| format!("; retried in {}", humantime::format_duration(d)))
             .unwrap_or_default();
-        eprintln!("rewind coordinate: run {}: {key} attempt {attempt} failed: {error}{retry}", self.run);
+        eprintln!(
+            "rewind coordinate: run {}: {key} attempt {attempt} failed: {error}{retry}",
+            self.run
+        );
     }
 
     fn note(&mut self, message: &str) {
