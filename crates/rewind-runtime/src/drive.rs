@@ -1103,6 +1103,10 @@ impl<'p, 'o, S: Store> Driver<'p, 'o, S> {
     async fn commit(&mut self, clock: Duration) -> Result<(), RuntimeError> {
         let batch = self.batch.take(clock);
         self.store.commit(self.id, &self.lease.owner, &batch).await?;
+        if let Exec::Remote(r) = &mut self.exec {
+            // The outcomes read from ended dispatch rows are durable now.
+            r.forget_ended().await?;
+        }
         self.commits += 1;
         self.last_commit = Instant::now();
         if !self.simulated {
