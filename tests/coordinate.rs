@@ -339,3 +339,32 @@ fn resume_remembers_the_dispatch_mode() {
     assert_eq!(wait_exit(&mut resume.0), 0, "resume: {}", env.read("resume.err"));
     assert_each_ran_once(&env, &id, 4);
 }
+
+/// Attempts a worker finished while their coordinator was frozen (SIGSTOP, then killed -9):
+/// their `done` rows were never read, and the standby adopts them with their outcomes: they do
+/// not run again.
+#[test]
+fn attempts_done_while_the_coordinator_was_frozen_are_adopted_with_their_outcomes() {
+    let Some(env) = Env::postgres("attempts_done_while_frozen_are_adopted") else { return };
+    let (w, t) = workflow(&env, 2);
+    let mut run = start_run(&env, &w, &t);
+    let id = env.run_id_of("run");
+    let _a = start_worker(&env, "a");
+    wait_for("the worker to run every s0", || count(&env, "start", "s0/") == 2);
+    run.signal("-STOP");
+    env.write("gate0", "", false);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = rt.block_on(rewind_store::SqlStore::open(&env.db)).unwrap();
+    let run_id: rewind_model::RunId = id.parse().unwrap();
+    wait_for("both s0 rows to be done", || {
+        let rows = rt.block_on(store.run_dispatched(run_id)).unwrap();
+        rows.len() == 2 && rows.iter().all(|r| r.state == rewind_dispatch::DispatchState::Done)
+    });
+    run.kill9();
+    let _c = start_standby(&env, "c1");
+    wait_for("the standby to take the run", || takes(&env, "c1", &id) > 0);
+    wait_for("every s1 to start", || count(&env, "start", "s1/") == 2);
+    env.write("gate1", "", false);
+    assert_each_ran_once(&env, &id, 4);
+    assert!(env.read("c1.err").contains("2 attempt(s) dispatched"), "{}", env.read("c1.err"));
+}
