@@ -769,15 +769,17 @@ impl<'p, 'o, S: Store> Driver<'p, 'o, S> {
             clock: now0,
             origin: self.origin,
         });
-        if !self.adopted.is_empty() {
-            // An adopted attempt's end is recorded with its start.
-            let attempts = self.store.attempts(self.id).await?;
-            for a in attempts.iter().filter(|a| self.adopted.contains(&(a.idx, a.attempt))) {
-                self.batch.started.insert(a.idx, a.started_s);
-            }
+        let attempts = if self.adopted.is_empty() && self.open_attempts.is_empty() {
+            Vec::new()
+        } else {
+            self.store.attempts(self.id).await?
+        };
+        // An adopted attempt's end is recorded with its start.
+        let adopted: std::collections::HashSet<&(u32, u32)> = self.adopted.iter().collect();
+        for a in attempts.iter().filter(|a| adopted.contains(&(a.idx, a.attempt))) {
+            self.batch.started.insert(a.idx, a.started_s);
         }
         if !self.open_attempts.is_empty() {
-            let attempts = self.store.attempts(self.id).await?;
             let by_key: HashMap<(u32, u32), &AttemptRecord> =
                 attempts.iter().map(|a| ((a.idx, a.attempt), a)).collect();
             for (idx, attempt) in self.open_attempts.clone() {
@@ -1207,7 +1209,11 @@ impl<'p, 'o, S: Store> Driver<'p, 'o, S> {
         self.observer.note(&format!(
             "handing the run off: {running} attempt(s) on workers run on, for the next coordinator to adopt"
         ));
-        let detail = json!({"signal": StopReason::HandOff.name(), "running": running, "counts": self.sched.counts()});
+        let detail = json!({
+            "signal": StopReason::HandOff.name(),
+            "running": running,
+            "counts": self.sched.counts(),
+        });
         self.batch.event(now, EventKind::RunInterrupted, None, Some(detail));
         self.commit(now).await?;
         self.report_progress(now, true);
