@@ -368,3 +368,48 @@ fn attempts_done_while_the_coordinator_was_frozen_are_adopted_with_their_outcome
     assert_each_ran_once(&env, &id, 4);
     assert!(env.read("c1.err").contains("2 attempt(s) dispatched"), "{}", env.read("c1.err"));
 }
+
+/// Of the attempts a killed coordinator left open, only those whose dispatch row is missing (it
+/// died before enqueuing them) or lost run again, as new attempts; a queued one is adopted.
+#[test]
+fn only_attempts_without_a_live_row_run_again_after_a_takeover() {
+    let Some(env) = Env::postgres("only_attempts_without_a_live_row") else { return };
+    env.write("step.sh", STEP_SH, true);
+    let wf = "name = \"later\"\ntarget_kind = \"site\"\n\n[defaults]\ntimeout = \"2m\"\nretries = 0\n\n[[steps]]\nid = \"s0\"\nestimate = \"1s\"\nqueue = \"later\"\naction = { kind = \"command\", program = \"./step.sh\", args = [\"ledger\", \"ok\"] }\n";
+    let w = env.write("later.toml", wf, false).display().to_string();
+    let t = env.write("sites.csv", &targets_csv(&["ok"; 3]), false).display().to_string();
+    let mut run = start_run(&env, &w, &t);
+    let id = env.run_id_of("run");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = rt.block_on(rewind_store::SqlStore::open(&env.db)).unwrap();
+    let run_id: rewind_model::RunId = id.parse().unwrap();
+    wait_for("three queued attempts", || {
+        rt.block_on(store.run_dispatched(run_id)).unwrap().len() == 3
+    });
+    run.kill9();
+    // Site 1's row never written (as if the coordinator died before enqueuing it), site 2's lost.
+    rt.block_on(async {
+        let pool = sqlx::PgPool::connect(&env.db).await.unwrap();
+        for (sql, idx) in [
+            ("DELETE FROM dispatch WHERE run_id = $1 AND idx = $2", 0_i64),
+            ("UPDATE dispatch SET state = 'lost', epoch = epoch + 1 WHERE run_id = $1 AND idx = $2", 1),
+        ] {
+            let done = sqlx::query(sql).bind(&id).bind(idx).execute(&pool).await.unwrap();
+            assert_eq!(done.rows_affected(), 1, "{sql}");
+        }
+        pool.close().await;
+    });
+    let _c = start_standby(&env, "c1");
+    wait_for("the standby to take the run", || takes(&env, "c1", &id) > 0);
+    let _a = start(&env, "a", &["worker", "--name", "a", "--queue", "later"], &[]);
+    wait_for("the run to succeed", || env.status(&id)["state"] == "succeeded");
+    let starts = starts(&env);
+    let attempts: Vec<&Vec<u32>> = starts.values().collect();
+    assert_eq!(attempts, [&vec![2], &vec![2], &vec![1]], "{starts:?}");
+    let err = env.read("c1.err");
+    assert!(err.contains("1 attempt(s) dispatched by the previous coordinator"), "{err}");
+    assert!(
+        err.contains("2 attempt(s) were running when the previous orchestrator stopped"),
+        "{err}"
+    );
+}
