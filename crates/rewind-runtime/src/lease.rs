@@ -7,7 +7,7 @@
 //! host's: hosts' clocks disagree, the database's is one. [`sync_clock`] measures the offset.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
@@ -38,8 +38,6 @@ pub fn run_lease() -> Duration {
 
 /// The store's clock minus this host's, milliseconds, as last measured by [`sync_clock`].
 static CLOCK_OFFSET_MS: AtomicI64 = AtomicI64::new(0);
-/// Whether [`sync_clock`] measured it at least once.
-static CLOCK_SYNCED: AtomicBool = AtomicBool::new(false);
 
 /// A wrong local clock, for tests: `REWIND_CLOCK_SKEW_MS` (signed milliseconds) is added to
 /// every reading of this host's clock ([`now_unix_ms`]); [`store_now_ms`] must not care.
@@ -64,21 +62,12 @@ pub async fn sync_clock<S: Store>(store: &S) -> Result<i64, RuntimeError> {
     let theirs = store.clock_unix_ms().await?;
     let offset = clock_offset(before, theirs, now_unix_ms());
     CLOCK_OFFSET_MS.store(offset, Ordering::Relaxed);
-    CLOCK_SYNCED.store(true, Ordering::Relaxed);
     Ok(offset)
 }
 
 /// The store's clock minus ours, from a reading of theirs between ours `before` and `after`.
 fn clock_offset(before: i64, theirs: i64, after: i64) -> i64 {
     theirs.saturating_sub(before + (after - before) / 2)
-}
-
-/// [`sync_clock`] once per process: for commands that read heartbeats once (`status`).
-pub async fn sync_clock_once<S: Store>(store: &S) -> Result<(), RuntimeError> {
-    if !CLOCK_SYNCED.load(Ordering::Relaxed) {
-        sync_clock(store).await?;
-    }
-    Ok(())
 }
 
 /// Who runs this process, and where: looked up once.

@@ -39,7 +39,7 @@ pub use drive::{
 pub use exec::Signal;
 pub use lease::{
     Identity, LEASE, Lease, hostname, identity, is_stale, is_stale_after, me, now_unix_ms,
-    run_lease, set_owner_name, store_now_ms, sync_clock, sync_clock_once, username,
+    run_lease, set_owner_name, store_now_ms, sync_clock, username,
 };
 pub use offline::cancel_offline;
 pub use progress::{AttemptEnd, DriveStart, EtaBasis, NoObserver, Observer, Progress};
