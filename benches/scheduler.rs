@@ -106,6 +106,7 @@ fn store(c: &mut Criterion) {
                     waves: Vec::new(),
                     halt_rate: 0.05,
                     started_by: None,
+                    dispatch: rewind_store::Dispatch::Local,
                     instances: u64::from(n),
                     targets: 1,
                     lower_bound_s: 0.0,

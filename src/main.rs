@@ -79,6 +79,9 @@ enum Command {
     /// Execute attempts of `run --dispatch workers` runs from a PostgreSQL store's queues,
     /// until SIGTERM/SIGINT (then drain).
     Worker(cmd::worker::Args),
+    /// Stand by for runs executed by workers: take over any whose coordinator died and drive
+    /// it, until SIGTERM/SIGINT (then hand the runs off).
+    Coordinate(cmd::coordinate::Args),
 }
 
 fn main() -> ExitCode {
@@ -153,5 +156,6 @@ fn dispatch(cli: &Cli) -> anyhow::Result<exit::Exit> {
         Command::Drill(args) => cmd::drill::run(before, args),
         Command::Serve(args) => cmd::serve::run(&db(&args.db)?, args),
         Command::Worker(args) => cmd::worker::run(&db(&args.db)?, args),
+        Command::Coordinate(args) => cmd::coordinate::run(&db(&args.db)?, args),
     }
 }

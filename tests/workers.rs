@@ -281,11 +281,12 @@ fn a_cancelled_run_withdraws_its_unclaimed_attempts() {
     assert!(dispatch_rows(&env).is_empty(), "{:?}", dispatch_rows(&env));
 }
 
-/// A coordinator killed with attempts queued: `resume --dispatch workers` runs them as new
-/// attempts and withdraws the old ones, so each instance runs once.
+/// A coordinator killed with attempts queued: `resume --dispatch workers` adopts them (their
+/// rows are still queued: a worker runs them once, as their first attempt) instead of running
+/// them again as new attempts.
 #[test]
-fn a_resumed_coordinator_withdraws_the_dead_ones_queued_attempts() {
-    let Some(env) = Env::postgres("a_resumed_coordinator_withdraws") else { return };
+fn a_resumed_coordinator_adopts_the_dead_ones_queued_attempts() {
+    let Some(env) = Env::postgres("a_resumed_coordinator_adopts") else { return };
     let (w, t) = workflow(&env, 3, 1, "ok");
     let mut run = start_run(&env, &w, &t);
     wait_for("the attempts to be dispatched", || dispatch_rows(&env).len() == 3);
@@ -297,14 +298,15 @@ fn a_resumed_coordinator_withdraws_the_dead_ones_queued_attempts() {
     let out = std::fs::File::create(env.path("resume.out")).unwrap();
     let err = std::fs::File::create(env.path("resume.err")).unwrap();
     let mut resume = Guard(c.stdout(out).stderr(err).spawn().unwrap());
-    wait_for("the new attempts", || {
-        let rows = dispatch_rows(&env);
-        rows.len() == 3 && rows.iter().all(|r| r.1 == 2)
+    wait_for("the resume to adopt the queued attempts", || {
+        env.read("resume.err").contains("3 attempt(s) dispatched by the previous coordinator")
     });
+    let rows = dispatch_rows(&env);
+    assert!(rows.len() == 3 && rows.iter().all(|r| r.1 == 1), "{rows:?}");
     let _a = start_worker(&env, "a", &[]);
     assert_eq!(wait_exit(&mut resume.0), 0, "resume: {}", env.read("resume.err"));
     let ledger = env.ledger();
     assert_eq!(ledger.iter().filter(|e| e.what == "start").count(), 3, "{ledger:?}");
-    assert!(ledger.iter().all(|e| e.attempt == 2), "{ledger:?}");
+    assert!(ledger.iter().all(|e| e.attempt == 1), "{ledger:?}");
     assert_eq!(env.status(&id)["state"], "succeeded");
 }

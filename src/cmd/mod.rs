@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod cancel;
 pub mod check;
+pub mod coordinate;
 pub mod demo;
 pub mod drill;
 pub mod dry_run;

@@ -81,6 +81,22 @@ pub enum Dispatch {
 }
 
 impl Dispatch {
+    /// As stored with a run.
+    fn stored(self) -> rewind_store::Dispatch {
+        match self {
+            Self::Local => rewind_store::Dispatch::Local,
+            Self::Workers => rewind_store::Dispatch::Workers,
+        }
+    }
+
+    /// How a run stored with `d` executes.
+    fn of(d: rewind_store::Dispatch) -> Self {
+        match d {
+            rewind_store::Dispatch::Local => Self::Local,
+            rewind_store::Dispatch::Workers => Self::Workers,
+        }
+    }
+
     /// Refuses `workers` on a store other than PostgreSQL.
     fn check(self, db: &str) -> Result<()> {
         let pg = db.starts_with("postgres://") || db.starts_with("postgresql://");
@@ -113,9 +129,9 @@ pub struct ResumeArgs {
     #[arg(long)]
     accept_failures: bool,
     /// Who executes the attempts: local (this process) or workers (`rewind worker` processes
-    /// on a PostgreSQL store).
-    #[arg(long, value_name = "WHERE", default_value = "local")]
-    dispatch: Dispatch,
+    /// on a PostgreSQL store) [default: as the run was started; another is refused].
+    #[arg(long, value_name = "WHERE")]
+    dispatch: Option<Dispatch>,
 }
 
 /// The default `--halt-on-failure-rate`.
@@ -235,6 +251,8 @@ pub fn run(db: &str, args: &Args) -> Result<Exit> {
         cwd,
         mode: if args.simulate {
             Mode::Simulated { seed: args.seed, fail_rate: args.fail_rate }
+        } else if args.dispatch == Dispatch::Workers {
+            Mode::Dispatched
         } else {
             Mode::Real
         },
@@ -260,12 +278,15 @@ pub fn run(db: &str, args: &Args) -> Result<Exit> {
 
 /// `rewind resume RUN_ID [--accept-failures]`
 pub fn resume(db: &str, args: &ResumeArgs) -> Result<Exit> {
-    args.dispatch.check(db)?;
+    if let Some(d) = args.dispatch {
+        d.check(db)?;
+    }
     store::runtime()?.block_on(async {
         let store = store::open(db).await?;
         let id = store::run_id(&args.run_id)?;
         // Judged before the lease is taken: a refused resume writes nothing, not even a lease.
         let record = read_run(&store, id).await?;
+        let dispatch = dispatch_of(&record, args.dispatch)?;
         if args.accept_failures && record.state != RunState::Halted {
             return Err(refused(format!(
                 "rewind: --accept-failures continues a halted run; run {id} is {}; nothing was changed",
@@ -309,8 +330,25 @@ pub fn resume(db: &str, args: &ResumeArgs) -> Result<Exit> {
             lease.release(&store).await?;
             return Err(refuse(e.into()));
         }
-        drive(&store, lease, args.dispatch).await
+        drive(&store, lease, dispatch).await
     })
+}
+
+/// How a resumed run executes: as it was started (`runs.dispatch`). `--dispatch` naming
+/// another mode is refused: a run's attempts would be in flight on workers that a local drive
+/// never waits for, or run locally on the host of a resume that took a dead coordinator's run.
+fn dispatch_of(record: &rewind_store::RunRecord, given: Option<Dispatch>) -> Result<Dispatch> {
+    let stored = Dispatch::of(record.spec.dispatch);
+    match given {
+        Some(d) if d != stored && !record.spec.simulated => Err(refused(format!(
+            "rewind: run {} executes with --dispatch {} (as it was started); --dispatch {} is refused; resume it without --dispatch; nothing was changed",
+            record.spec.id,
+            stored.stored(),
+            d.stored()
+        ))),
+        Some(d) => Ok(d),
+        None => Ok(stored),
+    }
 }
 
 /// `rewind retry RUN_ID`
@@ -336,7 +374,7 @@ pub fn retry(db: &str, args: &RunIdArgs) -> Result<Exit> {
             Some(id),
             &format!("rewind: run {id}: {reset} failed or blocked instance(s) reset to pending"),
         );
-        drive(&store, lease, Dispatch::Local).await
+        drive(&store, lease, Dispatch::of(record.spec.dispatch)).await
     })
 }
 
@@ -390,6 +428,9 @@ pub(crate) fn refuse(e: RuntimeError) -> anyhow::Error {
             refused(format!("rewind: refused: {e}\nnothing was written"))
         }
         RuntimeError::Store(StoreError::Refused { .. }) => refused(format!("rewind: {e}")),
+        ref f if f.is_fenced() => refused(format!(
+            "rewind: fenced: {e}; this process stopped driving the run at once (another coordinator drives it now: see `rewind status`)"
+        )),
         other => anyhow::Error::new(other),
     }
 }

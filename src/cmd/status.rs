@@ -147,6 +147,10 @@ fn one(v: &RunView) {
     }
     match (&r.owner, shown_state(r)) {
         (Some(o), "running") => println!("driven by      {o}"),
+        (_, "interrupted") if r.spec.dispatch == rewind_store::Dispatch::Workers => println!(
+            "driven by      nobody: a standby `rewind coordinate` takes it over, or `rewind resume {}`",
+            r.spec.id
+        ),
         (_, "interrupted") => {
             println!("driven by      nobody: resume with `rewind resume {}`", r.spec.id)
         }
@@ -157,6 +161,8 @@ fn one(v: &RunView) {
     }
     let mode = if r.spec.simulated {
         format!("simulated (seed {}, fail rate {})", r.spec.seed, r.spec.fail_rate)
+    } else if r.spec.dispatch == rewind_store::Dispatch::Workers {
+        "real, attempts executed by workers (--dispatch workers)".into()
     } else {
         "real".into()
     };

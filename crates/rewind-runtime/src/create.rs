@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use rewind_exec::{Registry, Vars};
 use rewind_model::{EventKind, InstanceState, Plan, RunId, Subject};
 use rewind_scheduler::Priority;
-use rewind_store::{NewEvent, NewInstance, NewRun, Store};
+use rewind_store::{Dispatch, NewEvent, NewInstance, NewRun, Store};
 use serde_json::json;
 
 use crate::RuntimeError;
@@ -14,8 +14,11 @@ use crate::lease::{identity, now_unix_ms};
 /// How attempts are executed.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Mode {
-    /// For real, by the executors.
+    /// For real, by the executors of the process that drives the run.
     Real,
+    /// For real, by `rewind worker` processes (`run --dispatch workers`, PostgreSQL only);
+    /// stored with the run, so `resume` and `rewind coordinate` drive it the same way.
+    Dispatched,
     /// In virtual time: each attempt takes its step's estimate and fails with probability
     /// `fail_rate`, drawn from `seed` and the instance key (reproducible).
     Simulated {
@@ -68,7 +71,7 @@ pub async fn create_run<S: Store>(
     spec: &RunSpec,
     registry: &Registry,
 ) -> Result<RunId, RuntimeError> {
-    if spec.mode == Mode::Real {
+    if matches!(spec.mode, Mode::Real | Mode::Dispatched) {
         crate::env::check(plan.workflow(), &spec.vars)?;
         for step in &plan.workflow().steps {
             let kind = step.action.kind();
@@ -84,7 +87,7 @@ pub async fn create_run<S: Store>(
     let uuid = uuid::Uuid::now_v7();
     let id = RunId::from_uuid(uuid);
     let (simulated, seed, fail_rate) = match spec.mode {
-        Mode::Real => (false, uuid.as_u64_pair().1, 0.0),
+        Mode::Real | Mode::Dispatched => (false, uuid.as_u64_pair().1, 0.0),
         Mode::Simulated { seed, fail_rate } => (true, seed, fail_rate),
     };
     let now = now_unix_ms();
@@ -115,6 +118,7 @@ pub async fn create_run<S: Store>(
         waves: spec.waves.clone(),
         halt_rate: spec.halt_rate,
         started_by: Some(format!("{}@{}", who.user, who.host)),
+        dispatch: if spec.mode == Mode::Dispatched { Dispatch::Workers } else { Dispatch::Local },
     };
     let targets = plan.targets().targets();
     let mut instances = plan.ids().map(|i| {

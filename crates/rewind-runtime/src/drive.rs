@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 
 use crate::RuntimeError;
 use crate::exec::{Event, Exec, RealExec, Signal, Signals, SimExec};
-use crate::lease::{Lease, identity, now_unix_ms};
+use crate::lease::{Lease, identity, run_lease, store_now_ms, sync_clock};
 use crate::progress::{AttemptEnd, DriveStart, Observed, Observer, Progress, eta};
 use crate::view::load_plan;
 
@@ -62,6 +62,9 @@ pub enum StopReason {
     /// Nothing could start and nothing was running while instances were pending: a scheduler
     /// bug, stopped rather than spun on.
     Stall,
+    /// Handed off ([`Observer::hand_off_requested`]): the attempts on workers run on, for the
+    /// next driver to adopt.
+    HandOff,
 }
 
 impl StopReason {
@@ -71,6 +74,7 @@ impl StopReason {
             Self::Signal(s) => s.name(),
             Self::StopRequest => "stop request",
             Self::Stall => "stall",
+            Self::HandOff => "hand-off",
         }
     }
 }
@@ -178,6 +182,7 @@ async fn drive_held<S: Store>(
     }
     let mut driver = Driver::new(store, lease, &plan, &rec, rows, opts, wall0)?;
     if let (Some(remote), false) = (remote, rec.spec.simulated) {
+        let dispatched = remote.run_dispatched(id).await?;
         let mut r = crate::remote::RemoteExec::new(
             remote,
             id,
@@ -186,8 +191,10 @@ async fn drive_held<S: Store>(
             driver.tick,
         )
         .await?;
-        // The attempts a dead coordinator left open run again as new attempts: those no worker
-        // claimed yet must not run too.
+        // The attempts the previous coordinator left open whose dispatch row is queued, claimed
+        // or done still run (or ran) on a worker: adopted, their outcome awaited. The others (no
+        // row, or lost) run again as new attempts; a queued row of theirs must not run too.
+        driver.adopt(&mut r, &dispatched);
         r.withdraw(&driver.open_attempts).await?;
         driver.exec = Exec::Remote(r);
     }
@@ -553,7 +560,7 @@ impl Batcher {
             e.wall.clone_from(&wall);
         }
         b.clock_s = secs(clock);
-        b.heartbeat_unix_ms = now_unix_ms();
+        b.heartbeat_unix_ms = store_now_ms();
         b
     }
 }
@@ -593,6 +600,8 @@ struct Driver<'p, 'o, S: Store> {
     halted: Option<String>,
     /// Attempts whose orchestrator died (instance, attempt): ended as interrupted at start.
     open_attempts: Vec<(u32, u32)>,
+    /// Attempts left open that still run on workers, adopted (instance, attempt).
+    adopted: Vec<(u32, u32)>,
     resumed: bool,
     queue: VecDeque<Event>,
     wall0: Instant,
@@ -668,13 +677,15 @@ impl<'p, 'o, S: Store> Driver<'p, 'o, S> {
             signals: Signals::new(opts.signals)?,
             observer: opts.observer,
             progress_every: opts.progress_every,
-            tick: opts.tick,
+            // Heartbeats (a commit each tick) at least three times per run lease.
+            tick: opts.tick.min(run_lease() / 3).max(Duration::from_millis(10)),
             batch: Batcher::default(),
             commits: 0,
             draining: None,
             forced: false,
             halted: None,
             open_attempts,
+            adopted: Vec::new(),
             resumed,
             queue: VecDeque::new(),
             wall0,
@@ -693,6 +704,9 @@ impl<'p, 'o, S: Store> Driver<'p, 'o, S> {
             let now = self.exec.now();
             if self.draining.is_none() && self.observer.stop_requested() {
                 self.queue.push_back(Event::Stop);
+            }
+            if matches!(self.exec, Exec::Remote(_)) && self.observer.hand_off_requested() {
+                return self.hand_off(now).await;
             }
             self.judge_waves(now);
             if self.queue.is_empty() && self.draining.is_none() && !self.sched.is_cancelling() {
@@ -725,7 +739,9 @@ impl<'p, 'o, S: Store> Driver<'p, 'o, S> {
                 }
                 self.commit(now).await?;
             } else if check_cancel {
-                // A tick: renew the lease, even with nothing else to write.
+                // A tick: renew the lease, even with nothing else to write, on the store's
+                // clock as measured now.
+                sync_clock(self.store).await?;
                 self.commit(now).await?;
             }
             // Otherwise a real run's outcomes are not committed here but with the next turn's
@@ -753,8 +769,17 @@ impl<'p, 'o, S: Store> Driver<'p, 'o, S> {
             clock: now0,
             origin: self.origin,
         });
+        let attempts = if self.adopted.is_empty() && self.open_attempts.is_empty() {
+            Vec::new()
+        } else {
+            self.store.attempts(self.id).await?
+        };
+        // An adopted attempt's end is recorded with its start.
+        let adopted: std::collections::HashSet<&(u32, u32)> = self.adopted.iter().collect();
+        for a in attempts.iter().filter(|a| adopted.contains(&(a.idx, a.attempt))) {
+            self.batch.started.insert(a.idx, a.started_s);
+        }
         if !self.open_attempts.is_empty() {
-            let attempts = self.store.attempts(self.id).await?;
             let by_key: HashMap<(u32, u32), &AttemptRecord> =
                 attempts.iter().map(|a| ((a.idx, a.attempt), a)).collect();
             for (idx, attempt) in self.open_attempts.clone() {
@@ -813,6 +838,7 @@ impl<'p, 'o, S: Store> Driver<'p, 'o, S> {
             "user": who.user,
             "host": who.host,
             "interrupted_attempts": self.open_attempts.len(),
+            "adopted_attempts": self.adopted.len(),
             "counts": self.sched.counts(),
         });
         if !self.simulated {
@@ -835,6 +861,12 @@ impl<'p, 'o, S: Store> Driver<'p, 'o, S> {
             self.observer.note(&format!(
                 "{} attempt(s) were running when the previous orchestrator stopped; they run again with the same idempotency keys",
                 self.open_attempts.len()
+            ));
+        }
+        if !self.adopted.is_empty() {
+            self.observer.note(&format!(
+                "{} attempt(s) dispatched by the previous coordinator still run (or ran) on workers: adopted, not run again",
+                self.adopted.len()
             ));
         }
         self.commit(now0).await
@@ -1073,6 +1105,10 @@ impl<'p, 'o, S: Store> Driver<'p, 'o, S> {
     async fn commit(&mut self, clock: Duration) -> Result<(), RuntimeError> {
         let batch = self.batch.take(clock);
         self.store.commit(self.id, &self.lease.owner, &batch).await?;
+        if let Exec::Remote(r) = &mut self.exec {
+            // The outcomes read from ended dispatch rows are durable now.
+            r.forget_ended().await?;
+        }
         self.commits += 1;
         self.last_commit = Instant::now();
         if !self.simulated {
@@ -1143,10 +1179,14 @@ impl<'p, 'o, S: Store> Driver<'p, 'o, S> {
         }
         self.commit(now).await?;
         self.report_progress(now, true);
-        Ok(Summary {
+        Ok(self.summary(ended, now))
+    }
+
+    fn summary(&self, ended: Ended, now: Duration) -> Summary {
+        Summary {
             run: self.id,
             ended,
-            counts,
+            counts: self.sched.counts(),
             clock: now,
             restored_targets: self.sched.restored_targets(),
             targets: self.plan.targets().len(),
@@ -1158,7 +1198,53 @@ impl<'p, 'o, S: Store> Driver<'p, 'o, S> {
                 .map(|t| self.sched.target_restored_at(t))
                 .collect(),
             halt_reason: self.halted.clone().filter(|_| ended == Ended::Halted),
-        })
+        }
+    }
+
+    /// Hands the run off ([`Observer::hand_off_requested`]): commits what happened and ends the
+    /// drive interrupted, leaving the attempts on workers running and their dispatch rows as
+    /// they are, for the next driver to adopt ([`Driver::adopt`]) rather than run again.
+    async fn hand_off(mut self, now: Duration) -> Result<Summary, RuntimeError> {
+        let running = self.exec.running();
+        self.observer.note(&format!(
+            "handing the run off: {running} attempt(s) on workers run on, for the next coordinator to adopt"
+        ));
+        let detail = json!({
+            "signal": StopReason::HandOff.name(),
+            "running": running,
+            "counts": self.sched.counts(),
+        });
+        self.batch.event(now, EventKind::RunInterrupted, None, Some(detail));
+        self.commit(now).await?;
+        self.report_progress(now, true);
+        Ok(self.summary(Ended::Interrupted(StopReason::HandOff), now))
+    }
+
+    /// Adopts the attempts the previous driver left open whose dispatch row (`dispatched`) is
+    /// queued, claimed or done: they run, or ran, on a worker; the scheduler holds them running
+    /// and `r` waits for their rows. [`Driver::open_attempts`] keeps the others (no row, or a
+    /// lost one), which end interrupted and run again.
+    fn adopt(
+        &mut self,
+        r: &mut crate::remote::RemoteExec,
+        dispatched: &[rewind_store::DispatchedAttempt],
+    ) {
+        let rows: HashMap<(u32, u32), &rewind_store::DispatchedAttempt> =
+            dispatched.iter().map(|d| ((d.key.idx, d.key.attempt), d)).collect();
+        let mut again = Vec::new();
+        for (idx, attempt) in std::mem::take(&mut self.open_attempts) {
+            let live = rows
+                .get(&(idx, attempt))
+                .filter(|d| d.state != rewind_dispatch::DispatchState::Lost);
+            match live {
+                Some(d) if self.sched.adopt(InstanceId::new(idx as usize)) => {
+                    r.adopt(idx, attempt, d.queue.clone());
+                    self.adopted.push((idx, attempt));
+                }
+                _ => again.push((idx, attempt)),
+            }
+        }
+        self.open_attempts = again;
     }
 
     fn ended(&self, counts: &Counts) -> Ended {

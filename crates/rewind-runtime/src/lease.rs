@@ -1,8 +1,13 @@
 //! Who drives a run. A run has one owner at a time, `host:pid:nonce`, taken with the store's
 //! compare-and-set. An owner is stale when it ran on this host and its process is gone (a crash
-//! or `kill -9`: resume at once), or when its heartbeat is older than [`LEASE`] (another host).
+//! or `kill -9`: resume at once), or when its heartbeat is older than the run lease
+//! ([`run_lease`]; another host).
+//!
+//! Heartbeats, leases and their ages are read on the store's clock ([`store_now_ms`]), not this
+//! host's: hosts' clocks disagree, the database's is one. [`sync_clock`] measures the offset.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
@@ -13,8 +18,57 @@ use rewind_store::{Holding, RunRecord, Store};
 
 use crate::RuntimeError;
 
-/// How long a heartbeat stays valid for an owner on another host.
+/// How long a heartbeat stays valid for an owner on another host, unless `REWIND_LEASE_MS`
+/// says otherwise ([`run_lease`]).
 pub const LEASE: Duration = Duration::from_secs(60);
+
+/// The run lease: `REWIND_LEASE_MS` (milliseconds; the attempts' lease too, see
+/// [`crate::dispatch_lease`]), else [`LEASE`]. A driver heartbeats every third of it; an owner
+/// on another host whose heartbeat is older is taken over.
+pub fn run_lease() -> Duration {
+    static LEASE_MS: OnceLock<Duration> = OnceLock::new();
+    *LEASE_MS.get_or_init(|| {
+        std::env::var("REWIND_LEASE_MS")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|&ms| ms > 0)
+            .map_or(LEASE, Duration::from_millis)
+    })
+}
+
+/// The store's clock minus this host's, milliseconds, as last measured by [`sync_clock`].
+static CLOCK_OFFSET_MS: AtomicI64 = AtomicI64::new(0);
+
+/// A wrong local clock, for tests: `REWIND_CLOCK_SKEW_MS` (signed milliseconds) is added to
+/// every reading of this host's clock ([`now_unix_ms`]); [`store_now_ms`] must not care.
+fn skew_ms() -> i64 {
+    static SKEW: OnceLock<i64> = OnceLock::new();
+    *SKEW.get_or_init(|| {
+        std::env::var("REWIND_CLOCK_SKEW_MS").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    })
+}
+
+/// The store's clock now, Unix milliseconds: this host's clock corrected by the offset
+/// [`sync_clock`] measured (none measured yet: this host's clock). Every heartbeat, lease, claim
+/// and rescue reads this.
+pub fn store_now_ms() -> i64 {
+    now_unix_ms().saturating_add(CLOCK_OFFSET_MS.load(Ordering::Relaxed))
+}
+
+/// Measures the store's clock against this host's (one query; the offset is taken at the
+/// middle of the round trip) for [`store_now_ms`]. Returns the offset, milliseconds.
+pub async fn sync_clock<S: Store>(store: &S) -> Result<i64, RuntimeError> {
+    let before = now_unix_ms();
+    let theirs = store.clock_unix_ms().await?;
+    let offset = clock_offset(before, theirs, now_unix_ms());
+    CLOCK_OFFSET_MS.store(offset, Ordering::Relaxed);
+    Ok(offset)
+}
+
+/// The store's clock minus ours, from a reading of theirs between ours `before` and `after`.
+fn clock_offset(before: i64, theirs: i64, after: i64) -> i64 {
+    theirs.saturating_sub(before + (after - before) / 2)
+}
 
 /// Who runs this process, and where: looked up once.
 #[derive(Debug)]
@@ -76,23 +130,52 @@ fn lookup_user() -> String {
     }
 }
 
-/// Milliseconds since the Unix epoch.
+/// Milliseconds since the Unix epoch on this host's clock (see [`store_now_ms`] for the
+/// store's).
 pub fn now_unix_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .saturating_add(skew_ms())
 }
 
-/// This process as a run owner: `host:pid:nonce`.
+static OWNER_NAME: OnceLock<String> = OnceLock::new();
+
+/// Names this process in its owner string (`host:pid:NAME.nonce`; `rewind coordinate --name`),
+/// before [`me`] is first called. `:` and white space become `-`. False if it was too late.
+pub fn set_owner_name(name: &str) -> bool {
+    let clean: String =
+        name.chars().map(|c| if c == ':' || c.is_whitespace() { '-' } else { c }).collect();
+    OWNER_NAME.set(clean).is_ok()
+}
+
+/// This process as a run owner: `host:pid:nonce` (`host:pid:NAME.nonce` when named).
 pub fn me() -> &'static str {
     static ME: OnceLock<String> = OnceLock::new();
     ME.get_or_init(|| {
-        format!("{}:{}:{}", hostname(), std::process::id(), uuid::Uuid::new_v4().simple())
+        let nonce = uuid::Uuid::new_v4().simple().to_string();
+        let nonce = match OWNER_NAME.get() {
+            Some(name) => format!("{name}.{}", &nonce[..8]),
+            None => nonce,
+        };
+        format!("{}:{}:{nonce}", hostname(), std::process::id())
     })
 }
 
-/// Whether `owner` can no longer be driving the run.
+/// Whether `owner` can no longer be driving the run, judged at `now_unix_ms` on the store's
+/// clock ([`store_now_ms`]): on this host, iff its process is gone; elsewhere, iff its
+/// heartbeat is older than the run lease.
 pub fn is_stale(owner: &str, heartbeat_unix_ms: Option<i64>, now_unix_ms: i64) -> bool {
+    is_stale_after(owner, heartbeat_unix_ms, now_unix_ms, run_lease())
+}
+
+/// [`is_stale`] with the lease given.
+pub fn is_stale_after(
+    owner: &str,
+    heartbeat_unix_ms: Option<i64>,
+    now_unix_ms: i64,
+    lease: Duration,
+) -> bool {
     let mut parts = owner.rsplitn(3, ':');
     let (_nonce, pid, host) = (parts.next(), parts.next(), parts.next());
     if let (Some(host), Some(pid)) = (host, pid.and_then(|p| p.parse::<i32>().ok()))
@@ -101,7 +184,7 @@ pub fn is_stale(owner: &str, heartbeat_unix_ms: Option<i64>, now_unix_ms: i64) -
         return !process_alive(pid);
     }
     let age = now_unix_ms.saturating_sub(heartbeat_unix_ms.unwrap_or(0));
-    age > i64::try_from(LEASE.as_millis()).unwrap_or(i64::MAX)
+    age > i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn process_alive(pid: i32) -> bool {
@@ -133,9 +216,10 @@ impl Lease {
     ) -> Result<(Self, RunRecord), RuntimeError> {
         // `me()` and `is_stale` read the host name: looked up off the async threads.
         identity().await;
+        sync_clock(store).await?;
         let record = store.run(run).await?.ok_or(RuntimeError::NoSuchRun(run))?;
         let owner = me().to_owned();
-        let now = now_unix_ms();
+        let now = store_now_ms();
         // A takeover compares the owner and the heartbeat it judged stale: an owner that
         // heartbeats in between keeps its run.
         let (expected, took_over) = match &record.owner {
@@ -183,11 +267,37 @@ mod tests {
         assert!(is_stale(&format!("{host}:0:x"), Some(now_unix_ms()), now_unix_ms()));
     }
 
+    /// A host whose clock is an hour off judges a remote owner's heartbeat (written on the
+    /// store's clock) right once it measured the offset, and wrong on its own clock.
+    #[test]
+    fn a_skewed_local_clock_judges_heartbeats_on_the_store_clock() {
+        let lease = Duration::from_secs(3);
+        let store_now = 1_800_000_000_000_i64;
+        for skew in [3_600_000_i64, -3_600_000] {
+            // Our clock reads `store_now + skew`; the store's read takes 4 ms.
+            let ours = store_now + skew;
+            let offset = clock_offset(ours - 2, store_now, ours + 2);
+            assert_eq!(offset, -skew);
+            let judged_now = ours + offset;
+            let live = Some(store_now - 1_000);
+            let dead = Some(store_now - 10_000);
+            assert!(!is_stale_after("elsewhere:1:x", live, judged_now, lease), "skew {skew}");
+            assert!(is_stale_after("elsewhere:1:x", dead, judged_now, lease), "skew {skew}");
+            // On the local clock alone, one of the two is judged wrong.
+            let wrong = if skew > 0 {
+                is_stale_after("elsewhere:1:x", live, ours, lease)
+            } else {
+                !is_stale_after("elsewhere:1:x", dead, ours, lease)
+            };
+            assert!(wrong, "skew {skew}: the local clock should misjudge");
+        }
+    }
+
     #[test]
     fn a_remote_owner_is_stale_after_the_lease() {
         let now = now_unix_ms();
-        assert!(!is_stale("elsewhere:1:x", Some(now - 1_000), now));
-        assert!(is_stale("elsewhere:1:x", Some(now - 61_000), now));
-        assert!(is_stale("elsewhere:1:x", None, now));
+        assert!(!is_stale_after("elsewhere:1:x", Some(now - 1_000), now, LEASE));
+        assert!(is_stale_after("elsewhere:1:x", Some(now - 61_000), now, LEASE));
+        assert!(is_stale_after("elsewhere:1:x", None, now, LEASE));
     }
 }

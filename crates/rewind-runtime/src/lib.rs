@@ -13,6 +13,7 @@
 //! **Invariant:** the runtime owns I/O and time; the scheduler and the model never see either.
 //! It does not know clap or terminal output: progress goes to an [`Observer`].
 
+mod coordinate;
 mod create;
 mod drive;
 pub(crate) mod env;
@@ -31,12 +32,16 @@ use std::time::Duration;
 use rewind_model::RunId;
 use rewind_store::StoreError;
 
+pub use coordinate::{CoordinateOptions, CoordinateSummary, coordinate};
 pub use create::{Mode, RunSpec, create_run};
 pub use drive::{
     DriveOptions, Ended, StopReason, Summary, check_runnable, drive, drive_dispatched,
 };
 pub use exec::Signal;
-pub use lease::{Identity, LEASE, Lease, hostname, identity, is_stale, me, now_unix_ms, username};
+pub use lease::{
+    Identity, LEASE, Lease, hostname, identity, is_stale, is_stale_after, me, now_unix_ms,
+    run_lease, set_owner_name, store_now_ms, sync_clock, username,
+};
 pub use offline::cancel_offline;
 pub use progress::{AttemptEnd, DriveStart, EtaBasis, NoObserver, Observer, Progress};
 pub use remote::{DEFAULT_QUEUE, Payload, WireReport, dispatch_lease};
@@ -46,6 +51,14 @@ pub use view::{
     shown_state,
 };
 pub use worker::{WorkerOptions, WorkerSummary, work};
+
+impl RuntimeError {
+    /// Another coordinator took the run over: this process's writes to it are refused
+    /// (its lease's owner or epoch moved on). It must stop driving the run at once.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, Self::Store(StoreError::LeaseLost { .. } | StoreError::Fenced(_)))
+    }
+}
 
 /// Why the runtime could not do what was asked.
 #[derive(Debug, thiserror::Error)]

@@ -11,7 +11,7 @@ use rewind_store::{AttemptRecord, Batch, InstanceUpdate, NewEvent, RunEnd, Store
 use serde_json::json;
 
 use crate::RuntimeError;
-use crate::lease::{Lease, now_unix_ms};
+use crate::lease::{Lease, store_now_ms};
 use crate::progress::Observer;
 use crate::view::RunView;
 
@@ -48,7 +48,7 @@ async fn cancel<S: Store>(
         SystemTime::now().duration_since(started).unwrap_or(Duration::ZERO).as_secs_f64()
     };
     let wall = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-    let mut batch = Batch { clock_s, heartbeat_unix_ms: now_unix_ms(), ..Batch::default() };
+    let mut batch = Batch { clock_s, heartbeat_unix_ms: store_now_ms(), ..Batch::default() };
     let mut counts = Counts::default();
     for (i, row) in view.instances.iter().enumerate() {
         let st = view.state(i);

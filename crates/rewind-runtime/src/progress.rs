@@ -50,6 +50,13 @@ pub trait Observer: Send {
     fn stop_requested(&mut self) -> bool {
         false
     }
+    /// Asked after every turn of a drive whose attempts run on workers: `true` hands the run
+    /// off at once (`rewind coordinate` stopping): what happened is committed, the attempts on
+    /// workers run on (the next driver adopts them), and the drive ends interrupted. A drive of
+    /// local attempts ignores it.
+    fn hand_off_requested(&mut self) -> bool {
+        false
+    }
     /// A drive begins: told once, before any attempt of this drive ends. For tracing.
     fn drive_started(&mut self, _drive: &DriveStart<'_>) {}
     /// An attempt ended (it is in the batch the next commit makes durable). Every attempt that

@@ -3,8 +3,10 @@
 //!
 //! Starting an attempt writes a `dispatch` row (after the attempt's start is durable, like a local
 //! start); its end comes back as a `done` row (the worker's report) or a `lost` one (its lease
-//! expired: the attempt ends interrupted and runs again). Every poll runs the rescuer, reads the
-//! ended rows and forgets them. The coordinator's dispatch writes carry its run-lease epoch.
+//! expired: the attempt ends interrupted and runs again). Every poll runs the rescuer and reads
+//! the ended rows; they are forgotten once the outcomes they carried are committed (a coordinator
+//! that dies before leaves them to the next one, which adopts them). The coordinator's dispatch
+//! writes carry its run-lease epoch.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -18,7 +20,7 @@ use serde_json::Value;
 
 use crate::RuntimeError;
 use crate::exec::{Event, Signals};
-use crate::lease::now_unix_ms;
+use crate::lease::store_now_ms;
 
 /// The queue of steps without `queue`.
 pub const DEFAULT_QUEUE: &str = "default";
@@ -140,6 +142,10 @@ pub(crate) struct RemoteExec {
     unserved: BTreeSet<String>,
     /// Attempts this drive stopped waiting for: withdrawn if no worker claimed them yet.
     abandoned: Vec<AttemptKey>,
+    /// Ended rows read: forgotten once the outcomes they carried are committed
+    /// ([`RemoteExec::forget_ended`]), so a coordinator that dies before that commit leaves them
+    /// for the next one to adopt.
+    ended: Vec<AttemptKey>,
 }
 
 impl RemoteExec {
@@ -170,6 +176,7 @@ impl RemoteExec {
             last_worker_check: None,
             unserved: BTreeSet::new(),
             abandoned: Vec::new(),
+            ended: Vec::new(),
         })
     }
 
@@ -209,13 +216,18 @@ impl RemoteExec {
         self.inflight.insert(idx, (attempt, queue));
     }
 
+    /// Waits for an attempt a previous coordinator of the run dispatched (its row is stored).
+    pub(crate) fn adopt(&mut self, idx: u32, attempt: u32, queue: String) {
+        self.inflight.insert(idx, (attempt, queue));
+    }
+
     /// Writes the attempts started since the last flush, fenced by the run lease's epoch.
     pub(crate) async fn flush(&mut self) -> Result<(), RuntimeError> {
         if self.pending.is_empty() {
             return Ok(());
         }
         let items = std::mem::take(&mut self.pending);
-        self.store.dispatch_enqueue(self.fence, &items, now_unix_ms()).await?;
+        self.store.dispatch_enqueue(self.fence, &items, store_now_ms()).await?;
         Ok(())
     }
 
@@ -251,10 +263,10 @@ impl RemoteExec {
     }
 
     /// Rescues expired leases, then reads the run's ended attempts: each of this drive's ends
-    /// (`done`: the worker's report; `lost`: interrupted, it runs again) and every ended row is
-    /// forgotten.
+    /// (`done`: the worker's report; `lost`: interrupted, it runs again); every ended row is
+    /// forgotten after the next commit ([`RemoteExec::forget_ended`]).
     async fn poll_once(&mut self) -> Result<Vec<Event>, RuntimeError> {
-        let now = now_unix_ms();
+        let now = store_now_ms();
         self.store.dispatch_rescue(now).await?;
         let finished = self.store.dispatch_finished(self.fence.run).await?;
         let mut out = Vec::new();
@@ -284,9 +296,7 @@ impl RemoteExec {
                 report,
             });
         }
-        if !keys.is_empty() {
-            self.store.dispatch_forget(self.fence, &keys).await?;
-        }
+        self.ended.extend(keys);
         if !self.inflight.is_empty()
             && self.last_worker_check.is_none_or(|t| t.elapsed() >= WORKER_CHECK)
         {
@@ -294,6 +304,18 @@ impl RemoteExec {
             out.extend(self.check_workers(now).await?);
         }
         Ok(out)
+    }
+
+    /// Forgets the ended rows read so far: called once what they carried is committed.
+    pub(crate) async fn forget_ended(&mut self) -> Result<(), RuntimeError> {
+        if self.ended.is_empty() {
+            return Ok(());
+        }
+        let mut keys = std::mem::take(&mut self.ended);
+        keys.sort_unstable();
+        keys.dedup();
+        self.store.dispatch_forget(self.fence, &keys).await?;
+        Ok(())
     }
 
     /// A note for each queue this drive waits on that no live worker serves (once, until it is

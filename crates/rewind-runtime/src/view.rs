@@ -12,7 +12,7 @@ use rewind_store::{AttemptRecord, InstanceRecord, RunRecord, Store, StoreError};
 use serde::Serialize;
 
 use crate::RuntimeError;
-use crate::lease::{is_stale, now_unix_ms};
+use crate::lease::{is_stale, store_now_ms};
 use crate::progress::{EtaBasis, Observed, eta};
 use rewind_model::RunId;
 
@@ -46,7 +46,7 @@ pub fn is_driven(r: &RunRecord) -> bool {
 /// Whether `owner`, whose last heartbeat was at `heartbeat_unix_ms`, is a live driver: the one
 /// rule behind [`is_driven`], for readers that hold a run's lease columns without its record.
 pub fn driven_by(owner: Option<&str>, heartbeat_unix_ms: Option<i64>) -> bool {
-    owner.is_some_and(|o| !is_stale(o, heartbeat_unix_ms, now_unix_ms()))
+    owner.is_some_and(|o| !is_stale(o, heartbeat_unix_ms, store_now_ms()))
 }
 
 /// The state shown for a run stored in `state`: `interrupted` for `running` with no live driver.

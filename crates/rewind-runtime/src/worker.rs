@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 use crate::RuntimeError;
 use crate::drive::Inputs;
 use crate::exec::Signals;
-use crate::lease::{hostname, now_unix_ms};
+use crate::lease::{hostname, store_now_ms};
 use crate::remote::{Payload, WireReport, ms};
 use crate::view::load_plan;
 
@@ -90,7 +90,8 @@ pub async fn work(
         queues: opts.queues.clone(),
         slots: opts.slots,
     };
-    let session = store.worker_register(&spec, now_unix_ms()).await?;
+    crate::lease::sync_clock(store).await?;
+    let session = store.worker_register(&spec, store_now_ms()).await?;
     note(&format!(
         "worker {} (incarnation {}) serves queue(s) {} with {} slot(s)",
         session.name,
@@ -138,7 +139,7 @@ impl Worker<'_> {
         let mut beat = tokio::time::interval(beat_every);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut deadline: Option<tokio::time::Instant> = None;
-        let mut last_beat = now_unix_ms();
+        let mut last_beat = store_now_ms();
         loop {
             if deadline.is_some() && self.set.is_empty() {
                 break;
@@ -152,7 +153,7 @@ impl Worker<'_> {
                         &self.session,
                         &self.opts.queues,
                         n,
-                        now_unix_ms(),
+                        store_now_ms(),
                         self.lease_ms,
                     )
                     .await;
@@ -186,7 +187,8 @@ impl Worker<'_> {
                     claim_now = true;
                 }
                 _ = beat.tick() => {
-                    let now = now_unix_ms();
+                    let _ = crate::lease::sync_clock(self.store).await;
+                    let now = store_now_ms();
                     match self.store.worker_heartbeat(&self.session, now, self.lease_ms).await {
                         Err(e) => {
                             // The leases this worker counted on end at the last good beat plus
@@ -358,7 +360,7 @@ impl Worker<'_> {
                 return;
             }
         };
-        match self.store.dispatch_complete(&self.session, key, epoch, &text, now_unix_ms()).await {
+        match self.store.dispatch_complete(&self.session, key, epoch, &text, store_now_ms()).await {
             // Unreported, the attempt is rescued when its lease ends and runs again.
             Err(e) => note(&format!(
                 "attempt {key}: report not delivered ({e}); it runs again once its lease ends"

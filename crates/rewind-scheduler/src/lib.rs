@@ -668,6 +668,10 @@ impl<'p> Scheduler<'p> {
             }
             let Some((q, entry)) = best else { break };
             self.ready[q].pop();
+            // An entry of an instance adopted since it was made ready ([`Scheduler::adopt`]).
+            if self.state[entry.id as usize] != State::Pending {
+                continue;
+            }
             if q > 0 {
                 self.used[q - 1] += 1;
             }
@@ -680,6 +684,23 @@ impl<'p> Scheduler<'p> {
             out.push(Dispatch { id, attempt });
         }
         out
+    }
+
+    /// Adopts an attempt the run's previous driver left running and that still runs elsewhere
+    /// (on a worker): the restored instance, pending again, is running at its recorded attempt,
+    /// with its pool slot taken, and its outcome is awaited like any start's. Records no change
+    /// (the store says running already). False, and nothing changes, unless `id` is pending with
+    /// its dependencies satisfied and the run is not cancelling.
+    pub fn adopt(&mut self, id: InstanceId) -> bool {
+        let i = id.index();
+        if self.cancelling || self.state[i] != State::Pending || self.missing[i] > 0 {
+            return false;
+        }
+        if let Some(p) = self.plan.pool_of(id) {
+            self.used[p] += 1;
+        }
+        self.set(id, State::Running);
+        true
     }
 
     /// Records how the running attempt of `id` ended, at `now`.

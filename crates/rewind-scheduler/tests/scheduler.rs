@@ -352,6 +352,26 @@ fn restore_never_reruns_succeeded_and_reruns_what_was_running() {
 }
 
 #[test]
+fn an_adopted_attempt_runs_on_holds_its_pool_slot_and_is_not_started_again() {
+    let p = plan("[resources]\ndb = 2\n", &step("copy", "target", &[], "resource = \"db\""));
+    let row = |state, attempts| Restored { state, attempts, failures: 0, retry_at: None };
+    // copy/T1 was running (attempt 2) when the driver died and still runs on a worker.
+    let rows = [row(State::Running, 2), row(State::Pending, 0), row(State::Pending, 0)];
+    let mut s = Scheduler::restore(&p, Config::default(), rows, 10 * S);
+    let t1 = id(&p, &format!("copy/{T1}"));
+    assert!(s.adopt(t1));
+    assert!(!s.adopt(t1), "adopted once");
+    assert!(s.take_changes().is_empty(), "the store says running already");
+    assert_eq!(s.state(t1), State::Running);
+    let started = s.poll(10 * S);
+    assert_eq!(keys(&p, &started), [format!("copy/{T2}")], "one slot left in the pool of 2");
+    s.on_outcome(t1, Outcome::Succeeded, 11 * S);
+    assert_eq!(s.attempts(t1), 2, "its outcome is the adopted attempt's");
+    assert_eq!(keys(&p, &s.poll(11 * S)), [format!("copy/{T3}")], "never copy/T1 again");
+    assert!(!s.adopt(id(&p, &format!("copy/{T3}"))), "a running instance is not adopted");
+}
+
+#[test]
 fn restore_honours_a_pending_retry_delay() {
     let p = plan(
         "",

@@ -17,7 +17,7 @@ use std::future::Future;
 
 use rewind_model::{AttemptOutcome, EventKind, InstanceState, RunId, RunState};
 
-pub use sql::{Backend, DispatchListener, NOTIFY_CHANNEL, SqlStore};
+pub use sql::{Backend, DispatchListener, DispatchedAttempt, LeaseRow, NOTIFY_CHANNEL, SqlStore};
 
 /// A store failure, with what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -202,6 +202,46 @@ pub struct NewRun {
     pub halt_rate: f64,
     /// Who started it, `user@host` (none for runs stored before this was recorded).
     pub started_by: Option<String>,
+    /// Where its attempts execute (`resume` without `--dispatch` uses it).
+    pub dispatch: Dispatch,
+}
+
+/// Where a run's attempts execute, stored with the run (`runs.dispatch`, migration 0008).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Dispatch {
+    /// In the process that drives the run.
+    #[default]
+    Local,
+    /// On `rewind worker` processes (PostgreSQL only); any `rewind coordinate` may drive it.
+    Workers,
+}
+
+impl Dispatch {
+    /// The stored (and command-line) name: `local` or `workers`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Workers => "workers",
+        }
+    }
+}
+
+impl std::fmt::Display for Dispatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Dispatch {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "local" => Ok(Self::Local),
+            "workers" => Ok(Self::Workers),
+            other => Err(format!("{other:?} is not a dispatch mode (local or workers)")),
+        }
+    }
 }
 
 /// A stored run.
@@ -533,6 +573,16 @@ pub trait Store: Send + Sync {
         expected: Option<&Holding>,
         now_unix_ms: i64,
     ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// The store's clock, Unix milliseconds: what every lease, heartbeat and claim is judged by
+    /// (hosts' clocks may disagree; the database's is one). The default is this host's clock
+    /// (SQLite: the store is on this host).
+    fn clock_unix_ms(&self) -> impl Future<Output = Result<i64>> + Send {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        std::future::ready(Ok(now))
+    }
 
     /// Gives the lease up.
     fn release(&self, id: RunId, owner: &str) -> impl Future<Output = Result<()>> + Send;

@@ -2,7 +2,9 @@
 //! common to both (`$N` parameters, `ON CONFLICT`, `UPDATE ... FROM (VALUES ...)`); only the
 //! migrations differ in column types.
 
+mod coord;
 mod dispatch;
+pub use coord::{DispatchedAttempt, LeaseRow};
 pub use dispatch::{DispatchListener, NOTIFY_CHANNEL};
 
 use std::collections::BTreeMap;
@@ -268,6 +270,10 @@ fn run_record(row: &AnyRow) -> Result<RunRecord> {
         },
         halt_rate: get_f("halt_rate")?,
         started_by: row.try_get("started_by").map_err(q("started_by"))?,
+        dispatch: {
+            let text = get_s("dispatch")?;
+            text.parse().map_err(|_| StoreError::Corrupt { what: "runs.dispatch", value: text })?
+        },
     };
     Ok(RunRecord {
         spec,
@@ -454,8 +460,8 @@ impl Store for SqlStore {
         sqlx::query(
             "INSERT INTO runs (id, workflow, workflow_file, workflow_text, targets_file, targets_text, workdir, cwd, \
              restore_point, fingerprint, simulated, seed, fail_rate, max_running, priority, instances, targets, \
-             lower_bound_s, state, created_at, started_unix_ms, waves, halt_rate, started_by) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, 'running', $19, $20, $21, $22, $23)",
+             lower_bound_s, state, created_at, started_unix_ms, waves, halt_rate, started_by, dispatch) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, 'running', $19, $20, $21, $22, $23, $24)",
         )
         .bind(run.id.to_string())
         .bind(&run.workflow)
@@ -480,6 +486,7 @@ impl Store for SqlStore {
         .bind(run.waves.iter().map(u32::to_string).collect::<Vec<_>>().join(","))
         .bind(run.halt_rate)
         .bind(run.started_by.clone())
+        .bind(run.dispatch.as_str())
         .execute(&mut *tx)
         .await
         .map_err(q("insert run"))?;
@@ -855,6 +862,23 @@ impl Store for SqlStore {
         .await
         .map_err(q("claim run"))?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn clock_unix_ms(&self) -> Result<i64> {
+        match self.backend {
+            // `clock_timestamp()`, not `now()`: the instant of the statement, not of a
+            // transaction's start.
+            Backend::Postgres => sqlx::query_scalar(
+                "SELECT CAST(floor(extract(epoch FROM clock_timestamp()) * 1000) AS BIGINT)",
+            )
+            .persistent(true)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(q("read the database's clock")),
+            Backend::Sqlite => Ok(std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))),
+        }
     }
 
     async fn release(&self, id: RunId, owner: &str) -> Result<()> {

@@ -41,6 +41,7 @@ fn new_run(id: RunId) -> NewRun {
         waves: vec![1, 2],
         halt_rate: 0.25,
         started_by: Some("ops@host-1".to_owned()),
+        dispatch: rewind_store::Dispatch::Local,
     }
 }
 
