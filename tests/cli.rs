@@ -152,6 +152,7 @@ fn status_json_lists_the_runs_and_the_workers() {
     );
     assert_eq!(shown["workers"][1]["queues"], serde_json::json!(["us-east"]));
     assert_eq!(shown["run_id"], serde_json::json!(id));
+    assert_eq!(shown["dispatch"], serde_json::json!("local"));
     assert!(out.starts_with("no runs in the checkpoint store"), "{out}");
     for (name, state) in [("w-gone", "gone"), ("w-live", "live"), ("w-stopping", "stopping")] {
         let line = out

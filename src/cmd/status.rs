@@ -249,6 +249,7 @@ fn one_json(v: &RunView, workers: &[rewind_runtime::WorkerView]) {
         "started_by": r.spec.started_by,
         "cancel_requested": r.cancel_requested,
         "simulated": r.spec.simulated,
+        "dispatch": r.spec.dispatch.as_str(),
         "restore_point": r.spec.restore_point,
         "clock_s": v.makespan_s(),
         "lower_bound_s": r.spec.lower_bound_s,
