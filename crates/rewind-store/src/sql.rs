@@ -3,7 +3,7 @@
 //! migrations differ in column types.
 
 mod dispatch;
-pub use dispatch::{DispatchListener, NOTIFY_CHANNEL};
+pub use dispatch::{DONE_CHANNEL, DispatchListener, NOTIFY_CHANNEL};
 
 use std::collections::BTreeMap;
 use std::sync::Once;
