@@ -103,7 +103,9 @@ fn split_queues(text: &str) -> Vec<String> {
 }
 
 /// `rows` rows of `cols` parameters, numbered from `first` (1-based): `($3, $4), ($5, $6)`.
-fn values_from(backend: Backend, first: usize, rows: usize, cols: usize) -> String {
+/// Numbered on both backends (SQLite reads `$N` as the Nth argument too), so they mix with the
+/// statement's own `$1`, `$2` (sqlx counts SQLite's bare `?` from 1 whatever precedes them).
+fn values_from(first: usize, rows: usize, cols: usize) -> String {
     let mut out = String::with_capacity(rows * cols * 6);
     for r in 0..rows {
         out.push_str(if r == 0 { "(" } else { ", (" });
@@ -111,7 +113,7 @@ fn values_from(backend: Backend, first: usize, rows: usize, cols: usize) -> Stri
             if c > 0 {
                 out.push_str(", ");
             }
-            out.push_str(&backend.param(first + r * cols + c));
+            out.push_str(&format!("${}", first + r * cols + c));
         }
         out.push(')');
     }
@@ -156,7 +158,7 @@ impl SqlStore {
     pub async fn live_runs(&self, runs: &[RunId]) -> Result<BTreeSet<RunId>> {
         let mut live = BTreeSet::new();
         for part in runs.chunks(chunk(1)) {
-            let list: Vec<String> = (1..=part.len()).map(|i| self.backend.param(i)).collect();
+            let list: Vec<String> = (1..=part.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
                 "SELECT id FROM runs WHERE id IN ({}) AND state = 'running' \
                  AND cancel_requested = 0",
@@ -496,7 +498,7 @@ impl SqlStore {
                      AND dispatch.worker = $1 AND dispatch.incarnation = $2 \
                      AND dispatch.epoch = v.epoch \
                      RETURNING dispatch.run_id, dispatch.idx, dispatch.attempt",
-                    values_from(self.backend, 3, part.len(), 5)
+                    values_from(3, part.len(), 5)
                 );
                 let mut query = sqlx::query(AssertSqlSafe(sql))
                     .persistent(false)
@@ -521,7 +523,7 @@ impl SqlStore {
                 let sql = format!(
                     "SELECT run_id, idx, attempt, state, epoch, worker, incarnation FROM dispatch \
                      WHERE (run_id, idx, attempt) IN (VALUES {})",
-                    values_from(self.backend, 1, part.len(), 3)
+                    values_from(1, part.len(), 3)
                 );
                 let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(false);
                 for r in part {
@@ -560,7 +562,7 @@ impl SqlStore {
             let sql = format!(
                 "INSERT INTO stale_outcomes (run_id, idx, attempt, epoch, worker, incarnation, \
                  outcome, at_unix_ms) VALUES {}",
-                values_from(self.backend, 1, part.len(), 8)
+                values_from(1, part.len(), 8)
             );
             let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(false);
             for r in part {
@@ -581,7 +583,7 @@ impl SqlStore {
             for part in runs.chunks(chunk(1)) {
                 let sql = format!(
                     "SELECT pg_notify($1, r) FROM (VALUES {}) AS v (r)",
-                    values_from(self.backend, 2, part.len(), 1)
+                    values_from(2, part.len(), 1)
                 );
                 let mut query =
                     sqlx::query(AssertSqlSafe(sql)).persistent(false).bind(DONE_CHANNEL);
@@ -748,7 +750,7 @@ impl SqlStore {
             let sql = format!(
                 "DELETE FROM dispatch WHERE run_id = $1 AND {which} \
                  AND (idx, attempt) IN (VALUES {})",
-                values_from(self.backend, 2, part.len(), 2)
+                values_from(2, part.len(), 2)
             );
             let mut query =
                 sqlx::query(AssertSqlSafe(sql)).persistent(false).bind(fence.run.to_string());
