@@ -308,3 +308,55 @@ fn a_resumed_coordinator_withdraws_the_dead_ones_queued_attempts() {
     assert!(ledger.iter().all(|e| e.attempt == 2), "{ledger:?}");
     assert_eq!(env.status(&id)["state"], "succeeded");
 }
+
+/// `rewind cancel` reaches attempts already running on a worker: the worker finds the run
+/// cancelled (its liveness check, one statement for the runs it holds) and stops their
+/// processes; the run ends cancelled, no step reaches its end, and the worker serves on.
+#[test]
+fn a_cancel_stops_the_attempts_running_on_workers() {
+    let Some(env) = Env::postgres("a_cancel_stops_attempts_on_workers") else { return };
+    let (w, t) = workflow(&env, 3, 1, "hang");
+    let mut run = start_run(&env, &w, &t);
+    let mut a = start_worker(&env, "a", &[]);
+    wait_for("worker a to start all three", || {
+        env.ledger().iter().filter(|e| e.what == "start").count() == 3
+    });
+    let pids: Vec<i32> = env.ledger().iter().filter_map(|e| e.pid).collect();
+    assert_eq!(pids.len(), 3, "{:?}", env.ledger());
+    assert!(pids.iter().all(|&p| pid_alive(p)));
+    let id = env.run_id_of("run");
+    let o = env.rewind(&["cancel", &id]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(wait_exit(&mut run.0), 3, "run: {}", env.read("run.err"));
+    assert_eq!(env.status(&id)["state"], "cancelled");
+    // `wait_for`'s bound (20 s) is generous: the worker looks every second.
+    wait_for("the step processes on worker a to be stopped", || {
+        pids.iter().all(|&p| !pid_alive(p))
+    });
+    assert!(env.ledger().iter().all(|e| e.what != "end"), "{:?}", env.ledger());
+    assert!(a.0.try_wait().unwrap().is_none(), "worker a exited: {}", env.read("a.err"));
+    assert!(env.read("a.err").contains("is cancelled or over: stopping"), "{}", env.read("a.err"));
+}
+
+/// Attempts of a run cancelled while they were queued (its coordinator dead, so nobody withdrew
+/// them) are claimed but never started: the worker reads the run's liveness once for the batch
+/// and reports them cancelled.
+#[test]
+fn a_worker_does_not_start_attempts_of_a_cancelled_run() {
+    let Some(env) = Env::postgres("a_worker_does_not_start_cancelled") else { return };
+    let (w, t) = workflow(&env, 3, 1, "ok");
+    let mut run = start_run(&env, &w, &t);
+    wait_for("the attempts to be dispatched", || dispatch_rows(&env).len() == 3);
+    let id = env.run_id_of("run");
+    run.0.kill().unwrap();
+    run.0.wait().unwrap();
+    let o = env.rewind(&["cancel", &id]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(env.status(&id)["state"], "cancelled", "{}", stdout(&o));
+    let _a = start_worker(&env, "a", &[]);
+    wait_for("worker a to report the three attempts", || {
+        let rows = dispatch_rows(&env);
+        rows.len() == 3 && rows.iter().all(|r| r.2 == "done")
+    });
+    assert!(env.ledger().is_empty(), "a step ran: {:?}", env.ledger());
+}
