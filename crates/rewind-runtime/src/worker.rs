@@ -451,8 +451,10 @@ impl Worker<'_> {
                 stop.stop();
                 n += 1;
             }
-            note(&format!("run {run} is cancelled or over: stopping its {n} attempt(s)"));
-            self.runs.remove(run);
+            // Said once per run: an executor may take a while to stop.
+            if self.runs.remove(run).is_some() {
+                note(&format!("run {run} is cancelled or over: stopping its {n} attempt(s)"));
+            }
         }
     }
 }
