@@ -267,6 +267,14 @@ fn dispatch_rows(env: &Env) -> Vec<(u32, u32, String)> {
     })
 }
 
+/// The accepted outcomes of the test's dispatch rows (`None`: not reported yet).
+fn dispatch_outcomes(env: &Env) -> Vec<Option<String>> {
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = rewind_store::SqlStore::open(&env.db).await.unwrap();
+        store.dispatch_rows().await.unwrap().into_iter().map(|r| r.outcome).collect()
+    })
+}
+
 /// A cancelled run withdraws the attempts no worker claimed: none runs afterwards.
 #[test]
 fn a_cancelled_run_withdraws_its_unclaimed_attempts() {
@@ -334,6 +342,14 @@ fn a_cancel_stops_the_attempts_running_on_workers() {
         pids.iter().all(|&p| !pid_alive(p))
     });
     assert!(env.ledger().iter().all(|e| e.what != "end"), "{:?}", env.ledger());
+    // Their reports say cancelled (nobody records them: the coordinator has ended).
+    wait_for("worker a to report the three attempts", || {
+        let outcomes = dispatch_outcomes(&env);
+        outcomes.len() == 3 && outcomes.iter().all(Option::is_some)
+    });
+    for o in dispatch_outcomes(&env) {
+        assert!(o.as_deref().unwrap().contains("\"outcome\":\"cancelled\""), "{o:?}");
+    }
     assert!(a.0.try_wait().unwrap().is_none(), "worker a exited: {}", env.read("a.err"));
     assert!(env.read("a.err").contains("is cancelled or over: stopping"), "{}", env.read("a.err"));
 }
@@ -359,4 +375,7 @@ fn a_worker_does_not_start_attempts_of_a_cancelled_run() {
         rows.len() == 3 && rows.iter().all(|r| r.2 == "done")
     });
     assert!(env.ledger().is_empty(), "a step ran: {:?}", env.ledger());
+    for o in dispatch_outcomes(&env) {
+        assert!(o.as_deref().unwrap().contains("\"outcome\":\"cancelled\""), "{o:?}");
+    }
 }
