@@ -195,3 +195,33 @@ fn bad_paths_are_refused_naming_what_is_wrong() {
     let (code, _) = board.get("/assets/board.js");
     assert_eq!(code, 200);
 }
+
+/// The runs page lists the registered workers (escaped: a name is what its operator typed) with
+/// their state, host, queues, slots and attempts held; without workers there is no section.
+#[test]
+fn the_runs_page_lists_workers() {
+    let env = Env::sqlite();
+    let board = Board::start(&env.db);
+    assert!(!board.page("/").contains("id=\"workers\""), "no workers, no section");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = rewind_store::SqlStore::open(&env.db).await.unwrap();
+        let now = rewind_runtime::now_unix_ms();
+        for (name, at) in [(EVIL, now), ("w-old", 0)] {
+            let spec = rewind_dispatch::WorkerSpec {
+                name: name.into(),
+                host: "db-east-1".into(),
+                queues: vec!["us-east".into(), "default".into()],
+                slots: 6,
+            };
+            store.worker_register(&spec, at).await.unwrap();
+        }
+        store.close().await;
+    });
+    let list = board.page("/");
+    let section = list.split("id=\"workers\"").nth(1).unwrap_or_else(|| panic!("{list}"));
+    assert!(section.contains(&format!("<code>{EVIL_ESCAPED}</code>")), "{section}");
+    assert!(!list.contains("<script>alert"), "{list}");
+    assert!(section.contains("<span class=\"badge live\">live</span>"), "{section}");
+    assert!(section.contains("<tr data-worker=\"w-old\"><td><code>w-old</code></td><td><span class=\"badge gone\">gone</span></td><td>db-east-1</td><td>us-east, default</td><td class=\"num\">6</td><td class=\"num\">0</td>"), "{section}");
+}

@@ -1,7 +1,8 @@
 //! `rewind serve`'s JSON API against docs/openapi.json: a real run in a real store (SQLite; and
 //! PostgreSQL from REWIND_TEST_POSTGRES), the server on 127.0.0.1:0, every endpoint called and
 //! each response validated against the schema the file gives for its path and status; every
-//! path of the file served and every route in the file. Then the token (401), the refusal of a
+//! path of the file served and every route in the file (workers registered as `rewind worker`
+//! registers them: live, stopping, gone). Then the token (401), the refusal of a
 //! non-loopback address without one (exit 2), the CSV status feed, and server-sent events while
 //! a run is driven (the percentage rises, `end` arrives).
 
@@ -69,6 +70,32 @@ fn simulated_run(dir: &Path, db: &str) -> String {
         .strip_prefix("run ")
         .unwrap()
         .to_owned()
+}
+
+/// Registers three workers in the store at `db`, as `rewind worker` does: `w-live` (heartbeat
+/// now), `w-stopping` (asked to stop), `w-gone` (no heartbeat since 1970).
+fn register_workers(db: &str) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = rewind_store::SqlStore::open(db).await.unwrap();
+        let now = i64::try_from(
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis(),
+        )
+        .unwrap();
+        for (name, at) in [("w-live", now), ("w-stopping", now), ("w-gone", 0)] {
+            let spec = rewind_dispatch::WorkerSpec {
+                name: name.into(),
+                host: format!("{name}.example"),
+                queues: vec!["default".into(), "us-east".into()],
+                slots: 4,
+            };
+            let session = store.worker_register(&spec, at).await.unwrap();
+            if name == "w-stopping" {
+                assert!(store.worker_stop(&session).await.unwrap());
+            }
+        }
+        store.close().await;
+    });
 }
 
 /// A running `rewind serve`, stopped (SIGTERM) on drop.
@@ -241,6 +268,27 @@ fn every_endpoint(spec: &Spec, s: &Server, run: &str) -> BTreeSet<String> {
         .unwrap();
     assert!(by_accept.starts_with("target,state,eta_s,restored_at\n"), "{by_accept}");
 
+    let workers = call("/api/v1/workers", "/api/v1/workers", 200);
+    let shown: Vec<(&str, &str, &str, u64)> = workers["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            let field = |k: &str| w[k].as_str().unwrap();
+            (field("name"), field("host"), field("state"), w["attempts_held"].as_u64().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("w-gone", "w-gone.example", "gone", 0),
+            ("w-live", "w-live.example", "live", 0),
+            ("w-stopping", "w-stopping.example", "stopping", 0)
+        ]
+    );
+    assert_eq!(workers["workers"][0]["queues"], json!(["default", "us-east"]));
+    call("/api/v1/workers", "/api/v1/workers?state=live", 400);
+
     let drills = call("/api/v1/drills", "/api/v1/drills?name=nightly", 200);
     assert_eq!(drills["drills"], json!([]));
     call("/api/v1/drills/{id}", "/api/v1/drills/00000000-0000-4000-8000-000000000000", 404);
@@ -333,6 +381,7 @@ fn every_endpoint_answers_as_docs_openapi_json_says_on_sqlite() {
     let tmp = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", tmp.path().join("r.db").display());
     let run = simulated_run(tmp.path(), &db);
+    register_workers(&db);
     let spec = Spec::load();
     let s = Server::start(tmp.path(), &db, &[]);
     let called = every_endpoint(&spec, &s, &run);
@@ -354,6 +403,7 @@ fn every_endpoint_answers_as_docs_openapi_json_says_on_postgres() {
     let schema = rt.block_on(rewind_testkit::PgSchema::create(&base));
     let tmp = tempfile::tempdir().unwrap();
     let run = simulated_run(tmp.path(), &schema.url);
+    register_workers(&schema.url);
     let spec = Spec::load();
     let s = Server::start(tmp.path(), &schema.url, &[]);
     every_endpoint(&spec, &s, &run);

@@ -34,7 +34,8 @@ pub fn run(db: &str, args: &Args) -> Result<Exit> {
                     .await
                     .map_err(|e| crate::exit::refused(format!("rewind: {e}")))?;
                 if args.json {
-                    one_json(&view)
+                    let workers = rewind_runtime::workers_shown(&store).await?;
+                    one_json(&view, &workers)
                 } else {
                     one(&view)
                 }
@@ -65,6 +66,8 @@ async fn all(store: &rewind_store::SqlStore, db: &str, json: bool) -> Result<Exi
                 })
             })
             .collect();
+        // An array, as it always was: scripts index it. The workers are in the one-run form
+        // (`status RUN --json`) and in `GET /api/v1/workers`.
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(Exit::Ok);
     }
@@ -73,6 +76,7 @@ async fn all(store: &rewind_store::SqlStore, db: &str, json: bool) -> Result<Exi
             "no runs in the checkpoint store at {} (another one: --db URL or REWIND_DB)",
             store::describe(db)
         );
+        workers(store).await?;
         return Ok(Exit::Ok);
     }
     println!(
@@ -96,48 +100,29 @@ async fn all(store: &rewind_store::SqlStore, db: &str, json: bool) -> Result<Exi
     Ok(Exit::Ok)
 }
 
-/// The registered workers (`rewind worker`), when there are any: name, host, queues, slots,
-/// attempts held, last heartbeat, and whether it is live (a heartbeat within three lease
-/// periods), stopping (draining after SIGTERM) or gone.
+/// The registered workers (`rewind worker`), when there are any: name, state (`live`, a
+/// heartbeat within three lease periods; `stopping`, draining after SIGTERM; `gone`), host,
+/// queues, slots, attempts held, last heartbeat.
 async fn workers(store: &rewind_store::SqlStore) -> Result<()> {
-    let workers = store.workers().await?;
+    let workers = rewind_runtime::workers_shown(store).await?;
     if workers.is_empty() {
         return Ok(());
     }
-    let rows = store.dispatch_rows().await?;
-    let now = rewind_runtime::now_unix_ms();
-    let live_ms = 3 * i64::try_from(rewind_runtime::dispatch_lease().as_millis()).unwrap_or(0);
     println!();
     println!(
         "{:<24}  {:<9}  {:<20}  {:<20}  {:>5}  {:>4}  {:>14}",
         "WORKER", "STATE", "HOST", "QUEUES", "SLOTS", "HELD", "HEARTBEAT"
     );
     for w in &workers {
-        let held = rows
-            .iter()
-            .filter(|r| {
-                r.state == rewind_dispatch::DispatchState::Claimed
-                    && r.worker.as_deref() == Some(w.name.as_str())
-                    && r.incarnation == Some(w.incarnation)
-            })
-            .count();
-        let age = now - w.heartbeat_unix_ms;
-        let state = if age > live_ms {
-            "gone"
-        } else if w.stopping {
-            "stopping"
-        } else {
-            "live"
-        };
         println!(
             "{:<24}  {:<9}  {:<20}  {:<20}  {:>5}  {:>4}  {:>14}",
             w.name,
-            state,
+            w.state.as_str(),
             w.host,
             w.queues.join(","),
             w.slots,
-            held,
-            format!("{} ago", human_s(age.max(0) as f64 / 1000.0))
+            w.attempts_held,
+            format!("{} ago", human_s(w.heartbeat_age_s))
         );
     }
     Ok(())
@@ -228,7 +213,9 @@ fn one(v: &RunView) {
     }
 }
 
-fn one_json(v: &RunView) {
+/// The one-run JSON; `workers`: every registered worker, as `GET /api/v1/workers` shows them
+/// (whether the run's queues are served is the question this answers).
+fn one_json(v: &RunView, workers: &[rewind_runtime::WorkerView]) {
     let r = &v.record;
     let failures: Vec<_> = v
         .failures()
@@ -263,6 +250,7 @@ fn one_json(v: &RunView) {
         "restored_targets": restored,
         "targets": targets,
         "failures": failures,
+        "workers": workers,
     });
     println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
 }

@@ -32,6 +32,12 @@ impl Env {
         Some(Self { dir: tempfile::tempdir().unwrap(), db: schema.url.clone(), pg: Some(schema) })
     }
 
+    /// A fresh folder using the store at `db` (which the caller made and removes: a server it
+    /// started, say).
+    pub fn with_db(db: &str) -> Self {
+        Self { dir: tempfile::tempdir().unwrap(), db: db.to_owned(), pg: None }
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }

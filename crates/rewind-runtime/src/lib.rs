@@ -22,6 +22,7 @@ mod offline;
 mod orphans;
 mod progress;
 mod remote;
+mod roster;
 mod view;
 mod worker;
 
@@ -39,6 +40,7 @@ pub use lease::{Identity, LEASE, Lease, hostname, identity, is_stale, me, now_un
 pub use offline::cancel_offline;
 pub use progress::{AttemptEnd, DriveStart, EtaBasis, NoObserver, Observer, Progress};
 pub use remote::{DEFAULT_QUEUE, Payload, WireReport, dispatch_lease};
+pub use roster::{GONE_AFTER_LEASES, WorkerState, WorkerView, worker_views, workers_shown};
 pub use view::{
     AttemptView, InstanceView, RunView, TargetView, driven_by, is_driven, load_plan, shown,
     shown_state,

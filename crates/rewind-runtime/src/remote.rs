@@ -332,13 +332,13 @@ impl RemoteExec {
     /// served again).
     async fn check_workers(&mut self, now: i64) -> Result<Vec<Event>, RuntimeError> {
         let workers = self.store.workers().await?;
-        let live_after = now - 3 * ms(self.lease);
+        let live = |w: &&rewind_dispatch::WorkerRow| {
+            crate::WorkerState::of(w, now, self.lease) == crate::WorkerState::Live
+        };
         let waiting: BTreeSet<&String> = self.inflight.values().map(|(_, q)| q).collect();
         let mut out = Vec::new();
         for q in waiting {
-            let served = workers
-                .iter()
-                .any(|w| !w.stopping && w.heartbeat_unix_ms >= live_after && w.queues.contains(q));
+            let served = workers.iter().filter(live).any(|w| w.queues.contains(q));
             if served {
                 self.unserved.remove(q);
             } else if self.unserved.insert(q.clone()) {

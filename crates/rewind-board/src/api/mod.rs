@@ -1,7 +1,7 @@
 //! The JSON API under `/api/v1/` (README "Serving the board and API"; docs/openapi.json is its
 //! contract, checked by tests/api.rs): runs, one run, its targets, instances, events and status
-//! feed (JSON or CSV), drills, server-sent events (`sse`), and the one write, `cancel`, which
-//! exists only when a token is configured.
+//! feed (JSON or CSV), drills, workers, server-sent events (`sse`), and the one write, `cancel`,
+//! which exists only when a token is configured.
 //!
 //! Errors are `{"error": "..."}`: 400 for a malformed id or query, 404 for an unknown run or
 //! drill, 401 without the bearer token, 403 for a write without a token configured.
@@ -106,6 +106,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/stream", get(sse::runs_stream))
         .route("/api/v1/drills", get(drills))
         .route("/api/v1/drills/{id}", get(drill))
+        .route("/api/v1/workers", get(workers))
         .route("/api/{*rest}", axum::routing::any(unknown))
 }
 
@@ -162,6 +163,16 @@ async fn runs(
 ) -> ApiResult<Json<Value>> {
     params(q, &[])?;
     Ok(Json(json!({ "runs": s.run_rows().await? })))
+}
+
+/// The registered workers (`rewind worker`): name, host, queues, slots, state (`live`,
+/// `stopping`, `gone`), last heartbeat and attempts held.
+async fn workers(
+    State(s): State<AppState>,
+    q: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    params(q, &[])?;
+    Ok(Json(json!({ "workers": rewind_runtime::workers_shown(&s.store).await? })))
 }
 
 async fn run(

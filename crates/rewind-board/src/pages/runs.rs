@@ -1,7 +1,9 @@
-//! `/`: every run, newest first: state, % restored, ETA, who started it, when, the workflow.
+//! `/`: every run, newest first: state, % restored, ETA, who started it, when, the workflow;
+//! then the registered workers (`rewind worker`), when there are any.
 
 use axum::extract::State as AxState;
 use maud::{Markup, html};
+use rewind_runtime::WorkerView;
 
 use super::run::short;
 use super::{Page, PageError, layout, percent, secs};
@@ -13,6 +15,7 @@ pub(super) async fn page(AxState(st): AxState<AppState>) -> Result<Markup, PageE
     // was rendered from.
     let mut rows = st.run_rows().await?;
     rows.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+    let workers = rewind_runtime::workers_shown(&st.store).await?;
     Ok(layout(
         "Runs",
         Page::Runs,
@@ -27,6 +30,7 @@ pub(super) async fn page(AxState(st): AxState<AppState>) -> Result<Markup, PageE
                     @for r in &rows { (row(r)) }
                 }
             }
+            @if !workers.is_empty() { (workers_section(&workers)) }
         },
     ))
 }
@@ -44,6 +48,32 @@ fn row(r: &RunRow) -> Markup {
             td.by { (r.started_by.as_deref().unwrap_or("—")) }
             td { (r.created_at) }
             td { a href=(format!("/runs/{id}")) { code { (short(id)) } } }
+        }
+    }
+}
+
+/// The workers as `GET /api/v1/workers` shows them: state, host, queues, slots, attempts held,
+/// last heartbeat.
+fn workers_section(workers: &[WorkerView]) -> Markup {
+    html! {
+        section #workers {
+            h2 { "Workers" }
+            table.workers {
+                thead { tr { th { "worker" } th { "state" } th { "host" } th { "queues" } th { "slots" } th { "attempts held" } th { "last heartbeat" } } }
+                tbody {
+                    @for w in workers {
+                        tr data-worker=(w.name) {
+                            td { code { (w.name) } }
+                            td { span class=(format!("badge {}", w.state.as_str())) { (w.state.as_str()) } }
+                            td { (w.host) }
+                            td { (w.queues.join(", ")) }
+                            td.num { (w.slots) }
+                            td.num { (w.attempts_held) }
+                            td.num { (secs(w.heartbeat_age_s)) " ago" }
+                        }
+                    }
+                }
+            }
         }
     }
 }

@@ -826,3 +826,29 @@ impl SqlStore {
             .collect()
     }
 }
+
+impl SqlStore {
+    /// The attempts each worker holds now (claimed, not yet reported, handed back or rescued):
+    /// `(worker, incarnation, attempts)` for every incarnation holding at least one, by name.
+    /// Counted in the database, so showing workers reads one row per worker, not every
+    /// dispatched attempt.
+    pub async fn worker_attempts_held(&self) -> Result<Vec<(String, i64, u64)>> {
+        let rows = sqlx::query(
+            "SELECT worker, incarnation, COUNT(*) AS held FROM dispatch \
+             WHERE state = 'claimed' GROUP BY worker, incarnation ORDER BY worker, incarnation",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("count attempts held"))?;
+        rows.iter()
+            .map(|row| {
+                let held: i64 = get(row, "held")?;
+                Ok((
+                    get(row, "worker")?,
+                    get(row, "incarnation")?,
+                    u64::try_from(held).unwrap_or_default(),
+                ))
+            })
+            .collect()
+    }
+}
