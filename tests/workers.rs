@@ -267,6 +267,14 @@ fn dispatch_rows(env: &Env) -> Vec<(u32, u32, String)> {
     })
 }
 
+/// The accepted outcomes of the test's dispatch rows (`None`: not reported yet).
+fn dispatch_outcomes(env: &Env) -> Vec<Option<String>> {
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = rewind_store::SqlStore::open(&env.db).await.unwrap();
+        store.dispatch_rows().await.unwrap().into_iter().map(|r| r.outcome).collect()
+    })
+}
+
 /// A cancelled run withdraws the attempts no worker claimed: none runs afterwards.
 #[test]
 fn a_cancelled_run_withdraws_its_unclaimed_attempts() {
@@ -309,4 +317,67 @@ fn a_resumed_coordinator_adopts_the_dead_ones_queued_attempts() {
     assert_eq!(ledger.iter().filter(|e| e.what == "start").count(), 3, "{ledger:?}");
     assert!(ledger.iter().all(|e| e.attempt == 1), "{ledger:?}");
     assert_eq!(env.status(&id)["state"], "succeeded");
+}
+
+/// `rewind cancel` reaches attempts already running on a worker: the worker finds the run
+/// cancelled (its liveness check, one statement for the runs it holds) and stops their
+/// processes; the run ends cancelled, no step reaches its end, and the worker serves on.
+#[test]
+fn a_cancel_stops_the_attempts_running_on_workers() {
+    let Some(env) = Env::postgres("a_cancel_stops_attempts_on_workers") else { return };
+    let (w, t) = workflow(&env, 3, 1, "hang");
+    let mut run = start_run(&env, &w, &t);
+    let mut a = start_worker(&env, "a", &[]);
+    wait_for("worker a to start all three", || {
+        env.ledger().iter().filter(|e| e.what == "start").count() == 3
+    });
+    let pids: Vec<i32> = env.ledger().iter().filter_map(|e| e.pid).collect();
+    assert_eq!(pids.len(), 3, "{:?}", env.ledger());
+    assert!(pids.iter().all(|&p| pid_alive(p)));
+    let id = env.run_id_of("run");
+    let o = env.rewind(&["cancel", &id]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(wait_exit(&mut run.0), 3, "run: {}", env.read("run.err"));
+    assert_eq!(env.status(&id)["state"], "cancelled");
+    // `wait_for`'s bound (20 s) is generous: the worker looks every second.
+    wait_for("the step processes on worker a to be stopped", || {
+        pids.iter().all(|&p| !pid_alive(p))
+    });
+    assert!(env.ledger().iter().all(|e| e.what != "end"), "{:?}", env.ledger());
+    // Their reports say cancelled (nobody records them: the coordinator has ended).
+    wait_for("worker a to report the three attempts", || {
+        let outcomes = dispatch_outcomes(&env);
+        outcomes.len() == 3 && outcomes.iter().all(Option::is_some)
+    });
+    for o in dispatch_outcomes(&env) {
+        assert!(o.as_deref().unwrap().contains("\"outcome\":\"cancelled\""), "{o:?}");
+    }
+    assert!(a.0.try_wait().unwrap().is_none(), "worker a exited: {}", env.read("a.err"));
+    assert!(env.read("a.err").contains("is cancelled or over: stopping"), "{}", env.read("a.err"));
+}
+
+/// Attempts of a run cancelled while they were queued (its coordinator dead, so nobody withdrew
+/// them) are claimed but never started: the worker reads the run's liveness once for the batch
+/// and reports them cancelled.
+#[test]
+fn a_worker_does_not_start_attempts_of_a_cancelled_run() {
+    let Some(env) = Env::postgres("a_worker_does_not_start_cancelled") else { return };
+    let (w, t) = workflow(&env, 3, 1, "ok");
+    let mut run = start_run(&env, &w, &t);
+    wait_for("the attempts to be dispatched", || dispatch_rows(&env).len() == 3);
+    let id = env.run_id_of("run");
+    run.0.kill().unwrap();
+    run.0.wait().unwrap();
+    let o = env.rewind(&["cancel", &id]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(env.status(&id)["state"], "cancelled", "{}", stdout(&o));
+    let _a = start_worker(&env, "a", &[]);
+    wait_for("worker a to report the three attempts", || {
+        let rows = dispatch_rows(&env);
+        rows.len() == 3 && rows.iter().all(|r| r.2 == "done")
+    });
+    assert!(env.ledger().is_empty(), "a step ran: {:?}", env.ledger());
+    for o in dispatch_outcomes(&env) {
+        assert!(o.as_deref().unwrap().contains("\"outcome\":\"cancelled\""), "{o:?}");
+    }
 }

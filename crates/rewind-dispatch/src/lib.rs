@@ -172,6 +172,18 @@ pub struct Claimed {
     pub payload: String,
 }
 
+/// One outcome a worker reports, at the epoch of its claim: an element of a batch of reports
+/// (`Table::complete_many`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerReport {
+    /// Which attempt.
+    pub key: AttemptKey,
+    /// The epoch of the claim the outcome is of.
+    pub epoch: i64,
+    /// The outcome (JSON, stored as given).
+    pub outcome: String,
+}
+
 /// What a heartbeat found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Beat {

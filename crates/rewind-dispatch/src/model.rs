@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use crate::{
     AttemptKey, Beat, Claimed, Completion, DispatchRow, DispatchState, Fence, Fenced, Finished,
-    NewDispatch, Rescued, RunId, Session, StaleOutcome, WorkerRow, WorkerSpec,
+    NewDispatch, Rescued, RunId, Session, StaleOutcome, WorkerReport, WorkerRow, WorkerSpec,
 };
 
 /// A run's lease as the dispatch protocol sees it: who holds it and at which epoch.
@@ -210,6 +210,17 @@ impl Table {
         Completion::Stale { current }
     }
 
+    /// A batch of reports of the session: each as [`Table::complete`], in order (the SQL does
+    /// it in one transaction).
+    pub fn complete_many(
+        &mut self,
+        s: &Session,
+        reports: &[WorkerReport],
+        now: i64,
+    ) -> Vec<Completion> {
+        reports.iter().map(|r| self.complete(s, r.key, r.epoch, &r.outcome, now)).collect()
+    }
+
     /// The session hands an attempt it holds back (a worker draining on SIGTERM before it
     /// started it): queued again at the next epoch, for any worker. False if it did not hold
     /// it at that epoch.
@@ -274,6 +285,34 @@ impl Table {
         let mut n = 0;
         for k in keys {
             if k.run == fence.run && self.rows.get(k).is_some_and(|r| r.state.is_terminal()) {
+                self.rows.remove(k);
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// The coordinator reads its run's ended attempts and forgets them at once: exactly
+    /// [`Table::finished`] then [`Table::forget`] of what it returned (the SQL is one fenced
+    /// `DELETE … RETURNING`). Nothing is read or removed if the fence is stale.
+    pub fn take_finished(&mut self, fence: Fence) -> Result<Vec<Finished>, Fenced> {
+        self.check(fence)?;
+        let ended = self.finished(fence.run);
+        let keys: Vec<AttemptKey> = ended.iter().map(|f| f.key).collect();
+        self.forget(fence, &keys)?;
+        Ok(ended)
+    }
+
+    /// The coordinator withdraws attempts of its run that no worker claimed: their queued rows
+    /// go (claimed and ended rows are kept: a worker runs or ran them; keys of other runs are
+    /// ignored). Returns how many went.
+    pub fn withdraw(&mut self, fence: Fence, keys: &[AttemptKey]) -> Result<u64, Fenced> {
+        self.check(fence)?;
+        let mut n = 0;
+        for k in keys {
+            if k.run == fence.run
+                && self.rows.get(k).is_some_and(|r| r.state == DispatchState::Queued)
+            {
                 self.rows.remove(k);
                 n += 1;
             }

@@ -25,7 +25,8 @@ use std::collections::{BTreeMap, VecDeque};
 use proptest::prelude::*;
 use rewind_dispatch::model::Table;
 use rewind_dispatch::{
-    AttemptKey, Beat, Completion, DispatchState, Fence, NewDispatch, RunId, Session, WorkerSpec,
+    AttemptKey, Beat, Completion, DispatchState, Fence, NewDispatch, RunId, Session, WorkerReport,
+    WorkerSpec,
 };
 
 const T0: i64 = 1_700_000_000_000;
@@ -62,6 +63,9 @@ enum Op {
     },
     /// The oldest report in flight from a worker arrives (unless it is partitioned).
     Deliver(usize),
+    /// Every report in flight from a worker arrives as one batch (`Table::complete_many`, as
+    /// `rewind worker` sends them), unless it is partitioned.
+    DeliverAll(usize),
     /// A worker hands an attempt back (draining); `racing`: its step finished at that very
     /// moment and its report was sent too (both cross on the way).
     HandBack {
@@ -74,7 +78,10 @@ enum Op {
     Partition(usize),
     Heal(usize),
     Rescue,
-    Coordinate,
+    /// The coordinator records what ended and re-dispatches: `true` with `take_finished` (read
+    /// and forget at once, as `rewind run --dispatch workers` does), `false` with `finished`
+    /// then `forget`.
+    Coordinate(bool),
     TakeOver,
 }
 
@@ -87,6 +94,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (w.clone(), 0..4usize, proptest::bool::weighted(0.8), proptest::bool::weighted(0.2))
             .prop_map(|(w, pick, ok, delay)| Op::Finish { w, pick, ok, delay }),
         2 => w.clone().prop_map(Op::Deliver),
+        1 => w.clone().prop_map(Op::DeliverAll),
         1 => (w.clone(), 0..4usize, proptest::bool::weighted(0.3))
             .prop_map(|(w, pick, racing)| Op::HandBack { w, pick, racing }),
         1 => w.clone().prop_map(Op::Crash),
@@ -94,7 +102,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => w.clone().prop_map(Op::Partition),
         1 => w.prop_map(Op::Heal),
         2 => Just(Op::Rescue),
-        2 => Just(Op::Coordinate),
+        2 => any::<bool>().prop_map(Op::Coordinate),
         1 => Just(Op::TakeOver),
     ]
 }
@@ -223,6 +231,13 @@ impl World {
                     self.report(&r);
                 }
             }
+            Op::DeliverAll(w) => {
+                let w = &mut self.workers[w % nw];
+                if !w.partitioned {
+                    let batch: Vec<Report> = w.in_flight.drain(..).collect();
+                    self.report_all(&batch);
+                }
+            }
             Op::HandBack { w, pick, racing } => {
                 let w = &mut self.workers[w % nw];
                 let (Some(session), false) = (w.session.clone(), w.partitioned) else { return };
@@ -270,7 +285,7 @@ impl World {
                     }
                 }
             }
-            Op::Coordinate => self.coordinate(),
+            Op::Coordinate(at_once) => self.coordinate(at_once),
             Op::TakeOver => {
                 let old = self.fence;
                 self.fence = self.table.take_run(run_id(), "coordinator-2");
@@ -278,6 +293,8 @@ impl World {
                 let late = self.table.enqueue(old, &[], self.now);
                 assert!(late.is_err(), "a write of the coordinator that was taken over is refused");
                 assert!(self.table.forget(old, &[]).is_err());
+                assert!(self.table.take_finished(old).is_err());
+                assert!(self.table.withdraw(old, &[]).is_err());
             }
         }
         self.self_fence();
@@ -340,8 +357,37 @@ impl World {
 
     fn report(&mut self, r: &Report) {
         let outcome = if r.ok { OK } else { FAILED };
-        let before = self.holder.get(&r.key).cloned();
+        let stale_at = self.table.stale().len();
         let answer = self.table.complete(&r.session, r.key, r.epoch, outcome, self.now);
+        self.judge(r, answer, stale_at);
+    }
+
+    /// A batch of one worker's reports: each answer judged in order, as if sent one by one.
+    fn report_all(&mut self, batch: &[Report]) {
+        let Some(session) = batch.first().map(|r| r.session.clone()) else { return };
+        assert!(batch.iter().all(|r| r.session == session), "one process's reports");
+        let reports: Vec<WorkerReport> = batch
+            .iter()
+            .map(|r| WorkerReport {
+                key: r.key,
+                epoch: r.epoch,
+                outcome: (if r.ok { OK } else { FAILED }).to_owned(),
+            })
+            .collect();
+        let mut stale_at = self.table.stale().len();
+        let answers = self.table.complete_many(&session, &reports, self.now);
+        assert_eq!(answers.len(), batch.len());
+        for (r, answer) in batch.iter().zip(answers) {
+            let stale = matches!(answer, Completion::Stale { .. });
+            self.judge(r, answer, stale_at);
+            stale_at += usize::from(stale);
+        }
+    }
+
+    /// The answer to one report, checked against the ghost holder log (which it updates);
+    /// `stale_at`: where its entry in the stale outcomes must be if it was refused.
+    fn judge(&mut self, r: &Report, answer: Completion, stale_at: usize) {
+        let before = self.holder.get(&r.key).cloned();
         match answer {
             Completion::Accepted => {
                 assert_eq!(
@@ -366,7 +412,7 @@ impl World {
                     Some((r.session.clone(), r.epoch)),
                     "the holder's report refused"
                 );
-                let last = self.table.stale().last().unwrap();
+                let last = &self.table.stale()[stale_at];
                 assert_eq!(
                     (last.key, last.epoch),
                     (r.key, r.epoch),
@@ -376,8 +422,14 @@ impl World {
         }
     }
 
-    fn coordinate(&mut self) {
-        let ended = self.table.finished(run_id());
+    fn coordinate(&mut self, at_once: bool) {
+        let ended = if at_once {
+            let ended = self.table.take_finished(self.fence).unwrap();
+            assert!(self.table.finished(run_id()).is_empty(), "taken rows are forgotten");
+            ended
+        } else {
+            self.table.finished(run_id())
+        };
         let mut next = Vec::new();
         for f in &ended {
             let inst = &mut self.instances[f.key.idx as usize];
@@ -396,8 +448,10 @@ impl World {
         }
         let n = self.table.enqueue(self.fence, &next, self.now).unwrap();
         assert_eq!(n, next.len() as u64);
-        let keys: Vec<AttemptKey> = ended.iter().map(|f| f.key).collect();
-        assert_eq!(self.table.forget(self.fence, &keys).unwrap(), keys.len() as u64);
+        if !at_once {
+            let keys: Vec<AttemptKey> = ended.iter().map(|f| f.key).collect();
+            assert_eq!(self.table.forget(self.fence, &keys).unwrap(), keys.len() as u64);
+        }
     }
 
     fn check(&self) {
@@ -494,7 +548,7 @@ impl World {
             if self.instances.iter().all(|i| i.succeeded == 1) {
                 return;
             }
-            self.apply(&Op::Coordinate);
+            self.apply(&Op::Coordinate(true));
             for w in 0..self.workers.len() {
                 self.apply(&Op::Beat(w));
                 self.apply(&Op::Claim(w, 16));
@@ -503,7 +557,7 @@ impl World {
                 }
                 self.check();
             }
-            self.apply(&Op::Coordinate);
+            self.apply(&Op::Coordinate(true));
             self.apply(&Op::Tick(1500));
             self.apply(&Op::Rescue);
             self.check();

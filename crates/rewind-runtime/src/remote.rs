@@ -3,9 +3,12 @@
 //!
 //! Starting an attempt writes a `dispatch` row (after the attempt's start is durable, like a local
 //! start); its end comes back as a `done` row (the worker's report) or a `lost` one (its lease
-//! expired: the attempt ends interrupted and runs again). Every poll runs the rescuer and reads
-//! the ended rows; they are forgotten once the outcomes they carried are committed (a coordinator
-//! that dies before leaves them to the next one, which adopts them). The coordinator's dispatch
+//! expired: the attempt ends interrupted and runs again). The coordinator reads the ended rows
+//! when a worker's batch of reports wakes it (`LISTEN` on `rewind_store::DONE_CHANNEL`), or at the
+//! latest every [`POLL_FALLBACK`] ([`POLL`] without a `LISTEN` connection); it runs the rescuer
+//! every quarter lease. Ended rows are forgotten (one fenced statement) once the outcomes they
+//! carried are committed: a coordinator that dies before leaves them to the next one, which
+//! adopts them. The coordinator's dispatch
 //! writes carry its run-lease epoch.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -25,8 +28,10 @@ use crate::lease::store_now_ms;
 /// The queue of steps without `queue`.
 pub const DEFAULT_QUEUE: &str = "default";
 
-/// How often the coordinator looks for ended attempts (and runs the rescuer).
+/// How often the coordinator looks for ended attempts without a `LISTEN` connection...
 const POLL: Duration = Duration::from_millis(50);
+/// ...and with one (woken by the workers' `NOTIFY` otherwise).
+const POLL_FALLBACK: Duration = Duration::from_millis(500);
 /// How often it looks whether each queue it waits on has a live worker.
 const WORKER_CHECK: Duration = Duration::from_secs(2);
 
@@ -146,6 +151,10 @@ pub(crate) struct RemoteExec {
     /// ([`RemoteExec::forget_ended`]), so a coordinator that dies before that commit leaves them
     /// for the next one to adopt.
     ended: Vec<AttemptKey>,
+    /// Wake-ups when workers report attempts (PostgreSQL `LISTEN`; `None`: polling only).
+    listener: Option<rewind_store::DispatchListener>,
+    /// When the rescuer last ran (it runs every quarter lease).
+    last_rescue: Option<Instant>,
 }
 
 impl RemoteExec {
@@ -159,7 +168,8 @@ impl RemoteExec {
         let fence = store.lease_epoch(run, owner).await?.ok_or_else(|| {
             RuntimeError::Internal(format!("run {run}: its lease is not held by {owner}"))
         })?;
-        let mut poll = tokio::time::interval(POLL);
+        let listener = store.listen(rewind_store::DONE_CHANNEL).await.ok();
+        let mut poll = tokio::time::interval(if listener.is_some() { POLL_FALLBACK } else { POLL });
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut tick = tokio::time::interval(tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -177,6 +187,8 @@ impl RemoteExec {
             unserved: BTreeSet::new(),
             abandoned: Vec::new(),
             ended: Vec::new(),
+            listener,
+            last_rescue: None,
         })
     }
 
@@ -254,25 +266,49 @@ impl RemoteExec {
             return Ok(ready);
         }
         let sleep = wake.map(|w| w.saturating_sub(self.now()));
-        tokio::select! {
-            _ = self.poll.tick(), if !self.inflight.is_empty() => self.poll_once().await,
-            () = async { match sleep { Some(d) => tokio::time::sleep(d).await, None => std::future::pending().await } } => Ok(vec![Event::Wake]),
-            s = signals.recv() => Ok(vec![Event::Signal(s)]),
-            _ = self.tick.tick() => Ok(vec![Event::Tick]),
+        let sleep = async {
+            match sleep {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(sleep);
+        let run = self.fence.run.to_string();
+        loop {
+            let waiting = !self.inflight.is_empty();
+            let listening = waiting && self.listener.is_some();
+            tokio::select! {
+                _ = self.poll.tick(), if waiting => return self.poll_once().await,
+                woke = async { match &mut self.listener { Some(l) => l.recv().await, None => std::future::pending().await } }, if listening => {
+                    match woke {
+                        // Another run's reports: not this drive's business.
+                        Ok(of) if of != run => continue,
+                        Ok(_) => return self.poll_once().await,
+                        // The listener reconnects at its next call; whatever was missed
+                        // meanwhile is read now.
+                        Err(_) => return self.poll_once().await,
+                    }
+                }
+                () = &mut sleep => return Ok(vec![Event::Wake]),
+                s = signals.recv() => return Ok(vec![Event::Signal(s)]),
+                _ = self.tick.tick() => return Ok(vec![Event::Tick]),
+            }
         }
     }
 
-    /// Rescues expired leases, then reads the run's ended attempts: each of this drive's ends
-    /// (`done`: the worker's report; `lost`: interrupted, it runs again); every ended row is
-    /// forgotten after the next commit ([`RemoteExec::forget_ended`]).
+    /// Rescues expired leases (every quarter lease), then reads the run's ended attempts: each
+    /// of this drive's ends (`done`: the worker's report; `lost`: interrupted, it runs again);
+    /// every ended row is forgotten after the next commit ([`RemoteExec::forget_ended`]).
     async fn poll_once(&mut self) -> Result<Vec<Event>, RuntimeError> {
         let now = store_now_ms();
-        self.store.dispatch_rescue(now).await?;
+        if self.last_rescue.is_none_or(|t| t.elapsed() >= self.lease / 4) {
+            self.last_rescue = Some(Instant::now());
+            self.store.dispatch_rescue(now).await?;
+        }
         let finished = self.store.dispatch_finished(self.fence.run).await?;
         let mut out = Vec::new();
-        let mut keys = Vec::new();
         for f in finished {
-            keys.push(f.key);
+            self.ended.push(f.key);
             if self.inflight.get(&f.key.idx).map(|(a, _)| *a) != Some(f.key.attempt) {
                 continue;
             }
@@ -296,7 +332,6 @@ impl RemoteExec {
                 report,
             });
         }
-        self.ended.extend(keys);
         if !self.inflight.is_empty()
             && self.last_worker_check.is_none_or(|t| t.elapsed() >= WORKER_CHECK)
         {

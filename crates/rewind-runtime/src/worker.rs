@@ -2,18 +2,27 @@
 //! same executors as a local run, heartbeats their leases and reports their outcomes (fenced by
 //! the claim's epoch: a late report is recorded as stale and ignored).
 //!
+//! Reports go in batches: every attempt that ended by the time the worker turns to report is in
+//! one transaction (one `UPDATE … FROM (VALUES …)`), and batches are at least [`REPORT_GAP`]
+//! apart, so a worker makes at most 1 / [`REPORT_GAP`] notifying commits a second however many
+//! attempts end (PostgreSQL's `NOTIFY` serialises notifying commits on a global lock).
+//! Whether each run is still live (running, no cancel requested) is read once per batch of
+//! claims and every [`LIVENESS`] for the runs it holds attempts of, in one statement each: an
+//! attempt of a run that was cancelled or ended is not started, or is stopped and reported
+//! cancelled.
+//!
 //! On SIGTERM or SIGINT it claims nothing more, lets running attempts finish within a grace
 //! period, hands the rest back (queued again for another worker) and returns.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use rewind_dispatch::{AttemptKey, Beat, Claimed, Completion, Session, WorkerSpec};
+use rewind_dispatch::{AttemptKey, Beat, Claimed, Completion, Session, WorkerReport, WorkerSpec};
 use rewind_exec::{Outcome, Registry, Report, StopHandle, Vars};
-use rewind_model::{InstanceId, Plan, RunId, RunState};
+use rewind_model::{InstanceId, Plan, RunId};
 use rewind_store::{SqlStore, Store};
 use tokio::task::JoinSet;
 
@@ -29,6 +38,12 @@ use crate::view::load_plan;
 const CLAIM_POLL: Duration = Duration::from_millis(100);
 /// ...and when it has one (woken by `NOTIFY` otherwise).
 const CLAIM_FALLBACK: Duration = Duration::from_secs(1);
+/// The least time between two batches of reports (each a notifying commit on PostgreSQL):
+/// at most 500 a second per worker. Under load a batch holds every report that ended meanwhile.
+pub const REPORT_GAP: Duration = Duration::from_millis(2);
+/// How often a worker holding attempts reads whether their runs are still live (a cancel
+/// reaches its running attempts within about this long), unless its heartbeat is more often.
+pub const LIVENESS: Duration = Duration::from_secs(1);
 
 /// How a worker runs.
 pub struct WorkerOptions {
@@ -106,6 +121,8 @@ pub async fn work(
         runs: HashMap::new(),
         set: JoinSet::new(),
         held: HashMap::new(),
+        outbox: Vec::new(),
+        last_report: None,
         summary: WorkerSummary::default(),
         listener,
         opts,
@@ -121,6 +138,10 @@ struct Worker<'s> {
     set: JoinSet<(AttemptKey, i64, Report)>,
     /// Attempts running: their claim epoch and stop handle.
     held: HashMap<AttemptKey, (i64, StopHandle)>,
+    /// Attempts ended and not yet reported.
+    outbox: Vec<(AttemptKey, i64, Report)>,
+    /// When the last batch of reports was sent.
+    last_report: Option<tokio::time::Instant>,
     summary: WorkerSummary,
     listener: Option<rewind_store::DispatchListener>,
     opts: WorkerOptions,
@@ -138,10 +159,15 @@ impl Worker<'_> {
             Duration::from_millis(u64::try_from(self.lease_ms / 3).unwrap_or(1).max(1));
         let mut beat = tokio::time::interval(beat_every);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut liveness = tokio::time::interval(LIVENESS.min(beat_every));
+        liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut deadline: Option<tokio::time::Instant> = None;
         let mut last_beat = store_now_ms();
         loop {
             if deadline.is_some() && self.set.is_empty() {
+                if !self.outbox.is_empty() {
+                    self.send_reports(note).await;
+                }
                 break;
             }
             let free = (self.opts.slots as usize).saturating_sub(self.set.len());
@@ -163,8 +189,9 @@ impl Worker<'_> {
                 });
                 // A full batch: more may be queued.
                 claim_now = !claimed.is_empty() && claimed.len() == free;
-                for c in claimed {
-                    self.start(c).await;
+                self.start_batch(claimed).await;
+                if !self.outbox.is_empty() {
+                    self.send_reports(note).await;
                 }
                 continue;
             }
@@ -180,12 +207,11 @@ impl Worker<'_> {
                     claim_now = true;
                 }
                 Some(joined) = self.set.join_next(), if !self.set.is_empty() => {
-                    match joined {
-                        Ok((key, epoch, report)) => self.report(key, epoch, &report, note).await,
-                        Err(e) => note(&format!("an attempt's task was lost: {e}")),
-                    }
+                    self.ended(joined, note);
+                    self.send_reports(note).await;
                     claim_now = true;
                 }
+                _ = liveness.tick(), if !self.held.is_empty() => self.stop_dead_runs(note).await,
                 _ = beat.tick() => {
                     let _ = crate::lease::sync_clock(self.store).await;
                     let now = store_now_ms();
@@ -275,54 +301,59 @@ impl Worker<'_> {
         Ok(ctx)
     }
 
-    /// Starts a claimed attempt on its own task (or ends it at once when it must not run).
-    async fn start(&mut self, c: Claimed) {
-        let key = c.key;
-        let (stop, stop_signal) = StopHandle::new();
-        self.held.insert(key, (c.epoch, stop));
-        let refuse = |report: Report| async move { (key, c.epoch, report) };
-        let live = async {
-            let state = self.store.run(key.run).await?.map(|r| r.state);
-            Ok::<_, RuntimeError>(
-                state == Some(RunState::Running) && !self.store.cancel_requested(key.run).await?,
-            )
-        };
-        match live.await {
-            Ok(true) => {}
-            Ok(false) => {
-                let report = Report {
-                    outcome: Outcome::Cancelled,
-                    ..Report::failed("the run is cancelled or over; not run", false)
-                };
-                self.set.spawn(refuse(report));
-                return;
-            }
-            Err(e) => {
-                self.set.spawn(refuse(Report::failed(format!("worker: {e}"), true)));
-                return;
+    /// Starts a batch of claimed attempts, after reading once whether their runs are live: an
+    /// attempt of a run cancelled or over is not run but reported cancelled.
+    async fn start_batch(&mut self, claimed: Vec<Claimed>) {
+        if claimed.is_empty() {
+            return;
+        }
+        let runs: Vec<RunId> =
+            claimed.iter().map(|c| c.key.run).collect::<BTreeSet<_>>().into_iter().collect();
+        let live = self.store.live_runs(&runs).await;
+        for c in claimed {
+            match &live {
+                Ok(live) if live.contains(&c.key.run) => self.start(c).await,
+                Ok(_) => {
+                    let report = Report {
+                        outcome: Outcome::Cancelled,
+                        ..Report::failed("the run is cancelled or over; not run", false)
+                    };
+                    self.refuse(c, report);
+                }
+                Err(e) => self.refuse(c, Report::failed(format!("worker: {e}"), true)),
             }
         }
+    }
+
+    /// An attempt claimed and not run: reported with `report` in the next batch.
+    fn refuse(&mut self, c: Claimed, report: Report) {
+        let (stop, _) = StopHandle::new();
+        self.held.insert(c.key, (c.epoch, stop));
+        self.outbox.push((c.key, c.epoch, report));
+    }
+
+    /// Starts a claimed attempt of a live run on its own task (or ends it at once when it
+    /// cannot run).
+    async fn start(&mut self, c: Claimed) {
+        let key = c.key;
         let ctx = match self.ctx(key.run).await {
             Ok(ctx) => ctx,
-            Err(e) => {
-                self.set.spawn(refuse(Report::failed(format!("worker: {e}"), true)));
-                return;
-            }
+            Err(e) => return self.refuse(c, Report::failed(format!("worker: {e}"), true)),
         };
         let payload: Payload = match serde_json::from_str(&c.payload) {
             Ok(p) => p,
             Err(e) => {
                 let report = Report::failed(format!("worker: unreadable payload: {e}"), false);
-                self.set.spawn(refuse(report));
-                return;
+                return self.refuse(c, report);
             }
         };
         if key.idx as usize >= ctx.plan.len() {
             let report =
                 Report::failed(format!("worker: no instance {} in the run", key.idx), false);
-            self.set.spawn(refuse(report));
-            return;
+            return self.refuse(c, report);
         }
+        let (stop, stop_signal) = StopHandle::new();
+        self.held.insert(key, (c.epoch, stop));
         let id = InstanceId::new(key.idx as usize);
         let attempt = ctx.inputs.remote_attempt(&ctx.plan, id, key.attempt, payload.needs);
         let kind = attempt.action.kind();
@@ -342,36 +373,89 @@ impl Worker<'_> {
         });
     }
 
-    async fn report(
+    /// An attempt's task ended: its report waits in the outbox.
+    fn ended(
         &mut self,
-        key: AttemptKey,
-        epoch: i64,
-        report: &Report,
+        joined: Result<(AttemptKey, i64, Report), tokio::task::JoinError>,
         note: &mut dyn FnMut(&str),
     ) {
-        if self.held.remove(&key).is_none() {
-            // Handed back: its report is not sent.
+        match joined {
+            Ok(ended) => self.outbox.push(ended),
+            Err(e) => note(&format!("an attempt's task was lost: {e}")),
+        }
+    }
+
+    /// Sends the outbox as one batch: at least [`REPORT_GAP`] after the last batch, with every
+    /// attempt that ended meanwhile. A report of an attempt handed back is not sent.
+    async fn send_reports(&mut self, note: &mut dyn FnMut(&str)) {
+        if let Some(last) = self.last_report {
+            let due = last + REPORT_GAP;
+            if tokio::time::Instant::now() < due {
+                tokio::time::sleep_until(due).await;
+            }
+        }
+        while let Some(joined) = self.set.try_join_next() {
+            self.ended(joined, note);
+        }
+        let mut batch = Vec::with_capacity(self.outbox.len());
+        for (key, epoch, report) in std::mem::take(&mut self.outbox) {
+            if self.held.remove(&key).is_none() {
+                continue; // handed back
+            }
+            match serde_json::to_string(&WireReport::of(&report)) {
+                Ok(outcome) => batch.push(WorkerReport { key, epoch, outcome }),
+                Err(e) => note(&format!("attempt {key}: its report cannot be encoded: {e}")),
+            }
+        }
+        if batch.is_empty() {
             return;
         }
-        let text = match serde_json::to_string(&WireReport::of(report)) {
-            Ok(t) => t,
-            Err(e) => {
-                note(&format!("attempt {key}: its report cannot be encoded: {e}"));
-                return;
-            }
-        };
-        match self.store.dispatch_complete(&self.session, key, epoch, &text, store_now_ms()).await {
-            // Unreported, the attempt is rescued when its lease ends and runs again.
+        self.last_report = Some(tokio::time::Instant::now());
+        match self.store.dispatch_complete_many(&self.session, &batch, store_now_ms()).await {
+            // Unreported, the attempts are rescued when their leases end and run again.
             Err(e) => note(&format!(
-                "attempt {key}: report not delivered ({e}); it runs again once its lease ends"
+                "{} report(s) not delivered ({e}); they run again once their leases end",
+                batch.len()
             )),
-            Ok(Completion::Accepted | Completion::AlreadyRecorded) => self.summary.reported += 1,
-            Ok(Completion::Stale { current }) => {
-                self.summary.stale += 1;
-                let now = current.map_or("gone".to_owned(), |(s, e)| format!("{s} at epoch {e}"));
-                note(&format!(
-                    "attempt {key}: report refused as stale (claimed at epoch {epoch}; now {now})"
-                ));
+            Ok(answers) => {
+                for (r, answer) in batch.iter().zip(answers) {
+                    match answer {
+                        Completion::Accepted | Completion::AlreadyRecorded => {
+                            self.summary.reported += 1;
+                        }
+                        Completion::Stale { current } => {
+                            self.summary.stale += 1;
+                            let now = current
+                                .map_or("gone".to_owned(), |(s, e)| format!("{s} at epoch {e}"));
+                            note(&format!(
+                                "attempt {}: report refused as stale (claimed at epoch {}; now {now})",
+                                r.key, r.epoch
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads once whether the runs of the attempts held are live, and stops the attempts of
+    /// those cancelled or over (their executors end them cancelled; the report goes as usual).
+    async fn stop_dead_runs(&mut self, note: &mut dyn FnMut(&str)) {
+        let runs: Vec<RunId> =
+            self.held.keys().map(|k| k.run).collect::<BTreeSet<_>>().into_iter().collect();
+        let live = match self.store.live_runs(&runs).await {
+            Ok(live) => live,
+            Err(e) => return note(&format!("reading whether runs are live: {e}")),
+        };
+        for run in runs.iter().filter(|r| !live.contains(r)) {
+            let mut n = 0;
+            for (_, stop) in self.held.iter().filter(|(k, _)| k.run == *run).map(|(_, v)| v) {
+                stop.stop();
+                n += 1;
+            }
+            // Said once per run: an executor may take a while to stop.
+            if self.runs.remove(run).is_some() {
+                note(&format!("run {run} is cancelled or over: stopping its {n} attempt(s)"));
             }
         }
     }

@@ -17,7 +17,9 @@ use std::future::Future;
 
 use rewind_model::{AttemptOutcome, EventKind, InstanceState, RunId, RunState};
 
-pub use sql::{Backend, DispatchListener, DispatchedAttempt, LeaseRow, NOTIFY_CHANNEL, SqlStore};
+pub use sql::{
+    Backend, DONE_CHANNEL, DispatchListener, DispatchedAttempt, LeaseRow, NOTIFY_CHANNEL, SqlStore,
+};
 
 /// A store failure, with what was being done.
 #[derive(Debug, thiserror::Error)]

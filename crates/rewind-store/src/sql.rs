@@ -5,7 +5,7 @@
 mod coord;
 mod dispatch;
 pub use coord::{DispatchedAttempt, LeaseRow};
-pub use dispatch::{DispatchListener, NOTIFY_CHANNEL};
+pub use dispatch::{DONE_CHANNEL, DispatchListener, NOTIFY_CHANNEL};
 
 use std::collections::BTreeMap;
 use std::sync::Once;

@@ -1,7 +1,8 @@
 //! The dispatch protocol's SQL against its model (`rewind_dispatch::model::Table`): random
 //! operation sequences (two runs, coordinators taken over, workers registering again under their
 //! names, claims, heartbeats, reports at right and wrong epochs and from old incarnations,
-//! hand-backs, rescues, forgets) are replayed on both; every answer and, after every step, the
+//! hand-backs, rescues, forgets; and the batch forms: reports in batches that may repeat a key,
+//! ended rows read and forgotten at once, withdrawals) are replayed on both; every answer and, after every step, the
 //! whole tables must be equal. SQLite always; PostgreSQL when `REWIND_TEST_POSTGRES` is set.
 //! Then, on PostgreSQL, concurrent workers claiming from one table (no attempt claimed twice),
 //! and completions racing the rescuer (never both).
@@ -16,7 +17,8 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use rewind_dispatch::model::Table;
 use rewind_dispatch::{
-    AttemptKey, Completion, DispatchState, Fence, Fenced, NewDispatch, Session, WorkerSpec,
+    AttemptKey, Completion, DispatchState, Fence, Fenced, NewDispatch, Session, WorkerReport,
+    WorkerSpec,
 };
 use rewind_model::RunId;
 use rewind_store::{NewInstance, NewRun, SqlStore, Store, StoreError};
@@ -99,6 +101,12 @@ enum Step {
         delta: i64,
         ok: bool,
     },
+    /// A batch of reports by one session: each (`pick`, `delta`, `ok`) as in `Complete`
+    /// (picks may repeat a row: a repeated key splits the batch's statement).
+    CompleteMany {
+        who: usize,
+        reports: Vec<(usize, i64, bool)>,
+    },
     HandBack {
         who: usize,
         pick: usize,
@@ -109,6 +117,12 @@ enum Step {
     Finished(usize),
     Forget {
         run: usize,
+        stale_fence: bool,
+    },
+    /// The coordinator withdraws rows (`picks`, of any run and state).
+    Withdraw {
+        run: usize,
+        picks: Vec<usize>,
         stale_fence: bool,
     },
     TakeOver(usize),
@@ -130,11 +144,15 @@ fn step() -> impl Strategy<Value = Step> {
         2 => w.clone().prop_map(Step::Beat),
         4 => (0..8usize, 0..16usize, -1i64..=1, any::<bool>())
             .prop_map(|(who, pick, delta, ok)| Step::Complete { who, pick, delta, ok }),
+        2 => (0..8usize, proptest::collection::vec((0..16usize, -1i64..=1, any::<bool>()), 0..6))
+            .prop_map(|(who, reports)| Step::CompleteMany { who, reports }),
         1 => (0..8usize, 0..16usize, -1i64..=0).prop_map(|(who, pick, delta)| Step::HandBack { who, pick, delta }),
         1 => w.prop_map(Step::Stop),
         2 => Just(Step::Rescue),
         1 => run.clone().prop_map(Step::Finished),
         1 => (run.clone(), proptest::bool::weighted(0.2)).prop_map(|(run, stale_fence)| Step::Forget { run, stale_fence }),
+        1 => (run.clone(), proptest::collection::vec(0..16usize, 0..5), proptest::bool::weighted(0.2))
+            .prop_map(|(run, picks, stale_fence)| Step::Withdraw { run, picks, stale_fence }),
         1 => run.prop_map(Step::TakeOver),
     ]
 }
@@ -201,8 +219,42 @@ impl<'a> Replay<'a> {
         Some((r.key, r.epoch))
     }
 
+    fn fence(&self, run: usize, stale_fence: bool) -> Fence {
+        match (stale_fence, self.old_fences.last()) {
+            (true, Some(f)) => *f,
+            _ => self.fences[run],
+        }
+    }
+
     async fn apply(&mut self, step: &Step) {
         let (store, now) = (self.store, self.now);
+        match step {
+            Step::CompleteMany { who, reports } => {
+                let Some(s) = self.sessions.get(who % self.sessions.len().max(1)).cloned() else {
+                    return;
+                };
+                let batch: Vec<WorkerReport> = reports
+                    .iter()
+                    .filter_map(|&(pick, delta, ok)| {
+                        let (key, epoch) = self.row_at(pick)?;
+                        let outcome = if ok { "{\"ok\":true}" } else { "{\"ok\":false}" };
+                        Some(WorkerReport { key, epoch: epoch + delta, outcome: outcome.into() })
+                    })
+                    .collect();
+                let got = store.dispatch_complete_many(&s, &batch, now).await.unwrap();
+                assert_eq!(got, self.model.complete_many(&s, &batch, now), "{batch:?}");
+                return;
+            }
+            Step::Withdraw { run, picks, stale_fence } => {
+                let fence = self.fence(*run, *stale_fence);
+                let keys: Vec<AttemptKey> =
+                    picks.iter().filter_map(|&p| self.row_at(p).map(|(k, _)| k)).collect();
+                let got = fenced(store.dispatch_withdraw(fence, &keys).await);
+                assert_eq!(got, self.model.withdraw(fence, &keys));
+                return;
+            }
+            _ => {}
+        }
         match *step {
             Step::Tick(ms) => self.now += i64::from(ms),
             Step::Register(w) => {
@@ -289,6 +341,7 @@ impl<'a> Replay<'a> {
                 let got = fenced(store.dispatch_forget(fence, &keys).await);
                 assert_eq!(got, self.model.forget(fence, &keys));
             }
+            Step::CompleteMany { .. } | Step::Withdraw { .. } => {}
             Step::TakeOver(run) => {
                 self.takeovers += 1;
                 let owner = format!("standby-{}", self.takeovers);

@@ -6,9 +6,11 @@
 //! rescue and a completion that race cannot both win. On SQLite the write lock serialises
 //! everything.
 
+use std::collections::{BTreeSet, HashMap, HashSet};
+
 use rewind_dispatch::{
     AttemptKey, Beat, Claimed, Completion, DispatchRow, DispatchState, Fence, Fenced, Finished,
-    NewDispatch, Rescued, Session, StaleOutcome, WorkerRow, WorkerSpec,
+    NewDispatch, Rescued, Session, StaleOutcome, WorkerReport, WorkerRow, WorkerSpec,
 };
 use rewind_model::RunId;
 use sqlx::any::AnyRow;
@@ -17,22 +19,34 @@ use sqlx::{Any, AssertSqlSafe, Row};
 use super::{Backend, SqlStore, chunk, q};
 use crate::{Result, StoreError};
 
-/// The channel [`SqlStore::dispatch_enqueue`] notifies on PostgreSQL (payload: the run id).
+/// The channel [`SqlStore::dispatch_enqueue`] notifies on PostgreSQL (payload: the run id):
+/// workers listen on it.
 pub const NOTIFY_CHANNEL: &str = "rewind_dispatch";
 
-/// Wake-ups of a worker: a PostgreSQL `LISTEN` on [`NOTIFY_CHANNEL`].
+/// The channel [`SqlStore::dispatch_complete_many`] notifies on PostgreSQL (payload: the run
+/// id), once per run per batch of reports that accepted one of its attempts: coordinators listen
+/// on it.
+pub const DONE_CHANNEL: &str = "rewind_dispatch_done";
+
+/// Wake-ups: a PostgreSQL `LISTEN` on [`NOTIFY_CHANNEL`] (workers) or [`DONE_CHANNEL`]
+/// (coordinators).
 pub struct DispatchListener(sqlx::postgres::PgListener);
 
 impl DispatchListener {
-    /// Listens on the PostgreSQL server at `url` (which must be one).
+    /// Listens on [`NOTIFY_CHANNEL`] of the PostgreSQL server at `url` (which must be one).
     pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_to(url, NOTIFY_CHANNEL).await
+    }
+
+    /// Listens on `channel` of the PostgreSQL server at `url` (which must be one).
+    pub async fn connect_to(url: &str, channel: &str) -> Result<Self> {
         let mut l = sqlx::postgres::PgListener::connect(url).await.map_err(q("listen: connect"))?;
-        l.listen(NOTIFY_CHANNEL).await.map_err(q("listen"))?;
+        l.listen(channel).await.map_err(q("listen"))?;
         Ok(Self(l))
     }
 
-    /// The next wake-up: the run whose attempts were enqueued (an error when the connection
-    /// failed; it reconnects on the next call).
+    /// The next wake-up: the run whose attempts were enqueued or reported (an error when the
+    /// connection failed; it reconnects on the next call).
     pub async fn recv(&mut self) -> Result<String> {
         self.0.recv().await.map(|n| n.payload().to_owned()).map_err(q("listen: receive"))
     }
@@ -88,7 +102,82 @@ fn split_queues(text: &str) -> Vec<String> {
     if text.is_empty() { Vec::new() } else { text.split('\n').map(str::to_owned).collect() }
 }
 
+/// `rows` rows of `cols` parameters, numbered from `first` (1-based): `($3, $4), ($5, $6)`.
+/// Numbered on both backends (SQLite reads `$N` as the Nth argument too), so they mix with the
+/// statement's own `$1`, `$2` (sqlx counts SQLite's bare `?` from 1 whatever precedes them).
+fn values_from(first: usize, rows: usize, cols: usize) -> String {
+    let mut out = String::with_capacity(rows * cols * 6);
+    for r in 0..rows {
+        out.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..cols {
+            if c > 0 {
+                out.push_str(", ");
+            }
+            out.push_str(&format!("${}", first + r * cols + c));
+        }
+        out.push(')');
+    }
+    out
+}
+
+/// `reports` cut where a key repeats one earlier in its segment: within a segment every key is
+/// distinct, so one `UPDATE … FROM (VALUES …)` decides each report as its own statement would.
+fn segments(reports: &[WorkerReport]) -> Vec<&[WorkerReport]> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    let mut start = 0;
+    for (i, r) in reports.iter().enumerate() {
+        if !seen.insert(r.key) {
+            out.push(&reports[start..i]);
+            seen.clear();
+            seen.insert(r.key);
+            start = i;
+        }
+    }
+    if start < reports.len() {
+        out.push(&reports[start..]);
+    }
+    out
+}
+
 impl SqlStore {
+    /// A listener on `channel` ([`NOTIFY_CHANNEL`] or [`DONE_CHANNEL`]) of this store's server:
+    /// PostgreSQL only ([`StoreError::Query`] on SQLite, which has no `LISTEN`).
+    pub async fn listen(&self, channel: &str) -> Result<DispatchListener> {
+        if self.backend != Backend::Postgres {
+            return Err(q("listen")(sqlx::Error::Configuration(
+                "LISTEN needs PostgreSQL; this store is SQLite".into(),
+            )));
+        }
+        let url = self.pool.connect_options().database_url.to_string();
+        DispatchListener::connect_to(&url, channel).await
+    }
+
+    /// Of `runs`, those a worker may still run attempts of: running, and no cancel requested.
+    /// One statement for them all (a worker asks once per batch of claims and per heartbeat).
+    pub async fn live_runs(&self, runs: &[RunId]) -> Result<BTreeSet<RunId>> {
+        let mut live = BTreeSet::new();
+        for part in runs.chunks(chunk(1)) {
+            let list: Vec<String> = (1..=part.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT id FROM runs WHERE id IN ({}) AND state = 'running' \
+                 AND cancel_requested = 0",
+                list.join(", ")
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(false);
+            for run in part {
+                query = query.bind(run.to_string());
+            }
+            for row in query.fetch_all(&self.pool).await.map_err(q("read runs' liveness"))? {
+                let id: String = get(&row, "id")?;
+                live.insert(
+                    id.parse().map_err(|_| StoreError::Corrupt { what: "runs.id", value: id })?,
+                );
+            }
+        }
+        Ok(live)
+    }
+
     /// The epoch of the run lease `owner` holds, or `None` if it does not hold the run: the
     /// [`Fence`] of its dispatch writes. (Every [`crate::Store::claim`] that takes a run bumps
     /// it.)
@@ -379,6 +468,135 @@ impl SqlStore {
         Ok(Completion::Stale { current })
     }
 
+    /// A batch of the session's reports: each decided as [`SqlStore::dispatch_complete`]
+    /// would, in order, in one transaction (`rewind_dispatch::model::Table::complete_many`).
+    /// Accepted ones are one `UPDATE … FROM (VALUES …)` per run of distinct keys (a repeated key
+    /// starts the next), refused ones are read in one statement and recorded in one `INSERT`.
+    /// On PostgreSQL the same transaction notifies [`DONE_CHANNEL`] once per run that had a
+    /// report accepted, so a batch makes at most one notifying commit whatever its size.
+    pub async fn dispatch_complete_many(
+        &self,
+        s: &Session,
+        reports: &[WorkerReport],
+        now: i64,
+    ) -> Result<Vec<Completion>> {
+        if reports.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.begin_write("begin completions").await?;
+        let mut answers = Vec::with_capacity(reports.len());
+        let mut notify: BTreeSet<RunId> = BTreeSet::new();
+        let mut stale: Vec<&WorkerReport> = Vec::new();
+        for segment in segments(reports) {
+            let mut accepted = HashSet::new();
+            for part in segment.chunks(chunk(5)) {
+                let sql = format!(
+                    "WITH v (run_id, idx, attempt, epoch, outcome) AS (VALUES {}) \
+                     UPDATE dispatch SET state = 'done', outcome = v.outcome FROM v \
+                     WHERE dispatch.run_id = v.run_id AND dispatch.idx = v.idx \
+                     AND dispatch.attempt = v.attempt AND dispatch.state = 'claimed' \
+                     AND dispatch.worker = $1 AND dispatch.incarnation = $2 \
+                     AND dispatch.epoch = v.epoch \
+                     RETURNING dispatch.run_id, dispatch.idx, dispatch.attempt",
+                    values_from(3, part.len(), 5)
+                );
+                let mut query = sqlx::query(AssertSqlSafe(sql))
+                    .persistent(false)
+                    .bind(s.name.clone())
+                    .bind(s.incarnation);
+                for r in part {
+                    query = query
+                        .bind(r.key.run.to_string())
+                        .bind(i64_of(r.key.idx))
+                        .bind(i64_of(r.key.attempt))
+                        .bind(r.epoch)
+                        .bind(r.outcome.clone());
+                }
+                for row in query.fetch_all(&mut *tx).await.map_err(q("complete attempts"))? {
+                    accepted.insert(key_of(&row)?);
+                }
+            }
+            let refused: Vec<&WorkerReport> =
+                segment.iter().filter(|r| !accepted.contains(&r.key)).collect();
+            let mut current: HashMap<AttemptKey, (DispatchState, i64, bool)> = HashMap::new();
+            for part in refused.chunks(chunk(3)) {
+                let sql = format!(
+                    "SELECT run_id, idx, attempt, state, epoch, worker, incarnation FROM dispatch \
+                     WHERE (run_id, idx, attempt) IN (VALUES {})",
+                    values_from(1, part.len(), 3)
+                );
+                let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(false);
+                for r in part {
+                    query = query
+                        .bind(r.key.run.to_string())
+                        .bind(i64_of(r.key.idx))
+                        .bind(i64_of(r.key.attempt));
+                }
+                for row in query.fetch_all(&mut *tx).await.map_err(q("read attempts"))? {
+                    let worker: Option<String> = get(&row, "worker")?;
+                    let incarnation: Option<i64> = get(&row, "incarnation")?;
+                    let mine = worker.as_deref() == Some(s.name.as_str())
+                        && incarnation == Some(s.incarnation);
+                    current.insert(key_of(&row)?, (state_of(&row)?, get(&row, "epoch")?, mine));
+                }
+            }
+            for r in segment {
+                if accepted.contains(&r.key) {
+                    notify.insert(r.key.run);
+                    answers.push(Completion::Accepted);
+                    continue;
+                }
+                match current.get(&r.key) {
+                    Some(&(DispatchState::Done, at, true)) if at == r.epoch => {
+                        answers.push(Completion::AlreadyRecorded);
+                    }
+                    row => {
+                        answers
+                            .push(Completion::Stale { current: row.map(|&(st, at, _)| (st, at)) });
+                        stale.push(r);
+                    }
+                }
+            }
+        }
+        for part in stale.chunks(chunk(8)) {
+            let sql = format!(
+                "INSERT INTO stale_outcomes (run_id, idx, attempt, epoch, worker, incarnation, \
+                 outcome, at_unix_ms) VALUES {}",
+                values_from(1, part.len(), 8)
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(false);
+            for r in part {
+                query = query
+                    .bind(r.key.run.to_string())
+                    .bind(i64_of(r.key.idx))
+                    .bind(i64_of(r.key.attempt))
+                    .bind(r.epoch)
+                    .bind(s.name.clone())
+                    .bind(s.incarnation)
+                    .bind(r.outcome.clone())
+                    .bind(now);
+            }
+            query.execute(&mut *tx).await.map_err(q("record stale outcomes"))?;
+        }
+        if self.backend == Backend::Postgres && !notify.is_empty() {
+            let runs: Vec<RunId> = notify.into_iter().collect();
+            for part in runs.chunks(chunk(1)) {
+                let sql = format!(
+                    "SELECT pg_notify($1, r) FROM (VALUES {}) AS v (r)",
+                    values_from(2, part.len(), 1)
+                );
+                let mut query =
+                    sqlx::query(AssertSqlSafe(sql)).persistent(false).bind(DONE_CHANNEL);
+                for run in part {
+                    query = query.bind(run.to_string());
+                }
+                query.execute(&mut *tx).await.map_err(q("notify coordinators"))?;
+            }
+        }
+        tx.commit().await.map_err(q("commit completions"))?;
+        Ok(answers)
+    }
+
     /// The session hands an attempt it holds at `epoch` back: queued again at the next epoch.
     /// False if it did not hold it so.
     pub async fn dispatch_hand_back(
@@ -471,24 +689,7 @@ impl SqlStore {
     /// ended are kept). Returns how many rows went; [`StoreError::Fenced`] (nothing removed) if
     /// the run was taken over.
     pub async fn dispatch_forget(&self, fence: Fence, keys: &[AttemptKey]) -> Result<u64> {
-        let mut tx = self.begin_write("begin forget").await?;
-        self.check_fence(&mut tx, fence).await?;
-        let mut gone = 0;
-        for k in keys.iter().filter(|k| k.run == fence.run) {
-            gone += sqlx::query(
-                "DELETE FROM dispatch WHERE run_id = $1 AND idx = $2 AND attempt = $3 \
-                 AND state IN ('done', 'lost')",
-            )
-            .bind(k.run.to_string())
-            .bind(i64_of(k.idx))
-            .bind(i64_of(k.attempt))
-            .execute(&mut *tx)
-            .await
-            .map_err(q("forget attempt"))?
-            .rows_affected();
-        }
-        tx.commit().await.map_err(q("commit forget"))?;
-        Ok(gone)
+        self.delete_keys(fence, keys, "state IN ('done', 'lost')", "forget attempts").await
     }
 
     /// The coordinator holding `fence` withdraws attempts of its run that no worker claimed:
@@ -497,23 +698,36 @@ impl SqlStore {
     /// The `DELETE` judges the state under the row lock, so a concurrent claim wins or loses
     /// whole.
     pub async fn dispatch_withdraw(&self, fence: Fence, keys: &[AttemptKey]) -> Result<u64> {
-        let mut tx = self.begin_write("begin withdraw").await?;
+        self.delete_keys(fence, keys, "state = 'queued'", "withdraw attempts").await
+    }
+
+    /// Deletes the rows of `keys` of the fence's run in state `which`, fenced, one statement
+    /// per chunk of keys (keys of other runs are ignored).
+    async fn delete_keys(
+        &self,
+        fence: Fence,
+        keys: &[AttemptKey],
+        which: &'static str,
+        what: &'static str,
+    ) -> Result<u64> {
+        let mut tx = self.begin_write("begin delete attempts").await?;
         self.check_fence(&mut tx, fence).await?;
+        let mine: Vec<&AttemptKey> = keys.iter().filter(|k| k.run == fence.run).collect();
         let mut gone = 0;
-        for k in keys.iter().filter(|k| k.run == fence.run) {
-            gone += sqlx::query(
-                "DELETE FROM dispatch WHERE run_id = $1 AND idx = $2 AND attempt = $3 \
-                 AND state = 'queued'",
-            )
-            .bind(k.run.to_string())
-            .bind(i64_of(k.idx))
-            .bind(i64_of(k.attempt))
-            .execute(&mut *tx)
-            .await
-            .map_err(q("withdraw attempt"))?
-            .rows_affected();
+        for part in mine.chunks(chunk(2)) {
+            let sql = format!(
+                "DELETE FROM dispatch WHERE run_id = $1 AND {which} \
+                 AND (idx, attempt) IN (VALUES {})",
+                values_from(2, part.len(), 2)
+            );
+            let mut query =
+                sqlx::query(AssertSqlSafe(sql)).persistent(false).bind(fence.run.to_string());
+            for k in part {
+                query = query.bind(i64_of(k.idx)).bind(i64_of(k.attempt));
+            }
+            gone += query.execute(&mut *tx).await.map_err(q(what))?.rows_affected();
         }
-        tx.commit().await.map_err(q("commit withdraw"))?;
+        tx.commit().await.map_err(q("commit delete attempts"))?;
         Ok(gone)
     }
 
