@@ -441,3 +441,48 @@ fn a_sigtermed_worker_finishes_and_the_run_completes_on_another_host() {
     }
     assert!(store.stale().is_empty(), "{:?}", store.stale());
 }
+
+/// kill -9 of the coordinator (`rewind run` on host C) while workers on hosts A and B run its
+/// attempts: the standby `rewind coordinate` on host D, which cannot see C's processes and judges
+/// C's heartbeat on the database's clock, takes the run over, adopts the attempts running on the
+/// workers (they are not run again) and finishes it; every instance succeeded exactly once.
+#[test]
+fn a_killed_coordinator_is_taken_over_by_a_standby_on_another_host() {
+    let Some(lab) = Lab::new("a_killed_coordinator_is_taken_over_by_a_standby_on_another_host")
+    else {
+        return;
+    };
+    let env = &lab.env;
+    let hosts = ["host-a", "host-b", "host-c", "host-d"].map(|h| lab.host(h));
+    let [host_a, host_b, host_c, host_d] = &hosts;
+    let (w, t) = workflow(env, 6, &["gate", "ok"]);
+    let mut run = host_c.spawn(env, &run_args(&w, &t), "run");
+    let _a = host_a.worker(env, "a", &[]);
+    let _b = host_b.worker(env, "b", &[]);
+    wait_for("both workers to fill their slots", || {
+        starts_on(env, "host-a") == 3 && starts_on(env, "host-b") == 3
+    });
+    let _standby = host_d.spawn(env, &["coordinate", "--name", "standby-d"], "standby");
+    let id = env.run_id_of("run");
+    run.kill9();
+    wait_for("the standby on host D to take the run over", || {
+        env.read("standby.err").contains(&format!("took run {id}"))
+    });
+    env.write("gate", "", false);
+    wait_for("the standby to finish the run", || {
+        env.read("standby.err").contains(&format!("run {id} ended state succeeded"))
+    });
+    assert_eq!(env.status(&id)["state"], "succeeded", "{}", env.read("standby.err"));
+    let took = env.read("standby.err");
+    assert!(took.contains("from dead owner host-c:"), "C's process, judged dead: {took}");
+
+    let store = Db::open(&lab.env.db);
+    assert_workers_on(&store, &[("a", "host-a"), ("b", "host-b")]);
+    let ran = store.instances(&id);
+    assert_each_succeeded_once(&ran, 12);
+    // The six attempts running on A and B at the kill were adopted, not run again.
+    assert!(ran.iter().all(|r| r.attempts.len() == 1), "one attempt each: {ran:#?}");
+    let starts = ledger(env).into_iter().filter(|l| l.what == "start").count();
+    assert_eq!(starts, 12, "each step started once: {}", env.read("ledger"));
+    assert!(store.stale().is_empty(), "{:?}", store.stale());
+}
