@@ -1107,7 +1107,7 @@ impl<'p, 'o, S: Store> Driver<'p, 'o, S> {
         self.store.commit(self.id, &self.lease.owner, &batch).await?;
         if let Exec::Remote(r) = &mut self.exec {
             // The outcomes read from ended dispatch rows are durable now.
-            r.forget_ended().await?;
+            r.forget_ended(false).await?;
         }
         self.commits += 1;
         self.last_commit = Instant::now();
@@ -1178,6 +1178,10 @@ impl<'p, 'o, S: Store> Driver<'p, 'o, S> {
             self.batch.batch.end = Some(RunEnd { state, finished_s: secs(now), reason });
         }
         self.commit(now).await?;
+        if let Exec::Remote(r) = &mut self.exec {
+            // No next turn: the ended rows just recorded go now.
+            r.forget_ended(true).await?;
+        }
         self.report_progress(now, true);
         Ok(self.summary(ended, now))
     }

@@ -151,6 +151,8 @@ pub(crate) struct RemoteExec {
     /// ([`RemoteExec::forget_ended`]), so a coordinator that dies before that commit leaves them
     /// for the next one to adopt.
     ended: Vec<AttemptKey>,
+    /// Ended rows whose outcomes are committed: forgotten by the next [`RemoteExec::flush`].
+    durable: Vec<AttemptKey>,
     /// Wake-ups when workers report attempts (PostgreSQL `LISTEN`; `None`: polling only).
     listener: Option<rewind_store::DispatchListener>,
     /// When the rescuer last ran (it runs every quarter lease).
@@ -187,6 +189,7 @@ impl RemoteExec {
             unserved: BTreeSet::new(),
             abandoned: Vec::new(),
             ended: Vec::new(),
+            durable: Vec::new(),
             listener,
             last_rescue: None,
         })
@@ -234,12 +237,17 @@ impl RemoteExec {
     }
 
     /// Writes the attempts started since the last flush, fenced by the run lease's epoch.
+    /// With them, in the same transaction, it forgets the ended rows whose outcomes are
+    /// committed ([`RemoteExec::forget_ended`]).
     pub(crate) async fn flush(&mut self) -> Result<(), RuntimeError> {
-        if self.pending.is_empty() {
+        if self.pending.is_empty() && self.durable.is_empty() {
             return Ok(());
         }
         let items = std::mem::take(&mut self.pending);
-        self.store.dispatch_enqueue(self.fence, &items, store_now_ms()).await?;
+        let mut forget = std::mem::take(&mut self.durable);
+        forget.sort_unstable();
+        forget.dedup();
+        self.store.dispatch_flush(self.fence, &forget, &items, store_now_ms()).await?;
         Ok(())
     }
 
@@ -341,16 +349,12 @@ impl RemoteExec {
         Ok(out)
     }
 
-    /// Forgets the ended rows read so far: called once what they carried is committed.
-    pub(crate) async fn forget_ended(&mut self) -> Result<(), RuntimeError> {
-        if self.ended.is_empty() {
-            return Ok(());
-        }
-        let mut keys = std::mem::take(&mut self.ended);
-        keys.sort_unstable();
-        keys.dedup();
-        self.store.dispatch_forget(self.fence, &keys).await?;
-        Ok(())
+    /// The ended rows read so far may be forgotten: called once what they carried is committed.
+    /// They go with the next [`RemoteExec::flush`] (the start of the next turn's attempts, in
+    /// the same transaction), or at once when `now` (the drive ends).
+    pub(crate) async fn forget_ended(&mut self, now: bool) -> Result<(), RuntimeError> {
+        self.durable.append(&mut self.ended);
+        if now { self.flush().await } else { Ok(()) }
     }
 
     /// A note for each queue this drive waits on that no live worker serves (once, until it is

@@ -224,8 +224,25 @@ impl SqlStore {
         items: &[NewDispatch],
         now: i64,
     ) -> Result<u64> {
+        self.dispatch_flush(fence, &[], items, now).await.map(|(_, written)| written)
+    }
+
+    /// The coordinator's one write per turn: [`SqlStore::dispatch_forget`] of `forget` (ended
+    /// rows whose outcomes it has committed), then [`SqlStore::dispatch_enqueue`] of `items`, in
+    /// one fenced transaction (one commit, not two). Returns (rows forgotten, rows written);
+    /// [`StoreError::Fenced`] (nothing changed) if the run was taken over.
+    pub async fn dispatch_flush(
+        &self,
+        fence: Fence,
+        forget: &[AttemptKey],
+        items: &[NewDispatch],
+        now: i64,
+    ) -> Result<(u64, u64)> {
         let mut tx = self.begin_write("begin enqueue").await?;
         self.check_fence(&mut tx, fence).await?;
+        let gone = self
+            .delete_in(&mut tx, fence, forget, "state IN ('done', 'lost')", "forget attempts")
+            .await?;
         let run = fence.run.to_string();
         let mut written = 0;
         for rows in items.chunks(chunk(7)) {
@@ -259,7 +276,7 @@ impl SqlStore {
                 .map_err(q("notify workers"))?;
         }
         tx.commit().await.map_err(q("commit enqueue"))?;
-        Ok(written)
+        Ok((gone, written))
     }
 
     /// A worker process registers: its name's next incarnation (1 for a new name). The row of
@@ -712,22 +729,46 @@ impl SqlStore {
     ) -> Result<u64> {
         let mut tx = self.begin_write("begin delete attempts").await?;
         self.check_fence(&mut tx, fence).await?;
+        let gone = self.delete_in(&mut tx, fence, keys, which, what).await?;
+        tx.commit().await.map_err(q("commit delete attempts"))?;
+        Ok(gone)
+    }
+
+    /// Inside a fenced write transaction: deletes the rows of `keys` (of the fence's run) in
+    /// state `which`, a chunk of keys per statement.
+    async fn delete_in(
+        &self,
+        tx: &mut sqlx::Transaction<'static, Any>,
+        fence: Fence,
+        keys: &[AttemptKey],
+        which: &'static str,
+        what: &'static str,
+    ) -> Result<u64> {
         let mine: Vec<&AttemptKey> = keys.iter().filter(|k| k.run == fence.run).collect();
         let mut gone = 0;
         for part in mine.chunks(chunk(2)) {
-            let sql = format!(
-                "DELETE FROM dispatch WHERE run_id = $1 AND {which} \
-                 AND (idx, attempt) IN (VALUES {})",
-                values_from(2, part.len(), 2)
-            );
+            let values = values_from(2, part.len(), 2);
+            let sql = match self.backend {
+                // A join, not `IN (VALUES …)`: without statistics (a new table) PostgreSQL
+                // plans that `IN` as a nested loop over every row of the run, seconds for a
+                // thousand keys; the join hashes the keys (milliseconds).
+                Backend::Postgres => format!(
+                    "DELETE FROM dispatch USING (VALUES {values}) AS k (idx, attempt) \
+                     WHERE dispatch.run_id = $1 AND dispatch.{which} \
+                     AND dispatch.idx = k.idx AND dispatch.attempt = k.attempt"
+                ),
+                Backend::Sqlite => format!(
+                    "DELETE FROM dispatch WHERE run_id = $1 AND {which} \
+                     AND (idx, attempt) IN (VALUES {values})"
+                ),
+            };
             let mut query =
                 sqlx::query(AssertSqlSafe(sql)).persistent(false).bind(fence.run.to_string());
             for k in part {
                 query = query.bind(i64_of(k.idx)).bind(i64_of(k.attempt));
             }
-            gone += query.execute(&mut *tx).await.map_err(q(what))?.rows_affected();
+            gone += query.execute(&mut **tx).await.map_err(q(what))?.rows_affected();
         }
-        tx.commit().await.map_err(q("commit delete attempts"))?;
         Ok(gone)
     }
 
