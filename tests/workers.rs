@@ -381,3 +381,87 @@ fn a_worker_does_not_start_attempts_of_a_cancelled_run() {
         assert!(o.as_deref().unwrap().contains("\"outcome\":\"cancelled\""), "{o:?}");
     }
 }
+
+/// Runs SQL statements in the test's schema (its store's URL names it).
+fn exec_sql(env: &Env, statements: &[&str]) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&env.db).await.unwrap();
+        for s in statements {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(s.to_string())).execute(&mut conn).await.unwrap();
+        }
+    });
+}
+
+/// A worker whose report batch fails once (the database refuses it; the worker lives on and so
+/// does its heartbeat) sends it again: the attempt is not left claimed with its lease renewed
+/// for ever (the run would never end), and it is not run again either.
+#[test]
+fn an_undelivered_report_is_sent_again() {
+    let Some(env) = Env::postgres("an_undelivered_report_is_sent_again") else { return };
+    // The store's tables, then a trigger refusing the first report to reach them.
+    assert_eq!(env.rewind(&["status"]).status.code(), Some(0));
+    exec_sql(
+        &env,
+        &[
+            "CREATE SEQUENCE refuse_once",
+            "CREATE FUNCTION refuse_once() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+             IF NEW.state = 'done' AND nextval('refuse_once') = 1 THEN \
+             RAISE EXCEPTION 'injected: the first report is refused'; END IF; RETURN NEW; END $$",
+            "CREATE TRIGGER refuse_once BEFORE UPDATE ON dispatch FOR EACH ROW \
+             EXECUTE FUNCTION refuse_once()",
+        ],
+    );
+    let (w, t) = workflow(&env, 2, 1, "ok");
+    let mut run = start_run(&env, &w, &t);
+    let _a = start_worker(&env, "a", &[]);
+    assert_succeeded_once(&env, &mut run, 2);
+    let err = env.read("a.err");
+    assert!(err.contains("not delivered") && err.contains("sent again"), "{err}");
+    let starts = env.ledger().iter().filter(|e| e.what == "start").count();
+    assert_eq!(starts, 2, "delivered late, not run again: {err}");
+}
+
+/// A forced stop (a second SIGINT) of `run --dispatch workers` while attempts run on a worker
+/// hands the run off: the attempts stay open and run on, and `resume` adopts them instead of
+/// starting them again beside them.
+#[test]
+fn a_forced_stop_hands_the_attempts_on_workers_off() {
+    let Some(env) = Env::postgres("a_forced_stop_hands_off") else { return };
+    let (w, t) = workflow(&env, 2, 1, "gate");
+    let mut run = start_run(&env, &w, &t);
+    let _a = start_worker(&env, "a", &[]);
+    wait_for("worker a to start both", || {
+        env.ledger().iter().filter(|e| e.what == "start").count() == 2
+    });
+    let pid = run.0.id().to_string();
+    let int = || {
+        assert!(
+            std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success()
+        );
+    };
+    int();
+    wait_for("the run to drain", || env.read("run.err").contains("send it again"));
+    int();
+    let code = wait_exit(&mut run.0);
+    assert_ne!(code, 0, "{}", env.read("run.err"));
+    let err = env.read("run.err");
+    assert!(err.contains("attempt(s) on workers run on"), "{err}");
+    let id = env.run_id_of("run");
+    let mut resume = {
+        let mut c = env.cmd(&["resume", &id]);
+        c.env("REWIND_LEASE_MS", LEASE_MS);
+        let out = std::fs::File::create(env.path("resume.out")).unwrap();
+        let e = std::fs::File::create(env.path("resume.err")).unwrap();
+        Guard(c.stdout(out).stderr(e).spawn().unwrap())
+    };
+    wait_for("the resume to adopt the attempts", || {
+        env.read("resume.err").contains("adopted, not run again")
+    });
+    env.write("gate", "", false);
+    assert_eq!(wait_exit(&mut resume.0), 0, "resume: {}", env.read("resume.err"));
+    assert_eq!(env.status(&id)["state"], "succeeded");
+    let starts = env.ledger().iter().filter(|e| e.what == "start").count();
+    assert_eq!(starts, 2, "each step started once: {}", env.read("resume.err"));
+    assert!(ends(&env).values().all(|&n| n == 1), "{:?}", ends(&env));
+}

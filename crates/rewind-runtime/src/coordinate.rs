@@ -191,7 +191,8 @@ pub async fn coordinate(
 }
 
 /// The runs to take now, with their holders' last heartbeat: executed by workers, not driven by
-/// this process, not paused, and free or held by a dead owner (judged on the store's clock). A
+/// this process, not paused, and free, held by a dead owner (judged on the store's clock) or
+/// still held by this process after a drive that failed. A
 /// free run that was never held is left to its creator (`run` takes it right after creating it)
 /// for a lease.
 async fn candidates(
@@ -211,6 +212,9 @@ async fn candidates(
         }
         let take = match &row.owner {
             None => row.heartbeat_unix_ms.is_some() || now - row.started_unix_ms > lease_ms,
+            // Its own, not driven: a drive of it failed and could not release the lease (the
+            // store was unreachable); no other process may take it while this one lives.
+            Some(owner) if owner == crate::lease::me() => true,
             Some(owner) => is_stale(owner, row.heartbeat_unix_ms, now),
         };
         if take {

@@ -196,7 +196,7 @@ async fn drive_held<S: Store>(
         // row, or lost) run again as new attempts; a queued row of theirs must not run too.
         driver.adopt(&mut r, &dispatched);
         r.withdraw(&driver.open_attempts).await?;
-        driver.exec = Exec::Remote(r);
+        driver.exec = Exec::Remote(Box::new(r));
     }
     driver.run().await
 }
@@ -596,6 +596,8 @@ struct Driver<'p, 'o, S: Store> {
     draining: Option<Drain>,
     /// Running attempts were told to stop (a second signal, or a cancel).
     forced: bool,
+    /// A forced stop of a run executed by workers: handed off at the next turn.
+    hand_off_now: bool,
     /// Why the run is halting, once a wave failed too often.
     halted: Option<String>,
     /// Attempts whose orchestrator died (instance, attempt): ended as interrupted at start.
@@ -683,6 +685,7 @@ impl<'p, 'o, S: Store> Driver<'p, 'o, S> {
             commits: 0,
             draining: None,
             forced: false,
+            hand_off_now: false,
             halted: None,
             open_attempts,
             adopted: Vec::new(),
@@ -705,7 +708,9 @@ impl<'p, 'o, S: Store> Driver<'p, 'o, S> {
             if self.draining.is_none() && self.observer.stop_requested() {
                 self.queue.push_back(Event::Stop);
             }
-            if matches!(self.exec, Exec::Remote(_)) && self.observer.hand_off_requested() {
+            if matches!(self.exec, Exec::Remote(_))
+                && (self.hand_off_now || self.observer.hand_off_requested())
+            {
                 return self.hand_off(now).await;
             }
             self.judge_waves(now);
@@ -1057,6 +1062,17 @@ impl<'p, 'o, S: Store> Driver<'p, 'o, S> {
             self.draining = Some(Drain::Stop(reason));
             self.observer.note(&format!(
                 "{name}: no new steps start; waiting for {} running action(s) to finish (send it again to stop them now)",
+                self.exec.running()
+            ));
+        } else if matches!(self.exec, Exec::Remote(_)) && self.exec.running() > 0 {
+            // Attempts on workers cannot be stopped from here, and closing them would let the
+            // next driver start them again beside the ones still running: the run is handed off
+            // instead (they stay open, for the next driver to adopt; `rewind cancel` stops them).
+            self.draining = Some(Drain::Stop(reason));
+            self.forced = true;
+            self.hand_off_now = true;
+            self.observer.note(&format!(
+                "{name}: {} attempt(s) on workers run on; the next coordinator (rewind coordinate, or rewind resume) adopts them; rewind cancel stops them",
                 self.exec.running()
             ));
         } else {

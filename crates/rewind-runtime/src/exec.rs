@@ -302,7 +302,7 @@ impl RealExec {
 pub(crate) enum Exec {
     Sim(SimExec),
     Real(RealExec),
-    Remote(crate::remote::RemoteExec),
+    Remote(Box<crate::remote::RemoteExec>),
 }
 
 impl Exec {

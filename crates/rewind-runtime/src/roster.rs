@@ -117,7 +117,9 @@ pub async fn workers_shown(store: &SqlStore) -> Result<Vec<WorkerView>, RuntimeE
         return Ok(Vec::new());
     }
     let held = store.worker_attempts_held().await?;
-    Ok(worker_views(rows, &held, crate::now_unix_ms(), crate::dispatch_lease()))
+    // Heartbeats are the workers' readings of the store's clock: judged on it, not this host's.
+    crate::lease::sync_clock(store).await?;
+    Ok(worker_views(rows, &held, crate::lease::store_now_ms(), crate::dispatch_lease()))
 }
 
 #[cfg(test)]

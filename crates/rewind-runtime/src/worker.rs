@@ -229,6 +229,9 @@ impl Worker<'_> {
                         }
                         Ok(Beat::Held(held)) => {
                             last_beat = now;
+                            if !self.outbox.is_empty() {
+                                self.send_reports(note).await;
+                            }
                             for (key, (epoch, stop)) in &self.held {
                                 if !held.contains(&(*key, *epoch)) {
                                     note(&format!("attempt {key}: lease lost; stopping it"));
@@ -397,27 +400,39 @@ impl Worker<'_> {
         while let Some(joined) = self.set.try_join_next() {
             self.ended(joined, note);
         }
-        let mut batch = Vec::with_capacity(self.outbox.len());
-        for (key, epoch, report) in std::mem::take(&mut self.outbox) {
-            if self.held.remove(&key).is_none() {
-                continue; // handed back
-            }
-            match serde_json::to_string(&WireReport::of(&report)) {
-                Ok(outcome) => batch.push(WorkerReport { key, epoch, outcome }),
-                Err(e) => note(&format!("attempt {key}: its report cannot be encoded: {e}")),
-            }
-        }
-        if batch.is_empty() {
+        // An attempt stays held (its lease renewed by the heartbeat) until its report is
+        // delivered: a report that did not go is sent again, with the next batch or at the next
+        // heartbeat, never dropped while its lease is renewed (that would leave the attempt
+        // claimed for as long as this worker lives).
+        self.outbox.retain(|(key, _, _)| self.held.contains_key(key)); // handed back: not sent
+        if self.outbox.is_empty() {
             return;
         }
+        let batch: Vec<WorkerReport> = self
+            .outbox
+            .iter()
+            .map(|(key, epoch, report)| WorkerReport {
+                key: *key,
+                epoch: *epoch,
+                outcome: serde_json::to_string(&WireReport::of(report)).unwrap_or_else(|e| {
+                    format!(
+                        "{{\"outcome\":\"failed\",\"retryable\":true,\"error\":{:?}}}",
+                        format!("the worker could not encode its report: {e}")
+                    )
+                }),
+            })
+            .collect();
         self.last_report = Some(tokio::time::Instant::now());
         match self.store.dispatch_complete_many(&self.session, &batch, store_now_ms()).await {
-            // Unreported, the attempts are rescued when their leases end and run again.
             Err(e) => note(&format!(
-                "{} report(s) not delivered ({e}); they run again once their leases end",
+                "{} report(s) not delivered ({e}); sent again with the next batch or heartbeat",
                 batch.len()
             )),
             Ok(answers) => {
+                self.outbox.clear();
+                for r in &batch {
+                    self.held.remove(&r.key);
+                }
                 for (r, answer) in batch.iter().zip(answers) {
                     match answer {
                         Completion::Accepted | Completion::AlreadyRecorded => {

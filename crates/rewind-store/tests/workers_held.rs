@@ -36,6 +36,7 @@ fn new_run(id: RunId) -> NewRun {
         waves: vec![],
         halt_rate: 1.0,
         started_by: None,
+        dispatch: rewind_store::Dispatch::Workers,
     }
 }
 
