@@ -409,7 +409,7 @@ impl SqlStore {
 
     /// The session reports an attempt's outcome at the epoch of its claim: accepted only if it
     /// holds the attempt at exactly that epoch; otherwise recorded in `stale_outcomes`, the
-    /// attempt untouched.
+    /// attempt untouched. A batch of one ([`SqlStore::dispatch_complete_many`]).
     pub async fn dispatch_complete(
         &self,
         s: &Session,
@@ -418,75 +418,16 @@ impl SqlStore {
         outcome: &str,
         now: i64,
     ) -> Result<Completion> {
-        let run = key.run.to_string();
-        let mut tx = self.begin_write("begin complete").await?;
-        let done = sqlx::query(
-            "UPDATE dispatch SET state = 'done', outcome = $1 WHERE run_id = $2 AND idx = $3 \
-             AND attempt = $4 AND state = 'claimed' AND worker = $5 AND incarnation = $6 \
-             AND epoch = $7",
-        )
-        .bind(outcome.to_owned())
-        .bind(run.clone())
-        .bind(i64_of(key.idx))
-        .bind(i64_of(key.attempt))
-        .bind(s.name.clone())
-        .bind(s.incarnation)
-        .bind(epoch)
-        .execute(&mut *tx)
-        .await
-        .map_err(q("complete attempt"))?;
-        if done.rows_affected() == 1 {
-            tx.commit().await.map_err(q("commit completion"))?;
-            return Ok(Completion::Accepted);
-        }
-        let row = sqlx::query(
-            "SELECT state, epoch, worker, incarnation FROM dispatch \
-             WHERE run_id = $1 AND idx = $2 AND attempt = $3",
-        )
-        .bind(run.clone())
-        .bind(i64_of(key.idx))
-        .bind(i64_of(key.attempt))
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(q("read attempt"))?;
-        let current = match &row {
-            Some(row) => {
-                let state = state_of(row)?;
-                let at: i64 = get(row, "epoch")?;
-                let worker: Option<String> = get(row, "worker")?;
-                let incarnation: Option<i64> = get(row, "incarnation")?;
-                if state == DispatchState::Done
-                    && worker.as_deref() == Some(s.name.as_str())
-                    && incarnation == Some(s.incarnation)
-                    && at == epoch
-                {
-                    return Ok(Completion::AlreadyRecorded);
-                }
-                Some((state, at))
-            }
-            None => None,
-        };
-        sqlx::query(
-            "INSERT INTO stale_outcomes (run_id, idx, attempt, epoch, worker, incarnation, \
-             outcome, at_unix_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(run)
-        .bind(i64_of(key.idx))
-        .bind(i64_of(key.attempt))
-        .bind(epoch)
-        .bind(s.name.clone())
-        .bind(s.incarnation)
-        .bind(outcome.to_owned())
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(q("record stale outcome"))?;
-        tx.commit().await.map_err(q("commit stale outcome"))?;
-        Ok(Completion::Stale { current })
+        let report = WorkerReport { key, epoch, outcome: outcome.to_owned() };
+        let mut answers =
+            self.dispatch_complete_many(s, std::slice::from_ref(&report), now).await?;
+        answers.pop().ok_or_else(|| StoreError::Corrupt {
+            what: "dispatch_complete_many",
+            value: "no answer for a report".to_owned(),
+        })
     }
 
-    /// A batch of the session's reports: each decided as [`SqlStore::dispatch_complete`]
-    /// would, in order, in one transaction (`rewind_dispatch::model::Table::complete_many`).
+    /// A batch of the session's reports: each decided as if sent alone, in order, in one transaction (`rewind_dispatch::model::Table::complete_many`).
     /// Accepted ones are one `UPDATE … FROM (VALUES …)` per run of distinct keys (a repeated key
     /// starts the next), refused ones are read in one statement and recorded in one `INSERT`.
     /// On PostgreSQL the same transaction notifies [`DONE_CHANNEL`] once per run that had a
