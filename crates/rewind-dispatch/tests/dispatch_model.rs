@@ -234,8 +234,13 @@ impl World {
             Op::DeliverAll(w) => {
                 let w = &mut self.workers[w % nw];
                 if !w.partitioned {
-                    let batch: Vec<Report> = w.in_flight.drain(..).collect();
-                    self.report_all(&batch);
+                    // Reports of an earlier process of this worker (crashed, restarted) still in
+                    // flight come from that process: each process's run of reports is its own
+                    // batch, in order.
+                    let pending: Vec<Report> = w.in_flight.drain(..).collect();
+                    for batch in pending.chunk_by(|a, b| a.session == b.session) {
+                        self.report_all(batch);
+                    }
                 }
             }
             Op::HandBack { w, pick, racing } => {
